@@ -1,0 +1,530 @@
+//! The command line: a thin layer that loads the pipeline, opens the store and hands over
+//! to the engine. Exit codes: 0 ok, 1 a node failed (or the cache is locked with
+//! `--no-wait`, or `fsck` found damage), 2 bad input or usage.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::engine::progress::{Cache, NodeRecord, RecordStatus, Reporter, reasons_text};
+use crate::engine::run::{self, Options};
+use crate::engine::{self, Plan, State};
+use crate::graph::Graph;
+use crate::key::StaleReason;
+use crate::pipeline::Pipeline;
+use crate::store::statcache::StatCache;
+use crate::store::{LockGuard, Store, maintenance};
+
+#[derive(Parser)]
+#[command(name = "tr118", version, about = "Declarative, content-addressed builds for LLM inference benchmark studies")]
+struct Cli {
+    /// Pipeline file [default: `tr118.toml` if present, else `pipelines/tr118.toml`]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Run as if started in DIR (the workspace root)
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// -v: hits, misses and reasons; -vv: keys too
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ParamArgs {
+    /// Override a global param: `-p reps=20`
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build targets (stage names, node ids or id prefixes) and everything stale upstream
+    Make {
+        targets: Vec<String>,
+        /// Nodes to run at once [default: number of CPUs]
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        /// Show what would run, and why, without running anything
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Keep going after a failure with everything that does not depend on it
+        #[arg(short = 'k', long)]
+        keep_going: bool,
+        /// One JSON record per node on stdout
+        #[arg(long)]
+        json: bool,
+        /// Fail instead of waiting when another tr118 holds the cache
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Fresh or stale, per node, with the reason
+    Status {
+        targets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Why a node is stale: the field-level difference of its key, root cause vs cascade
+    Why {
+        node: String,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Print the graph
+    Graph {
+        targets: Vec<String>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Remove cache entries and objects that no current node references
+    Gc {
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Re-hash every object and check every manifest
+    Fsck {
+        /// Remove corrupt objects and the entries that need them
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove `out/` and leftover staging files (`--all`: the whole cache too)
+    Clean {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// A failure and the exit code it maps to.
+enum Fail {
+    /// Bad input or usage: exit 2.
+    Input(String),
+    /// A node failed, or the environment did: exit 1.
+    Run(String),
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail::Run(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, Fail>;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail::Input(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Fail::Run(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    if let Some(dir) = &cli.dir {
+        std::env::set_current_dir(dir).map_err(|e| Fail::Input(format!("cannot enter `{}`: {e}", dir.display())))?;
+    }
+    let root = std::env::current_dir()?;
+    let file = cli.file.clone().unwrap_or_else(|| {
+        if Path::new("tr118.toml").exists() { PathBuf::from("tr118.toml") } else { PathBuf::from("pipelines/tr118.toml") }
+    });
+    let verbose = cli.verbose;
+    match cli.command {
+        Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, params } => {
+            let ws = Workspace::load(&root, &file, &params)?;
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            ws.make(&targets, Options { jobs, keep_going }, dry_run, json, no_wait, verbose)
+        }
+        Command::Status { targets, json, params } => Workspace::load(&root, &file, &params)?.status(&targets, json),
+        Command::Why { node, params } => Workspace::load(&root, &file, &params)?.why(&node, verbose),
+        Command::Graph { targets, format } => {
+            let ws = Workspace::load(&root, &file, &ParamArgs { params: Vec::new() })?;
+            ws.graph.select(&targets).map_err(Fail::Input)?;
+            print!("{}", match format {
+                GraphFormat::Dot => ws.graph.to_dot(),
+                GraphFormat::Mermaid => ws.graph.to_mermaid(),
+            });
+            Ok(0)
+        }
+        Command::Gc { dry_run, params } => Workspace::load(&root, &file, &params)?.gc(dry_run),
+        Command::Fsck { repair } => fsck(&root, repair),
+        Command::Clean { all } => clean(&root, all),
+    }
+}
+
+fn parse_params(args: &ParamArgs) -> Result<Vec<(String, String)>> {
+    args.params
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| Fail::Input(format!("`-p {p}` must be KEY=VALUE")))
+        })
+        .collect()
+}
+
+struct Workspace {
+    graph: Graph,
+    store: Store,
+}
+
+fn lock(store: &Store, no_wait: bool) -> Result<LockGuard> {
+    let waiting = |pid: Option<u32>| {
+        let who = pid.map_or("another process".to_string(), |p| format!("process {p}"));
+        eprintln!("waiting for the cache lock `cache/lock`, held by {who} (another tr118 on this cache)…");
+    };
+    match store.lock(!no_wait, waiting)? {
+        Ok(guard) => Ok(guard),
+        Err(pid) => Err(Fail::Run(format!(
+            "the cache `cache/` is locked by {}; run again without `--no-wait` to wait for it",
+            pid.map_or("another process".to_string(), |p| format!("process {p}"))
+        ))),
+    }
+}
+
+fn stat_cache(store: &Store) -> StatCache {
+    StatCache::load(&store.dir().join("stat.json"))
+}
+
+fn save_stat(store: &Store, stat: &mut StatCache) -> Result<()> {
+    stat.save(|path, bytes| store.write_atomic(path, bytes))?;
+    Ok(())
+}
+
+impl Workspace {
+    fn load(root: &Path, file: &Path, params: &ParamArgs) -> Result<Workspace> {
+        let overrides = parse_params(params)?;
+        let pipeline = Pipeline::load(file, &overrides).map_err(|d| Fail::Input(d.to_string()))?;
+        let graph = Graph::build(pipeline, root).map_err(|d| Fail::Input(d.to_string()))?;
+        let store = Store::open(root)?;
+        Ok(Workspace { graph, store })
+    }
+
+    fn plan(&self, targets: &[String], stat: &mut StatCache) -> Result<Plan> {
+        let selected = self.graph.select(targets).map_err(Fail::Input)?;
+        Ok(engine::plan::plan(&self.graph, &self.store, stat, selected)?)
+    }
+
+    fn make(&self, targets: &[String], opts: Options, dry_run: bool, json: bool, no_wait: bool, verbose: u8) -> Result<u8> {
+        let t0 = Instant::now();
+        if dry_run {
+            let mut stat = stat_cache(&self.store);
+            let plan = self.plan(targets, &mut stat)?;
+            let reporter = Reporter::new(json, verbose.max(1), 0);
+            for &i in &plan.selected {
+                reporter.finished(&plan_record(&self.graph, &plan, i));
+            }
+            if !json {
+                eprintln!("{} of {} nodes would run", plan.stale_count(), plan.selected.len());
+                print_causes(&self.graph, &plan, &|l| eprintln!("{l}"));
+            }
+            return Ok(0);
+        }
+        let _guard = lock(&self.store, no_wait)?;
+        self.store.clear_tmp()?;
+        let mut stat = stat_cache(&self.store);
+        let plan = self.plan(targets, &mut stat)?;
+        let cascaded: BTreeSet<usize> = plan
+            .selected
+            .iter()
+            .copied()
+            .filter(|&i| matches!(plan.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade)))
+            .collect();
+        let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
+        let reporter = Reporter::new(json, verbose, plan.stale_count());
+        let result = run::run(&self.graph, &self.store, &mut stat, plan, &opts, &reporter);
+        reporter.done();
+        save_stat(&self.store, &mut stat)?;
+        let summary = result?;
+
+        let ran = summary.count(|r| r.cache == Cache::Miss);
+        let failed = summary.count(|r| r.status == RecordStatus::Failed);
+        let mut parts = vec![format!("{ran} ran"), format!("{} fresh", summary.count(|r| r.cache == Cache::Hit))];
+        for (n, what) in [
+            (summary.count(|r| r.restored), "restored from cache"),
+            (summary.count(|r| r.status == RecordStatus::Degraded), "degraded"),
+            (failed, "failed"),
+            (summary.count(|r| r.status == RecordStatus::Skipped), "skipped"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        let rerun_by_cascade = summary.records.iter().filter(|r| r.cache == Cache::Miss && cascaded.iter().any(|&i| self.graph.id(i) == r.id)).count();
+        eprintln!("{} nodes: {} in {:.2}s", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64());
+        print_roots(&self.graph, &roots, rerun_by_cascade, &|l| eprintln!("{l}"));
+        for (id, error, log) in &summary.failures {
+            eprintln!("error: `{id}` failed: {error}");
+            let rel = log.strip_prefix(self.store.root()).unwrap_or(log);
+            eprintln!("  log: {}", rel.display());
+            for line in tail(log, 20) {
+                eprintln!("  | {line}");
+            }
+        }
+        Ok(if failed > 0 { 1 } else { 0 })
+    }
+
+    fn status(&self, targets: &[String], json: bool) -> Result<u8> {
+        let mut stat = stat_cache(&self.store);
+        let plan = self.plan(targets, &mut stat)?;
+        // Saving the stat cache is an optimisation; skip it if someone else holds the lock.
+        if let Ok(Ok(_guard)) = self.store.lock(false, |_| {}) {
+            save_stat(&self.store, &mut stat)?;
+        }
+        for &i in &plan.selected {
+            let r = plan_record(&self.graph, &plan, i);
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                match plan.state(i) {
+                    State::Fresh { manifest, .. } => {
+                        let extra = manifest.reason.as_ref().map_or(String::new(), |r| format!(" (degraded: {r})"));
+                        println!("fresh  {}{extra}", r.id);
+                    }
+                    State::Stale { reasons, .. } => println!("stale  {}: {}", r.id, reasons_text(reasons)),
+                }
+            }
+        }
+        if !json {
+            print_causes(&self.graph, &plan, &|l| println!("{l}"));
+        }
+        Ok(0)
+    }
+
+    fn why(&self, target: &str, verbose: u8) -> Result<u8> {
+        let nodes = &self.graph.pipeline.nodes;
+        let Some(i) = nodes.iter().position(|n| n.id == target) else {
+            let matching: Vec<&str> = nodes.iter().filter(|n| n.stage == target || n.id.starts_with(&format!("{target}/"))).map(|n| n.id.as_str()).collect();
+            let help = if matching.is_empty() {
+                crate::diag::suggest(target, nodes.iter().map(|n| n.id.as_str())).map_or(String::new(), |h| format!("\n  help: {h}"))
+            } else {
+                format!("\n  help: `why` takes one node id: {}", matching.iter().take(5).map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "))
+            };
+            return Err(Fail::Input(format!("no node `{target}`{help}")));
+        };
+        let mut stat = stat_cache(&self.store);
+        let plan = self.plan(&[], &mut stat)?;
+        match plan.state(i) {
+            State::Fresh { key, manifest, stage_key } => {
+                let status = manifest.reason.as_ref().map_or("ok".to_string(), |r| format!("degraded: {r}"));
+                println!("`{target}` is fresh: key {} ({status})", key.short());
+                if verbose >= 1 {
+                    println!("{}", serde_json::to_string_pretty(stage_key).unwrap_or_default());
+                }
+            }
+            State::Stale { reasons, key } => {
+                if reasons.iter().all(StaleReason::is_cascade) {
+                    println!("`{target}` is stale by cascade: {}", reasons_text(reasons));
+                    println!("root causes upstream:");
+                    for u in upstream_roots(&self.graph, &plan, i) {
+                        if let State::Stale { reasons, .. } = plan.state(u) {
+                            println!("  `{}`: {}", self.graph.id(u), reasons_text(reasons));
+                        }
+                    }
+                } else {
+                    println!("`{target}` is stale (root cause):");
+                    for r in reasons {
+                        println!("  {r}");
+                    }
+                    let down = downstream_stale(&self.graph, &plan, i);
+                    if down > 0 {
+                        println!("{down} downstream node{} rerun because of it", if down == 1 { "" } else { "s" });
+                    }
+                }
+                if verbose >= 1 {
+                    if let Some((_, sk)) = key {
+                        println!("{}", serde_json::to_string_pretty(sk).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    fn gc(&self, dry_run: bool) -> Result<u8> {
+        let _guard = lock(&self.store, false)?;
+        let mut stat = stat_cache(&self.store);
+        let plan = self.plan(&[], &mut stat)?;
+        let mut keep_keys = BTreeSet::new();
+        let mut keep_nodes = BTreeSet::new();
+        for &i in &plan.selected {
+            let id = self.graph.id(i);
+            keep_keys.extend(plan.state(i).key().copied());
+            keep_keys.extend(self.store.read_ref(id));
+            keep_nodes.insert(id.to_string());
+        }
+        let r = maintenance::gc(&self.store, &keep_keys, &keep_nodes, dry_run)?;
+        save_stat(&self.store, &mut stat)?;
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} {} manifests, {} objects ({}), {} refs; kept {} manifests, {} objects",
+            r.manifests_removed,
+            r.objects_removed,
+            human_bytes(r.bytes_freed),
+            r.refs_removed,
+            r.manifests_kept,
+            r.objects_kept
+        );
+        Ok(0)
+    }
+}
+
+fn plan_record(graph: &Graph, plan: &Plan, i: usize) -> NodeRecord {
+    let state = plan.state(i);
+    let (cache, status, reason, detail) = match state {
+        State::Fresh { manifest, .. } => (
+            Cache::Hit,
+            if manifest.reason.is_some() { RecordStatus::Degraded } else { RecordStatus::Ok },
+            None,
+            manifest.reason.clone(),
+        ),
+        State::Stale { reasons, .. } => (Cache::Miss, RecordStatus::Pending, Some(reasons_text(reasons)), None),
+    };
+    NodeRecord {
+        id: graph.id(i).to_string(),
+        key: state.key().map(|k| k.to_hex()),
+        cache,
+        status,
+        reason,
+        detail,
+        duration_ms: 0,
+        restored: false,
+    }
+}
+
+/// The stale nodes with a cause of their own that `i` is downstream of.
+fn upstream_roots(graph: &Graph, plan: &Plan, i: usize) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![i];
+    let mut roots = BTreeSet::new();
+    while let Some(n) = stack.pop() {
+        for &u in &graph.upstream[n] {
+            if !seen.insert(u) {
+                continue;
+            }
+            if let State::Stale { reasons, .. } = plan.state(u) {
+                if reasons.iter().all(StaleReason::is_cascade) {
+                    stack.push(u);
+                } else {
+                    roots.insert(u);
+                }
+            }
+        }
+    }
+    plan.selected.iter().copied().filter(|u| roots.contains(u)).collect()
+}
+
+fn downstream_stale(graph: &Graph, plan: &Plan, i: usize) -> usize {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![i];
+    while let Some(n) = stack.pop() {
+        for &d in &graph.downstream[n] {
+            if plan.states[d].is_some() && seen.insert(d) {
+                stack.push(d);
+            }
+        }
+    }
+    seen.len()
+}
+
+/// Root causes and the size of the cascade, for `status` and `make --dry-run`.
+fn print_causes(graph: &Graph, plan: &Plan, out: &dyn Fn(&str)) {
+    let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
+    let cascade = plan.selected.iter().filter(|&&i| matches!(plan.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade))).count();
+    print_roots(graph, &roots, cascade, out);
+}
+
+fn print_roots(graph: &Graph, roots: &[(usize, String)], cascade: usize, out: &dyn Fn(&str)) {
+    if roots.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    for (i, text) in roots.iter().take(SHOWN) {
+        out(&format!("  root cause: `{}`: {text}", graph.id(*i)));
+    }
+    if roots.len() > SHOWN {
+        out(&format!("  …and {} more root causes", roots.len() - SHOWN));
+    }
+    if cascade > 0 {
+        out(&format!("  {cascade} downstream node{} rerun because of {}", if cascade == 1 { "" } else { "s" }, if roots.len() == 1 { "it" } else { "them" }));
+    }
+}
+
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn fsck(root: &Path, repair: bool) -> Result<u8> {
+    let store = Store::open(root)?;
+    let _guard = lock(&store, false)?;
+    let r = maintenance::fsck(&store, repair)?;
+    println!("checked {} objects and {} manifests", r.objects_checked, r.manifests_checked);
+    for d in &r.corrupt_objects {
+        println!("corrupt object {d}{}", if repair { " (removed)" } else { "" });
+    }
+    for (k, why) in &r.bad_manifests {
+        println!("bad manifest {k}: {why}{}", if repair { " (removed)" } else { "" });
+    }
+    if r.is_clean() {
+        println!("cache is consistent");
+        Ok(0)
+    } else if repair {
+        println!("repaired: the next `tr118 make` rebuilds what was removed");
+        Ok(0)
+    } else {
+        println!("run `tr118 fsck --repair` to remove the damaged entries");
+        Ok(1)
+    }
+}
+
+fn clean(root: &Path, all: bool) -> Result<u8> {
+    let store = Store::open(root)?;
+    let _guard = lock(&store, false)?;
+    crate::store::remove_any(&root.join("out"))?;
+    if all {
+        for sub in ["objects", "actions", "refs", "logs", "stat.json"] {
+            crate::store::remove_any(&store.dir().join(sub))?;
+        }
+    }
+    store.clear_tmp()?;
+    println!("removed out/{}", if all { " and the cache" } else { "" });
+    Ok(0)
+}

@@ -1,0 +1,140 @@
+//! What a run tells the person (or program) watching it: a progress bar on a terminal,
+//! plain lines otherwise, or one JSON record per node with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::key::{StageKey, StaleReason};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cache {
+    Hit,
+    Miss,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    Ok,
+    Degraded,
+    Failed,
+    Skipped,
+    /// `--dry-run`: would run.
+    Pending,
+}
+
+/// One line of `--json`: what happened to one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub key: Option<String>,
+    pub cache: Cache,
+    pub status: RecordStatus,
+    /// Why the node ran (or would run); `null` on a hit.
+    pub reason: Option<String>,
+    /// The degraded reason, the failure, or why it was skipped.
+    pub detail: Option<String>,
+    pub duration_ms: u64,
+    /// A hit whose files under `out/` had to be restored from the cache.
+    pub restored: bool,
+}
+
+pub fn reasons_text(reasons: &[StaleReason]) -> String {
+    reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+enum Mode {
+    Bar(ProgressBar),
+    Plain,
+    Json,
+}
+
+pub struct Reporter {
+    mode: Mode,
+    verbose: u8,
+}
+
+impl Reporter {
+    pub fn new(json: bool, verbose: u8, to_run: usize) -> Reporter {
+        let mode = if json {
+            Mode::Json
+        } else if std::io::stderr().is_terminal() && to_run > 0 {
+            let bar = ProgressBar::with_draw_target(Some(to_run as u64), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Mode::Bar(bar)
+        } else {
+            Mode::Plain
+        };
+        Reporter { mode, verbose }
+    }
+
+    /// A line for people (stderr), kept clear of the progress bar.
+    pub fn line(&self, text: &str) {
+        match &self.mode {
+            Mode::Bar(bar) => bar.println(text),
+            Mode::Plain | Mode::Json => eprintln!("{text}"),
+        }
+    }
+
+    pub fn started(&self, id: &str, reasons: &[StaleReason], key: Option<&StageKey>, running: &[&str]) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.set_message(running.join(", "));
+        }
+        if self.verbose >= 1 && !matches!(self.mode, Mode::Json) {
+            self.line(&format!("run      {id}: {}", reasons_text(reasons)));
+        }
+        if self.verbose >= 2 {
+            if let Some(k) = key {
+                self.line(&format!("key      {id} = {}", serde_json::to_string(k).unwrap_or_default()));
+            }
+        }
+    }
+
+    pub fn finished(&self, r: &NodeRecord) {
+        if let Mode::Json = self.mode {
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut out, r);
+            let _ = writeln!(out);
+            return;
+        }
+        if let Mode::Bar(bar) = &self.mode {
+            if r.cache == Cache::Miss {
+                bar.inc(1);
+            }
+        }
+        let secs = r.duration_ms as f64 / 1000.0;
+        let detail = r.detail.as_deref().unwrap_or("");
+        let text = match (r.cache, r.status) {
+            (Cache::Hit, _) if r.restored => Some(format!("restored {} (from cache)", r.id)),
+            (Cache::Hit, _) if self.verbose >= 1 => Some(format!("fresh    {}", r.id)),
+            (Cache::Hit, _) => None,
+            (_, RecordStatus::Ok) => Some(format!("ran      {} ({secs:.2}s)", r.id)),
+            (_, RecordStatus::Degraded) => Some(format!("degraded {} ({secs:.2}s): {detail}", r.id)),
+            (_, RecordStatus::Failed) => Some(format!("FAILED   {} ({secs:.2}s): {detail}", r.id)),
+            (_, RecordStatus::Skipped) => Some(format!("skipped  {}: {detail}", r.id)),
+            (_, RecordStatus::Pending) => Some(format!("would run {}: {}", r.id, r.reason.as_deref().unwrap_or(""))),
+        };
+        if let Some(t) = text {
+            self.line(&t);
+        }
+    }
+
+    pub fn done(&self) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.finish_and_clear();
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        matches!(self.mode, Mode::Json)
+    }
+}

@@ -1,0 +1,88 @@
+//! Environment facets: facts about the machine that a stage declares as part of its key,
+//! because its outputs depend on them (a latency depends on the CPU model; a build on an
+//! environment variable). Only declared facets enter a key, so a cache stays shareable
+//! across machines for every stage that does not depend on the machine.
+//!
+//! | facet       | value                                              |
+//! |-------------|----------------------------------------------------|
+//! | `cpu`       | CPU model name from `/proc/cpuinfo`                |
+//! | `cpus`      | logical CPUs available to this process             |
+//! | `os`        | operating system and kernel release                |
+//! | `arch`      | instruction set architecture                       |
+//! | `host`      | host name                                          |
+//! | `env:NAME`  | the variable's value, or `<unset>`                 |
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+
+use crate::diag;
+
+const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host"];
+
+pub struct FacetError {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// Checks a facet name as written in a pipeline.
+pub fn check_name(name: &str) -> Result<(), FacetError> {
+    if KNOWN.contains(&name) {
+        return Ok(());
+    }
+    if let Some(var) = name.strip_prefix("env:") {
+        if !var.is_empty() && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Ok(());
+        }
+        return Err(FacetError { message: format!("facet `{name}` names no valid environment variable"), help: None });
+    }
+    Err(FacetError {
+        message: format!("unknown facet `{name}`"),
+        help: diag::suggest(name, KNOWN.iter().copied())
+            .or_else(|| Some(format!("facets are {}, or `env:NAME`", KNOWN.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))),
+    })
+}
+
+/// The current value of a facet; machine facts are read once per process.
+pub fn value(name: &str) -> String {
+    if let Some(var) = name.strip_prefix("env:") {
+        return std::env::var(var).unwrap_or_else(|_| "<unset>".to_string());
+    }
+    static CACHE: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.entry(name.to_string()).or_insert_with(|| read(name)).clone()
+}
+
+/// The values of `names`, by name.
+pub fn values(names: &[String]) -> BTreeMap<String, String> {
+    names.iter().map(|n| (n.clone(), value(n))).collect()
+}
+
+fn read(name: &str) -> String {
+    match name {
+        "cpu" => cpu_model(),
+        "cpus" => std::thread::available_parallelism().map_or(1, |n| n.get()).to_string(),
+        "os" => {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            format!("{} {}", std::env::consts::OS, release.trim()).trim().to_string()
+        }
+        "arch" => std::env::consts::ARCH.to_string(),
+        "host" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "<unknown>".to_string()),
+        _ => "<unknown>".to_string(),
+    }
+}
+
+/// The CPU model as the kernel reports it.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "<unknown>".to_string())
+}

@@ -1,0 +1,30 @@
+//! tr118: a declarative, content-addressed build tool for LLM inference benchmark studies.
+//!
+//! Map of the crate, in the order data flows through it:
+//!
+//! | module      | holds                                                                        |
+//! |-------------|------------------------------------------------------------------------------|
+//! | [`diag`]    | diagnostics with file:line:column, "did you mean" suggestions                |
+//! | [`pipeline`]| TOML → raw tables → validated, matrix-expanded [`pipeline::NodeSpec`]s       |
+//! | [`graph`]   | the sealed DAG of nodes, target selection, cycle errors, dot/mermaid output  |
+//! | [`digest`]  | blake3 digests of files and directories                                      |
+//! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
+//! | [`facets`]  | environment facets a stage may declare (CPU model, OS, env variables)        |
+//! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
+//! | [`stage`]   | the registry of stage kinds behind one trait; the generic `cmd` kind         |
+//! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
+//! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
+
+pub mod cli;
+pub mod diag;
+pub mod digest;
+pub mod engine;
+pub mod facets;
+pub mod graph;
+pub mod key;
+pub mod pipeline;
+pub mod stage;
+pub mod store;
+
+/// The tool's version, recorded in every manifest.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,85 @@
+//! Stage kinds: the registry behind one trait. The engine knows nothing about what a stage
+//! does; it asks its kind to validate the stage's own fields ([`StageKind::lower`]) and to
+//! run one node ([`StageKind::run`]) with its inputs in place and its outputs to write.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::pipeline::NodeSpec;
+
+pub mod cmd;
+
+/// What a kind sees of one node when it validates the node's kind-specific fields.
+pub struct LowerCx<'a> {
+    pub node: &'a str,
+    /// The stage's kind-specific fields, with load-time placeholders resolved.
+    pub fields: &'a serde_json::Map<String, Value>,
+    pub deps: &'a [String],
+    pub outs: &'a [String],
+}
+
+/// A problem with one kind-specific field.
+#[derive(Debug)]
+pub struct LowerError {
+    /// The field, as a path below the stage table (`["cmd", "2"]`).
+    pub field: Vec<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// How a node that ran to completion came out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Completed, but could not do what was asked (no GPU, a provider missing); cached with
+    /// its reason, never passed off as a real result.
+    Degraded(String),
+}
+
+/// What a kind gets to run one node.
+pub struct RunCx<'a> {
+    pub node: &'a NodeSpec,
+    /// The workspace root; every path below is relative to it and commands run in it.
+    pub root: &'a Path,
+    /// Dep name → paths of the inputs, each materialised and verified.
+    pub deps: &'a BTreeMap<String, Vec<String>>,
+    /// Out name → where the node must write that output (a fresh staging path).
+    pub outs: &'a BTreeMap<String, PathBuf>,
+    /// A scratch directory private to this run, removed afterwards.
+    pub scratch: &'a Path,
+    pub log: &'a mut File,
+}
+
+/// One kind of stage. Implementations are stateless; one static instance each.
+pub trait StageKind: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Bump when the implementation changes what it produces: every node of the kind reruns.
+    fn version(&self) -> u32;
+    /// The kind-specific fields a stage table of this kind may have.
+    fn fields(&self) -> &'static [&'static str];
+    /// Whether the kind's fields keep `{matrix.*}` and `{params.*}` as placeholders, to be
+    /// resolved at run time from the node's matrix and params. A kind whose fields are
+    /// templates (like `cmd`'s argv) says yes, so a changed param shows up in `why` as the
+    /// param, not as every argument it was spliced into.
+    fn keeps_placeholders(&self) -> bool {
+        false
+    }
+    /// Validates one node's kind-specific fields into the config that enters its key.
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>>;
+    /// Runs one node. `Err` is a failure: nothing is cached.
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
+}
+
+static REGISTRY: &[&dyn StageKind] = &[&cmd::Cmd];
+
+/// Every registered kind.
+pub fn registry() -> &'static [&'static dyn StageKind] {
+    REGISTRY
+}
+
+pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
+    REGISTRY.iter().copied().find(|k| k.name() == name)
+}

@@ -1,0 +1,166 @@
+//! `gc` and `fsck`: keeping the cache small and honest.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{Manifest, Store};
+use crate::digest::{self, Digest};
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub manifests_removed: usize,
+    pub objects_removed: usize,
+    pub bytes_freed: u64,
+    pub refs_removed: usize,
+    pub manifests_kept: usize,
+    pub objects_kept: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub objects_checked: usize,
+    pub manifests_checked: usize,
+    /// Objects whose content does not hash to their name.
+    pub corrupt_objects: Vec<String>,
+    /// Manifests that cannot be used, with why.
+    pub bad_manifests: Vec<(String, String)>,
+    pub repaired: bool,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_objects.is_empty() && self.bad_manifests.is_empty()
+    }
+}
+
+fn object_files(store: &Store) -> io::Result<Vec<(Digest, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for shard in fs::read_dir(store.dir().join("objects"))? {
+        let shard = shard?;
+        let prefix = shard.file_name().to_string_lossy().into_owned();
+        if !shard.file_type()?.is_dir() {
+            continue;
+        }
+        for obj in fs::read_dir(shard.path())? {
+            let obj = obj?;
+            let name = format!("{prefix}{}", obj.file_name().to_string_lossy());
+            if let Some(d) = Digest::from_hex(&name) {
+                out.push((d, obj.path()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn manifest_keys(store: &Store) -> io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(store.dir().join("actions"))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(d) = name.strip_suffix(".json").and_then(Digest::from_hex) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Every object a manifest needs: its outputs, the files of directory outputs, its log.
+fn live_objects(store: &Store, m: &Manifest, live: &mut BTreeSet<Digest>) {
+    for o in &m.outputs {
+        live.insert(o.digest);
+        if o.dir {
+            if let Ok(tree) = store.tree(&o.digest) {
+                live.extend(tree.entries.iter().map(|e| e.digest));
+            }
+        }
+    }
+    live.extend(m.log);
+}
+
+/// Removes every manifest whose key is not in `keep_keys`, every ref of a node not in
+/// `keep_nodes`, and every object no kept manifest needs.
+pub fn gc(store: &Store, keep_keys: &BTreeSet<Digest>, keep_nodes: &BTreeSet<String>, dry_run: bool) -> io::Result<GcReport> {
+    let mut report = GcReport::default();
+    let mut live = BTreeSet::new();
+    for key in manifest_keys(store)? {
+        if keep_keys.contains(&key) {
+            if let Ok(Some(m)) = store.manifest(&key) {
+                live_objects(store, &m, &mut live);
+                report.manifests_kept += 1;
+            }
+        } else {
+            report.manifests_removed += 1;
+            if !dry_run {
+                fs::remove_file(store.dir().join("actions").join(format!("{}.json", key.to_hex())))?;
+            }
+        }
+    }
+    for (d, path) in object_files(store)? {
+        if live.contains(&d) {
+            report.objects_kept += 1;
+        } else {
+            report.objects_removed += 1;
+            report.bytes_freed += fs::metadata(&path).map_or(0, |m| m.len());
+            if !dry_run {
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    let keep_refs: BTreeSet<String> = keep_nodes.iter().map(|n| n.replace('/', "~")).collect();
+    for e in fs::read_dir(store.dir().join("refs"))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep_refs.contains(&name) {
+            report.refs_removed += 1;
+            if !dry_run {
+                fs::remove_file(e.path())?;
+                let _ = fs::remove_file(store.dir().join("logs").join(format!("{name}.log")));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Re-hashes every object and checks every manifest. With `repair`, corrupt objects and
+/// the manifests that can no longer be used are removed, so the next `make` rebuilds them.
+pub fn fsck(store: &Store, repair: bool) -> io::Result<FsckReport> {
+    let mut report = FsckReport { repaired: repair, ..Default::default() };
+    let objects = object_files(store)?;
+    report.objects_checked = objects.len();
+    let corrupt: Vec<(Digest, std::path::PathBuf)> = objects
+        .into_par_iter()
+        .filter(|(d, path)| digest::hash_file(path).map_or(true, |(actual, _)| actual != *d))
+        .collect();
+    for (d, path) in &corrupt {
+        report.corrupt_objects.push(d.to_hex());
+        if repair {
+            fs::remove_file(path)?;
+        }
+    }
+    let corrupt: BTreeSet<Digest> = corrupt.into_iter().map(|(d, _)| d).collect();
+    for key in manifest_keys(store)? {
+        report.manifests_checked += 1;
+        let problem = match store.manifest(&key) {
+            Err(e) => Some(format!("unreadable: {e}")),
+            Ok(None) => None,
+            Ok(Some(m)) if m.stage_key.digest() != key || m.key != key => Some("its key does not match its content".to_string()),
+            Ok(Some(m)) => {
+                let mut live = BTreeSet::new();
+                live_objects(store, &m, &mut live);
+                live.iter()
+                    .find(|d| corrupt.contains(d) || !store.has_object(d))
+                    .map(|d| format!("object {} of node `{}` is missing or corrupt", d.short(), m.node))
+            }
+        };
+        if let Some(p) = problem {
+            report.bad_manifests.push((key.to_hex(), p));
+            if repair {
+                fs::remove_file(store.dir().join("actions").join(format!("{}.json", key.to_hex())))?;
+            }
+        }
+    }
+    Ok(report)
+}

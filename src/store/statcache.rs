@@ -1,0 +1,129 @@
+//! The stat cache: (path, size, mtime, ctime, inode) → digest, so an unchanged file is not
+//! read again. Touching a file only costs a re-hash; the key sees content, never times.
+//!
+//! An entry is only recorded when the file's mtime is comfortably in the past. A file
+//! written in the same clock tick as its entry was made could change again without its
+//! mtime moving (the "racily clean" problem git solves the same way); such files are simply
+//! hashed again next time.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{self, Digest};
+
+const RACY_WINDOW: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    size: u64,
+    mtime: i128,
+    ctime: i128,
+    ino: u64,
+    digest: Digest,
+}
+
+pub struct StatCache {
+    file: PathBuf,
+    entries: HashMap<String, Entry>,
+    dirty: bool,
+}
+
+#[cfg(unix)]
+fn stamp(meta: &Metadata) -> (i128, i128, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let t = |s: i64, ns: i64| s as i128 * 1_000_000_000 + ns as i128;
+    (t(meta.mtime(), meta.mtime_nsec()), t(meta.ctime(), meta.ctime_nsec()), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn stamp(meta: &Metadata) -> (i128, i128, u64) {
+    let m = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    (m, m, 0)
+}
+
+impl StatCache {
+    /// Loads the cache; a missing or unreadable file is an empty cache, never an error.
+    pub fn load(file: &Path) -> StatCache {
+        let entries = std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        StatCache { file: file.to_path_buf(), entries, dirty: false }
+    }
+
+    /// The digest recorded for `rel` if the file still has the recorded stat.
+    pub fn lookup(&self, rel: &str, meta: &Metadata) -> Option<Digest> {
+        let e = self.entries.get(rel)?;
+        let (mtime, ctime, ino) = stamp(meta);
+        (e.size == meta.len() && e.mtime == mtime && e.ctime == ctime && e.ino == ino).then_some(e.digest)
+    }
+
+    /// Records `digest` for `rel` unless its mtime is too recent to be trusted.
+    pub fn record(&mut self, rel: &str, meta: &Metadata, digest: Digest) {
+        let racy = meta.modified().ok().is_none_or(|m| SystemTime::now().duration_since(m).map_or(true, |age| age < RACY_WINDOW));
+        if racy {
+            if self.entries.remove(rel).is_some() {
+                self.dirty = true;
+            }
+            return;
+        }
+        let (mtime, ctime, ino) = stamp(meta);
+        let entry = Entry { size: meta.len(), mtime, ctime, ino, digest };
+        if self.entries.get(rel) != Some(&entry) {
+            self.entries.insert(rel.to_string(), entry);
+            self.dirty = true;
+        }
+    }
+
+    /// Digest of the file at `root/rel`, from the cache when its stat is unchanged.
+    pub fn file_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
+        let path = root.join(rel);
+        let meta = std::fs::metadata(&path)?;
+        if let Some(d) = self.lookup(rel, &meta) {
+            return Ok((d, meta.len()));
+        }
+        let (d, size) = digest::hash_file(&path)?;
+        self.record(rel, &meta, d);
+        Ok((d, size))
+    }
+
+    /// Digest of a file or a directory tree (see [`digest::Tree`]).
+    pub fn path_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
+        let path = root.join(rel);
+        if !std::fs::metadata(&path)?.is_dir() {
+            return self.file_digest(root, rel);
+        }
+        let mut entries = Vec::new();
+        for file in digest::list_files(&path)? {
+            let child = format!("{rel}/{file}");
+            let (d, size) = self.file_digest(root, &child)?;
+            let exec = digest::is_executable(&std::fs::metadata(root.join(&child))?);
+            entries.push(digest::TreeEntry { path: file, digest: d, size, exec });
+        }
+        let tree = digest::Tree { entries };
+        Ok((tree.digest(), tree.size()))
+    }
+
+    pub fn forget(&mut self, rel: &str) {
+        if self.entries.remove(rel).is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// Writes the cache back if anything changed. Callers hold the store's lock.
+    pub fn save(&mut self, write: impl FnOnce(&Path, &[u8]) -> io::Result<()>) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&self.entries).map_err(io::Error::other)?;
+        write(&self.file, &bytes)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
