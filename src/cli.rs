@@ -280,15 +280,19 @@ impl Workspace {
         let rerun_by_cascade = summary.records.iter().filter(|r| r.cache == Cache::Miss && cascaded.iter().any(|&i| self.graph.id(i) == r.id)).count();
         eprintln!("{} nodes: {} in {:.2}s", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64());
         print_roots(&self.graph, &roots, rerun_by_cascade, &|l| eprintln!("{l}"));
-        for (id, error, log) in &summary.failures {
-            eprintln!("error: `{id}` failed: {error}");
-            let rel = log.strip_prefix(self.store.root()).unwrap_or(log);
+        for f in &summary.failures {
+            eprintln!("error: `{}` failed: {}", f.node, f.message);
+            let rel = f.log.strip_prefix(self.store.root()).unwrap_or(&f.log);
             eprintln!("  log: {}", rel.display());
-            for line in tail(log, 20) {
+            for line in tail(&f.log, 20) {
                 eprintln!("  | {line}");
             }
         }
-        Ok(if failed > 0 { 1 } else { 0 })
+        Ok(match () {
+            _ if summary.failures.iter().any(|f| f.input) => 2,
+            _ if failed > 0 => 1,
+            _ => 0,
+        })
     }
 
     fn status(&self, targets: &[String], json: bool) -> Result<u8> {
@@ -465,15 +469,32 @@ fn print_roots(graph: &Graph, roots: &[(usize, String)], cascade: usize, out: &d
     if roots.is_empty() {
         return;
     }
-    const SHOWN: usize = 5;
-    for (i, text) in roots.iter().take(SHOWN) {
-        out(&format!("  root cause: `{}`: {text}", graph.id(*i)));
+    // Nodes with the same cause are one line: a first build is "never built" for many.
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (i, text) in roots {
+        match groups.iter_mut().find(|(t, _)| t == text) {
+            Some((_, ids)) => ids.push(graph.id(*i)),
+            None => groups.push((text, vec![graph.id(*i)])),
+        }
     }
-    if roots.len() > SHOWN {
-        out(&format!("  …and {} more root causes", roots.len() - SHOWN));
+    const SHOWN: usize = 5;
+    for (text, ids) in groups.iter().take(SHOWN) {
+        let who = match ids.as_slice() {
+            [one] => format!("`{one}`"),
+            many => {
+                let named: Vec<String> = many.iter().take(3).map(|id| format!("`{id}`")).collect();
+                let more = if many.len() > 3 { ", …" } else { "" };
+                format!("{} nodes ({}{more})", many.len(), named.join(", "))
+            }
+        };
+        out(&format!("  root cause: {who}: {text}"));
+    }
+    if groups.len() > SHOWN {
+        out(&format!("  …and {} other root causes", groups.len() - SHOWN));
     }
     if cascade > 0 {
-        out(&format!("  {cascade} downstream node{} rerun because of {}", if cascade == 1 { "" } else { "s" }, if roots.len() == 1 { "it" } else { "them" }));
+        let s = if cascade == 1 { "" } else { "s" };
+        out(&format!("  {cascade} downstream node{s} rerun because of {}", if roots.len() == 1 { "it" } else { "them" }));
     }
 }
 

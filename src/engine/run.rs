@@ -34,8 +34,19 @@ pub struct Options {
 
 pub struct Summary {
     pub records: Vec<NodeRecord>,
-    /// Failures with the tail of their log, for the final report.
-    pub failures: Vec<(String, String, PathBuf)>,
+    pub failures: Vec<Failure>,
+}
+
+/// Why a node failed. Nothing of it is cached.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub node: String,
+    pub message: String,
+    /// The run's combined stdout/stderr, kept for reading.
+    pub log: PathBuf,
+    /// The node ran but did not do what the pipeline declares (an out not written): the
+    /// pipeline or the command is wrong, which is bad input rather than a failed run.
+    pub input: bool,
 }
 
 impl Summary {
@@ -46,7 +57,7 @@ impl Summary {
 
 struct Done {
     node: usize,
-    result: Result<Manifest, String>,
+    result: Result<Manifest, (String, bool)>,
     ms: u64,
 }
 
@@ -154,10 +165,10 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     phase[i] = Phase::Finished;
                     release(graph, i, &mut waiting_on, &mut ready, &position);
                 }
-                Err(e) => {
+                Err((e, input)) => {
                     phase[i] = Phase::Failed;
                     let log = store.log_path(&nodes[i].id);
-                    summary.failures.push((nodes[i].id.clone(), e.clone(), log));
+                    summary.failures.push(Failure { node: nodes[i].id.clone(), message: e.clone(), log, input });
                     summary.records.push(NodeRecord {
                         id: nodes[i].id.clone(),
                         key: Some(key.to_hex()),
@@ -239,17 +250,21 @@ fn blocked_by(reserved: Option<&str>, device: &str) -> bool {
 
 /// Runs one node and commits its result to the store: objects, then the manifest, then the
 /// ref, then the copies under `out/`. Returns the manifest, or why it failed.
-fn execute(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey) -> Result<Manifest, String> {
+fn execute(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey) -> Result<Manifest, (String, bool)> {
     let staging = store.tmp_path(&graph.pipeline.nodes[i].id);
     let result = execute_in(graph, store, i, key, stage_key, &staging);
     let _ = fs::remove_dir_all(&staging);
     result
 }
 
-fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey, staging: &Path) -> Result<Manifest, String> {
+fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey, staging: &Path) -> Result<Manifest, (String, bool)> {
     let node = &graph.pipeline.nodes[i];
     let root = store.root();
-    let io = |what: &str, e: io::Error| format!("{what}: {e}");
+    let io = |what: &str, e: io::Error| (format!("{what}: {e}"), false);
+    let declared = |o: &crate::pipeline::OutSpec, what: String| {
+        let d = graph.pipeline.source.diag(&o.field, format!("`{}` {what}", node.id), None);
+        (d.to_string(), true)
+    };
     let rel_staging = staging.strip_prefix(root).unwrap_or(staging).to_path_buf();
     let scratch = staging.join("scratch");
     fs::create_dir_all(&scratch).map_err(|e| io("cannot create the scratch directory", e))?;
@@ -273,17 +288,17 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
 
     let started_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let t0 = Instant::now();
-    let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log })?;
+    let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(|e| (e, false))?;
     let duration_ms = t0.elapsed().as_millis() as u64;
 
     let mut outputs: Vec<OutputRecord> = Vec::new();
     for o in &node.outs {
         let staged = root.join(&outs[&o.name]);
         match fs::metadata(&staged) {
-            Err(_) => return Err(format!("the stage did not write out `{}` (declared as `{}`)", o.name, o.path)),
+            Err(_) => return Err(declared(o, format!("did not write out `{}` (declared as `{}`)", o.name, o.path))),
             Ok(m) if m.is_dir() != o.dir => {
                 let (want, got) = if o.dir { ("a directory", "a file") } else { ("a file", "a directory") };
-                return Err(format!("out `{}` was declared as {want} but the stage wrote {got}", o.path));
+                return Err(declared(o, format!("wrote {got} for out `{}`, declared as {want}", o.path)));
             }
             Ok(_) => {}
         }

@@ -90,6 +90,8 @@ pub struct OutSpec {
     /// Relative to the node's output directory, without a trailing `/`.
     pub path: String,
     pub dir: bool,
+    /// Where it is declared, for errors found at run time.
+    pub field: FieldPath,
 }
 
 impl NodeSpec {
@@ -467,7 +469,7 @@ impl StageCx<'_> {
                         if let Some(prev) = node_outs.iter().find(|x| x.path == path || path.starts_with(&format!("{}/", x.path)) || x.path.starts_with(&format!("{path}/"))) {
                             diags.push(self.src.diag(&o.field, format!("out `{path}` overlaps out `{}`", prev.path), None));
                         } else {
-                            node_outs.push(OutSpec { name: o.name.clone(), path, dir });
+                            node_outs.push(OutSpec { name: o.name.clone(), path, dir, field: o.field.clone() });
                         }
                     }
                     Err(e) => diags.push(self.src.diag(&o.field, e, None)),

@@ -134,6 +134,13 @@ impl Store {
 
     /// Moves a staged file into the object store (fsynced first) and returns its digest.
     fn put_staged_file(&self, staged: &Path) -> io::Result<(Digest, u64, bool)> {
+        if fs::symlink_metadata(staged)?.file_type().is_symlink() {
+            // Store what the link points to, not the link.
+            let copy = self.tmp_path("link");
+            fs::copy(staged, &copy)?;
+            fs::remove_file(staged)?;
+            fs::rename(&copy, staged)?;
+        }
         let exec = digest::is_executable(&fs::metadata(staged)?);
         File::open(staged)?.sync_all()?;
         let (d, size) = digest::hash_file(staged)?;
@@ -222,8 +229,9 @@ impl Store {
     pub fn materialize(&self, out: &OutputRecord, dest: &Path) -> io::Result<()> {
         let parent = dest.parent().expect("outputs live under out/");
         fs::create_dir_all(parent)?;
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.tr118-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+        // Built in cache/tmp/ so that a crash leaves nothing behind under out/ that the next
+        // writer would not clear.
+        let tmp = self.tmp_path("materialize");
         let result = if out.dir {
             fs::create_dir_all(&tmp)?;
             self.tree(&out.digest)?
@@ -242,7 +250,9 @@ impl Store {
                 remove_any(dest)?;
             }
         }
-        fs::rename(&tmp, dest)
+        fs::rename(&tmp, dest).inspect_err(|_| {
+            let _ = remove_any(&tmp);
+        })
     }
 
     fn copy_object(&self, d: &Digest, exec: bool, dest: &Path) -> io::Result<()> {
