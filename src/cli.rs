@@ -166,10 +166,10 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Why { node, params } => Workspace::load(&root, &file, &params)?.why(&node, verbose),
         Command::Graph { targets, format } => {
             let ws = Workspace::load(&root, &file, &ParamArgs { params: Vec::new() })?;
-            ws.graph.select(&targets).map_err(Fail::Input)?;
+            let selected = ws.graph.select(&targets).map_err(Fail::Input)?;
             print!("{}", match format {
-                GraphFormat::Dot => ws.graph.to_dot(),
-                GraphFormat::Mermaid => ws.graph.to_mermaid(),
+                GraphFormat::Dot => ws.graph.to_dot(&selected),
+                GraphFormat::Mermaid => ws.graph.to_mermaid(&selected),
             });
             Ok(0)
         }
@@ -223,8 +223,7 @@ impl Workspace {
         let overrides = parse_params(params)?;
         let pipeline = Pipeline::load(file, &overrides).map_err(|d| Fail::Input(d.to_string()))?;
         let graph = Graph::build(pipeline, root).map_err(|d| Fail::Input(d.to_string()))?;
-        let store = Store::open(root)?;
-        Ok(Workspace { graph, store })
+        Ok(Workspace { graph, store: Store::at(root) })
     }
 
     fn plan(&self, targets: &[String], stat: &mut StatCache) -> Result<Plan> {
@@ -247,8 +246,9 @@ impl Workspace {
             }
             return Ok(0);
         }
-        let _guard = lock(&self.store, no_wait)?;
-        self.store.clear_tmp()?;
+        let store = Store::open(self.store.root())?;
+        let _guard = lock(&store, no_wait)?;
+        store.clear_tmp()?;
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(targets, &mut stat)?;
         let cascaded: BTreeSet<usize> = plan
@@ -373,7 +373,8 @@ impl Workspace {
     }
 
     fn gc(&self, dry_run: bool) -> Result<u8> {
-        let _guard = lock(&self.store, false)?;
+        let store = Store::open(self.store.root())?;
+        let _guard = lock(&store, false)?;
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(&[], &mut stat)?;
         let mut keep_keys = BTreeSet::new();

@@ -141,6 +141,8 @@ pub enum StaleReason {
     CacheEntryMissing,
     /// The manifest exists but one of its objects is missing or corrupt.
     OutputMissing { path: String },
+    /// An output's object no longer matches its digest; it was discarded.
+    OutputCorrupt { path: String },
     /// An upstream node reruns, so this node's inputs are not known yet.
     Upstream { node: String },
     KindChanged { old: String, new: String },
@@ -181,6 +183,7 @@ impl fmt::Display for StaleReason {
             NeverBuilt => write!(f, "never built"),
             CacheEntryMissing => write!(f, "no cache entry for its key (the cache was cleaned or collected)"),
             OutputMissing { path } => write!(f, "output `{path}` is missing from the cache"),
+            OutputCorrupt { path } => write!(f, "output `{path}` is corrupt in the cache (discarded)"),
             Upstream { node } => write!(f, "upstream `{node}` reruns"),
             KindChanged { old, new } => write!(f, "stage kind changed {old} → {new}"),
             KindVersionChanged { kind, old, new } => write!(f, "implementation of kind `{kind}` changed (version {old} → {new})"),

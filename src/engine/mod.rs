@@ -84,14 +84,15 @@ pub fn missing_output(store: &Store, m: &Manifest) -> Option<String> {
 }
 
 /// Makes `out/<node>/…` match the manifest, copying from the store what is missing or
-/// was changed by hand. Returns whether anything was restored.
+/// was changed by hand. Returns whether anything was restored. A copy is verified against
+/// its digest; a corrupt object fails with [`crate::store::CorruptObject`].
 pub fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &str, outputs: &[OutputRecord]) -> io::Result<bool> {
     let root = store.root().to_path_buf();
     let mut restored = false;
     for o in outputs {
         let rel = format!("out/{node}/{}", o.path);
         if !matches(store, stat, &root, &rel, o) {
-            store.materialize(o, &root.join(&rel))?;
+            store.materialize(o, &root.join(&rel), true)?;
             restored = true;
         }
     }

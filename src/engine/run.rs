@@ -22,10 +22,10 @@ use super::{Plan, ensure_materialized};
 use crate::digest::Digest;
 use crate::facets;
 use crate::graph::Graph;
-use crate::key::StageKey;
+use crate::key::{StageKey, StaleReason};
 use crate::stage::{Outcome, RunCx};
 use crate::store::statcache::StatCache;
-use crate::store::{Manifest, OutputRecord, Status, Store};
+use crate::store::{CorruptObject, Manifest, OutputRecord, Status, Store};
 
 pub struct Options {
     pub jobs: usize,
@@ -96,8 +96,22 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         let state = assess(graph, store, stat, i, &lookup)?;
                         states[i] = Some(state);
                     }
-                    if let Some(State::Fresh { key, manifest, .. }) = &states[i] {
-                        let restored = ensure_materialized(store, stat, &nodes[i].id, &manifest.outputs)?;
+                    if let Some(State::Fresh { key, manifest, stage_key }) = &states[i] {
+                        let restored = match ensure_materialized(store, stat, &nodes[i].id, &manifest.outputs) {
+                            Ok(r) => r,
+                            Err(e) => match CorruptObject::of(&e) {
+                                // The cache lied: drop the object and rebuild the node.
+                                Some(d) => {
+                                    store.discard(&d)?;
+                                    let path = manifest.outputs.iter().find(|o| o.digest == d).map_or_else(|| d.short(), |o| o.path.clone());
+                                    let reasons = vec![StaleReason::OutputCorrupt { path }];
+                                    states[i] = Some(State::Stale { key: Some((*key, stage_key.clone())), reasons });
+                                    progressed = true;
+                                    continue;
+                                }
+                                None => return Err(e),
+                            },
+                        };
                         summary.records.push(NodeRecord {
                             id: nodes[i].id.clone(),
                             key: Some(key.to_hex()),
@@ -328,7 +342,7 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
     store.write_ref(&node.id, &key).map_err(|e| io("writing the ref", e))?;
     for o in &manifest.outputs {
         let dest = root.join(format!("out/{}/{}", node.id, o.path));
-        store.materialize(o, &dest).map_err(|e| io(&format!("materialising `{}`", dest.display()), e))?;
+        store.materialize(o, &dest, false).map_err(|e| io(&format!("materialising `{}`", dest.display()), e))?;
     }
     Ok(manifest)
 }

@@ -174,6 +174,14 @@ impl Pipeline {
             nodes.extend(cx.lower(table, &mut diags));
         }
 
+        // Every node of a matrix repeats its stage's mistakes: say each once.
+        let mut unique: Vec<Diagnostic> = Vec::with_capacity(diags.len());
+        for d in diags {
+            if !unique.contains(&d) {
+                unique.push(d);
+            }
+        }
+        let diags = unique;
         if diags.is_empty() {
             Ok(Pipeline { file: file.to_path_buf(), digest, params, stages, nodes, source: src })
         } else {
@@ -427,7 +435,8 @@ impl StageCx<'_> {
         let matrix: BTreeMap<String, Value> = combo.iter().map(|(axis, v)| (axis.to_string(), v.value.clone())).collect();
         let mut r = Resolver { node: &id, stage: self.name, matrix, globals: self.globals, stage_params: None, used: BTreeSet::new() };
         let resolve = |r: &mut Resolver<'_>, v: &toml::Value, path: &FieldPath, pass: Pass, diags: &mut Vec<Diagnostic>| {
-            r.value(v, pass).map_err(|e| diags.push(self.src.diag(path, e, None))).ok()
+            let mut at = path.clone();
+            r.value(v, pass, &mut at).map_err(|e| diags.push(self.src.diag(&at, e, None))).ok()
         };
 
         // Stage params see the matrix and global params, not each other.
@@ -497,11 +506,7 @@ impl StageCx<'_> {
                 for e in errors {
                     let mut p = self.path.clone();
                     p.extend(e.field);
-                    // Every node of a matrix repeats the same mistake: say it once.
-                    let d = self.src.diag(&p, e.message, e.help);
-                    if !diags.contains(&d) {
-                        diags.push(d);
-                    }
+                    diags.push(self.src.diag(&p, e.message, e.help));
                 }
                 return None;
             }
@@ -657,12 +662,27 @@ impl Resolver<'_> {
         }
     }
 
-    fn value(&mut self, v: &toml::Value, pass: Pass) -> Result<Value, String> {
+    /// Resolves every string in `v`. On error, `at` is left at the failing element.
+    fn value(&mut self, v: &toml::Value, pass: Pass, at: &mut FieldPath) -> Result<Value, String> {
         Ok(match v {
             toml::Value::String(s) => template::resolve(s, &mut |n| self.lookup(n, pass), false)?,
-            toml::Value::Array(a) => Value::Array(a.iter().map(|x| self.value(x, pass)).collect::<Result<_, _>>()?),
+            toml::Value::Array(a) => {
+                let mut out = Vec::with_capacity(a.len());
+                for (i, x) in a.iter().enumerate() {
+                    at.push(i.to_string());
+                    out.push(self.value(x, pass, at)?);
+                    at.pop();
+                }
+                Value::Array(out)
+            }
             toml::Value::Table(t) => {
-                Value::Object(t.iter().map(|(k, x)| Ok((k.clone(), self.value(x, pass)?))).collect::<Result<_, String>>()?)
+                let mut out = serde_json::Map::new();
+                for (k, x) in t {
+                    at.push(k.clone());
+                    out.insert(k.clone(), self.value(x, pass, at)?);
+                    at.pop();
+                }
+                Value::Object(out)
             }
             other => to_json(other),
         })

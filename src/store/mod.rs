@@ -44,13 +44,18 @@ pub struct LockGuard {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
-    /// Opens (creating if needed) the cache of the workspace at `root`.
+    /// The cache of the workspace at `root`, as it is: readers need nothing created.
+    pub fn at(root: &Path) -> Store {
+        Store { root: root.to_path_buf(), dir: root.join("cache") }
+    }
+
+    /// The cache of the workspace at `root`, created if needed, for writers.
     pub fn open(root: &Path) -> io::Result<Store> {
-        let dir = root.join("cache");
+        let store = Store::at(root);
         for sub in ["objects", "actions", "refs", "logs", "tmp"] {
-            fs::create_dir_all(dir.join(sub))?;
+            fs::create_dir_all(store.dir.join(sub))?;
         }
-        Ok(Store { root: root.to_path_buf(), dir })
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -226,7 +231,10 @@ impl Store {
     /// Copies an output from the store to `dest` (a workspace path), replacing whatever
     /// is there. Copies, not links: a stage that scribbles on its input cannot corrupt the
     /// store. The copy is made beside `dest` and renamed over it.
-    pub fn materialize(&self, out: &OutputRecord, dest: &Path) -> io::Result<()> {
+    ///
+    /// With `verify`, each copy is re-hashed: an object that no longer matches its name fails
+    /// with a [`CorruptObject`] error (and is never left in `out/`).
+    pub fn materialize(&self, out: &OutputRecord, dest: &Path, verify: bool) -> io::Result<()> {
         let parent = dest.parent().expect("outputs live under out/");
         fs::create_dir_all(parent)?;
         // Built in cache/tmp/ so that a crash leaves nothing behind under out/ that the next
@@ -237,9 +245,9 @@ impl Store {
             self.tree(&out.digest)?
                 .entries
                 .iter()
-                .try_for_each(|e| self.copy_object(&e.digest, e.exec, &tmp.join(&e.path)))
+                .try_for_each(|e| self.copy_object(&e.digest, e.exec, &tmp.join(&e.path), verify))
         } else {
-            self.copy_object(&out.digest, out.exec, &tmp)
+            self.copy_object(&out.digest, out.exec, &tmp, verify)
         };
         if let Err(e) = result {
             let _ = remove_any(&tmp);
@@ -255,12 +263,44 @@ impl Store {
         })
     }
 
-    fn copy_object(&self, d: &Digest, exec: bool, dest: &Path) -> io::Result<()> {
+    fn copy_object(&self, d: &Digest, exec: bool, dest: &Path, verify: bool) -> io::Result<()> {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
         }
         fs::copy(self.object_path(d), dest)?;
+        if verify && digest::hash_file(dest)?.0 != *d {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, CorruptObject(*d)));
+        }
         set_mode(dest, if exec { 0o755 } else { 0o644 })
+    }
+}
+
+/// An object whose content no longer hashes to its name.
+#[derive(Debug)]
+pub struct CorruptObject(pub Digest);
+
+impl std::fmt::Display for CorruptObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cache object {} is corrupt", self.0.short())
+    }
+}
+
+impl std::error::Error for CorruptObject {}
+
+impl CorruptObject {
+    /// The corrupt object an I/O error is about, if it is one.
+    pub fn of(e: &io::Error) -> Option<Digest> {
+        e.get_ref().and_then(|x| x.downcast_ref::<CorruptObject>()).map(|c| c.0)
+    }
+}
+
+impl Store {
+    /// Removes an object found corrupt, so the node that needs it is rebuilt.
+    pub fn discard(&self, d: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.object_path(d)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
