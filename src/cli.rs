@@ -160,7 +160,11 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, params } => {
             let ws = Workspace::load(&root, &file, &params)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            ws.make(&targets, Options { jobs, keep_going }, dry_run, json, no_wait, verbose)
+            let code = ws.make(&targets, Options { jobs, keep_going }, dry_run, json, no_wait, verbose);
+            // The process ends here: freeing every node's allocations one by one would cost
+            // more than the rest of a no-op make on a large graph.
+            std::mem::forget(ws);
+            code
         }
         Command::Status { targets, json, params } => Workspace::load(&root, &file, &params)?.status(&targets, json),
         Command::Why { node, params } => Workspace::load(&root, &file, &params)?.why(&node, verbose),
@@ -308,8 +312,8 @@ impl Workspace {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 match plan.state(i) {
-                    State::Fresh { manifest, .. } => {
-                        let extra = manifest.reason.as_ref().map_or(String::new(), |r| format!(" (degraded: {r})"));
+                    State::Fresh { result, .. } => {
+                        let extra = result.reason.as_ref().map_or(String::new(), |r| format!(" (degraded: {r})"));
                         println!("fresh  {}{extra}", r.id);
                     }
                     State::Stale { reasons, .. } => println!("stale  {}: {}", r.id, reasons_text(reasons)),
@@ -336,8 +340,8 @@ impl Workspace {
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(&[], &mut stat)?;
         match plan.state(i) {
-            State::Fresh { key, manifest, stage_key } => {
-                let status = manifest.reason.as_ref().map_or("ok".to_string(), |r| format!("degraded: {r}"));
+            State::Fresh { key, result, stage_key } => {
+                let status = result.reason.as_ref().map_or("ok".to_string(), |r| format!("degraded: {r}"));
                 println!("`{target}` is fresh: key {} ({status})", key.short());
                 if verbose >= 1 {
                     println!("{}", serde_json::to_string_pretty(stage_key).unwrap_or_default());
@@ -404,11 +408,11 @@ impl Workspace {
 fn plan_record(graph: &Graph, plan: &Plan, i: usize) -> NodeRecord {
     let state = plan.state(i);
     let (cache, status, reason, detail) = match state {
-        State::Fresh { manifest, .. } => (
+        State::Fresh { result, .. } => (
             Cache::Hit,
-            if manifest.reason.is_some() { RecordStatus::Degraded } else { RecordStatus::Ok },
+            if result.reason.is_some() { RecordStatus::Degraded } else { RecordStatus::Ok },
             None,
-            manifest.reason.clone(),
+            result.reason.clone(),
         ),
         State::Stale { reasons, .. } => (Cache::Miss, RecordStatus::Pending, Some(reasons_text(reasons)), None),
     };
@@ -419,7 +423,7 @@ fn plan_record(graph: &Graph, plan: &Plan, i: usize) -> NodeRecord {
         status,
         reason,
         detail,
-        duration_ms: 0,
+        duration_ms: 0.0,
         restored: false,
     }
 }

@@ -229,7 +229,7 @@ struct Record {
     reason: Option<String>,
     detail: Option<String>,
     #[allow(dead_code)]
-    duration_ms: u64,
+    duration_ms: f64,
     restored: bool,
 }
 
@@ -261,7 +261,7 @@ impl Record {
             status,
             reason: opt("reason"),
             detail: opt("detail"),
-            duration_ms: obj["duration_ms"].as_u64().unwrap_or_else(|| panic!("duration_ms: {line}")),
+            duration_ms: obj["duration_ms"].as_f64().filter(|d| *d >= 0.0).unwrap_or_else(|| panic!("duration_ms: {line}")),
             restored: obj["restored"].as_bool().unwrap_or_else(|| panic!("restored: {line}")),
         }
     }

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::graph::{Graph, Origin};
 use crate::key::{StageKey, StaleReason};
 use crate::store::statcache::StatCache;
-use crate::store::{Manifest, OutputRecord, Store};
+use crate::store::{ActionResult, OutputRecord, Store};
 
 pub mod plan;
 pub mod progress;
@@ -27,7 +27,7 @@ pub use plan::{Plan, State};
 pub fn stage_key<'m>(
     graph: &Graph,
     i: usize,
-    upstream: &dyn Fn(usize) -> Option<&'m Manifest>,
+    upstream: &dyn Fn(usize) -> Option<&'m ActionResult>,
     stat: &mut StatCache,
     root: &Path,
 ) -> io::Result<StageKey> {
@@ -79,7 +79,7 @@ pub fn stale_reasons(store: &Store, node: &str, key: &Digest, sk: &StageKey) -> 
 }
 
 /// Whether every output of `m` is present in the store; the first missing one otherwise.
-pub fn missing_output(store: &Store, m: &Manifest) -> Option<String> {
+pub fn missing_output(store: &Store, m: &ActionResult) -> Option<String> {
     m.outputs.iter().find(|o| !store.has_output(o)).map(|o| o.path.clone())
 }
 
@@ -105,7 +105,7 @@ fn matches(store: &Store, stat: &mut StatCache, root: &Path, rel: &str, o: &Outp
         return false;
     }
     if !o.dir {
-        return stat.file_digest(root, rel).is_ok_and(|(d, _)| d == o.digest);
+        return stat.file_digest_with(root, rel, &meta).is_ok_and(|(d, _)| d == o.digest);
     }
     let Ok(tree) = store.tree(&o.digest) else { return false };
     let Ok(files) = crate::digest::list_files(&root.join(rel)) else { return false };

@@ -7,12 +7,12 @@ use crate::digest::Digest;
 use crate::graph::Graph;
 use crate::key::{StageKey, StaleReason};
 use crate::store::statcache::StatCache;
-use crate::store::{Manifest, Store};
+use crate::store::{ActionResult, Store};
 
 #[derive(Debug, Clone)]
 pub enum State {
     /// A complete cache entry exists for the node's current key.
-    Fresh { key: Digest, stage_key: StageKey, manifest: Box<Manifest> },
+    Fresh { key: Digest, stage_key: StageKey, result: ActionResult },
     /// The node must run. `key` is `None` while an upstream node is stale.
     Stale { key: Option<(Digest, StageKey)>, reasons: Vec<StaleReason> },
 }
@@ -64,7 +64,7 @@ impl Plan {
 
 /// Assesses node `i` once its upstream nodes are settled. `upstream` gives the manifest of
 /// an upstream node that is fresh, `None` for one that is stale.
-pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, upstream: &dyn Fn(usize) -> Option<&'m Manifest>) -> io::Result<State> {
+pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, upstream: &dyn Fn(usize) -> Option<&'m ActionResult>) -> io::Result<State> {
     let stale_up: Vec<StaleReason> = graph.upstream[i]
         .iter()
         .filter(|&&u| upstream(u).is_none())
@@ -76,9 +76,9 @@ pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, 
     let sk = stage_key(graph, i, upstream, stat, store.root())?;
     let key = sk.digest();
     let id = graph.id(i);
-    match store.manifest(&key) {
+    match store.action_result(&key) {
         Ok(Some(m)) => match missing_output(store, &m) {
-            None => Ok(State::Fresh { key, stage_key: sk, manifest: Box::new(m) }),
+            None => Ok(State::Fresh { key, stage_key: sk, result: m }),
             Some(path) => Ok(State::Stale { key: Some((key, sk)), reasons: vec![StaleReason::OutputMissing { path }] }),
         },
         // An unreadable manifest is treated like a missing one: the node reruns and the
@@ -96,7 +96,7 @@ pub fn plan(graph: &Graph, store: &Store, stat: &mut StatCache, selected: Vec<us
     for &i in &selected {
         let state = {
             let lookup = |u: usize| match &states[u] {
-                Some(State::Fresh { manifest, .. }) => Some(&**manifest),
+                Some(State::Fresh { result, .. }) => Some(result),
                 _ => None,
             };
             assess(graph, store, stat, i, &lookup)?

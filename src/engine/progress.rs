@@ -39,7 +39,7 @@ pub struct NodeRecord {
     pub reason: Option<String>,
     /// The degraded reason, the failure, or why it was skipped.
     pub detail: Option<String>,
-    pub duration_ms: u64,
+    pub duration_ms: f64,
     /// A hit whose files under `out/` had to be restored from the cache.
     pub restored: bool,
 }
@@ -111,7 +111,7 @@ impl Reporter {
                 bar.inc(1);
             }
         }
-        let secs = r.duration_ms as f64 / 1000.0;
+        let secs = r.duration_ms / 1000.0;
         let detail = r.detail.as_deref().unwrap_or("");
         let text = match (r.cache, r.status) {
             (Cache::Hit, _) if r.restored => Some(format!("restored {} (from cache)", r.id)),

@@ -25,7 +25,7 @@ use crate::graph::Graph;
 use crate::key::{StageKey, StaleReason};
 use crate::stage::{Outcome, RunCx};
 use crate::store::statcache::StatCache;
-use crate::store::{CorruptObject, Manifest, OutputRecord, Status, Store};
+use crate::store::{ActionResult, CorruptObject, Manifest, OutputRecord, Status, Store};
 
 pub struct Options {
     pub jobs: usize,
@@ -58,7 +58,7 @@ impl Summary {
 struct Done {
     node: usize,
     result: Result<Manifest, (String, bool)>,
-    ms: u64,
+    ms: f64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -75,7 +75,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
     let n = nodes.len();
     let position: BTreeMap<usize, usize> = plan.selected.iter().enumerate().map(|(p, &i)| (i, p)).collect();
     let mut states = plan.states;
-    let mut manifests: Vec<Option<Manifest>> = vec![None; n];
+    let mut manifests: Vec<Option<ActionResult>> = vec![None; n];
     let mut phase = vec![Phase::Waiting; n];
     let mut waiting_on: Vec<usize> = (0..n).map(|i| graph.upstream[i].len()).collect();
     let mut ready: BTreeSet<(usize, usize)> = plan.selected.iter().filter(|&&i| waiting_on[i] == 0).map(|&i| (position[&i], i)).collect();
@@ -90,22 +90,24 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
             let mut progressed = true;
             while progressed && !stopping {
                 progressed = false;
-                for (pos, i) in ready.clone() {
+                let snapshot: Vec<(usize, usize)> = ready.iter().copied().collect();
+                for (pos, i) in snapshot {
                     if !matches!(states[i], Some(State::Fresh { .. }) | Some(State::Stale { key: Some(_), .. })) {
                         let lookup = |u: usize| manifests[u].as_ref();
                         let state = assess(graph, store, stat, i, &lookup)?;
                         states[i] = Some(state);
                     }
-                    if let Some(State::Fresh { key, manifest, stage_key }) = &states[i] {
-                        let restored = match ensure_materialized(store, stat, &nodes[i].id, &manifest.outputs) {
+                    if matches!(states[i], Some(State::Fresh { .. })) {
+                        let Some(State::Fresh { key, stage_key, result }) = states[i].take() else { unreachable!() };
+                        let restored = match ensure_materialized(store, stat, &nodes[i].id, &result.outputs) {
                             Ok(r) => r,
                             Err(e) => match CorruptObject::of(&e) {
                                 // The cache lied: drop the object and rebuild the node.
                                 Some(d) => {
                                     store.discard(&d)?;
-                                    let path = manifest.outputs.iter().find(|o| o.digest == d).map_or_else(|| d.short(), |o| o.path.clone());
+                                    let path = result.outputs.iter().find(|o| o.digest == d).map_or_else(|| d.short(), |o| o.path.clone());
                                     let reasons = vec![StaleReason::OutputCorrupt { path }];
-                                    states[i] = Some(State::Stale { key: Some((*key, stage_key.clone())), reasons });
+                                    states[i] = Some(State::Stale { key: Some((key, stage_key)), reasons });
                                     progressed = true;
                                     continue;
                                 }
@@ -116,14 +118,14 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                             id: nodes[i].id.clone(),
                             key: Some(key.to_hex()),
                             cache: Cache::Hit,
-                            status: if manifest.status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok },
+                            status: if result.status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok },
                             reason: None,
-                            detail: manifest.reason.clone(),
-                            duration_ms: 0,
+                            detail: result.reason.clone(),
+                            duration_ms: 0.0,
                             restored,
                         });
                         reporter.finished(summary.records.last().expect("just pushed"));
-                        manifests[i] = Some((**manifest).clone());
+                        manifests[i] = Some(result);
                         phase[i] = Phase::Finished;
                         ready.remove(&(pos, i));
                         release(graph, i, &mut waiting_on, &mut ready, &position);
@@ -147,7 +149,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     scope.spawn(move || {
                         let t0 = Instant::now();
                         let result = execute(graph, store, i, key, sk);
-                        let _ = tx.send(Done { node: i, result, ms: t0.elapsed().as_millis() as u64 });
+                        let _ = tx.send(Done { node: i, result, ms: millis(t0) });
                     });
                     progressed = true;
                 }
@@ -165,6 +167,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
             match done.result {
                 Ok(m) => {
                     let degraded = m.status == Status::Degraded;
+                    let m = ActionResult { status: m.status, reason: m.reason, outputs: m.outputs };
                     summary.records.push(NodeRecord {
                         id: nodes[i].id.clone(),
                         key: Some(key.to_hex()),
@@ -203,6 +206,9 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
         Ok(())
     })?;
 
+    // Freed by the process exit, not node by node (see `cli`).
+    std::mem::forget(manifests);
+
     // Whatever did not finish was skipped: downstream of a failure, or stopped.
     for &i in &plan.selected {
         if phase[i] == Phase::Waiting {
@@ -219,7 +225,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                 status: RecordStatus::Skipped,
                 reason: None,
                 detail: Some(detail),
-                duration_ms: 0,
+                duration_ms: 0.0,
                 restored: false,
             };
             reporter.finished(&r);
@@ -227,6 +233,11 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
         }
     }
     Ok(summary)
+}
+
+/// Milliseconds since `t0`, to the microsecond.
+fn millis(t0: Instant) -> f64 {
+    (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
 fn release(graph: &Graph, i: usize, waiting_on: &mut [usize], ready: &mut BTreeSet<(usize, usize)>, position: &BTreeMap<usize, usize>) {
@@ -303,7 +314,7 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
     let started_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let t0 = Instant::now();
     let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(|e| (e, false))?;
-    let duration_ms = t0.elapsed().as_millis() as u64;
+    let duration_ms = millis(t0);
 
     let mut outputs: Vec<OutputRecord> = Vec::new();
     for o in &node.outs {

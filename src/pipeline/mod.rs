@@ -266,6 +266,21 @@ struct StageCx<'a> {
     axes: &'a BTreeMap<String, Vec<AxisValue>>,
 }
 
+/// A stage's declarations, shared by all its nodes.
+struct StageDecl<'a> {
+    kind: &'static dyn StageKind,
+    deps: Vec<Decl>,
+    outs: Vec<Decl>,
+    params: Option<&'a toml::Table>,
+    kind_fields: toml::Table,
+    version: u32,
+    timing: bool,
+    device: String,
+    facets: Vec<String>,
+    /// The last node's kind fields and what the kind made of them.
+    lowered: Option<(serde_json::Map<String, Value>, Vec<String>, Vec<String>, Value)>,
+}
+
 /// A declared dep or out before matrix resolution.
 struct Decl {
     name: String,
@@ -321,9 +336,10 @@ impl StageCx<'_> {
             return Vec::new();
         }
 
+        let mut decl = StageDecl { kind, deps, outs, params, kind_fields, version, timing, device, facets: facet_names, lowered: None };
         let mut nodes = Vec::new();
         for combo in product(&matrix) {
-            if let Some(node) = self.node(kind, &combo, &deps, &outs, params, &kind_fields, version, timing, &device, &facet_names, diags) {
+            if let Some(node) = self.node(&mut decl, &combo, diags) {
                 nodes.push(node);
             }
         }
@@ -411,21 +427,8 @@ impl StageCx<'_> {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn node(
-        &self,
-        kind: &'static dyn StageKind,
-        combo: &[(&str, &AxisValue)],
-        deps: &[Decl],
-        outs: &[Decl],
-        params: Option<&toml::Table>,
-        kind_fields: &toml::Table,
-        version: u32,
-        timing: bool,
-        device: &str,
-        facet_names: &[String],
-        diags: &mut Vec<Diagnostic>,
-    ) -> Option<NodeSpec> {
+    fn node(&self, decl: &mut StageDecl<'_>, combo: &[(&str, &AxisValue)], diags: &mut Vec<Diagnostic>) -> Option<NodeSpec> {
+        let (kind, params) = (decl.kind, decl.params);
         let mut id = self.name.to_string();
         for (_, v) in combo {
             id.push('/');
@@ -452,7 +455,7 @@ impl StageCx<'_> {
         r.stage_params = Some(&stage_params);
 
         let mut node_deps = Vec::new();
-        for d in deps {
+        for d in &decl.deps {
             let mut patterns = Vec::new();
             for (i, t) in d.templates.iter().enumerate() {
                 let p = if d.templates.len() > 1 { let mut p = d.field.clone(); p.push(i.to_string()); p } else { d.field.clone() };
@@ -468,7 +471,7 @@ impl StageCx<'_> {
         }
 
         let mut node_outs: Vec<OutSpec> = Vec::new();
-        for o in outs {
+        for o in &decl.outs {
             match r.string(&o.templates[0], Pass::Load) {
                 Ok(s) => match check_rel_path(&s, "out") {
                     Ok(()) if s.contains('*') => diags.push(self.src.diag(&o.field, format!("out `{s}` may not contain `*`"), None)),
@@ -488,7 +491,7 @@ impl StageCx<'_> {
         }
 
         let mut fields = serde_json::Map::new();
-        for (k, v) in kind_fields {
+        for (k, v) in &decl.kind_fields {
             let p = { let mut p = self.path.clone(); p.push(k.clone()); p };
             let pass = if kind.keeps_placeholders() { Pass::Validate } else { Pass::Kind };
             if let Some(v) = resolve(&mut r, v, &p, pass, diags) {
@@ -500,8 +503,16 @@ impl StageCx<'_> {
         }
         let dep_names: Vec<String> = node_deps.iter().map(|d| d.name.clone()).collect();
         let out_names: Vec<String> = node_outs.iter().map(|o| o.name.clone()).collect();
-        let config = match kind.lower(&LowerCx { node: &id, fields: &fields, deps: &dep_names, outs: &out_names }) {
-            Ok(c) => c,
+        let config = match &decl.lowered {
+            // Nodes of one stage usually lower the very same fields: do it once.
+            Some((f, d, o, c)) if *f == fields && *d == dep_names && *o == out_names => Ok(c.clone()),
+            _ => kind.lower(&LowerCx { node: &id, fields: &fields, deps: &dep_names, outs: &out_names }),
+        };
+        let config = match config {
+            Ok(c) => {
+                decl.lowered = Some((fields, dep_names, out_names, c.clone()));
+                c
+            }
             Err(errors) => {
                 for e in errors {
                     let mut p = self.path.clone();
@@ -529,10 +540,10 @@ impl StageCx<'_> {
             config,
             deps: node_deps,
             outs: node_outs,
-            facets: facet_names.to_vec(),
-            version,
-            timing,
-            device: device.to_string(),
+            facets: decl.facets.clone(),
+            version: decl.version,
+            timing: decl.timing,
+            device: decl.device.clone(),
             field: self.path.clone(),
         })
     }

@@ -12,7 +12,7 @@
 //! | `reason`      | string \| null             | why it is degraded                              |
 //! | `outputs`     | list                       | name, path, digest, size, dir, exec per output  |
 //! | `started_at`  | int                        | unix time in milliseconds                       |
-//! | `duration_ms` | int                        | wall time of the run                            |
+//! | `duration_ms` | float                        | wall time of the run                            |
 //! | `env`         | object                     | tool version, OS, CPU, host at run time          |
 //! | `log`         | hex digest \| null         | object holding the combined stdout/stderr       |
 
@@ -46,6 +46,15 @@ pub struct OutputRecord {
     pub exec: bool,
 }
 
+/// What planning and downstream keys need of a manifest: the result, not the key that
+/// produced it. Reading only this skips over the (possibly large) stage key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActionResult {
+    pub status: Status,
+    pub reason: Option<String>,
+    pub outputs: Vec<OutputRecord>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema: u32,
@@ -56,7 +65,7 @@ pub struct Manifest {
     pub reason: Option<String>,
     pub outputs: Vec<OutputRecord>,
     pub started_at: u64,
-    pub duration_ms: u64,
+    pub duration_ms: f64,
     pub env: BTreeMap<String, String>,
     pub log: Option<Digest>,
 }

@@ -28,7 +28,7 @@ pub mod maintenance;
 pub mod manifest;
 pub mod statcache;
 
-pub use manifest::{Manifest, OutputRecord, Status};
+pub use manifest::{ActionResult, Manifest, OutputRecord, Status};
 
 pub struct Store {
     /// The workspace root (relative paths below are joined to it).
@@ -106,11 +106,19 @@ impl Store {
 
     /// Writes `bytes` to `path` atomically: temp file, fsync, rename.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.replace(path, bytes, true)
+    }
+
+    /// Temp file and rename, with the fsync only when `durable`: a rename is atomic
+    /// whatever happens to the process; fsync is what makes it survive the machine.
+    fn replace(&self, path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
         let tmp = self.tmp_path("write");
         {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
-            f.sync_all()?;
+            if durable {
+                f.sync_data()?;
+            }
         }
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
@@ -147,7 +155,7 @@ impl Store {
             fs::rename(&copy, staged)?;
         }
         let exec = digest::is_executable(&fs::metadata(staged)?);
-        File::open(staged)?.sync_all()?;
+        File::open(staged)?.sync_data()?;
         let (d, size) = digest::hash_file(staged)?;
         let dest = self.object_path(&d);
         if dest.exists() {
@@ -197,6 +205,15 @@ impl Store {
 
     /// The manifest for `key`; `Ok(None)` when there is none, `Err` when it is unreadable.
     pub fn manifest(&self, key: &Digest) -> io::Result<Option<Manifest>> {
+        self.read_manifest(key)
+    }
+
+    /// The result recorded for `key`, without parsing its stage key.
+    pub fn action_result(&self, key: &Digest) -> io::Result<Option<ActionResult>> {
+        self.read_manifest(key)
+    }
+
+    fn read_manifest<T: serde::de::DeserializeOwned>(&self, key: &Digest) -> io::Result<Option<T>> {
         match fs::read(self.manifest_path(key)) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -207,7 +224,7 @@ impl Store {
     }
 
     pub fn write_manifest(&self, m: &Manifest) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(m).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(m).map_err(io::Error::other)?;
         self.write_atomic(&self.manifest_path(&m.key), &bytes)
     }
 
@@ -220,8 +237,10 @@ impl Store {
         fs::read_to_string(self.ref_path(node)).ok().and_then(|s| Digest::from_hex(s.trim()))
     }
 
+    /// Refs only serve `why` and `gc` (a lost one means "never built" in an explanation), so
+    /// they are not fsynced.
     pub fn write_ref(&self, node: &str, key: &Digest) -> io::Result<()> {
-        self.write_atomic(&self.ref_path(node), key.to_hex().as_bytes())
+        self.replace(&self.ref_path(node), key.to_hex().as_bytes(), false)
     }
 
     pub fn log_path(&self, node: &str) -> PathBuf {

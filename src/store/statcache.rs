@@ -83,13 +83,17 @@ impl StatCache {
 
     /// Digest of the file at `root/rel`, from the cache when its stat is unchanged.
     pub fn file_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
-        let path = root.join(rel);
-        let meta = std::fs::metadata(&path)?;
-        if let Some(d) = self.lookup(rel, &meta) {
+        let meta = std::fs::metadata(root.join(rel))?;
+        self.file_digest_with(root, rel, &meta)
+    }
+
+    /// [`Self::file_digest`] for a caller that already has the file's metadata.
+    pub fn file_digest_with(&mut self, root: &Path, rel: &str, meta: &Metadata) -> io::Result<(Digest, u64)> {
+        if let Some(d) = self.lookup(rel, meta) {
             return Ok((d, meta.len()));
         }
-        let (d, size) = digest::hash_file(&path)?;
-        self.record(rel, &meta, d);
+        let (d, size) = digest::hash_file(&root.join(rel))?;
+        self.record(rel, meta, d);
         Ok((d, size))
     }
 
