@@ -151,7 +151,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
     if let Some(dir) = &cli.dir {
         std::env::set_current_dir(dir).map_err(|e| Fail::Input(format!("cannot enter `{}`: {e}", dir.display())))?;
     }
-    let root = std::env::current_dir()?;
+    // The workspace is the current directory, and every path is used relative to it: short
+    // paths are what keeps thousands of stat calls cheap, and commands run there too.
+    let root = PathBuf::from(".");
     let file = cli.file.clone().unwrap_or_else(|| {
         if Path::new("tr118.toml").exists() { PathBuf::from("tr118.toml") } else { PathBuf::from("pipelines/tr118.toml") }
     });

@@ -330,7 +330,7 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
         outputs.push(store.put_output(&o.name, &o.path, &staged).map_err(|e| io(&format!("storing out `{}`", o.path), e))?);
     }
     drop(log);
-    let log_digest = fs::read(&log_path).ok().and_then(|b| store.put_bytes(&b).ok());
+    let log_digest = fs::read(&log_path).ok().and_then(|b| store.put_log(&b).ok());
     let (status, reason) = match outcome {
         Outcome::Ok => (Status::Ok, None),
         Outcome::Degraded(r) => (Status::Degraded, Some(r)),

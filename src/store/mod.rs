@@ -137,10 +137,20 @@ impl Store {
 
     /// Stores bytes as an object.
     pub fn put_bytes(&self, bytes: &[u8]) -> io::Result<Digest> {
+        self.put_bytes_with(bytes, true)
+    }
+
+    /// Stores a node's log: not fsynced, since a log lost with the machine is not worth a
+    /// millisecond on every node (fsck reports it, and `--repair` rebuilds the node).
+    pub fn put_log(&self, bytes: &[u8]) -> io::Result<Digest> {
+        self.put_bytes_with(bytes, false)
+    }
+
+    fn put_bytes_with(&self, bytes: &[u8], durable: bool) -> io::Result<Digest> {
         let d = Digest::of_bytes(bytes);
         let dest = self.object_path(&d);
         if !dest.exists() {
-            self.write_atomic(&dest, bytes)?;
+            self.replace(&dest, bytes, durable)?;
         }
         Ok(d)
     }
