@@ -13,6 +13,7 @@
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
 //! | [`stage`]   | the registry of stage kinds behind one trait; the generic `cmd` kind         |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
+//! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod facets;
 pub mod graph;
 pub mod key;
+pub mod model;
 pub mod pipeline;
 pub mod stage;
 pub mod store;

@@ -1,0 +1,252 @@
+//! Checkpoints in: a GGUF file or a Hugging Face directory (`config.json` + `*.safetensors`,
+//! single or sharded) is read into one [`Checkpoint`]: a normalised [`ModelConfig`] and its
+//! tensors under canonical names, loaded lazily as f32 so that exporting a model never holds
+//! more than one dequantised tensor beside the memory-mapped file.
+//!
+//! Canonical tensor names follow GGUF's, with shapes row-major in PyTorch order (`[out, in]`
+//! for a linear layer's weight, so `y = x · Wᵀ`):
+//!
+//! | name                         | shape               | arch  |
+//! |------------------------------|---------------------|-------|
+//! | `token_embd.weight`          | [vocab, d]          | both  |
+//! | `position_embd.weight`       | [n_ctx, d]          | gpt2  |
+//! | `blk.N.attn_norm.weight`     | [d]                 | both (gpt2 also `.bias`) |
+//! | `blk.N.attn_qkv.weight`      | [3d, d]             | gpt2 (also `.bias` [3d]) |
+//! | `blk.N.attn_q.weight`        | [n_head·hd, d]      | llama |
+//! | `blk.N.attn_k.weight`        | [n_kv·hd, d]        | llama |
+//! | `blk.N.attn_v.weight`        | [n_kv·hd, d]        | llama |
+//! | `blk.N.attn_output.weight`   | [d, n_head·hd]      | both (gpt2 also `.bias` [d]) |
+//! | `blk.N.ffn_norm.weight`      | [d]                 | both (gpt2 also `.bias`) |
+//! | `blk.N.ffn_gate.weight`      | [ff, d]             | llama |
+//! | `blk.N.ffn_up.weight`        | [ff, d]             | both (gpt2 also `.bias` [ff]) |
+//! | `blk.N.ffn_down.weight`      | [d, ff]             | both (gpt2 also `.bias` [d]) |
+//! | `output_norm.weight`         | [d]                 | both (gpt2 also `.bias`) |
+//! | `output.weight`              | [vocab, d]          | absent when embeddings are tied |
+//!
+//! GPT-2's Hugging Face `Conv1D` weights are stored `[in, out]` and are transposed on load.
+//! Llama's Q and K rows are left as the checkpoint has them: llama.cpp's converter permutes
+//! them so that RoPE rotates adjacent pairs, while Hugging Face rotates the first half of a
+//! head against the second. [`RopeLayout`] records which, and the exporter follows it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub mod dtype;
+pub mod gguf;
+pub mod hf;
+pub mod safetensors;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Gpt2,
+    Llama,
+}
+
+/// Which dimensions of a head rotary embeddings rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeLayout {
+    /// `(x[2i], x[2i+1])`: GGUF.
+    Interleaved,
+    /// `(x[i], x[i + hd/2])`: Hugging Face.
+    Half,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention); equals `n_head` for GPT-2.
+    pub n_kv_head: usize,
+    pub d_model: usize,
+    pub d_ff: usize,
+    /// Maximum positions (GPT-2's learned position table; Llama's trained context).
+    pub n_ctx: usize,
+    /// LayerNorm (GPT-2) or RMSNorm (Llama) epsilon.
+    pub norm_eps: f32,
+    /// RoPE base frequency (Llama).
+    pub rope_theta: f32,
+    pub rope_layout: RopeLayout,
+    /// The output projection is the token embedding (no `output.weight`).
+    pub tied_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_head
+    }
+
+    /// Every tensor the architecture needs, canonical name and shape, in a fixed order.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, ff, hd) = (self.d_model, self.d_ff, self.head_dim());
+        let mut t: Vec<(String, Vec<usize>)> = vec![("token_embd.weight".into(), vec![self.vocab_size, d])];
+        let gpt2 = self.arch == Arch::Gpt2;
+        if gpt2 {
+            t.push(("position_embd.weight".into(), vec![self.n_ctx, d]));
+        }
+        for i in 0..self.n_layer {
+            let b = |s: &str| format!("blk.{i}.{s}");
+            t.push((b("attn_norm.weight"), vec![d]));
+            if gpt2 {
+                t.push((b("attn_norm.bias"), vec![d]));
+                t.push((b("attn_qkv.weight"), vec![3 * d, d]));
+                t.push((b("attn_qkv.bias"), vec![3 * d]));
+                t.push((b("attn_output.weight"), vec![d, d]));
+                t.push((b("attn_output.bias"), vec![d]));
+                t.push((b("ffn_norm.weight"), vec![d]));
+                t.push((b("ffn_norm.bias"), vec![d]));
+                t.push((b("ffn_up.weight"), vec![ff, d]));
+                t.push((b("ffn_up.bias"), vec![ff]));
+                t.push((b("ffn_down.weight"), vec![d, ff]));
+                t.push((b("ffn_down.bias"), vec![d]));
+            } else {
+                t.push((b("attn_q.weight"), vec![self.n_head * hd, d]));
+                t.push((b("attn_k.weight"), vec![self.n_kv_head * hd, d]));
+                t.push((b("attn_v.weight"), vec![self.n_kv_head * hd, d]));
+                t.push((b("attn_output.weight"), vec![d, self.n_head * hd]));
+                t.push((b("ffn_norm.weight"), vec![d]));
+                t.push((b("ffn_gate.weight"), vec![ff, d]));
+                t.push((b("ffn_up.weight"), vec![ff, d]));
+                t.push((b("ffn_down.weight"), vec![d, ff]));
+            }
+        }
+        t.push(("output_norm.weight".into(), vec![d]));
+        if gpt2 {
+            t.push(("output_norm.bias".into(), vec![d]));
+        }
+        if !self.tied_embeddings {
+            t.push(("output.weight".into(), vec![self.vocab_size, d]));
+        }
+        t
+    }
+}
+
+/// Problems with a checkpoint; each names the file and, where there is one, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("`{path}`: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Truncated, corrupt or not the format it claims to be.
+    #[error("`{path}`: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("`{path}`: tensor `{tensor}`: {message}")]
+    Tensor { path: PathBuf, tensor: String, message: String },
+    #[error("`{path}`: unsupported {what}: {message}")]
+    Unsupported { path: PathBuf, what: String, message: String },
+}
+
+/// Where a tensor's bytes are and how to turn them into f32.
+#[derive(Debug, Clone)]
+pub struct TensorRef {
+    /// Canonical name (see the module doc).
+    pub name: String,
+    /// The name in the file, for error messages.
+    pub source_name: String,
+    /// Canonical shape, row-major.
+    pub shape: Vec<usize>,
+    pub dtype: dtype::DType,
+    /// Index into [`Checkpoint::files`].
+    pub file: usize,
+    /// Byte range of the data within that file.
+    pub offset: usize,
+    pub nbytes: usize,
+    /// Stored as the transpose of `shape` (a 2-D `[in, out]` Conv1D weight).
+    pub transpose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Gguf,
+    Safetensors,
+}
+
+/// A model checkpoint, validated: every tensor its architecture needs is present with the
+/// right shape.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub format: Format,
+    pub config: ModelConfig,
+    /// Canonical tensors in [`ModelConfig::expected_tensors`] order.
+    pub tensors: Vec<TensorRef>,
+    /// The files the tensors live in, memory-mapped.
+    pub files: Vec<(PathBuf, memmap2::Mmap)>,
+    /// GGUF only: the parsed header, for the embedded tokenizer and metadata.
+    pub gguf: Option<gguf::GgufHeader>,
+}
+
+impl Checkpoint {
+    /// Opens a `.gguf` file, or a Hugging Face directory (or its `config.json`).
+    pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
+        if path.is_dir() || path.file_name().is_some_and(|n| n == "config.json") {
+            hf::open(path)
+        } else {
+            gguf::open(path)
+        }
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorRef> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The tensor as f32, row-major in its canonical shape.
+    pub fn load(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let t = self.tensor(name).ok_or_else(|| ModelError::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            message: "not in this checkpoint".into(),
+        })?;
+        let (file, map) = &self.files[t.file];
+        let err = |message: String| ModelError::Tensor { path: file.clone(), tensor: t.source_name.clone(), message };
+        let bytes = map
+            .get(t.offset..t.offset + t.nbytes)
+            .ok_or_else(|| err(format!("data [{}, {}) lies beyond the end of the file ({} bytes): truncated?", t.offset, t.offset + t.nbytes, map.len())))?;
+        let n: usize = t.shape.iter().product();
+        let mut v = dtype::decode(t.dtype, bytes, n).map_err(err)?;
+        if t.transpose {
+            v = transpose(&v, t.shape[1], t.shape[0]);
+        }
+        Ok(v)
+    }
+
+    /// Checks that every expected tensor is present with its shape; called by the readers.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        for (name, shape) in self.config.expected_tensors() {
+            match self.tensor(&name) {
+                None => {
+                    return Err(ModelError::Tensor {
+                        path: self.path.clone(),
+                        tensor: name,
+                        message: format!("missing (the {:?} architecture needs it)", self.config.arch),
+                    });
+                }
+                Some(t) if t.shape != shape => {
+                    return Err(ModelError::Tensor {
+                        path: self.path.clone(),
+                        tensor: t.source_name.clone(),
+                        message: format!("has shape {:?}, expected {:?} from the model's config", t.shape, shape),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `rows × cols` row-major → `cols × rows` row-major.
+pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
