@@ -14,16 +14,20 @@
 //! | [`stage`]   | the registry of stage kinds behind one trait; the generic `cmd` kind         |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
+//! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
+//! | [`export`]  | checkpoint → ONNX for GPT-2 and Llama, prefill and decoder variants          |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
 pub mod cli;
 pub mod diag;
 pub mod digest;
 pub mod engine;
+pub mod export;
 pub mod facets;
 pub mod graph;
 pub mod key;
 pub mod model;
+pub mod onnx;
 pub mod pipeline;
 pub mod stage;
 pub mod store;

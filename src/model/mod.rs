@@ -36,6 +36,7 @@ pub mod dtype;
 pub mod gguf;
 pub mod hf;
 pub mod safetensors;
+pub mod write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,12 +241,41 @@ impl Checkpoint {
     }
 }
 
-/// `rows × cols` row-major → `cols × rows` row-major.
+/// Rejects configs that no checkpoint with `n_tensors` tensors could satisfy, before
+/// [`ModelConfig::expected_tensors`] divides by the head count or loops over the layers.
+pub(crate) fn check_config(c: &ModelConfig, n_tensors: usize) -> Result<(), String> {
+    let dims = [("vocab_size", c.vocab_size), ("d_model", c.d_model), ("d_ff", c.d_ff), ("n_ctx", c.n_ctx), ("n_head", c.n_head), ("n_kv_head", c.n_kv_head)];
+    for (name, v) in dims {
+        if v == 0 || v > u32::MAX as usize {
+            return Err(format!("the model's `{name}` is {v}: corrupt config?"));
+        }
+    }
+    if c.n_layer > n_tensors {
+        return Err(format!("the model claims {} layers but the checkpoint has only {n_tensors} tensors", c.n_layer));
+    }
+    if !c.d_model.is_multiple_of(c.n_head) || !c.n_head.is_multiple_of(c.n_kv_head) {
+        return Err(format!(
+            "{} heads ({} key/value heads) do not divide a model width of {}",
+            c.n_head, c.n_kv_head, c.d_model
+        ));
+    }
+    if c.arch == Arch::Llama && !c.head_dim().is_multiple_of(2) {
+        return Err(format!("head size {} is odd; rotary embeddings rotate pairs", c.head_dim()));
+    }
+    Ok(())
+}
+
+/// `rows × cols` row-major → `cols × rows` row-major, in cache-sized tiles.
 pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0.0; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = v[r * cols + c];
+                }
+            }
         }
     }
     out

@@ -523,6 +523,15 @@ impl StageCx<'_> {
             }
         };
 
+        for (name, path) in kind.implied_outs(&config) {
+            if node_outs.iter().any(|o| o.name == name || o.path == path.trim_end_matches('/')) {
+                let msg = format!("out `{name}` (`{path}`) is written by kind `{}` itself; remove it from `outs`", kind.name());
+                diags.push(self.src.diag(&self.path, msg, None));
+                return None;
+            }
+            let dir = path.ends_with('/');
+            node_outs.push(OutSpec { name, path: path.trim_end_matches('/').to_string(), dir, field: self.path.clone() });
+        }
         let used = r.used;
         let matrix = r.matrix;
         let mut all_params = stage_params;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::pipeline::NodeSpec;
 
 pub mod cmd;
+pub mod export;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -67,13 +68,18 @@ pub trait StageKind: Send + Sync + 'static {
     fn keeps_placeholders(&self) -> bool {
         false
     }
+    /// Outputs the kind always writes, given its config: `(name, path)`, a trailing `/`
+    /// for a directory. They are declared for the node beside any `outs` of the stage.
+    fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Validates one node's kind-specific fields into the config that enters its key.
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>>;
     /// Runs one node. `Err` is a failure: nothing is cached.
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
 }
 
-static REGISTRY: &[&dyn StageKind] = &[&cmd::Cmd];
+static REGISTRY: &[&dyn StageKind] = &[&cmd::Cmd, &export::Export];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {

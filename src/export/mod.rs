@@ -1,0 +1,163 @@
+//! Checkpoint → ONNX for the GPT-2 and Llama families, without Python.
+//!
+//! Two variants share one graph builder ([`transformer`]):
+//!
+//! | variant   | inputs                                                        | outputs |
+//! |-----------|---------------------------------------------------------------|---------|
+//! | `prefill` | `input_ids` [batch, sequence], `attention_mask` [batch, sequence] | `logits` [batch, sequence, vocab] |
+//! | `decoder` | the same, `attention_mask` over past + new tokens, and `past_key_values.N.key`/`.value` [batch, kv_heads, past_sequence, head_dim] (past may be 0) | `logits`, `present.N.key`/`.value` [batch, kv_heads, total_sequence, head_dim] |
+//!
+//! Batch and sequence axes are dynamic. Positions are `past .. past + sequence`, so a
+//! padded batch must be padded on the right; the attention mask hides padded keys.
+//!
+//! Layout decisions:
+//! - Linear weights are stored transposed (`[in, out]`) so every projection is a plain
+//!   `MatMul`; tied embeddings are stored once and transposed in the graph for the output
+//!   projection.
+//! - RoPE is applied in the "half" layout (`x[i]` with `x[i + hd/2]`). A GGUF checkpoint,
+//!   whose converter permuted Q and K rows for the interleaved layout, has those rows
+//!   permuted back at export: attention scores are invariant under a permutation applied to
+//!   both Q and K, so the model is the same function with one RoPE implementation.
+//! - Attention masks use `Where(allowed, scores, lowest)` rather than an additive bias, so a
+//!   fully masked (padding) row cannot turn into NaN.
+//! - `fp16` stores every weight as float16 with a `Cast` to float32 after it: half the file,
+//!   float32 arithmetic (ONNX Runtime folds the casts when it loads the model). TensorRT
+//!   chooses its own precision from the builder flags, not from the file.
+//! - Models whose weights exceed protobuf's 2 GiB limit are written with external data
+//!   (`model.onnx.data` beside `model.onnx`); `external_data = true` forces it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::{Checkpoint, ModelError};
+use crate::onnx::{self, WriteOptions};
+
+pub mod transformer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Prefill,
+    Decoder,
+}
+
+impl Variant {
+    pub fn parse(s: &str) -> Option<Variant> {
+        match s {
+            "prefill" => Some(Variant::Prefill),
+            "decoder" => Some(Variant::Decoder),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Variant::Prefill => "prefill",
+            Variant::Decoder => "decoder",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "fp32" => Some(Precision::Fp32),
+            "fp16" => Some(Precision::Fp16),
+            _ => None,
+        }
+    }
+}
+
+pub struct ExportOptions {
+    pub variant: Variant,
+    pub precision: Precision,
+    pub opset: i64,
+    /// `None`: only when the weights exceed protobuf's limit.
+    pub external_data: Option<bool>,
+}
+
+/// What the study's report tabulates about one exported model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub variant: Variant,
+    pub precision: Precision,
+    pub file: String,
+    pub opset: i64,
+    pub export_ms: f64,
+    pub file_bytes: u64,
+    pub data_bytes: u64,
+    pub external_data: bool,
+    pub initializer_count: usize,
+    pub initializer_bytes: u64,
+    pub node_count: usize,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub dynamic_axes: Vec<String>,
+    /// blake3 of the model file followed by its external data, if any.
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Write(String),
+    #[error("opset {0} is not supported; use 17 or later")]
+    Opset(i64),
+}
+
+/// Exports one variant of `ck` to `path` (a `.onnx` file; external data goes beside it).
+pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<ExportReport, ExportError> {
+    if opts.opset < 17 {
+        return Err(ExportError::Opset(opts.opset));
+    }
+    let t0 = Instant::now();
+    let built = transformer::build(ck, opts)?;
+    let weights = onnx::initializer_bytes(&built.graph);
+    let external = opts.external_data.unwrap_or(weights > onnx::PROTOBUF_LIMIT - (64 << 20));
+    let write = WriteOptions {
+        opset: opts.opset,
+        external_data: external,
+        producer_version: crate::VERSION.to_string(),
+        metadata: vec![
+            ("tr118.arch".into(), format!("{:?}", ck.config.arch).to_lowercase()),
+            ("tr118.variant".into(), opts.variant.name().into()),
+            ("tr118.source".into(), ck.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+        ],
+    };
+    let summary = onnx::write_model(built.graph, path, &write).map_err(ExportError::Write)?;
+    let export_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let mut hasher = blake3::Hasher::new();
+    let io = |e: std::io::Error| ExportError::Write(format!("hashing `{}`: {e}", path.display()));
+    hasher.update_mmap(path).map_err(io)?;
+    if external {
+        hasher.update_mmap(path.with_file_name(format!("{}.data", path.file_name().unwrap_or_default().to_string_lossy()))).map_err(io)?;
+    }
+    Ok(ExportReport {
+        variant: opts.variant,
+        precision: opts.precision,
+        file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        opset: opts.opset,
+        export_ms,
+        file_bytes: summary.onnx_bytes,
+        data_bytes: summary.data_bytes,
+        external_data: summary.external_data,
+        initializer_count: summary.initializer_count,
+        initializer_bytes: summary.initializer_bytes,
+        node_count: summary.node_count,
+        inputs: built.inputs,
+        outputs: built.outputs,
+        dynamic_axes: built.dynamic_axes,
+        digest: hasher.finalize().to_hex().to_string(),
+    })
+}

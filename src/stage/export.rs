@@ -1,0 +1,172 @@
+//! The `export` kind: a checkpoint in, ONNX models out.
+//!
+//! ```toml
+//! [stages.export]
+//! kind = "export"
+//! deps = { checkpoint = "out/fetch-model/model.gguf" }
+//! variants = ["prefill", "decoder"]   # default: both
+//! precision = "fp32"                  # or "fp16" (float16 weights)
+//! opset = 17
+//! external_data = "auto"              # or true / false
+//! tokenizer = true                    # write tokenizer.json beside the models
+//! ```
+//!
+//! Outputs: one directory per variant (`prefill/model.onnx`, and `model.onnx.data` with
+//! external data), `tokenizer.json` when asked for, and `export.json`, the export manifest:
+//! per variant the export time, file size, opset, inputs, outputs, dynamic axes,
+//! initializer count and bytes, external data and the content digest. The tokenizer comes
+//! from a `tokenizer` dep (a `tokenizer.json`), the checkpoint's own (`tokenizer.json` in
+//! a Hugging Face directory, or the GGUF's embedded vocabulary).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::export::{self, ExportOptions, Precision, Variant};
+use crate::model::{Checkpoint, Format};
+
+pub struct Export;
+
+const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "tokenizer"];
+
+fn err(field: &str, message: String, help: Option<String>) -> LowerError {
+    LowerError { field: vec![field.to_string()], message, help }
+}
+
+impl StageKind for Export {
+    fn name(&self) -> &'static str {
+        "export"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        FIELDS
+    }
+
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
+        let mut errors = Vec::new();
+        let f = cx.fields;
+        let variants: Vec<String> = match f.get("variants") {
+            None => vec!["prefill".into(), "decoder".into()],
+            Some(Value::Array(a)) if !a.is_empty() => a.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect(),
+            Some(_) => {
+                errors.push(err("variants", "`variants` must be a non-empty list: \"prefill\", \"decoder\"".into(), None));
+                Vec::new()
+            }
+        };
+        for (i, v) in variants.iter().enumerate() {
+            if Variant::parse(v).is_none() {
+                let help = crate::diag::suggest(v, ["prefill", "decoder"]);
+                errors.push(LowerError { field: vec!["variants".into(), i.to_string()], message: format!("unknown variant `{v}`"), help });
+            }
+        }
+        let precision = f.get("precision").and_then(Value::as_str).unwrap_or("fp32").to_string();
+        if Precision::parse(&precision).is_none() {
+            errors.push(err("precision", format!("unknown precision `{precision}`"), Some("`fp32` or `fp16`".into())));
+        }
+        let opset = match f.get("opset") {
+            None => 17,
+            Some(v) => match v.as_i64() {
+                Some(o) if o >= 17 => o,
+                _ => {
+                    errors.push(err("opset", format!("`opset` must be an integer of at least 17, found {v}"), None));
+                    17
+                }
+            },
+        };
+        let external = match f.get("external_data") {
+            None => Value::String("auto".into()),
+            Some(Value::Bool(b)) => Value::Bool(*b),
+            Some(Value::String(s)) if s == "auto" => Value::String("auto".into()),
+            Some(v) => {
+                errors.push(err("external_data", format!("`external_data` must be true, false or \"auto\", found {v}"), None));
+                Value::Null
+            }
+        };
+        let tokenizer = match f.get("tokenizer") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                errors.push(err("tokenizer", format!("`tokenizer` must be a boolean, found {v}"), None));
+                true
+            }
+        };
+        if !cx.deps.iter().any(|d| d == "checkpoint") {
+            errors.push(LowerError {
+                field: vec!["deps".into()],
+                message: "an `export` stage needs a dep named `checkpoint` (a .gguf file or a Hugging Face directory)".into(),
+                help: Some("deps = { checkpoint = \"out/fetch-model/model.gguf\" }".into()),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(json!({ "variants": variants, "precision": precision, "opset": opset, "external_data": external, "tokenizer": tokenizer }))
+    }
+
+    fn implied_outs(&self, config: &Value) -> Vec<(String, String)> {
+        let mut outs: Vec<(String, String)> =
+            config["variants"].as_array().into_iter().flatten().filter_map(Value::as_str).map(|v| (v.to_string(), format!("{v}/"))).collect();
+        if config["tokenizer"].as_bool().unwrap_or(true) {
+            outs.push(("tokenizer".into(), "tokenizer.json".into()));
+        }
+        outs.push(("manifest".into(), "export.json".into()));
+        outs
+    }
+
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+        let config = &cx.node.config;
+        let ck_path = cx.deps.get("checkpoint").and_then(|p| p.first()).ok_or("no `checkpoint` dep")?;
+        let ck = Checkpoint::open(&cx.root.join(ck_path)).map_err(|e| e.to_string())?;
+        let _ = writeln!(cx.log, "checkpoint `{ck_path}`: {:?} {:?}, {} layers, d={}", ck.format, ck.config.arch, ck.config.n_layer, ck.config.d_model);
+        let precision = Precision::parse(config["precision"].as_str().unwrap_or("fp32")).unwrap_or(Precision::Fp32);
+        let external = config["external_data"].as_bool();
+        let mut reports = Vec::new();
+        for v in config["variants"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            let variant = Variant::parse(v).ok_or_else(|| format!("unknown variant `{v}`"))?;
+            let dir = cx.root.join(&cx.outs[v]);
+            let opts = ExportOptions { variant, precision, opset: config["opset"].as_i64().unwrap_or(17), external_data: external };
+            let report = export::export(&ck, &opts, &dir.join("model.onnx")).map_err(|e| e.to_string())?;
+            let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes + report.data_bytes, report.export_ms);
+            reports.push(report);
+        }
+        let tokenizer = match cx.outs.get("tokenizer") {
+            Some(dest) => Some(write_tokenizer(&ck, cx.deps.get("tokenizer").and_then(|p| p.first()).map(|p| cx.root.join(p)).as_deref(), &cx.root.join(dest))?),
+            None => None,
+        };
+        let manifest = json!({
+            "checkpoint": { "path": ck_path, "format": ck.format, "config": ck.config },
+            "tool": format!("tr118 {}", crate::VERSION),
+            "variants": reports,
+            "tokenizer": tokenizer,
+        });
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        std::fs::write(cx.root.join(&cx.outs["manifest"]), bytes).map_err(|e| format!("writing export.json: {e}"))?;
+        Ok(Outcome::Ok)
+    }
+}
+
+/// Writes `tokenizer.json` from the first source that has one; returns where it came from.
+fn write_tokenizer(ck: &Checkpoint, dep: Option<&Path>, dest: &Path) -> Result<String, String> {
+    if let Some(src) = dep {
+        std::fs::copy(src, dest).map_err(|e| format!("copying tokenizer `{}`: {e}", src.display()))?;
+        return Ok(format!("dep `{}`", src.display()));
+    }
+    if ck.format == Format::Safetensors {
+        let dir = if ck.path.is_dir() { ck.path.clone() } else { ck.path.parent().map(Path::to_path_buf).unwrap_or_default() };
+        let src = dir.join("tokenizer.json");
+        if src.exists() {
+            std::fs::copy(&src, dest).map_err(|e| format!("copying `{}`: {e}", src.display()))?;
+            return Ok("checkpoint directory".into());
+        }
+    }
+    Err(format!(
+        "`{}` has no tokenizer tr118 can use: add a `tokenizer` dep (a tokenizer.json) or set `tokenizer = false`",
+        ck.path.display()
+    ))
+}
