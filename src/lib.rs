@@ -11,11 +11,12 @@
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, env variables)        |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
-//! | [`stage`]   | the registry of stage kinds behind one trait; the generic `cmd` kind         |
+//! | [`stage`]   | the registry of stage kinds behind one trait: `cmd`, `fetch`, `export`       |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
 //! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
 //! | [`export`]  | checkpoint → ONNX for GPT-2 and Llama, prefill and decoder variants          |
+//! | [`tokenizer`] | tokenizer.json in; GPT-2 and GGUF vocabularies turned into tokenizer.json  |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod onnx;
 pub mod pipeline;
 pub mod stage;
 pub mod store;
+pub mod tokenizer;
 
 /// The tool's version, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

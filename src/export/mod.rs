@@ -139,9 +139,11 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
     let export_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     let mut hasher = blake3::Hasher::new();
     let io = |e: std::io::Error| ExportError::Write(format!("hashing `{}`: {e}", path.display()));
-    hasher.update_mmap(path).map_err(io)?;
+    // Read, not mapped: a mapping would count the whole written file as resident.
+    let mut hash = |p: &Path| std::fs::File::open(p).and_then(|f| hasher.update_reader(std::io::BufReader::with_capacity(1 << 20, f)).map(|_| ()));
+    hash(path).map_err(io)?;
     if external {
-        hasher.update_mmap(path.with_file_name(format!("{}.data", path.file_name().unwrap_or_default().to_string_lossy()))).map_err(io)?;
+        hash(&path.with_file_name(format!("{}.data", path.file_name().unwrap_or_default().to_string_lossy()))).map_err(io)?;
     }
     Ok(ExportReport {
         variant: opts.variant,

@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::export::{self, ExportOptions, Precision, Variant};
+use crate::model::gguf::GgufHeader;
 use crate::model::{Checkpoint, Format};
+use crate::tokenizer::{self, GgufVocab};
 
 pub struct Export;
 
@@ -157,6 +159,14 @@ fn write_tokenizer(ck: &Checkpoint, dep: Option<&Path>, dest: &Path) -> Result<S
         std::fs::copy(src, dest).map_err(|e| format!("copying tokenizer `{}`: {e}", src.display()))?;
         return Ok(format!("dep `{}`", src.display()));
     }
+    if let Some(header) = &ck.gguf {
+        if header.get_str("tokenizer.ggml.model").is_some() {
+            let vocab = gguf_vocab(header).map_err(|e| format!("`{}`: {e}", ck.path.display()))?;
+            let json = tokenizer::gguf_tokenizer_json(&vocab, Some(ck.config.vocab_size)).map_err(|e| format!("`{}`: {e}", ck.path.display()))?;
+            std::fs::write(dest, json).map_err(|e| format!("writing tokenizer.json: {e}"))?;
+            return Ok("embedded in the GGUF".into());
+        }
+    }
     if ck.format == Format::Safetensors {
         let dir = if ck.path.is_dir() { ck.path.clone() } else { ck.path.parent().map(Path::to_path_buf).unwrap_or_default() };
         let src = dir.join("tokenizer.json");
@@ -169,4 +179,24 @@ fn write_tokenizer(ck: &Checkpoint, dep: Option<&Path>, dest: &Path) -> Result<S
         "`{}` has no tokenizer tr118 can use: add a `tokenizer` dep (a tokenizer.json) or set `tokenizer = false`",
         ck.path.display()
     ))
+}
+
+/// The `tokenizer.ggml.*` metadata of a GGUF file.
+fn gguf_vocab(h: &GgufHeader) -> Result<GgufVocab, String> {
+    let strings = |key: &str| -> Result<Vec<String>, String> {
+        h.get_array(key)
+            .ok_or_else(|| format!("metadata `{key}` is missing"))?
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("metadata `{key}` holds a non-string")))
+            .collect()
+    };
+    Ok(GgufVocab {
+        model: h.get_str("tokenizer.ggml.model").unwrap_or_default().to_string(),
+        pre: h.get_str("tokenizer.ggml.pre").map(str::to_string),
+        tokens: strings("tokenizer.ggml.tokens")?,
+        merges: if h.get("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() },
+        token_types: h.get_array("tokenizer.ggml.token_type").map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect()),
+        bos: h.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
+        eos: h.get_u64("tokenizer.ggml.eos_token_id").map(|v| v as u32),
+    })
 }

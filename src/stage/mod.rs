@@ -12,6 +12,7 @@ use crate::pipeline::NodeSpec;
 
 pub mod cmd;
 pub mod export;
+pub mod fetch;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -79,7 +80,7 @@ pub trait StageKind: Send + Sync + 'static {
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
 }
 
-static REGISTRY: &[&dyn StageKind] = &[&cmd::Cmd, &export::Export];
+static REGISTRY: &[&dyn StageKind] = &[&cmd::Cmd, &fetch::Fetch, &export::Export];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {
