@@ -17,6 +17,7 @@
 //! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
 //! | [`export`]  | checkpoint → ONNX for GPT-2 and Llama, prefill and decoder variants          |
 //! | [`tokenizer`] | tokenizer.json in; GPT-2 and GGUF vocabularies turned into tokenizer.json  |
+//! | [`runtime`] | ONNX Runtime: library probe, sessions, prefill and decode steps, providers   |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod key;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod runtime;
 pub mod stage;
 pub mod store;
 pub mod tokenizer;

@@ -1,0 +1,252 @@
+//! The decode step of a `decoder` model: new token ids and the key/value cache in, logits and
+//! the grown cache out.
+//!
+//! The interface is read from the session, not assumed. It must declare:
+//!
+//! | input                              | shape                                   |
+//! |------------------------------------|-----------------------------------------|
+//! | `input_ids`                        | [batch, new_len], i64 or i32            |
+//! | `attention_mask` (optional)        | [batch, past_len + new_len]             |
+//! | `position_ids` (optional)          | [batch, new_len]                        |
+//! | `past_key_values.N.key` / `.value` | [batch, n_kv_head, past_len, head_dim], f32, for N in 0..n_layer |
+//!
+//! | output                             | shape                                   |
+//! |------------------------------------|-----------------------------------------|
+//! | `logits` (or the only non-cache output) | [batch, new_len, vocab], f32       |
+//! | `present.N.key` / `.value`         | [batch, n_kv_head, past_len + new_len, head_dim] |
+//!
+//! `n_kv_head` and `head_dim` must be fixed in the model (they size the empty cache); batch and
+//! lengths are dynamic. A first step with an empty cache (`past_len` 0) is the prefill.
+//! Present tensors stay ONNX Runtime values and are fed back as the next step's past without
+//! a copy through Rust.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayD, ArrayViewD};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, Tensor};
+
+use super::session::{Session, f32_array, int_value, ticked};
+use super::RuntimeError;
+
+/// The session's names for one layer's cache.
+#[derive(Debug, Clone, Default)]
+struct LayerNames {
+    past_key: Option<String>,
+    past_value: Option<String>,
+    present_key: Option<String>,
+    present_value: Option<String>,
+}
+
+/// A session over a `decoder` model, with its cache interface resolved.
+#[derive(Debug)]
+pub struct Decoder {
+    session: Session,
+    has_mask: bool,
+    has_positions: bool,
+    /// (past key, past value, present key, present value) per layer.
+    layers: Vec<[String; 4]>,
+    logits: String,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+/// The key/value cache of one batch of sequences, all of the same length.
+#[derive(Debug)]
+pub struct KvCache {
+    batch: usize,
+    past_len: usize,
+    /// (key, value) per layer, `[batch, n_kv_head, past_len, head_dim]` each.
+    layers: Vec<(DynValue, DynValue)>,
+}
+
+impl KvCache {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens already in the cache.
+    pub fn past_len(&self) -> usize {
+        self.past_len
+    }
+
+    /// Layer `i`'s key and value, `[batch, n_kv_head, past_len, head_dim]`.
+    pub fn layer(&self, i: usize) -> Result<(ArrayViewD<'_, f32>, ArrayViewD<'_, f32>), RuntimeError> {
+        let (k, v) = self.layers.get(i).ok_or_else(|| RuntimeError::BadInput(format!("the cache has {} layers, not {}", self.layers.len(), i + 1)))?;
+        Ok((extract_view(k)?, extract_view(v)?))
+    }
+}
+
+impl Decoder {
+    /// Resolves the cache interface of `session` (see the module doc), or says what is missing.
+    pub fn new(session: Session) -> Result<Decoder, RuntimeError> {
+        let mut names: BTreeMap<usize, LayerNames> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        let (mut has_ids, mut has_mask, mut has_positions) = (false, false, false);
+        for spec in session.inputs() {
+            match spec.name.as_str() {
+                "input_ids" => has_ids = true,
+                "attention_mask" => has_mask = true,
+                "position_ids" => has_positions = true,
+                n => match cache_slot(n, "past_key_values.") {
+                    Some((i, true)) => names.entry(i).or_default().past_key = Some(n.to_string()),
+                    Some((i, false)) => names.entry(i).or_default().past_value = Some(n.to_string()),
+                    None => unknown.push(n),
+                },
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(session.interface_error(format!(
+                "decoder inputs are `input_ids`, `attention_mask`, `position_ids` and `past_key_values.N.key`/`.value`; the model also needs {}",
+                ticked(&unknown)
+            )));
+        }
+        if !has_ids {
+            return Err(session.interface_error("has no `input_ids` input".into()));
+        }
+        for spec in session.outputs() {
+            match cache_slot(&spec.name, "present.") {
+                Some((i, true)) => names.entry(i).or_default().present_key = Some(spec.name.clone()),
+                Some((i, false)) => names.entry(i).or_default().present_value = Some(spec.name.clone()),
+                None => {}
+            }
+        }
+        if names.is_empty() {
+            return Err(session.interface_error("has no `past_key_values.N.key` inputs: it is not a decoder model (prefill models run through `Session::run_prefill`)".into()));
+        }
+        let mut layers = Vec::with_capacity(names.len());
+        for i in 0..names.len() {
+            let l = names.get(&i).cloned().unwrap_or_default();
+            let need = |x: Option<String>, what: String| x.ok_or_else(|| session.interface_error(format!("has no `{what}` (it has cache tensors for {} layers)", names.len())));
+            layers.push([
+                need(l.past_key, format!("past_key_values.{i}.key"))?,
+                need(l.past_value, format!("past_key_values.{i}.value"))?,
+                need(l.present_key, format!("present.{i}.key"))?,
+                need(l.present_value, format!("present.{i}.value"))?,
+            ]);
+        }
+
+        let first = session.input(&layers[0][0]).expect("resolved from the session's inputs");
+        if first.dtype != "f32" || first.dims.len() != 4 {
+            return Err(session.interface_error(format!("`{first}`: the cache must be f32 [batch, n_kv_head, past_len, head_dim]")));
+        }
+        let (Some(n_kv_head), Some(head_dim)) = (first.fixed(1), first.fixed(3)) else {
+            return Err(session.interface_error(format!("`{first}`: the number of key/value heads (axis 1) and the head size (axis 3) must be fixed")));
+        };
+        let logits = if session.output("logits").is_some() {
+            "logits".to_string()
+        } else {
+            let rest: Vec<&str> = session.outputs().iter().map(|s| s.name.as_str()).filter(|n| cache_slot(n, "present.").is_none()).collect();
+            match rest.as_slice() {
+                [only] => only.to_string(),
+                _ => return Err(session.interface_error(format!("has no `logits` output; its other outputs are {}", ticked(&rest)))),
+            }
+        };
+        Ok(Decoder { session, has_mask, has_positions, layers, logits, n_kv_head: n_kv_head as usize, head_dim: head_dim as usize })
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn n_kv_head(&self) -> usize {
+        self.n_kv_head
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// A cache holding nothing yet, for `batch` sequences.
+    pub fn empty_cache(&self, batch: usize) -> Result<KvCache, RuntimeError> {
+        let shape = vec![batch, self.n_kv_head, 0, self.head_dim];
+        let empty = || {
+            Tensor::<f32>::from_array((shape.clone(), Vec::new()))
+                .map(|t| t.into_dyn())
+                .map_err(|e| RuntimeError::BadInput(format!("creating an empty cache: {}", e.message())))
+        };
+        let layers = (0..self.layers.len()).map(|_| Ok((empty()?, empty()?))).collect::<Result<_, RuntimeError>>()?;
+        Ok(KvCache { batch, past_len: 0, layers })
+    }
+
+    /// Feeds `new_len` more tokens per sequence (`input_ids` is `[batch, new_len]`, row-major)
+    /// after what `cache` holds; returns logits `[batch, new_len, vocab]` and grows the cache.
+    /// Every position is attended (no padding); positions continue from `cache.past_len()`.
+    pub fn step(&mut self, cache: &mut KvCache, input_ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, RuntimeError> {
+        let batch = cache.batch;
+        if new_len == 0 || batch == 0 || input_ids.len() != batch * new_len {
+            return Err(RuntimeError::BadInput(format!(
+                "a step of {new_len} tokens for a batch of {batch} needs {} ids, got {}",
+                batch * new_len,
+                input_ids.len()
+            )));
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(RuntimeError::BadInput(format!("the cache has {} layers; the model has {}", cache.layers.len(), self.layers.len())));
+        }
+        let total = cache.past_len + new_len;
+        let model = self.session.model.clone();
+
+        let spec = |name: &str| self.session.input(name).expect("resolved from the session's inputs");
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + 2 * self.layers.len());
+        values.push(("input_ids".into(), int_value(&model, spec("input_ids"), vec![batch, new_len], input_ids)?.into()));
+        if self.has_mask {
+            let mask = vec![1i64; batch * total];
+            values.push(("attention_mask".into(), int_value(&model, spec("attention_mask"), vec![batch, total], &mask)?.into()));
+        }
+        if self.has_positions {
+            let positions: Vec<i64> = (0..batch).flat_map(|_| (cache.past_len..total).map(|p| p as i64)).collect();
+            values.push(("position_ids".into(), int_value(&model, spec("position_ids"), vec![batch, new_len], &positions)?.into()));
+        }
+        for (names, (k, v)) in self.layers.iter().zip(&cache.layers) {
+            values.push((Cow::Borrowed(names[0].as_str()), k.into()));
+            values.push((Cow::Borrowed(names[1].as_str()), v.into()));
+        }
+
+        let mut outputs = self.session.inner.run(values).map_err(|e| RuntimeError::Run { model: model.clone(), message: e.message().to_string() })?;
+        let mut take = |name: &str| {
+            outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
+        };
+        let logits = f32_array(&model, &self.logits, &take(&self.logits)?)?;
+        let expected = [batch as i64, self.n_kv_head as i64, total as i64, self.head_dim as i64];
+        let mut grown = Vec::with_capacity(self.layers.len());
+        for names in &self.layers {
+            let k = take(&names[2])?;
+            let v = take(&names[3])?;
+            for (name, x) in [(&names[2], &k), (&names[3], &v)] {
+                let shape = x.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+                if shape != expected {
+                    return Err(RuntimeError::Interface {
+                        model: model.clone(),
+                        message: format!("output `{name}` has shape {shape:?}; after {total} tokens the cache should be {expected:?}"),
+                    });
+                }
+            }
+            grown.push((k, v));
+        }
+        cache.layers = grown;
+        cache.past_len = total;
+        Ok(logits)
+    }
+}
+
+fn extract_view(x: &DynValue) -> Result<ArrayViewD<'_, f32>, RuntimeError> {
+    x.try_extract_array::<f32>().map_err(|e| RuntimeError::BadInput(e.message().to_string()))
+}
+
+/// `past_key_values.3.key` → `(3, true)`; `.value` → `false`.
+fn cache_slot(name: &str, prefix: &str) -> Option<(usize, bool)> {
+    let rest = name.strip_prefix(prefix)?;
+    let (layer, kind) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    match kind {
+        "key" => Some((layer, true)),
+        "value" => Some((layer, false)),
+        _ => None,
+    }
+}

@@ -1,0 +1,28 @@
+//! Helpers shared by integration tests: `mod support;` in a test file brings them in.
+//!
+//! | module        | holds                                                               |
+//! |---------------|---------------------------------------------------------------------|
+//! | [`onnx`]      | tiny ONNX models written as raw protobuf bytes                      |
+//! | [`reference`] | a naive f64 forward pass for GPT-2 and Llama; seeded random weights |
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+pub mod onnx;
+pub mod reference;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The ONNX Runtime library for tests: `ORT_DYLIB_PATH`, else the pinned `onnxruntime==1.31.1`
+/// that `scripts/fetch-ort.sh` fetches from PyPI once into `.tr118-dev/`. Never skipped: a
+/// test of the runtime that could pass without one would prove nothing.
+pub fn ort_library() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-ort.sh");
+    let out = Command::new("bash").arg(script).output().unwrap_or_else(|e| panic!("running `{script}`: {e}"));
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || path.is_empty() {
+        panic!("no ONNX Runtime library: `scripts/fetch-ort.sh` failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    PathBuf::from(path)
+}
