@@ -10,14 +10,18 @@
 //! | `os`        | operating system and kernel release                |
 //! | `arch`      | instruction set architecture                       |
 //! | `host`      | host name                                          |
+//! | `ort`       | ONNX Runtime at `ORT_DYLIB_PATH`: version and blake3 of the library, or `<none>` |
 //! | `env:NAME`  | the variable's value, or `<unset>`                 |
+//!
+//! A study that fetches ONNX Runtime as an asset gets the library's digest into its keys as
+//! an input; `ort` covers a library the user points at instead.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use crate::diag;
 
-const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host"];
+const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host", "ort"];
 
 pub struct FacetError {
     pub message: String,
@@ -67,6 +71,11 @@ fn read(name: &str) -> String {
             format!("{} {}", std::env::consts::OS, release.trim()).trim().to_string()
         }
         "arch" => std::env::consts::ARCH.to_string(),
+        "ort" => match crate::runtime::probe(None) {
+            Ok(info) => format!("{} {}", info.version, info.digest.short()),
+            // The reason is for people (`tr118 make` says it); the key only needs to know.
+            Err(_) => "<none>".to_string(),
+        },
         "host" => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "<unknown>".to_string()),
