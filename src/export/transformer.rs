@@ -256,6 +256,8 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
         _ => |_h: usize| Layout::Transposed,
     };
 
+    // Declared first so the model lists its outputs as the manifest does: logits, then the cache.
+    b.g.output("logits", FLOAT, &[batch.clone(), seq.clone(), Dim::Fixed(c.vocab_size as i64)]);
     let mut outputs = vec!["logits".to_string()];
     for i in 0..c.n_layer {
         let p = format!("blk.{i}");
@@ -329,7 +331,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
         b.weight("output.weight", Layout::Transposed)?
     };
     b.g.op_into("MatMul", &[&xf, &head], &["logits"], vec![]);
-    b.g.output("logits", FLOAT, &[batch, seq, Dim::Fixed(c.vocab_size as i64)]);
+
 
     let mut dynamic_axes = vec!["batch".to_string(), "sequence".to_string()];
     if decoder {

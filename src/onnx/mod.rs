@@ -6,7 +6,9 @@
 //! nodes and inputs are written first and each initializer is appended after them; all
 //! lengths are computed ahead from the initializers' sizes. With external data, tensor
 //! bytes go to `<model>.data` (4 KiB aligned, so ONNX Runtime can map them) and the
-//! TensorProto records location, offset and length.
+//! TensorProto records location, offset and length. Initializers under 1 KiB stay inline:
+//! shape constants must be readable while ONNX Runtime infers shapes, before it loads
+//! external data.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -207,6 +209,13 @@ pub fn initializer_bytes(g: &Graph<'_>) -> u64 {
 
 const ALIGN: u64 = 4096;
 
+/// Tensors at least this large go to the external data file when there is one.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+
+fn is_external(opts: &WriteOptions, nbytes: usize) -> bool {
+    opts.external_data && nbytes >= EXTERNAL_MIN_BYTES
+}
+
 /// Writes `g` to `path` (and `<path>.data` with external data).
 pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<WriteSummary, String> {
     let io = |e: std::io::Error| format!("writing `{}`: {e}", path.display());
@@ -239,7 +248,7 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
             ..Default::default()
         };
         let mut len = 0usize;
-        if opts.external_data {
+        if is_external(opts, init.nbytes) {
             let start = offset.div_ceil(ALIGN) * ALIGN;
             t.external_data = vec![
                 StringStringEntryProto { key: Some("location".into()), value: Some(data_name.clone()) },
@@ -286,7 +295,7 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
         encode_varint(len as u64, &mut buf);
         out.write_all(&buf).map_err(io)?;
         out.write_all(&meta).map_err(io)?;
-        match &mut data {
+        match data.as_mut().filter(|_| is_external(opts, init.nbytes)) {
             Some(d) => {
                 let start = data_pos.div_ceil(ALIGN) * ALIGN;
                 d.write_all(&vec![0u8; (start - data_pos) as usize]).map_err(io)?;
@@ -348,12 +357,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.onnx");
         let mut g = Graph::new("g");
-        let x = g.input("x", FLOAT, &[Dim::Fixed(3)]);
-        let a = g.init("a", &[3], FLOAT, Box::new(|| Ok(vec![1u8; 12])));
-        let b = g.init("b", &[3], FLOAT, Box::new(|| Ok(vec![2u8; 12])));
+        let x = g.input("x", FLOAT, &[Dim::Fixed(300)]);
+        let a = g.init("a", &[300], FLOAT, Box::new(|| Ok(vec![1u8; 1200])));
+        let b = g.init("b", &[300], FLOAT, Box::new(|| Ok(vec![2u8; 1200])));
+        let c = g.init("c", &[3], FLOAT, Box::new(|| Ok(vec![3u8; 12])));
         let s = g.op("Add", &[&x, &a], vec![]);
         let y = g.op("Add", &[&s, &b], vec![]);
-        g.output(&y, FLOAT, &[Dim::Fixed(3)]);
+        let z = g.op("Add", &[&y, &c], vec![]);
+        g.output(&z, FLOAT, &[Dim::Fixed(300)]);
         let opts = WriteOptions { opset: 17, external_data: true, producer_version: "t".into(), metadata: vec![] };
         write_model(g, &path, &opts).unwrap();
         let m = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
@@ -362,7 +373,10 @@ mod tests {
         assert_eq!(offset(&inits[0]), "0");
         assert_eq!(offset(&inits[1]), "4096");
         let data = std::fs::read(dir.path().join("m.onnx.data")).unwrap();
-        assert_eq!(data.len(), 4096 + 12);
-        assert_eq!(&data[4096..], &[2u8; 12]);
+        assert_eq!(data.len(), 4096 + 1200);
+        assert_eq!(&data[4096..], &[2u8; 1200]);
+        // Small tensors stay inline, where shape inference can read them.
+        assert!(inits[2].external_data.is_empty());
+        assert_eq!(inits[2].raw_data.as_deref(), Some(&[3u8; 12][..]));
     }
 }

@@ -1,0 +1,993 @@
+//! The `export` stage end to end: the real binary turns tiny random checkpoints (GGUF, Hugging
+//! Face single-file and sharded; GPT-2, and Llama with grouped-query attention in both RoPE
+//! layouts) into ONNX files, ONNX Runtime runs them, and their logits are compared with the
+//! naive f64 forward pass of `support/reference.rs`, which shares no code with the exporter.
+//!
+//! What each export is checked against:
+//!
+//! | check                                            | against                                   | bound                  |
+//! |--------------------------------------------------|-------------------------------------------|------------------------|
+//! | prefill logits of one sequence                   | reference                                 | 1e-4 abs               |
+//! | decoder, one token a step from past = 0          | reference and the prefill logits          | 1e-4 abs               |
+//! | decoder, whole prompt then one more token        | reference of prompt + token               | 1e-4 abs               |
+//! | right-padded batch of two (prefill and decoder)  | each sequence's reference, unpadded positions | 1e-4 abs           |
+//! | `fp16`                                           | reference with f16-rounded weights        | 1e-4 abs               |
+//! | `fp16`                                           | fp32 reference                            | 1e-2 × max \|logit\| |
+//! | `export.json`                                    | the files (sizes, blake3), the config, the parameter count | exact  |
+//!
+//! Then the cache (a second `make` is a hit; `precision` reruns only the export), bad input
+//! (each error names the file, tensor or field, and leaves nothing under `out/export/`), and
+//! the tokenizer written from a GGUF's vocabulary.
+//!
+//! Weights are scaled (std 0.25 rather than the 0.02 of initialisation) so that logits spread
+//! over several units; [`reference_of`] asserts the spread, so a graph that dropped a
+//! layer, a head or a rotation could not pass by comparing near-zero numbers.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use ndarray::ArrayD;
+use serde_json::Value;
+use support::reference::{self, Weights, random_weights_scaled};
+use tempfile::TempDir;
+use tr118::model::dtype::DType;
+use tr118::model::gguf::{GgufHeader, MetaValue};
+use tr118::model::write::{Tensor, write_gguf, write_hf};
+use tr118::model::{Arch, ModelConfig, RopeLayout};
+use tr118::runtime::{self, Decoder, Feed, Runtime, Session, SessionOptions, TensorData};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tr118");
+
+/// Logits of an fp32 export against the f64 reference.
+const TOL: f64 = 1e-4;
+/// Standard deviation of the random weights (norm weights are 1 ± this).
+const WEIGHT_STD: f64 = 0.25;
+/// The prompt every model is run on, and one token to decode after it.
+const PROMPT: [u32; 7] = [5, 17, 2, 41, 17, 9, 30];
+const NEXT: u32 = 11;
+
+// ---------------------------------------------------------------------------------------
+// The harness: a throwaway workspace, the binary, its records.
+// ---------------------------------------------------------------------------------------
+
+struct Workspace {
+    dir: TempDir,
+}
+
+fn workspace() -> Workspace {
+    let dir = tempfile::Builder::new().prefix("tr118-export-").tempdir().expect("create a temp dir");
+    Workspace { dir }
+}
+
+impl Workspace {
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    fn pipeline(&self, toml: &str) {
+        fs::write(self.path("tr118.toml"), toml).expect("write tr118.toml");
+    }
+
+    /// Files under `rel`, relative to it, sorted; empty when it does not exist.
+    fn files(&self, rel: &str) -> Vec<String> {
+        let base = self.path(rel);
+        if !base.exists() {
+            return Vec::new();
+        }
+        fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+            for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                if entry.file_type().unwrap().is_dir() {
+                    walk(&entry.path(), &child, out);
+                } else {
+                    out.push(child);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&base, "", &mut out);
+        out.sort();
+        out
+    }
+
+    fn json(&self, rel: &str) -> Value {
+        let text = fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
+    }
+
+    fn tr(&self, args: &[&str]) -> Run {
+        let out = Command::new(BIN).arg("-C").arg(self.root()).args(args).stdin(Stdio::null()).output().expect("run tr118");
+        Run {
+            args: args.join(" "),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `tr118 make --json`, records parsed by node id.
+    fn make(&self) -> Make {
+        let run = self.tr(&["make", "--json"]);
+        let records = run
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}\n{run}"));
+                (v["id"].as_str().unwrap_or_else(|| panic!("record without an id: {l}")).to_string(), v)
+            })
+            .collect();
+        Make { run, records }
+    }
+
+    #[track_caller]
+    fn make_ok(&self) -> Make {
+        let m = self.make();
+        m.run.code(0);
+        m
+    }
+}
+
+struct Run {
+    args: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn code(&self, want: i32) -> &Run {
+        assert_eq!(self.code, Some(want), "exit code of `tr118 {}`\n{self}", self.args);
+        self
+    }
+
+    #[track_caller]
+    fn stderr_has(&self, needle: &str) -> &Run {
+        assert!(self.stderr.contains(needle), "stderr of `tr118 {}` lacks {needle:?}\n{self}", self.args);
+        self
+    }
+
+    /// Bad input: exit 2 and a diagnostic `tr118.toml:LINE:COL: …` whose line holds `message`.
+    #[track_caller]
+    fn diag(&self, line: usize, message: &str) -> &Run {
+        self.code(2);
+        let prefix = format!("tr118.toml:{line}:");
+        let found = self.stderr.lines().any(|l| l.strip_prefix("error: ").unwrap_or(l).starts_with(&prefix) && l.contains(message));
+        assert!(found, "stderr of `tr118 {}` lacks a line `{prefix}…{message}…`\n{self}", self.args);
+        self
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--- code {:?}\n--- stdout\n{}--- stderr\n{}---", self.code, self.stdout, self.stderr)
+    }
+}
+
+struct Make {
+    run: Run,
+    records: BTreeMap<String, Value>,
+}
+
+impl Make {
+    fn ids(&self, f: impl Fn(&Value) -> bool) -> Vec<String> {
+        self.records.iter().filter(|(_, r)| f(r)).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Nodes executed (cache misses), sorted.
+    fn ran(&self) -> Vec<String> {
+        self.ids(|r| r["cache"] == "miss" && r["status"] != "pending")
+    }
+
+    fn hits(&self) -> Vec<String> {
+        self.ids(|r| r["cache"] == "hit")
+    }
+
+    #[track_caller]
+    fn record(&self, id: &str) -> &Value {
+        self.records.get(id).unwrap_or_else(|| panic!("no record for `{id}`\n{}", self.run))
+    }
+}
+
+/// A pipeline of one `export` stage named `export` over `checkpoint`, plus `fields`.
+fn export_pipeline(checkpoint: &str, fields: &str) -> String {
+    format!("[stages.export]\nkind = \"export\"\ndeps = {{ checkpoint = \"{checkpoint}\" }}\n{fields}\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Models: configs, random weights, checkpoints on disk.
+// ---------------------------------------------------------------------------------------
+
+fn gpt2_config() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Gpt2,
+        vocab_size: 64,
+        n_layer: 2,
+        n_head: 2,
+        n_kv_head: 2,
+        d_model: 16,
+        d_ff: 64,
+        n_ctx: 16,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_layout: RopeLayout::Half,
+        tied_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+/// 4 query heads over 2 key/value heads of size 8.
+fn llama_config(layout: RopeLayout, tied: bool) -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        vocab_size: 61,
+        n_layer: 2,
+        n_head: 4,
+        n_kv_head: 2,
+        d_model: 32,
+        d_ff: 48,
+        n_ctx: 64,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_layout: layout,
+        tied_embeddings: tied,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+/// A model and its weights, as the reference sees them.
+struct Case {
+    name: &'static str,
+    cfg: ModelConfig,
+    weights: Weights,
+}
+
+impl Case {
+    /// `seed`s here are multiples of ten: `support::reference::Rng` gives seeds `2k` and
+    /// `2k + 1` the same stream.
+    fn new(name: &'static str, cfg: ModelConfig, seed: u64) -> Case {
+        let weights = random_weights_scaled(&cfg, seed, WEIGHT_STD);
+        Case { name, cfg, weights }
+    }
+
+    /// The weights as writer tensors, in the architecture's order.
+    fn tensors(&self) -> Vec<Tensor> {
+        self.cfg
+            .expected_tensors()
+            .into_iter()
+            .map(|(name, shape)| {
+                let data = self.weights[&name].1.clone();
+                Tensor { name, shape, data }
+            })
+            .collect()
+    }
+
+    fn param_count(&self) -> u64 {
+        self.cfg.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()
+    }
+
+    fn write_gguf(&self, path: &Path, extra: &[(&str, MetaValue)]) {
+        write_gguf(path, &self.cfg, &self.tensors(), |_| DType::F32, extra).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    fn write_hf(&self, dir: &Path, shards: usize) {
+        write_hf(dir, &self.cfg, &self.tensors(), DType::F32, shards).unwrap_or_else(|e| panic!("write {}: {e}", dir.display()));
+    }
+
+    /// Reference logits `[seq][vocab]`, checked to be O(1) and spread out.
+    fn reference(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        reference_of(&self.cfg, &self.weights, tokens, self.name)
+    }
+}
+
+fn reference_of(cfg: &ModelConfig, w: &Weights, tokens: &[u32], what: &str) -> Vec<Vec<f32>> {
+    let logits = reference::forward(cfg, w, tokens);
+    for (t, row) in logits.iter().enumerate() {
+        let n = row.len() as f64;
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let std = (row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(std > 0.5, "{what}: reference logits at position {t} have std {std}: too flat for a comparison to mean anything");
+        assert!(max < 50.0, "{what}: reference logits at position {t} reach {max}: not O(1)");
+    }
+    // Different positions must see different contexts, or attention is not being tested.
+    let (a, b) = (&logits[0], &logits[logits.len() - 1]);
+    let moved = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 0.1, "{what}: first and last positions give the same logits");
+    logits
+}
+
+/// Weights as a `fp16` export stores them: rounded through float16.
+fn rounded_to_f16(w: &Weights) -> Weights {
+    w.iter()
+        .map(|(k, (s, v))| (k.clone(), (s.clone(), v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect())))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// ONNX Runtime
+// ---------------------------------------------------------------------------------------
+
+/// The process's runtime; the library is located (a script run) once.
+fn rt() -> &'static Runtime {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    let path = LIBRARY.get_or_init(support::ort_library);
+    runtime::init(Some(path)).unwrap_or_else(|e| panic!("loading ONNX Runtime: {e}"))
+}
+
+fn session(model: &Path) -> Session {
+    assert!(model.is_file(), "`{}` was not exported", model.display());
+    // One thread: test binaries already run in parallel on small machines.
+    let opts = SessionOptions { intra_threads: Some(1), ..SessionOptions::default() };
+    rt().session(model, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Max |got[b, t, :] - want[t]| over `t < want.len()`.
+fn max_diff(got: &ArrayD<f32>, b: usize, want: &[Vec<f32>]) -> f64 {
+    let vocab = got.shape()[2];
+    let mut worst = 0.0f64;
+    for (t, row) in want.iter().enumerate() {
+        assert_eq!(row.len(), vocab, "vocabulary of the logits");
+        for (v, &w) in row.iter().enumerate() {
+            let g = got[[b, t, v]];
+            assert!(g.is_finite(), "logit [{b}, {t}, {v}] is {g}");
+            worst = worst.max((f64::from(g) - f64::from(w)).abs());
+        }
+    }
+    worst
+}
+
+#[track_caller]
+fn assert_within(diff: f64, tol: f64, what: &str) {
+    assert!(diff <= tol, "{what}: max abs diff {diff:.3e} exceeds {tol:.0e}");
+    eprintln!("{what}: max abs diff {diff:.2e}");
+}
+
+fn ids_i64(tokens: &[u32]) -> Vec<i64> {
+    tokens.iter().map(|&t| i64::from(t)).collect()
+}
+
+/// Runs every numerical check on the `prefill` and `decoder` exports under `out/<node>/`.
+fn check_exports(ws: &Workspace, node: &str, cfg: &ModelConfig, w: &Weights, tol: f64, what: &str) {
+    let mut tokens = PROMPT.to_vec();
+    tokens.push(NEXT);
+    let want = reference_of(cfg, w, &tokens, what);
+    let prompt_want = &want[..PROMPT.len()];
+
+    // Prefill, one sequence.
+    let mut prefill = session(&ws.path(&format!("out/{node}/prefill/model.onnx")));
+    let n = PROMPT.len();
+    let logits = prefill.run_prefill(&ids_i64(&PROMPT), &vec![1; n], 1, n).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(logits.shape(), [1, n, cfg.vocab_size]);
+    assert_within(max_diff(&logits, 0, prompt_want), tol, &format!("{what}: prefill"));
+    let prefill_rows: Vec<Vec<f32>> = (0..n).map(|t| (0..cfg.vocab_size).map(|v| logits[[0, t, v]]).collect()).collect();
+
+    // Decoder, one token a step from an empty cache.
+    let model = ws.path(&format!("out/{node}/decoder/model.onnx"));
+    let mut dec = Decoder::new(session(&model)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((dec.n_layer(), dec.n_kv_head(), dec.head_dim()), (cfg.n_layer, cfg.n_kv_head, cfg.head_dim()), "decoder cache interface");
+    let mut cache = dec.empty_cache(1).unwrap();
+    let (mut worst, mut vs_prefill) = (0.0f64, 0.0f64);
+    for (t, &id) in tokens.iter().enumerate() {
+        let step = dec.step(&mut cache, &[i64::from(id)], 1).unwrap_or_else(|e| panic!("step {t}: {e}"));
+        assert_eq!(step.shape(), [1, 1, cfg.vocab_size]);
+        worst = worst.max(max_diff(&step, 0, &want[t..=t]));
+        if t < n {
+            vs_prefill = vs_prefill.max(max_diff(&step, 0, &prefill_rows[t..=t]));
+        }
+    }
+    assert_eq!(cache.past_len(), tokens.len());
+    let (k, v) = cache.layer(cfg.n_layer - 1).unwrap();
+    assert_eq!(k.shape(), [1, cfg.n_kv_head, tokens.len(), cfg.head_dim()]);
+    assert_eq!(v.shape(), k.shape());
+    assert_within(worst, tol, &format!("{what}: decoder token by token"));
+    assert_within(vs_prefill, TOL, &format!("{what}: decoder token by token vs prefill"));
+
+    // Decoder, the whole prompt at once, then one more token.
+    let mut cache = dec.empty_cache(1).unwrap();
+    let first = dec.step(&mut cache, &ids_i64(&PROMPT), n).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.shape(), [1, n, cfg.vocab_size]);
+    let then = dec.step(&mut cache, &[i64::from(NEXT)], 1).unwrap_or_else(|e| panic!("{e}"));
+    let worst = max_diff(&first, 0, prompt_want).max(max_diff(&then, 0, &want[n..]));
+    assert_within(worst, tol, &format!("{what}: decoder prompt then one token"));
+
+    // A right-padded batch: the prompt and a shorter sequence, padding with a real token id
+    // so that a leak would change numbers.
+    let short: [u32; 4] = [33, 2, 2, 50];
+    let short_want = reference_of(cfg, w, &short, what);
+    let pad = 7i64;
+    let mut ids = ids_i64(&PROMPT);
+    ids.extend(ids_i64(&short));
+    ids.extend(std::iter::repeat_n(pad, n - short.len()));
+    let mut mask = vec![1i64; n + short.len()];
+    mask.extend(std::iter::repeat_n(0, n - short.len()));
+    let batch = prefill.run_prefill(&ids, &mask, 2, n).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(batch.shape(), [2, n, cfg.vocab_size]);
+    let worst = max_diff(&batch, 0, prompt_want).max(max_diff(&batch, 1, &short_want));
+    assert_within(worst, tol, &format!("{what}: prefill padded batch"));
+
+    // The same batch through the decoder model with an empty cache, then one more token for
+    // each sequence with the padding still in the cache, fed by hand (the decode step never
+    // pads). The mask must hide the padded entries: what the short sequence sees cannot
+    // depend on the pad id. Its next position is 7, not 4, so it has no plain reference.
+    let mut raw = session(&model);
+    let (logits, next) = decode_padded(&mut raw, cfg, &short, pad, true);
+    let worst = max_diff(&logits, 0, prompt_want).max(max_diff(&logits, 1, &short_want));
+    assert_within(worst, tol, &format!("{what}: decoder padded batch"));
+    assert_within(max_diff(&next, 0, &want[n..]), tol, &format!("{what}: decoder padded batch, next token"));
+    let (_, other_pad) = decode_padded(&mut raw, cfg, &short, 23, true);
+    let row = |a: &ArrayD<f32>| vec![(0..cfg.vocab_size).map(|v| a[[1, 0, v]]).collect::<Vec<f32>>()];
+    assert_within(max_diff(&other_pad, 1, &row(&next)), 1e-6, &format!("{what}: masked padding, pad id 7 vs 23"));
+    // Unmasked, the padding does reach the next token: the check above can fail.
+    let (_, seen_7) = decode_padded(&mut raw, cfg, &short, 7, false);
+    let (_, seen_23) = decode_padded(&mut raw, cfg, &short, 23, false);
+    let leak = max_diff(&seen_7, 1, &row(&seen_23));
+    assert!(leak > 1e-3, "{what}: unmasked padding changes the next token's logits by only {leak:.1e}");
+}
+
+/// Through the `decoder` model fed by hand: the prompt and `short` right-padded with `pad`
+/// from an empty cache, then [`NEXT`] for both with the mask over past + new tokens hiding
+/// the padding (or not, with `mask_padding` false). Returns the logits of both calls.
+fn decode_padded(raw: &mut Session, cfg: &ModelConfig, short: &[u32], pad: i64, mask_padding: bool) -> (ArrayD<f32>, ArrayD<f32>) {
+    let n = PROMPT.len();
+    let mut ids = ids_i64(&PROMPT);
+    ids.extend(ids_i64(short));
+    ids.extend(std::iter::repeat_n(pad, n - short.len()));
+    let mut mask = vec![1i64; n + short.len()];
+    mask.extend(std::iter::repeat_n(0, n - short.len()));
+    let names: Vec<String> = (0..cfg.n_layer).flat_map(|i| [format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")]).collect();
+    let (shape, past_shape) = ([2, n], [2, cfg.n_kv_head, 0, cfg.head_dim()]);
+    let mut feeds = vec![
+        Feed { name: "input_ids", shape: &shape, data: TensorData::I64(&ids) },
+        Feed { name: "attention_mask", shape: &shape, data: TensorData::I64(&mask) },
+    ];
+    for name in &names {
+        feeds.push(Feed { name, shape: &past_shape, data: TensorData::F32(&[]) });
+    }
+    let mut outputs: BTreeMap<String, ArrayD<f32>> = raw.run(&feeds).unwrap_or_else(|e| panic!("{e}")).into_iter().collect();
+    assert_eq!(outputs.len(), 1 + 2 * cfg.n_layer, "outputs of the decoder");
+    let first = outputs.remove("logits").expect("a `logits` output");
+    assert_eq!(first.shape(), [2, n, cfg.vocab_size]);
+
+    let next_ids = [i64::from(NEXT); 2];
+    let mut next_mask: Vec<i64> = mask[..n].to_vec();
+    next_mask.push(1);
+    next_mask.extend(if mask_padding { mask[n..].to_vec() } else { vec![1; n] });
+    next_mask.push(1);
+    let pasts: Vec<(String, Vec<f32>)> = (0..cfg.n_layer)
+        .flat_map(|i| [(i, "key"), (i, "value")])
+        .map(|(i, kind)| {
+            let present = &outputs[&format!("present.{i}.{kind}")];
+            assert_eq!(present.shape(), [2, cfg.n_kv_head, n, cfg.head_dim()], "`present.{i}.{kind}`");
+            (format!("past_key_values.{i}.{kind}"), present.iter().copied().collect())
+        })
+        .collect();
+    let (shape, mask_shape, past_shape) = ([2, 1], [2, n + 1], [2, cfg.n_kv_head, n, cfg.head_dim()]);
+    let mut feeds = vec![
+        Feed { name: "input_ids", shape: &shape, data: TensorData::I64(&next_ids) },
+        Feed { name: "attention_mask", shape: &mask_shape, data: TensorData::I64(&next_mask) },
+    ];
+    for (name, data) in &pasts {
+        feeds.push(Feed { name, shape: &past_shape, data: TensorData::F32(data) });
+    }
+    let mut outputs: BTreeMap<String, ArrayD<f32>> = raw.run(&feeds).unwrap_or_else(|e| panic!("{e}")).into_iter().collect();
+    let next = outputs.remove("logits").expect("a `logits` output");
+    assert_eq!(next.shape(), [2, 1, cfg.vocab_size]);
+    (first, next)
+}
+
+// ---------------------------------------------------------------------------------------
+// The export manifest
+// ---------------------------------------------------------------------------------------
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().unwrap_or_else(|| panic!("not a list: {v}")).iter().map(|s| s.as_str().expect("a string").to_string()).collect()
+}
+
+/// blake3 of the files, one after the other.
+fn blake3_of(paths: &[PathBuf]) -> String {
+    let mut h = blake3::Hasher::new();
+    for p in paths {
+        h.update(&fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Checks `out/<node>/export.json` against the files beside it; returns it.
+fn check_manifest(ws: &Workspace, node: &str, case: &Case, precision: &str, external: bool) -> Value {
+    let m = ws.json(&format!("out/{node}/export.json"));
+    let cfg = &case.cfg;
+    let config = &m["checkpoint"]["config"];
+    for (field, want) in [
+        ("vocab_size", cfg.vocab_size),
+        ("n_layer", cfg.n_layer),
+        ("n_head", cfg.n_head),
+        ("n_kv_head", cfg.n_kv_head),
+        ("d_model", cfg.d_model),
+        ("d_ff", cfg.d_ff),
+    ] {
+        assert_eq!(config[field].as_u64(), Some(want as u64), "checkpoint.config.{field} in {m:#}");
+    }
+    assert_eq!(config["tied_embeddings"].as_bool(), Some(cfg.tied_embeddings), "checkpoint.config.tied_embeddings");
+
+    let variants = m["variants"].as_array().unwrap_or_else(|| panic!("`variants` is not a list: {m:#}"));
+    assert_eq!(variants.iter().map(|v| v["variant"].as_str().unwrap_or("?")).collect::<Vec<_>>(), ["prefill", "decoder"]);
+    let weights = cfg.expected_tensors().len() as u64;
+    let bytes_per = if precision == "fp16" { 2 } else { 4 };
+    for v in variants {
+        let name = v["variant"].as_str().unwrap();
+        let what = format!("{}: export.json `{name}`", case.name);
+        let dir = ws.path(&format!("out/{node}/{name}"));
+        let model = dir.join("model.onnx");
+        let data = dir.join("model.onnx.data");
+
+        assert_eq!(v["file"], "model.onnx", "{what}");
+        assert_eq!(v["precision"], precision, "{what}");
+        assert_eq!(v["opset"].as_i64(), Some(17), "{what}");
+        let ms = v["export_ms"].as_f64().unwrap_or(-1.0);
+        assert!(ms > 0.0 && ms < 60_000.0, "{what}: export_ms {ms}");
+        assert_eq!(v["file_bytes"].as_u64(), Some(fs::metadata(&model).unwrap().len()), "{what}: file_bytes");
+        assert_eq!(v["external_data"].as_bool(), Some(external), "{what}: external_data");
+        assert_eq!(data.exists(), external, "{what}: `model.onnx.data` exists");
+        let data_bytes = if external { fs::metadata(&data).unwrap().len() } else { 0 };
+        assert_eq!(v["data_bytes"].as_u64(), Some(data_bytes), "{what}: data_bytes");
+
+        let mut inputs = vec!["input_ids".to_string(), "attention_mask".to_string()];
+        let mut outputs = vec!["logits".to_string()];
+        let mut axes = vec!["batch", "sequence"];
+        if name == "decoder" {
+            for i in 0..cfg.n_layer {
+                inputs.extend([format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")]);
+                outputs.extend([format!("present.{i}.key"), format!("present.{i}.value")]);
+            }
+            axes.extend(["past_sequence", "total_sequence"]);
+        }
+        assert_eq!(strings(&v["inputs"]), inputs, "{what}: inputs");
+        assert_eq!(strings(&v["outputs"]), outputs, "{what}: outputs");
+        assert_eq!(strings(&v["dynamic_axes"]), axes, "{what}: dynamic_axes");
+
+        // Every weight is stored once (tied embeddings included) at its precision; the rest
+        // are small shape and scalar constants of at most 32 bytes each.
+        let count = v["initializer_count"].as_u64().unwrap_or(0);
+        let init_bytes = v["initializer_bytes"].as_u64().unwrap_or(0);
+        assert!(count >= weights, "{what}: {count} initializers for {weights} weights");
+        let weight_bytes = case.param_count() * bytes_per;
+        assert!(
+            init_bytes >= weight_bytes && init_bytes - weight_bytes <= 32 * (count - weights),
+            "{what}: initializer_bytes {init_bytes} for {} parameters at {bytes_per} bytes ({weight_bytes}) and {} constants",
+            case.param_count(),
+            count - weights
+        );
+        if external {
+            let file = v["file_bytes"].as_u64().unwrap();
+            assert!(file + data_bytes >= weight_bytes, "{what}: {file} + {data_bytes} bytes cannot hold {weight_bytes} bytes of weights");
+            assert!(4 * file < weight_bytes, "{what}: `model.onnx` is {file} bytes: the weights ({weight_bytes} bytes) are not in the data file");
+        } else {
+            assert!(v["file_bytes"].as_u64().unwrap() > weight_bytes, "{what}: the model file is smaller than its weights");
+        }
+
+        let digest = v["digest"].as_str().unwrap_or("");
+        assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{what}: digest `{digest}`");
+        let files = if external { vec![model.clone(), data.clone()] } else { vec![model.clone()] };
+        assert_eq!(digest, blake3_of(&files), "{what}: digest is blake3 of the model file (then its data)");
+    }
+    m
+}
+
+/// Opens both exports under `out/<node>/` and checks the interface they declare: the names
+/// the manifest lists, the cache's fixed axes, the vocabulary.
+fn check_interface(ws: &Workspace, node: &str, case: &Case) {
+    let cfg = &case.cfg;
+    let m = ws.json(&format!("out/{node}/export.json"));
+    for v in m["variants"].as_array().unwrap() {
+        let name = v["variant"].as_str().unwrap();
+        let what = format!("{}: `{node}/{name}`", case.name);
+        let (inputs, outputs) = (strings(&v["inputs"]), strings(&v["outputs"]));
+        let s = session(&ws.path(&format!("out/{node}/{name}/model.onnx")));
+        assert_eq!(s.inputs().iter().map(|i| i.name.clone()).collect::<Vec<_>>(), inputs, "{what}: the model's inputs");
+        // The graph declares the cache outputs before `logits` (they are made first); the
+        // order of outputs means nothing to a caller, who reads them by name.
+        let mut declared: Vec<String> = s.outputs().iter().map(|o| o.name.clone()).collect();
+        declared.sort();
+        let mut listed = outputs.clone();
+        listed.sort();
+        assert_eq!(declared, listed, "{what}: the model's outputs");
+        if name == "decoder" {
+            let past = s.input("past_key_values.0.key").unwrap();
+            assert_eq!((past.fixed(1), past.fixed(3)), (Some(cfg.n_kv_head as u64), Some(cfg.head_dim() as u64)), "{what}: {past}");
+        }
+        let logits = s.output("logits").unwrap();
+        assert_eq!(logits.fixed(2), Some(cfg.vocab_size as u64), "{what}: {logits}");
+    }
+}
+
+/// Writes `case` as a checkpoint with `write`, exports it with the binary, checks everything.
+fn export_and_check(case: &Case, checkpoint: &str, write: impl FnOnce(&Workspace)) {
+    let ws = workspace();
+    write(&ws);
+    ws.pipeline(&export_pipeline(checkpoint, "tokenizer = false"));
+    let m = ws.make_ok();
+    assert_eq!(m.ran(), ["export"], "{}", m.run);
+    assert_eq!(
+        ws.files("out/export"),
+        ["decoder/model.onnx", "export.json", "prefill/model.onnx"],
+        "{}: exactly the declared outputs",
+        case.name
+    );
+    check_manifest(&ws, "export", case, "fp32", false);
+    check_interface(&ws, "export", case);
+    check_exports(&ws, "export", &case.cfg, &case.weights, TOL, case.name);
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Every checkpoint layout against the reference
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn gpt2_gguf_matches_the_reference() {
+    let case = Case::new("gpt2 gguf", gpt2_config(), 10);
+    export_and_check(&case, "model.gguf", |ws| case.write_gguf(&ws.path("model.gguf"), &[]));
+}
+
+#[test]
+fn gpt2_safetensors_single_file_matches_the_reference() {
+    let case = Case::new("gpt2 safetensors", gpt2_config(), 20);
+    export_and_check(&case, "hf", |ws| case.write_hf(&ws.path("hf"), 1));
+}
+
+#[test]
+fn gpt2_safetensors_sharded_matches_the_reference() {
+    let case = Case::new("gpt2 safetensors sharded", gpt2_config(), 30);
+    export_and_check(&case, "hf", |ws| {
+        case.write_hf(&ws.path("hf"), 3);
+        assert!(ws.path("hf/model.safetensors.index.json").is_file(), "a sharded checkpoint has an index");
+    });
+}
+
+/// GGUF rows of Q and K are in the interleaved RoPE layout; the exporter permutes them back.
+#[test]
+fn llama_gguf_interleaved_rope_gqa_matches_the_reference() {
+    let case = Case::new("llama gguf", llama_config(RopeLayout::Interleaved, true), 40);
+    export_and_check(&case, "model.gguf", |ws| case.write_gguf(&ws.path("model.gguf"), &[]));
+}
+
+#[test]
+fn llama_safetensors_half_rope_gqa_untied_matches_the_reference() {
+    let case = Case::new("llama safetensors", llama_config(RopeLayout::Half, false), 50);
+    export_and_check(&case, "hf", |ws| case.write_hf(&ws.path("hf"), 2));
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Precision and external data
+// ---------------------------------------------------------------------------------------
+
+/// Wide enough that weights, not graph structure, make up most of the file.
+fn wide_llama() -> ModelConfig {
+    ModelConfig { d_model: 64, n_head: 8, n_kv_head: 2, d_ff: 192, vocab_size: 97, ..llama_config(RopeLayout::Interleaved, false) }
+}
+
+fn three_exports() -> String {
+    [("fp32", ""), ("fp16", "precision = \"fp16\"\n"), ("external", "external_data = true\n")]
+        .map(|(name, field)| format!("[stages.{name}]\nkind = \"export\"\ndeps = {{ checkpoint = \"model.gguf\" }}\ntokenizer = false\n{field}\n"))
+        .concat()
+}
+
+#[test]
+fn fp16_halves_the_file_and_rounds_only_the_weights() {
+    let case = Case::new("llama fp16", wide_llama(), 60);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&three_exports());
+    ws.make_ok();
+
+    let fp32 = check_manifest(&ws, "fp32", &case, "fp32", false);
+    let fp16 = check_manifest(&ws, "fp16", &case, "fp16", false);
+    assert_eq!(ws.files("out/fp16"), ["decoder/model.onnx", "export.json", "prefill/model.onnx"]);
+    for (i, variant) in ["prefill", "decoder"].iter().enumerate() {
+        let (a, b) = (&fp32["variants"][i], &fp16["variants"][i]);
+        let ratio = b["file_bytes"].as_f64().unwrap() / a["file_bytes"].as_f64().unwrap();
+        eprintln!("fp16/fp32 file size, {variant}: {ratio:.3}");
+        assert!((0.45..=0.56).contains(&ratio), "{variant}: the fp16 file is {ratio:.3} of the fp32 one");
+        // The same initializers, every weight at two bytes instead of four.
+        assert_eq!(a["initializer_count"], b["initializer_count"], "{variant}");
+        let saved = a["initializer_bytes"].as_u64().unwrap() - b["initializer_bytes"].as_u64().unwrap();
+        assert_eq!(saved, 2 * case.param_count(), "{variant}: bytes saved by fp16");
+    }
+
+    // Exactly the model with float16-rounded weights and float32 arithmetic...
+    let rounded = rounded_to_f16(&case.weights);
+    let mut tokens = PROMPT.to_vec();
+    tokens.push(NEXT);
+    let exact = case.reference(&tokens);
+    let approx = reference_of(&case.cfg, &rounded, &tokens, "llama fp16 (rounded weights)");
+    let rounding = exact.iter().flatten().zip(approx.iter().flatten()).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
+    assert!(rounding > 20.0 * TOL, "rounding the weights moves the logits by only {rounding:.1e}: the check below could not tell fp16 from fp32");
+    check_exports(&ws, "fp16", &case.cfg, &rounded, TOL, "llama fp16 vs rounded reference");
+
+    // ...and so within 1% of the logit scale of the fp32 model.
+    let scale = exact.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    let mut prefill = session(&ws.path("out/fp16/prefill/model.onnx"));
+    let n = tokens.len();
+    let logits = prefill.run_prefill(&ids_i64(&tokens), &vec![1; n], 1, n).unwrap_or_else(|e| panic!("{e}"));
+    let diff = max_diff(&logits, 0, &exact);
+    eprintln!("llama fp16 vs fp32 reference: max abs diff {diff:.2e}, {:.2e} of the logit scale {scale:.2}", diff / scale);
+    assert!(diff <= 1e-2 * scale, "fp16 logits are {diff:.2e} from the fp32 reference, over 1% of the logit scale {scale:.2}");
+}
+
+#[test]
+fn external_data_goes_beside_the_model() {
+    let case = Case::new("llama external data", wide_llama(), 70);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&three_exports());
+    ws.make_ok();
+
+    assert_eq!(
+        ws.files("out/external"),
+        ["decoder/model.onnx", "decoder/model.onnx.data", "export.json", "prefill/model.onnx", "prefill/model.onnx.data"]
+    );
+    check_manifest(&ws, "external", &case, "fp32", true);
+}
+
+/// ONNX Runtime infers shapes while it loads a model, before external data is read, so the
+/// small shape constants (`Reshape` shapes, `Unsqueeze` axes) must stay inline, as `onnx`'s
+/// own `convert_model_to_external_data` keeps every tensor under 1 KiB.
+#[test]
+fn external_data_model_loads_and_matches_the_reference() {
+    let case = Case::new("llama external data", wide_llama(), 70);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&three_exports());
+    ws.make_ok();
+    check_interface(&ws, "external", &case);
+    check_exports(&ws, "external", &case.cfg, &case.weights, TOL, "llama external data");
+}
+
+/// From opset 18 `ReduceMean` takes its axes as an input, which the RMSNorm graph follows.
+#[test]
+fn opset_18_export_matches_the_reference_and_16_is_refused() {
+    let case = Case::new("llama opset 18", llama_config(RopeLayout::Interleaved, false), 90);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false\nopset = 18"));
+    ws.make_ok();
+    let m = ws.json("out/export/export.json");
+    let opsets: Vec<i64> = m["variants"].as_array().unwrap().iter().map(|v| v["opset"].as_i64().unwrap_or(0)).collect();
+    assert_eq!(opsets, [18, 18]);
+    check_exports(&ws, "export", &case.cfg, &case.weights, TOL, "llama opset 18");
+
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false\nopset = 16"));
+    ws.tr(&["make"]).diag(5, "`opset` must be an integer of at least 17, found 16");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. The cache
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn second_make_is_a_hit_and_precision_reruns_only_export() {
+    let case = Case::new("gpt2 cache", gpt2_config(), 100);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    let pipeline = |precision: &str| {
+        format!(
+            "{}\n[stages.other]\ncmd = [\"sh\", \"-c\", \"echo other > $0\", \"{{outs.note}}\"]\nouts = {{ note = \"note.txt\" }}\n",
+            export_pipeline("model.gguf", &format!("tokenizer = false\nprecision = \"{precision}\""))
+        )
+    };
+    ws.pipeline(&pipeline("fp32"));
+    let first = ws.make_ok();
+    assert_eq!(first.ran(), ["export", "other"], "{}", first.run);
+    let digests = |m: &Value| m["variants"].as_array().unwrap().iter().map(|v| v["digest"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let fp32 = digests(&ws.json("out/export/export.json"));
+
+    let second = ws.make_ok();
+    assert_eq!(second.ran(), Vec::<String>::new(), "{}", second.run);
+    assert_eq!(second.hits(), ["export", "other"], "{}", second.run);
+
+    ws.pipeline(&pipeline("fp16"));
+    let third = ws.make_ok();
+    assert_eq!(third.ran(), ["export"], "{}", third.run);
+    assert_eq!(third.hits(), ["other"], "{}", third.run);
+    assert_eq!(third.record("export")["reason"], "field `precision` changed fp32 → fp16", "{}", third.run);
+    let m = ws.json("out/export/export.json");
+    assert_eq!(m["variants"][0]["precision"], "fp16");
+    let fp16 = digests(&m);
+    assert!(fp16.iter().zip(&fp32).all(|(a, b)| a != b), "fp16 digests {fp16:?} equal the fp32 ones");
+
+    // Back to fp32: the first export, from the cache.
+    ws.pipeline(&pipeline("fp32"));
+    let fourth = ws.make_ok();
+    assert_eq!(fourth.ran(), Vec::<String>::new(), "{}", fourth.run);
+    assert_eq!(fourth.record("export")["restored"], true, "the fp32 files are put back\n{}", fourth.run);
+    assert_eq!(fourth.record("other")["restored"], false, "{}", fourth.run);
+    assert_eq!(digests(&ws.json("out/export/export.json")), fp32);
+    assert_eq!(blake3_of(&[ws.path("out/export/prefill/model.onnx")]), fp32[0], "the fp32 model is back in out/");
+
+    // New weights in the same file: the export reruns, the other stage does not.
+    let before = fs::read(ws.path("model.gguf")).unwrap();
+    Case::new("gpt2 cache, new weights", gpt2_config(), 110).write_gguf(&ws.path("model.gguf"), &[]);
+    assert_ne!(fs::read(ws.path("model.gguf")).unwrap(), before, "the new weights are different");
+    let fifth = ws.make_ok();
+    assert_eq!(fifth.ran(), ["export"], "{}", fifth.run);
+    assert_ne!(digests(&ws.json("out/export/export.json")), fp32);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Bad input
+// ---------------------------------------------------------------------------------------
+
+/// A failed export: exit 1, nothing of it under `out/export/`; returns stderr.
+#[track_caller]
+fn export_fails(ws: &Workspace) -> Run {
+    let m = ws.make();
+    m.run.code(1);
+    assert_eq!(m.record("export")["status"], "failed", "{}", m.run);
+    assert_eq!(ws.files("out/export"), Vec::<String>::new(), "a failed export left files in out/export/\n{}", m.run);
+    m.run
+}
+
+#[test]
+fn truncated_gguf_fails_naming_the_file_and_tensor() {
+    let case = Case::new("gpt2 truncated", gpt2_config(), 120);
+    let ws = workspace();
+    let path = ws.path("model.gguf");
+    case.write_gguf(&path, &[]);
+    let bytes = fs::read(&path).unwrap();
+    let header = GgufHeader::parse(&bytes).unwrap();
+    let cut = bytes.len() / 2;
+    assert!((header.data_offset as usize) < cut, "the cut falls in the tensor data");
+    // The first tensor, in file order, whose data runs past the cut.
+    let first_lost = header
+        .tensors
+        .iter()
+        .find(|t| header.data_offset + t.offset + 4 * t.n_elements() > cut as u64)
+        .map(|t| t.name.clone())
+        .unwrap();
+    fs::write(&path, &bytes[..cut]).unwrap();
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false"));
+    export_fails(&ws).stderr_has("model.gguf").stderr_has(&format!("tensor `{first_lost}`")).stderr_has("truncated");
+
+    // Cut inside the header: the file is still named.
+    fs::write(&path, &bytes[..40]).unwrap();
+    export_fails(&ws).stderr_has("model.gguf").stderr_has("truncated");
+}
+
+#[test]
+fn tensor_of_the_wrong_shape_is_named() {
+    let case = Case::new("gpt2 wrong shape", gpt2_config(), 130);
+    let ws = workspace();
+    let mut tensors = case.tensors();
+    let t = tensors.iter_mut().find(|t| t.name == "blk.1.ffn_up.weight").unwrap();
+    t.shape = vec![63, 16];
+    t.data.truncate(63 * 16);
+    write_gguf(&ws.path("model.gguf"), &case.cfg, &tensors, |_| DType::F32, &[]).unwrap();
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false"));
+    export_fails(&ws).stderr_has("model.gguf").stderr_has("tensor `blk.1.ffn_up.weight`").stderr_has("[63, 16]").stderr_has("[64, 16]");
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let case = Case::new("mamba", gpt2_config(), 140);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[("general.architecture", MetaValue::String("mamba".into()))]);
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false"));
+    export_fails(&ws).stderr_has("model.gguf").stderr_has("architecture").stderr_has("`mamba`");
+}
+
+#[test]
+fn export_without_a_checkpoint_dep_is_a_pipeline_error() {
+    let ws = workspace();
+    fs::write(ws.path("model.gguf"), b"not read").unwrap();
+    ws.pipeline("[stages.export]\nkind = \"export\"\ndeps = { model = \"model.gguf\" }\ntokenizer = false\n");
+    let run = ws.tr(&["make", "--json"]);
+    run.diag(3, "`checkpoint`");
+    assert_eq!(ws.files("out"), Vec::<String>::new());
+
+    ws.pipeline("[stages.export]\nkind = \"export\"\ntokenizer = false\n");
+    let run = ws.tr(&["make", "--json"]);
+    run.diag(1, "`checkpoint`");
+    assert_eq!(ws.files("out"), Vec::<String>::new());
+}
+
+#[test]
+fn misspelled_variant_suggests_the_right_one() {
+    let ws = workspace();
+    Case::new("gpt2", gpt2_config(), 150).write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false\nvariants = [\"prefil\"]"));
+    let run = ws.tr(&["make", "--json"]);
+    run.diag(5, "unknown variant `prefil`").stderr_has("did you mean `prefill`");
+    assert_eq!(ws.files("out"), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. The tokenizer
+// ---------------------------------------------------------------------------------------
+
+/// A byte-level BPE of 16 tokens that spells "hello world" in four:
+/// `hello`, `Ġw`, `or`, `ld` (ids 12 to 15).
+const TOKENS: [&str; 16] = ["<|endoftext|>", "h", "e", "l", "o", "Ġ", "w", "r", "d", "he", "ll", "llo", "hello", "Ġw", "or", "ld"];
+const MERGES: [&str; 7] = ["h e", "l l", "ll o", "he llo", "Ġ w", "o r", "l d"];
+
+fn tokenizer_metadata() -> Vec<(&'static str, MetaValue)> {
+    let strings = |v: &[&str]| MetaValue::Array(v.iter().map(|s| MetaValue::String(s.to_string())).collect());
+    let types = (0..TOKENS.len()).map(|i| MetaValue::I32(if i == 0 { 3 } else { 1 })).collect();
+    vec![
+        ("tokenizer.ggml.model", MetaValue::String("gpt2".into())),
+        ("tokenizer.ggml.pre", MetaValue::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", strings(&TOKENS)),
+        ("tokenizer.ggml.merges", strings(&MERGES)),
+        ("tokenizer.ggml.token_type", MetaValue::Array(types)),
+        ("tokenizer.ggml.bos_token_id", MetaValue::U32(0)),
+        ("tokenizer.ggml.eos_token_id", MetaValue::U32(0)),
+    ]
+}
+
+/// GPT-2 with `vocab` rows of embedding and a width (24) that no vocabulary here equals.
+fn gpt2_with_vocab(vocab: usize) -> ModelConfig {
+    ModelConfig { vocab_size: vocab, d_model: 24, n_head: 3, n_kv_head: 3, ..gpt2_config() }
+}
+
+#[test]
+fn gguf_vocabulary_becomes_a_tokenizer_json_that_round_trips() {
+    let case = Case::new("gpt2 with tokenizer", gpt2_with_vocab(TOKENS.len()), 160);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &tokenizer_metadata());
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = true"));
+    ws.make_ok();
+    assert_eq!(ws.files("out/export"), ["decoder/model.onnx", "export.json", "prefill/model.onnx", "tokenizer.json"]);
+    assert_eq!(ws.json("out/export/export.json")["tokenizer"], "embedded in the GGUF");
+
+    let tok = tokenizers::Tokenizer::from_file(ws.path("out/export/tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tok.get_vocab_size(true), TOKENS.len());
+    let ids = tok.encode("hello world", false).unwrap().get_ids().to_vec();
+    assert_eq!(ids, [12, 13, 14, 15], "\"hello world\" in the merged tokens");
+    for text in ["hello world", "world hello", "old row"] {
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "round trip through {ids:?}");
+    }
+
+    // The tokenizer's ids drive the exported model like any others.
+    let mut prefill = session(&ws.path("out/export/prefill/model.onnx"));
+    let logits = prefill.run_prefill(&ids_i64(&ids), &vec![1; ids.len()], 1, ids.len()).unwrap_or_else(|e| panic!("{e}"));
+    assert_within(max_diff(&logits, 0, &case.reference(&ids)), TOL, "gpt2 with tokenizer: prefill of \"hello world\"");
+}
+
+#[test]
+fn tokenizer_and_model_vocabulary_mismatch_names_both_numbers() {
+    // The model says 20 (`gpt2.vocab_size`, 20 embedding rows); the tokenizer has 16.
+    let case = Case::new("gpt2 vocab mismatch", gpt2_with_vocab(20), 170);
+    let ws = workspace();
+    let mut meta = tokenizer_metadata();
+    meta.push(("gpt2.vocab_size", MetaValue::U32(20)));
+    case.write_gguf(&ws.path("model.gguf"), &meta);
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = true"));
+    export_fails(&ws).stderr_has("model.gguf").stderr_has("the tokenizer has 16 tokens but the model's vocabulary has 20");
+
+    // Without the tokenizer the same checkpoint exports.
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false"));
+    ws.make_ok();
+    assert_eq!(ws.files("out/export"), ["decoder/model.onnx", "export.json", "prefill/model.onnx"]);
+
+    // Without `gpt2.vocab_size` the token list sets the vocabulary, as in llama.cpp, and the
+    // embedding of 20 rows is the tensor that disagrees.
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &tokenizer_metadata());
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = true"));
+    export_fails(&ws).stderr_has("model.gguf").stderr_has("tensor `token_embd.weight`").stderr_has("[20, 24]").stderr_has("[16, 24]");
+}
