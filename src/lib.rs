@@ -18,8 +18,10 @@
 //! | [`export`]  | checkpoint → ONNX for GPT-2 and Llama, prefill and decoder variants          |
 //! | [`tokenizer`] | tokenizer.json in; GPT-2 and GGUF vocabularies turned into tokenizer.json  |
 //! | [`runtime`] | ONNX Runtime: library probe, sessions, prefill and decode steps, providers   |
+//! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime, no fallback  |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
+pub mod backend;
 pub mod cli;
 pub mod diag;
 pub mod digest;

@@ -110,6 +110,9 @@ struct RawPipeline {
     axes: toml::Table,
     #[serde(default)]
     stages: toml::Table,
+    /// `[[backends]]`: the axis `backend`, declared where a study's reader looks for it.
+    #[serde(default)]
+    backends: Option<toml::Value>,
 }
 
 /// Fields every stage table may have, whatever its kind.
@@ -154,6 +157,15 @@ impl Pipeline {
             let path = vec!["axes".to_string(), name.clone()];
             if let Some(values) = axis_values(value, &path, &src, &mut diags) {
                 axes.insert(name.clone(), values);
+            }
+        }
+
+        if let Some(backends) = &raw.backends {
+            let path = vec!["backends".to_string()];
+            if axes.contains_key("backend") {
+                diags.push(src.diag(&path, "`[[backends]]` and `[axes] backend` both declare the axis `backend`; keep one", None));
+            } else if let Some(values) = axis_values(backends, &path, &src, &mut diags) {
+                axes.insert("backend".to_string(), values);
             }
         }
 
@@ -505,8 +517,8 @@ impl StageCx<'_> {
         let out_names: Vec<String> = node_outs.iter().map(|o| o.name.clone()).collect();
         let config = match &decl.lowered {
             // Nodes of one stage usually lower the very same fields: do it once.
-            Some((f, d, o, c)) if *f == fields && *d == dep_names && *o == out_names => Ok(c.clone()),
-            _ => kind.lower(&LowerCx { node: &id, fields: &fields, deps: &dep_names, outs: &out_names }),
+            Some((f, d, o, c)) if *f == fields && *d == dep_names && *o == out_names && !kind.reads_matrix() => Ok(c.clone()),
+            _ => kind.lower(&LowerCx { node: &id, fields: &fields, deps: &dep_names, outs: &out_names, matrix: &r.matrix }),
         };
         let config = match config {
             Ok(c) => {

@@ -21,6 +21,8 @@ pub struct LowerCx<'a> {
     pub fields: &'a serde_json::Map<String, Value>,
     pub deps: &'a [String],
     pub outs: &'a [String],
+    /// The node's matrix values (a `backend` axis value is the backend's whole declaration).
+    pub matrix: &'a BTreeMap<String, Value>,
 }
 
 /// A problem with one kind-specific field.
@@ -67,6 +69,11 @@ pub trait StageKind: Send + Sync + 'static {
     /// templates (like `cmd`'s argv) says yes, so a changed param shows up in `why` as the
     /// param, not as every argument it was spliced into.
     fn keeps_placeholders(&self) -> bool {
+        false
+    }
+    /// Whether [`Self::lower`] looks at the node's matrix values, so that it must run for
+    /// every node rather than once per stage.
+    fn reads_matrix(&self) -> bool {
         false
     }
     /// Outputs the kind always writes, given its config: `(name, path)`, a trailing `/`

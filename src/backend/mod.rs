@@ -1,0 +1,216 @@
+//! Backends: the things a study compares. A backend is declared once in the pipeline,
+//!
+//! ```toml
+//! [[backends]]
+//! name = "onnxruntime-cpu"
+//! runtime = "onnxruntime"
+//! provider = "cpu"          # cpu | cuda | tensorrt
+//! precision = "fp32"        # fp32 | fp16 | int8: which model it runs, and its accuracy threshold
+//! threads = 2               # intra-op threads (default: ONNX Runtime's)
+//! opt_level = "all"         # disable | basic | extended | layout | all
+//! device_id = 0
+//! trt_fp16 = false          # TensorRT builder flags
+//! trt_int8_calibration_table = "out/calibrate/calibration.cache"
+//! trt_engine_cache = "cache/trt-engines"
+//! ```
+//!
+//! and `[[backends]]` is the matrix axis `backend`: a stage with `matrix = ["backend"]` has
+//! one node per backend, whose key holds that backend's whole declaration and nothing of the
+//! others — editing one backend reruns only its nodes.
+//!
+//! Opening a backend never falls back: a provider that is not there is
+//! [`BackendError::Unavailable`], which stages turn into a degraded result with the reason.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runtime::{self, OptLevel, Provider, RuntimeError, Session, SessionOptions};
+
+/// A backend as declared, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendSpec {
+    pub name: String,
+    pub runtime: String,
+    pub provider: Provider,
+    pub precision: String,
+    pub threads: Option<usize>,
+    pub opt_level: OptLevel,
+    pub device_id: u32,
+    pub trt_fp16: bool,
+    pub trt_int8_calibration_table: Option<String>,
+    pub trt_engine_cache: Option<String>,
+}
+
+const FIELDS: &[&str] = &[
+    "name",
+    "runtime",
+    "provider",
+    "precision",
+    "threads",
+    "opt_level",
+    "device_id",
+    "trt_fp16",
+    "trt_int8_calibration_table",
+    "trt_engine_cache",
+];
+
+pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
+
+impl BackendSpec {
+    /// Validates a `[[backends]]` table (as JSON). Errors are `(field, message)`.
+    pub fn from_value(v: &Value) -> Result<BackendSpec, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let Some(t) = v.as_object() else {
+            return Err(vec![(String::new(), "a backend is a table with a `name`".into())]);
+        };
+        for k in t.keys() {
+            if !FIELDS.contains(&k.as_str()) {
+                let help = crate::diag::suggest(k, FIELDS.iter().copied()).map_or(String::new(), |h| format!("; {h}"));
+                errors.push((k.clone(), format!("unknown backend field `{k}`{help}")));
+            }
+        }
+        let s = |k: &str| t.get(k).and_then(Value::as_str).map(str::to_string);
+        let name = s("name").unwrap_or_default();
+        let runtime = s("runtime").unwrap_or_else(|| "onnxruntime".into());
+        if runtime != "onnxruntime" {
+            errors.push(("runtime".into(), format!("unknown runtime `{runtime}`; backends run on `onnxruntime`")));
+        }
+        let provider = match s("provider").as_deref().unwrap_or("cpu").parse::<Provider>() {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(("provider".into(), e.to_string()));
+                Provider::Cpu
+            }
+        };
+        let precision = s("precision").unwrap_or_else(|| "fp32".into());
+        if !PRECISIONS.contains(&precision.as_str()) {
+            errors.push(("precision".into(), format!("unknown precision `{precision}`; one of fp32, fp16, int8")));
+        }
+        let threads = match t.get("threads") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 => Some(n as usize),
+                _ => {
+                    errors.push(("threads".into(), format!("`threads` must be a positive integer, found {v}")));
+                    None
+                }
+            },
+        };
+        let opt_level = match s("opt_level").as_deref().unwrap_or("all").parse::<OptLevel>() {
+            Ok(o) => o,
+            Err(e) => {
+                errors.push(("opt_level".into(), e.to_string()));
+                OptLevel::All
+            }
+        };
+        let device_id = t.get("device_id").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let trt_fp16 = t.get("trt_fp16").and_then(Value::as_bool).unwrap_or(false);
+        if errors.is_empty() {
+            Ok(BackendSpec {
+                name,
+                runtime,
+                provider,
+                precision,
+                threads,
+                opt_level,
+                device_id,
+                trt_fp16,
+                trt_int8_calibration_table: s("trt_int8_calibration_table"),
+                trt_engine_cache: s("trt_engine_cache"),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { providers: vec![self.provider], intra_threads: self.threads, opt_level: self.opt_level, device_id: self.device_id }
+    }
+}
+
+/// What really ran, recorded beside every result a backend produces.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capability {
+    pub runtime: String,
+    pub runtime_version: String,
+    /// blake3 of the runtime library.
+    pub library_digest: String,
+    /// Execution providers the library was built with.
+    pub providers_offered: Vec<String>,
+    /// The provider the backend asked for.
+    pub provider_requested: String,
+    pub cpu_model: String,
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run here (a provider or a device is missing): a degraded result.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<RuntimeError> for BackendError {
+    fn from(e: RuntimeError) -> Self {
+        if e.is_degradation() { BackendError::Unavailable(e.to_string()) } else { BackendError::Failed(e.to_string()) }
+    }
+}
+
+/// An opened backend over one ONNX model.
+pub trait Backend {
+    fn spec(&self) -> &BackendSpec;
+    fn capability(&self) -> &Capability;
+    /// Logits `[batch, seq, vocab]` of one forward pass over `ids` (`batch × seq`).
+    fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError>;
+}
+
+/// ONNX Runtime with the backend's provider and options.
+pub struct OrtBackend {
+    spec: BackendSpec,
+    capability: Capability,
+    session: Session,
+}
+
+impl Backend for OrtBackend {
+    fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    fn capability(&self) -> &Capability {
+        &self.capability
+    }
+
+    fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError> {
+        Ok(self.session.run_prefill(ids, mask, batch, seq)?)
+    }
+}
+
+/// Opens `spec` over the model file `model` with the ONNX Runtime library at `library`.
+pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
+    let rt = runtime::init(Some(library))?;
+    let info = rt.info();
+    let capability = Capability {
+        runtime: "onnxruntime".into(),
+        runtime_version: info.version.clone(),
+        library_digest: info.digest.to_hex(),
+        providers_offered: info.providers.clone(),
+        provider_requested: spec.provider.name().into(),
+        cpu_model: crate::facets::cpu_model(),
+        threads: spec.threads,
+    };
+    let session = rt.session(model, &spec.session_options())?;
+    Ok(Box::new(OrtBackend { spec: spec.clone(), capability, session }))
+}
+
+/// The ONNX Runtime library a stage uses: its `runtime` dep, else `ORT_DYLIB_PATH`.
+pub fn library(dep: Option<&Path>) -> Result<PathBuf, BackendError> {
+    match dep {
+        Some(p) => Ok(p.to_path_buf()),
+        None => runtime::library_path(None).map_err(|e| BackendError::Failed(e.to_string())),
+    }
+}
