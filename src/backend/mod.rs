@@ -20,7 +20,11 @@
 //!
 //! Opening a backend never falls back: a provider that is not there is
 //! [`BackendError::Unavailable`], which stages turn into a degraded result with the reason.
+//! Opening also probes what really runs ([`probe`]): one tiny prefill under ONNX Runtime's
+//! profiler fills [`Capability::providers_assigned`], and a requested accelerator that ran no
+//! node is [`Capability::degradation`], for the stage to report the same way.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
@@ -28,6 +32,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::runtime::{self, OptLevel, Provider, RuntimeError, Session, SessionOptions};
+
+pub mod probe;
+
+pub use probe::{GpuInfo, cpu_logical_threads, gpu_info};
 
 /// A backend as declared, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,8 +150,15 @@ pub struct Capability {
     pub providers_offered: Vec<String>,
     /// The provider the backend asked for.
     pub provider_requested: String,
+    /// ONNX Runtime's provider name → nodes that ran there in the probe's prefill.
+    pub providers_assigned: BTreeMap<String, usize>,
     pub cpu_model: String,
+    /// Logical CPUs this process may use.
+    pub cpu_logical_threads: usize,
+    /// Intra-op threads asked for; `None` is ONNX Runtime's default.
     pub threads: Option<usize>,
+    /// The backend's GPU (`device_id`) when NVML can see one, whatever the provider.
+    pub gpu: Option<GpuInfo>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,21 +205,38 @@ impl Backend for OrtBackend {
     }
 }
 
-/// Opens `spec` over the model file `model` with the ONNX Runtime library at `library`.
+/// Opens `spec` over the model file `model` (a prefill model: ids → logits) with the ONNX
+/// Runtime library at `library`, and probes it: the session's first run is one tiny prefill
+/// under the profiler, which fills [`Capability::providers_assigned`]. A requested accelerator
+/// that ran nothing is not an error here; [`Capability::degradation`] says so.
 pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
     let rt = runtime::init(Some(library))?;
     let info = rt.info();
+    let dir = probe::profile_dir()?;
+    let probed = rt
+        .profiled_session(model, &spec.session_options(), &dir.join("profile"))
+        .map_err(BackendError::from)
+        .and_then(|mut session| probe::providers_assigned(&mut session).map(|assigned| (session, assigned)));
+    probe::remove_profile_dir(&dir);
+    let (session, providers_assigned) = probed?;
     let capability = Capability {
         runtime: "onnxruntime".into(),
         runtime_version: info.version.clone(),
         library_digest: info.digest.to_hex(),
         providers_offered: info.providers.clone(),
         provider_requested: spec.provider.name().into(),
+        providers_assigned,
         cpu_model: crate::facets::cpu_model(),
+        cpu_logical_threads: cpu_logical_threads(),
         threads: spec.threads,
+        gpu: gpu_info(spec.device_id),
     };
-    let session = rt.session(model, &spec.session_options())?;
     Ok(Box::new(OrtBackend { spec: spec.clone(), capability, session }))
+}
+
+/// What `spec` really runs on here: [`open`]'s probe, without keeping the session.
+pub fn probe_capability(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Capability, BackendError> {
+    open(spec, model, library).map(|b| b.capability().clone())
 }
 
 /// The ONNX Runtime library a stage uses: its `runtime` dep, else `ORT_DYLIB_PATH`.

@@ -158,6 +158,17 @@ impl Runtime {
     /// [`RuntimeError::ProviderUnavailable`]; the session is never quietly created on the CPU
     /// instead.
     pub fn session(&self, model: &Path, options: &SessionOptions) -> Result<Session, RuntimeError> {
+        self.open_session(model, options, None)
+    }
+
+    /// [`Self::session`] with ONNX Runtime's profiler on: every run until
+    /// [`Session::end_profiling`] is recorded, node by node, in a JSON file whose name starts
+    /// with `prefix` (ONNX Runtime appends a timestamp and `.json`).
+    pub fn profiled_session(&self, model: &Path, options: &SessionOptions, prefix: &Path) -> Result<Session, RuntimeError> {
+        self.open_session(model, options, Some(prefix))
+    }
+
+    fn open_session(&self, model: &Path, options: &SessionOptions, profile: Option<&Path>) -> Result<Session, RuntimeError> {
         if !model.is_file() {
             return Err(RuntimeError::ModelNotFound { path: model.to_path_buf() });
         }
@@ -168,6 +179,9 @@ impl Runtime {
         builder = builder.with_optimization_level(options.opt_level.to_ort()).map_err(ort_err("setting the optimisation level"))?;
         if let Some(n) = options.intra_threads {
             builder = builder.with_intra_threads(n).map_err(ort_err("setting intra-op threads"))?;
+        }
+        if let Some(prefix) = profile {
+            builder = builder.with_profiling(prefix).map_err(ort_err("enabling profiling"))?;
         }
 
         let accelerators: Vec<Provider> = options.providers.iter().copied().filter(|p| *p != Provider::Cpu).collect();
@@ -233,6 +247,15 @@ impl Runtime {
 impl Session {
     pub fn model(&self) -> &Path {
         &self.model
+    }
+
+    /// Stops the profiler of a [`Runtime::profiled_session`] and returns the profile's path.
+    /// Later runs are not profiled.
+    pub fn end_profiling(&mut self) -> Result<PathBuf, RuntimeError> {
+        self.inner
+            .end_profiling()
+            .map(PathBuf::from)
+            .map_err(|e| RuntimeError::Run { model: self.model.clone(), message: format!("ending profiling: {}", e.message()) })
     }
 
     /// The providers registered for this session, in order, ending with `cpu`.

@@ -13,6 +13,9 @@ use crate::pipeline::NodeSpec;
 pub mod cmd;
 pub mod export;
 pub mod fetch;
+pub mod gate;
+pub mod logit_diff;
+pub mod perplexity;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -87,7 +90,8 @@ pub trait StageKind: Send + Sync + 'static {
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
 }
 
-static REGISTRY: &[&dyn StageKind] = &[&cmd::Cmd, &fetch::Fetch, &export::Export];
+static REGISTRY: &[&dyn StageKind] =
+    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {

@@ -1,0 +1,236 @@
+//! The `gate` kind: every backend's perplexity against a reference backend's.
+//!
+//! ```toml
+//! [stages.gate]
+//! kind = "gate"
+//! deps = { results = "out/perplexity/*/perplexity.json" }
+//! reference = "ort-cpu"                               # a backend name
+//! thresholds = { fp32 = 1e-3, fp16 = 5e-3, int8 = 2e-2 }  # these are the defaults
+//! fail_on_gate = false                                 # true: a failing backend fails the node
+//! ```
+//!
+//! For each backend, `rel_delta = |ppl − ppl_ref| / ppl_ref` and `pass = rel_delta ≤
+//! threshold[precision]`. A degraded backend is listed with its reason and `pass = null`:
+//! neither a pass nor a failure. Without an ok reference nothing can be compared: the node
+//! comes out degraded, with every `pass` null. A backend over its threshold is data, not an
+//! error — the node is ok unless `fail_on_gate = true`, which fails it, naming the backends.
+//!
+//! Outputs `gate.json` (`reference`, `reference_ppl`, `thresholds`, `status`, `reason`,
+//! `failed`, and `backends`: one entry per result, sorted by name, with `backend`,
+//! `precision`, `status`, `reason`, `ppl`, `rel_delta`, `threshold`, `pass`) and `gate.csv`
+//! (one row per backend, the same fields).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::perplexity::{write_csv_rows, write_json};
+use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::backend::PRECISIONS;
+
+pub struct Gate;
+
+const FIELDS: &[&str] = &["reference", "thresholds", "fail_on_gate"];
+
+/// Relative PPL deltas allowed by default, by precision.
+pub const DEFAULT_THRESHOLDS: &[(&str, f64)] = &[("fp32", 1e-3), ("fp16", 5e-3), ("int8", 2e-2)];
+
+fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
+    LowerError { field, message, help }
+}
+
+impl StageKind for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        FIELDS
+    }
+
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
+        let mut errors = Vec::new();
+        let f = cx.fields;
+        let reference = match f.get("reference") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(v) => {
+                errors.push(err(vec!["reference".into()], format!("`reference` must be a backend name, found {v}"), None));
+                String::new()
+            }
+            None => {
+                errors.push(err(vec![], "a `gate` stage needs `reference`, the backend the others are compared with".into(), Some("reference = \"ort-cpu\"".into())));
+                String::new()
+            }
+        };
+        let mut thresholds: BTreeMap<String, f64> = DEFAULT_THRESHOLDS.iter().map(|(p, t)| (p.to_string(), *t)).collect();
+        match f.get("thresholds") {
+            None => {}
+            Some(Value::Object(t)) => {
+                for (precision, v) in t {
+                    let at = vec!["thresholds".to_string(), precision.clone()];
+                    if !PRECISIONS.contains(&precision.as_str()) {
+                        let help = crate::diag::suggest(precision, PRECISIONS.iter().copied());
+                        errors.push(err(at, format!("unknown precision `{precision}`; one of fp32, fp16, int8"), help));
+                        continue;
+                    }
+                    match v.as_f64() {
+                        Some(x) if x >= 0.0 && x.is_finite() => {
+                            thresholds.insert(precision.clone(), x);
+                        }
+                        _ => errors.push(err(at, format!("a threshold is a relative delta, a number ≥ 0; found {v}"), None)),
+                    }
+                }
+            }
+            Some(v) => errors.push(err(vec!["thresholds".into()], format!("`thresholds` must be a table of precision to relative delta, found {v}"), None)),
+        }
+        let fail_on_gate = match f.get("fail_on_gate") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                errors.push(err(vec!["fail_on_gate".into()], format!("`fail_on_gate` must be a boolean, found {v}"), None));
+                false
+            }
+        };
+        if !cx.deps.iter().any(|d| d == "results") {
+            errors.push(err(
+                vec!["deps".into()],
+                "a `gate` stage needs a dep named `results`: the perplexity results to compare".into(),
+                Some("deps = { results = \"out/perplexity/*/perplexity.json\" }".into()),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(json!({ "reference": reference, "thresholds": thresholds, "fail_on_gate": fail_on_gate }))
+    }
+
+    fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
+        vec![("result".into(), "gate.json".into()), ("csv".into(), "gate.csv".into())]
+    }
+
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+        let config = &cx.node.config;
+        let reference = config["reference"].as_str().unwrap_or_default().to_string();
+        let thresholds: BTreeMap<String, f64> =
+            config["thresholds"].as_object().into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+
+        let mut results = Vec::new();
+        for path in cx.deps.get("results").into_iter().flatten() {
+            let text = std::fs::read_to_string(cx.root.join(path)).map_err(|e| format!("reading `{path}`: {e}"))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| format!("`{path}` is not JSON: {e}"))?;
+            let Some(name) = v["backend"].as_str() else {
+                return Err(format!("`{path}` is not a perplexity result: it has no `backend`"));
+            };
+            if results.iter().any(|(n, _): &(String, Value)| n == name) {
+                return Err(format!("two results for backend `{name}`; the `results` dep must match one perplexity.json per backend"));
+            }
+            results.push((name.to_string(), v));
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let reference_ppl = match results.iter().find(|(n, _)| *n == reference) {
+            None => Err(format!(
+                "the reference backend `{reference}` has no result among {}",
+                if results.is_empty() { "none".to_string() } else { results.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ") }
+            )),
+            Some((_, v)) if v["status"] != "ok" => {
+                Err(format!("the reference backend `{reference}` is degraded: {}", v["reason"].as_str().unwrap_or("no reason given")))
+            }
+            Some((_, v)) => v["ppl"].as_f64().filter(|p| *p > 0.0).ok_or_else(|| format!("the reference backend `{reference}` has no perplexity")),
+        };
+
+        let mut rows = Vec::new();
+        for (name, v) in &results {
+            let precision = v["precision"].as_str().unwrap_or("fp32").to_string();
+            let threshold = thresholds.get(&precision).copied();
+            let degraded = v["status"] != "ok";
+            let ppl = if degraded { None } else { v["ppl"].as_f64() };
+            let rel_delta = match (&reference_ppl, ppl) {
+                (Ok(r), Some(p)) => Some((p - r).abs() / r),
+                _ => None,
+            };
+            let pass = match (rel_delta, threshold) {
+                (Some(d), Some(t)) => Some(d <= t),
+                _ => None,
+            };
+            rows.push(Row {
+                backend: name.clone(),
+                precision,
+                status: if degraded { "degraded" } else { "ok" },
+                reason: degraded.then(|| v["reason"].as_str().unwrap_or("no reason given").to_string()),
+                ppl,
+                rel_delta,
+                threshold,
+                pass,
+            });
+        }
+        let failed: Vec<String> = rows.iter().filter(|r| r.pass == Some(false)).map(|r| r.backend.clone()).collect();
+        let (status, reason) = match &reference_ppl {
+            Ok(_) => ("ok", None),
+            Err(e) => ("degraded", Some(e.clone())),
+        };
+        for r in &rows {
+            let _ = writeln!(cx.log, "{}: ppl {:?}, rel delta {:?}, threshold {:?}, pass {:?}", r.backend, r.ppl, r.rel_delta, r.threshold, r.pass);
+        }
+        let report = json!({
+            "reference": reference,
+            "reference_ppl": reference_ppl.as_ref().ok(),
+            "thresholds": thresholds,
+            "status": status,
+            "reason": reason,
+            "failed": failed,
+            "backends": rows,
+        });
+        write_json(&cx.root.join(&cx.outs["result"]), &report)?;
+        write_csv_rows(&cx.root.join(&cx.outs["csv"]), &rows.iter().map(Row::csv).collect::<Vec<_>>())?;
+
+        if config["fail_on_gate"].as_bool().unwrap_or(false) && !failed.is_empty() {
+            let detail: Vec<String> = rows
+                .iter()
+                .filter(|r| r.pass == Some(false))
+                .map(|r| format!("`{}` ({}: rel delta {:.3e} > {:.0e})", r.backend, r.precision, r.rel_delta.unwrap_or(f64::NAN), r.threshold.unwrap_or(f64::NAN)))
+                .collect();
+            return Err(format!("gate failed against `{reference}`: {}", detail.join(", ")));
+        }
+        Ok(match reason {
+            Some(r) => Outcome::Degraded(r),
+            None => Outcome::Ok,
+        })
+    }
+}
+
+/// One backend's line of the gate.
+#[derive(Debug, Serialize)]
+struct Row {
+    backend: String,
+    precision: String,
+    status: &'static str,
+    reason: Option<String>,
+    ppl: Option<f64>,
+    rel_delta: Option<f64>,
+    threshold: Option<f64>,
+    /// `None` when the backend is degraded or there is nothing to compare with.
+    pass: Option<bool>,
+}
+
+impl Row {
+    fn csv(&self) -> Vec<(&'static str, String)> {
+        let n = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
+        vec![
+            ("backend", self.backend.clone()),
+            ("precision", self.precision.clone()),
+            ("status", self.status.to_string()),
+            ("reason", self.reason.clone().unwrap_or_default()),
+            ("ppl", n(self.ppl)),
+            ("rel_delta", n(self.rel_delta)),
+            ("threshold", n(self.threshold)),
+            ("pass", self.pass.map_or(String::new(), |p| p.to_string())),
+        ]
+    }
+}

@@ -1,0 +1,467 @@
+//! The `perplexity` kind: one backend's perplexity over a corpus, by sliding windows.
+//!
+//! ```toml
+//! [[backends]]
+//! name = "ort-cpu"
+//! provider = "cpu"
+//!
+//! [stages.perplexity]
+//! kind = "perplexity"
+//! matrix = ["backend"]                 # required: one node per backend
+//! deps = { model = "out/export/prefill", tokenizer = "out/export/tokenizer.json",
+//!          corpus = "data/wiki.txt", runtime = "out/ort/libonnxruntime.so.1.31.1" }
+//! context = 1024                       # tokens a window holds (default 1024)
+//! stride = 512                         # how far windows move (default context / 2)
+//! max_tokens = 50000                   # score only the corpus's first N tokens (default: all)
+//! strip = true                         # drop `<doc …>` / `</doc>` lines (default true)
+//! batch = 1                            # windows per forward pass (default 1)
+//! ```
+//!
+//! `model` is an export variant directory holding `model.onnx` (or a `.onnx` file); `runtime`
+//! is the ONNX Runtime library, else `ORT_DYLIB_PATH` (declare `facets = ["ort"]` so that a
+//! changed library reruns the node).
+//!
+//! The windows are Hugging Face's sliding-window perplexity: the whole text is tokenised
+//! once (no special tokens added); windows begin at `0, stride, 2·stride, …` and hold
+//! `tokens[begin .. min(begin + context, N)]`; the last window is the one that reaches `N`.
+//! A window scores only the targets the previous window did not: the last `end − prev_end`
+//! positions, never its own first position (which nothing in the window predicts). So with
+//! `stride < context` every token but the corpus's first is scored exactly once, each with at
+//! least `context − stride` tokens of left context; with `stride = context` the first token of
+//! each window goes unscored, as in Hugging Face's recipe. The NLL of target `t` is
+//! `−log_softmax(logits[t − 1])[token[t]]`, in f64.
+//!
+//! Outputs `perplexity.json` and `perplexity.csv` (one row of the same scalar fields):
+//!
+//! | field            | meaning                                                                |
+//! |------------------|------------------------------------------------------------------------|
+//! | `backend`, `precision`, `provider` | the backend as declared                              |
+//! | `capability`     | what really ran (runtime version, library digest, providers offered)  |
+//! | `context`, `stride`, `batch` | the windowing                                              |
+//! | `corpus_tokens`  | tokens of the corpus after stripping and `max_tokens`                  |
+//! | `windows`, `tokens_scored` | windows run, targets scored                                  |
+//! | `mean_nll`, `ppl`| mean negative log-likelihood (nats) and `exp(mean_nll)`               |
+//! | `vocab_size`, `ln_vocab`, `uniform_ppl` | the sanity line: a model that knew nothing scores `ppl = vocab_size` |
+//! | `elapsed_s`, `tokens_per_s` | wall time of the forward passes and scoring, targets a second |
+//! | `status`, `reason` | `ok`, or `degraded` with why; a degraded result has null numbers    |
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::backend::{self, BackendError, BackendSpec, Capability};
+
+pub struct Perplexity;
+
+const FIELDS: &[&str] = &["context", "stride", "max_tokens", "strip", "batch"];
+
+/// The file names of the kind's implied outputs.
+pub const JSON_OUT: &str = "perplexity.json";
+pub const CSV_OUT: &str = "perplexity.csv";
+
+fn err(field: &str, message: String, help: Option<String>) -> LowerError {
+    LowerError { field: vec![field.to_string()], message, help }
+}
+
+/// A positive integer field, or `default` when absent.
+fn positive(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>, errors: &mut Vec<LowerError>) -> Option<u64> {
+    match f.get(name) {
+        None => default,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                errors.push(err(name, format!("`{name}` must be a positive integer, found {v}"), None));
+                default
+            }
+        },
+    }
+}
+
+impl StageKind for Perplexity {
+    fn name(&self) -> &'static str {
+        "perplexity"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        FIELDS
+    }
+
+    fn reads_matrix(&self) -> bool {
+        true
+    }
+
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
+        let mut errors = Vec::new();
+        let f = cx.fields;
+        let context = positive(f, "context", Some(1024), &mut errors).unwrap_or(1024);
+        if context < 2 {
+            errors.push(err("context", "`context` must be at least 2: a window of one token predicts nothing".into(), None));
+        }
+        let stride = positive(f, "stride", Some((context / 2).max(1)), &mut errors).unwrap_or(1);
+        if stride > context {
+            errors.push(err(
+                "stride",
+                format!("`stride` ({stride}) is larger than `context` ({context}): tokens between windows would never be scored"),
+                Some(format!("use a stride of at most {context}")),
+            ));
+        }
+        let max_tokens = positive(f, "max_tokens", None, &mut errors);
+        let strip = match f.get("strip") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                errors.push(err("strip", format!("`strip` must be a boolean, found {v}"), None));
+                true
+            }
+        };
+        let batch = positive(f, "batch", Some(1), &mut errors).unwrap_or(1);
+
+        for (dep, what) in [("model", "an export variant directory or a .onnx file"), ("tokenizer", "a tokenizer.json"), ("corpus", "a UTF-8 text file")] {
+            if !cx.deps.iter().any(|d| d == dep) {
+                errors.push(LowerError {
+                    field: vec!["deps".into()],
+                    message: format!("a `perplexity` stage needs a dep named `{dep}` ({what})"),
+                    help: Some("deps = { model = \"out/export/prefill\", tokenizer = \"out/export/tokenizer.json\", corpus = \"data/corpus.txt\" }".into()),
+                });
+            }
+        }
+        match cx.matrix.get("backend") {
+            None => errors.push(LowerError {
+                field: Vec::new(),
+                message: "a `perplexity` stage runs once per backend, but has no `backend` axis".into(),
+                help: Some("declare `[[backends]]` and add `matrix = [\"backend\"]` to the stage".into()),
+            }),
+            Some(v) => {
+                if let Err(problems) = BackendSpec::from_value(v) {
+                    let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+                    for (field, message) in problems {
+                        let at = if field.is_empty() { String::new() } else { format!(", field `{field}`") };
+                        errors.push(LowerError { field: vec!["matrix".into()], message: format!("backend `{name}`{at}: {message}"), help: None });
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(json!({ "context": context, "stride": stride, "max_tokens": max_tokens, "strip": strip, "batch": batch }))
+    }
+
+    fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
+        vec![("result".into(), JSON_OUT.into()), ("csv".into(), CSV_OUT.into())]
+    }
+
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+        let c = &cx.node.config;
+        let settings = Windowing {
+            context: c["context"].as_u64().unwrap_or(1024) as usize,
+            stride: c["stride"].as_u64().unwrap_or(512) as usize,
+            batch: c["batch"].as_u64().unwrap_or(1) as usize,
+        };
+        let backend_value = cx.node.matrix.get("backend").ok_or("the node has no `backend` matrix value")?;
+        let spec = BackendSpec::from_value(backend_value)
+            .map_err(|e| e.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
+        let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
+        let model = model_file(&dep("model").ok_or("no `model` dep")?)?;
+        let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
+        let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
+
+        let text = std::fs::read_to_string(&corpus_path).map_err(|e| format!("reading corpus `{}`: {e}", corpus_path.display()))?;
+        let text = if c["strip"].as_bool().unwrap_or(true) { strip_doc_markers(&text) } else { text };
+        let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
+        // A truncation setting in the file would silently cut the corpus.
+        tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
+        let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;
+        let mut ids: Vec<u32> = encoding.get_ids().to_vec();
+        if let Some(max) = c["max_tokens"].as_u64() {
+            ids.truncate(max as usize);
+        }
+        let _ = writeln!(cx.log, "corpus `{}`: {} tokens; context {}, stride {}", corpus_path.display(), ids.len(), settings.context, settings.stride);
+        if ids.len() < 2 {
+            return Err(format!("the corpus `{}` has {} token(s); perplexity needs at least 2", corpus_path.display(), ids.len()));
+        }
+
+        let mut report = Report::new(&spec, &settings, ids.len());
+        let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
+        let outcome = match score(&spec, &model, &library, &ids, &settings, &mut report, cx.log) {
+            Ok(()) => Outcome::Ok,
+            Err(BackendError::Unavailable(reason)) => {
+                let _ = writeln!(cx.log, "degraded: {reason}");
+                report.degrade(reason.clone());
+                Outcome::Degraded(reason)
+            }
+            Err(BackendError::Failed(e)) => return Err(e),
+        };
+        write_json(&cx.root.join(&cx.outs["result"]), &report)?;
+        write_csv(&cx.root.join(&cx.outs["csv"]), &report.csv_row())?;
+        Ok(outcome)
+    }
+}
+
+/// `model.onnx` inside a variant directory, or the file itself.
+fn model_file(dep: &Path) -> Result<PathBuf, String> {
+    if dep.is_dir() {
+        let f = dep.join("model.onnx");
+        if f.is_file() {
+            Ok(f)
+        } else {
+            Err(format!("the `model` dep `{}` is a directory without a `model.onnx`", dep.display()))
+        }
+    } else {
+        Ok(dep.to_path_buf())
+    }
+}
+
+/// The text without the `<doc …>` and `</doc>` lines of a Wikipedia extract; the other lines
+/// are kept as they are, newlines included.
+pub fn strip_doc_markers(text: &str) -> String {
+    text.split_inclusive('\n').filter(|l| !(l.starts_with("<doc") || l.starts_with("</doc"))).collect()
+}
+
+/// How a corpus is cut into windows.
+#[derive(Debug, Clone, Copy)]
+pub struct Windowing {
+    pub context: usize,
+    pub stride: usize,
+    pub batch: usize,
+}
+
+/// One window: the tokens `begin..end` go through the model; targets `first_target..end`
+/// are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub begin: usize,
+    pub end: usize,
+    pub first_target: usize,
+}
+
+/// The windows over `n` tokens (see the module docs).
+pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
+    let mut out = Vec::new();
+    let mut prev_end = 0;
+    let mut begin = 0;
+    while begin < n {
+        let end = (begin + context).min(n);
+        // The last `end - prev_end` positions are new; position `begin` has no prediction.
+        let first_target = prev_end.max(begin + 1);
+        out.push(Window { begin, end, first_target });
+        prev_end = end;
+        if end == n {
+            break;
+        }
+        begin += stride;
+    }
+    out
+}
+
+/// Everything `perplexity.json` holds.
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: String,
+    precision: String,
+    provider: String,
+    capability: Option<Capability>,
+    context: usize,
+    stride: usize,
+    batch: usize,
+    corpus_tokens: usize,
+    windows: Option<usize>,
+    tokens_scored: Option<usize>,
+    mean_nll: Option<f64>,
+    ppl: Option<f64>,
+    vocab_size: Option<usize>,
+    ln_vocab: Option<f64>,
+    uniform_ppl: Option<f64>,
+    elapsed_s: Option<f64>,
+    tokens_per_s: Option<f64>,
+    status: &'static str,
+    reason: Option<String>,
+}
+
+impl Report {
+    fn new(spec: &BackendSpec, w: &Windowing, corpus_tokens: usize) -> Report {
+        Report {
+            backend: spec.name.clone(),
+            precision: spec.precision.clone(),
+            provider: spec.provider.name().to_string(),
+            capability: None,
+            context: w.context,
+            stride: w.stride,
+            batch: w.batch,
+            corpus_tokens,
+            windows: None,
+            tokens_scored: None,
+            mean_nll: None,
+            ppl: None,
+            vocab_size: None,
+            ln_vocab: None,
+            uniform_ppl: None,
+            elapsed_s: None,
+            tokens_per_s: None,
+            status: "ok",
+            reason: None,
+        }
+    }
+
+    /// No number of a run that did not happen survives.
+    fn degrade(&mut self, reason: String) {
+        (self.windows, self.tokens_scored, self.vocab_size) = (None, None, None);
+        (self.mean_nll, self.ppl, self.ln_vocab, self.uniform_ppl, self.elapsed_s, self.tokens_per_s) = (None, None, None, None, None, None);
+        self.status = "degraded";
+        self.reason = Some(reason);
+    }
+
+    fn csv_row(&self) -> Vec<(&'static str, String)> {
+        let n = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
+        let u = |v: Option<usize>| v.map_or(String::new(), |x| x.to_string());
+        vec![
+            ("backend", self.backend.clone()),
+            ("precision", self.precision.clone()),
+            ("provider", self.provider.clone()),
+            ("runtime_version", self.capability.as_ref().map_or(String::new(), |c| c.runtime_version.clone())),
+            ("context", self.context.to_string()),
+            ("stride", self.stride.to_string()),
+            ("batch", self.batch.to_string()),
+            ("corpus_tokens", self.corpus_tokens.to_string()),
+            ("windows", u(self.windows)),
+            ("tokens_scored", u(self.tokens_scored)),
+            ("mean_nll", n(self.mean_nll)),
+            ("ppl", n(self.ppl)),
+            ("vocab_size", u(self.vocab_size)),
+            ("ln_vocab", n(self.ln_vocab)),
+            ("uniform_ppl", n(self.uniform_ppl)),
+            ("elapsed_s", n(self.elapsed_s)),
+            ("tokens_per_s", n(self.tokens_per_s)),
+            ("status", self.status.to_string()),
+            ("reason", self.reason.clone().unwrap_or_default()),
+        ]
+    }
+}
+
+/// Runs every window through the backend and fills the report's numbers.
+fn score(
+    spec: &BackendSpec,
+    model: &Path,
+    library: &Path,
+    ids: &[u32],
+    w: &Windowing,
+    report: &mut Report,
+    log: &mut std::fs::File,
+) -> Result<(), BackendError> {
+    let mut backend = backend::open(spec, model, library)?;
+    report.capability = Some(backend.capability().clone());
+    let all = windows(ids.len(), w.context, w.stride);
+    let start = Instant::now();
+    let (mut total, mut scored, mut vocab) = (0.0f64, 0usize, 0usize);
+    for group in all.chunks(w.batch.max(1)) {
+        let seq = group.iter().map(|x| x.end - x.begin).max().unwrap_or(0);
+        let mut input = Vec::with_capacity(group.len() * seq);
+        let mut mask = Vec::with_capacity(group.len() * seq);
+        for win in group {
+            let len = win.end - win.begin;
+            input.extend(ids[win.begin..win.end].iter().map(|&t| i64::from(t)));
+            // Right padding: causal attention keeps it out of every real position.
+            input.extend(std::iter::repeat_n(0, seq - len));
+            mask.extend(std::iter::repeat_n(1, len));
+            mask.extend(std::iter::repeat_n(0, seq - len));
+        }
+        let logits = backend.prefill(&input, &mask, group.len(), seq)?;
+        let shape = logits.shape().to_vec();
+        if shape.len() != 3 || shape[0] != group.len() || shape[1] != seq {
+            return Err(BackendError::Failed(format!("the model returned logits of shape {shape:?}, expected [{}, {seq}, vocab]", group.len())));
+        }
+        vocab = shape[2];
+        for (b, win) in group.iter().enumerate() {
+            for (t, &id) in ids.iter().enumerate().take(win.end).skip(win.first_target) {
+                let target = id as usize;
+                if target >= vocab {
+                    return Err(BackendError::Failed(format!("token id {target} is outside the model's vocabulary of {vocab}: the tokenizer does not match the model")));
+                }
+                let pos = t - 1 - win.begin;
+                let row = (0..vocab).map(|v| f64::from(logits[[b, pos, v]]));
+                let max = row.clone().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.map(|x| (x - max).exp()).sum::<f64>().ln();
+                let nll = lse - f64::from(logits[[b, pos, target]]);
+                if !nll.is_finite() {
+                    return Err(BackendError::Failed(format!("the NLL of token {t} is {nll}: the model's logits are not finite")));
+                }
+                total += nll;
+                scored += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mean = total / scored as f64;
+    let _ = writeln!(log, "{} windows, {scored} targets, mean NLL {mean:.6}, ppl {:.4} in {elapsed:.2}s", all.len(), mean.exp());
+    report.windows = Some(all.len());
+    report.tokens_scored = Some(scored);
+    report.mean_nll = Some(mean);
+    report.ppl = Some(mean.exp());
+    report.vocab_size = Some(vocab);
+    report.ln_vocab = Some((vocab as f64).ln());
+    report.uniform_ppl = Some(vocab as f64);
+    report.elapsed_s = Some(elapsed);
+    report.tokens_per_s = Some(if elapsed > 0.0 { scored as f64 / elapsed } else { 0.0 });
+    Ok(())
+}
+
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).map_err(|e| format!("writing `{}`: {e}", path.display()))
+}
+
+/// A CSV field, quoted when it needs to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// Writes a header and one line per row; every row has the same columns.
+pub(crate) fn write_csv_rows(path: &Path, rows: &[Vec<(&'static str, String)>]) -> Result<(), String> {
+    let mut text = String::new();
+    if let Some(first) = rows.first() {
+        text.push_str(&first.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(","));
+        text.push('\n');
+    }
+    for row in rows {
+        text.push_str(&row.iter().map(|(_, v)| csv_field(v)).collect::<Vec<_>>().join(","));
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| format!("writing `{}`: {e}", path.display()))
+}
+
+fn write_csv(path: &Path, row: &[(&'static str, String)]) -> Result<(), String> {
+    write_csv_rows(path, &[row.to_vec()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_but_the_first_is_scored_once_when_windows_overlap() {
+        for (n, context, stride) in [(10, 4, 2), (11, 4, 3), (9, 4, 1), (3, 8, 4)] {
+            let mut seen = vec![0; n];
+            for w in windows(n, context, stride) {
+                for count in &mut seen[w.first_target..w.end] {
+                    *count += 1;
+                }
+            }
+            assert_eq!(seen[0], 0);
+            assert!(seen[1..].iter().all(|&c| c == 1), "{n} {context} {stride}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn doc_markers_are_stripped() {
+        assert_eq!(strip_doc_markers("<doc id=1>\na b\n</doc>\n<doc>\nc\n</doc>"), "a b\nc\n");
+    }
+}
