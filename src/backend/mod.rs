@@ -31,7 +31,7 @@ use ndarray::ArrayD;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::runtime::{self, OptLevel, Provider, RuntimeError, Session, SessionOptions};
+use crate::runtime::{self, OptLevel, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
 
 pub mod probe;
 
@@ -135,7 +135,17 @@ impl BackendSpec {
     }
 
     pub fn session_options(&self) -> SessionOptions {
-        SessionOptions { providers: vec![self.provider], intra_threads: self.threads, opt_level: self.opt_level, device_id: self.device_id }
+        SessionOptions {
+            providers: vec![self.provider],
+            intra_threads: self.threads,
+            opt_level: self.opt_level,
+            device_id: self.device_id,
+            tensorrt: TrtOptions {
+                fp16: self.trt_fp16,
+                int8_calibration_table: self.trt_int8_calibration_table.as_ref().map(PathBuf::from),
+                engine_cache: self.trt_engine_cache.as_ref().map(PathBuf::from),
+            },
+        }
     }
 }
 
@@ -244,5 +254,32 @@ pub fn library(dep: Option<&Path>) -> Result<PathBuf, BackendError> {
     match dep {
         Some(p) => Ok(p.to_path_buf()),
         None => runtime::library_path(None).map_err(|e| BackendError::Failed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tensorrt_flags_reach_the_session_options() {
+        let spec = BackendSpec::from_value(&json!({
+            "name": "trt-int8", "provider": "tensorrt", "precision": "int8", "trt_fp16": true,
+            "trt_int8_calibration_table": "out/calibrate/calibration.cache", "trt_engine_cache": "cache/trt"
+        }))
+        .unwrap();
+        let o = spec.session_options();
+        assert_eq!(o.providers, vec![Provider::TensorRt]);
+        assert!(o.tensorrt.fp16);
+        assert_eq!(o.tensorrt.int8_calibration_table.as_deref(), Some(Path::new("out/calibrate/calibration.cache")));
+        assert_eq!(o.tensorrt.engine_cache.as_deref(), Some(Path::new("cache/trt")));
+    }
+
+    #[test]
+    fn a_misspelt_backend_field_is_named_with_a_suggestion() {
+        let errors = BackendSpec::from_value(&json!({"name": "x", "provder": "cpu"})).unwrap_err();
+        assert_eq!(errors[0].0, "provder");
+        assert!(errors[0].1.contains("did you mean `provider`"), "{}", errors[0].1);
     }
 }

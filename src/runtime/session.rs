@@ -26,11 +26,24 @@ pub struct SessionOptions {
     pub opt_level: OptLevel,
     /// The GPU for `cuda` and `tensorrt`.
     pub device_id: u32,
+    /// Builder options for the `tensorrt` provider.
+    pub tensorrt: TrtOptions,
+}
+
+/// How ONNX Runtime's TensorRT provider builds its engines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TrtOptions {
+    /// Let TensorRT choose FP16 kernels.
+    pub fp16: bool,
+    /// INT8 with this calibration table (TensorRT's calibration cache format).
+    pub int8_calibration_table: Option<PathBuf>,
+    /// Keep built engines here, so a second session does not rebuild them.
+    pub engine_cache: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { providers: vec![Provider::Cpu], intra_threads: None, opt_level: OptLevel::All, device_id: 0 }
+        SessionOptions { providers: vec![Provider::Cpu], intra_threads: None, opt_level: OptLevel::All, device_id: 0, tensorrt: TrtOptions::default() }
     }
 }
 
@@ -191,7 +204,7 @@ impl Runtime {
             builder = builder.with_auto_device(AutoDevicePolicy::PreferCPU).map_err(ort_err("selecting the CPU device"))?;
         }
         for &p in &accelerators {
-            builder = self.register(builder, p, options.device_id)?;
+            builder = self.register(builder, p, options)?;
         }
 
         let inner = match builder.commit_from_file(model) {
@@ -226,12 +239,23 @@ impl Runtime {
         }
     }
 
-    fn register(&self, builder: SessionBuilder, p: Provider, device_id: u32) -> Result<SessionBuilder, RuntimeError> {
+    fn register(&self, builder: SessionBuilder, p: Provider, options: &SessionOptions) -> Result<SessionBuilder, RuntimeError> {
+        let device_id = options.device_id;
         let unavailable = |reason: String| self.unavailable(p, reason);
         let device = i32::try_from(device_id).map_err(|_| unavailable(format!("device id {device_id} is out of range")))?;
         let ep: ExecutionProviderDispatch = match p {
             Provider::Cuda => CUDA::default().with_device_id(device).build(),
-            Provider::TensorRt => TensorRT::default().with_device_id(device).build(),
+            Provider::TensorRt => {
+                let trt = &options.tensorrt;
+                let mut ep = TensorRT::default().with_device_id(device).with_fp16(trt.fp16);
+                if let Some(table) = &trt.int8_calibration_table {
+                    ep = ep.with_int8(true).with_int8_calibration_table_name(table.display()).with_int8_use_native_calibration_table(true);
+                }
+                if let Some(dir) = &trt.engine_cache {
+                    ep = ep.with_engine_cache(true).with_engine_cache_path(dir.display());
+                }
+                ep.build()
+            }
             Provider::Cpu => return Ok(builder),
         };
         // `error_on_failure`: without it `ort` logs the failure and carries on, and the
