@@ -31,7 +31,7 @@ use ndarray::ArrayD;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::runtime::{self, OptLevel, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
+use crate::runtime::{self, Decoder, KvCache, OptLevel, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
 
 pub mod probe;
 
@@ -186,19 +186,35 @@ impl From<RuntimeError> for BackendError {
     }
 }
 
-/// An opened backend over one ONNX model.
+/// An opened backend over one ONNX model: a prefill model (ids → logits) or a decoder with
+/// a key/value cache.
 pub trait Backend {
     fn spec(&self) -> &BackendSpec;
     fn capability(&self) -> &Capability;
-    /// Logits `[batch, seq, vocab]` of one forward pass over `ids` (`batch × seq`).
+    /// Logits `[batch, seq, vocab]` of one forward pass over `ids` (`batch × seq`). On a
+    /// decoder model this is one step from an empty cache, which computes the same thing.
     fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError>;
+    /// An empty key/value cache for `batch` sequences (decoder models only).
+    fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError>;
+    /// Appends `new_len` tokens per sequence to `cache` and returns their logits
+    /// `[batch, new_len, vocab]` (decoder models only).
+    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError>;
+}
+
+enum Model {
+    Prefill(Session),
+    Decoder(Decoder),
 }
 
 /// ONNX Runtime with the backend's provider and options.
 pub struct OrtBackend {
     spec: BackendSpec,
     capability: Capability,
-    session: Session,
+    model: Model,
+}
+
+fn not_a_decoder() -> BackendError {
+    BackendError::Failed("the model has no key/value cache inputs: decode steps need the `decoder` export".into())
 }
 
 impl Backend for OrtBackend {
@@ -211,7 +227,30 @@ impl Backend for OrtBackend {
     }
 
     fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError> {
-        Ok(self.session.run_prefill(ids, mask, batch, seq)?)
+        match &mut self.model {
+            Model::Prefill(s) => Ok(s.run_prefill(ids, mask, batch, seq)?),
+            Model::Decoder(d) => {
+                if mask.iter().any(|&m| m != 1) {
+                    return Err(BackendError::Failed("a padded prefill needs the `prefill` export".into()));
+                }
+                let mut cache = d.empty_cache(batch)?;
+                Ok(d.step(&mut cache, ids, seq)?)
+            }
+        }
+    }
+
+    fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError> {
+        match &self.model {
+            Model::Decoder(d) => Ok(d.empty_cache(batch)?),
+            Model::Prefill(_) => Err(not_a_decoder()),
+        }
+    }
+
+    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
+        match &mut self.model {
+            Model::Decoder(d) => Ok(d.step(cache, ids, new_len)?),
+            Model::Prefill(_) => Err(not_a_decoder()),
+        }
     }
 }
 
@@ -226,9 +265,16 @@ pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
     let probed = rt
         .profiled_session(model, &spec.session_options(), &dir.join("profile"))
         .map_err(BackendError::from)
-        .and_then(|mut session| probe::providers_assigned(&mut session).map(|assigned| (session, assigned)));
+        .and_then(|mut session| {
+            if session.input("past_key_values.0.key").is_some() {
+                let mut decoder = Decoder::new(session)?;
+                probe::decoder_providers_assigned(&mut decoder).map(|assigned| (Model::Decoder(decoder), assigned))
+            } else {
+                probe::providers_assigned(&mut session).map(|assigned| (Model::Prefill(session), assigned))
+            }
+        });
     probe::remove_profile_dir(&dir);
-    let (session, providers_assigned) = probed?;
+    let (model, providers_assigned) = probed?;
     let capability = Capability {
         runtime: "onnxruntime".into(),
         runtime_version: info.version.clone(),
@@ -241,7 +287,7 @@ pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
         threads: spec.threads,
         gpu: gpu_info(spec.device_id),
     };
-    Ok(Box::new(OrtBackend { spec: spec.clone(), capability, session }))
+    Ok(Box::new(OrtBackend { spec: spec.clone(), capability, model }))
 }
 
 /// What `spec` really runs on here: [`open`]'s probe, without keeping the session.

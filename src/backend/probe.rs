@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{BackendError, Capability};
+use crate::runtime::Decoder;
 use crate::runtime::{Provider, Session};
 
 /// The tokens of the probe's prefill: id 0 is in every vocabulary.
@@ -71,7 +72,17 @@ pub fn cpu_logical_threads() -> usize {
 pub(super) fn providers_assigned(session: &mut Session) -> Result<BTreeMap<String, usize>, BackendError> {
     let ids = [0i64; PROBE_TOKENS];
     let mask = [1i64; PROBE_TOKENS];
-    let run = session.run_prefill(&ids, &mask, 1, PROBE_TOKENS);
+    let run = session.run_prefill(&ids, &mask, 1, PROBE_TOKENS).map(|_| ());
+    end_and_parse(session, run)
+}
+
+/// The same for a decoder model: one step of the probe tokens from an empty cache.
+pub(super) fn decoder_providers_assigned(decoder: &mut Decoder) -> Result<BTreeMap<String, usize>, BackendError> {
+    let run = decoder.empty_cache(1).and_then(|mut cache| decoder.step(&mut cache, &[0i64; PROBE_TOKENS], PROBE_TOKENS)).map(|_| ());
+    end_and_parse(decoder.session_mut(), run)
+}
+
+fn end_and_parse(session: &mut Session, run: Result<(), crate::runtime::RuntimeError>) -> Result<BTreeMap<String, usize>, BackendError> {
     // End profiling even when the run failed, so the profiler does not keep recording.
     let profile = session.end_profiling();
     run?;

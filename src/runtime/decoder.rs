@@ -150,6 +150,10 @@ impl Decoder {
         &self.session
     }
 
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
     pub fn n_layer(&self) -> usize {
         self.layers.len()
     }
