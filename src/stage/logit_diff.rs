@@ -45,7 +45,7 @@
 //! all_max_abs_diff,all_argmax_agreement_rate`; a null number is an empty cell.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::ArrayD;
 use serde::Serialize;
@@ -113,24 +113,12 @@ impl StageKind for LogitDiff {
                 Vec::new()
             }
         };
-        let backend = match cx.matrix.get("backend") {
-            None => {
-                errors.push(LowerError {
-                    field: vec!["matrix".into()],
-                    message: "a `logit_diff` stage runs once per backend, but its node has no `backend` axis".into(),
-                    help: Some("declare `[[backends]]` and add `matrix = [\"backend\"]` to the stage".into()),
-                });
+        let backend = match super::backend_of(cx, "logit_diff") {
+            Ok(_) => cx.matrix["backend"].clone(),
+            Err(errs) => {
+                errors.extend(errs);
                 Value::Null
             }
-            Some(v) => match BackendSpec::from_value(v) {
-                Ok(_) => v.clone(),
-                Err(errs) => {
-                    for (field, message) in errs {
-                        errors.push(LowerError { field: vec!["matrix".into(), "backend".into(), field], message, help: None });
-                    }
-                    Value::Null
-                }
-            },
         };
         for (dep, what) in REQUIRED_DEPS {
             if !cx.deps.iter().any(|d| d == dep) {
@@ -158,8 +146,8 @@ impl StageKind for LogitDiff {
         })?;
         let prompts: Vec<String> = config["prompts"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model = onnx_file(&dep("model").ok_or("no `model` dep")?)?;
-        let reference_model = onnx_file(&dep("reference_model").ok_or("no `reference_model` dep")?)?;
+        let model = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
+        let reference_model = super::onnx_file(&dep("reference_model").ok_or("no `reference_model` dep")?)?;
         let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
         let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
 
@@ -224,19 +212,6 @@ impl StageKind for LogitDiff {
     }
 }
 
-/// The ONNX file a `model` dep names: the file itself, or `model.onnx` / `prefill/model.onnx`
-/// below a directory.
-fn onnx_file(path: &Path) -> Result<PathBuf, String> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    for candidate in [path.join("model.onnx"), path.join("prefill").join("model.onnx")] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(format!("`{}` is neither an ONNX file nor a directory with `model.onnx` or `prefill/model.onnx`", path.display()))
-}
 
 #[derive(Serialize)]
 struct Report {

@@ -90,6 +90,42 @@ pub trait StageKind: Send + Sync + 'static {
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
 }
 
+/// The backend a per-backend node runs: its `backend` matrix value, validated. Problems are
+/// reported at the stage's `matrix`, naming the backend and the field.
+pub fn backend_of(cx: &LowerCx<'_>, kind: &str) -> Result<crate::backend::BackendSpec, Vec<LowerError>> {
+    let Some(v) = cx.matrix.get("backend") else {
+        return Err(vec![LowerError {
+            field: vec!["matrix".into()],
+            message: format!("a `{kind}` stage runs once per backend, but its node has no `backend` axis"),
+            help: Some("declare `[[backends]]` and add `matrix = [\"backend\"]` to the stage".into()),
+        }]);
+    };
+    crate::backend::BackendSpec::from_value(v).map_err(|problems| {
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+        problems
+            .into_iter()
+            .map(|(field, message)| {
+                let at = if field.is_empty() { String::new() } else { format!(", field `{field}`") };
+                LowerError { field: vec!["matrix".into()], message: format!("backend `{name}`{at}: {message}"), help: None }
+            })
+            .collect()
+    })
+}
+
+/// The ONNX file a `model` dep names: the file itself, or `model.onnx` / `prefill/model.onnx`
+/// below a directory (an `export` stage's variant directory or its whole output).
+pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for candidate in [path.join("model.onnx"), path.join("prefill").join("model.onnx")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("`{}` is neither an ONNX file nor a directory with `model.onnx` or `prefill/model.onnx`", path.display()))
+}
+
 static REGISTRY: &[&dyn StageKind] =
     &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff];
 

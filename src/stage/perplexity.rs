@@ -46,7 +46,7 @@
 //! | `status`, `reason` | `ok`, or `degraded` with why; a degraded result has null numbers    |
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -133,21 +133,8 @@ impl StageKind for Perplexity {
                 });
             }
         }
-        match cx.matrix.get("backend") {
-            None => errors.push(LowerError {
-                field: Vec::new(),
-                message: "a `perplexity` stage runs once per backend, but has no `backend` axis".into(),
-                help: Some("declare `[[backends]]` and add `matrix = [\"backend\"]` to the stage".into()),
-            }),
-            Some(v) => {
-                if let Err(problems) = BackendSpec::from_value(v) {
-                    let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
-                    for (field, message) in problems {
-                        let at = if field.is_empty() { String::new() } else { format!(", field `{field}`") };
-                        errors.push(LowerError { field: vec!["matrix".into()], message: format!("backend `{name}`{at}: {message}"), help: None });
-                    }
-                }
-            }
+        if let Err(errs) = super::backend_of(cx, "perplexity") {
+            errors.extend(errs);
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -170,7 +157,7 @@ impl StageKind for Perplexity {
         let spec = BackendSpec::from_value(backend_value)
             .map_err(|e| e.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model = model_file(&dep("model").ok_or("no `model` dep")?)?;
+        let model = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
         let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
         let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
 
@@ -206,19 +193,6 @@ impl StageKind for Perplexity {
     }
 }
 
-/// `model.onnx` inside a variant directory, or the file itself.
-fn model_file(dep: &Path) -> Result<PathBuf, String> {
-    if dep.is_dir() {
-        let f = dep.join("model.onnx");
-        if f.is_file() {
-            Ok(f)
-        } else {
-            Err(format!("the `model` dep `{}` is a directory without a `model.onnx`", dep.display()))
-        }
-    } else {
-        Ok(dep.to_path_buf())
-    }
-}
 
 /// The text without the `<doc …>` and `</doc>` lines of a Wikipedia extract; the other lines
 /// are kept as they are, newlines included.
