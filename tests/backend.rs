@@ -61,3 +61,15 @@ fn a_prefill_backend_refuses_decode_steps_and_a_missing_provider_is_unavailable(
         Ok(_) => panic!("a CUDA backend opened on the CPU-only library"),
     }
 }
+
+#[test]
+fn backend_declarations_are_checked_where_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = "[[backends]]\nname = \"a\"\nprovder = \"cpu\"\n\n[[backends]]\nname = \"b\"\nprovider = \"rocm\"\n\n[stages.s]\nmatrix = [\"backend\"]\ncmd = [\"true\"]\n";
+    std::fs::write(dir.path().join("tr118.toml"), pipeline).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tr118")).arg("-C").arg(dir.path()).arg("make").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tr118.toml:3:1: backend `a`: unknown backend field `provder`; did you mean `provider`?"), "{stderr}");
+    assert!(stderr.contains("tr118.toml:7:1: backend `b`: unknown execution provider `rocm`"), "{stderr}");
+}

@@ -165,6 +165,16 @@ impl Pipeline {
             if axes.contains_key("backend") {
                 diags.push(src.diag(&path, "`[[backends]]` and `[axes] backend` both declare the axis `backend`; keep one", None));
             } else if let Some(values) = axis_values(backends, &path, &src, &mut diags) {
+                // Checked here, where they are written, rather than in every stage that runs them.
+                for (i, v) in values.iter().enumerate() {
+                    for (field, message) in crate::backend::BackendSpec::from_value(&v.value).err().unwrap_or_default() {
+                        let mut at = vec!["backends".to_string(), i.to_string()];
+                        if !field.is_empty() {
+                            at.push(field);
+                        }
+                        diags.push(src.diag(&at, format!("backend `{}`: {message}", v.id), None));
+                    }
+                }
                 axes.insert("backend".to_string(), values);
             }
         }
