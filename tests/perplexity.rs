@@ -13,105 +13,21 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 use support::reference::{self, Rng, Weights, random_weights_scaled};
-use tempfile::TempDir;
+use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tr118");
 
 /// Mean NLL of the stage against the f64 reference.
 const REL_TOL: f64 = 1e-5;
 /// Corpus length in tokens.
 const CORPUS_TOKENS: usize = 47;
-
-// ---------------------------------------------------------------------------------------
-// The harness
-// ---------------------------------------------------------------------------------------
-
-struct Workspace {
-    dir: TempDir,
-}
-
-impl Workspace {
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root().join(rel)
-    }
-
-    fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) {
-        let p = self.path(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {rel}: {e}"));
-    }
-
-    fn json(&self, rel: &str) -> Value {
-        let text = fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
-    }
-
-    fn make(&self) -> Make {
-        let out = Command::new(BIN).arg("-C").arg(self.root()).args(["make", "--json"]).stdin(Stdio::null()).output().expect("run tr118");
-        let run = Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() };
-        let records = run
-            .stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}\n{run}"));
-                (v["id"].as_str().unwrap().to_string(), v)
-            })
-            .collect();
-        Make { run, records }
-    }
-
-    #[track_caller]
-    fn make_ok(&self) -> Make {
-        let m = self.make();
-        assert_eq!(m.run.code, Some(0), "tr118 make\n{}", m.run);
-        m
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--- code {:?}\n--- stdout\n{}--- stderr\n{}---", self.code, self.stdout, self.stderr)
-    }
-}
-
-struct Make {
-    run: Run,
-    records: BTreeMap<String, Value>,
-}
-
-impl Make {
-    fn ran(&self) -> Vec<String> {
-        self.records.iter().filter(|(_, r)| r["cache"] == "miss").map(|(id, _)| id.clone()).collect()
-    }
-
-    #[track_caller]
-    fn record(&self, id: &str) -> &Value {
-        self.records.get(id).unwrap_or_else(|| panic!("no record for `{id}`\n{}", self.run))
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The model, tokenizer, corpus and runtime of every workspace
@@ -186,8 +102,7 @@ fn ort_library() -> &'static PathBuf {
 /// A workspace with `model.gguf`, `tokenizer.json`, `corpus.txt` and `lib/<ort library>`.
 /// Returns it and the library's path relative to the root.
 fn workspace() -> (Workspace, String) {
-    let dir = tempfile::Builder::new().prefix("tr118-ppl-").tempdir().expect("create a temp dir");
-    let ws = Workspace { dir };
+    let ws = Workspace::new("tr118-ppl-");
     let cfg = config();
     let tensors: Vec<Tensor> = cfg
         .expected_tensors()
@@ -427,7 +342,7 @@ fn editing_a_backend_reruns_only_its_perplexity_node_and_the_gate() {
     ws.make_ok();
     ws.write("tr118.toml", gate_pipeline(&lib, 1, false));
     let m = ws.make_ok();
-    assert_eq!(m.ran(), ["gate", "perplexity/same"], "{}", m.run);
+    assert_eq!(m.misses(), ["gate", "perplexity/same"], "{}", m.run);
 }
 
 #[test]

@@ -4,12 +4,14 @@
 //! |---------------|---------------------------------------------------------------------|
 //! | [`onnx`]      | tiny ONNX models written as raw protobuf bytes                      |
 //! | [`reference`] | a naive f64 forward pass for GPT-2 and Llama; seeded random weights |
+//! | [`workspace`] | a throwaway workspace, the real binary run on it, its `--json` records |
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
 pub mod onnx;
 pub mod reference;
+pub mod workspace;
 
 use std::path::PathBuf;
 use std::process::Command;
