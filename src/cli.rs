@@ -368,11 +368,10 @@ impl Workspace {
                         println!("{down} downstream node{} rerun because of it", if down == 1 { "" } else { "s" });
                     }
                 }
-                if verbose >= 1 {
-                    if let Some((_, sk)) = key {
+                if verbose >= 1
+                    && let Some((_, sk)) = key {
                         println!("{}", serde_json::to_string_pretty(sk).unwrap_or_default());
                     }
-                }
             }
         }
         Ok(0)

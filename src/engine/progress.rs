@@ -92,11 +92,10 @@ impl Reporter {
         if self.verbose >= 1 && !matches!(self.mode, Mode::Json) {
             self.line(&format!("run      {id}: {}", reasons_text(reasons)));
         }
-        if self.verbose >= 2 {
-            if let Some(k) = key {
+        if self.verbose >= 2
+            && let Some(k) = key {
                 self.line(&format!("key      {id} = {}", serde_json::to_string(k).unwrap_or_default()));
             }
-        }
     }
 
     pub fn finished(&self, r: &NodeRecord) {
@@ -106,11 +105,10 @@ impl Reporter {
             let _ = writeln!(out);
             return;
         }
-        if let Mode::Bar(bar) = &self.mode {
-            if r.cache == Cache::Miss {
+        if let Mode::Bar(bar) = &self.mode
+            && r.cache == Cache::Miss {
                 bar.inc(1);
             }
-        }
         let secs = r.duration_ms / 1000.0;
         let detail = r.detail.as_deref().unwrap_or("");
         let text = match (r.cache, r.status) {

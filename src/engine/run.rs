@@ -243,11 +243,10 @@ fn millis(t0: Instant) -> f64 {
 fn release(graph: &Graph, i: usize, waiting_on: &mut [usize], ready: &mut BTreeSet<(usize, usize)>, position: &BTreeMap<usize, usize>) {
     for &d in &graph.downstream[i] {
         waiting_on[d] -= 1;
-        if waiting_on[d] == 0 {
-            if let Some(&p) = position.get(&d) {
+        if waiting_on[d] == 0
+            && let Some(&p) = position.get(&d) {
                 ready.insert((p, d));
             }
-        }
     }
 }
 

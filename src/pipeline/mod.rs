@@ -300,8 +300,11 @@ struct StageDecl<'a> {
     device: String,
     facets: Vec<String>,
     /// The last node's kind fields and what the kind made of them.
-    lowered: Option<(serde_json::Map<String, Value>, Vec<String>, Vec<String>, Value)>,
+    lowered: Option<Lowered>,
 }
+
+/// Kind fields, dep names and out names, and the config the kind lowered them to.
+type Lowered = (serde_json::Map<String, Value>, Vec<String>, Vec<String>, Value);
 
 /// A declared dep or out before matrix resolution.
 struct Decl {

@@ -71,11 +71,10 @@ fn manifest_keys(store: &Store) -> io::Result<Vec<Digest>> {
 fn live_objects(store: &Store, m: &Manifest, live: &mut BTreeSet<Digest>) {
     for o in &m.outputs {
         live.insert(o.digest);
-        if o.dir {
-            if let Ok(tree) = store.tree(&o.digest) {
+        if o.dir
+            && let Ok(tree) = store.tree(&o.digest) {
                 live.extend(tree.entries.iter().map(|e| e.digest));
             }
-        }
     }
     live.extend(m.log);
 }

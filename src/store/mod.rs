@@ -282,11 +282,10 @@ impl Store {
             let _ = remove_any(&tmp);
             return Err(e);
         }
-        if let Ok(meta) = fs::symlink_metadata(dest) {
-            if meta.is_dir() || out.dir {
+        if let Ok(meta) = fs::symlink_metadata(dest)
+            && (meta.is_dir() || out.dir) {
                 remove_any(dest)?;
             }
-        }
         fs::rename(&tmp, dest).inspect_err(|_| {
             let _ = remove_any(&tmp);
         })
