@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use tr118::runtime::{self, Decoder, SessionOptions};
+use tr118::runtime::{Decoder, SessionOptions};
 
 const GPT2_ASSETS: &str = r#"
 [stages.gpt2-encoder]
@@ -84,7 +84,7 @@ fn gpt2_tokenizer_from_encoder_json_matches_the_published_ids_and_round_trips_th
 #[test]
 fn smollm2_exported_from_gguf_continues_a_prompt_and_its_decoder_agrees_with_prefill() {
     let ws = workspace();
-    let rt = runtime::init(Some(&support::ort_library())).expect("load ONNX Runtime");
+    let rt = support::ort();
     let tok = tr118::tokenizer::load_tokenizer_json(&ws.join("out/export/tokenizer.json")).expect("tokenizer");
     let prompt: Vec<i64> = tok.encode("The capital of France is", false).expect("encode").get_ids().iter().map(|&i| i as i64).collect();
 

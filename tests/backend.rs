@@ -21,7 +21,7 @@ fn decoder_backend_steps_reproduce_its_own_prefill_and_report_the_provider_that_
     export::export(&ck, &opts, &onnx).unwrap();
 
     let spec = BackendSpec::from_value(&json!({"name": "cpu", "provider": "cpu", "threads": 1})).unwrap();
-    let mut b = backend::open(&spec, &onnx, &support::ort_library()).unwrap();
+    let mut b = backend::open(&spec, &onnx, support::ort_library()).unwrap();
     let assigned = &b.capability().providers_assigned;
     assert!(assigned.get("CPUExecutionProvider").is_some_and(|&n| n > 0), "{assigned:?}");
     assert_eq!(assigned.len(), 1, "{assigned:?}");
@@ -51,11 +51,11 @@ fn a_prefill_backend_refuses_decode_steps_and_a_missing_provider_is_unavailable(
     export::export(&ck, &opts, &onnx).unwrap();
 
     let cpu = BackendSpec::from_value(&json!({"name": "cpu"})).unwrap();
-    let b = backend::open(&cpu, &onnx, &support::ort_library()).unwrap();
+    let b = backend::open(&cpu, &onnx, support::ort_library()).unwrap();
     assert!(matches!(b.new_cache(1), Err(BackendError::Failed(m)) if m.contains("decoder")));
 
     let cuda = BackendSpec::from_value(&json!({"name": "gpu", "provider": "cuda"})).unwrap();
-    match backend::open(&cuda, &onnx, &support::ort_library()) {
+    match backend::open(&cuda, &onnx, support::ort_library()) {
         Err(BackendError::Unavailable(reason)) => assert!(reason.contains("cuda"), "{reason}"),
         Err(e) => panic!("expected Unavailable, got {e}"),
         Ok(_) => panic!("a CUDA backend opened on the CPU-only library"),

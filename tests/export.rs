@@ -28,7 +28,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use ndarray::ArrayD;
 use serde_json::Value;
@@ -38,7 +37,7 @@ use tr118::model::dtype::DType;
 use tr118::model::gguf::{GgufHeader, MetaValue};
 use tr118::model::write::{Tensor, write_gguf, write_hf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
-use tr118::runtime::{self, Decoder, Feed, Runtime, Session, SessionOptions, TensorData};
+use tr118::runtime::{Decoder, Feed, Session, SessionOptions, TensorData};
 
 /// Logits of an fp32 export against the f64 reference.
 const TOL: f64 = 1e-4;
@@ -177,18 +176,12 @@ fn rounded_to_f16(w: &Weights) -> Weights {
 // ONNX Runtime
 // ---------------------------------------------------------------------------------------
 
-/// The process's runtime; the library is located (a script run) once.
-fn rt() -> &'static Runtime {
-    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
-    let path = LIBRARY.get_or_init(support::ort_library);
-    runtime::init(Some(path)).unwrap_or_else(|e| panic!("loading ONNX Runtime: {e}"))
-}
 
 fn session(model: &Path) -> Session {
     assert!(model.is_file(), "`{}` was not exported", model.display());
     // One thread: test binaries already run in parallel on small machines.
     let opts = SessionOptions { intra_threads: Some(1), ..SessionOptions::default() };
-    rt().session(model, &opts).unwrap_or_else(|e| panic!("{e}"))
+    support::ort().session(model, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Max |got[b, t, :] - want[t]| over `t < want.len()`.

@@ -13,8 +13,7 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use prost::Message;
 use serde_json::Value;
@@ -23,20 +22,12 @@ use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
-use tr118::runtime::{self, Runtime, SessionOptions};
+use tr118::runtime::SessionOptions;
 
 /// Words of the tokenizer, id = position; everything else is `[UNK]` (0).
 const WORDS: &[&str] = &["[UNK]", "the", "capital", "of", "france", "is", "a", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "and"];
 const PROMPTS: [&str; 3] = ["the capital of france is", "a cat sat on the mat", "the dog ran far away and the cat sat"];
 
-fn library() -> &'static PathBuf {
-    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
-    LIBRARY.get_or_init(support::ort_library)
-}
-
-fn rt() -> &'static Runtime {
-    runtime::init(Some(library())).unwrap_or_else(|e| panic!("loading ONNX Runtime: {e}"))
-}
 
 fn config() -> ModelConfig {
     ModelConfig {
@@ -87,7 +78,7 @@ fn ids_of(prompt: &str) -> Vec<i64> {
 /// `tokenizer.json`, and a pipeline that exports it as fp32 and fp16 prefill models; the
 /// binary runs with `ORT_DYLIB_PATH` set to the test's library.
 fn workspace(stages: &str) -> Workspace {
-    let ws = Workspace::new("tr118-logit-diff-").env("ORT_DYLIB_PATH", library());
+    let ws = Workspace::new("tr118-logit-diff-").env("ORT_DYLIB_PATH", support::ort_library());
     let cfg = config();
     let weights = random_weights_scaled(&cfg, 30, 0.25);
     let tensors: Vec<Tensor> = cfg
@@ -211,8 +202,8 @@ fn fp16_differs_a_little_and_by_what_the_runtime_says() {
 
     // The same numbers, computed here from the two ONNX files.
     let opts = SessionOptions { intra_threads: Some(1), ..SessionOptions::default() };
-    let mut s32 = rt().session(&ws.path("out/export32/prefill/model.onnx"), &opts).unwrap();
-    let mut s16 = rt().session(&ws.path("out/export16/prefill/model.onnx"), &opts).unwrap();
+    let mut s32 = support::ort().session(&ws.path("out/export32/prefill/model.onnx"), &opts).unwrap();
+    let mut s16 = support::ort().session(&ws.path("out/export16/prefill/model.onnx"), &opts).unwrap();
     let (mut all_max, mut largest) = (0.0f64, 0.0f64);
     for (i, prompt) in PROMPTS.iter().enumerate() {
         let ids = ids_of(prompt);

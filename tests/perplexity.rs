@@ -14,7 +14,6 @@
 mod support;
 
 use std::fs;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
@@ -94,11 +93,6 @@ fn tokenizer_json(vocab: usize) -> String {
     .to_string()
 }
 
-fn ort_library() -> &'static PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(support::ort_library)
-}
-
 /// A workspace with `model.gguf`, `tokenizer.json`, `corpus.txt` and `lib/<ort library>`.
 /// Returns it and the library's path relative to the root.
 fn workspace() -> (Workspace, String) {
@@ -115,7 +109,7 @@ fn workspace() -> (Workspace, String) {
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", tokenizer_json(cfg.vocab_size));
     ws.write("corpus.txt", corpus_text(&corpus_ids()));
-    let lib = ort_library();
+    let lib = support::ort_library();
     let rel = format!("lib/{}", lib.file_name().unwrap().to_string_lossy());
     fs::create_dir_all(ws.path("lib")).unwrap();
     fs::copy(lib, ws.path(&rel)).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));

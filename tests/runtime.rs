@@ -16,7 +16,7 @@ use tr118::runtime::{self, Decoder, Feed, IoSpec, Provider, Runtime, RuntimeErro
 const PINNED_LIBRARY: &str = "libonnxruntime.so.1.31.1";
 
 fn library() -> Option<PathBuf> {
-    Some(support::ort_library())
+    Some(support::ort_library().to_path_buf())
 }
 
 /// The process's runtime, or `None` (skip) when the library is absent outside CI.

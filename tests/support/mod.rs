@@ -13,13 +13,27 @@ pub mod onnx;
 pub mod reference;
 pub mod workspace;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+use tr118::runtime::{self, Runtime};
 
 /// The ONNX Runtime library for tests: `ORT_DYLIB_PATH`, else the pinned `onnxruntime==1.31.1`
 /// that `scripts/fetch-ort.sh` fetches from PyPI once into `.tr118-dev/`. Never skipped: a
-/// test of the runtime that could pass without one would prove nothing.
-pub fn ort_library() -> PathBuf {
+/// test of the runtime that could pass without one would prove nothing. Located once per
+/// test binary.
+pub fn ort_library() -> &'static Path {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY.get_or_init(locate_ort_library)
+}
+
+/// The process's ONNX Runtime, loaded from [`ort_library`].
+pub fn ort() -> &'static Runtime {
+    runtime::init(Some(ort_library())).unwrap_or_else(|e| panic!("loading ONNX Runtime: {e}"))
+}
+
+fn locate_ort_library() -> PathBuf {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-ort.sh");
     let out = Command::new("bash").arg(script).output().unwrap_or_else(|e| panic!("running `{script}`: {e}"));
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
