@@ -19,6 +19,7 @@
 //! | [`tokenizer`] | tokenizer.json in; GPT-2 and GGUF vocabularies turned into tokenizer.json  |
 //! | [`runtime`] | ONNX Runtime: library probe, sessions, prefill and decode steps, providers   |
 //! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime, no fallback  |
+//! | [`measure`] | run records of timed repetitions, the resource sampler beside them            |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
 pub mod backend;
@@ -30,6 +31,7 @@ pub mod export;
 pub mod facets;
 pub mod graph;
 pub mod key;
+pub mod measure;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
