@@ -76,23 +76,6 @@ fn corpus_text(ids: &[u32]) -> String {
     )
 }
 
-/// A word-level tokenizer.json: `t{i}` is id `i`, words split on whitespace.
-fn tokenizer_json(vocab: usize) -> String {
-    let map: serde_json::Map<String, Value> = (0..vocab).map(|i| (format!("t{i}"), json!(i))).collect();
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": { "type": "WhitespaceSplit" },
-        "post_processor": null,
-        "decoder": null,
-        "model": { "type": "WordLevel", "vocab": map, "unk_token": "t0" }
-    })
-    .to_string()
-}
-
 /// A workspace with `model.gguf`, `tokenizer.json`, `corpus.txt` and `lib/<ort library>`.
 /// Returns it and the library's path relative to the root.
 fn workspace() -> (Workspace, String) {
@@ -107,7 +90,7 @@ fn workspace() -> (Workspace, String) {
         })
         .collect();
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
-    ws.write("tokenizer.json", tokenizer_json(cfg.vocab_size));
+    ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     ws.write("corpus.txt", corpus_text(&corpus_ids()));
     let lib = support::ort_library();
     let rel = format!("lib/{}", lib.file_name().unwrap().to_string_lossy());

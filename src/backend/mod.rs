@@ -27,11 +27,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::runtime::{self, Decoder, KvCache, OptLevel, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
+use crate::runtime::{self, Decoder, KvCache, OptLevel, PreparedInputs, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
 
 pub mod probe;
 
@@ -198,7 +198,18 @@ pub trait Backend {
     fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError>;
     /// Appends `new_len` tokens per sequence to `cache` and returns their logits
     /// `[batch, new_len, vocab]` (decoder models only).
-    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError>;
+    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
+        let mut logits = None;
+        self.decode_step_with(cache, ids, new_len, &mut |view| logits = Some(view.to_owned()))?;
+        Ok(logits.expect("decode_step_with calls back once on success"))
+    }
+    /// [`Self::decode_step`], handing `f` the logits in place instead of a copy.
+    fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
+    /// The inputs of a prefill, built before a timed run (prefill models only).
+    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<PreparedInputs, BackendError>;
+    /// Runs prepared prefill inputs, handing `f` the logits in place: the clock of a timed
+    /// prefill goes around this call and nothing else.
+    fn run_prefill_inputs(&mut self, inputs: &PreparedInputs, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
 }
 
 enum Model {
@@ -211,6 +222,10 @@ pub struct OrtBackend {
     spec: BackendSpec,
     capability: Capability,
     model: Model,
+}
+
+fn not_a_prefill() -> BackendError {
+    BackendError::Failed("the model has key/value cache inputs: a timed prefill runs the `prefill` export".into())
 }
 
 fn not_a_decoder() -> BackendError {
@@ -246,10 +261,24 @@ impl Backend for OrtBackend {
         }
     }
 
-    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
+    fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
         match &mut self.model {
-            Model::Decoder(d) => Ok(d.step(cache, ids, new_len)?),
+            Model::Decoder(d) => Ok(d.step_with(cache, ids, new_len, f)?),
             Model::Prefill(_) => Err(not_a_decoder()),
+        }
+    }
+
+    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<PreparedInputs, BackendError> {
+        match &self.model {
+            Model::Prefill(s) => Ok(s.prefill_inputs(ids, mask, batch, seq)?),
+            Model::Decoder(_) => Err(not_a_prefill()),
+        }
+    }
+
+    fn run_prefill_inputs(&mut self, inputs: &PreparedInputs, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
+        match &mut self.model {
+            Model::Prefill(s) => Ok(s.run_prepared(inputs, f)?),
+            Model::Decoder(_) => Err(not_a_prefill()),
         }
     }
 }

@@ -24,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod sampler;
+pub mod workload;
 
 /// How a sweep drives the model.
 pub const MODES: &[&str] = &["prefill", "generate", "generate_uncached"];

@@ -331,7 +331,8 @@ impl StageCx<'_> {
         let outs = self.decls(&mut f, "outs", false);
         let params = f.table("params");
         let version = f.uint("version").unwrap_or(0);
-        let timing = f.boolean("timing").unwrap_or(false);
+        // A kind whose every node is a measurement is timed whatever the stage says.
+        let timing = f.boolean("timing").unwrap_or(false) || kind.is_some_and(|k| k.timing());
         let device = f.string("device").unwrap_or_else(|| "cpu".to_string());
         let facet_names = f.string_list("facets").unwrap_or_default();
         for (i, name) in facet_names.iter().enumerate() {

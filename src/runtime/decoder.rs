@@ -27,7 +27,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, Tensor};
 
-use super::session::{Session, f32_array, int_value, ticked};
+use super::session::{Session, f32_view, int_value, ticked};
 use super::RuntimeError;
 
 /// The session's names for one layer's cache.
@@ -182,6 +182,14 @@ impl Decoder {
     /// after what `cache` holds; returns logits `[batch, new_len, vocab]` and grows the cache.
     /// Every position is attended (no padding); positions continue from `cache.past_len()`.
     pub fn step(&mut self, cache: &mut KvCache, input_ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, RuntimeError> {
+        let mut logits = None;
+        self.step_with(cache, input_ids, new_len, &mut |view| logits = Some(view.to_owned()))?;
+        Ok(logits.expect("step_with calls back once on success"))
+    }
+
+    /// [`Self::step`], handing `f` a view of the logits in ONNX Runtime's memory instead of a
+    /// copy: a greedy loop reads one row per sequence of a `[batch, new_len, vocab]` tensor.
+    pub fn step_with(&mut self, cache: &mut KvCache, input_ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), RuntimeError> {
         let batch = cache.batch;
         if new_len == 0 || batch == 0 || input_ids.len() != batch * new_len {
             return Err(RuntimeError::BadInput(format!(
@@ -216,7 +224,7 @@ impl Decoder {
         let mut take = |name: &str| {
             outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
         };
-        let logits = f32_array(&model, &self.logits, &take(&self.logits)?)?;
+        let logits = take(&self.logits)?;
         let expected = [batch as i64, self.n_kv_head as i64, total as i64, self.head_dim as i64];
         let mut grown = Vec::with_capacity(self.layers.len());
         for names in &self.layers {
@@ -235,7 +243,8 @@ impl Decoder {
         }
         cache.layers = grown;
         cache.past_len = total;
-        Ok(logits)
+        f(f32_view(&model, &self.logits, &logits)?);
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use ort::ep::{CUDA, ExecutionProviderDispatch, TensorRT};
 use ort::session::SessionInputValue;
 use ort::session::builder::{AutoDevicePolicy, SessionBuilder};
@@ -52,6 +52,15 @@ impl SessionOptions {
         self.providers = providers.into();
         self
     }
+}
+
+/// Model inputs built ahead of a run ([`Session::prefill_inputs`]), in the element types the
+/// model declares.
+#[derive(Debug)]
+pub struct PreparedInputs {
+    values: Vec<(String, DynValue)>,
+    /// The output to read back.
+    logits: String,
 }
 
 /// One dimension of a declared input or output.
@@ -356,6 +365,15 @@ impl Session {
     /// only where the model declares them; positions count the unpadded tokens before each one
     /// (`cumsum(mask) - 1`, 0 under padding), as Hugging Face's generation does.
     pub fn run_prefill(&mut self, input_ids: &[i64], attention_mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, RuntimeError> {
+        let inputs = self.prefill_inputs(input_ids, attention_mask, batch, seq)?;
+        let mut logits = None;
+        self.run_prepared(&inputs, &mut |view| logits = Some(view.to_owned()))?;
+        Ok(logits.expect("run_prepared calls back once on success"))
+    }
+
+    /// The inputs of [`Self::run_prefill`], built and checked once, so that a timed loop runs
+    /// the model on them with nothing else inside the clock.
+    pub fn prefill_inputs(&self, input_ids: &[i64], attention_mask: &[i64], batch: usize, seq: usize) -> Result<PreparedInputs, RuntimeError> {
         let n = batch * seq;
         if batch == 0 || seq == 0 {
             return Err(RuntimeError::BadInput(format!("prefill needs at least one token (batch {batch}, sequence {seq})")));
@@ -374,12 +392,12 @@ impl Session {
             return Err(self.interface_error(format!("prefill feeds `input_ids`, `attention_mask` and `position_ids`, but the model also needs {}{hint}", ticked(&unknown))));
         }
         let ids_spec = self.input("input_ids").ok_or_else(|| self.interface_error(format!("has no `input_ids` input; its inputs are {}", self.list_inputs())))?;
-        let logits_name = self.logits_name()?;
+        let logits = self.logits_name()?;
 
         let shape = vec![batch, seq];
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![("input_ids".into(), int_value(&self.model, ids_spec, shape.clone(), input_ids)?.into())];
+        let mut values = vec![("input_ids".to_string(), int_value(&self.model, ids_spec, shape.clone(), input_ids)?)];
         match self.input("attention_mask") {
-            Some(spec) => values.push(("attention_mask".into(), int_value(&self.model, spec, shape.clone(), attention_mask)?.into())),
+            Some(spec) => values.push(("attention_mask".into(), int_value(&self.model, spec, shape.clone(), attention_mask)?)),
             None if attention_mask.contains(&0) => {
                 return Err(self.interface_error("the batch is padded, but the model has no `attention_mask` input to say where".into()));
             }
@@ -394,14 +412,22 @@ impl Session {
                     positions.push((seen - 1).max(0));
                 }
             }
-            values.push(("position_ids".into(), int_value(&self.model, spec, shape, &positions)?.into()));
+            values.push(("position_ids".into(), int_value(&self.model, spec, shape, &positions)?));
         }
+        Ok(PreparedInputs { values, logits })
+    }
+
+    /// Runs the model on prepared inputs and hands `f` a view of the logits, still in ONNX
+    /// Runtime's memory: a caller that needs one row (the last position's argmax) copies
+    /// nothing else.
+    pub fn run_prepared(&mut self, inputs: &PreparedInputs, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), RuntimeError> {
+        let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs.values.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), v.into())).collect();
         let model = self.model.clone();
         let mut outputs = self.inner.run(values).map_err(|e| RuntimeError::Run { model: model.clone(), message: e.message().to_string() })?;
-        let logits = outputs
-            .remove(logits_name.as_str())
-            .ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{logits_name}` is missing from the results") })?;
-        f32_array(&model, &logits_name, &logits)
+        let name = inputs.logits.as_str();
+        let logits = outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })?;
+        f(f32_view(&model, name, &logits)?);
+        Ok(())
     }
 
     /// `logits`, or the only output there is.
@@ -444,6 +470,11 @@ pub(super) fn int_value(model: &Path, spec: &IoSpec, shape: Vec<usize>, data: &[
 
 /// A result tensor as an owned f32 array.
 pub(super) fn f32_array(model: &Path, name: &str, value: &DynValue) -> Result<ArrayD<f32>, RuntimeError> {
+    f32_view(model, name, value).map(|v| v.to_owned())
+}
+
+/// A result tensor as an f32 view, or why it is not one.
+pub(super) fn f32_view<'v>(model: &Path, name: &str, value: &'v DynValue) -> Result<ArrayViewD<'v, f32>, RuntimeError> {
     match value.dtype().tensor_type() {
         Some(TensorElementType::Float32) => {}
         other => {
@@ -453,7 +484,6 @@ pub(super) fn f32_array(model: &Path, name: &str, value: &DynValue) -> Result<Ar
     }
     value
         .try_extract_array::<f32>()
-        .map(|a| a.to_owned())
         .map_err(|e| RuntimeError::Run { model: model.to_path_buf(), message: format!("reading output `{name}`: {}", e.message()) })
 }
 

@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
+pub mod sweep;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -79,6 +80,11 @@ pub trait StageKind: Send + Sync + 'static {
     fn reads_matrix(&self) -> bool {
         false
     }
+    /// Whether every node of the kind is a measurement, to run alone on its device (as a
+    /// stage's `timing = true` asks).
+    fn timing(&self) -> bool {
+        false
+    }
     /// Outputs the kind always writes, given its config: `(name, path)`, a trailing `/`
     /// for a directory. They are declared for the node beside any `outs` of the stage.
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
@@ -127,7 +133,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 static REGISTRY: &[&dyn StageKind] =
-    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff];
+    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &sweep::Sweep];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {

@@ -42,3 +42,21 @@ fn locate_ort_library() -> PathBuf {
     }
     PathBuf::from(path)
 }
+
+/// A word-level tokenizer.json: `t{i}` is id `i`, words split on whitespace, so a test knows a
+/// text's ids without trusting a tokenizer.
+pub fn word_tokenizer_json(vocab: usize) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": { "type": "WhitespaceSplit" },
+        "post_processor": null,
+        "decoder": null,
+        "model": { "type": "WordLevel", "vocab": map, "unk_token": "t0" }
+    })
+    .to_string()
+}
