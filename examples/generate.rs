@@ -10,9 +10,10 @@
 //! own fetched copy under `out/ort/`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use tr118::runtime::{self, Decoder, SessionOptions};
+use tr118::backend::{self, BackendSpec};
+use tr118::measure::workload;
+use tr118::runtime;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -21,27 +22,16 @@ fn main() -> anyhow::Result<()> {
     let new_tokens: usize = args.get(3).map_or(Ok(24), |s| s.parse())?;
 
     let lib = std::env::var_os(runtime::ORT_DYLIB_ENV).map(PathBuf::from).unwrap_or_else(|| Path::new("out/ort/libonnxruntime.so.1.31.1").to_path_buf());
-    let rt = runtime::init(Some(&lib))?;
     let tokenizer = tr118::tokenizer::load_tokenizer_json(&dir.join("tokenizer.json"))?;
-    let session = rt.session(&dir.join("decoder/model.onnx"), &SessionOptions::default())?;
-    let mut decoder = Decoder::new(session)?;
+    let spec = BackendSpec::from_value(&serde_json::json!({ "name": "cpu" })).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut backend = backend::open(&spec, &dir.join("decoder/model.onnx"), &lib)?;
 
     let ids: Vec<i64> = tokenizer.encode(prompt, false).map_err(anyhow::Error::msg)?.get_ids().iter().map(|&i| i as i64).collect();
-    let mut cache = decoder.empty_cache(1)?;
-    let t0 = Instant::now();
-    let mut logits = decoder.step(&mut cache, &ids, ids.len())?;
-    let mut out: Vec<u32> = Vec::new();
-    for _ in 0..new_tokens {
-        let last = logits.shape()[1] - 1;
-        let row = logits.index_axis(ndarray::Axis(0), 0);
-        let row = row.index_axis(ndarray::Axis(0), last);
-        let next = row.iter().enumerate().fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0;
-        out.push(next as u32);
-        logits = decoder.step(&mut cache, &[next as i64], 1)?;
-    }
-    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let g = workload::generate_cached(backend.as_mut(), &ids, 1, new_tokens)?;
+    let out: Vec<u32> = g.ids.iter().map(|&t| t as u32).collect();
     let text = tokenizer.decode(&out, true).map_err(anyhow::Error::msg)?;
     println!("{prompt}{text}");
+    let ms = g.total.as_secs_f64() * 1e3;
     eprintln!("{} prompt tokens, {new_tokens} new tokens in {ms:.0} ms ({:.1} tokens/s)", ids.len(), new_tokens as f64 / (ms / 1e3));
     Ok(())
 }

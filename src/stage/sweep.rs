@@ -50,7 +50,7 @@
 //! the harness's cost per iteration (loop time not inside any measurement).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
