@@ -1,13 +1,15 @@
 //! `tr118::stats` against numpy, scipy and statsmodels.
 //!
-//! The reference values are `tests/fixtures/stats/expected.json`, regenerated with
+//! The reference values are `tests/fixtures/stats/expected.json`, regenerated from the
+//! repository root with
 //!
 //! ```text
+//! python3 -m venv /tmp/stats-venv && /tmp/stats-venv/bin/pip install numpy scipy statsmodels
 //! /tmp/stats-venv/bin/python tests/fixtures/stats/generate.py > tests/fixtures/stats/expected.json
 //! ```
 //!
-//! under Python 3.11.7, numpy 2.4.6, scipy 1.17.1 and statsmodels 0.15.0 (the versions are also
-//! recorded in the fixture). The script's doc says how to build that virtual environment.
+//! under Python 3.11.7 with numpy 2.4.6, scipy 1.17.1 and statsmodels 0.15.0 (the fixture
+//! records them too). The output is deterministic: the large samples are seeded.
 //!
 //! | check                         | reference                                                    |
 //! |-------------------------------|--------------------------------------------------------------|
@@ -15,7 +17,7 @@
 //! | Welch's t, df, p              | `scipy.stats.ttest_ind(equal_var=False)`                     |
 //! | Cohen's d                     | the pooled-sd formula over `numpy.var(ddof=1)`               |
 //! | Holm                          | `statsmodels.stats.multitest.multipletests(method="holm")`   |
-//! | undefined cases               | the fixture's nulls (NaN or ±inf in numpy/scipy) are `None` here, never NaN |
+//! | undefined cases               | the fixture's nulls are `None` here, never NaN: NaN or ±inf from numpy/scipy, and Welch rows the script marks undefined (scipy answers `p = 0` for two distinct constants; the contract is no p) |
 //!
 //! Numbers agree to [`REL_TOL`] relative.
 

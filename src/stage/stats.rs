@@ -150,7 +150,7 @@ pub const COMPARISON_COLUMNS: &[&str] = &[
 ];
 
 fn err(field: &str, message: String, help: Option<String>) -> LowerError {
-    LowerError { field: if field.is_empty() { vec![] } else { vec![field.into()] }, message, help }
+    LowerError { field: vec![field.into()], message, help }
 }
 
 impl StageKind for Stats {
