@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
+pub mod stats;
 pub mod sweep;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
@@ -133,7 +134,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 static REGISTRY: &[&dyn StageKind] =
-    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &sweep::Sweep];
+    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &sweep::Sweep, &stats::Stats];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {
