@@ -11,7 +11,7 @@
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, env variables)        |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
-//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `stats` |
+//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
 //! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
