@@ -83,7 +83,7 @@ fn rss_peak_rises_by_the_memory_held_in_the_window() {
     // The end sample sees the block still held: the peak is at least what the test read.
     assert!((independent - 1.0..independent + 16.0).contains(&peak), "peak {peak} MiB, statm read here {independent} MiB");
     let mean = during.rss_mean_mib.expect("rss mean");
-    assert!(mean <= peak && mean >= before, "mean {mean} MiB outside [{before}, {peak}]");
+    assert!(mean <= peak && mean >= before - 1.0, "mean {mean} MiB outside [{before}, {peak}]");
 }
 
 #[test]
