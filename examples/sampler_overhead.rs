@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Part 1 times each candidate source of process CPU time and RSS per call, and shows the
-//! resolution of each on a 3 ms spin. Part 2 times a fixed CPU-bound workload (a matrix
+//! resolution of each on a spin of 3 ms of CPU time (by the thread's own clock, so that a busy
+//! machine does not shorten it). Part 2 times a fixed CPU-bound workload (a matrix
 //! product on two threads, ~5–20 ms) with no sampler, with window ends only (interval 0), and
 //! with the sampler at 10 ms and 1 ms, interleaved in rotating order so that drift on a shared
 //! machine lands on every mode alike; it prints each mode's mean ± CI95, its paired difference
@@ -67,7 +68,7 @@ fn sources() -> anyhow::Result<()> {
     let status_read = || std::fs::read_to_string("/proc/self/status").map_or(0, |s| s.len());
 
     println!("sources ({} threads in the process, clock tick {} Hz)", std::fs::read_dir("/proc/self/task")?.count(), ticks);
-    println!("{:<44} {:>10} {:>18}", "source", "µs/call", "3 ms spin reads");
+    println!("{:<44} {:>10} {:>18}", "source", "µs/call", "3 ms of CPU reads");
     let cpu_sources: [(&str, &dyn Fn() -> f64); 3] = [
         ("clock_gettime(CLOCK_PROCESS_CPUTIME_ID)", &clock),
         ("/proc/self/stat utime+stime (pread)", &stat_ticks),
@@ -94,10 +95,17 @@ fn per_call_us<T>(mut f: impl FnMut() -> T) -> f64 {
     t.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS)
 }
 
-fn spin(for_: Duration) {
-    let t = Instant::now();
+/// Spins until this thread has used `cpu` of CPU time.
+fn spin(cpu: Duration) {
+    let thread_cpu = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let start = thread_cpu();
     let mut x = 1u64;
-    while t.elapsed() < for_ {
+    while thread_cpu() - start < cpu {
         x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
 }

@@ -19,16 +19,17 @@
 //!
 //! | quantity | source | resolution, cost per read | why |
 //! |---|---|---|---|
-//! | RSS | `/proc/self/statm` field 2 × page size, one `pread` at offset 0 on a file opened once | a page; 0.4 µs | `/proc/self/status` holds the same number in 1.5 KiB of text: 5–7 µs to open, format and read |
-//! | CPU time | `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`, at each end of the window only | 1 ns, all threads, exited ones included; 0.2 µs | `/proc/self/stat` utime+stime (1.2 µs) count `sysconf(_SC_CLK_TCK)` = 100 Hz ticks: a 3 ms spin reads 0 or 10 ms. Summing `/proc/self/task/*/schedstat` (3.8 µs with one thread, a read per thread) is only brought up to date for a running thread at scheduler events: a 3 ms spin read 0, 1.7 and 4.0 ms; and it loses threads that exit |
+//! | RSS | `/proc/self/statm` field 2 × page size, one `pread` at offset 0 on a file opened once | a page; 0.4 µs | `/proc/self/status` holds the same number in 1.5 KiB of text: 5–13 µs to open, format and read |
+//! | CPU time | `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`, at each end of the window only | 1 ns, all threads, exited ones included; 0.2 µs | `/proc/self/stat` utime+stime (1.2 µs) count `sysconf(_SC_CLK_TCK)` = 100 Hz ticks: a 3 ms spin reads 0 or 10 ms. Summing `/proc/self/task/*/schedstat` (3.8 µs with one thread, a read per thread) lags a running thread by up to a scheduler tick: 3 ms of CPU read between 0 and 6 ms; and it loses threads that exit |
 //! | sampler's own CPU | the thread's CPU clock (`pthread_getcpuclockid`), read from the caller's thread at each end | 1 ns | subtracted from the process CPU time, so `cpu_util` is the work's alone |
 //! | GPU | NVML, opened once; `power_usage` (mW), `memory_info().used` (bytes, whole device, all processes), `temperature(Gpu)`, `utilization_rates().gpu` | what the driver updates (power and utilisation are averages over the driver's own period, ~100 ms to 1 s) | the only vendor-supported source; a failing read leaves its field `None`, never 0 |
 //!
-//! The costs are from `cargo run --release --example sampler_overhead` on a 2-core VM, which
-//! also times a 5 ms two-thread workload with and without sampling: window ends only and a
-//! 10 ms interval were within ±0.5 % (median), a 1 ms interval cost 0.4–2.6 % — each wake-up
-//! preempts the work when every core is busy — while the thread used 0.5 % of a core. A
-//! background sample took 2–4 µs (a cold cache; NVML reads, not measured there for want of a
+//! The costs are from `cargo run --release --example sampler_overhead` on a shared 2-core VM
+//! (load 2–4), which also times a 5 ms two-thread workload with and without sampling, over
+//! five runs: the median moved −1.0 to +1.2 % with window ends only or a 10 ms interval, which
+//! is the noise there, and +0.2 to +3.0 % at 1 ms — each wake-up preempts the work when every
+//! core is busy — while the thread used 0.05–0.22 % of a core at 10 ms and 0.5–0.6 % at 1 ms. A
+//! background sample took 2–5 µs (a cold cache; NVML reads, not measured there for want of a
 //! GPU, add their own). Prefer ≥ 10 ms; the two end samples already bound a shorter repetition.
 //!
 //! `cpu_util` = (process CPU time − sampler thread CPU time) / window wall time, where the wall
