@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
+pub mod trt_build;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -127,7 +128,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 static REGISTRY: &[&dyn StageKind] =
-    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff];
+    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &trt_build::TrtBuild];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {
