@@ -51,8 +51,10 @@
 //! the key a result degraded for want of TensorRT would stay cached after TensorRT is
 //! installed. The facet covers the `trtexec` binary, not a `libnvinfer` swapped under it;
 //! bump the stage's `version` when doing that. The timing cache's *content* is not in the key:
-//! it makes rebuilds faster by reusing kernel timings, and a build with or without it selects
-//! among the same kernels by the same measurements. Its file is per node and per (GPU,
+//! it makes rebuilds faster by replaying earlier timings of the same kernels on the same GPU
+//! instead of measuring them again, and a plan built with it is one a fresh build could have
+//! produced — TensorRT's choice among kernels already varies from build to build with timing
+//! noise. Its path is in the key only as part of the config. Its file is per node and per (GPU,
 //! `trtexec`) — `<timing_cache>/<node id, / as ~>-<12 hex>.timing` — so parallel builds never
 //! write one file and a cache from another GPU is never offered to TensorRT.
 //!
