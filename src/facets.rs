@@ -11,17 +11,24 @@
 //! | `arch`      | instruction set architecture                       |
 //! | `host`      | host name                                          |
 //! | `ort`       | ONNX Runtime at `ORT_DYLIB_PATH`: version and blake3 of the library, or `<none>` |
+//! | `gpu`       | the GPU models NVML sees (distinct names, sorted) and the driver, `NVIDIA H200; driver 550.54.15`, or `<none>` |
+//! | `trtexec`   | TensorRT's `trtexec` as `TRTEXEC` / `PATH` find it: blake3 of the binary, or `<none>` |
 //! | `env:NAME`  | the variable's value, or `<unset>`                 |
 //!
 //! A study that fetches ONNX Runtime as an asset gets the library's digest into its keys as
 //! an input; `ort` covers a library the user points at instead.
+//!
+//! `gpu` names models, not how many there are or at which index: NVML's indices are not
+//! CUDA's (`CUDA_VISIBLE_DEVICES` renumbers one and not the other), and a node built on a
+//! machine of eight H200s is the node built on one. `trtexec` is the binary's digest, never
+//! its path, so that a cache is shared by machines that install TensorRT in different places.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use crate::diag;
 
-const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host", "ort"];
+const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host", "ort", "gpu", "trtexec"];
 
 pub struct FacetError {
     pub message: String,
@@ -76,11 +83,34 @@ fn read(name: &str) -> String {
             // The reason is for people (`tr118 make` says it); the key only needs to know.
             Err(_) => "<none>".to_string(),
         },
+        "gpu" => gpu(),
+        "trtexec" => match crate::trt::locate().ok().and_then(|p| crate::digest::hash_file(&p).ok()) {
+            Some((digest, _)) => format!("trtexec {}", digest.short()),
+            None => "<none>".to_string(),
+        },
         "host" => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "<unknown>".to_string()),
         _ => "<unknown>".to_string(),
     }
+}
+
+/// The `gpu` facet of this machine, from NVML.
+fn gpu() -> String {
+    let Ok(nvml) = nvml_wrapper::Nvml::init() else { return gpu_value(&[], None) };
+    let count = nvml.device_count().unwrap_or(0);
+    let names: Vec<String> = (0..count).filter_map(|i| nvml.device_by_index(i).ok()?.name().ok()).collect();
+    gpu_value(&names, nvml.sys_driver_version().ok().as_deref())
+}
+
+/// The `gpu` facet's text for GPUs of `names` under `driver`: each model once, sorted.
+pub fn gpu_value(names: &[String], driver: Option<&str>) -> String {
+    let models: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    if models.is_empty() {
+        return "<none>".to_string();
+    }
+    let models = models.into_iter().collect::<Vec<_>>().join(", ");
+    format!("{models}; driver {}", driver.unwrap_or("<unknown>"))
 }
 
 /// The CPU model as the kernel reports it.
@@ -94,4 +124,38 @@ pub fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "<unknown>".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_names_each_model_once_with_the_driver() {
+        let h200 = "NVIDIA H200".to_string();
+        let a100 = "NVIDIA A100-SXM4-80GB".to_string();
+        assert_eq!(gpu_value(&[], Some("550.54.15")), "<none>");
+        assert_eq!(gpu_value(std::slice::from_ref(&h200), Some("550.54.15")), "NVIDIA H200; driver 550.54.15");
+        assert_eq!(gpu_value(&[h200.clone(), h200.clone()], Some("550.54.15")), "NVIDIA H200; driver 550.54.15");
+        assert_eq!(gpu_value(&[h200, a100], None), "NVIDIA A100-SXM4-80GB, NVIDIA H200; driver <unknown>");
+    }
+
+    #[test]
+    fn the_gpu_facet_agrees_with_nvml() {
+        // Independent of the facet's code path: the backend probe reads device 0 through NVML.
+        match crate::backend::gpu_info(0) {
+            None => assert_eq!(value("gpu"), "<none>"),
+            Some(info) => {
+                let v = value("gpu");
+                assert!(v.contains(&info.name) && v.ends_with(&format!("driver {}", info.driver_version)), "{v} vs {info:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_and_trtexec_are_facets() {
+        assert!(check_name("gpu").is_ok());
+        assert!(check_name("trtexec").is_ok());
+        assert_eq!(check_name("gpu0").err().and_then(|e| e.help).as_deref(), Some("did you mean `gpu`?"));
+    }
 }

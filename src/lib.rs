@@ -9,15 +9,16 @@
 //! | [`graph`]   | the sealed DAG of nodes, target selection, cycle errors, dot/mermaid output  |
 //! | [`digest`]  | blake3 digests of files and directories                                      |
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
-//! | [`facets`]  | environment facets a stage may declare (CPU model, OS, env variables)        |
+//! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
-//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats` |
+//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `trt_build` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
 //! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
 //! | [`export`]  | checkpoint → ONNX for GPT-2 and Llama, prefill and decoder variants          |
 //! | [`tokenizer`] | tokenizer.json in; GPT-2 and GGUF vocabularies turned into tokenizer.json  |
 //! | [`runtime`] | ONNX Runtime: library probe, sessions, prefill and decode steps, providers   |
+//! | [`trt`]     | TensorRT through `trtexec`: locating it, build command lines, layer census   |
 //! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime, no fallback  |
 //! | [`measure`] | run records of timed repetitions, the resource sampler beside them            |
 //! | [`stats`]   | summaries (mean, Student t CI95, percentiles), Welch's t, Cohen's d, Holm     |
@@ -41,6 +42,7 @@ pub mod stage;
 pub mod stats;
 pub mod store;
 pub mod tokenizer;
+pub mod trt;
 
 /// The tool's version, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -12,7 +12,14 @@
 //! trt_fp16 = false          # TensorRT builder flags
 //! trt_int8_calibration_table = "out/calibrate/calibration.cache"
 //! trt_engine_cache = "cache/trt-engines"
+//! trt_profile_min_shapes = "input_ids:1x1,attention_mask:1x1"     # optimisation profile:
+//! trt_profile_opt_shapes = "input_ids:1x27,attention_mask:1x27"   # all three or none, in the
+//! trt_profile_max_shapes = "input_ids:4x512,attention_mask:4x512" # syntax of `trtexec`
 //! ```
+//!
+//! The TensorRT fields mirror the `trt_build` stage's plans: the same calibration cache (in
+//! TensorRT's own format, so `trt_int8_use_native_calibration_table` is set), and the same
+//! profiles (`build.json`'s `shapes` are these strings).
 //!
 //! and `[[backends]]` is the matrix axis `backend`: a stage with `matrix = ["backend"]` has
 //! one node per backend, whose key holds that backend's whole declaration and nothing of the
@@ -50,6 +57,9 @@ pub struct BackendSpec {
     pub trt_fp16: bool,
     pub trt_int8_calibration_table: Option<String>,
     pub trt_engine_cache: Option<String>,
+    /// `trt_profile_min_shapes`, `…_opt_…`, `…_max_…`, checked to name the same inputs in the
+    /// same order with min ≤ opt ≤ max.
+    pub trt_profile_shapes: Option<crate::trt::ShapeSpecs>,
 }
 
 const FIELDS: &[&str] = &[
@@ -63,6 +73,9 @@ const FIELDS: &[&str] = &[
     "trt_fp16",
     "trt_int8_calibration_table",
     "trt_engine_cache",
+    "trt_profile_min_shapes",
+    "trt_profile_opt_shapes",
+    "trt_profile_max_shapes",
 ];
 
 pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
@@ -116,6 +129,7 @@ impl BackendSpec {
         };
         let device_id = t.get("device_id").and_then(Value::as_u64).unwrap_or(0) as u32;
         let trt_fp16 = t.get("trt_fp16").and_then(Value::as_bool).unwrap_or(false);
+        let trt_profile_shapes = profile_shapes(&s("trt_profile_min_shapes"), &s("trt_profile_opt_shapes"), &s("trt_profile_max_shapes"), &mut errors);
         if errors.is_empty() {
             Ok(BackendSpec {
                 name,
@@ -128,6 +142,7 @@ impl BackendSpec {
                 trt_fp16,
                 trt_int8_calibration_table: s("trt_int8_calibration_table"),
                 trt_engine_cache: s("trt_engine_cache"),
+                trt_profile_shapes,
             })
         } else {
             Err(errors)
@@ -144,9 +159,45 @@ impl BackendSpec {
                 fp16: self.trt_fp16,
                 int8_calibration_table: self.trt_int8_calibration_table.as_ref().map(PathBuf::from),
                 engine_cache: self.trt_engine_cache.as_ref().map(PathBuf::from),
+                profile_shapes: self.trt_profile_shapes.clone(),
             },
         }
     }
+}
+
+/// The three `trt_profile_*_shapes` fields: all or none, each a shape spec, the same inputs in
+/// the same order, min ≤ opt ≤ max.
+fn profile_shapes(min: &Option<String>, opt: &Option<String>, max: &Option<String>, errors: &mut Vec<(String, String)>) -> Option<crate::trt::ShapeSpecs> {
+    let fields = [("trt_profile_min_shapes", min), ("trt_profile_opt_shapes", opt), ("trt_profile_max_shapes", max)];
+    let given: Vec<&str> = fields.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect();
+    if given.is_empty() {
+        return None;
+    }
+    if given.len() < 3 {
+        let absent: Vec<String> = fields.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| format!("`{k}`")).collect();
+        errors.push((absent[0].trim_matches('`').to_string(), format!("a TensorRT profile needs min, opt and max shapes; {} missing", absent.join(" and "))));
+        return None;
+    }
+    let mut parsed = Vec::with_capacity(3);
+    for (k, v) in fields {
+        match crate::trt::parse_shape_spec(v.as_deref().unwrap_or_default()) {
+            Ok(p) => parsed.push(p),
+            Err(e) => errors.push((k.to_string(), e)),
+        }
+    }
+    let [lo, mid, hi] = parsed.as_slice() else { return None };
+    let names = |p: &[(String, Vec<u64>)]| p.iter().map(|(n, d)| (n.clone(), d.len())).collect::<Vec<_>>();
+    if names(lo) != names(mid) || names(mid) != names(hi) {
+        errors.push(("trt_profile_opt_shapes".into(), "min, opt and max shapes must name the same inputs, in the same order, with the same ranks".into()));
+        return None;
+    }
+    for ((name, a), ((_, b), (_, c))) in lo.iter().zip(mid.iter().zip(hi)) {
+        if a.iter().zip(b).zip(c).any(|((a, b), c)| a > b || b > c) {
+            errors.push(("trt_profile_opt_shapes".into(), format!("input `{name}`: shapes must satisfy min ≤ opt ≤ max in every dimension")));
+            return None;
+        }
+    }
+    Some(crate::trt::ShapeSpecs { min: min.clone()?, opt: opt.clone()?, max: max.clone()? })
 }
 
 /// What really ran, recorded beside every result a backend produces.
@@ -349,6 +400,34 @@ mod spec_tests {
         assert!(o.tensorrt.fp16);
         assert_eq!(o.tensorrt.int8_calibration_table.as_deref(), Some(Path::new("out/calibrate/calibration.cache")));
         assert_eq!(o.tensorrt.engine_cache.as_deref(), Some(Path::new("cache/trt")));
+    }
+
+    #[test]
+    fn tensorrt_profiles_reach_the_session_options() {
+        let spec = BackendSpec::from_value(&json!({
+            "name": "trt", "provider": "tensorrt",
+            "trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1",
+            "trt_profile_opt_shapes": "input_ids:1x27,attention_mask:1x27",
+            "trt_profile_max_shapes": "input_ids:4x512,attention_mask:4x512",
+        }))
+        .unwrap();
+        let p = spec.session_options().tensorrt.profile_shapes.expect("profile shapes");
+        assert_eq!((p.min.as_str(), p.opt.as_str(), p.max.as_str()), ("input_ids:1x1,attention_mask:1x1", "input_ids:1x27,attention_mask:1x27", "input_ids:4x512,attention_mask:4x512"));
+        assert_eq!(BackendSpec::from_value(&json!({"name": "trt", "provider": "tensorrt"})).unwrap().session_options().tensorrt.profile_shapes, None);
+    }
+
+    #[test]
+    fn tensorrt_profiles_are_all_or_nothing_and_ordered() {
+        let errors = |v: Value| BackendSpec::from_value(&v).unwrap_err();
+        let e = errors(json!({"name": "t", "trt_profile_min_shapes": "x:1"}));
+        assert_eq!(e[0].0, "trt_profile_opt_shapes");
+        assert!(e[0].1.contains("`trt_profile_opt_shapes` and `trt_profile_max_shapes` missing"), "{}", e[0].1);
+        let e = errors(json!({"name": "t", "trt_profile_min_shapes": "x:4", "trt_profile_opt_shapes": "x:2", "trt_profile_max_shapes": "x:8"}));
+        assert!(e[0].1.contains("min ≤ opt ≤ max"), "{}", e[0].1);
+        let e = errors(json!({"name": "t", "trt_profile_min_shapes": "x:1", "trt_profile_opt_shapes": "y:2", "trt_profile_max_shapes": "x:8"}));
+        assert!(e[0].1.contains("same inputs"), "{}", e[0].1);
+        let e = errors(json!({"name": "t", "trt_profile_min_shapes": "x=1", "trt_profile_opt_shapes": "x:2", "trt_profile_max_shapes": "x:8"}));
+        assert_eq!(e[0].0, "trt_profile_min_shapes");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use prost::Message;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
 pub mod proto;
+pub mod signature;
 
 use proto::*;
 

@@ -39,6 +39,11 @@ pub struct TrtOptions {
     pub int8_calibration_table: Option<PathBuf>,
     /// Keep built engines here, so a second session does not rebuild them.
     pub engine_cache: Option<PathBuf>,
+    /// Optimisation profiles in the shape-spec syntax `trtexec` shares with the provider
+    /// (`input_ids:1x1,attention_mask:1x1`; several profiles repeat the input names), as the
+    /// `trt_build` stage derives them. Without them the provider builds an engine for the
+    /// shapes it first sees and rebuilds whenever a run goes outside them.
+    pub profile_shapes: Option<crate::trt::ShapeSpecs>,
 }
 
 impl Default for SessionOptions {
@@ -254,17 +259,7 @@ impl Runtime {
         let device = i32::try_from(device_id).map_err(|_| unavailable(format!("device id {device_id} is out of range")))?;
         let ep: ExecutionProviderDispatch = match p {
             Provider::Cuda => CUDA::default().with_device_id(device).build(),
-            Provider::TensorRt => {
-                let trt = &options.tensorrt;
-                let mut ep = TensorRT::default().with_device_id(device).with_fp16(trt.fp16);
-                if let Some(table) = &trt.int8_calibration_table {
-                    ep = ep.with_int8(true).with_int8_calibration_table_name(table.display()).with_int8_use_native_calibration_table(true);
-                }
-                if let Some(dir) = &trt.engine_cache {
-                    ep = ep.with_engine_cache(true).with_engine_cache_path(dir.display());
-                }
-                ep.build()
-            }
+            Provider::TensorRt => tensorrt_provider(device, &options.tensorrt).build(),
             Provider::Cpu => return Ok(builder),
         };
         // `error_on_failure`: without it `ort` logs the failure and carries on, and the
@@ -275,6 +270,21 @@ impl Runtime {
         }
         Ok(builder)
     }
+}
+
+/// ONNX Runtime's TensorRT provider configured from `trt`.
+fn tensorrt_provider(device: i32, trt: &TrtOptions) -> TensorRT {
+    let mut ep = TensorRT::default().with_device_id(device).with_fp16(trt.fp16);
+    if let Some(table) = &trt.int8_calibration_table {
+        ep = ep.with_int8(true).with_int8_calibration_table_name(table.display()).with_int8_use_native_calibration_table(true);
+    }
+    if let Some(dir) = &trt.engine_cache {
+        ep = ep.with_engine_cache(true).with_engine_cache_path(dir.display());
+    }
+    if let Some(p) = &trt.profile_shapes {
+        ep = ep.with_profile_min_shapes(&p.min).with_profile_opt_shapes(&p.opt).with_profile_max_shapes(&p.max);
+    }
+    ep
 }
 
 impl Session {
@@ -489,4 +499,37 @@ pub(super) fn f32_view<'v>(model: &Path, name: &str, value: &'v DynValue) -> Res
 
 pub(super) fn ticked(names: &[&str]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trt::ShapeSpecs;
+
+    /// The provider's options as `ort` holds them (its `Debug` lists the key/value map).
+    fn options_text(trt: &TrtOptions) -> String {
+        format!("{:?}", tensorrt_provider(0, trt))
+    }
+
+    #[test]
+    fn profile_shapes_reach_the_tensorrt_provider_under_its_option_names() {
+        let trt = TrtOptions {
+            profile_shapes: Some(ShapeSpecs { min: "input_ids:1x1".into(), opt: "input_ids:1x27".into(), max: "input_ids:4x512".into() }),
+            ..TrtOptions::default()
+        };
+        let text = options_text(&trt);
+        for (key, value) in [("trt_profile_min_shapes", "input_ids:1x1"), ("trt_profile_opt_shapes", "input_ids:1x27"), ("trt_profile_max_shapes", "input_ids:4x512")] {
+            assert!(text.contains(&format!("\"{key}\": \"{value}\"")), "{key} = {value} missing from {text}");
+        }
+        assert!(!options_text(&TrtOptions::default()).contains("trt_profile"), "no profile, no profile options");
+    }
+
+    #[test]
+    fn int8_with_a_table_uses_tensorrt_native_calibration_format() {
+        let trt = TrtOptions { int8_calibration_table: Some("out/calibrate/calibration.cache".into()), ..TrtOptions::default() };
+        let text = options_text(&trt);
+        for (key, value) in [("trt_int8_enable", "true"), ("trt_int8_use_native_calibration_table", "true"), ("trt_int8_calibration_table_name", "out/calibrate/calibration.cache")] {
+            assert!(text.contains(&format!("\"{key}\": \"{value}\"")), "{key} = {value} missing from {text}");
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod logit_diff;
 pub mod perplexity;
 pub mod stats;
 pub mod sweep;
+pub mod trt_build;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -134,7 +135,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 static REGISTRY: &[&dyn StageKind] =
-    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &sweep::Sweep, &stats::Stats];
+    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &sweep::Sweep, &stats::Stats, &trt_build::TrtBuild];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {

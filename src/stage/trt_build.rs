@@ -1,0 +1,520 @@
+//! The `trt_build` kind: a TensorRT plan of the export's prefill model, one node per precision,
+//! built by `trtexec` (see [`crate::trt`] for how it is found and the flags it gets).
+//!
+//! ```toml
+//! [stages.trt_build]
+//! kind = "trt_build"
+//! matrix = { precision = ["fp32", "fp16", "int8"] }   # or a `precision` field
+//! deps = { model = "out/export/prefill", calibration = "out/calibrate/calibration.cache" }
+//! facets = ["gpu", "trtexec"]                         # required: a plan is made for one GPU and one TensorRT
+//! device = "cuda:0"
+//! profiles = [{ batch = [1, 1, 4], sequence = [1, 27, 512] }]  # [min, opt, max] per dynamic dimension
+//! also_fp16 = false            # int8 only: layers without an INT8 kernel fall back to FP16, not FP32
+//! tf32 = true                  # false: `--noTF32`, FP32 layers in IEEE FP32
+//! workspace_mib = 4096         # `--memPoolSize=workspace:4096` (default: TensorRT's, all device memory)
+//! timing_cache = "cache/trt-timing"   # a directory, outside `out/` (the default); false: none
+//! ```
+//!
+//! `model` is an export variant directory (or a `.onnx` file) and `calibration` a TensorRT
+//! calibration cache (`TRT-<version>-EntropyCalibration2`, then `tensor: hexbits` lines), which
+//! an int8 node must have and the others do not read. Deps are the stage's, so with one stage
+//! for all precisions the calibration cache is an input of the fp32 and fp16 nodes too: a new
+//! calibration rebuilds them. Declare int8 as a stage of its own where plans take long.
+//!
+//! Profiles size the model's dynamic dimensions by the names the model gives them (the
+//! export's are `batch` and `sequence`; the decoder's also `past_sequence` and
+//! `total_sequence`); every dynamic input gets `--minShapes/--optShapes/--maxShapes` from
+//! them, fixed dimensions as the model fixes them, and every profile must size every dynamic
+//! dimension. Several profiles become several optimisation profiles. Cover what the sweeps
+//! will run: a shape outside every profile does not run on the plan.
+//!
+//! ## What happens
+//!
+//! - `trtexec` not found: the node is **degraded** with the reason and the places searched;
+//!   `build.json` still holds the command that would have run, with null numbers.
+//! - `trtexec` exits non-zero because there is no usable GPU (CUDA's "no CUDA-capable device"
+//!   and kin in its output): **degraded**, with that line. Any other non-zero exit **fails**
+//!   the node with the tail of `trtexec`'s output (all of it is in the node's log).
+//! - Built: `plan/model.plan` and `plan/layers.json` (the engine inspector's layer
+//!   information) are kept, and `build.json` holds what they say. An int8 plan in which no
+//!   layer reports INT8 is flagged `int8 requested but no layer runs in INT8` and the node is
+//!   **degraded** with that reason: it built, but it is not the plan that was asked for (see
+//!   [`crate::trt`] for how layers are counted, and why INT8 inside a Myelin region is not
+//!   seen).
+//!
+//! ## The key
+//!
+//! Beyond the model's and calibration cache's digests: the precision, the profiles, `also_fp16`
+//! (int8 nodes only), `tf32`, `workspace_mib` and the timing cache's directory, and the facets
+//! `gpu` (GPU models and driver) and `trtexec` (the binary's digest), which a `trt_build` stage
+//! must declare: a plan is valid for one GPU model and one TensorRT, and without `trtexec` in
+//! the key a result degraded for want of TensorRT would stay cached after TensorRT is
+//! installed. The facet covers the `trtexec` binary, not a `libnvinfer` swapped under it;
+//! bump the stage's `version` when doing that. The timing cache's *content* is not in the key:
+//! it makes rebuilds faster by replaying earlier timings of the same kernels on the same GPU
+//! instead of measuring them again, and a plan built with it is one a fresh build could have
+//! produced — TensorRT's choice among kernels already varies from build to build with timing
+//! noise. Its path is in the key only as part of the config. Its file is per node and per (GPU,
+//! `trtexec`) — `<timing_cache>/<node id, / as ~>-<12 hex>.timing` — so parallel builds never
+//! write one file and a cache from another GPU is never offered to TensorRT.
+//!
+//! ## `build.json`
+//!
+//! | field                 | meaning                                                                 |
+//! |-----------------------|-------------------------------------------------------------------------|
+//! | `precision`           | `fp32`, `fp16` or `int8`                                                |
+//! | `status`, `reason`    | `ok`, or `degraded` with why                                            |
+//! | `flags`               | problems with a plan that built (`int8 requested but no layer runs in INT8`) |
+//! | `command`             | the argv, `trtexec` first; outputs at the paths they are materialised to (`out/<node>/plan/…`) |
+//! | `trtexec`             | where `trtexec` was found; null when it was not                         |
+//! | `trt_version`         | TensorRT's version as `trtexec` printed it; null when it did not run    |
+//! | `gpu`                 | the `gpu` facet: GPU models and driver, `<none>`                        |
+//! | `model`, `calibration`| the inputs, workspace-relative (`calibration` null but for int8)        |
+//! | `dynamic_inputs`      | input → its dimensions, as the model declares them                      |
+//! | `profiles`, `shapes`  | the profiles as declared and as `--min/opt/maxShapes` specs            |
+//! | `also_fp16`, `tf32`, `workspace_mib`, `timing_cache` | the build settings              |
+//! | `build_s`             | wall time of the `trtexec` process (parsing, building, writing)         |
+//! | `engine_build_s`      | the builder's own time (`Engine built in N sec.`), null if not printed  |
+//! | `plan_bytes`          | size of `model.plan`                                                    |
+//! | `n_layers`            | layers in the layer information                                         |
+//! | `layers_by_precision` | `{fp32, fp16, int8, other}` layer counts                                |
+//! | `int8_layers`         | `{count, names (first 50), by_type}`                                    |
+//! | `output_dtypes`       | network output → `{dtype, format}` as the plan writes it                |
+//! | `int8_verified`       | int8: whether any layer runs in INT8; null for other precisions         |
+//!
+//! Every number is null unless a plan was built; none is ever estimated.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::perplexity::write_json;
+use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::backend::PRECISIONS;
+use crate::onnx::signature;
+use crate::trt::{self, BuildCommand, ByPrecision, Int8Layers, OutputType, PlanPrecision, Profile, ShapeSpecs};
+
+pub struct TrtBuild;
+
+const FIELDS: &[&str] = &["precision", "profiles", "also_fp16", "tf32", "workspace_mib", "timing_cache"];
+
+/// Facets a `trt_build` stage must declare (see the module docs).
+pub const REQUIRED_FACETS: &[&str] = &["gpu", "trtexec"];
+
+/// The timing cache's directory when the stage names none.
+pub const DEFAULT_TIMING_CACHE: &str = "cache/trt-timing";
+
+/// The flag of an int8 plan without an INT8 layer.
+pub const INT8_UNVERIFIED: &str = "int8 requested but no layer runs in INT8";
+
+/// Lines of `trtexec`'s output quoted in a failure.
+const TAIL_LINES: usize = 20;
+
+fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
+    LowerError { field, message, help }
+}
+
+fn boolean(f: &serde_json::Map<String, Value>, name: &str, default: bool, errors: &mut Vec<LowerError>) -> bool {
+    match f.get(name) {
+        None => default,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            errors.push(err(vec![name.into()], format!("`{name}` must be a boolean, found {v}"), None));
+            default
+        }
+    }
+}
+
+/// The node's precision: the `precision` field, else its `precision` axis value (a string, or a
+/// table with a `name`).
+fn precision_of(cx: &LowerCx<'_>, errors: &mut Vec<LowerError>) -> String {
+    let (value, field) = match (cx.fields.get("precision"), cx.matrix.get("precision")) {
+        (Some(v), _) => (v, "precision"),
+        (None, Some(v)) => (v, "matrix"),
+        (None, None) => {
+            errors.push(err(
+                vec![],
+                "a `trt_build` node needs a precision".into(),
+                Some("add `matrix = { precision = [\"fp32\", \"fp16\", \"int8\"] }` or `precision = \"fp16\"`".into()),
+            ));
+            return String::new();
+        }
+    };
+    let name = value.as_str().or_else(|| value.get("name").and_then(Value::as_str)).unwrap_or_default();
+    if !PRECISIONS.contains(&name) {
+        let help = crate::diag::suggest(name, PRECISIONS.iter().copied()).or_else(|| Some("one of fp32, fp16, int8".into()));
+        errors.push(err(vec![field.into()], format!("unknown precision `{}`", if name.is_empty() { value.to_string() } else { name.to_string() }), help));
+    }
+    name.to_string()
+}
+
+fn profiles_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerError>) -> Vec<Profile> {
+    let example = "profiles = [{ batch = [1, 1, 4], sequence = [1, 27, 512] }]";
+    let Some(v) = f.get("profiles") else { return Vec::new() };
+    let Some(items) = v.as_array() else {
+        errors.push(err(vec!["profiles".into()], format!("`profiles` must be a list of tables, found {v}"), Some(example.into())));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = |k: Option<&str>| {
+            let mut p = vec!["profiles".to_string(), i.to_string()];
+            p.extend(k.map(str::to_string));
+            p
+        };
+        let Some(t) = item.as_object().filter(|t| !t.is_empty()) else {
+            errors.push(err(at(None), format!("a profile is a table of dimension name → [min, opt, max], found {item}"), Some(example.into())));
+            continue;
+        };
+        let mut dims = BTreeMap::new();
+        for (name, sizes) in t {
+            let parsed: Option<Vec<u64>> = sizes.as_array().map(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>()).unwrap_or(None);
+            match parsed.as_deref() {
+                Some(&[min, opt, max]) if min <= opt && opt <= max && max > 0 => {
+                    dims.insert(name.clone(), [min, opt, max]);
+                }
+                Some(&[_, _, _]) => errors.push(err(at(Some(name)), format!("`{name}` must satisfy min ≤ opt ≤ max with max > 0, found {sizes}"), None)),
+                _ => errors.push(err(at(Some(name)), format!("`{name}` must be [min, opt, max], three integers ≥ 0, found {sizes}"), None)),
+            }
+        }
+        out.push(Profile(dims));
+    }
+    out
+}
+
+/// `timing_cache`: a workspace directory outside `out/` and the store, `None` for `false`.
+fn timing_cache_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerError>) -> Option<String> {
+    let field = vec!["timing_cache".to_string()];
+    let dir = match f.get("timing_cache") {
+        None => return Some(DEFAULT_TIMING_CACHE.into()),
+        Some(Value::Bool(false)) => return None,
+        Some(Value::String(s)) => s.trim_end_matches('/').to_string(),
+        Some(v) => {
+            errors.push(err(field, format!("`timing_cache` must be a directory path or false, found {v}"), None));
+            return None;
+        }
+    };
+    if let Err(e) = crate::pipeline::check_rel_path(&dir, "timing_cache") {
+        errors.push(err(field, e, None));
+        return None;
+    }
+    let owned = ["out", "cache/objects", "cache/actions", "cache/refs", "cache/logs", "cache/tmp"];
+    if let Some(o) = owned.iter().find(|o| dir == **o || dir.starts_with(&format!("{o}/"))) {
+        let help = Some(format!("use a directory of its own, such as `{DEFAULT_TIMING_CACHE}`"));
+        errors.push(err(field, format!("`timing_cache` `{dir}` is inside `{o}`, which tr118 owns and rewrites"), help));
+        return None;
+    }
+    Some(dir)
+}
+
+impl StageKind for TrtBuild {
+    fn name(&self) -> &'static str {
+        "trt_build"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        FIELDS
+    }
+
+    fn reads_matrix(&self) -> bool {
+        true
+    }
+
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
+        let mut errors = Vec::new();
+        let f = cx.fields;
+        let precision = precision_of(cx, &mut errors);
+        let profiles = profiles_of(f, &mut errors);
+        let also_fp16 = boolean(f, "also_fp16", false, &mut errors);
+        let tf32 = boolean(f, "tf32", true, &mut errors);
+        let workspace_mib = match f.get("workspace_mib") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    errors.push(err(vec!["workspace_mib".into()], format!("`workspace_mib` must be a positive integer (MiB), found {v}"), None));
+                    None
+                }
+            },
+        };
+        let timing_cache = timing_cache_of(f, &mut errors);
+        if !cx.deps.iter().any(|d| d == "model") {
+            errors.push(err(
+                vec!["deps".into()],
+                "a `trt_build` stage needs a dep named `model`: the export's prefill directory or an ONNX file".into(),
+                Some("deps = { model = \"out/export/prefill\" }".into()),
+            ));
+        }
+        if precision == "int8" && !cx.deps.iter().any(|d| d == "calibration") {
+            errors.push(err(
+                vec!["deps".into()],
+                format!("node `{}` builds an int8 plan, which needs a dep named `calibration`: a TensorRT calibration cache", cx.node),
+                Some("deps = { model = \"out/export/prefill\", calibration = \"out/calibrate/calibration.cache\" }".into()),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut config = json!({
+            "precision": precision,
+            "profiles": profiles,
+            "tf32": tf32,
+            "workspace_mib": workspace_mib,
+            "timing_cache": timing_cache,
+        });
+        // Only an int8 build reads it: an fp32 node must not rerun when it changes.
+        if precision == "int8" {
+            config["also_fp16"] = json!(also_fp16);
+        }
+        Ok(config)
+    }
+
+    fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
+        vec![("result".into(), "build.json".into()), ("plan".into(), "plan/".into())]
+    }
+
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+        let missing: Vec<&str> = REQUIRED_FACETS.iter().copied().filter(|f| !cx.node.facets.iter().any(|x| x == f)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "a `trt_build` stage must declare `facets = [\"gpu\", \"trtexec\"]` (missing: {}): a plan is made for one GPU and one TensorRT, and a result degraded for want of TensorRT must not stay cached once it is installed",
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let settings = Settings::from_config(&cx.node.config)?;
+        let root = cx.root;
+        let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
+        let dep = |name: &str| -> Result<Option<PathBuf>, String> {
+            match cx.deps.get(name).map(Vec::as_slice) {
+                None | Some([]) => Ok(None),
+                Some([one]) => Ok(Some(PathBuf::from(one))),
+                Some(many) => Err(format!("dep `{name}` names {} paths; a `trt_build` node reads one", many.len())),
+            }
+        };
+        let model_dep = dep("model")?.ok_or("no `model` dep")?;
+        let model = rel(&super::onnx_file(&root.join(&model_dep))?);
+        let sig = signature::read(&root.join(&model)).map_err(|e| e.to_string())?;
+        let shapes = trt::profile_shapes(&sig.inputs, &settings.profiles).map_err(|e| format!("`{}`: {e}", model.display()))?;
+        let precision = match settings.precision.as_str() {
+            "fp32" => PlanPrecision::Fp32,
+            "fp16" => PlanPrecision::Fp16,
+            _ => {
+                let calibration = dep("calibration")?.ok_or("an int8 node needs its `calibration` dep")?;
+                let header = trt::check_calibration_cache(&root.join(&calibration))?;
+                let _ = writeln!(cx.log, "calibration cache `{}`: {header}", calibration.display());
+                PlanPrecision::Int8 { calibration, also_fp16: settings.also_fp16 }
+            }
+        };
+        let gpu = crate::facets::value("gpu");
+        let timing_cache = settings.timing_cache.as_ref().map(|dir| {
+            let tag = crate::digest::Digest::of_bytes(format!("{gpu}\n{}", crate::facets::value("trtexec")).as_bytes()).short();
+            Path::new(dir).join(format!("{}-{tag}.timing", cx.node.id.replace('/', "~")))
+        });
+        let plan_dir = cx.outs["plan"].clone();
+        let command = BuildCommand {
+            onnx: model.clone(),
+            plan: plan_dir.join("model.plan"),
+            layers: plan_dir.join("layers.json"),
+            precision,
+            tf32: settings.tf32,
+            shapes: shapes.clone(),
+            workspace_mib: settings.workspace_mib,
+            timing_cache: timing_cache.clone(),
+        };
+        // What a person reruns by hand: the outputs where they end up, not the staging paths.
+        let shown_plan = PathBuf::from(format!("out/{}/plan", cx.node.id));
+        let shown = BuildCommand { plan: shown_plan.join("model.plan"), layers: shown_plan.join("layers.json"), ..command.clone() };
+
+        let mut report = Report {
+            precision: settings.precision.clone(),
+            status: "ok",
+            reason: None,
+            flags: Vec::new(),
+            command: std::iter::once("trtexec".to_string()).chain(shown.args()).collect(),
+            trtexec: None,
+            trt_version: None,
+            gpu,
+            model: model.display().to_string(),
+            calibration: match &command.precision {
+                PlanPrecision::Int8 { calibration, .. } => Some(calibration.display().to_string()),
+                _ => None,
+            },
+            dynamic_inputs: sig.inputs.iter().filter(|i| i.is_dynamic()).map(|i| (i.name.clone(), i.dims.iter().map(ToString::to_string).collect())).collect(),
+            profiles: settings.profiles.clone(),
+            shapes,
+            also_fp16: matches!(command.precision, PlanPrecision::Int8 { also_fp16: true, .. }),
+            tf32: settings.tf32,
+            workspace_mib: settings.workspace_mib,
+            timing_cache: timing_cache.as_ref().map(|p| p.display().to_string()),
+            build_s: None,
+            engine_build_s: None,
+            plan_bytes: None,
+            n_layers: None,
+            layers_by_precision: None,
+            int8_layers: None,
+            output_dtypes: None,
+            int8_verified: None,
+        };
+        let result_path = root.join(&cx.outs["result"]);
+
+        let program = match trt::locate() {
+            Ok(p) => p,
+            Err(not_found) => {
+                let reason = not_found.to_string();
+                let _ = writeln!(cx.log, "degraded: {reason}\nwould run: {}", report.command.join(" "));
+                report.status = "degraded";
+                report.reason = Some(reason.clone());
+                write_json(&result_path, &report)?;
+                return Ok(Outcome::Degraded(reason));
+            }
+        };
+        report.trtexec = Some(program.display().to_string());
+        if let Some(dir) = &settings.timing_cache {
+            std::fs::create_dir_all(root.join(dir)).map_err(|e| format!("cannot create the timing cache directory `{dir}`: {e}"))?;
+        }
+
+        let args = command.args();
+        let _ = writeln!(cx.log, "$ {} {}", program.display(), args.join(" "));
+        let log_path = cx.scratch.join("trtexec.log");
+        let (status, elapsed) = run_logged(&program, &args, root, &log_path)?;
+        let output = String::from_utf8_lossy(&std::fs::read(&log_path).map_err(|e| format!("reading `trtexec`'s output: {e}"))?).into_owned();
+        let _ = cx.log.write_all(output.as_bytes());
+        report.trt_version = trt::parse_version(&output);
+
+        if !status.success() {
+            let code = status.code().map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
+            if let Some(line) = trt::no_gpu_line(&output) {
+                let reason = format!("`trtexec` exited with {code}: no usable GPU ({line})");
+                report.status = "degraded";
+                report.reason = Some(reason.clone());
+                write_json(&result_path, &report)?;
+                return Ok(Outcome::Degraded(reason));
+            }
+            return Err(format!("`trtexec` exited with {code}; the last lines of its output:\n{}", trt::tail(&output, TAIL_LINES)));
+        }
+
+        let plan_path = root.join(&command.plan);
+        let plan_bytes = std::fs::metadata(&plan_path)
+            .map_err(|_| format!("`trtexec` exited 0 but wrote no plan at `{}`; the last lines of its output:\n{}", command.plan.display(), trt::tail(&output, TAIL_LINES)))?
+            .len();
+        let layers_text = std::fs::read_to_string(root.join(&command.layers))
+            .map_err(|e| format!("`trtexec` exited 0 but its layer information `{}` cannot be read: {e}", command.layers.display()))?;
+        let info = trt::parse_layer_info(&layers_text).map_err(|e| format!("`{}`: {e}", command.layers.display()))?;
+        let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
+        let summary = trt::summarise(&info, &outputs);
+
+        report.build_s = Some(elapsed);
+        report.engine_build_s = trt::parse_engine_build_seconds(&output);
+        report.plan_bytes = Some(plan_bytes);
+        report.n_layers = Some(summary.n_layers);
+        report.int8_verified = (settings.precision == "int8").then_some(summary.int8_layers.count > 0);
+        report.layers_by_precision = Some(summary.layers_by_precision);
+        report.int8_layers = Some(summary.int8_layers);
+        report.output_dtypes = Some(summary.output_dtypes);
+        let _ = writeln!(
+            cx.log,
+            "plan {plan_bytes} bytes, {} layers in {elapsed:.2}s; TensorRT {}",
+            summary.n_layers,
+            report.trt_version.as_deref().unwrap_or("(version not printed)")
+        );
+        let outcome = if report.int8_verified == Some(false) {
+            report.flags.push(INT8_UNVERIFIED.into());
+            report.status = "degraded";
+            report.reason = Some(INT8_UNVERIFIED.into());
+            Outcome::Degraded(INT8_UNVERIFIED.into())
+        } else {
+            Outcome::Ok
+        };
+        write_json(&result_path, &report)?;
+        Ok(outcome)
+    }
+}
+
+/// A node's lowered config, read back.
+struct Settings {
+    precision: String,
+    profiles: Vec<Profile>,
+    also_fp16: bool,
+    tf32: bool,
+    workspace_mib: Option<u64>,
+    timing_cache: Option<String>,
+}
+
+impl Settings {
+    fn from_config(c: &Value) -> Result<Settings, String> {
+        let profiles = c["profiles"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| serde_json::from_value::<BTreeMap<String, [u64; 3]>>(p.clone()).map(Profile))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or(Ok(Vec::new()))
+            .map_err(|e| format!("the node's profiles do not read back: {e}"))?;
+        Ok(Settings {
+            precision: c["precision"].as_str().unwrap_or("fp32").to_string(),
+            profiles,
+            also_fp16: c["also_fp16"].as_bool().unwrap_or(false),
+            tf32: c["tf32"].as_bool().unwrap_or(true),
+            workspace_mib: c["workspace_mib"].as_u64(),
+            timing_cache: c["timing_cache"].as_str().map(str::to_string),
+        })
+    }
+}
+
+/// Runs `program` in `dir` with stdout and stderr both into `log` (one file, so their lines
+/// keep their order); returns its exit status and wall time in seconds.
+fn run_logged(program: &Path, args: &[String], dir: &Path, log: &Path) -> Result<(std::process::ExitStatus, f64), String> {
+    let out = File::create(log).map_err(|e| format!("cannot create `{}`: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("cannot share `{}`: {e}", log.display()))?;
+    let start = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
+    Ok((status, start.elapsed().as_secs_f64()))
+}
+
+/// Everything `build.json` holds (see the module docs).
+#[derive(Debug, Serialize)]
+struct Report {
+    precision: String,
+    status: &'static str,
+    reason: Option<String>,
+    flags: Vec<String>,
+    command: Vec<String>,
+    trtexec: Option<String>,
+    trt_version: Option<String>,
+    gpu: String,
+    model: String,
+    calibration: Option<String>,
+    dynamic_inputs: BTreeMap<String, Vec<String>>,
+    profiles: Vec<Profile>,
+    shapes: Vec<ShapeSpecs>,
+    also_fp16: bool,
+    tf32: bool,
+    workspace_mib: Option<u64>,
+    timing_cache: Option<String>,
+    build_s: Option<f64>,
+    engine_build_s: Option<f64>,
+    plan_bytes: Option<u64>,
+    n_layers: Option<usize>,
+    layers_by_precision: Option<ByPrecision>,
+    int8_layers: Option<Int8Layers>,
+    output_dtypes: Option<BTreeMap<String, Option<OutputType>>>,
+    int8_verified: Option<bool>,
+}
