@@ -7,6 +7,7 @@
 //! | each record's fields                                     | the scenario (tokens, batch), each other (throughput = tokens / latency, TPOT from TTFT) |
 //! | a `cuda` backend on the CPU-only library                 | a degraded record per scenario × rep with the provider named, null timings; a cache hit |
 //! | a mode without its variant's dep, a misspelt scenario field | exit 2 naming the variant, the field with its line |
+//! | `stats` over a real CPU sweep and a degraded `cuda` one   | the records' own means; the degraded backend's rows: rate 1, no numbers, its reason with the count |
 
 mod support;
 
@@ -228,4 +229,66 @@ fn a_corpus_shorter_than_the_largest_scenario_is_an_error_naming_it() {
     let (ws, lib) = workspace();
     ws.write("tr118.toml", pipeline(&lib, CPU, "[\"prefill\"]", "[\"prefill\"]", "scenarios = [{ name = \"big\", batch = 8, prompt_tokens = 20 }]\n"));
     ws.tr(&["make"]).code(1).stderr_has("corpus.txt").stderr_has("needs 160");
+}
+
+#[test]
+fn stats_over_real_sweeps_tabulate_a_degraded_backend_with_its_reason_and_rate() {
+    let (ws, lib) = workspace();
+    let backends = format!("{CPU}\n[[backends]]\nname = \"gpu\"\nprovider = \"cuda\"\n");
+    let fields = "scenarios = [{ name = \"a\", prompt_tokens = 3, new_tokens = 3 }, { name = \"b\", batch = 2, prompt_tokens = 5, new_tokens = 2 }]\nwarmup = 0\nreps = 3\n";
+    let mut toml = pipeline(&lib, &backends, "[\"prefill\", \"decoder\"]", "[\"prefill\", \"generate\"]", fields);
+    toml.push_str("\n[stages.stats]\nkind = \"stats\"\ndeps = { runs = \"out/sweep/*/*/runs.jsonl\" }\nbaseline = \"cpu\"\n");
+    ws.write("tr118.toml", toml);
+    ws.make_ok();
+
+    let csv = fs::read_to_string(ws.path("out/stats/summary.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column `{name}` in {header:?}"));
+    let rows: Vec<Vec<String>> = lines.map(|l| split_csv(l)).collect();
+    // 2 backends × 2 modes × (2 scenarios + overall).
+    assert_eq!(rows.len(), 12, "{csv}");
+    for row in &rows {
+        let (backend, mode, scenario) = (&row[col("backend")], &row[col("mode")], &row[col("scenario")]);
+        let ctx = format!("{backend}/{mode}/{scenario}: {row:?}");
+        let n_total: usize = row[col("n_total")].parse().unwrap();
+        assert_eq!(n_total, if scenario == "overall" { 6 } else { 3 }, "{ctx}");
+        if backend == "gpu" {
+            assert_eq!(row[col("n_ok")], "0", "{ctx}");
+            assert_eq!(row[col("degraded_rate")].parse::<f64>().unwrap(), 1.0, "{ctx}");
+            assert!(row[col("latency_mean_ms")].is_empty(), "{ctx}");
+            assert!(row[col("reasons")].contains("cuda") && row[col("reasons")].contains(&format!("({n_total})")), "{ctx}");
+        } else {
+            assert_eq!(row[col("n_ok")], n_total.to_string(), "{ctx}");
+            assert_eq!(row[col("degraded_rate")].parse::<f64>().unwrap(), 0.0, "{ctx}");
+            // The mean is of the records the sweep wrote.
+            let recs = records(&ws, &format!("sweep/cpu/{mode}"));
+            let own: Vec<f64> = recs.iter().filter(|r| scenario == "overall" || r.scenario == *scenario).map(|r| r.latency_ms.unwrap()).collect();
+            let mean = own.iter().sum::<f64>() / own.len() as f64;
+            let got: f64 = row[col("latency_mean_ms")].parse().unwrap();
+            assert!((got - mean).abs() <= 1e-9 * mean, "{ctx}: mean {got} vs {mean}");
+        }
+        for cell in row {
+            assert!(!["NaN", "nan", "None", "inf"].contains(&cell.as_str()), "{ctx}");
+        }
+    }
+}
+
+/// One CSV line's cells, with quoted cells unquoted.
+fn split_csv(line: &str) -> Vec<String> {
+    let (mut cells, mut cell, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cell.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => cells.push(std::mem::take(&mut cell)),
+            c => cell.push(c),
+        }
+    }
+    cells.push(cell);
+    cells
 }
