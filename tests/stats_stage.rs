@@ -164,40 +164,9 @@ fn workspace(files: &BTreeMap<(String, String), Vec<RunRecord>>, stats_fields: &
 // Reading the outputs
 // ---------------------------------------------------------------------------------------
 
-/// A CSV file as a header and rows of fields (quoted fields unquoted).
-fn read_csv(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut lines = text.lines().map(|line| {
-        let mut fields = Vec::new();
-        let mut field = String::new();
-        let (mut quoted, mut chars) = (false, line.chars().peekable());
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    field.push('"');
-                    chars.next();
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(std::mem::take(&mut field)),
-                _ => field.push(c),
-            }
-        }
-        fields.push(field);
-        fields
-    });
-    let header = lines.next().expect("a header");
-    (header, lines.collect())
-}
-
 /// Rows of a CSV as column → text.
 fn csv_rows(ws: &Workspace, rel: &str) -> Vec<BTreeMap<String, String>> {
-    let text = String::from_utf8(ws.read(rel)).unwrap();
-    let (header, rows) = read_csv(&text);
-    rows.into_iter()
-        .map(|r| {
-            assert_eq!(r.len(), header.len(), "{rel}: a row of {} fields under {} columns", r.len(), header.len());
-            header.iter().cloned().zip(r).collect()
-        })
-        .collect()
+    support::csv_rows(&String::from_utf8(ws.read(rel)).unwrap()).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 #[track_caller]

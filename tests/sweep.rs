@@ -242,53 +242,32 @@ fn stats_over_real_sweeps_tabulate_a_degraded_backend_with_its_reason_and_rate()
     ws.make_ok();
 
     let csv = fs::read_to_string(ws.path("out/stats/summary.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column `{name}` in {header:?}"));
-    let rows: Vec<Vec<String>> = lines.map(|l| split_csv(l)).collect();
+    let rows = support::csv_rows(&csv).unwrap();
     // 2 backends × 2 modes × (2 scenarios + overall).
     assert_eq!(rows.len(), 12, "{csv}");
     for row in &rows {
-        let (backend, mode, scenario) = (&row[col("backend")], &row[col("mode")], &row[col("scenario")]);
+        let col = |name: &str| row.get(name).unwrap_or_else(|| panic!("no column `{name}`: {row:?}"));
+        let (backend, mode, scenario) = (col("backend"), col("mode"), col("scenario"));
         let ctx = format!("{backend}/{mode}/{scenario}: {row:?}");
-        let n_total: usize = row[col("n_total")].parse().unwrap();
+        let n_total: usize = col("n_total").parse().unwrap();
         assert_eq!(n_total, if scenario == "overall" { 6 } else { 3 }, "{ctx}");
         if backend == "gpu" {
-            assert_eq!(row[col("n_ok")], "0", "{ctx}");
-            assert_eq!(row[col("degraded_rate")].parse::<f64>().unwrap(), 1.0, "{ctx}");
-            assert!(row[col("latency_mean_ms")].is_empty(), "{ctx}");
-            assert!(row[col("reasons")].contains("cuda") && row[col("reasons")].contains(&format!("({n_total})")), "{ctx}");
+            assert_eq!(col("n_ok"), "0", "{ctx}");
+            assert_eq!(col("degraded_rate").parse::<f64>().unwrap(), 1.0, "{ctx}");
+            assert!(col("latency_mean_ms").is_empty(), "{ctx}");
+            assert!(col("reasons").contains("cuda") && col("reasons").contains(&format!("({n_total})")), "{ctx}");
         } else {
-            assert_eq!(row[col("n_ok")], n_total.to_string(), "{ctx}");
-            assert_eq!(row[col("degraded_rate")].parse::<f64>().unwrap(), 0.0, "{ctx}");
+            assert_eq!(*col("n_ok"), n_total.to_string(), "{ctx}");
+            assert_eq!(col("degraded_rate").parse::<f64>().unwrap(), 0.0, "{ctx}");
             // The mean is of the records the sweep wrote.
             let recs = records(&ws, &format!("sweep/cpu/{mode}"));
-            let own: Vec<f64> = recs.iter().filter(|r| scenario == "overall" || r.scenario == *scenario).map(|r| r.latency_ms.unwrap()).collect();
+            let own: Vec<f64> = recs.iter().filter(|r| scenario == "overall" || r.scenario == **scenario).map(|r| r.latency_ms.unwrap()).collect();
             let mean = own.iter().sum::<f64>() / own.len() as f64;
-            let got: f64 = row[col("latency_mean_ms")].parse().unwrap();
+            let got: f64 = col("latency_mean_ms").parse().unwrap();
             assert!((got - mean).abs() <= 1e-9 * mean, "{ctx}: mean {got} vs {mean}");
         }
-        for cell in row {
+        for cell in row.values() {
             assert!(!["NaN", "nan", "None", "inf"].contains(&cell.as_str()), "{ctx}");
         }
     }
-}
-
-/// One CSV line's cells, with quoted cells unquoted.
-fn split_csv(line: &str) -> Vec<String> {
-    let (mut cells, mut cell, mut quoted) = (Vec::new(), String::new(), false);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => cells.push(std::mem::take(&mut cell)),
-            c => cell.push(c),
-        }
-    }
-    cells.push(cell);
-    cells
 }

@@ -60,3 +60,36 @@ pub fn word_tokenizer_json(vocab: usize) -> String {
     })
     .to_string()
 }
+
+/// A CSV text's rows as column → cell (quoted cells unquoted), or why a row does not fit the
+/// header.
+pub fn csv_rows(text: &str) -> Result<Vec<std::collections::BTreeMap<String, String>>, String> {
+    let mut lines = text.lines().map(|line| {
+        let mut cells = Vec::new();
+        let mut cell = String::new();
+        let (mut quoted, mut chars) = (false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    cell.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => cells.push(std::mem::take(&mut cell)),
+                _ => cell.push(c),
+            }
+        }
+        cells.push(cell);
+        cells
+    });
+    let header = lines.next().ok_or("no header")?;
+    lines
+        .enumerate()
+        .map(|(i, r)| {
+            if r.len() != header.len() {
+                return Err(format!("row {} has {} cells under {} columns", i + 1, r.len(), header.len()));
+            }
+            Ok(header.iter().cloned().zip(r).collect())
+        })
+        .collect()
+}
