@@ -5,6 +5,7 @@
 //! name = "onnxruntime-cpu"
 //! runtime = "onnxruntime"
 //! provider = "cpu"          # cpu | cuda | tensorrt
+//! model = "out/export"      # the models it runs: a directory with `prefill/` and `decoder/`
 //! precision = "fp32"        # fp32 | fp16 | int8: which model it runs, and its accuracy threshold
 //! threads = 2               # intra-op threads (default: ONNX Runtime's)
 //! opt_level = "all"         # disable | basic | extended | layout | all
@@ -57,6 +58,10 @@ pub struct BackendSpec {
     pub trt_fp16: bool,
     pub trt_int8_calibration_table: Option<String>,
     pub trt_engine_cache: Option<String>,
+    /// The directory of the models this backend runs (an export's or a quantization's output,
+    /// with `prefill/` and `decoder/` inside). Stages reach it as `{matrix.backend.model}` in
+    /// their deps, so it is a declared input of every node that runs the backend.
+    pub model: Option<String>,
     /// `trt_profile_min_shapes`, `…_opt_…`, `…_max_…`, checked to name the same inputs in the
     /// same order with min ≤ opt ≤ max.
     pub trt_profile_shapes: Option<crate::trt::ShapeSpecs>,
@@ -73,6 +78,7 @@ const FIELDS: &[&str] = &[
     "trt_fp16",
     "trt_int8_calibration_table",
     "trt_engine_cache",
+    "model",
     "trt_profile_min_shapes",
     "trt_profile_opt_shapes",
     "trt_profile_max_shapes",
@@ -142,6 +148,7 @@ impl BackendSpec {
                 trt_fp16,
                 trt_int8_calibration_table: s("trt_int8_calibration_table"),
                 trt_engine_cache: s("trt_engine_cache"),
+                model: s("model"),
                 trt_profile_shapes,
             })
         } else {
