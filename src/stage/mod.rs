@@ -10,12 +10,14 @@ use serde_json::Value;
 
 use crate::pipeline::NodeSpec;
 
+pub mod calibrate;
 pub mod cmd;
 pub mod export;
 pub mod fetch;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
+pub mod quantize;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -127,7 +129,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 static REGISTRY: &[&dyn StageKind] =
-    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff];
+    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &calibrate::Calibrate, &quantize::Quantize];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {
