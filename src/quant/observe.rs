@@ -63,6 +63,9 @@ pub fn observing_copy(model: &Model, tensors: &[Observed], dest: &Path) -> Resul
     Ok(())
 }
 
+/// What a pass hands each sample's observed tensors to: `(sample index, tensors)`.
+type Visit<'a> = dyn FnMut(usize, Vec<&ndarray::ArrayD<f32>>) -> Result<(), QuantError> + 'a;
+
 /// Runs the observing copy at `copy` over `samples` (token ids, batch 1 each) and turns the
 /// statistics into one [`TensorCalibration`] per tensor. Histogram methods run every sample
 /// twice (see [`super::calibrate`]).
@@ -80,7 +83,7 @@ pub fn calibrate(rt: &Runtime, copy: &Path, tensors: &[Observed], samples: &[Vec
     }
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     // One pass: hands each sample's outputs, in `names` order, to `visit`.
-    let mut pass = |visit: &mut dyn FnMut(usize, Vec<&ndarray::ArrayD<f32>>) -> Result<(), QuantError>| -> Result<(), QuantError> {
+    let mut pass = |visit: &mut Visit<'_>| -> Result<(), QuantError> {
         for (s, ids) in samples.iter().enumerate() {
             let n = ids.len();
             let mask = vec![1i64; n];

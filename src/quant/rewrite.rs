@@ -139,8 +139,6 @@ pub struct Rewrite {
     pub matmul_total: usize,
     pub quantized: Vec<QuantizedOp>,
     pub left_float: Vec<FloatOp>,
-    /// Bytes of int8 weights written.
-    pub int8_weight_bytes: u64,
 }
 
 /// Tensor names are unique in a graph; new ones get a numeric suffix if they would clash.
@@ -292,7 +290,6 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
     let mut names = Names::new(&proto);
     let mut new_inits: Vec<TensorProto> = Vec::new();
     let mut weights: HashMap<(String, bool), QuantWeight> = HashMap::new();
-    let mut int8_bytes = 0u64;
     // Nodes to insert before node i, and replacements of node i.
     let mut before: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
     let mut replace: HashMap<usize, Vec<NodeProto>> = HashMap::new();
@@ -312,7 +309,6 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
             let scale = names.fresh(format!("{base}_scale"));
             let zero_point = names.fresh(format!("{base}_zero_point"));
             let dims = if opts.per_channel { vec![w.n as i64] } else { vec![] };
-            int8_bytes += q.len() as u64;
             new_inits.push(tensor(&int8, vec![w.k as i64, w.n as i64], INT8, q.iter().map(|&v| v as u8).collect()));
             new_inits.push(f32_tensor(&scale, dims.clone(), &s));
             new_inits.push(tensor(&zero_point, dims, INT8, vec![0u8; s.len()]));
@@ -416,7 +412,7 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
     }
     g.initializer.extend(new_inits);
     remove_dead(g, &via, &old_weights);
-    let rewrite = Rewrite { matmul_total: sites.len(), quantized, left_float, int8_weight_bytes: int8_bytes };
+    let rewrite = Rewrite { matmul_total: sites.len(), quantized, left_float };
     Ok((proto, rewrite))
 }
 
