@@ -21,8 +21,9 @@
 #   BENCH_REPS=20         timed repetitions per model and length (after 3 warm-up runs)
 #   BENCH_LENGTHS=8,27,128,512
 #   BENCH_METHOD=percentile  calibration: entropy | minmax | percentile. Not entropy by
-#                         default: TensorRT's entropy search clips the SwiGLU products to 1/16
-#                         of their range, and static INT8 then scores PPL ~1400 (fp32 ~17)
+#                         default: TensorRT's entropy search keeps ~12% of the SwiGLU products'
+#                         range, and static INT8 then scores PPL 499 (fp32 16.9); see the
+#                         `calibrate` kind's docs
 #   BENCH_PERCENTILE=99.999
 #   BENCH_SAMPLES=32      calibration windows, of BENCH_SEQ_LEN=256 tokens
 #   BENCH_WORK=.tr118-dev/bench-int8   the workspace (kept: a rerun reuses its cache)

@@ -15,12 +15,12 @@
 //! deps = { model = "out/export/prefill", runtime = "out/ort/libonnxruntime.so.1.31.1" }
 //! scheme = "dynamic"         # activations quantized at run time; no calibration
 //!
-//! # Backends that run them, e.g. for a perplexity stage per model:
-//! [[backends]]
-//! name = "onnxruntime-cpu-int8-static"
-//! provider = "cpu"
-//! precision = "int8"
-//! threads = 2
+//! # A backend that runs one, here as the inline axis of a perplexity stage for that model:
+//! [stages.perplexity-int8-static]
+//! kind = "perplexity"
+//! matrix = { backend = [{ name = "onnxruntime-cpu-int8-static", provider = "cpu", precision = "int8", threads = 2 }] }
+//! deps = { model = "out/quantize-static/prefill", tokenizer = "out/export/tokenizer.json",
+//!          corpus = "out/corpus/wiki.utf8", runtime = "out/ort/libonnxruntime.so.1.31.1" }
 //! ```
 //!
 //! `model` is the fp32 `prefill` export (a directory holding `model.onnx`, or the file);
