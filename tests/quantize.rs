@@ -13,6 +13,7 @@
 //! | coverage of GPT-2 (L = 2)                                | exactly 4L + 1 = 9 of 6L + 1 = 13 MatMuls quantized, 2L = 4 attention MatMuls float; the written file counted here; ONNX Runtime ran 9 integer kernels |
 //! | coverage of Llama (L = 2)                                | 7L + 1 = 15 of 9L + 2 = 20 quantized; RoPE's MatMul and 2L attention float |
 //! | `exclude`                                                | `logits` drops the output projection; `blk.1.*` a whole layer; an unmatched pattern is an error |
+//! | a Gemm (`transB = 1`, `alpha`, `beta`, `C`), both schemes | its fake-quantized product computed here (1e-4), and not the float one |
 //! | bad input                                                | no `calibration` dep; a calibration without a needed tensor (named); one of another model; `dynamic` with a calibration |
 
 mod support;
@@ -811,4 +812,109 @@ fn a_calibration_without_a_needed_tensor_fails_naming_it() {
 
     ws.pipeline(&format!("{EXPORT}\n{}", quantize_stage("dynamic", "dynamic", None, "exclude = [\"lm_head\"]")));
     ws.tr(&["make"]).code(1).stderr_has("`exclude` pattern(s) `lm_head` match no MatMul/Gemm");
+}
+
+// ---------------------------------------------------------------------------------------
+// Gemm (the exporter writes MatMul + Add; other exporters write Gemm)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_gemm_with_transposed_weight_alpha_and_beta_computes_its_fake_quantized_product() {
+    use tr118::onnx::{Dim, FLOAT, Graph, WriteOptions, attr_f, attr_i, write_model};
+    use tr118::quant::calibrate::{Calibration, Consumer, TensorCalibration};
+    use tr118::quant::rewrite::{Options, Scheme, quantize, verify};
+    use tr118::runtime::{Feed, TensorData};
+
+    let (rows, k, n, alpha, beta) = (5usize, 8usize, 6usize, 0.5f32, 2.0f32);
+    let mut rng = Rng::new(21);
+    let mut normal = |count: usize| -> Vec<f32> { (0..count).map(|_| rng.normal() as f32).collect() };
+    let (w, c, x) = (normal(n * k), normal(n), normal(rows * k));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gemm.onnx");
+    let mut g = Graph::new("gemm");
+    let input = g.input("x", FLOAT, &[Dim::Param("rows".into()), Dim::Fixed(k as i64)]);
+    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let (wb, cb) = (bytes(&w), bytes(&c));
+    let wi = g.init("w", &[n as i64, k as i64], FLOAT, Box::new(move || Ok(wb)));
+    let ci = g.init("c", &[n as i64], FLOAT, Box::new(move || Ok(cb)));
+    g.op_into("Gemm", &[&input, &wi, &ci], &["y"], vec![attr_i("transB", 1), attr_f("alpha", alpha), attr_f("beta", beta)]);
+    g.output("y", FLOAT, &[Dim::Param("rows".into()), Dim::Fixed(n as i64)]);
+    write_model(g, &path, &WriteOptions { opset: 17, external_data: false, producer_version: "t".into(), metadata: vec![] }).unwrap();
+
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tensor = TensorCalibration {
+        name: "x".into(),
+        consumers: vec![Consumer { node: "Gemm".into(), op: "Gemm".into(), input: 0, weight: Some("w".into()) }],
+        min: -amax,
+        max: amax,
+        absmax: amax,
+        amax,
+        scale: amax / 127.0,
+        scale_hex: String::new(),
+        method: "minmax".into(),
+        samples: 1,
+        elements: x.len() as u64,
+        entropy_bins: None,
+        entropy_kl: None,
+    };
+    let cal = Calibration {
+        method: "minmax".into(),
+        percentile: None,
+        bins: None,
+        levels: 128,
+        samples: 1,
+        seq_len: rows,
+        seed: 0,
+        corpus_tokens: rows,
+        sample_starts: vec![0],
+        model_file: "gemm.onnx".into(),
+        model_digest: String::new(),
+        runtime_version: String::new(),
+        cache_header: String::new(),
+        elapsed_s: 0.0,
+        tensors: vec![tensor],
+    };
+    // The naive result: per output channel (a row of the stored [n, k] weight) int8 weights.
+    let wq = fake_weight(&w, n, k);
+    let expect = |xs: &[f64]| -> Vec<f64> {
+        let mut y = vec![0.0; rows * n];
+        for r in 0..rows {
+            for o in 0..n {
+                let dot: f64 = (0..k).map(|i| xs[r * k + i] * f64::from(wq[o * k + i])).sum();
+                y[r * n + o] = f64::from(alpha) * dot + f64::from(beta) * f64::from(c[o]);
+            }
+        }
+        y
+    };
+    let float_y: Vec<f64> = (0..rows * n).map(|j| {
+        let (r, o) = (j / n, j % n);
+        f64::from(alpha) * (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i])).sum::<f64>() + f64::from(beta) * f64::from(c[o])
+    }).collect();
+    let model = tr118::onnx::edit::Model::load(&path).unwrap();
+    for scheme in [Scheme::Static, Scheme::Dynamic] {
+        let opts = Options { scheme, per_channel: true, exclude: vec![] };
+        let (proto, mut rewrite) = quantize(&model, &opts, Some(&cal)).unwrap();
+        assert_eq!((rewrite.matmul_total, rewrite.quantized.len()), (1, 1), "{scheme:?}");
+        let out = dir.path().join(format!("{scheme:?}.onnx"));
+        tr118::onnx::edit::save(proto, &out, &model, false).unwrap();
+        let written = verify(&tr118::onnx::edit::Model::load(&out).unwrap(), scheme, &mut rewrite);
+        assert_eq!(written.verified, 1, "{scheme:?}: the Gemm is found quantized in the file");
+        let mut s = support::ort().session(&out, &SessionOptions::default()).unwrap();
+        let y = s.run(&[Feed { name: "x", shape: &[rows, k], data: TensorData::F32(&x) }]).unwrap().remove(0).1;
+        let xs: Vec<f64> = match scheme {
+            Scheme::Static => x.iter().map(|&v| fake_static(f64::from(v), amax / 127.0)).collect(),
+            Scheme::Dynamic => {
+                let mut m: Vec<Vec<f64>> = vec![x.iter().map(|&v| f64::from(v)).collect()];
+                fake_dynamic(&mut m);
+                m.remove(0)
+            }
+        };
+        let want = expect(&xs);
+        let got: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+        let vs_fake = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let vs_float = got.iter().zip(&float_y).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        eprintln!("Gemm {scheme:?}: max |Δ| vs the fake-quantized product {vs_fake:.2e}, vs float {vs_float:.2e}");
+        assert!(vs_fake < 1e-4, "{scheme:?}: {vs_fake}");
+        assert!(vs_float > 1e-4, "{scheme:?}: the output is the float product: nothing was quantized");
+    }
 }
