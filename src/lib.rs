@@ -11,12 +11,13 @@
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
-//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `trt_build` |
+//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
 //! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
 //! | [`export`]  | checkpoint → ONNX for GPT-2 and Llama, prefill and decoder variants          |
 //! | [`tokenizer`] | tokenizer.json in; GPT-2 and GGUF vocabularies turned into tokenizer.json  |
+//! | [`quant`]   | INT8: calibration statistics, TensorRT's cache, QDQ and dynamic rewrites, coverage counts |
 //! | [`runtime`] | ONNX Runtime: library probe, sessions, prefill and decode steps, providers   |
 //! | [`trt`]     | TensorRT through `trtexec`: locating it, build command lines, layer census   |
 //! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime, no fallback  |
@@ -37,6 +38,7 @@ pub mod measure;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod quant;
 pub mod runtime;
 pub mod stage;
 pub mod stats;

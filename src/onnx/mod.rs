@@ -17,6 +17,7 @@ use std::path::Path;
 use prost::Message;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
+pub mod edit;
 pub mod proto;
 pub mod signature;
 

@@ -10,12 +10,14 @@ use serde_json::Value;
 
 use crate::pipeline::NodeSpec;
 
+pub mod calibrate;
 pub mod cmd;
 pub mod export;
 pub mod fetch;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
+pub mod quantize;
 pub mod stats;
 pub mod sweep;
 pub mod trt_build;
@@ -135,7 +137,19 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 static REGISTRY: &[&dyn StageKind] =
-    &[&cmd::Cmd, &fetch::Fetch, &export::Export, &perplexity::Perplexity, &gate::Gate, &logit_diff::LogitDiff, &sweep::Sweep, &stats::Stats, &trt_build::TrtBuild];
+    &[
+        &cmd::Cmd,
+        &fetch::Fetch,
+        &export::Export,
+        &perplexity::Perplexity,
+        &gate::Gate,
+        &logit_diff::LogitDiff,
+        &sweep::Sweep,
+        &stats::Stats,
+        &calibrate::Calibrate,
+        &quantize::Quantize,
+        &trt_build::TrtBuild,
+    ];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {
