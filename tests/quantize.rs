@@ -14,6 +14,7 @@
 //! | coverage of Llama (L = 2)                                | 7L + 1 = 15 of 9L + 2 = 20 quantized; RoPE's MatMul and 2L attention float |
 //! | `exclude`                                                | `logits` drops the output projection; `blk.1.*` a whole layer; an unmatched pattern is an error |
 //! | a Gemm (`transB = 1`, `alpha`, `beta`, `C`), both schemes | its fake-quantized product computed here (1e-4), and not the float one |
+//! | a `decoder` dep, both schemes                            | the INT8 decoder's logits over the prompt in one step equal the INT8 prefill's (1e-4 of their std); static also token by token (its scales are fixed, dynamic ones are per step); its counts equal the prefill's |
 //! | bad input                                                | no `calibration` dep; a calibration without a needed tensor (named); one of another model; `dynamic` with a calibration |
 
 mod support;
@@ -75,24 +76,13 @@ fn corpus_ids(vocab: usize) -> Vec<u32> {
     (0..CORPUS_TOKENS).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-/// A word-level tokenizer.json: `t{i}` is id `i`.
-fn tokenizer_json(vocab: usize) -> String {
-    let map: serde_json::Map<String, Value> = (0..vocab).map(|i| (format!("t{i}"), json!(i))).collect();
-    json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": { "type": "WhitespaceSplit" }, "post_processor": null, "decoder": null,
-        "model": { "type": "WordLevel", "vocab": map, "unk_token": "t0" }
-    })
-    .to_string()
-}
-
 /// A workspace with `model.gguf`, `tokenizer.json`, `corpus.txt`, `lib/<ort>`, and the
 /// export stage (prefill, external data so every path that resolves it is exercised).
 fn workspace(cfg: &ModelConfig, w: &Weights) -> Workspace {
     let ws = Workspace::new("tr118-quantize-");
     let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: w[&name].1.clone(), name, shape }).collect();
     write_gguf(&ws.path("model.gguf"), cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
-    ws.write("tokenizer.json", tokenizer_json(cfg.vocab_size));
+    ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     let words: Vec<String> = corpus_ids(cfg.vocab_size).iter().map(|i| format!("t{i}")).collect();
     ws.write("corpus.txt", words.join(" "));
     let lib = support::ort_library();
@@ -923,5 +913,50 @@ fn a_gemm_with_transposed_weight_alpha_and_beta_computes_its_fake_quantized_prod
         eprintln!("Gemm {scheme:?}: max |Δ| vs the fake-quantized product {vs_fake:.2e}, vs float {vs_float:.2e}");
         assert!(vs_fake < 1e-4, "{scheme:?}: {vs_fake}");
         assert!(vs_float > 1e-4, "{scheme:?}: the output is the float product: nothing was quantized");
+    }
+}
+
+#[test]
+fn a_quantized_decoder_computes_what_the_quantized_prefill_computes() {
+    let cfg = gpt2();
+    let w = random_weights_scaled(&cfg, 7, 0.25);
+    let ws = workspace(&cfg, &w);
+    let both = EXPORT.replace("variants = [\"prefill\"]", "variants = [\"prefill\", \"decoder\"]");
+    let with_decoder = |stage: String| stage.replace("deps = { model = \"out/export/prefill\",", "deps = { model = \"out/export/prefill\", decoder = \"out/export/decoder\",");
+    ws.pipeline(&format!(
+        "{both}\n{}\n{}\n{}",
+        calibrate_stage("calibrate", "method = \"minmax\""),
+        with_decoder(quantize_stage("static", "static", Some("out/calibrate/calibration.json"), "")),
+        with_decoder(quantize_stage("dynamic", "dynamic", None, ""))
+    ));
+    ws.make_ok();
+    let ids = corpus_ids(cfg.vocab_size);
+    let prompt: Vec<i64> = ids[..9].iter().map(|&i| i64::from(i)).collect();
+    for scheme in ["static", "dynamic"] {
+        let report = ws.json(&format!("out/{scheme}/quantize.json"));
+        assert_eq!(report["decoder"]["quantized"], report["quantized"], "{scheme}: {report}");
+        assert_eq!(report["decoder"]["verified"], report["quantized"], "{scheme}: {report}");
+        let prefill = ort_logits(&ws.path(&format!("out/{scheme}/prefill/model.onnx")), &ids[..9]);
+        let session = support::ort().session(&ws.path(&format!("out/{scheme}/decoder/model.onnx")), &SessionOptions::default()).unwrap();
+        let mut decoder = tr118::runtime::Decoder::new(session).unwrap();
+        let rows_of = |l: &ndarray::ArrayD<f32>| -> Vec<Vec<f64>> { l.outer_iter().flat_map(|b| b.outer_iter().map(|r| r.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>()).collect::<Vec<_>>()).collect() };
+        // All 9 tokens in one step: the same input as the prefill's, under either scheme.
+        let mut cache = decoder.empty_cache(1).unwrap();
+        let whole = rows_of(&decoder.step(&mut cache, &prompt, 9).unwrap());
+        let diff = max_abs_diff(&whole, &prefill);
+        assert!(diff <= 1e-4 * std_dev(&prefill), "{scheme}: one 9-token step of the INT8 decoder differs from the INT8 prefill by {diff}");
+        if scheme == "dynamic" {
+            // Dynamic scales come from each step's own activations: token-by-token steps
+            // compute another (equally valid) quantization.
+            continue;
+        }
+        // Static scales are fixed: 5 tokens, then one at a time, give the same logits.
+        let mut cache = decoder.empty_cache(1).unwrap();
+        let mut rows = rows_of(&decoder.step(&mut cache, &prompt[..5], 5).unwrap());
+        for &id in &prompt[5..] {
+            rows.extend(rows_of(&decoder.step(&mut cache, &[id], 1).unwrap()));
+        }
+        let diff = max_abs_diff(&rows, &prefill);
+        assert!(diff <= 1e-4 * std_dev(&prefill), "{scheme}: the INT8 decoder's logits differ from the INT8 prefill's by {diff}");
     }
 }

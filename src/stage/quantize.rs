@@ -36,6 +36,14 @@
 //! must hold every activation the rewrite quantizes; otherwise the node fails naming the
 //! tensor.
 //!
+//! With a `decoder` dep (the fp32 `decoder` export) the same rewrite is applied to the decoder,
+//! written to `decoder/`, so a backend running these models has both variants and joins the
+//! generate sweeps. A static decoder takes its activation scales from the prefill's
+//! calibration: the decoder computes every weight MatMul's input exactly as the prefill does,
+//! so each of its MatMuls gets the scale of the prefill MatMul with the same weight
+//! initializer. Its quantized ops are counted from the written file (`decoder` in
+//! `quantize.json`: `matmul_total`, `quantized`, `verified`, `left_float`).
+//!
 //! Outputs: `prefill/` (`model.onnx`, and `model.onnx.data` when the source model had
 //! external data: the same layout as an export's `prefill/`, so a backend's `model` dep can
 //! point at it; the tokenizer is the export's) and `quantize.json`:
@@ -73,6 +81,7 @@ const FIELDS: &[&str] = &["scheme", "per_channel", "exclude"];
 
 pub const JSON_OUT: &str = "quantize.json";
 pub const MODEL_DIR: &str = "prefill";
+pub const DECODER_DIR: &str = "decoder";
 
 fn err(field: &str, message: String, help: Option<String>) -> LowerError {
     LowerError { field: vec![field.to_string()], message, help }
@@ -98,6 +107,8 @@ struct Report {
     verified: usize,
     ops: Vec<QuantizedOp>,
     left_float: Vec<FloatOp>,
+    /// The decoder's rewrite, when the stage has a `decoder` dep.
+    decoder: Option<DecoderReport>,
     written: Written,
     ran_integer: bool,
     ort: OrtKernels,
@@ -186,11 +197,16 @@ impl StageKind for Quantize {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(json!({ "scheme": scheme, "per_channel": per_channel, "exclude": exclude }))
+        let decoder = cx.deps.iter().any(|d| d == "decoder");
+        Ok(json!({ "scheme": scheme, "per_channel": per_channel, "exclude": exclude, "decoder": decoder }))
     }
 
-    fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
-        vec![("model".into(), format!("{MODEL_DIR}/")), ("report".into(), JSON_OUT.into())]
+    fn implied_outs(&self, config: &Value) -> Vec<(String, String)> {
+        let mut outs = vec![("model".into(), format!("{MODEL_DIR}/")), ("report".into(), JSON_OUT.into())];
+        if config["decoder"].as_bool().unwrap_or(false) {
+            outs.push(("decoder".into(), format!("{DECODER_DIR}/")));
+        }
+        outs
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
@@ -250,6 +266,11 @@ impl StageKind for Quantize {
         let ort = quant::ort_kernels(rt, &dest, &profile_dir).map_err(|e| format!("running the quantized model in ONNX Runtime: {e}"))?;
         let _ = writeln!(cx.log, "ONNX Runtime {}: {} integer and {} float MatMul kernels ran: {:?}", ort.runtime_version, ort.integer_matmul_kernels, ort.float_matmul_kernels, ort.kernels);
 
+        let decoder = match dep("decoder") {
+            Some(path) => Some(quantize_decoder(&path, &model, &opts, calibration.as_ref(), &cx.root.join(&cx.outs["decoder"]), cx.log)?),
+            None => None,
+        };
+
         let (activations, weights) = describe(scheme, opts.per_channel);
         let report = Report {
             scheme,
@@ -269,10 +290,74 @@ impl StageKind for Quantize {
             source_digest,
             file_bytes: saved.onnx_bytes,
             data_bytes: saved.data_bytes,
+            decoder,
         };
         super::perplexity::write_json(&cx.root.join(&cx.outs["report"]), &report)?;
         Ok(Outcome::Ok)
     }
+}
+
+/// What `quantize.json` says of the decoder.
+#[derive(Serialize)]
+struct DecoderReport {
+    source_digest: String,
+    matmul_total: usize,
+    quantized: usize,
+    verified: usize,
+    left_float: Vec<FloatOp>,
+    file_bytes: u64,
+    data_bytes: u64,
+}
+
+/// Applies the prefill's rewrite to the decoder at `path`, writing `dir/model.onnx`. A static
+/// decoder's activation scales are the prefill's, matched by weight initializer (module doc).
+fn quantize_decoder(path: &std::path::Path, prefill: &Model, opts: &Options, calibration: Option<&Calibration>, dir: &std::path::Path, log: &mut std::fs::File) -> Result<DecoderReport, String> {
+    let source = super::onnx_file(path)?;
+    let model = Model::load(&source).map_err(|e| e.to_string())?;
+    let calibration = calibration.map(|cal| rekey_by_weight(cal, prefill, &model));
+    let (proto, mut rewrite) = rewrite::quantize(&model, opts, calibration.as_ref()).map_err(|e| format!("decoder `{}`: {e}", source.display()))?;
+    let dest = dir.join("model.onnx");
+    let external = !model.external_files().map_err(|e| e.to_string())?.is_empty();
+    let saved = edit::save(proto, &dest, &model, external).map_err(|e| e.to_string())?;
+    let back = Model::load(&dest).map_err(|e| format!("reading back the written decoder: {e}"))?;
+    let written = rewrite::verify(&back, opts.scheme, &mut rewrite);
+    let _ = writeln!(log, "decoder: {} of {} MatMul/Gemm quantized, {} verified in the written file", rewrite.quantized.len(), rewrite.matmul_total, written.verified);
+    Ok(DecoderReport {
+        source_digest: model.digest().map_err(|e| e.to_string())?,
+        matmul_total: rewrite.matmul_total,
+        quantized: rewrite.quantized.len(),
+        verified: written.verified,
+        left_float: rewrite.left_float,
+        file_bytes: saved.onnx_bytes,
+        data_bytes: saved.data_bytes,
+    })
+}
+
+/// The prefill's calibration renamed for `other`: each of `other`'s MatMul activations takes
+/// the entry of the prefill activation that feeds the same weight initializer. Activations
+/// with no such counterpart keep no entry, and a static rewrite names them.
+fn rekey_by_weight(cal: &Calibration, prefill: &Model, other: &Model) -> Calibration {
+    use std::collections::HashMap;
+    let by_weight: HashMap<(String, bool), String> = quant::graph::sites(prefill)
+        .into_iter()
+        .filter_map(|s| {
+            let a = s.activation_a()?.to_string();
+            s.weight.ok().map(|w| ((w.initializer, w.transposed), a))
+        })
+        .collect();
+    let mut renamed = cal.clone();
+    renamed.tensors = quant::graph::sites(other)
+        .into_iter()
+        .filter_map(|s| {
+            let a = s.activation_a()?.to_string();
+            let w = s.weight.ok()?;
+            let source = by_weight.get(&(w.initializer, w.transposed))?;
+            let mut t = cal.tensor(source)?.clone();
+            t.name = a;
+            Some(t)
+        })
+        .collect();
+    renamed
 }
 
 fn short(digest: &str) -> &str {
