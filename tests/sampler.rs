@@ -200,12 +200,15 @@ fn gpu_fields_are_read_exactly_when_nvml_finds_the_gpu() {
     sleep(Duration::from_millis(20));
     let r = s.end(w);
     let o = s.stop();
+    eprintln!("GPU present: {present}\n{r:?}\n{o:?}");
 
     assert_eq!(o.gpu, present);
     let fields = [r.gpu_power_peak_w, r.gpu_power_mean_w, r.gpu_mem_peak_mib, r.gpu_mem_mean_mib, r.gpu_temp_peak_c, r.gpu_util_mean_pct];
     if present {
-        assert!(r.gpu_mem_peak_mib.is_some_and(|m| m > 0.0), "{r:?}");
-        assert!(r.gpu_temp_peak_c.is_some(), "{r:?}");
+        // An idle GPU may have nothing allocated: 0 MiB in use is a reading, not a miss.
+        assert!(r.gpu_mem_peak_mib.is_some_and(|m| m >= 0.0), "{r:?}");
+        assert!(r.gpu_power_peak_w.is_some_and(|w| w > 0.0), "a powered GPU draws power: {r:?}");
+        assert!(r.gpu_temp_peak_c.is_some_and(|t| t > 0.0) && r.gpu_util_mean_pct.is_some(), "{r:?}");
     } else {
         assert!(fields.iter().all(Option::is_none), "no GPU, yet {r:?}");
         assert!(o.notes.iter().any(|n| n.starts_with("gpu 0:")), "no note says why: {:?}", o.notes);
