@@ -29,8 +29,10 @@
 //! five runs: the median moved −1.0 to +1.2 % with window ends only or a 10 ms interval, which
 //! is the noise there, and +0.2 to +3.0 % at 1 ms — each wake-up preempts the work when every
 //! core is busy — while the thread used 0.05–0.22 % of a core at 10 ms and 0.5–0.6 % at 1 ms. A
-//! background sample took 2–5 µs (a cold cache; NVML reads, not measured there for want of a
-//! GPU, add their own). Prefer ≥ 10 ms; the two end samples already bound a shorter repetition.
+//! background sample took 2–5 µs without a GPU. On an H200 (driver 580) the four NVML reads
+//! make a sample take about 1 ms of wall time, 60 µs of it CPU (the rest waits on the driver):
+//! 1.4 % of a core at a 5 ms interval, and the two end samples add about 2 ms per repetition
+//! outside the clock. Prefer ≥ 10 ms; the two end samples already bound a shorter repetition.
 //!
 //! `cpu_util` = (process CPU time − sampler thread CPU time) / window wall time, where the wall
 //! time runs from the end of `begin` to the start of `end`, and the process clock is read last in
