@@ -75,17 +75,13 @@ const METHODS: [&str; 3] = ["minmax", "percentile", "entropy"];
 pub const JSON_OUT: &str = "calibration.json";
 pub const CACHE_OUT: &str = "calibration.cache";
 
-fn err(field: &str, message: String, help: Option<String>) -> LowerError {
-    LowerError { field: vec![field.to_string()], message, help }
-}
-
 fn positive(f: &serde_json::Map<String, Value>, name: &str, default: u64, errors: &mut Vec<LowerError>) -> u64 {
     match f.get(name) {
         None => default,
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => n,
             _ => {
-                errors.push(err(name, format!("`{name}` must be a positive integer, found {v}"), None));
+                errors.push(LowerError::on(name, format!("`{name}` must be a positive integer, found {v}"), None));
                 default
             }
         },
@@ -148,7 +144,7 @@ impl StageKind for Calibrate {
             Some(v) => {
                 let help = v.as_str().and_then(|s| crate::diag::suggest(s, METHODS)).or(Some("one of `minmax`, `percentile`, `entropy`".into()));
                 let shown = v.as_str().map_or_else(|| v.to_string(), |s| format!("`{s}`"));
-                errors.push(err("method", format!("unknown calibration method {shown}"), help));
+                errors.push(LowerError::on("method", format!("unknown calibration method {shown}"), help));
                 "entropy".to_string()
             }
         };
@@ -156,13 +152,13 @@ impl StageKind for Calibrate {
             None if method == "percentile" => Some(99.99),
             None => None,
             Some(_) if method != "percentile" => {
-                errors.push(err("percentile", format!("`percentile` applies to `method = \"percentile\"`, not `{method}`"), Some("remove it, or set `method = \"percentile\"`".into())));
+                errors.push(LowerError::on("percentile", format!("`percentile` applies to `method = \"percentile\"`, not `{method}`"), Some("remove it, or set `method = \"percentile\"`".into())));
                 None
             }
             Some(v) => match v.as_f64() {
                 Some(p) if p > 0.0 && p <= 100.0 => Some(p),
                 _ => {
-                    errors.push(err("percentile", format!("`percentile` must be a number in (0, 100], found {v}"), None));
+                    errors.push(LowerError::on("percentile", format!("`percentile` must be a number in (0, 100], found {v}"), None));
                     None
                 }
             },
@@ -172,7 +168,7 @@ impl StageKind for Calibrate {
         let seed = match f.get("seed") {
             None => 0,
             Some(v) => v.as_u64().unwrap_or_else(|| {
-                errors.push(err("seed", format!("`seed` must be a non-negative integer, found {v}"), None));
+                errors.push(LowerError::on("seed", format!("`seed` must be a non-negative integer, found {v}"), None));
                 0
             }),
         };
@@ -180,7 +176,7 @@ impl StageKind for Calibrate {
             None => true,
             Some(Value::Bool(b)) => *b,
             Some(v) => {
-                errors.push(err("strip", format!("`strip` must be a boolean, found {v}"), None));
+                errors.push(LowerError::on("strip", format!("`strip` must be a boolean, found {v}"), None));
                 true
             }
         };
@@ -188,12 +184,12 @@ impl StageKind for Calibrate {
             None => "8.6.1".to_string(),
             Some(Value::String(s)) => {
                 if let Err(e) = calibrate::trt_version_code(s) {
-                    errors.push(err("trt_version", format!("`trt_version` {e}"), Some("e.g. \"8.6.1\" or \"10.3.0\"".into())));
+                    errors.push(LowerError::on("trt_version", format!("`trt_version` {e}"), Some("e.g. \"8.6.1\" or \"10.3.0\"".into())));
                 }
                 s.clone()
             }
             Some(v) => {
-                errors.push(err("trt_version", format!("`trt_version` must be a string like \"8.6.1\", found {v}"), None));
+                errors.push(LowerError::on("trt_version", format!("`trt_version` must be a string like \"8.6.1\", found {v}"), None));
                 String::new()
             }
         };
@@ -288,7 +284,7 @@ impl StageKind for Calibrate {
         let entries: Vec<(String, f32)> = record.tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
         let cache_path = cx.root.join(&cx.outs["cache"]);
         std::fs::write(&cache_path, calibrate::cache_text(&header, &entries)).map_err(|e| format!("writing `{}`: {e}", cache_path.display()))?;
-        super::perplexity::write_json(&cx.root.join(&cx.outs["calibration"]), &record)?;
+        super::output::write_json(&cx.root.join(&cx.outs["calibration"]), &record)?;
         let _ = writeln!(cx.log, "{} tensors calibrated ({}) in {elapsed_s:.2}s; cache header `{header}`", record.tensors.len(), method.name());
         Ok(Outcome::Ok)
     }

@@ -33,10 +33,6 @@ pub struct Export;
 
 const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "tokenizer"];
 
-fn err(field: &str, message: String, help: Option<String>) -> LowerError {
-    LowerError { field: vec![field.to_string()], message, help }
-}
-
 impl StageKind for Export {
     fn name(&self) -> &'static str {
         "export"
@@ -57,7 +53,7 @@ impl StageKind for Export {
             None => vec!["prefill".into(), "decoder".into()],
             Some(Value::Array(a)) if !a.is_empty() => a.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect(),
             Some(_) => {
-                errors.push(err("variants", "`variants` must be a non-empty list: \"prefill\", \"decoder\"".into(), None));
+                errors.push(LowerError::on("variants", "`variants` must be a non-empty list: \"prefill\", \"decoder\"".into(), None));
                 Vec::new()
             }
         };
@@ -69,14 +65,14 @@ impl StageKind for Export {
         }
         let precision = f.get("precision").and_then(Value::as_str).unwrap_or("fp32").to_string();
         if Precision::parse(&precision).is_none() {
-            errors.push(err("precision", format!("unknown precision `{precision}`"), Some("`fp32` or `fp16`".into())));
+            errors.push(LowerError::on("precision", format!("unknown precision `{precision}`"), Some("`fp32` or `fp16`".into())));
         }
         let opset = match f.get("opset") {
             None => 17,
             Some(v) => match v.as_i64() {
                 Some(o) if o >= 17 => o,
                 _ => {
-                    errors.push(err("opset", format!("`opset` must be an integer of at least 17, found {v}"), None));
+                    errors.push(LowerError::on("opset", format!("`opset` must be an integer of at least 17, found {v}"), None));
                     17
                 }
             },
@@ -86,7 +82,7 @@ impl StageKind for Export {
             Some(Value::Bool(b)) => Value::Bool(*b),
             Some(Value::String(s)) if s == "auto" => Value::String("auto".into()),
             Some(v) => {
-                errors.push(err("external_data", format!("`external_data` must be true, false or \"auto\", found {v}"), None));
+                errors.push(LowerError::on("external_data", format!("`external_data` must be true, false or \"auto\", found {v}"), None));
                 Value::Null
             }
         };
@@ -94,7 +90,7 @@ impl StageKind for Export {
             None => true,
             Some(Value::Bool(b)) => *b,
             Some(v) => {
-                errors.push(err("tokenizer", format!("`tokenizer` must be a boolean, found {v}"), None));
+                errors.push(LowerError::on("tokenizer", format!("`tokenizer` must be a boolean, found {v}"), None));
                 true
             }
         };

@@ -26,7 +26,7 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::perplexity::{write_csv_rows, write_json};
+use super::output::{write_csv_rows, write_json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::backend::PRECISIONS;
 

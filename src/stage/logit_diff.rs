@@ -360,8 +360,8 @@ impl Report {
         let row = |out: &mut String, prompt: &str, tokens: String, last: &Diff, all: &Diff| {
             out.push_str(&format!(
                 "{},{},{tokens},{},{},{},{},{},{}\n",
-                csv_field(&self.backend),
-                csv_field(prompt),
+                super::output::csv_field(&self.backend),
+                super::output::csv_field(prompt),
                 num(last.mean_abs_diff),
                 num(last.max_abs_diff),
                 num(last.argmax_agreement_rate),
@@ -380,9 +380,6 @@ impl Report {
 }
 
 /// RFC 4180 quoting where a field needs it.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
 
 #[cfg(test)]
 mod tests {
@@ -412,12 +409,5 @@ mod tests {
         let a = ArrayD::<f32>::zeros(IxDyn(&[1, 2, 3]));
         let b = ArrayD::<f32>::zeros(IxDyn(&[1, 2, 4]));
         assert!(compare("p", &a, &b, &mut Totals::default()).is_err());
-    }
-
-    #[test]
-    fn csv_quotes_prompts_with_commas() {
-        assert_eq!(csv_field("a, b"), "\"a, b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("plain"), "plain");
     }
 }

@@ -16,6 +16,7 @@ pub mod export;
 pub mod fetch;
 pub mod gate;
 pub mod logit_diff;
+pub mod output;
 pub mod perplexity;
 pub mod quantize;
 pub mod stats;
@@ -40,6 +41,13 @@ pub struct LowerError {
     pub field: Vec<String>,
     pub message: String,
     pub help: Option<String>,
+}
+
+impl LowerError {
+    /// A problem with the top-level field `field`.
+    pub fn on(field: &str, message: String, help: Option<String>) -> LowerError {
+        LowerError { field: vec![field.to_string()], message, help }
+    }
 }
 
 /// How a node that ran to completion came out.

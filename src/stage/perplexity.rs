@@ -63,10 +63,6 @@ const FIELDS: &[&str] = &["context", "stride", "max_tokens", "strip", "batch"];
 pub const JSON_OUT: &str = "perplexity.json";
 pub const CSV_OUT: &str = "perplexity.csv";
 
-fn err(field: &str, message: String, help: Option<String>) -> LowerError {
-    LowerError { field: vec![field.to_string()], message, help }
-}
-
 /// A positive integer field, or `default` when absent.
 fn positive(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>, errors: &mut Vec<LowerError>) -> Option<u64> {
     match f.get(name) {
@@ -74,7 +70,7 @@ fn positive(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => Some(n),
             _ => {
-                errors.push(err(name, format!("`{name}` must be a positive integer, found {v}"), None));
+                errors.push(LowerError::on(name, format!("`{name}` must be a positive integer, found {v}"), None));
                 default
             }
         },
@@ -103,11 +99,11 @@ impl StageKind for Perplexity {
         let f = cx.fields;
         let context = positive(f, "context", Some(1024), &mut errors).unwrap_or(1024);
         if context < 2 {
-            errors.push(err("context", "`context` must be at least 2: a window of one token predicts nothing".into(), None));
+            errors.push(LowerError::on("context", "`context` must be at least 2: a window of one token predicts nothing".into(), None));
         }
         let stride = positive(f, "stride", Some((context / 2).max(1)), &mut errors).unwrap_or(1);
         if stride > context {
-            errors.push(err(
+            errors.push(LowerError::on(
                 "stride",
                 format!("`stride` ({stride}) is larger than `context` ({context}): tokens between windows would never be scored"),
                 Some(format!("use a stride of at most {context}")),
@@ -118,7 +114,7 @@ impl StageKind for Perplexity {
             None => true,
             Some(Value::Bool(b)) => *b,
             Some(v) => {
-                errors.push(err("strip", format!("`strip` must be a boolean, found {v}"), None));
+                errors.push(LowerError::on("strip", format!("`strip` must be a boolean, found {v}"), None));
                 true
             }
         };
@@ -187,7 +183,7 @@ impl StageKind for Perplexity {
             }
             Err(BackendError::Failed(e)) => return Err(e),
         };
-        write_json(&cx.root.join(&cx.outs["result"]), &report)?;
+        super::output::write_json(&cx.root.join(&cx.outs["result"]), &report)?;
         write_csv(&cx.root.join(&cx.outs["csv"]), &report.csv_row())?;
         Ok(outcome)
     }
@@ -387,33 +383,8 @@ fn score(
     Ok(())
 }
 
-pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
-    bytes.push(b'\n');
-    std::fs::write(path, bytes).map_err(|e| format!("writing `{}`: {e}", path.display()))
-}
-
-/// A CSV field, quoted when it needs to be.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
-/// Writes a header and one line per row; every row has the same columns.
-pub(crate) fn write_csv_rows(path: &Path, rows: &[Vec<(&'static str, String)>]) -> Result<(), String> {
-    let mut text = String::new();
-    if let Some(first) = rows.first() {
-        text.push_str(&first.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(","));
-        text.push('\n');
-    }
-    for row in rows {
-        text.push_str(&row.iter().map(|(_, v)| csv_field(v)).collect::<Vec<_>>().join(","));
-        text.push('\n');
-    }
-    std::fs::write(path, text).map_err(|e| format!("writing `{}`: {e}", path.display()))
-}
-
 fn write_csv(path: &Path, row: &[(&'static str, String)]) -> Result<(), String> {
-    write_csv_rows(path, &[row.to_vec()])
+    super::output::write_csv_rows(path, &[row.to_vec()])
 }
 
 #[cfg(test)]

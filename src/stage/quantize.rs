@@ -83,10 +83,6 @@ pub const JSON_OUT: &str = "quantize.json";
 pub const MODEL_DIR: &str = "prefill";
 pub const DECODER_DIR: &str = "decoder";
 
-fn err(field: &str, message: String, help: Option<String>) -> LowerError {
-    LowerError { field: vec![field.to_string()], message, help }
-}
-
 #[derive(Serialize)]
 struct CalibrationRef {
     method: String,
@@ -137,13 +133,13 @@ impl StageKind for Quantize {
         let scheme = match f.get("scheme") {
             Some(Value::String(s)) if Scheme::parse(s).is_some() => s.clone(),
             None => {
-                errors.push(err("scheme", "a `quantize` stage needs `scheme = \"static\"` or `\"dynamic\"`".into(), None));
+                errors.push(LowerError::on("scheme", "a `quantize` stage needs `scheme = \"static\"` or `\"dynamic\"`".into(), None));
                 String::new()
             }
             Some(v) => {
                 let help = v.as_str().and_then(|s| crate::diag::suggest(s, ["static", "dynamic"])).or(Some("`static` or `dynamic`".into()));
                 let shown = v.as_str().map_or_else(|| v.to_string(), |s| format!("`{s}`"));
-                errors.push(err("scheme", format!("unknown scheme {shown}"), help));
+                errors.push(LowerError::on("scheme", format!("unknown scheme {shown}"), help));
                 String::new()
             }
         };
@@ -151,7 +147,7 @@ impl StageKind for Quantize {
             None => true,
             Some(Value::Bool(b)) => *b,
             Some(v) => {
-                errors.push(err("per_channel", format!("`per_channel` must be a boolean, found {v}"), None));
+                errors.push(LowerError::on("per_channel", format!("`per_channel` must be a boolean, found {v}"), None));
                 true
             }
         };
@@ -169,7 +165,7 @@ impl StageKind for Quantize {
                 })
                 .collect(),
             Some(v) => {
-                errors.push(err("exclude", format!("`exclude` must be a list of name patterns, found {v}"), Some("exclude = [\"logits\"]".into())));
+                errors.push(LowerError::on("exclude", format!("`exclude` must be a list of name patterns, found {v}"), Some("exclude = [\"logits\"]".into())));
                 Vec::new()
             }
         };
@@ -292,7 +288,7 @@ impl StageKind for Quantize {
             data_bytes: saved.data_bytes,
             decoder,
         };
-        super::perplexity::write_json(&cx.root.join(&cx.outs["report"]), &report)?;
+        super::output::write_json(&cx.root.join(&cx.outs["report"]), &report)?;
         Ok(Outcome::Ok)
     }
 }

@@ -74,7 +74,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use super::perplexity::write_json;
+use super::output::write_json;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::measure::{MODES, RunRecord};
 use crate::stats::{self, Summary};
@@ -149,10 +149,6 @@ pub const COMPARISON_COLUMNS: &[&str] = &[
     "note",
 ];
 
-fn err(field: &str, message: String, help: Option<String>) -> LowerError {
-    LowerError { field: vec![field.into()], message, help }
-}
-
 impl StageKind for Stats {
     fn name(&self) -> &'static str {
         "stats"
@@ -172,7 +168,7 @@ impl StageKind for Stats {
             None => None,
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(v) => {
-                errors.push(err("baseline", format!("`baseline` must be a backend name, found {v}"), None));
+                errors.push(LowerError::on("baseline", format!("`baseline` must be a backend name, found {v}"), None));
                 None
             }
         };
@@ -181,13 +177,13 @@ impl StageKind for Stats {
             Some(v) => match v.as_f64() {
                 Some(a) if a > 0.0 && a < 1.0 => a,
                 _ => {
-                    errors.push(err("alpha", format!("`alpha` is a significance level, a number strictly between 0 and 1; found {v}"), Some("alpha = 0.05".into())));
+                    errors.push(LowerError::on("alpha", format!("`alpha` is a significance level, a number strictly between 0 and 1; found {v}"), Some("alpha = 0.05".into())));
                     DEFAULT_ALPHA
                 }
             },
         };
         if !cx.deps.iter().any(|d| d == "runs") {
-            errors.push(err(
+            errors.push(LowerError::on(
                 "deps",
                 "a `stats` stage needs a dep named `runs`: the sweeps' run records".into(),
                 Some("deps = { runs = \"out/sweep/*/*/runs.jsonl\" }".into()),

@@ -94,7 +94,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::perplexity::write_json;
+use super::output::write_json;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::backend::PRECISIONS;
 use crate::onnx::signature;
