@@ -16,7 +16,7 @@ mod support;
 use std::fs;
 use std::sync::OnceLock;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::reference::{self, Rng, Weights, random_weights_scaled};
 use support::workspace::Workspace;
 use tr118::model::dtype::DType;
