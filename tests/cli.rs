@@ -345,6 +345,16 @@ struct Spawned {
 impl Spawned {
     fn start(mut cmd: Command) -> Spawned {
         cmd.process_group(0);
+        // A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+        // ignored across exec: give the child the default action, as a terminal's Ctrl-C would
+        // find it, whatever ran the tests.
+        // SAFETY: `signal` is async-signal-safe, which is all a pre_exec hook may call.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("spawn tr118");
         let pgid = child.id();
         Spawned { child: Some(child), pgid }
