@@ -18,6 +18,7 @@ pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
 pub mod quantize;
+pub mod report;
 pub mod stats;
 pub mod sweep;
 pub mod trt_build;
@@ -149,6 +150,7 @@ static REGISTRY: &[&dyn StageKind] =
         &calibrate::Calibrate,
         &quantize::Quantize,
         &trt_build::TrtBuild,
+        &report::Report,
     ];
 
 /// Every registered kind.
