@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::format::{self, estimate, pct, pvalue, sig, sig_opt};
+use super::format::{self, estimate, pct, pvalue, sig_opt};
 use super::plots::{self, Bar, BarChart, DistributionChart, Series};
 use super::{Inputs, Plot, ReportError};
 use crate::measure::{MODES, RunRecord};
@@ -311,16 +311,21 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
         .collect();
     let overall: Vec<Value> = shape.backends.iter().filter_map(|b| shape.row(b, mode, crate::stage::stats::OVERALL)).cloned().collect();
     let comparisons: Vec<Value> = shape.comparisons.iter().filter(|r| r["mode"] == mode).cloned().collect();
+    // One warning per backend and note, naming where it applies: a note repeated over every
+    // scenario says one thing.
+    let mut notes: Vec<((String, String, String), Vec<String>)> = Vec::new();
     for c in &comparisons {
         if let Some(note) = text(c, "note").filter(|n| !n.is_empty()) {
-            warnings.push(format!(
-                "{} / {} / {} vs {}: {note}",
-                mode,
-                text(c, "scenario").unwrap_or_default(),
-                text(c, "backend").unwrap_or_default(),
-                text(c, "baseline").unwrap_or_default()
-            ));
+            let key = (text(c, "backend").unwrap_or_default(), text(c, "baseline").unwrap_or_default(), note);
+            let at = text(c, "scenario").unwrap_or_default();
+            match notes.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(at),
+                None => notes.push((key, vec![at])),
+            }
         }
+    }
+    for ((backend, baseline, note), at) in notes {
+        warnings.push(format!("{} / {backend} vs {baseline}, {}: {note}", mode_title(mode), if at.len() > 3 { plural(at.len(), "comparison", "comparisons") } else { join_names(&at) }));
     }
     let any = |keys: &[&str]| rows.iter().any(|r| keys.iter().any(|k| num(r, k).is_some()));
     let has_ttft = any(&["ttft_mean_ms", "tpot_mean_ms"]);
@@ -478,8 +483,9 @@ fn best(shape: &Shape, mode: &str) -> Value {
     let compared = if is_baseline { runner_up.clone() } else { Some(name.clone()) };
     let comparison = compared.as_deref().and_then(|b| shape.comparison(b, mode, overall)).cloned();
 
+    let alpha = format::plain(shape.alpha);
     let mut sentence = format!(
-        "{}: {} has the lowest mean latency, {} ms over all scenarios, fastest in {} of {} scenarios",
+        "{}: {} has the lowest mean latency, {} ms over all scenarios pooled, and is the fastest in {} of {} scenarios",
         mode_title(mode),
         name,
         estimate(num(row, "latency_mean_ms"), num(row, "latency_ci95_lo_ms"), num(row, "latency_ci95_hi_ms")),
@@ -488,23 +494,29 @@ fn best(shape: &Shape, mode: &str) -> Value {
     );
     if let Some(c) = &comparison {
         let verdict = match text(c, "significant").as_deref() {
-            Some("yes") => format!("significant at α = {}", sig(shape.alpha, 2)),
-            Some("no") => format!("not significant at α = {}", sig(shape.alpha, 2)),
+            Some("yes") => format!("significant at α = {alpha}"),
+            Some("no") => format!("not significant at α = {alpha}"),
             _ => "no test".to_string(),
         };
-        let p = pvalue(num(c, "p_holm"));
+        let other = text(c, "backend").unwrap_or_default();
+        let baseline = text(c, "baseline").unwrap_or_default();
+        let pooled = format!("{} pooled (Holm-adjusted p {}, {verdict})", pct(num(c, "latency_pct_change")), pvalue(num(c, "p_holm")));
+        // Pooled samples mix scenarios, so their spread is wide; the per-scenario tests are
+        // the like-for-like ones.
+        let per: Vec<&Value> = scenarios.iter().filter_map(|s| shape.comparison(&other, mode, s)).filter(|r| num(r, "latency_pct_change").is_some()).collect();
+        let changes: Vec<f64> = per.iter().filter_map(|r| num(r, "latency_pct_change")).collect();
+        let significant = per.iter().filter(|r| r["significant"] == "yes").count();
+        let per_text = match (changes.iter().copied().reduce(f64::min), changes.iter().copied().reduce(f64::max)) {
+            (Some(lo), Some(hi)) if changes.len() > 1 => {
+                format!("; per scenario {} to {}, significant in {significant} of {}", pct(Some(lo)), pct(Some(hi)), per.len())
+            }
+            (Some(x), _) => format!("; per scenario {}, significant in {significant} of 1", pct(Some(x))),
+            _ => String::new(),
+        };
         if is_baseline {
-            sentence.push_str(&format!(
-                "; it is the baseline, and the next fastest, {}, is {} slower (Holm-adjusted p {p}, {verdict})",
-                text(c, "backend").unwrap_or_default(),
-                pct(num(c, "latency_pct_change"))
-            ));
+            sentence.push_str(&format!(". It is the baseline; the next fastest, {other}, changes latency by {pooled}{per_text}"));
         } else {
-            sentence.push_str(&format!(
-                "; {} vs the baseline {} (Holm-adjusted p {p}, {verdict})",
-                pct(num(c, "latency_pct_change")),
-                text(c, "baseline").unwrap_or_default()
-            ));
+            sentence.push_str(&format!(". Against the baseline {baseline}: {pooled}{per_text}"));
         }
     } else if shape.baseline.is_some() && !is_baseline {
         sentence.push_str("; no comparison with the baseline exists for it");
@@ -543,11 +555,10 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
             .min_by(|x, y| num(x.1, "ttft_mean_ms").unwrap_or(f64::INFINITY).total_cmp(&num(y.1, "ttft_mean_ms").unwrap_or(f64::INFINITY)));
         if let Some((b, r)) = ttft {
             out.push(format!(
-                "{}: the shortest time to first token is {}'s, {} ms (mean over all scenarios, 95% CI {} ms).",
+                "{}: the shortest time to first token is {}'s, {} ms over all scenarios pooled.",
                 mode_title(mode),
                 b,
-                sig_opt(num(r, "ttft_mean_ms"), 4),
-                format::interval(num(r, "ttft_ci95_lo_ms"), num(r, "ttft_ci95_hi_ms"))
+                estimate(num(r, "ttft_mean_ms"), num(r, "ttft_ci95_lo_ms"), num(r, "ttft_ci95_hi_ms"))
             ));
         }
     }
@@ -652,7 +663,7 @@ fn abstract_text(shape: &Shape, a: &Artifacts) -> Vec<String> {
         Some(b) => paras.push(format!(
             "Every other backend is compared with the baseline {b} by Welch's t-test on latency, with p-values adjusted by Holm over all {} and Cohen's d as the effect size; α = {}.",
             plural(n_cmp, "comparison", "comparisons"),
-            sig(shape.alpha, 2)
+            format::plain(shape.alpha)
         )),
         None => paras.push("The statistics name no baseline, so no backend is tested against another.".into()),
     }

@@ -7,6 +7,7 @@
 //! | [`estimate`]| `12.35 [12.31, 12.38]`       | a mean and its interval with the decimals of two significant digits of the half-width, so the interval shows and the mean claims no more precision than it has |
 //! | [`pct`]     | `+12.3%`, `-4.0%`            | signed, one decimal                                          |
 //! | [`pvalue`]  | `0.0123`, `2.8e-218`         | three significant digits, scientific below 0.001; never rounded to 0 |
+//! | [`plain`]   | `0.05`                       | a configured value (a threshold, α) as written, exactly      |
 //! | [`count`]   | `16,384`                     | digits grouped by three                                      |
 //! | [`bytes`]   | `512 B`, `1.23 MiB`          | binary units, three significant digits                       |
 //! | [`share`]   | `12.5%`                      | a fraction in `[0, 1]` as a percentage, three significant digits |
@@ -53,6 +54,11 @@ pub fn sig_opt(x: Option<f64>, digits: usize) -> String {
 pub fn interval_decimals(lo: f64, hi: f64) -> Option<usize> {
     let half = (hi - lo).abs() / 2.0;
     (half.is_finite() && half > 0.0).then(|| decimals(half, 2).min(9))
+}
+
+/// A configured value as written, in its shortest exact form: `0.05`, `0.001`.
+pub fn plain(x: f64) -> String {
+    if x.is_finite() { format!("{x}") } else { UNDEFINED.to_string() }
 }
 
 /// `mean [lo, hi]` (see the module doc); the mean alone, four significant digits, without an

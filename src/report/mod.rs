@@ -32,7 +32,7 @@
 //! name contains `.html` are HTML-escaped; charts are inserted as trusted markup (`svg`).
 //!
 //! Filters, registered here and documented in [`format`]: `num(digits=3)`, `est(lo, hi)`
-//! (`mean [lo, hi]`), `ci(hi)` on `lo`, `pct`, `pvalue`, `count`, `bytes`, `share`, `cell`
+//! (`mean [lo, hi]`), `ci(hi)` on `lo`, `plain` (a configured value as written), `pct`, `pvalue`, `count`, `bytes`, `share`, `cell`
 //! (a Markdown table cell: `|` escaped, one line), `short(n=12)` (a digest's first
 //! characters) and `anchor` (a string as an HTML id).
 //!
@@ -235,6 +235,9 @@ fn environment(sources: &Sources) -> Result<Environment<'static>, ReportError> {
         Ok(format::estimate(number(&v, "est")?, number(&lo, "est")?, number(&hi, "est")?))
     });
     env.add_filter("ci", |lo: JinjaValue, hi: JinjaValue| -> Result<String, minijinja::Error> { Ok(format::interval(number(&lo, "ci")?, number(&hi, "ci")?)) });
+    env.add_filter("plain", |v: JinjaValue| -> Result<String, minijinja::Error> {
+        Ok(number(&v, "plain")?.map_or_else(|| format::UNDEFINED.to_string(), format::plain))
+    });
     env.add_filter("pct", |v: JinjaValue| -> Result<String, minijinja::Error> { Ok(format::pct(number(&v, "pct")?)) });
     env.add_filter("pvalue", |v: JinjaValue| -> Result<String, minijinja::Error> { Ok(format::pvalue(number(&v, "pvalue")?)) });
     env.add_filter("share", |v: JinjaValue| -> Result<String, minijinja::Error> { Ok(format::share(number(&v, "share")?)) });

@@ -44,6 +44,11 @@ pub const LOG_SPAN: f64 = 30.0;
 const FONT: &str = "sans-serif";
 const WIDTH: u32 = 860;
 const HEIGHT: u32 = 400;
+// Plotters' SVG backend writes `font-size` as the size asked for divided by 1.24; these give
+// 16, 12 and 13 px text.
+const TITLE_SIZE: f64 = 19.8;
+const LABEL_SIZE: f64 = 14.9;
+const DESC_SIZE: f64 = 16.1;
 const INK: RGBColor = RGBColor(0x33, 0x33, 0x33);
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +118,7 @@ fn legend_width(names: &[&str]) -> u32 {
 
 /// Draws the legend, top to bottom, in `area`.
 fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, entries: &[(&str, usize)], top: i32) -> Result<(), String> {
-    let style = TextStyle::from((FONT, 13).into_font()).color(&INK).pos(Pos::new(HPos::Left, VPos::Center));
+    let style = TextStyle::from((FONT, DESC_SIZE).into_font()).color(&INK).pos(Pos::new(HPos::Left, VPos::Center));
     for (i, (name, c)) in entries.iter().enumerate() {
         let y = top + 22 * i as i32;
         area.draw(&Rectangle::new([(8, y - 6), (20, y + 6)], color(*c).filled())).map_err(|e| e.to_string())?;
@@ -175,7 +180,7 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let (plot, side) = root.split_horizontally(WIDTH - legend_w);
         let mut c = ChartBuilder::on(&plot)
-            .caption(chart.title, (FONT, 17).into_font().color(&INK))
+            .caption(chart.title, (FONT, TITLE_SIZE).into_font().color(&INK))
             .margin(12)
             .x_label_area_size(x_area)
             .y_label_area_size(68)
@@ -184,23 +189,23 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
         let categories = chart.categories;
         let x_fmt = |x: &f64| categories.get(x.round().max(0.0) as usize).cloned().unwrap_or_default();
         let percent = chart.percent;
-        let y_fmt = move |y: &f64| if percent { format!("{}%", format::sig(y * 100.0, 3)) } else { format::sig(*y, 3) };
+        let y_fmt = move |y: &f64| if percent { format!("{}%", tick_label(y * 100.0)) } else { tick_label(*y) };
         let label_style = if fits {
-            TextStyle::from((FONT, 12).into_font()).color(&INK)
+            TextStyle::from((FONT, LABEL_SIZE).into_font()).color(&INK)
         } else {
-            TextStyle::from((FONT, 12).into_font().transform(FontTransform::Rotate90)).color(&INK).pos(Pos::new(HPos::Left, VPos::Center))
+            TextStyle::from((FONT, LABEL_SIZE).into_font().transform(FontTransform::Rotate90)).color(&INK).pos(Pos::new(HPos::Left, VPos::Center))
         };
         c.configure_mesh()
             .disable_x_mesh()
             .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
             .axis_style(INK)
             .x_label_style(label_style)
-            .y_label_style((FONT, 12).into_font().color(&INK))
+            .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
             .x_desc(chart.x_label)
             .y_desc(chart.y_label)
-            .axis_desc_style((FONT, 13).into_font().color(&INK))
+            .axis_desc_style((FONT, DESC_SIZE).into_font().color(&INK))
             .draw()
             .map_err(|x| e(x.to_string()))?;
 
@@ -212,10 +217,15 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
                 let x0 = i as f64 - 0.4 + slot * j as f64;
                 let (x0, x1) = (x0 + slot * 0.06, x0 + slot * 0.94);
                 c.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, b.value)], fill.filled()))).map_err(|x| e(x.to_string()))?;
+                // The top edge again as a line, so that a bar of 0 still shows (against a
+                // missing bar: no runs at all).
+                c.draw_series(std::iter::once(PathElement::new(vec![(x0, b.value), (x1, b.value)], fill.stroke_width(2)))).map_err(|x| e(x.to_string()))?;
                 if let (Some(lo), Some(hi)) = (b.lo, b.hi) {
                     let mid = (x0 + x1) / 2.0;
-                    c.draw_series(std::iter::once(ErrorBar::new_vertical(mid, lo, b.value, hi, INK.stroke_width(1), 8)))
-                        .map_err(|x| e(x.to_string()))?;
+                    let cap = (x1 - x0) * 0.15;
+                    for line in [vec![(mid, lo), (mid, hi)], vec![(mid - cap, lo), (mid + cap, lo)], vec![(mid - cap, hi), (mid + cap, hi)]] {
+                        c.draw_series(std::iter::once(PathElement::new(line, INK.stroke_width(1)))).map_err(|x| e(x.to_string()))?;
+                    }
                 }
             }
         }
@@ -321,16 +331,16 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
         let (plot, side) = root.split_horizontally(WIDTH - legend_w);
         let x_range = categories_axis(n);
         let mut builder = ChartBuilder::on(&plot);
-        builder.caption(chart.title, (FONT, 17).into_font().color(&INK)).margin(12).x_label_area_size(x_area).y_label_area_size(68);
+        builder.caption(chart.title, (FONT, TITLE_SIZE).into_font().color(&INK)).margin(12).x_label_area_size(x_area).y_label_area_size(68);
         let y_range = Axis { lo: y_lo, hi: y_hi, ticks: if log { ticks } else { nice_ticks(y_lo, y_hi, 8) } };
         let mut c = builder.build_cartesian_2d(x_range, y_range).map_err(|x| e(x.to_string()))?;
         let categories = chart.categories;
         let x_fmt = |x: &f64| categories.get(x.round().max(0.0) as usize).cloned().unwrap_or_default();
-        let y_fmt = move |y: &f64| format::sig(if log { 10f64.powf(*y) } else { *y }, 3);
+        let y_fmt = move |y: &f64| tick_label(if log { 10f64.powf(*y) } else { *y });
         let label_style = if fits {
-            TextStyle::from((FONT, 12).into_font()).color(&INK)
+            TextStyle::from((FONT, LABEL_SIZE).into_font()).color(&INK)
         } else {
-            TextStyle::from((FONT, 12).into_font().transform(FontTransform::Rotate90)).color(&INK).pos(Pos::new(HPos::Left, VPos::Center))
+            TextStyle::from((FONT, LABEL_SIZE).into_font().transform(FontTransform::Rotate90)).color(&INK).pos(Pos::new(HPos::Left, VPos::Center))
         };
         let y_desc = if log { format!("{} (log scale)", chart.y_label) } else { chart.y_label.to_string() };
         c.configure_mesh()
@@ -338,12 +348,12 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
             .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
             .axis_style(INK)
             .x_label_style(label_style)
-            .y_label_style((FONT, 12).into_font().color(&INK))
+            .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
             .x_desc(chart.x_label)
             .y_desc(y_desc)
-            .axis_desc_style((FONT, 13).into_font().color(&INK))
+            .axis_desc_style((FONT, DESC_SIZE).into_font().color(&INK))
             .draw()
             .map_err(|x| e(x.to_string()))?;
 
@@ -388,6 +398,17 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
     Ok(finish(svg, chart.title))
 }
 
+/// A tick's value as people write round numbers: `40`, `2.5`, `0.05`, never `40.0`.
+fn tick_label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    // Ticks are round, but arrive through sums and powers with float noise: keep 6 digits.
+    let scale = 10f64.powi(5 - v.abs().log10().floor() as i32);
+    let rounded = (v * scale).round() / scale;
+    if rounded.abs() >= 1e6 || rounded.abs() < 1e-4 { format::sig(rounded, 3) } else { format!("{rounded}") }
+}
+
 /// About `n` round tick values (1, 2 or 5 times a power of ten apart) covering `[lo, hi]`.
 fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     let span = (hi - lo).max(1e-12);
@@ -419,6 +440,14 @@ mod tests {
     #[test]
     fn log_ticks_are_1_2_5_per_decade_within_the_range() {
         assert_eq!(log_ticks(0.8, 60.0), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
+    }
+
+    #[test]
+    fn tick_labels_are_written_as_round_numbers() {
+        assert_eq!(tick_label(40.0), "40");
+        assert_eq!(tick_label(0.1 + 0.2), "0.3");
+        assert_eq!(tick_label(10f64.powf(2f64.log10())), "2");
+        assert_eq!(tick_label(0.0), "0");
     }
 
     #[test]
