@@ -251,7 +251,7 @@ pub(super) fn build(inputs: &Inputs, a: &Artifacts) -> Result<(Value, Vec<Plot>)
     let methodology = methodology(&shape, a, &mut warnings);
     let gate = a.gate.as_ref().map(gate_section);
     let overhead = overhead(a);
-    let limitations = limitations(&shape, a);
+    let limitations = limitations(a);
     let findings = findings(&shape, a);
     let summary = abstract_text(&shape, a);
 
@@ -304,13 +304,22 @@ fn plot_ref(p: &Plot) -> Value {
 fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>, warnings: &mut Vec<String>) -> Result<Value, ReportError> {
     let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
     let rows: Vec<&Value> = shape.summary.iter().filter(|r| r["mode"] == mode).collect();
+    let overall: Vec<Value> = shape.backends.iter().filter_map(|b| shape.row(b, mode, crate::stage::stats::OVERALL)).cloned().collect();
+    // A backend without one ok run in the mode would fill the detailed tables with empty rows;
+    // it keeps its line in the summary and is named under the tables instead.
+    let mut measured: Vec<String> = Vec::new();
+    let mut unmeasured: Vec<String> = Vec::new();
+    for r in &overall {
+        let b = text(r, "backend").unwrap_or_default();
+        if count_of(r, "n_ok").unwrap_or(0) > 0 { measured.push(b) } else { unmeasured.push(b) }
+    }
     let per_scenario: Vec<Value> = scenarios
         .iter()
-        .flat_map(|s| shape.backends.iter().filter_map(move |b| shape.row(b, mode, s)))
+        .flat_map(|s| measured.iter().filter_map(move |b| shape.row(b, mode, s)))
         .cloned()
         .collect();
-    let overall: Vec<Value> = shape.backends.iter().filter_map(|b| shape.row(b, mode, crate::stage::stats::OVERALL)).cloned().collect();
-    let comparisons: Vec<Value> = shape.comparisons.iter().filter(|r| r["mode"] == mode).cloned().collect();
+    let comparisons: Vec<Value> =
+        shape.comparisons.iter().filter(|r| r["mode"] == mode && measured.iter().any(|b| r["backend"] == b.as_str())).cloned().collect();
     // One warning per backend and note, naming where it applies: a note repeated over every
     // scenario says one thing.
     let mut notes: Vec<((String, String, String), Vec<String>)> = Vec::new();
@@ -409,6 +418,7 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
         "scenarios": scenario_shapes(shape, mode, &scenarios),
         "rows": per_scenario,
         "overall": overall,
+        "unmeasured": unmeasured,
         "comparisons": comparisons,
         "has_ttft": has_ttft,
         "has_resources": has_resources,
@@ -507,6 +517,9 @@ fn best(shape: &Shape, mode: &str) -> Value {
         let changes: Vec<f64> = per.iter().filter_map(|r| num(r, "latency_pct_change")).collect();
         let significant = per.iter().filter(|r| r["significant"] == "yes").count();
         let per_text = match (changes.iter().copied().reduce(f64::min), changes.iter().copied().reduce(f64::max)) {
+            (Some(lo), Some(hi)) if changes.len() > 1 && pct(Some(lo)) == pct(Some(hi)) => {
+                format!("; per scenario {} in each, significant in {significant} of {}", pct(Some(lo)), per.len())
+            }
             (Some(lo), Some(hi)) if changes.len() > 1 => {
                 format!("; per scenario {} to {}, significant in {significant} of {}", pct(Some(lo)), pct(Some(hi)), per.len())
             }
@@ -562,24 +575,36 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
             ));
         }
     }
+    // Backends without a single measurement, in every mode they were swept in or in some.
+    let mut nothing: Vec<(String, Vec<String>)> = Vec::new();
     for d in list(&a.stats.value, "degraded") {
         let (n, total) = (count_of(d, "n_degraded").unwrap_or(0), count_of(d, "n_total").unwrap_or(0));
         if n == total && total > 0 {
-            let first = list(d, "reasons").first().and_then(|r| text(r, "reason")).unwrap_or_else(|| "no reason given".into());
-            out.push(format!(
-                "{} produced no measurement in {}: all {} runs degraded ({first}).",
-                text(d, "backend").unwrap_or_default(),
-                text(d, "mode").unwrap_or_default(),
-                format::count(total as i64)
-            ));
+            let (b, m) = (text(d, "backend").unwrap_or_default(), text(d, "mode").unwrap_or_default());
+            match nothing.iter_mut().find(|(x, _)| *x == b) {
+                Some((_, modes)) => modes.push(m),
+                None => nothing.push((b, vec![m])),
+            }
         }
+    }
+    let swept = |b: &str| shape.modes.iter().filter(|m| shape.row(b, m, crate::stage::stats::OVERALL).is_some()).count();
+    let (all, some): (Vec<_>, Vec<_>) = nothing.into_iter().partition(|(b, modes)| modes.len() == swept(b));
+    if !all.is_empty() {
+        let names: Vec<String> = all.into_iter().map(|(b, _)| b).collect();
+        out.push(format!("No measurement at all from {}: every run degraded (the reasons are under Limitations).", join_names(&names)));
+    }
+    for (b, modes) in some {
+        out.push(format!("{b} produced no measurement in {}: every run there degraded (the reasons are under Limitations).", join_names(&modes)));
     }
     if let Some(g) = &a.gate {
         let rows = list(&g.value, "backends");
         let failed: Vec<String> = rows
             .iter()
             .filter(|r| r["pass"] == false)
-            .map(|r| format!("{} ({} relative PPL change {} > {})", text(r, "backend").unwrap_or_default(), text(r, "precision").unwrap_or_default(), sig_opt(num(r, "rel_delta"), 3), sig_opt(num(r, "threshold"), 2)))
+            .map(|r| {
+                let threshold = num(r, "threshold").map_or_else(|| format::UNDEFINED.to_string(), format::plain);
+                format!("{} ({} relative PPL change {} > {threshold})", text(r, "backend").unwrap_or_default(), text(r, "precision").unwrap_or_default(), sig_opt(num(r, "rel_delta"), 3))
+            })
             .collect();
         let passed = rows.iter().filter(|r| r["pass"] == true).count();
         let reference = text(&g.value, "reference").unwrap_or_default();
@@ -605,6 +630,7 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
             }
         ));
     }
+    let mut unbuilt: Vec<(String, Vec<String>)> = Vec::new();
     for t in &a.trt {
         let v = &t.value;
         let p = text(v, "precision").unwrap_or_default();
@@ -619,8 +645,16 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
                 list(v, "flags").iter().filter_map(Value::as_str).map(|f| format!("; flagged: {f}")).collect::<String>()
             ));
         } else {
-            out.push(format!("TensorRT {p} plan: not built here: {}.", text(v, "reason").unwrap_or_else(|| "no reason given".into())));
+            let reason = text(v, "reason").unwrap_or_else(|| "no reason given".into());
+            match unbuilt.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, ps)) => ps.push(p),
+                None => unbuilt.push((reason, vec![p])),
+            }
         }
+    }
+    for (reason, ps) in unbuilt {
+        let what = if ps.len() == 1 { format!("TensorRT {} plan", ps[0]) } else { format!("TensorRT {} plans", join_names(&ps)) };
+        out.push(format!("{what}: not built here: {reason}."));
     }
     out
 }
@@ -681,55 +715,89 @@ fn abstract_text(shape: &Shape, a: &Artifacts) -> Vec<String> {
     paras
 }
 
-fn limitations(shape: &Shape, a: &Artifacts) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut push = |area: &str, subject: String, reason: String, count: Option<u64>, of: Option<u64>, unit: &str| {
-        out.push(json!({ "area": area, "subject": subject, "reason": reason, "count": count, "of": of, "unit": unit }));
+/// One degraded thing: what, where, why and how many.
+struct Limitation {
+    area: &'static str,
+    /// Who (a backend, a plan, a model) and, for runs, in which mode.
+    subjects: Vec<(String, Option<String>)>,
+    reason: String,
+    count: Option<u64>,
+    of: Option<u64>,
+    unit: &'static str,
+    /// Whether entries of one area with the same reason become one line.
+    merge: bool,
+}
+
+fn limitations(a: &Artifacts) -> Vec<Value> {
+    let mut raw: Vec<Limitation> = Vec::new();
+    let mut push = |area, who: String, detail: Option<String>, reason: String, count, of, unit, merge| {
+        raw.push(Limitation { area, subjects: vec![(who, detail)], reason, count, of, unit, merge });
     };
+    let reason_of = |v: &Value| text(v, "reason").unwrap_or_else(|| "no reason given".into());
     for d in list(&a.stats.value, "degraded") {
-        let subject = format!("{} / {}", text(d, "backend").unwrap_or_default(), text(d, "mode").unwrap_or_default());
         for r in list(d, "reasons") {
-            push("latency", subject.clone(), text(r, "reason").unwrap_or_default(), count_of(r, "count"), count_of(d, "n_total"), "runs");
+            push("latency", text(d, "backend").unwrap_or_default(), text(d, "mode"), reason_of(r), count_of(r, "count"), count_of(d, "n_total"), "runs", true);
         }
     }
     if let Some(reason) = text(&a.stats.value, "reason") {
-        push("statistics", "stats".into(), reason, None, None, "");
+        push("statistics", "stats".into(), None, reason, None, None, "", false);
     }
-    for d in &a.perplexity {
-        if d.value["status"] != "ok" {
-            push("perplexity", text(&d.value, "backend").unwrap_or_default(), text(&d.value, "reason").unwrap_or_else(|| "no reason given".into()), None, None, "");
-        }
+    for d in a.perplexity.iter().filter(|d| d.value["status"] != "ok") {
+        push("perplexity", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
     }
-    if let Some(g) = &a.gate
-        && g.value["status"] != "ok"
-    {
-        push("accuracy gate", "gate".into(), text(&g.value, "reason").unwrap_or_else(|| "no reason given".into()), None, None, "");
+    if let Some(g) = a.gate.as_ref().filter(|g| g.value["status"] != "ok") {
+        push("accuracy gate", "gate".into(), None, reason_of(&g.value), None, None, "", false);
     }
-    for d in &a.logits {
-        if d.value["status"] != "ok" {
-            push("logits", text(&d.value, "backend").unwrap_or_default(), text(&d.value, "reason").unwrap_or_else(|| "no reason given".into()), None, None, "");
-        }
+    for d in a.logits.iter().filter(|d| d.value["status"] != "ok") {
+        push("logits", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
     }
     for t in &a.trt {
-        let p = text(&t.value, "precision").unwrap_or_default();
+        let plan = format!("{} plan", text(&t.value, "precision").unwrap_or_default());
         if t.value["status"] != "ok" {
-            push("TensorRT", format!("{p} plan"), text(&t.value, "reason").unwrap_or_else(|| "no reason given".into()), None, None, "");
+            push("TensorRT", plan.clone(), None, reason_of(&t.value), None, None, "", true);
         }
         for f in list(&t.value, "flags").iter().filter_map(Value::as_str) {
-            push("TensorRT", format!("{p} plan"), f.to_string(), None, None, "");
+            push("TensorRT", plan.clone(), None, f.to_string(), None, None, "", true);
         }
     }
     for q in &a.quantize {
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         for op in list(&q.value, "left_float") {
-            *reasons.entry(text(op, "reason").unwrap_or_else(|| "no reason given".into())).or_default() += 1;
+            *reasons.entry(reason_of(op)).or_default() += 1;
         }
+        // Each model's coverage is its own: counts of two models do not add up to anything.
         for (reason, n) in reasons {
-            push("INT8", format!("{} ({})", q.node(), text(&q.value, "scheme").unwrap_or_default()), format!("left in float: {reason}"), Some(n), count_of(&q.value, "matmul_total"), "MatMuls");
+            let who = format!("{} ({})", q.node(), text(&q.value, "scheme").unwrap_or_default());
+            push("INT8", who, None, format!("left in float: {reason}"), Some(n), count_of(&q.value, "matmul_total"), "MatMuls", false);
         }
     }
-    let _ = shape;
-    out
+
+    // The same reason over several backends or modes is one line, its counts summed.
+    let mut merged: Vec<Limitation> = Vec::new();
+    for l in raw {
+        match merged.iter_mut().find(|m| m.merge && l.merge && m.area == l.area && m.reason == l.reason && m.unit == l.unit) {
+            Some(m) => {
+                m.subjects.extend(l.subjects);
+                m.count = m.count.zip(l.count).map(|(x, y)| x + y);
+                m.of = m.of.zip(l.of).map(|(x, y)| x + y);
+            }
+            None => merged.push(l),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|l| {
+            let mut who: Vec<(String, Vec<String>)> = Vec::new();
+            for (w, detail) in l.subjects {
+                match who.iter_mut().find(|(x, _)| *x == w) {
+                    Some((_, details)) => details.extend(detail),
+                    None => who.push((w, detail.into_iter().collect())),
+                }
+            }
+            let subject: Vec<String> = who.into_iter().map(|(w, d)| if d.is_empty() { w } else { format!("{w} ({})", d.join(", ")) }).collect();
+            json!({ "area": l.area, "subject": subject.join(", "), "reason": l.reason, "count": l.count, "of": l.of, "unit": l.unit })
+        })
+        .collect()
 }
 
 fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<String>) -> Value {

@@ -34,7 +34,8 @@
 //! Filters, registered here and documented in [`format`]: `num(digits=3)`, `est(lo, hi)`
 //! (`mean [lo, hi]`), `ci(hi)` on `lo`, `plain` (a configured value as written), `pct`, `pvalue`, `count`, `bytes`, `share`, `cell`
 //! (a Markdown table cell: `|` escaped, one line), `short(n=12)` (a digest's first
-//! characters) and `anchor` (a string as an HTML id).
+//! characters), `anchor` (a string as an HTML id) and `inline` (text as HTML with its
+//! `quoted` names as code).
 //!
 //! ## The context
 //!
@@ -260,6 +261,7 @@ fn environment(sources: &Sources) -> Result<Environment<'static>, ReportError> {
         }
         v.to_string().chars().take(n.unwrap_or(12)).collect()
     });
+    env.add_filter("inline", |v: JinjaValue| -> JinjaValue { JinjaValue::from_safe_string(inline_html(&v.to_string())) });
     env.add_filter("anchor", |v: JinjaValue| -> String {
         v.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
     });
@@ -268,6 +270,39 @@ fn environment(sources: &Sources) -> Result<Environment<'static>, ReportError> {
         env.add_template_owned(name.clone(), source.clone()).map_err(|e| template_error(&e, sources))?;
     }
     Ok(env)
+}
+
+/// Text as HTML, with `name` spans (as reasons and notes quote names) set as code.
+fn inline_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let escape = |s: &str, out: &mut String| {
+        for c in s.chars() {
+            match c {
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '&' => out.push_str("&amp;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+        }
+    };
+    let parts: Vec<&str> = text.split('`').collect();
+    // An odd number of parts means every backtick is paired.
+    let paired = parts.len() % 2 == 1;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 && !paired {
+            out.push('`');
+        }
+        if paired && i % 2 == 1 {
+            out.push_str("<code>");
+            escape(part, &mut out);
+            out.push_str("</code>");
+        } else {
+            escape(part, &mut out);
+        }
+    }
+    out
 }
 
 /// Reads the artifacts and renders both templates.
@@ -280,4 +315,15 @@ pub fn render(inputs: &Inputs) -> Result<Rendered, ReportError> {
     let ctx = minijinja::context! { svg => svg, ..JinjaValue::from_serialize(&data) };
     let render = |name: &str| env.get_template(name).and_then(|t| t.render(&ctx)).map_err(|e| template_error(&e, &sources));
     Ok(Rendered { markdown: render(MD_TEMPLATE)?, html: render(HTML_TEMPLATE)?, context: data, plots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inline_html;
+
+    #[test]
+    fn quoted_names_become_code_and_the_rest_is_escaped() {
+        assert_eq!(inline_html("`trtexec` not found <here> & `x`"), "<code>trtexec</code> not found &lt;here&gt; &amp; <code>x</code>");
+        assert_eq!(inline_html("an odd ` stays"), "an odd ` stays");
+    }
 }
