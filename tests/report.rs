@@ -412,7 +412,6 @@ fn a_study_renders_every_section_with_the_fixture_numbers_and_no_undefined_words
     assert_eq!(m.status("report"), "ok", "{}", m.run);
     let md = read(&ws, "out/report/report.md");
     let html = read(&ws, "out/report/report.html");
-    let _ = std::process::Command::new("cp").args(["-r", ws.path("out/report").to_str().unwrap(), "/tmp/report-debug"]).status(); let _ = std::process::Command::new("cp").args(["-r", ws.root().to_str().unwrap(), "/tmp/report-ws"]).status(); // DEBUG
 
     for s in SECTIONS {
         assert!(md.contains(&format!("\n## {s}\n")), "report.md lacks the section `{s}`");

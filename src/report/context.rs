@@ -99,9 +99,9 @@ impl Artifacts {
             runs.extend(read_runs(root, p)?);
         }
         let mut perplexity = docs("perplexity")?;
-        perplexity.sort_by(|a, b| text(&a.value, "backend").cmp(&text(&b.value, "backend")));
+        perplexity.sort_by_key(|d| text(&d.value, "backend"));
         let mut logits = docs("logits")?;
-        logits.sort_by(|a, b| text(&a.value, "backend").cmp(&text(&b.value, "backend")));
+        logits.sort_by_key(|d| text(&d.value, "backend"));
         let mut trt = docs("trt")?;
         trt.sort_by_key(|d| precision_rank(&text(&d.value, "precision").unwrap_or_default()));
         Ok(Artifacts {

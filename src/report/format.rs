@@ -101,7 +101,7 @@ pub fn pct(x: Option<f64>) -> String {
 /// A p-value: three significant digits, scientific below 0.001.
 pub fn pvalue(p: Option<f64>) -> String {
     match p.filter(|p| p.is_finite()) {
-        Some(p) if p == 0.0 => "< 1e-300".to_string(),
+        Some(0.0) => "< 1e-300".to_string(),
         Some(p) if p < 1e-3 => format!("{p:.1e}"),
         Some(p) => sig(p, 3),
         None => UNDEFINED.to_string(),
@@ -116,7 +116,7 @@ pub fn count(n: i64) -> String {
         out.push('-');
     }
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -148,7 +148,7 @@ pub fn bytes(n: f64) -> String {
 /// A fraction as a percentage with three significant digits: `0.125` → `12.5%`.
 pub fn share(x: Option<f64>) -> String {
     match x.filter(|x| x.is_finite()) {
-        Some(x) if x == 0.0 => "0%".to_string(),
+        Some(0.0) => "0%".to_string(),
         Some(x) => {
             let p = x * 100.0;
             // Below 0.001 % scientific notation would be noise in a rate.

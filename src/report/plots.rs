@@ -42,7 +42,7 @@ pub const PALETTE: [(u8, u8, u8); 10] = [
 pub const LOG_SPAN: f64 = 30.0;
 
 const FONT: &str = "sans-serif";
-const WIDTH: u32 = 860;
+const WIDTH: u32 = 960;
 const HEIGHT: u32 = 400;
 // Plotters' SVG backend writes `font-size` as the size asked for divided by 1.24; these give
 // 16, 12 and 13 px text.
@@ -127,6 +127,21 @@ fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, en
     Ok(())
 }
 
+/// Category names under the x axis at `anchors` (the axis point of each category): level when
+/// they fit, else turned to read upwards, ending just below the axis.
+fn category_labels<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, anchors: &[(i32, i32)], labels: &[String], level: bool) -> Result<(), String> {
+    let font = (FONT, LABEL_SIZE).into_font();
+    let style = if level {
+        TextStyle::from(font).color(&INK).pos(Pos::new(HPos::Center, VPos::Top))
+    } else {
+        TextStyle::from(font.transform(FontTransform::Rotate270)).color(&INK).pos(Pos::new(HPos::Right, VPos::Center))
+    };
+    for (label, &(x, y)) in labels.iter().zip(anchors) {
+        root.draw(&Text::new(label.clone(), (x, y + 8), style.clone())).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Adds a `<title>` (what a screen reader and a hover say) and a class to plotters' `<svg>`.
 fn finish(svg: String, title: &str) -> String {
     let mut escaped = String::with_capacity(title.len());
@@ -161,8 +176,8 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
     let legend_w = legend_width(&names);
     let fits = x_labels_fit(chart.categories, WIDTH - legend_w - 80);
     let longest = chart.categories.iter().map(|c| c.chars().count()).max().unwrap_or(0) as u32;
-    let x_area = if fits { 40 } else { (longest * 7 + 24).min(200) };
-    let height = HEIGHT + x_area.saturating_sub(40);
+    let x_area = if fits { 48 } else { (longest * 7 + 56).min(240) };
+    let height = HEIGHT + x_area.saturating_sub(48);
 
     let mut top = 0.0f64;
     for s in chart.series {
@@ -187,19 +202,15 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
             .build_cartesian_2d(categories_axis(n), Axis { lo: 0.0, hi: y_max, ticks: nice_ticks(0.0, y_max, 8) })
             .map_err(|x| e(x.to_string()))?;
         let categories = chart.categories;
-        let x_fmt = |x: &f64| categories.get(x.round().max(0.0) as usize).cloned().unwrap_or_default();
+        // Category names are drawn below by `category_labels`: plotters can only turn text
+        // clockwise, which puts a long name across the axis.
+        let x_fmt = |_: &f64| String::new();
         let percent = chart.percent;
         let y_fmt = move |y: &f64| if percent { format!("{}%", tick_label(y * 100.0)) } else { tick_label(*y) };
-        let label_style = if fits {
-            TextStyle::from((FONT, LABEL_SIZE).into_font()).color(&INK)
-        } else {
-            TextStyle::from((FONT, LABEL_SIZE).into_font().transform(FontTransform::Rotate90)).color(&INK).pos(Pos::new(HPos::Left, VPos::Center))
-        };
         c.configure_mesh()
             .disable_x_mesh()
             .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
             .axis_style(INK)
-            .x_label_style(label_style)
             .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
@@ -229,6 +240,9 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
                 }
             }
         }
+        let y0 = c.y_range().start;
+        let anchors: Vec<(i32, i32)> = (0..n).map(|i| c.backend_coord(&(i as f64, y0))).collect();
+        category_labels(&root, &anchors, categories, fits).map_err(&e)?;
         let entries: Vec<(&str, usize)> = chart.series.iter().map(|s| (s.name.as_str(), s.color)).collect();
         legend(&side, &entries, 48).map_err(&e)?;
         root.present().map_err(|x| e(x.to_string()))?;
@@ -301,8 +315,8 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
     let legend_w = legend_width(&names);
     let fits = x_labels_fit(chart.categories, WIDTH - legend_w - 80);
     let longest = chart.categories.iter().map(|c| c.chars().count()).max().unwrap_or(0) as u32;
-    let x_area = if fits { 40 } else { (longest * 7 + 24).min(200) };
-    let height = HEIGHT + x_area.saturating_sub(40);
+    let x_area = if fits { 48 } else { (longest * 7 + 56).min(240) };
+    let height = HEIGHT + x_area.saturating_sub(48);
 
     let all: Vec<f64> = chart.series.iter().flat_map(|s| s.values.iter().flatten().flatten().copied()).filter(|x| x.is_finite()).collect();
     let (min, max) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
@@ -335,19 +349,15 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
         let y_range = Axis { lo: y_lo, hi: y_hi, ticks: if log { ticks } else { nice_ticks(y_lo, y_hi, 8) } };
         let mut c = builder.build_cartesian_2d(x_range, y_range).map_err(|x| e(x.to_string()))?;
         let categories = chart.categories;
-        let x_fmt = |x: &f64| categories.get(x.round().max(0.0) as usize).cloned().unwrap_or_default();
+        // Category names are drawn below by `category_labels`: plotters can only turn text
+        // clockwise, which puts a long name across the axis.
+        let x_fmt = |_: &f64| String::new();
         let y_fmt = move |y: &f64| tick_label(if log { 10f64.powf(*y) } else { *y });
-        let label_style = if fits {
-            TextStyle::from((FONT, LABEL_SIZE).into_font()).color(&INK)
-        } else {
-            TextStyle::from((FONT, LABEL_SIZE).into_font().transform(FontTransform::Rotate90)).color(&INK).pos(Pos::new(HPos::Left, VPos::Center))
-        };
         let y_desc = if log { format!("{} (log scale)", chart.y_label) } else { chart.y_label.to_string() };
         c.configure_mesh()
             .disable_x_mesh()
             .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
             .axis_style(INK)
-            .x_label_style(label_style)
             .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
@@ -391,6 +401,9 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
                 c.draw_series(dots).map_err(|x| e(x.to_string()))?;
             }
         }
+        let y0 = c.y_range().start;
+        let anchors: Vec<(i32, i32)> = (0..n).map(|i| c.backend_coord(&(i as f64, y0))).collect();
+        category_labels(&root, &anchors, categories, fits).map_err(&e)?;
         let entries: Vec<(&str, usize)> = chart.series.iter().map(|s| (s.name.as_str(), s.color)).collect();
         legend(&side, &entries, 48).map_err(&e)?;
         root.present().map_err(|x| e(x.to_string()))?;
@@ -453,6 +466,15 @@ mod tests {
     #[test]
     fn nice_ticks_are_round_and_cover_the_range() {
         assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+    }
+
+    #[test]
+    fn long_category_names_turn_to_read_upwards_below_the_axis() {
+        let categories: Vec<String> = (0..12).map(|i| format!("a_rather_long_scenario_name_{i}")).collect();
+        let series = vec![Series { name: "cpu".into(), color: 0, values: (0..12).map(|i| Some(Bar { value: i as f64 + 1.0, lo: None, hi: None })).collect() }];
+        let svg = bars(&BarChart { title: "t", x_label: "scenario", y_label: "ms", categories: &categories, series: &series, percent: false }).unwrap();
+        let label = svg.split("<text").find(|t| t.contains("a_rather_long_scenario_name_0")).unwrap();
+        assert!(label.contains("rotate(270") && label.contains("text-anchor=\"end\""), "{label}");
     }
 
     #[test]
