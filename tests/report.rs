@@ -553,7 +553,7 @@ fn a_template_error_names_the_template_file_and_line() {
     let m = ws.make();
     m.run.code(1);
     assert!(m.run.stderr.contains("`mytemplates/report.md.j2` line 2"), "{}", m.run);
-    assert!(m.run.stderr.contains("undefined"), "{}", m.run);
+    assert!(m.run.stderr.contains("undefined value, in `{{ findngs }}`"), "{}", m.run);
 
     // A template missing from the directory is named.
     std::fs::remove_file(ws.path("mytemplates/report.html.j2")).unwrap();

@@ -205,10 +205,15 @@ fn template_error(e: &minijinja::Error, sources: &Sources) -> ReportError {
         Some(line) => format!("`{path}` line {line}"),
         None => format!("`{path}`"),
     };
-    let message = match located.detail() {
+    let mut message = match located.detail() {
         Some(d) => format!("{}: {d}", located.kind()),
         None => located.kind().to_string(),
     };
+    // minijinja does not name an undefined variable; the line that uses it does.
+    let source_line = located.line().and_then(|l| sources.get(name).and_then(|(src, _)| src.lines().nth(l.saturating_sub(1)))).map(str::trim);
+    if let Some(text) = source_line.filter(|t| !t.is_empty() && t.chars().count() <= 160) {
+        message.push_str(&format!(", in `{text}`"));
+    }
     let detail = format!("{}", located.display_debug_info());
     ReportError::Template { at, message, detail }
 }
