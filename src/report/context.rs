@@ -1204,13 +1204,22 @@ fn reproducibility(inputs: &Inputs) -> Result<Value, ReportError> {
     for (dep, paths) in &inputs.deps {
         for p in paths {
             let full = inputs.root.join(p);
+            let read = |e: std::io::Error| ReportError::Read { path: p.clone(), message: e.to_string() };
+            // A directory's digest is its canonical listing's, as the cache computes it.
             let (digest, bytes) = if full.is_dir() {
-                (None, None)
+                let mut entries = Vec::new();
+                for f in crate::digest::list_files(&full).map_err(read)? {
+                    let path = full.join(&f);
+                    let (digest, size) = crate::digest::hash_file(&path).map_err(read)?;
+                    let exec = std::fs::metadata(&path).map(|m| crate::digest::is_executable(&m)).map_err(read)?;
+                    entries.push(crate::digest::TreeEntry { path: f, digest, size, exec });
+                }
+                let tree = crate::digest::Tree { entries };
+                (tree.digest(), tree.size())
             } else {
-                let (d, n) = crate::digest::hash_file(&full).map_err(|e| ReportError::Read { path: p.clone(), message: e.to_string() })?;
-                (Some(d.to_hex()), Some(n))
+                crate::digest::hash_file(&full).map_err(read)?
             };
-            artifacts.push(json!({ "dep": dep, "path": p, "digest": digest, "bytes": bytes }));
+            artifacts.push(json!({ "dep": dep, "path": p, "digest": digest.to_hex(), "bytes": bytes }));
         }
     }
     let pipeline = inputs.paths("pipeline").first().map(|p| -> Result<Value, ReportError> {

@@ -52,12 +52,12 @@
 //! | `methodology`  | the statistics' `methods`, each sweep's settings and harness costs, the perplexity windowing, the gate's thresholds |
 //! | `environment`  | `machine` (`{label, value}`: OS, CPU, GPU, driver, ONNX Runtime, TensorRT, tool) and `backends` (what ran where) |
 //! | `sanity`       | `checkpoint`, `exports`, `quantize` (INT8 coverage), `trt` (layers by precision), `perplexity` (with the uniform model's PPL), `logits` |
-//! | `modes`        | per mode: `rows` (per scenario) and `overall` (stats summary rows), `comparisons`, `scenarios`, `best`, `plots`, `has_ttft`, `has_resources`, `has_gpu` |
+//! | `modes`        | per mode: `overall` (the stats' pooled rows, every backend), `rows` (per scenario) and `comparisons` of the backends with an ok run in the mode, `unmeasured` (the others), `scenarios`, `best`, `plots`, `has_ttft`, `has_resources`, `has_gpu` |
 //! | `degraded_plot`, `modes[].plots.*` | `{id, title, file, caption}`; the markup is `svg[id]`          |
 //! | `gate`         | `reference`, `reference_ppl`, `status`, `reason`, `rows` (with `verdict`) |
 //! | `overhead`     | `{step, what, seconds, bytes, note}` for exports, calibration, quantization, TensorRT builds, perplexity |
 //! | `warnings`     | sentences: comparison notes, inconsistent generations, top-token disagreements, INT8 not run as INT8, a perplexity at or above the uniform model's, more than one machine |
-//! | `reproducibility` | `command`, `pipeline` (`{path, digest}`), `tool_version`, `artifacts` (`{dep, path, digest, bytes}`) |
+//! | `reproducibility` | `command`, `pipeline` (`{path, digest}`), `tool_version`, `artifacts` (`{dep, path, digest, bytes}`; a directory's digest is its listing's, as the cache computes it) |
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
