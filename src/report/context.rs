@@ -3,6 +3,31 @@
 //! numbers (`null` where undefined); the templates format them with the filters of
 //! [`super::format`]. The only text made here is what is computed from several artifacts at
 //! once: the abstract, the key findings, the limitations and the warnings.
+//!
+//! ## Key findings
+//!
+//! - Per mode, the fastest backend: the lowest pooled (`overall`) mean latency among the
+//!   backends with ok runs in every scenario of the mode — pooled means of different scenario
+//!   sets are different workloads; only when no backend ran them all is every backend a
+//!   candidate, and the sentence says so. With it: its interval, in how many scenarios it is
+//!   the fastest, and against the baseline its pooled change with the Holm-adjusted p, then
+//!   the range of its per-scenario changes and how many of those are significant. A pooled
+//!   sample mixes scenarios, so its spread is wide and its test weak; the per-scenario tests
+//!   are the like-for-like ones, and both are shown. When the fastest is the baseline, the
+//!   runner-up's comparison is given instead.
+//! - Per generate mode, the shortest time to first token.
+//! - Backends without a single ok run, in every mode or in some.
+//! - The accuracy gate: how many pass, and each failure with its change and threshold.
+//! - INT8 coverage per quantized model, and whether ONNX Runtime ran it in INT8.
+//! - Each TensorRT plan built (its layers by precision), and the plans not built, by reason.
+//!
+//! ## Limitations
+//!
+//! Every degraded thing with its reason and count: runs (from the stats' `degraded`), the
+//! statistics themselves, perplexity, logit and gate results, TensorRT plans and their flags,
+//! and the MatMuls a quantizer left in float. One reason shared by several backends, modes or
+//! plans is one line naming them all, its counts summed; INT8 lines stay per model, since
+//! counts of two models add up to nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -466,7 +491,7 @@ fn degraded_plot(shape: &Shape, plots: &mut Vec<Plot>) -> Result<Value, ReportEr
     Ok(r)
 }
 
-/// The mode's fastest backend (see the module doc of [`super`]).
+/// The mode's fastest backend (see the module doc).
 fn best(shape: &Shape, mode: &str) -> Value {
     let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
     let overall = crate::stage::stats::OVERALL;
