@@ -31,7 +31,7 @@
 //! in the data is `none`, which the filters print as [`format::UNDEFINED`]. Templates whose
 //! name contains `.html` are HTML-escaped; charts are inserted as trusted markup (`svg`).
 //!
-//! Filters, registered here and documented in [`format`]: `num(digits=3)`, `est(lo, hi)`
+//! Filters, registered here and documented in [`format`](mod@format): `num(digits=3)`, `est(lo, hi)`
 //! (`mean [lo, hi]`), `ci(hi)` on `lo`, `plain` (a configured value as written), `pct`, `pvalue`, `count`, `bytes`, `share`, `cell`
 //! (a Markdown table cell: `|` escaped, one line), `short(n=12)` (a digest's first
 //! characters), `anchor` (a string as an HTML id) and `inline` (text as HTML with its
