@@ -11,7 +11,7 @@
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
-//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build` |
+//! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build`, `report` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
 //! | [`onnx`]    | ONNX protobuf messages, a graph builder and a streaming writer               |
@@ -23,6 +23,7 @@
 //! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime, no fallback  |
 //! | [`measure`] | run records of timed repetitions, the resource sampler beside them            |
 //! | [`stats`]   | summaries (mean, Student t CI95, percentiles), Welch's t, Cohen's d, Holm     |
+//! | [`report`]  | artifacts → Markdown and self-contained HTML: templates, number formats, SVG charts |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
 
 pub mod backend;
@@ -39,6 +40,7 @@ pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod quant;
+pub mod report;
 pub mod runtime;
 pub mod stage;
 pub mod stats;

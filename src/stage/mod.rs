@@ -19,6 +19,7 @@ pub mod logit_diff;
 pub mod output;
 pub mod perplexity;
 pub mod quantize;
+pub mod report;
 pub mod stats;
 pub mod sweep;
 pub mod trt_build;
@@ -157,6 +158,7 @@ static REGISTRY: &[&dyn StageKind] =
         &calibrate::Calibrate,
         &quantize::Quantize,
         &trt_build::TrtBuild,
+        &report::Report,
     ];
 
 /// Every registered kind.
