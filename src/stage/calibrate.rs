@@ -75,19 +75,6 @@ const METHODS: [&str; 3] = ["minmax", "percentile", "entropy"];
 pub const JSON_OUT: &str = "calibration.json";
 pub const CACHE_OUT: &str = "calibration.cache";
 
-fn positive(f: &serde_json::Map<String, Value>, name: &str, default: u64, errors: &mut Vec<LowerError>) -> u64 {
-    match f.get(name) {
-        None => default,
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => n,
-            _ => {
-                errors.push(LowerError::on(name, format!("`{name}` must be a positive integer, found {v}"), None));
-                default
-            }
-        },
-    }
-}
-
 /// SplitMix64: a seeded, portable stream for choosing sample windows.
 struct SplitMix64(u64);
 
@@ -163,8 +150,8 @@ impl StageKind for Calibrate {
                 }
             },
         };
-        let samples = positive(f, "samples", 64, &mut errors);
-        let seq_len = positive(f, "seq_len", 256, &mut errors);
+        let samples = super::positive_field(f, "samples", Some(64), &mut errors).unwrap_or(64);
+        let seq_len = super::positive_field(f, "seq_len", Some(256), &mut errors).unwrap_or(256);
         let seed = match f.get("seed") {
             None => 0,
             Some(v) => v.as_u64().unwrap_or_else(|| {
@@ -172,14 +159,7 @@ impl StageKind for Calibrate {
                 0
             }),
         };
-        let strip = match f.get("strip") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                errors.push(LowerError::on("strip", format!("`strip` must be a boolean, found {v}"), None));
-                true
-            }
-        };
+        let strip = super::bool_field(f, "strip", true, &mut errors);
         let trt_version = match f.get("trt_version") {
             None => "8.6.1".to_string(),
             Some(Value::String(s)) => {

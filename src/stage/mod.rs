@@ -51,6 +51,33 @@ impl LowerError {
     }
 }
 
+/// A positive integer field of a stage table, or `default` when absent; a bad value is
+/// reported at the field.
+pub fn positive_field(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>, errors: &mut Vec<LowerError>) -> Option<u64> {
+    match f.get(name) {
+        None => default,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                errors.push(LowerError::on(name, format!("`{name}` must be a positive integer, found {v}"), None));
+                default
+            }
+        },
+    }
+}
+
+/// A boolean field of a stage table, or `default` when absent.
+pub fn bool_field(f: &serde_json::Map<String, Value>, name: &str, default: bool, errors: &mut Vec<LowerError>) -> bool {
+    match f.get(name) {
+        None => default,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            errors.push(LowerError::on(name, format!("`{name}` must be a boolean, found {v}"), None));
+            default
+        }
+    }
+}
+
 /// How a node that ran to completion came out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

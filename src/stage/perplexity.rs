@@ -63,20 +63,6 @@ const FIELDS: &[&str] = &["context", "stride", "max_tokens", "strip", "batch"];
 pub const JSON_OUT: &str = "perplexity.json";
 pub const CSV_OUT: &str = "perplexity.csv";
 
-/// A positive integer field, or `default` when absent.
-fn positive(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>, errors: &mut Vec<LowerError>) -> Option<u64> {
-    match f.get(name) {
-        None => default,
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => Some(n),
-            _ => {
-                errors.push(LowerError::on(name, format!("`{name}` must be a positive integer, found {v}"), None));
-                default
-            }
-        },
-    }
-}
-
 impl StageKind for Perplexity {
     fn name(&self) -> &'static str {
         "perplexity"
@@ -97,11 +83,11 @@ impl StageKind for Perplexity {
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
         let mut errors = Vec::new();
         let f = cx.fields;
-        let context = positive(f, "context", Some(1024), &mut errors).unwrap_or(1024);
+        let context = super::positive_field(f, "context", Some(1024), &mut errors).unwrap_or(1024);
         if context < 2 {
             errors.push(LowerError::on("context", "`context` must be at least 2: a window of one token predicts nothing".into(), None));
         }
-        let stride = positive(f, "stride", Some((context / 2).max(1)), &mut errors).unwrap_or(1);
+        let stride = super::positive_field(f, "stride", Some((context / 2).max(1)), &mut errors).unwrap_or(1);
         if stride > context {
             errors.push(LowerError::on(
                 "stride",
@@ -109,16 +95,9 @@ impl StageKind for Perplexity {
                 Some(format!("use a stride of at most {context}")),
             ));
         }
-        let max_tokens = positive(f, "max_tokens", None, &mut errors);
-        let strip = match f.get("strip") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                errors.push(LowerError::on("strip", format!("`strip` must be a boolean, found {v}"), None));
-                true
-            }
-        };
-        let batch = positive(f, "batch", Some(1), &mut errors).unwrap_or(1);
+        let max_tokens = super::positive_field(f, "max_tokens", None, &mut errors);
+        let strip = super::bool_field(f, "strip", true, &mut errors);
+        let batch = super::positive_field(f, "batch", Some(1), &mut errors).unwrap_or(1);
 
         for (dep, what) in [("model", "an export variant directory or a .onnx file"), ("tokenizer", "a tokenizer.json"), ("corpus", "a UTF-8 text file")] {
             if !cx.deps.iter().any(|d| d == dep) {
