@@ -12,7 +12,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 bin="$root/target/release/tr118"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/pipelines" && cp "$root/pipelines/tr118.toml" "$work/pipelines/"
+mkdir -p "$work/pipelines" && cp "$root/pipelines/tr118.toml" "$work/pipelines/" && cp -r "$root/templates" "$work/"
 cd "$work"
 "$bin" make model >/dev/null 2>&1
 /usr/bin/time -f "%e %M" -o time.txt "$bin" make export >/dev/null 2>&1

@@ -63,7 +63,7 @@ if [ -n "${BENCH_ASSETS:-}" ]; then
     printf '[stages.export]\nkind = "export"\ndeps = { checkpoint = "assets/model.gguf" }\nvariants = ["prefill"]\n' > tr118.toml
 else
     wiki=out/corpus/wiki.utf8 tiny=out/calibration/tiny.utf8 ort=out/ort/libonnxruntime.so.1.31.1
-    cp "$root/pipelines/tr118.toml" tr118.toml
+    cp "$root/pipelines/tr118.toml" tr118.toml && cp -r "$root/templates" "$root/pipelines" .   # the study's report stage reads them
 fi
 prefill=out/export/prefill tokenizer=out/export/tokenizer.json
 

@@ -21,7 +21,7 @@ if ! $py -c "import onnxruntime, tokenizers, numpy" 2>/dev/null; then
     py="$root/bench/.venv/bin/python"
 fi
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/pipelines"
+mkdir -p "$work/pipelines" && cp -r "$root/templates" "$work/"   # the study's report stage reads them
 sed -e "s/^max_tokens = .*/max_tokens = $max_tokens/" -e "s/^context = .*/context = $context/" "$root/pipelines/tr118.toml" > "$work/pipelines/tr118.toml"
 cd "$work"
 "$bin" make export >/dev/null 2>&1

@@ -32,7 +32,7 @@ if ! $py -c "import onnxruntime, numpy" 2>/dev/null; then
 fi
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/pipelines"
-cp "$root/pipelines/tr118.toml" "$work/pipelines/tr118.toml"
+cp "$root/pipelines/tr118.toml" "$work/pipelines/tr118.toml" && cp -r "$root/templates" "$work/"   # the study's report stage reads them
 cat >> "$work/pipelines/tr118.toml" <<TOML
 
 [stages.bench]

@@ -36,6 +36,13 @@ fn workspace() -> &'static Path {
         std::fs::create_dir_all(&ws).expect("create the assets workspace");
         let study = std::fs::read_to_string(root.join("pipelines/tr118.toml")).expect("read the default pipeline");
         std::fs::write(ws.join("tr118.toml"), format!("{study}\n{GPT2_ASSETS}")).expect("write the assets pipeline");
+        // The study's report stage reads its templates and the pipeline file: bring them along.
+        for (dir, files) in [("templates", &["report.md.j2", "report.html.j2"][..]), ("pipelines", &["tr118.toml"][..])] {
+            std::fs::create_dir_all(ws.join(dir)).expect("create a workspace directory");
+            for f in files {
+                std::fs::copy(root.join(dir).join(f), ws.join(dir).join(f)).unwrap_or_else(|e| panic!("copy {dir}/{f}: {e}"));
+            }
+        }
         let out = Command::new(env!("CARGO_BIN_EXE_tr118"))
             .args(["-C", ws.to_str().expect("utf-8 path"), "make", "model", "corpus", "ort", "export", "gpt2-encoder", "gpt2-merges"])
             .output()
