@@ -936,6 +936,7 @@ fn a_quantized_decoder_computes_what_the_quantized_prefill_computes() {
         let report = ws.json(&format!("out/{scheme}/quantize.json"));
         assert_eq!(report["decoder"]["quantized"], report["quantized"], "{scheme}: {report}");
         assert_eq!(report["decoder"]["verified"], report["quantized"], "{scheme}: {report}");
+        assert!(report["elapsed_s"].as_f64().is_some_and(|t| t > 0.0), "{scheme}: the node's time is recorded: {report}");
         let prefill = ort_logits(&ws.path(&format!("out/{scheme}/prefill/model.onnx")), &ids[..9]);
         let session = support::ort().session(&ws.path(&format!("out/{scheme}/decoder/model.onnx")), &SessionOptions::default()).unwrap();
         let mut decoder = tr118::runtime::Decoder::new(session).unwrap();

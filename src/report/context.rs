@@ -1198,7 +1198,7 @@ fn overhead(a: &Artifacts) -> Value {
     for q in &a.quantize {
         let v = &q.value;
         let size = num(v, "file_bytes").map(|f| f + num(v, "data_bytes").unwrap_or(0.0));
-        push("quantize".into(), q.node(), None, size, format!("{} INT8, time not recorded", text(v, "scheme").unwrap_or_default()));
+        push("quantize".into(), q.node(), num(v, "elapsed_s"), size, format!("{} INT8", text(v, "scheme").unwrap_or_default()));
     }
     for t in &a.trt {
         let v = &t.value;

@@ -63,6 +63,8 @@
 //! | `calibration`    | static: the calibration's `method`, `cache_header`, `model_digest`; null for dynamic |
 //! | `source_digest`  | the source model's digest                                              |
 //! | `file_bytes`, `data_bytes` | the written model's size                                     |
+//! | `decoder`        | with a `decoder` dep: its `matmul_total`, `quantized`, `verified`, `left_float`, sizes |
+//! | `elapsed_s`      | wall time of the node: rewrites, writes, read-backs and the ONNX Runtime check |
 
 use std::io::Write;
 
@@ -105,6 +107,8 @@ struct Report {
     left_float: Vec<FloatOp>,
     /// The decoder's rewrite, when the stage has a `decoder` dep.
     decoder: Option<DecoderReport>,
+    /// Wall time of the node: rewrites, writes, read-backs and the ONNX Runtime check.
+    elapsed_s: f64,
     written: Written,
     ran_integer: bool,
     ort: OrtKernels,
@@ -120,7 +124,7 @@ impl StageKind for Quantize {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn fields(&self) -> &'static [&'static str] {
@@ -206,6 +210,7 @@ impl StageKind for Quantize {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+        let started = std::time::Instant::now();
         let c = &cx.node.config;
         let scheme = Scheme::parse(c["scheme"].as_str().unwrap_or("")).ok_or("the node has no valid `scheme`")?;
         let opts = Options {
@@ -287,6 +292,7 @@ impl StageKind for Quantize {
             file_bytes: saved.onnx_bytes,
             data_bytes: saved.data_bytes,
             decoder,
+            elapsed_s: started.elapsed().as_secs_f64(),
         };
         super::output::write_json(&cx.root.join(&cx.outs["report"]), &report)?;
         Ok(Outcome::Ok)

@@ -78,7 +78,7 @@ impl StageKind for Report {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn fields(&self) -> &'static [&'static str] {
