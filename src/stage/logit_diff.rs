@@ -379,8 +379,6 @@ impl Report {
     }
 }
 
-/// RFC 4180 quoting where a field needs it.
-
 #[cfg(test)]
 mod tests {
     use super::*;
