@@ -86,14 +86,7 @@ impl StageKind for Export {
                 Value::Null
             }
         };
-        let tokenizer = match f.get("tokenizer") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                errors.push(LowerError::on("tokenizer", format!("`tokenizer` must be a boolean, found {v}"), None));
-                true
-            }
-        };
+        let tokenizer = super::bool_field(f, "tokenizer", true, &mut errors);
         if !cx.deps.iter().any(|d| d == "checkpoint") {
             errors.push(LowerError {
                 field: vec!["deps".into()],

@@ -147,14 +147,7 @@ impl StageKind for Quantize {
                 String::new()
             }
         };
-        let per_channel = match f.get("per_channel") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                errors.push(LowerError::on("per_channel", format!("`per_channel` must be a boolean, found {v}"), None));
-                true
-            }
-        };
+        let per_channel = super::bool_field(f, "per_channel", true, &mut errors);
         let exclude: Vec<String> = match f.get("exclude") {
             None => Vec::new(),
             Some(Value::Array(a)) => a

@@ -120,17 +120,6 @@ fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError 
     LowerError { field, message, help }
 }
 
-fn boolean(f: &serde_json::Map<String, Value>, name: &str, default: bool, errors: &mut Vec<LowerError>) -> bool {
-    match f.get(name) {
-        None => default,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => {
-            errors.push(err(vec![name.into()], format!("`{name}` must be a boolean, found {v}"), None));
-            default
-        }
-    }
-}
-
 /// The node's precision: the `precision` field, else its `precision` axis value (a string, or a
 /// table with a `name`).
 fn precision_of(cx: &LowerCx<'_>, errors: &mut Vec<LowerError>) -> String {
@@ -235,8 +224,8 @@ impl StageKind for TrtBuild {
         let f = cx.fields;
         let precision = precision_of(cx, &mut errors);
         let profiles = profiles_of(f, &mut errors);
-        let also_fp16 = boolean(f, "also_fp16", false, &mut errors);
-        let tf32 = boolean(f, "tf32", true, &mut errors);
+        let also_fp16 = super::bool_field(f, "also_fp16", false, &mut errors);
+        let tf32 = super::bool_field(f, "tf32", true, &mut errors);
         let workspace_mib = match f.get("workspace_mib") {
             None => None,
             Some(v) => match v.as_u64() {
