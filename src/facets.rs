@@ -13,6 +13,7 @@
 //! | `ort`       | ONNX Runtime at `ORT_DYLIB_PATH`: version and blake3 of the library, or `<none>` |
 //! | `gpu`       | the GPU models NVML sees (distinct names, sorted) and the driver, `NVIDIA H200; driver 550.54.15`, or `<none>` |
 //! | `trtexec`   | TensorRT's `trtexec` as `TRTEXEC` / `PATH` find it: blake3 of the binary, or `<none>` |
+//! | `torch`     | the torch worker's Python (`TR118_PYTHON`, else `python3`): its version and those of torch and transformers, `python 3.12.3; torch 2.11.0+cu130; transformers 5.17.0`; a package that is missing reads `<none>` |
 //! | `env:NAME`  | the variable's value, or `<unset>`                 |
 //!
 //! A study that fetches ONNX Runtime as an asset gets the library's digest into its keys as
@@ -28,7 +29,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::diag;
 
-const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host", "ort", "gpu", "trtexec"];
+const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host", "ort", "gpu", "trtexec", "torch"];
 
 pub struct FacetError {
     pub message: String,
@@ -88,10 +89,22 @@ fn read(name: &str) -> String {
             Some((digest, _)) => format!("trtexec {}", digest.short()),
             None => "<none>".to_string(),
         },
+        "torch" => torch(),
         "host" => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "<unknown>".to_string()),
         _ => "<unknown>".to_string(),
+    }
+}
+
+/// The `torch` facet: package metadata only, which takes milliseconds where importing torch
+/// takes seconds.
+fn torch() -> String {
+    const PROBE: &str = "import platform\nfrom importlib import metadata\ndef v(n):\n    try:\n        return metadata.version(n)\n    except Exception:\n        return '<none>'\nprint(f'python {platform.python_version()}; torch {v(\"torch\")}; transformers {v(\"transformers\")}')";
+    let python = crate::backend::torch::python();
+    match std::process::Command::new(&python).args(["-c", PROBE]).stderr(std::process::Stdio::null()).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => format!("<no python: {python}>"),
     }
 }
 

@@ -28,7 +28,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn sampler(interval: Duration) -> Sampler {
-    Sampler::start(SamplerConfig { interval, gpu: None })
+    Sampler::start(SamplerConfig { interval, gpu: None, pid: None })
 }
 
 /// Resident MiB from `/proc/self/statm` and the page size, read the plain way.
@@ -195,7 +195,7 @@ fn beginning_a_window_closes_the_open_one() {
 fn gpu_fields_are_read_exactly_when_nvml_finds_the_gpu() {
     let _serial = serial();
     let present = tr118::backend::probe::gpu_info(0).is_some();
-    let s = Sampler::start(SamplerConfig { interval: Duration::from_millis(5), gpu: Some(0) });
+    let s = Sampler::start(SamplerConfig { interval: Duration::from_millis(5), gpu: Some(0), pid: None });
     let w = s.begin();
     sleep(Duration::from_millis(20));
     let r = s.end(w);

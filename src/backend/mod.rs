@@ -18,6 +18,28 @@
 //! trt_profile_max_shapes = "input_ids:4x512,attention_mask:4x512" # syntax of `trtexec`
 //! ```
 //!
+//! A `torch` backend runs the same weights through PyTorch and `transformers`, in a Python
+//! worker that tr118 starts and speaks to over a line protocol ([`torch`],
+//! `docs/torch-worker.md`):
+//!
+//! ```toml
+//! [[backends]]
+//! name = "torch-compile"
+//! runtime = "torch"
+//! provider = "cuda"          # cpu | cuda: the torch device (`cuda:{device_id}`)
+//! model = "out/export"       # runs `{model}/hf`, the export's Hugging Face directory
+//! compile = "inductor"       # torch.compile's backend; absent: eager
+//! compile_mode = "reduce-overhead"   # torch.compile's mode (default | reduce-overhead | max-autotune | …)
+//! ```
+//!
+//! Each backend's models are `prefill` and `decoder` paths, which stages reach as
+//! `{matrix.backend.prefill}` and `{matrix.backend.decoder}`. Unless the backend names them,
+//! they are derived from `model` when the pipeline is loaded ([`derived_fields`]):
+//! `{model}/prefill` and `{model}/decoder` for ONNX Runtime, `{model}/hf` for both on torch.
+//! A torch backend also gets the facet `torch` (the worker's Python, torch and transformers
+//! versions) into its nodes' keys, so installing or upgrading torch reruns them and nothing
+//! else.
+//!
 //! The TensorRT fields mirror the `trt_build` stage's plans: the same calibration cache (in
 //! TensorRT's own format, so `trt_int8_use_native_calibration_table` is set), and the same
 //! profiles (`build.json`'s `shapes` are these strings).
@@ -34,14 +56,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ndarray::{ArrayD, ArrayViewD};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::measure::workload::{self, Generation};
 use crate::runtime::{self, Decoder, KvCache, OptLevel, PreparedInputs, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
 
 pub mod probe;
+pub mod torch;
 
 pub use probe::{GpuInfo, cpu_logical_threads, gpu_info};
 
@@ -65,6 +90,15 @@ pub struct BackendSpec {
     /// `trt_profile_min_shapes`, `…_opt_…`, `…_max_…`, checked to name the same inputs in the
     /// same order with min ≤ opt ≤ max.
     pub trt_profile_shapes: Option<crate::trt::ShapeSpecs>,
+    /// torch.compile's backend (`inductor`, `cudagraphs`, …); `None` runs eager.
+    pub compile: Option<String>,
+    /// torch.compile's mode (`default`, `reduce-overhead`, `max-autotune`, …).
+    pub compile_mode: Option<String>,
+    /// The prefill and decoder models (see [`derived_fields`]).
+    pub prefill: Option<String>,
+    pub decoder: Option<String>,
+    /// Facets this backend's nodes add to their stage's.
+    pub facets: Vec<String>,
 }
 
 const FIELDS: &[&str] = &[
@@ -82,7 +116,44 @@ const FIELDS: &[&str] = &[
     "trt_profile_min_shapes",
     "trt_profile_opt_shapes",
     "trt_profile_max_shapes",
+    "compile",
+    "compile_mode",
+    "prefill",
+    "decoder",
+    "facets",
 ];
+
+/// The runtimes a backend can name.
+pub const RUNTIMES: &[&str] = &["onnxruntime", "torch"];
+const TORCH_COMPILE_MODES: &[&str] = &["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"];
+
+/// Fields a `[[backends]]` entry gets when the pipeline is loaded, unless it sets them:
+/// `prefill` and `decoder` from `model` (`{model}/prefill` and `{model}/decoder` for ONNX
+/// Runtime; `{model}/hf` for both on torch, whose worker loads the export's Hugging Face
+/// directory), and the facet `torch` for torch backends. They are part of the backend's value,
+/// so they are part of every key that holds it.
+pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
+    let Some(t) = v.as_object() else { return Vec::new() };
+    let torch = t.get("runtime").and_then(Value::as_str) == Some("torch");
+    let mut out = Vec::new();
+    if let Some(model) = t.get("model").and_then(Value::as_str) {
+        let model = model.trim_end_matches('/');
+        for variant in ["prefill", "decoder"] {
+            if !t.contains_key(variant) {
+                let dir = if torch { "hf" } else { variant };
+                out.push((variant.to_string(), Value::String(format!("{model}/{dir}"))));
+            }
+        }
+    }
+    if torch {
+        let mut facets: Vec<Value> = t.get("facets").and_then(Value::as_array).cloned().unwrap_or_default();
+        if !facets.iter().any(|f| f == "torch") {
+            facets.push(Value::String("torch".into()));
+            out.push(("facets".into(), Value::Array(facets)));
+        }
+    }
+    out
+}
 
 pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
 
@@ -102,9 +173,11 @@ impl BackendSpec {
         let s = |k: &str| t.get(k).and_then(Value::as_str).map(str::to_string);
         let name = s("name").unwrap_or_default();
         let runtime = s("runtime").unwrap_or_else(|| "onnxruntime".into());
-        if runtime != "onnxruntime" {
-            errors.push(("runtime".into(), format!("unknown runtime `{runtime}`; backends run on `onnxruntime`")));
+        if !RUNTIMES.contains(&runtime.as_str()) {
+            let help = crate::diag::suggest(&runtime, RUNTIMES.iter().copied()).map_or(String::new(), |h| format!("; {h}"));
+            errors.push(("runtime".into(), format!("unknown runtime `{runtime}`; backends run on `onnxruntime` or `torch`{help}")));
         }
+        let torch = runtime == "torch";
         let provider = match s("provider").as_deref().unwrap_or("cpu").parse::<Provider>() {
             Ok(p) => p,
             Err(e) => {
@@ -136,6 +209,42 @@ impl BackendSpec {
         let device_id = t.get("device_id").and_then(Value::as_u64).unwrap_or(0) as u32;
         let trt_fp16 = t.get("trt_fp16").and_then(Value::as_bool).unwrap_or(false);
         let trt_profile_shapes = profile_shapes(&s("trt_profile_min_shapes"), &s("trt_profile_opt_shapes"), &s("trt_profile_max_shapes"), &mut errors);
+        let (compile, compile_mode) = (s("compile"), s("compile_mode"));
+        if torch {
+            if provider == Provider::TensorRt {
+                errors.push(("provider".into(), "a torch backend runs on `cpu` or `cuda`; TensorRT is the `onnxruntime` runtime's `tensorrt` provider".into()));
+            }
+            if precision == "int8" {
+                errors.push(("precision".into(), "a torch backend runs `fp32` or `fp16`; INT8 models are ONNX Runtime's".into()));
+            }
+            if let Some(m) = &compile_mode {
+                if compile.is_none() {
+                    errors.push(("compile_mode".into(), "`compile_mode` needs `compile` (torch.compile's backend, e.g. `inductor`)".into()));
+                } else if !TORCH_COMPILE_MODES.contains(&m.as_str()) {
+                    let help = crate::diag::suggest(m, TORCH_COMPILE_MODES.iter().copied()).map_or(String::new(), |h| format!("; {h}"));
+                    errors.push(("compile_mode".into(), format!("unknown torch.compile mode `{m}`; one of {}{help}", TORCH_COMPILE_MODES.join(", "))));
+                }
+            }
+        } else {
+            for field in ["compile", "compile_mode"] {
+                if t.contains_key(field) {
+                    errors.push((field.into(), format!("`{field}` is torch.compile's; this backend runs on `{runtime}` (set `runtime = \"torch\"`)")));
+                }
+            }
+        }
+        let facets: Vec<String> = match t.get("facets") {
+            None => Vec::new(),
+            Some(Value::Array(list)) if list.iter().all(Value::is_string) => list.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            Some(v) => {
+                errors.push(("facets".into(), format!("`facets` must be a list of facet names, found {v}")));
+                Vec::new()
+            }
+        };
+        for f in &facets {
+            if let Err(e) = crate::facets::check_name(f) {
+                errors.push(("facets".into(), e.message));
+            }
+        }
         if errors.is_empty() {
             Ok(BackendSpec {
                 name,
@@ -150,6 +259,11 @@ impl BackendSpec {
                 trt_engine_cache: s("trt_engine_cache"),
                 model: s("model"),
                 trt_profile_shapes,
+                compile,
+                compile_mode,
+                prefill: s("prefill"),
+                decoder: s("decoder"),
+                facets,
             })
         } else {
             Err(errors)
@@ -227,6 +341,10 @@ pub struct Capability {
     pub threads: Option<usize>,
     /// The backend's GPU (`device_id`) when NVML can see one, whatever the provider.
     pub gpu: Option<GpuInfo>,
+    /// A torch backend's worker: what its `hello` and `load` answered (versions, device,
+    /// parameters, whether it compiled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,8 +362,17 @@ impl From<RuntimeError> for BackendError {
     }
 }
 
-/// An opened backend over one ONNX model: a prefill model (ids → logits) or a decoder with
-/// a key/value cache.
+/// The inputs of one prefill, built before a timed run.
+pub enum Prepared {
+    /// ONNX Runtime values.
+    Ort(PreparedInputs),
+    /// Token ids for a backend that builds its tensors itself (the torch worker builds them
+    /// on its device before its clock starts).
+    Ids { ids: Vec<i64>, mask: Vec<i64>, batch: usize, seq: usize },
+}
+
+/// An opened backend over one model: a prefill model (ids → logits) or a decoder with a
+/// key/value cache.
 pub trait Backend {
     fn spec(&self) -> &BackendSpec;
     fn capability(&self) -> &Capability;
@@ -264,10 +391,29 @@ pub trait Backend {
     /// [`Self::decode_step`], handing `f` the logits in place instead of a copy.
     fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
     /// The inputs of a prefill, built before a timed run (prefill models only).
-    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<PreparedInputs, BackendError>;
-    /// Runs prepared prefill inputs, handing `f` the logits in place: the clock of a timed
-    /// prefill goes around this call and nothing else.
-    fn run_prefill_inputs(&mut self, inputs: &PreparedInputs, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
+    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError>;
+    /// Runs prepared prefill inputs, handing `f` the logits in place.
+    fn run_prefill_inputs(&mut self, inputs: &Prepared, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
+    /// Whether the opened model can run sweep mode `mode` (`prefill`, `generate`,
+    /// `generate_uncached`); the error says why not.
+    fn supports(&self, mode: &str) -> Result<(), BackendError> {
+        if mode == "generate" { self.new_cache(1).map(|_| ()) } else { self.prefill_inputs(&[0], &[1], 1, 1).map(|_| ()) }
+    }
+    /// The latency of one prefill: a monotonic clock around exactly the run
+    /// ([`workload::prefill`]). A backend that runs elsewhere times itself.
+    fn timed_prefill(&mut self, inputs: &Prepared) -> Result<Duration, BackendError> {
+        workload::prefill(self, inputs)
+    }
+    /// One timed greedy generation, with the key/value cache (`cached`) or a full forward
+    /// pass per token ([`workload`]).
+    fn timed_generate(&mut self, prompt: &[i64], batch: usize, new_tokens: usize, cached: bool) -> Result<Generation, BackendError> {
+        if cached { workload::generate_cached(self, prompt, batch, new_tokens) } else { workload::generate_uncached(self, prompt, batch, new_tokens) }
+    }
+    /// The process doing the work, when it is not this one: the sampler reads its memory and
+    /// CPU time.
+    fn process_id(&self) -> Option<u32> {
+        None
+    }
 }
 
 enum Model {
@@ -326,29 +472,40 @@ impl Backend for OrtBackend {
         }
     }
 
-    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<PreparedInputs, BackendError> {
+    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
         match &self.model {
-            Model::Prefill(s) => Ok(s.prefill_inputs(ids, mask, batch, seq)?),
+            Model::Prefill(s) => Ok(Prepared::Ort(s.prefill_inputs(ids, mask, batch, seq)?)),
             Model::Decoder(_) => Err(not_a_prefill()),
         }
     }
 
-    fn run_prefill_inputs(&mut self, inputs: &PreparedInputs, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
-        match &mut self.model {
-            Model::Prefill(s) => Ok(s.run_prepared(inputs, f)?),
-            Model::Decoder(_) => Err(not_a_prefill()),
+    fn run_prefill_inputs(&mut self, inputs: &Prepared, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
+        match (&mut self.model, inputs) {
+            (Model::Prefill(s), Prepared::Ort(inputs)) => Ok(s.run_prepared(inputs, f)?),
+            (Model::Prefill(s), Prepared::Ids { ids, mask, batch, seq }) => Ok(s.run_prepared(&s.prefill_inputs(ids, mask, *batch, *seq)?, f)?),
+            (Model::Decoder(_), _) => Err(not_a_prefill()),
         }
     }
+}
+
+/// Opens `spec` over `model`: for ONNX Runtime a model file, opened with the library at
+/// `library` and probed (below); for torch the Hugging Face directory its worker loads
+/// ([`torch::open`]; `library` is not used).
+pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
+    if spec.runtime == "torch" {
+        return torch::open(spec, model);
+    }
+    open_ort(spec, model, library)
 }
 
 /// Opens `spec` over the model file `model` (a prefill model: ids → logits) with the ONNX
 /// Runtime library at `library`, and probes it: the session's first run is one tiny prefill
 /// under the profiler, which fills [`Capability::providers_assigned`]. A requested accelerator
 /// that ran nothing is not an error here; [`Capability::degradation`] says so.
-pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
+fn open_ort(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
     let rt = runtime::init(Some(library))?;
     let info = rt.info();
-    let dir = probe::profile_dir()?;
+    let dir = probe::scratch_dir("probe")?;
     let probed = rt
         .profiled_session(model, &spec.session_options(), &dir.join("profile"))
         .map_err(BackendError::from)
@@ -360,7 +517,7 @@ pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
                 probe::providers_assigned(&mut session).map(|assigned| (Model::Prefill(session), assigned))
             }
         });
-    probe::remove_profile_dir(&dir);
+    probe::remove_scratch_dir(&dir);
     let (model, providers_assigned) = probed?;
     let capability = Capability {
         runtime: "onnxruntime".into(),
@@ -373,6 +530,7 @@ pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
         cpu_logical_threads: cpu_logical_threads(),
         threads: spec.threads,
         gpu: gpu_info(spec.device_id),
+        worker: None,
     };
     Ok(Box::new(OrtBackend { spec: spec.clone(), capability, model }))
 }

@@ -109,16 +109,16 @@ pub fn parse_profile(text: &str) -> Result<BTreeMap<String, usize>, String> {
 }
 
 /// A fresh directory for one profile, below the system's temporary directory.
-pub(super) fn profile_dir() -> Result<PathBuf, BackendError> {
+pub(super) fn scratch_dir(what: &str) -> Result<PathBuf, BackendError> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tr118-probe-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tr118-{what}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| BackendError::Failed(format!("creating `{}`: {e}", dir.display())))?;
     Ok(dir)
 }
 
-/// Removes a [`profile_dir`]; a leftover temporary file is not worth failing for.
-pub(super) fn remove_profile_dir(dir: &Path) {
+/// Removes a [`scratch_dir`]; a leftover temporary file is not worth failing for.
+pub(super) fn remove_scratch_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -126,6 +126,11 @@ impl Capability {
     /// Why the results of this backend are not what its label says: the requested
     /// accelerator ran no node. `None` for the CPU, and for an accelerator that ran any.
     pub fn degradation(&self) -> Option<String> {
+        // A torch worker answers for its own device when it loads (an unavailable device is
+        // an error there); there is no partitioner to place work elsewhere.
+        if self.runtime != "onnxruntime" {
+            return None;
+        }
         let requested: Provider = self.provider_requested.parse().ok()?;
         if requested == Provider::Cpu || self.providers_assigned.get(requested.ort_name()).is_some_and(|&n| n > 0) {
             return None;
@@ -173,6 +178,7 @@ mod tests {
             cpu_logical_threads: 1,
             threads: None,
             gpu: None,
+            worker: None,
         }
     }
 

@@ -74,6 +74,11 @@ pub struct SamplerConfig {
     pub interval: Duration,
     /// The NVML index of the GPU to sample, if any.
     pub gpu: Option<u32>,
+    /// The process whose memory and CPU time to read, when the work runs in another one (a
+    /// torch worker); `None` is this process. Its CPU clock comes from `clock_getcpuclockid`,
+    /// as exact as this process's own; the sampler's thread is not in it, so nothing is
+    /// subtracted.
+    pub pid: Option<u32>,
 }
 
 /// The sampler's own cost, reported beside the measurements it took.
@@ -101,6 +106,10 @@ pub struct SamplerOverhead {
 /// A running sampler: the background thread and the sources it reads.
 pub struct Sampler {
     interval: Duration,
+    /// The measured process's CPU clock, and whether it is this process (whose CPU time
+    /// includes the sampler's thread).
+    process_clock: Option<libc::clockid_t>,
+    own_process: bool,
     probe: Arc<Probe>,
     shared: Arc<Shared>,
     thread: Option<Background>,
@@ -122,7 +131,21 @@ impl Sampler {
     /// `notes`.
     pub fn start(cfg: SamplerConfig) -> Sampler {
         let mut notes = Vec::new();
-        let probe = Arc::new(Probe::open(cfg.gpu, &mut notes));
+        let probe = Arc::new(Probe::open(cfg.gpu, cfg.pid, &mut notes));
+        let process_clock = match cfg.pid {
+            None => Some(libc::CLOCK_PROCESS_CPUTIME_ID),
+            Some(pid) => {
+                let mut clock: libc::clockid_t = 0;
+                // SAFETY: `clock` is a valid out pointer; a pid that is gone is an error code.
+                match unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } {
+                    0 => Some(clock),
+                    rc => {
+                        notes.push(format!("cpu: no CPU clock for process {pid}: {}", std::io::Error::from_raw_os_error(rc)));
+                        None
+                    }
+                }
+            }
+        };
         let shared = Arc::new(Shared::default());
         let thread = if cfg.interval.is_zero() {
             None
@@ -135,7 +158,7 @@ impl Sampler {
                 }
             }
         };
-        Sampler { interval: cfg.interval, probe, shared, thread, started: Instant::now(), notes }
+        Sampler { interval: cfg.interval, process_clock, own_process: cfg.pid.is_none(), probe, shared, thread, started: Instant::now(), notes }
     }
 
     /// Opens a window: one sample now, on the caller's thread, before its clock starts.
@@ -151,7 +174,7 @@ impl Sampler {
         };
         self.shared.wake.notify_one();
         // The process clock last, so that the sampling above is outside the window.
-        let process_cpu = process_cpu_time();
+        let process_cpu = self.process_cpu_time();
         let sampler_cpu = self.sampler_cpu_time();
         Window { generation, started: Instant::now(), process_cpu, sampler_cpu }
     }
@@ -160,7 +183,7 @@ impl Sampler {
     pub fn end(&self, window: Window) -> Resources {
         let wall = window.started.elapsed();
         let sampler_cpu = self.sampler_cpu_time();
-        let process_cpu = process_cpu_time();
+        let process_cpu = self.process_cpu_time();
         let mut acc = {
             let mut state = self.shared.lock();
             if state.open && state.generation == window.generation {
@@ -189,9 +212,17 @@ impl Sampler {
         self.finish()
     }
 
-    /// CPU time of the sampling thread so far: zero without one, `None` if its clock cannot be
-    /// read (then the window's CPU share cannot be separated from the sampler's).
+    fn process_cpu_time(&self) -> Option<Duration> {
+        self.process_clock.and_then(clock_time)
+    }
+
+    /// CPU time of the sampling thread so far: zero without one, or when another process is
+    /// measured; `None` if its clock cannot be read (then the window's CPU share cannot be
+    /// separated from the sampler's).
     fn sampler_cpu_time(&self) -> Option<Duration> {
+        if !self.own_process {
+            return Some(Duration::ZERO);
+        }
         match &self.thread {
             None => Some(Duration::ZERO),
             Some(thread) => thread.cpu_clock.and_then(clock_time),
@@ -328,17 +359,18 @@ struct Gpu {
 }
 
 impl Probe {
-    fn open(gpu: Option<u32>, notes: &mut Vec<String>) -> Probe {
+    fn open(gpu: Option<u32>, pid: Option<u32>, notes: &mut Vec<String>) -> Probe {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let statm = match File::open("/proc/self/statm") {
+        let statm_path = pid.map_or_else(|| "/proc/self/statm".to_string(), |p| format!("/proc/{p}/statm"));
+        let statm = match File::open(&statm_path) {
             Ok(f) if page > 0 => Some(f),
             Ok(_) => {
                 notes.push("rss: the page size is unknown (`sysconf(_SC_PAGESIZE)` failed)".to_string());
                 None
             }
             Err(e) => {
-                notes.push(format!("rss: cannot open `/proc/self/statm`: {e}"));
+                notes.push(format!("rss: cannot open `{statm_path}`: {e}"));
                 None
             }
         };
@@ -393,10 +425,6 @@ fn timed_read(probe: &Probe, shared: &Shared) -> Reading {
 fn nth_number(text: &[u8], n: usize) -> Option<u64> {
     let field = text.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty()).nth(n)?;
     field.iter().try_fold(0u64, |acc, &b| if b.is_ascii_digit() { acc.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None })
-}
-
-fn process_cpu_time() -> Option<Duration> {
-    clock_time(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 fn clock_time(clock: libc::clockid_t) -> Option<Duration> {

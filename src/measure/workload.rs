@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayViewD, Axis};
 
 use crate::backend::{Backend, BackendError};
-use crate::runtime::PreparedInputs;
+use crate::backend::Prepared;
 
 /// One timed greedy generation.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ fn wrong_shape(batch: usize, got: usize) -> BackendError {
 }
 
 /// One forward pass over prepared inputs: the latency of a prefill.
-pub fn prefill(backend: &mut dyn Backend, inputs: &PreparedInputs) -> Result<Duration, BackendError> {
+pub fn prefill<B: Backend + ?Sized>(backend: &mut B, inputs: &Prepared) -> Result<Duration, BackendError> {
     let start = Instant::now();
     backend.run_prefill_inputs(inputs, &mut |_| {})?;
     Ok(start.elapsed())
@@ -57,7 +57,7 @@ pub fn prefill(backend: &mut dyn Backend, inputs: &PreparedInputs) -> Result<Dur
 
 /// Greedy generation with the key/value cache (a `decoder` model): the prompt's forward pass
 /// fills the cache and gives the first token; each further token is one single-token step.
-pub fn generate_cached(backend: &mut dyn Backend, prompt: &[i64], batch: usize, new_tokens: usize) -> Result<Generation, BackendError> {
+pub fn generate_cached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], batch: usize, new_tokens: usize) -> Result<Generation, BackendError> {
     let prompt_len = prompt.len() / batch.max(1);
     let mut cache = backend.new_cache(batch)?;
     let mut next = Vec::with_capacity(batch);
@@ -82,7 +82,7 @@ pub fn generate_cached(backend: &mut dyn Backend, prompt: &[i64], batch: usize, 
 
 /// Greedy generation without a cache (a `prefill` model): every new token is a full forward
 /// pass over the prompt and everything generated so far — the original study's method.
-pub fn generate_uncached(backend: &mut dyn Backend, prompt: &[i64], batch: usize, new_tokens: usize) -> Result<Generation, BackendError> {
+pub fn generate_uncached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], batch: usize, new_tokens: usize) -> Result<Generation, BackendError> {
     let prompt_len = prompt.len() / batch.max(1);
     let mut seqs = prompt.to_vec();
     let mut next = Vec::with_capacity(batch);

@@ -164,7 +164,7 @@ impl Pipeline {
             let path = vec!["backends".to_string()];
             if axes.contains_key("backend") {
                 diags.push(src.diag(&path, "`[[backends]]` and `[axes] backend` both declare the axis `backend`; keep one", None));
-            } else if let Some(values) = axis_values(backends, &path, &src, &mut diags) {
+            } else if let Some(mut values) = axis_values(backends, &path, &src, &mut diags) {
                 // Checked here, where they are written, rather than in every stage that runs them.
                 for (i, v) in values.iter().enumerate() {
                     for (field, message) in crate::backend::BackendSpec::from_value(&v.value).err().unwrap_or_default() {
@@ -173,6 +173,12 @@ impl Pipeline {
                             at.push(field);
                         }
                         diags.push(src.diag(&at, format!("backend `{}`: {message}", v.id), None));
+                    }
+                }
+                for v in &mut values {
+                    let derived = crate::backend::derived_fields(&v.value);
+                    if let Some(table) = v.value.as_object_mut() {
+                        table.extend(derived);
                     }
                 }
                 axes.insert("backend".to_string(), values);
@@ -560,6 +566,16 @@ impl StageCx<'_> {
         }
         let used = r.used;
         let matrix = r.matrix;
+        // A matrix value may add facets of its own: a torch backend's nodes depend on the
+        // torch installed, the stage's other nodes do not.
+        let mut facets = decl.facets.clone();
+        for value in matrix.values() {
+            for f in value.get("facets").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                if !facets.iter().any(|g| g == f) {
+                    facets.push(f.to_string());
+                }
+            }
+        }
         let mut all_params = stage_params;
         for name in &used {
             if !all_params.contains_key(name) {
@@ -575,7 +591,7 @@ impl StageCx<'_> {
             config,
             deps: node_deps,
             outs: node_outs,
-            facets: decl.facets.clone(),
+            facets,
             version: decl.version,
             timing: decl.timing,
             device: decl.device.clone(),

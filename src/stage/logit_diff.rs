@@ -146,7 +146,7 @@ impl StageKind for LogitDiff {
         })?;
         let prompts: Vec<String> = config["prompts"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
+        let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
         let reference_model = super::onnx_file(&dep("reference_model").ok_or("no `reference_model` dep")?)?;
         let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
         let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;

@@ -132,7 +132,7 @@ impl StageKind for Perplexity {
         let spec = BackendSpec::from_value(backend_value)
             .map_err(|e| e.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
+        let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
         let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
         let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
 

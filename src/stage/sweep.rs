@@ -59,9 +59,9 @@ use serde_json::{Value, json};
 use super::output::write_json;
 use super::perplexity::strip_doc_markers;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
-use crate::backend::{self, Backend, BackendError, BackendSpec, Capability};
+use crate::backend::{self, Backend, BackendError, BackendSpec, Capability, Prepared};
 use crate::measure::sampler::{Sampler, SamplerConfig, SamplerOverhead};
-use crate::measure::{MODES, RunEnv, RunRecord, workload};
+use crate::measure::{MODES, RunEnv, RunRecord};
 use crate::runtime::Provider;
 
 pub struct Sweep;
@@ -231,7 +231,7 @@ impl StageKind for Sweep {
             .map_err(|e| e.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let variant = variant_of(&settings.mode);
-        let model = super::onnx_file(&dep(variant).ok_or_else(|| format!("no `{variant}` dep"))?)?;
+        let model = super::backend_model(&spec, &dep(variant).ok_or_else(|| format!("no `{variant}` dep"))?)?;
         let longest = settings.scenarios.iter().map(|s| s.batch * s.prompt_tokens).max().unwrap_or(0);
         let corpus = dep("corpus").ok_or("no `corpus` dep")?;
         let tokens = prompt_tokens(&dep("tokenizer").ok_or("no `tokenizer` dep")?, &corpus, longest)?;
@@ -318,8 +318,7 @@ fn variant_of(mode: &str) -> &'static str {
 /// Whether the opened model is the variant `mode` needs; a mismatch is a configuration error,
 /// not a degraded run.
 fn check_variant(b: &dyn Backend, mode: &str, model: &Path) -> Result<(), String> {
-    let fits = if mode == "generate" { b.new_cache(1).map(|_| ()) } else { b.prefill_inputs(&[0], &[1], 1, 1).map(|_| ()) };
-    fits.map_err(|e| format!("`{}` cannot run mode `{mode}`: {e}", model.display()))
+    b.supports(mode).map_err(|e| format!("`{}` cannot run mode `{mode}`: {e}", model.display()))
 }
 
 /// The first `n` tokens of the corpus, `<doc>` lines stripped. Only as much text as needed is
@@ -469,15 +468,11 @@ struct Measured {
 }
 
 /// Runs one iteration of `mode` on `sc`. Prefill inputs are prepared by the caller.
-fn iterate(b: &mut dyn Backend, mode: &str, sc: &Scenario, prompt: &[i64], prepared: Option<&crate::runtime::PreparedInputs>) -> Result<Measured, BackendError> {
+fn iterate(b: &mut dyn Backend, mode: &str, sc: &Scenario, prompt: &[i64], prepared: Option<&Prepared>) -> Result<Measured, BackendError> {
     match (mode, prepared) {
-        ("prefill", Some(inputs)) => Ok(Measured { latency: workload::prefill(b, inputs)?, ttft: None, ids: None }),
-        ("generate", _) => {
-            let g = workload::generate_cached(b, prompt, sc.batch, sc.new_tokens)?;
-            Ok(Measured { latency: g.total, ttft: Some(g.ttft), ids: Some(g.ids) })
-        }
-        ("generate_uncached", _) => {
-            let g = workload::generate_uncached(b, prompt, sc.batch, sc.new_tokens)?;
+        ("prefill", Some(inputs)) => Ok(Measured { latency: b.timed_prefill(inputs)?, ttft: None, ids: None }),
+        ("generate" | "generate_uncached", _) => {
+            let g = b.timed_generate(prompt, sc.batch, sc.new_tokens, mode == "generate")?;
             Ok(Measured { latency: g.total, ttft: Some(g.ttft), ids: Some(g.ids) })
         }
         _ => Err(BackendError::Failed(format!("mode `{mode}` has no prepared inputs"))),
@@ -489,7 +484,7 @@ fn measure(b: &mut dyn Backend, s: &Settings, tokens: &[i64], sweep: &mut SweepS
     sweep.capability = Some(b.capability().clone());
     let env = run_env(sweep.capability.as_ref());
     let gpu = matches!(spec.provider, Provider::Cuda | Provider::TensorRt).then_some(spec.device_id);
-    let sampler = Sampler::start(SamplerConfig { interval: s.sample_interval, gpu });
+    let sampler = Sampler::start(SamplerConfig { interval: s.sample_interval, gpu, pid: b.process_id() });
     let mut records = Vec::new();
     let (mut loop_time, mut measured, mut iterations) = (Duration::ZERO, Duration::ZERO, 0usize);
     for sc in &s.scenarios {

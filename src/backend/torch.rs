@@ -1,0 +1,374 @@
+//! The `torch` runtime: PyTorch and `transformers` in a Python worker that tr118 starts,
+//! speaking to it over stdin/stdout, one JSON object per line each way. The worker ships in
+//! the binary ([`WORKER_SOURCE`], `python/tr118_worker.py` in the repository) and runs under
+//! `$TR118_PYTHON`, else `python3`; its protocol is documented in `docs/torch-worker.md`.
+//!
+//! The worker loads the export's Hugging Face directory (`{model}/hf`: the same weights the
+//! ONNX models hold) on `cpu` or `cuda:{device_id}`, eager or through `torch.compile`
+//! (`dynamic=False`; a static key/value cache for compiled decoding), and times its own
+//! loops, synchronising CUDA at each end, so that the pipe between the processes is never
+//! inside a measurement. Logits for perplexity and logit diffs come back through a file in
+//! a scratch directory (float32, little-endian, row-major), and NLL is computed from them by
+//! the same code as for every other backend.
+//!
+//! A worker that cannot start (no Python), or that answers `unavailable` (torch or
+//! transformers not importable, no CUDA device), makes the backend
+//! [`BackendError::Unavailable`]: a degraded result with the worker's reason. The worker's
+//! stderr is kept (the last lines) and quoted in errors.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ndarray::{ArrayD, ArrayViewD};
+use serde_json::{Map, Value, json};
+
+use super::{Backend, BackendError, BackendSpec, Capability, KvCache, Prepared, cpu_logical_threads, gpu_info, probe};
+use crate::measure::workload::Generation;
+use crate::runtime::Provider;
+
+/// The worker program, as shipped in the repository.
+pub const WORKER_SOURCE: &str = include_str!("../../python/tr118_worker.py");
+/// The protocol version this side speaks; `hello` must answer the same.
+pub const PROTOCOL: u64 = 1;
+/// The Python that runs the worker, when set; else `python3`.
+pub const PYTHON_ENV: &str = "TR118_PYTHON";
+/// A file to append the exchange to (`> request`, `< answer`, one line each).
+pub const RECORD_ENV: &str = "TR118_TORCH_RECORD";
+const STDERR_LINES: usize = 40;
+
+/// The Python interpreter the worker runs under.
+pub fn python() -> String {
+    std::env::var(PYTHON_ENV).ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into())
+}
+
+/// A running worker process.
+pub struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    next_id: u64,
+    scratch: PathBuf,
+    record: Option<std::fs::File>,
+}
+
+impl Worker {
+    /// Starts the worker under [`python`]. A Python that cannot be started is `Unavailable`.
+    pub fn start() -> Result<Worker, BackendError> {
+        let scratch = probe::scratch_dir("torch")?;
+        let script = scratch.join("tr118_worker.py");
+        std::fs::write(&script, WORKER_SOURCE).map_err(|e| BackendError::Failed(format!("writing `{}`: {e}", script.display())))?;
+        let python = python();
+        let spawned = Command::new(&python)
+            .arg("-u")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                probe::remove_scratch_dir(&scratch);
+                return Err(BackendError::Unavailable(format!(
+                    "cannot start the torch worker with `{python}`: {e}; set {PYTHON_ENV} to a Python with torch and transformers"
+                )));
+            }
+        };
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            return Err(BackendError::Failed("the torch worker's pipes were not set up".into()));
+        };
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES)));
+        let sink = Arc::clone(&tail);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut t = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == STDERR_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        let record = match std::env::var_os(RECORD_ENV) {
+            None => None,
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| BackendError::Failed(format!("opening `{}` ({RECORD_ENV}): {e}", Path::new(&path).display())))?,
+            ),
+        };
+        Ok(Worker { child, stdin, stdout: BufReader::new(stdout), stderr: tail, next_id: 1, scratch, record })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines the worker wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends one request and reads its answer. `ok: false` with `unavailable` is
+    /// [`BackendError::Unavailable`]; with `error`, or a worker that exits or answers out of
+    /// turn, [`BackendError::Failed`].
+    pub fn call(&mut self, op: &str, mut req: Map<String, Value>) -> Result<Map<String, Value>, BackendError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        req.insert("id".into(), json!(id));
+        req.insert("op".into(), json!(op));
+        let mut line = serde_json::to_string(&req).map_err(|e| BackendError::Failed(e.to_string()))?;
+        line.push('\n');
+        if let Some(r) = &mut self.record {
+            let _ = write!(r, "> {line}");
+        }
+        if let Err(e) = self.stdin.write_all(line.as_bytes()).and_then(|()| self.stdin.flush()) {
+            return Err(self.gone(op, &format!("writing to it failed: {e}")));
+        }
+        let mut answer = String::new();
+        match self.stdout.read_line(&mut answer) {
+            Ok(0) => return Err(self.gone(op, "it closed its output")),
+            Err(e) => return Err(self.gone(op, &format!("reading its answer failed: {e}"))),
+            Ok(_) => {}
+        }
+        if let Some(r) = &mut self.record {
+            let _ = writeln!(r, "< {}", answer.trim_end());
+        }
+        let mut resp: Map<String, Value> = serde_json::from_str(answer.trim())
+            .map_err(|e| BackendError::Failed(format!("the torch worker answered `{op}` with a line that is not a JSON object ({e}): {:?}", answer.trim())))?;
+        if resp.get("id").and_then(Value::as_u64) != Some(id) {
+            return Err(BackendError::Failed(format!("the torch worker answered request {id} (`{op}`) with id {}", resp.get("id").unwrap_or(&Value::Null))));
+        }
+        if resp.get("ok").and_then(Value::as_bool) == Some(true) {
+            resp.remove("id");
+            resp.remove("ok");
+            return Ok(resp);
+        }
+        if let Some(reason) = resp.get("unavailable").and_then(Value::as_str) {
+            return Err(BackendError::Unavailable(reason.to_string()));
+        }
+        let error = resp.get("error").and_then(Value::as_str).unwrap_or("an error without a message");
+        let tail = self.stderr_tail();
+        Err(BackendError::Failed(if tail.is_empty() { format!("torch worker, `{op}`: {error}") } else { format!("torch worker, `{op}`: {error}\n{tail}") }))
+    }
+
+    fn gone(&mut self, op: &str, what: &str) -> BackendError {
+        // Give the stderr thread a moment to collect the traceback of a dying worker.
+        let status = (0..50).find_map(|_| match self.child.try_wait() {
+            Ok(Some(s)) => Some(s.to_string()),
+            _ => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        BackendError::Failed(format!(
+            "the torch worker stopped during `{op}` ({what}; {}):\n{}",
+            status.unwrap_or_else(|| "still running".into()),
+            self.stderr_tail()
+        ))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stdin.write_all(b"{\"id\": 0, \"op\": \"shutdown\"}\n");
+        let _ = self.stdin.flush();
+        let exited = (0..100).any(|_| {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        probe::remove_scratch_dir(&self.scratch);
+    }
+}
+
+/// A torch backend: a worker with the model loaded.
+pub struct TorchBackend {
+    spec: BackendSpec,
+    capability: Capability,
+    worker: Worker,
+}
+
+/// Starts a worker, checks its protocol and loads `model` (a Hugging Face directory) as
+/// `spec` says.
+pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
+    if !model.join("config.json").is_file() {
+        return Err(BackendError::Failed(format!(
+            "`{}` is not a Hugging Face model directory (no `config.json`); a torch backend runs the export's `hf` variant",
+            model.display()
+        )));
+    }
+    let mut worker = Worker::start()?;
+    let hello = worker.call("hello", Map::new())?;
+    let protocol = hello.get("protocol").and_then(Value::as_u64);
+    if protocol != Some(PROTOCOL) {
+        return Err(BackendError::Failed(format!("the torch worker speaks protocol {protocol:?}; this tr118 speaks {PROTOCOL}")));
+    }
+    let device = match spec.provider {
+        Provider::Cuda => format!("cuda:{}", spec.device_id),
+        _ => "cpu".to_string(),
+    };
+    let mut load = Map::new();
+    load.insert("model".into(), json!(model));
+    load.insert("device".into(), json!(device));
+    load.insert("precision".into(), json!(spec.precision));
+    if let Some(backend) = &spec.compile {
+        load.insert("compile".into(), json!({ "backend": backend, "mode": spec.compile_mode }));
+    }
+    let loaded = worker.call("load", load)?;
+    let s = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut offered = vec!["cpu".to_string()];
+    if hello.get("devices").and_then(Value::as_array).is_some_and(|d| !d.is_empty()) {
+        offered.push("cuda".into());
+    }
+    let parameters = loaded.get("parameters").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let assigned: BTreeMap<String, usize> =
+        loaded.get("parameter_devices").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(|d| (d.to_string(), parameters)).collect();
+    let capability = Capability {
+        runtime: "torch".into(),
+        runtime_version: s(&hello, "torch"),
+        // What runs is the worker program under that torch: its digest stands for the library.
+        library_digest: blake3::hash(WORKER_SOURCE.as_bytes()).to_hex().to_string(),
+        providers_offered: offered,
+        provider_requested: spec.provider.name().into(),
+        providers_assigned: assigned,
+        cpu_model: crate::facets::cpu_model(),
+        cpu_logical_threads: cpu_logical_threads(),
+        threads: spec.threads,
+        gpu: gpu_info(spec.device_id),
+        worker: Some(json!({ "hello": hello, "load": loaded })),
+    };
+    Ok(Box::new(TorchBackend { spec: spec.clone(), capability, worker }))
+}
+
+fn num(m: &Map<String, Value>, k: &str) -> Result<f64, BackendError> {
+    m.get(k).and_then(Value::as_f64).ok_or_else(|| BackendError::Failed(format!("the torch worker's answer has no number `{k}`")))
+}
+
+fn ids_of(m: &Map<String, Value>, expected: usize) -> Result<Vec<i64>, BackendError> {
+    let ids: Vec<i64> = m.get("ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_i64).collect();
+    if ids.len() != expected {
+        return Err(BackendError::Failed(format!("the torch worker returned {} generated ids, expected {expected}", ids.len())));
+    }
+    Ok(ids)
+}
+
+impl TorchBackend {
+    fn prefill_request(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Map<String, Value>, BackendError> {
+        if ids.len() != batch * seq || mask.len() != ids.len() {
+            return Err(BackendError::Failed(format!("a prefill of {batch} × {seq} needs {} ids and mask values, got {} and {}", batch * seq, ids.len(), mask.len())));
+        }
+        let mut req = Map::new();
+        req.insert("ids".into(), json!(ids));
+        req.insert("batch".into(), json!(batch));
+        req.insert("seq".into(), json!(seq));
+        if mask.iter().any(|&m| m != 1) {
+            req.insert("mask".into(), json!(mask));
+        }
+        Ok(req)
+    }
+
+    /// A prefill whose logits come back through a file in the worker's scratch directory.
+    fn logits(&mut self, mut req: Map<String, Value>) -> Result<ArrayD<f32>, BackendError> {
+        let path = self.worker.scratch.join("logits.f32");
+        req.insert("logits".into(), json!(path));
+        let resp = self.worker.call("prefill", req)?;
+        let shape: Vec<usize> = resp.get("shape").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_u64).map(|d| d as usize).collect();
+        let bytes = std::fs::read(&path).map_err(|e| BackendError::Failed(format!("reading the torch worker's logits `{}`: {e}", path.display())))?;
+        let _ = std::fs::remove_file(&path);
+        let n: usize = shape.iter().product();
+        if shape.len() != 3 || bytes.len() != n * 4 {
+            return Err(BackendError::Failed(format!("the torch worker's logits are {} bytes for shape {shape:?}", bytes.len())));
+        }
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        ArrayD::from_shape_vec(shape, values).map_err(|e| BackendError::Failed(e.to_string()))
+    }
+}
+
+fn no_cache() -> BackendError {
+    BackendError::Failed("a torch backend keeps its key/value cache in its worker: it runs whole generations, not single steps".into())
+}
+
+impl Backend for TorchBackend {
+    fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    fn capability(&self) -> &Capability {
+        &self.capability
+    }
+
+    fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError> {
+        let req = self.prefill_request(ids, mask, batch, seq)?;
+        self.logits(req)
+    }
+
+    fn new_cache(&self, _batch: usize) -> Result<KvCache, BackendError> {
+        Err(no_cache())
+    }
+
+    fn decode_step_with(&mut self, _cache: &mut KvCache, _ids: &[i64], _new_len: usize, _f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
+        Err(no_cache())
+    }
+
+    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
+        self.prefill_request(ids, mask, batch, seq)?;
+        Ok(Prepared::Ids { ids: ids.to_vec(), mask: mask.to_vec(), batch, seq })
+    }
+
+    fn run_prefill_inputs(&mut self, inputs: &Prepared, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
+        let Prepared::Ids { ids, mask, batch, seq } = inputs else {
+            return Err(BackendError::Failed("a torch backend was handed ONNX Runtime inputs".into()));
+        };
+        let logits = self.prefill(ids, mask, *batch, *seq)?;
+        f(logits.view());
+        Ok(())
+    }
+
+    fn supports(&self, _mode: &str) -> Result<(), BackendError> {
+        // One Hugging Face model runs every mode.
+        Ok(())
+    }
+
+    fn timed_prefill(&mut self, inputs: &Prepared) -> Result<Duration, BackendError> {
+        let Prepared::Ids { ids, mask, batch, seq } = inputs else {
+            return Err(BackendError::Failed("a torch backend was handed ONNX Runtime inputs".into()));
+        };
+        let req = self.prefill_request(ids, mask, *batch, *seq)?;
+        let resp = self.worker.call("prefill", req)?;
+        Ok(Duration::from_secs_f64(num(&resp, "latency_s")?))
+    }
+
+    fn timed_generate(&mut self, prompt: &[i64], batch: usize, new_tokens: usize, cached: bool) -> Result<Generation, BackendError> {
+        let seq = prompt.len() / batch.max(1);
+        let mut req = Map::new();
+        req.insert("ids".into(), json!(prompt));
+        req.insert("batch".into(), json!(batch));
+        req.insert("seq".into(), json!(seq));
+        req.insert("new_tokens".into(), json!(new_tokens));
+        req.insert("cache".into(), json!(cached));
+        let resp = self.worker.call("generate", req)?;
+        Ok(Generation {
+            ids: ids_of(&resp, batch * new_tokens)?,
+            ttft: Duration::from_secs_f64(num(&resp, "ttft_s")?),
+            total: Duration::from_secs_f64(num(&resp, "total_s")?),
+        })
+    }
+
+    fn process_id(&self) -> Option<u32> {
+        Some(self.worker.pid())
+    }
+}
