@@ -665,3 +665,24 @@ outs = { seen = "seen" }
     assert_eq!(r.cache("bench"), "hit", "the first build's entry is still there");
     assert_eq!(p.read("out/bench/seen"), b"cpu build");
 }
+
+#[test]
+fn default_study_fetches_the_gpu_build_only_when_asked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = Workspace::new("tr118-fetch-study-");
+    p.write("pipelines/tr118.toml", fs::read(root.join("pipelines/tr118.toml")).unwrap());
+    for t in ["report.md.j2", "report.html.j2"] {
+        p.write(&format!("templates/{t}"), fs::read(root.join("templates").join(t)).unwrap());
+    }
+    let r = p.tr(&["make", "report", "--dry-run", "--json"]);
+    r.code(0);
+    let plain = ids(&r);
+    assert!(plain.contains(&"ort".to_string()) && !plain.contains(&"ort-gpu".to_string()), "{r}");
+    let r = p.tr(&["make", "report", "--dry-run", "--json", "-p", "ort=out/ort-gpu/libonnxruntime.so.1.31.1"]);
+    r.code(0);
+    let gpu = ids(&r);
+    assert!(gpu.contains(&"ort-gpu".to_string()) && !gpu.contains(&"ort".to_string()), "{r}");
+    // Everything else is the same study.
+    let rest = |v: &[String]| v.iter().filter(|i| !i.starts_with("ort")).cloned().collect::<Vec<_>>();
+    assert_eq!(rest(&plain), rest(&gpu));
+}
