@@ -1,5 +1,7 @@
 //! The ONNX Runtime layer against the real library: the probe, sessions, prefill, the decode
-//! step and execution providers, on tiny models written as protobuf bytes by the test itself.
+//! step and execution providers, on tiny models written as protobuf bytes by the test itself;
+//! then I/O binding and CUDA graphs on a tiny Llama exported by tr118, against the naive
+//! reference forward of `support/reference.rs`.
 //!
 //! The library comes from `ORT_DYLIB_PATH`, else `scripts/fetch-ort.sh` fetches the pinned
 //! `onnxruntime==1.31.1` from PyPI once; a test never skips for want of it.
@@ -8,10 +10,16 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use support::onnx::{Dim, FLOAT, Graph, INT64, attr_int, tensor_f32, tensor_i64};
+use support::reference::{self, Rng, Weights, random_weights_scaled};
 use tempfile::TempDir;
-use tr118::runtime::{self, Decoder, Feed, IoSpec, Provider, Runtime, RuntimeError, SessionOptions, TensorData};
+use tr118::export::{self, ExportOptions, Precision, Variant};
+use tr118::model::dtype::DType;
+use tr118::model::write::{Tensor as GgufTensor, write_gguf};
+use tr118::model::{Checkpoint, ModelConfig, RopeLayout};
+use tr118::runtime::{self, Decoder, Feed, IoSpec, KvCache, Provider, Runtime, RuntimeError, SessionOptions, TensorData};
 
 const PINNED_LIBRARY: &str = "libonnxruntime.so.1.31.1";
 
@@ -319,11 +327,24 @@ fn prefill_without_a_mask_input_refuses_a_padded_batch() {
 
 #[test]
 fn decode_steps_grow_the_cache_and_continue_positions() {
+    decode_steps_check(Some(false));
+}
+
+/// The same closed-form check with every step run through I/O binding on the CPU: the bound
+/// code path (inputs from the host, the cache fed back where the last step left it, outputs
+/// bound to memory) must feed the model exactly what the plain path feeds it.
+#[test]
+fn bound_decode_steps_grow_the_cache_and_continue_positions() {
+    decode_steps_check(Some(true));
+}
+
+fn decode_steps_check(io_binding: Option<bool>) {
     let Some(rt) = rt() else { return };
     let dir = tempdir();
     let model = write(&dir, "decoder.onnx", &decoder_model());
-    let session = rt.session(&model, &SessionOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let session = rt.session(&model, &SessionOptions { io_binding, ..SessionOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
     let mut dec = Decoder::new(session).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dec.io_binding(), io_binding == Some(true));
     assert_eq!((dec.n_layer(), dec.n_kv_head(), dec.head_dim()), (1, 1, HD));
 
     let mut cache = dec.empty_cache(2).unwrap_or_else(|e| panic!("{e}"));
@@ -351,6 +372,14 @@ fn decode_steps_grow_the_cache_and_continue_positions() {
     assert_eq!(k.shape(), [2, 1, 3, HD]);
     assert_eq!(k.iter().copied().collect::<Vec<f32>>(), [1.0, 1.0, 2.0, 2.0, 5.0, 5.0, 3.0, 3.0, 4.0, 4.0, 6.0, 6.0]);
     assert!(k.iter().zip(v.iter()).all(|(a, b)| *a == -*b), "values are the negated keys");
+
+    // A third step feeds back a cache that was itself fed back once.
+    let logits = dec.step(&mut cache, &[7, 8], 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cache.past_len(), 4);
+    for v in 0..DECODER_VOCAB {
+        assert_eq!(logits[[0, 0, v]], expect(7.0, 3.0, 2.0 * 15.0, 4.0, v));
+        assert_eq!(logits[[1, 0, v]], expect(8.0, 3.0, 2.0 * 21.0, 4.0, v));
+    }
 
     let err = dec.step(&mut cache, &[1, 2, 3], 1).unwrap_err();
     assert!(matches!(err, RuntimeError::BadInput(_)), "{err:?}");
@@ -435,4 +464,367 @@ fn cuda_sessions_run_on_the_gpu_and_tensorrt_is_used_or_unavailable() {
             eprintln!("tensorrt: {e}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// I/O binding and CUDA graphs on a real export
+//
+// The tiny Llama of the test support (the sweep test's: vocabulary 41, weights of std 0.5,
+// so greedy choices do not hinge on rounding), exported by tr118's exporter and checked
+// against the naive f64 forward of `support/reference.rs`, which shares no code with it.
+//
+// The `gpu_` tests are ignored by default. On a machine with a GPU, `onnxruntime-gpu==1.31.1`
+// and the CUDA 13 libraries (cuBLAS, cuDNN 9, cudart) on `LD_LIBRARY_PATH`, run them with:
+//
+//   ORT_DYLIB_PATH=/path/to/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 \
+//     cargo test --release --test runtime -- --ignored --nocapture gpu_
+//
+// Each prints what it compares and the largest difference it saw.
+// ---------------------------------------------------------------------------------------
+
+fn llama_config() -> ModelConfig {
+    ModelConfig { vocab_size: 41, ..reference::tiny_llama(RopeLayout::Interleaved) }
+}
+
+fn llama_weights() -> &'static Weights {
+    static W: OnceLock<Weights> = OnceLock::new();
+    W.get_or_init(|| random_weights_scaled(&llama_config(), 11, 0.5))
+}
+
+/// The tiny Llama's `variant` export under `dir`, from a GGUF written there.
+fn export_llama(dir: &TempDir, variant: Variant) -> PathBuf {
+    let cfg = llama_config();
+    let gguf = dir.path().join("model.gguf");
+    if !gguf.is_file() {
+        let tensors: Vec<GgufTensor> =
+            cfg.expected_tensors().into_iter().map(|(name, shape)| GgufTensor { data: llama_weights()[&name].1.clone(), name, shape }).collect();
+        write_gguf(&gguf, &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
+    }
+    let ck = Checkpoint::open(&gguf).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join(variant.name()).join("model.onnx");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let opts = ExportOptions { variant, precision: Precision::Fp32, opset: 17, external_data: Some(false) };
+    export::export(&ck, &opts, &path).unwrap_or_else(|e| panic!("export {}: {e}", variant.name()));
+    path
+}
+
+/// Prompts of `batch` rows of `len` tokens, distinct per row.
+fn prompts(batch: usize, len: usize) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(5);
+    (0..batch).map(|_| (0..len).map(|_| (rng.next_u64() % llama_config().vocab_size as u64) as u32).collect()).collect()
+}
+
+/// Argmax, lowest id on ties: the same rule as the sweep's greedy loop.
+fn argmax(row: impl Iterator<Item = f32>) -> usize {
+    let row: Vec<f32> = row.collect();
+    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
+}
+
+/// Greedy decoding with the naive forward: the ids, and each step's last-position logits.
+fn reference_greedy(prompt: &[u32], new_tokens: usize) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let (mut seq, mut ids, mut rows) = (prompt.to_vec(), Vec::new(), Vec::new());
+    for _ in 0..new_tokens {
+        let logits = reference::forward(&llama_config(), llama_weights(), &seq);
+        let last = logits.last().unwrap().clone();
+        let next = argmax(last.iter().copied());
+        ids.push(next as i64);
+        seq.push(next as u32);
+        rows.push(last);
+    }
+    (ids, rows)
+}
+
+/// What one greedy decode through a [`Decoder`] saw: ids per row, each step's last-position
+/// logits per row (`[step][row][vocab]`), and the cache at the end.
+struct Decoded {
+    ids: Vec<Vec<i64>>,
+    logits: Vec<Vec<Vec<f32>>>,
+    cache: KvCache,
+}
+
+/// The whole prompt in one step from an empty cache, then one token a step, reading the
+/// logits in place through `step_with` as the sweep's loop does.
+fn decode(dec: &mut Decoder, prompts: &[Vec<u32>], new_tokens: usize) -> Decoded {
+    let batch = prompts.len();
+    let mut cache = dec.empty_cache(batch).unwrap_or_else(|e| panic!("{e}"));
+    let mut ids = vec![Vec::new(); batch];
+    let mut logits = Vec::new();
+    let mut feed: Vec<i64> = prompts.iter().flatten().map(|&t| i64::from(t)).collect();
+    let mut len = prompts[0].len();
+    for step in 0..new_tokens {
+        let mut rows = Vec::new();
+        dec.step_with(&mut cache, &feed, len, &mut |view| {
+            let last = view.shape()[1] - 1;
+            rows = (0..batch).map(|b| (0..view.shape()[2]).map(|v| view[[b, last, v]]).collect()).collect();
+        })
+        .unwrap_or_else(|e| panic!("step {step}: {e}"));
+        feed = rows.iter().map(|r: &Vec<f32>| argmax(r.iter().copied()) as i64).collect();
+        for (b, &t) in feed.iter().enumerate() {
+            ids[b].push(t);
+        }
+        logits.push(rows);
+        len = 1;
+    }
+    Decoded { ids, logits, cache }
+}
+
+/// Max |a - b| over every step, row and logit.
+fn max_logit_diff(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> f64 {
+    assert_eq!(a.len(), b.len(), "steps");
+    let mut worst = 0.0f64;
+    for (sa, sb) in a.iter().zip(b) {
+        for (ra, rb) in sa.iter().zip(sb) {
+            assert_eq!(ra.len(), rb.len(), "vocabulary");
+            for (x, y) in ra.iter().zip(rb) {
+                assert!(x.is_finite() && y.is_finite(), "a logit is not finite");
+                worst = worst.max((f64::from(*x) - f64::from(*y)).abs());
+            }
+        }
+    }
+    worst
+}
+
+/// Max |a - b| between two caches, layer by layer, through `KvCache::layer`'s host copies.
+fn max_cache_diff(a: &KvCache, b: &KvCache, n_layer: usize) -> f64 {
+    assert_eq!((a.batch(), a.past_len()), (b.batch(), b.past_len()));
+    let mut worst = 0.0f64;
+    for i in 0..n_layer {
+        let ((ka, va), (kb, vb)) = (a.layer(i).unwrap_or_else(|e| panic!("{e}")), b.layer(i).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(ka.shape(), kb.shape(), "layer {i}");
+        assert_eq!(va.shape(), vb.shape(), "layer {i}");
+        for (x, y) in ka.iter().chain(va.iter()).zip(kb.iter().chain(vb.iter())) {
+            worst = worst.max((f64::from(*x) - f64::from(*y)).abs());
+        }
+    }
+    worst
+}
+
+/// The reference's ids and logits for every row of `prompts`, `[step][row][vocab]`.
+fn reference_decode(prompts: &[Vec<u32>], new_tokens: usize) -> (Vec<Vec<i64>>, Vec<Vec<Vec<f32>>>) {
+    let per_row: Vec<(Vec<i64>, Vec<Vec<f32>>)> = prompts.iter().map(|p| reference_greedy(p, new_tokens)).collect();
+    let ids = per_row.iter().map(|(ids, _)| ids.clone()).collect();
+    let logits = (0..new_tokens).map(|s| per_row.iter().map(|(_, rows)| rows[s].clone()).collect()).collect();
+    (ids, logits)
+}
+
+fn llama_decoder(rt: &Runtime, model: &Path, options: SessionOptions) -> Decoder {
+    let options = SessionOptions { intra_threads: Some(1), ..options };
+    Decoder::new(rt.session(model, &options).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn bound_greedy_decoding_matches_plain_runs_and_the_reference() {
+    let Some(rt) = rt() else { return };
+    let dir = tempdir();
+    let model = export_llama(&dir, Variant::Decoder);
+    let cfg = llama_config();
+    let mut plain = llama_decoder(rt, &model, SessionOptions { io_binding: Some(false), ..SessionOptions::default() });
+    let mut bound = llama_decoder(rt, &model, SessionOptions { io_binding: Some(true), ..SessionOptions::default() });
+    assert!(!plain.io_binding() && bound.io_binding());
+    assert!(!llama_decoder(rt, &model, SessionOptions::default()).io_binding(), "binding is off by default on the CPU");
+
+    let new_tokens = 6;
+    for (batch, len) in [(1, 5), (2, 4)] {
+        let prompts = prompts(batch, len);
+        let (want_ids, want_logits) = reference_decode(&prompts, new_tokens);
+        let distinct: std::collections::BTreeSet<i64> = want_ids.iter().flatten().copied().collect();
+        assert!(distinct.len() >= 3, "the reference generates too few distinct tokens to tell decoders apart: {distinct:?}");
+
+        let p = decode(&mut plain, &prompts, new_tokens);
+        let b = decode(&mut bound, &prompts, new_tokens);
+        assert_eq!(p.ids, want_ids, "batch {batch}: plain steps vs the reference's greedy ids");
+        assert_eq!(b.ids, want_ids, "batch {batch}: bound steps vs the reference's greedy ids");
+        let vs_ref = max_logit_diff(&b.logits, &want_logits);
+        let vs_plain = max_logit_diff(&b.logits, &p.logits);
+        let cache = max_cache_diff(&b.cache, &p.cache, cfg.n_layer);
+        eprintln!("batch {batch}: bound vs reference logits {vs_ref:.2e}, bound vs plain logits {vs_plain:.2e}, caches {cache:.2e}");
+        assert!(vs_ref <= 1e-4, "batch {batch}: bound logits vs the reference: {vs_ref:.3e}");
+        assert!(vs_plain <= 1e-6, "batch {batch}: bound vs plain logits: {vs_plain:.3e}");
+        assert!(cache <= 1e-6, "batch {batch}: bound vs plain cache: {cache:.3e}");
+        assert_eq!(b.cache.past_len(), len + new_tokens - 1);
+        assert!(b.cache.is_on_host(), "a CPU session's cache is in host memory");
+        let (k, _) = b.cache.layer(cfg.n_layer - 1).unwrap();
+        assert_eq!(k.shape(), [batch, cfg.n_kv_head, len + new_tokens - 1, cfg.head_dim()]);
+    }
+}
+
+#[test]
+fn a_prefill_on_the_device_returns_what_a_plain_run_computes() {
+    let Some(rt) = rt() else { return };
+    let dir = tempdir();
+    // The closed-form model first: every number is known.
+    let toy = write(&dir, "prefill.onnx", &prefill_model(true));
+    let ids = [0i64, 3, 1, 2, 2, 0];
+    let mask = [0i64, 1, 1, 1, 1, 1];
+    let positions = [[0, 0, 1], [0, 1, 2]];
+    for io_binding in [Some(false), Some(true)] {
+        let mut s = rt.session(&toy, &SessionOptions { io_binding, ..SessionOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.io_binding(), io_binding == Some(true));
+        let inputs = s.prefill_inputs_on_device(&ids, &mask, 2, 3).unwrap_or_else(|e| panic!("{e}"));
+        // Twice: a bound preparation is run again on the output buffer of its first run.
+        for rep in 0..2 {
+            let out = s.run_prepared_on_device(&inputs).unwrap_or_else(|e| panic!("{io_binding:?}, run {rep}: {e}"));
+            assert_eq!((out.name(), out.shape()), ("logits", vec![2, 3, PREFILL_VOCAB]));
+            assert!(out.is_on_host(), "the CPU's device memory is host memory");
+            let logits = out.to_host().unwrap_or_else(|e| panic!("{e}"));
+            for b in 0..2 {
+                for j in 0..3 {
+                    for v in 0..PREFILL_VOCAB {
+                        let want = (10.0 * ids[b * 3 + j] as f32 + v as f32) * mask[b * 3 + j] as f32 + 100.0 * positions[b][j] as f32;
+                        assert_eq!(logits[[b, j, v]], want, "{io_binding:?}, run {rep}, [{b}, {j}, {v}]");
+                    }
+                }
+            }
+        }
+    }
+
+    // Then the tiny Llama's prefill export, a batch of two, against the reference.
+    let model = export_llama(&dir, Variant::Prefill);
+    let prompts = prompts(2, 6);
+    let flat: Vec<i64> = prompts.iter().flatten().map(|&t| i64::from(t)).collect();
+    let mut s = rt.session(&model, &SessionOptions { io_binding: Some(true), intra_threads: Some(1), ..SessionOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
+    let inputs = s.prefill_inputs_on_device(&flat, &[1; 12], 2, 6).unwrap_or_else(|e| panic!("{e}"));
+    let on_device = s.run_prepared_on_device(&inputs).unwrap_or_else(|e| panic!("{e}")).to_host().unwrap();
+    let mut plain = None;
+    s.run_prepared(&inputs, &mut |v| plain = Some(v.to_owned())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(Some(&on_device), plain.as_ref(), "the bound run and the plain run of the same inputs");
+    let mut worst = 0.0f64;
+    for (b, p) in prompts.iter().enumerate() {
+        for (t, row) in reference::forward(&llama_config(), llama_weights(), p).iter().enumerate() {
+            for (v, &want) in row.iter().enumerate() {
+                worst = worst.max((f64::from(on_device[[b, t, v]]) - f64::from(want)).abs());
+            }
+        }
+    }
+    eprintln!("prefill on the device vs reference: {worst:.2e}");
+    assert!(worst <= 1e-4, "prefill on the device vs the reference: {worst:.3e}");
+}
+
+#[test]
+fn cuda_graph_needs_the_cuda_provider_and_io_binding() {
+    let Some(rt) = rt() else { return };
+    let dir = tempdir();
+    let model = write(&dir, "prefill.onnx", &prefill_model(true));
+    let err = rt.session(&model, &SessionOptions { cuda_graph: true, ..SessionOptions::default() }).unwrap_err();
+    assert!(matches!(err, RuntimeError::CudaGraph { .. }) && !err.is_degradation(), "{err:?}");
+    let text = err.to_string();
+    for needle in ["`cuda_graph` needs the `cuda` provider alone", "providers are cpu", "prefill.onnx", "open it with `cuda_graph` off"] {
+        assert!(text.contains(needle), "`{needle}` not in: {text}");
+    }
+    // Checked before the provider is registered, so it says so even without a GPU.
+    let options = SessionOptions { cuda_graph: true, io_binding: Some(false), ..SessionOptions::default() }.with_providers([Provider::Cuda]);
+    let err = rt.session(&model, &options).unwrap_err();
+    assert!(err.to_string().contains("`cuda_graph` needs `io_binding`"), "{err}");
+    let options = SessionOptions { cuda_graph: true, ..SessionOptions::default() }.with_providers([Provider::TensorRt, Provider::Cuda]);
+    let err = rt.session(&model, &options).unwrap_err();
+    assert!(err.to_string().contains("providers are tensorrt, cuda, cpu"), "{err}");
+}
+
+/// The CUDA runtime's session options, or a panic that says what is missing.
+fn gpu_runtime() -> &'static Runtime {
+    let rt = rt().expect("a GPU test needs ORT_DYLIB_PATH");
+    assert!(rt.info().has_provider("CUDAExecutionProvider"), "not a GPU build of ONNX Runtime: {:?}", rt.info().providers);
+    rt
+}
+
+#[test]
+#[ignore = "needs onnxruntime-gpu and a GPU"]
+fn gpu_bound_decode_keeps_the_cache_on_the_device_and_matches_the_cpu() {
+    let rt = gpu_runtime();
+    let dir = tempdir();
+    let model = export_llama(&dir, Variant::Decoder);
+    let cfg = llama_config();
+    let cuda = || SessionOptions::default().with_providers([Provider::Cuda]);
+    let mut cpu = llama_decoder(rt, &model, SessionOptions::default());
+    let mut bound = llama_decoder(rt, &model, cuda());
+    let mut plain = llama_decoder(rt, &model, SessionOptions { io_binding: Some(false), ..cuda() });
+    assert!(bound.io_binding(), "binding is on by default with CUDA");
+    assert!(!plain.io_binding());
+
+    let new_tokens = 8;
+    for (batch, len) in [(1, 5), (2, 4)] {
+        let prompts = prompts(batch, len);
+        let (want_ids, _) = reference_decode(&prompts, new_tokens);
+        let c = decode(&mut cpu, &prompts, new_tokens);
+        let b = decode(&mut bound, &prompts, new_tokens);
+        let p = decode(&mut plain, &prompts, new_tokens);
+        eprintln!("batch {batch}: ids cpu {:?}, cuda bound {:?}, cuda plain {:?}, reference {want_ids:?}", c.ids, b.ids, p.ids);
+        assert_eq!(c.ids, want_ids, "batch {batch}: CPU vs reference ids");
+        assert_eq!(b.ids, c.ids, "batch {batch}: CUDA with I/O binding vs CPU ids");
+        assert_eq!(p.ids, c.ids, "batch {batch}: CUDA without binding vs CPU ids");
+        let (vs_cpu, plain_vs_cpu) = (max_logit_diff(&b.logits, &c.logits), max_logit_diff(&p.logits, &c.logits));
+        let cache = max_cache_diff(&b.cache, &c.cache, cfg.n_layer);
+        eprintln!("batch {batch}: logits cuda bound vs cpu {vs_cpu:.2e}, cuda plain vs cpu {plain_vs_cpu:.2e}; cache cuda bound vs cpu {cache:.2e}");
+        assert!(vs_cpu <= 1e-3, "batch {batch}: CUDA bound vs CPU logits: {vs_cpu:.3e}");
+        assert!(plain_vs_cpu <= 1e-3, "batch {batch}: CUDA plain vs CPU logits: {plain_vs_cpu:.3e}");
+        assert!(cache <= 1e-3, "batch {batch}: CUDA bound cache (copied to the host) vs the CPU's: {cache:.3e}");
+        // The point of binding: the cache never came back to the host.
+        assert!(!b.cache.is_on_host(), "batch {batch}: with I/O binding the cache must stay in device memory");
+        assert!(p.cache.is_on_host(), "batch {batch}: a plain run returns the cache in host memory");
+    }
+}
+
+#[test]
+#[ignore = "needs onnxruntime-gpu and a GPU"]
+fn gpu_cuda_graph_prefill_replays_match_the_uncaptured_run() {
+    let rt = gpu_runtime();
+    let dir = tempdir();
+    let model = export_llama(&dir, Variant::Prefill);
+    let cuda = SessionOptions::default().with_providers([Provider::Cuda]);
+    let mut graph = rt.session(&model, &SessionOptions { cuda_graph: true, ..cuda.clone() }).unwrap_or_else(|e| panic!("{e}"));
+    let mut uncaptured = rt.session(&model, &cuda).unwrap_or_else(|e| panic!("{e}"));
+    assert!(graph.cuda_graph() && graph.io_binding() && !uncaptured.cuda_graph());
+
+    // Two shapes, interleaved, each run 4 times (a capture, then replays) with new ids every
+    // time: a replay that read stale buffers, or another shape's graph, would be caught.
+    let shapes = [(1usize, 5usize), (2, 7)];
+    let mut rng = Rng::new(23);
+    let mut worst = 0.0f64;
+    for rep in 0..4 {
+        for &(batch, seq) in &shapes {
+            let ids: Vec<i64> = (0..batch * seq).map(|_| (rng.next_u64() % llama_config().vocab_size as u64) as i64).collect();
+            let mask = vec![1i64; batch * seq];
+            let g_in = graph.prefill_inputs_on_device(&ids, &mask, batch, seq).unwrap_or_else(|e| panic!("{e}"));
+            let u_in = uncaptured.prefill_inputs_on_device(&ids, &mask, batch, seq).unwrap_or_else(|e| panic!("{e}"));
+            let g_out = graph.run_prepared_on_device(&g_in).unwrap_or_else(|e| panic!("graph, {batch}×{seq}, run {rep}: {e}"));
+            assert!(!g_out.is_on_host(), "the graph's logits stay on the device");
+            let g = g_out.to_host().unwrap_or_else(|e| panic!("{e}"));
+            let u_out = uncaptured.run_prepared_on_device(&u_in).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!u_out.is_on_host(), "bound logits stay on the device");
+            let u = u_out.to_host().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(g.shape(), [batch, seq, llama_config().vocab_size]);
+            let diff = g.iter().zip(u.iter()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).fold(0.0, f64::max);
+            // And against the reference, row by row: a stale replay can equal nothing else.
+            let mut vs_ref = 0.0f64;
+            for (b, row_ids) in ids.chunks(seq).enumerate() {
+                let tokens: Vec<u32> = row_ids.iter().map(|&t| t as u32).collect();
+                for (t, row) in reference::forward(&llama_config(), llama_weights(), &tokens).iter().enumerate() {
+                    for (v, &want) in row.iter().enumerate() {
+                        vs_ref = vs_ref.max((f64::from(g[[b, t, v]]) - f64::from(want)).abs());
+                    }
+                }
+            }
+            eprintln!("{batch}×{seq} run {rep}: graph vs uncaptured {diff:.2e}, graph vs reference {vs_ref:.2e}");
+            assert!(diff <= 1e-5, "{batch}×{seq}, run {rep}: graph vs uncaptured logits {diff:.3e}");
+            assert!(vs_ref <= 1e-3, "{batch}×{seq}, run {rep}: graph vs reference logits {vs_ref:.3e}");
+            worst = worst.max(diff);
+        }
+    }
+    eprintln!("cuda graph vs uncaptured prefill, 2 shapes × 4 runs: max diff {worst:.2e}");
+
+    // Inputs prepared before a later preparation of the same shape are refused, not run on
+    // the later ones' ids.
+    let first = graph.prefill_inputs_on_device(&[1, 2, 3, 4, 5], &[1; 5], 1, 5).unwrap();
+    let _second = graph.prefill_inputs_on_device(&[5, 4, 3, 2, 1], &[1; 5], 1, 5).unwrap();
+    let err = graph.run_prepared_on_device(&first).unwrap_err();
+    assert!(err.to_string().contains("prepared again"), "{err}");
+
+    // On an accelerator, a run "on the device" of host inputs would time their copies: refused,
+    // and so is preparing them on the device without binding.
+    let host_inputs = uncaptured.prefill_inputs(&[1, 2], &[1, 1], 1, 2).unwrap();
+    let err = uncaptured.run_prepared_on_device(&host_inputs).unwrap_err();
+    assert!(err.to_string().contains("prefill_inputs_on_device"), "{err}");
+    let unbound = rt.session(&model, &SessionOptions { io_binding: Some(false), ..cuda }).unwrap_or_else(|e| panic!("{e}"));
+    let err = unbound.prefill_inputs_on_device(&[1, 2], &[1, 1], 1, 2).unwrap_err();
+    assert!(err.to_string().contains("`io_binding` off"), "{err}");
 }

@@ -282,6 +282,7 @@ impl BackendSpec {
                 engine_cache: self.trt_engine_cache.as_ref().map(PathBuf::from),
                 profile_shapes: self.trt_profile_shapes.clone(),
             },
+            ..SessionOptions::default()
         }
     }
 }

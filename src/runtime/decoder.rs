@@ -19,15 +19,26 @@
 //! lengths are dynamic. A first step with an empty cache (`past_len` 0) is the prefill.
 //! Present tensors stay ONNX Runtime values and are fed back as the next step's past without
 //! a copy through Rust.
+//!
+//! ## Where the cache lives
+//!
+//! Without I/O binding ([`super::SessionOptions::io_binding`]) a step is a plain run: ONNX
+//! Runtime returns every output in host memory, so on a GPU each step downloads the whole
+//! grown cache and the next uploads it again, `2 × n_layer × batch × n_kv_head × past_len ×
+//! head_dim × 4` bytes each way. With binding (the default on CUDA and TensorRT) a step binds
+//! `input_ids`, `attention_mask` and `position_ids` from host memory, the past from the
+//! cache's tensors where the previous step left them, `present.*` to the provider's device
+//! and `logits` to host memory, which the greedy loop reads in place. Only the ids in and the
+//! logits out cross the bus.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, ArrayViewD};
-use ort::session::SessionInputValue;
+use ort::session::{IoBinding, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
-use super::session::{Session, f32_view, int_value, ticked};
+use super::session::{Session, f32_view, host_f32, int_value, is_on_host, ticked, value_shape};
 use super::RuntimeError;
 
 /// The session's names for one layer's cache.
@@ -50,6 +61,9 @@ pub struct Decoder {
     logits: String,
     n_kv_head: usize,
     head_dim: usize,
+    /// `Some` when the session runs through I/O binding; cleared after every step, so that it
+    /// keeps no step's tensors alive into the next.
+    binding: Option<IoBinding>,
 }
 
 /// The key/value cache of one batch of sequences, all of the same length.
@@ -71,10 +85,18 @@ impl KvCache {
         self.past_len
     }
 
-    /// Layer `i`'s key and value, `[batch, n_kv_head, past_len, head_dim]`.
-    pub fn layer(&self, i: usize) -> Result<(ArrayViewD<'_, f32>, ArrayViewD<'_, f32>), RuntimeError> {
+    /// A host copy of layer `i`'s key and value, `[batch, n_kv_head, past_len, head_dim]`:
+    /// a device-to-host transfer when the cache is on a GPU. For tests and diagnostics, never
+    /// inside a timed loop.
+    pub fn layer(&self, i: usize) -> Result<(ArrayD<f32>, ArrayD<f32>), RuntimeError> {
         let (k, v) = self.layers.get(i).ok_or_else(|| RuntimeError::BadInput(format!("the cache has {} layers, not {}", self.layers.len(), i + 1)))?;
-        Ok((extract_view(k)?, extract_view(v)?))
+        Ok((host_f32(&format!("key of layer {i}"), k)?, host_f32(&format!("value of layer {i}"), v)?))
+    }
+
+    /// Whether every tensor of the cache is in host memory: always on a CPU session, and on a
+    /// GPU only when the steps were plain runs (no I/O binding) or none has run yet.
+    pub fn is_on_host(&self) -> bool {
+        self.layers.iter().all(|(k, v)| is_on_host(k) && is_on_host(v))
     }
 }
 
@@ -143,7 +165,13 @@ impl Decoder {
                 _ => return Err(session.interface_error(format!("has no `logits` output; its other outputs are {}", ticked(&rest)))),
             }
         };
-        Ok(Decoder { session, has_mask, has_positions, layers, logits, n_kv_head: n_kv_head as usize, head_dim: head_dim as usize })
+        let binding = if session.io_binding() { Some(session.new_binding()?) } else { None };
+        Ok(Decoder { session, has_mask, has_positions, layers, logits, n_kv_head: n_kv_head as usize, head_dim: head_dim as usize, binding })
+    }
+
+    /// Whether steps run through I/O binding, leaving the cache on the session's device.
+    pub fn io_binding(&self) -> bool {
+        self.binding.is_some()
     }
 
     pub fn session(&self) -> &Session {
@@ -166,7 +194,9 @@ impl Decoder {
         self.head_dim
     }
 
-    /// A cache holding nothing yet, for `batch` sequences.
+    /// A cache holding nothing yet, for `batch` sequences. Its tensors are empty host tensors
+    /// even on a GPU: bound as inputs, ONNX Runtime copies their zero bytes to the device, so
+    /// no zero-size device allocation of ours is ever needed.
     pub fn empty_cache(&self, batch: usize) -> Result<KvCache, RuntimeError> {
         let shape = vec![batch, self.n_kv_head, 0, self.head_dim];
         let empty = || {
@@ -204,34 +234,72 @@ impl Decoder {
         let total = cache.past_len + new_len;
         let model = self.session.model.clone();
 
+        // The new tokens' inputs, one code path for both ways of running.
         let spec = |name: &str| self.session.input(name).expect("resolved from the session's inputs");
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + 2 * self.layers.len());
-        values.push(("input_ids".into(), int_value(&model, spec("input_ids"), vec![batch, new_len], input_ids)?.into()));
+        let mut fed: Vec<(&'static str, DynValue)> = Vec::with_capacity(3);
+        fed.push(("input_ids", int_value(&model, spec("input_ids"), vec![batch, new_len], input_ids)?));
         if self.has_mask {
             let mask = vec![1i64; batch * total];
-            values.push(("attention_mask".into(), int_value(&model, spec("attention_mask"), vec![batch, total], &mask)?.into()));
+            fed.push(("attention_mask", int_value(&model, spec("attention_mask"), vec![batch, total], &mask)?));
         }
         if self.has_positions {
             let positions: Vec<i64> = (0..batch).flat_map(|_| (cache.past_len..total).map(|p| p as i64)).collect();
-            values.push(("position_ids".into(), int_value(&model, spec("position_ids"), vec![batch, new_len], &positions)?.into()));
-        }
-        for (names, (k, v)) in self.layers.iter().zip(&cache.layers) {
-            values.push((Cow::Borrowed(names[0].as_str()), k.into()));
-            values.push((Cow::Borrowed(names[1].as_str()), v.into()));
+            fed.push(("position_ids", int_value(&model, spec("position_ids"), vec![batch, new_len], &positions)?));
         }
 
-        let mut outputs = self.session.inner.run(values).map_err(|e| RuntimeError::Run { model: model.clone(), message: e.message().to_string() })?;
-        let mut take = |name: &str| {
-            outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
+        let (logits, grown) = match self.binding.as_mut() {
+            None => {
+                let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(fed.len() + 2 * self.layers.len());
+                values.extend(fed.iter().map(|(n, v)| (Cow::Borrowed(*n), v.into())));
+                for (names, (k, v)) in self.layers.iter().zip(&cache.layers) {
+                    values.push((Cow::Borrowed(names[0].as_str()), k.into()));
+                    values.push((Cow::Borrowed(names[1].as_str()), v.into()));
+                }
+                let mut outputs = self.session.run_values(values)?;
+                let mut take = |name: &str| {
+                    outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
+                };
+                let logits = take(&self.logits)?;
+                let grown = self.layers.iter().map(|names| Ok((take(&names[2])?, take(&names[3])?))).collect::<Result<Vec<_>, RuntimeError>>()?;
+                (logits, grown)
+            }
+            Some(binding) => {
+                let bind_err = |what: &str, name: &str, e: ort::Error| RuntimeError::Run { model: model.clone(), message: format!("binding {what} `{name}`: {}", e.message()) };
+                for (name, value) in &fed {
+                    binding.bind_input(*name, value).map_err(|e| bind_err("input", name, e))?;
+                }
+                for (names, (k, v)) in self.layers.iter().zip(&cache.layers) {
+                    // The previous step's present tensors, on the device where it left them: ONNX
+                    // Runtime binds a tensor already on the right device as it is, without a copy.
+                    binding.bind_input(names[0].as_str(), k).map_err(|e| bind_err("input", &names[0], e))?;
+                    binding.bind_input(names[1].as_str(), v).map_err(|e| bind_err("input", &names[1], e))?;
+                }
+                // Outputs bound to a device, not to buffers: the cache grows each step, so ONNX
+                // Runtime allocates each present tensor at its new size.
+                binding.bind_output_to_device(self.logits.as_str(), self.session.host_memory()).map_err(|e| bind_err("output", &self.logits, e))?;
+                for names in &self.layers {
+                    binding.bind_output_to_device(names[2].as_str(), self.session.device_memory()).map_err(|e| bind_err("output", &names[2], e))?;
+                    binding.bind_output_to_device(names[3].as_str(), self.session.device_memory()).map_err(|e| bind_err("output", &names[3], e))?;
+                }
+                let run = self.session.run_bound(binding).and_then(|mut outputs| {
+                    let mut take = |name: &str| {
+                        outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
+                    };
+                    let logits = take(&self.logits)?;
+                    let grown = self.layers.iter().map(|names| Ok((take(&names[2])?, take(&names[3])?))).collect::<Result<Vec<_>, RuntimeError>>()?;
+                    Ok((logits, grown))
+                });
+                // The binding would otherwise hold this step's past until the next step rebinds,
+                // and keep its present tensors as buffers to write the next step's into.
+                binding.clear();
+                run?
+            }
         };
-        let logits = take(&self.logits)?;
+
         let expected = [batch as i64, self.n_kv_head as i64, total as i64, self.head_dim as i64];
-        let mut grown = Vec::with_capacity(self.layers.len());
-        for names in &self.layers {
-            let k = take(&names[2])?;
-            let v = take(&names[3])?;
-            for (name, x) in [(&names[2], &k), (&names[3], &v)] {
-                let shape = x.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        for (names, (k, v)) in self.layers.iter().zip(&grown) {
+            for (name, x) in [(&names[2], k), (&names[3], v)] {
+                let shape = value_shape(x);
                 if shape != expected {
                     return Err(RuntimeError::Interface {
                         model: model.clone(),
@@ -239,17 +307,12 @@ impl Decoder {
                     });
                 }
             }
-            grown.push((k, v));
         }
         cache.layers = grown;
         cache.past_len = total;
         f(f32_view(&model, &self.logits, &logits)?);
         Ok(())
     }
-}
-
-fn extract_view(x: &DynValue) -> Result<ArrayViewD<'_, f32>, RuntimeError> {
-    x.try_extract_array::<f32>().map_err(|e| RuntimeError::BadInput(e.message().to_string()))
 }
 
 /// `past_key_values.3.key` → `(3, true)`; `.value` → `false`.

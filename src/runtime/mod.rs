@@ -51,7 +51,7 @@ mod session;
 
 pub use decoder::{Decoder, KvCache};
 pub use library::{ORT_DYLIB_ENV, PINNED_VERSION, Runtime, RuntimeInfo, current, init, library_path, probe, required_version};
-pub use session::{Dim, Feed, IoSpec, PreparedInputs, Session, SessionOptions, TensorData, TrtOptions};
+pub use session::{DeviceTensor, Dim, Feed, IoSpec, PreparedInputs, Session, SessionOptions, TensorData, TrtOptions};
 
 /// How to obtain a library that works, appended to every library error.
 const FETCH_HINT: &str = "run `scripts/fetch-ort.sh`, which fetches `onnxruntime==1.31.1` from PyPI and prints the \
@@ -210,6 +210,10 @@ pub enum RuntimeError {
     BadInput(String),
     #[error("running `{model}` failed: {message}")]
     Run { model: PathBuf, message: String },
+    /// `cuda_graph` asked for where ONNX Runtime cannot capture: a setting to change, not a
+    /// missing device.
+    #[error("`{model}`: {message}; open it with `cuda_graph` off")]
+    CudaGraph { model: PathBuf, message: String },
     #[error("ONNX Runtime: {context}: {message}")]
     Ort { context: String, message: String },
     #[error("`{path}`: {source}")]

@@ -1,15 +1,49 @@
 //! A session over one ONNX file: options, execution providers, the model's declared inputs
 //! and outputs, a generic f32 run and the prefill call (`input_ids` → `logits`).
+//!
+//! ## Where tensors live
+//!
+//! A plain ONNX Runtime run takes host tensors and returns host tensors: with the CUDA or
+//! TensorRT provider it uploads every input and downloads every output, each run. A GPU study
+//! must not time those copies, so a session can run through ONNX Runtime's I/O binding
+//! ([`SessionOptions::io_binding`], on by default with an accelerator):
+//!
+//! | run                                   | inputs                         | outputs                               |
+//! |---------------------------------------|--------------------------------|---------------------------------------|
+//! | [`Session::run`], [`Session::run_prepared`] | host, uploaded by the run | host                                  |
+//! | [`Session::run_prepared_on_device`]   | on the device since [`Session::prefill_inputs_on_device`] | left on the device ([`DeviceTensor`]) |
+//! | the same with [`SessionOptions::cuda_graph`] | fixed device buffers, one set per input shape | fixed device buffers; a CUDA graph replayed |
+//! | [`super::Decoder`] steps with binding | ids, mask, positions from the host; the cache where the previous step left it | logits to the host, the cache left on the device |
+//!
+//! On a CPU session "the device" is host memory, and the bound paths compute exactly what the
+//! plain ones do, which is how the tests check them without a GPU.
+//!
+//! ## CUDA graphs
+//!
+//! ONNX Runtime's CUDA provider can capture a run in a CUDA graph and replay it, which removes
+//! the per-kernel launch cost. It replays only what it captured: the same kernels on the same
+//! addresses and shapes. So a graph is kept per prefill input shape (`batch × seq`), with
+//! input and output buffers allocated once for that shape and a graph id of its own (the run
+//! option `gpu_graph_id`); [`Session::prefill_inputs_on_device`] copies new ids into those
+//! buffers before the clock. Every shape captures a graph of its own, kept as long as the
+//! session: a loop over many lengths (uncached generation) belongs on a session without
+//! `cuda_graph`. Every other run of such a session (the plain paths, decode steps) passes
+//! `gpu_graph_id = -1`, which keeps it out of capture: the decoder's concatenating cache
+//! grows every step, so no decode step has a fixed shape to capture.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{ArrayD, ArrayViewD};
 use ort::ep::{CUDA, ExecutionProviderDispatch, TensorRT};
-use ort::session::SessionInputValue;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::{AutoDevicePolicy, SessionBuilder};
-use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
+use ort::session::{IoBinding, RunOptions, SessionInputValue, SessionOutputs};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 use serde::Serialize;
 
 use super::{OptLevel, Provider, Runtime, RuntimeError};
@@ -28,6 +62,15 @@ pub struct SessionOptions {
     pub device_id: u32,
     /// Builder options for the `tensorrt` provider.
     pub tensorrt: TrtOptions,
+    /// Run through ONNX Runtime's I/O binding, so that the decoder's key/value cache and a
+    /// timed prefill's outputs stay in device memory (see the module doc). `None`: on when an
+    /// accelerator (`cuda`, `tensorrt`) is registered, off for the CPU alone, where binding
+    /// saves nothing; `Some(true)` on a CPU session runs the bound code paths on host memory.
+    pub io_binding: Option<bool>,
+    /// Capture prefill runs in CUDA graphs, one per input shape
+    /// ([`Session::run_prepared_on_device`]). Needs the `cuda` provider alone, I/O binding, and
+    /// a model whose compute nodes all run on CUDA; decode steps are never captured.
+    pub cuda_graph: bool,
 }
 
 /// How ONNX Runtime's TensorRT provider builds its engines.
@@ -48,7 +91,15 @@ pub struct TrtOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { providers: vec![Provider::Cpu], intra_threads: None, opt_level: OptLevel::All, device_id: 0, tensorrt: TrtOptions::default() }
+        SessionOptions {
+            providers: vec![Provider::Cpu],
+            intra_threads: None,
+            opt_level: OptLevel::All,
+            device_id: 0,
+            tensorrt: TrtOptions::default(),
+            io_binding: None,
+            cuda_graph: false,
+        }
     }
 }
 
@@ -60,13 +111,85 @@ impl SessionOptions {
 }
 
 /// Model inputs built ahead of a run ([`Session::prefill_inputs`]), in the element types the
-/// model declares.
+/// model declares; from [`Session::prefill_inputs_on_device`], also on the session's device.
 #[derive(Debug)]
 pub struct PreparedInputs {
+    /// Host tensors, for [`Session::run_prepared`].
     values: Vec<(String, DynValue)>,
     /// The output to read back.
     logits: String,
+    /// What [`Session::run_prepared_on_device`] runs; `None` for inputs left in host memory
+    /// ([`Session::prefill_inputs`], or any preparation on a CPU session without binding).
+    device: Option<DeviceRun>,
 }
+
+/// Inputs that are on the device before a timed run.
+#[derive(Debug)]
+enum DeviceRun {
+    /// Inputs bound (ONNX Runtime copies a host tensor to the device when it is bound, so the
+    /// upload happens here, before any clock); `logits` bound to device memory.
+    Bound(Box<IoBinding>),
+    /// The CUDA graph of this input shape, whose fixed input buffers hold this preparation's
+    /// values for as long as `generation` is the slot's.
+    Graph { session: u64, shape: (usize, usize), generation: u64 },
+}
+
+/// A run's output left where ONNX Runtime put it: device memory on a CUDA or TensorRT session,
+/// host memory on the CPU.
+#[derive(Debug)]
+pub struct DeviceTensor {
+    name: String,
+    value: DynValue,
+}
+
+impl DeviceTensor {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        value_shape(&self.value).iter().map(|&d| d.max(0) as usize).collect()
+    }
+
+    /// Whether the data is in host memory (a CPU session), as opposed to on a GPU.
+    pub fn is_on_host(&self) -> bool {
+        is_on_host(&self.value)
+    }
+
+    /// A host copy: a device-to-host transfer on a GPU. For checks, outside any timed region.
+    /// A graph replay or a later run of the same prepared inputs overwrites the tensor this
+    /// reads, so read it before running them again.
+    pub fn to_host(&self) -> Result<ArrayD<f32>, RuntimeError> {
+        host_f32(&self.name, &self.value)
+    }
+}
+
+/// The CUDA graph of one prefill input shape: buffers allocated once, bound once, reused by
+/// every run of that shape, so the captured graph's addresses stay valid.
+struct GraphSlot {
+    /// `gpu_graph_id`: its own per shape.
+    id: i32,
+    run_options: RunOptions,
+    binding: IoBinding,
+    /// The device input buffers, in `binding`: [`Session::prefill_inputs_on_device`] copies
+    /// into them.
+    inputs: Vec<(String, DynTensor)>,
+    /// Bumped by each preparation, which overwrites `inputs`: an older [`PreparedInputs`] of
+    /// this shape no longer describes what the buffers hold.
+    generation: u64,
+}
+
+/// A session's CUDA graphs, by prefill shape `(batch, seq)`.
+#[derive(Default)]
+struct Graphs {
+    slots: BTreeMap<(usize, usize), GraphSlot>,
+    /// The last id handed out. Ids start at 1: 0 is what a run without the option gets, so no
+    /// run could replay a graph by omission.
+    last_id: i32,
+}
+
+/// Sessions are numbered so that inputs prepared by one are refused by another.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// One dimension of a declared input or output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,6 +289,18 @@ pub struct Session {
     providers: Vec<Provider>,
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
+    /// [`SessionOptions::io_binding`], resolved.
+    io_binding: bool,
+    /// Where outputs that stay on the device are bound: the accelerator's memory, or host
+    /// memory on a CPU session.
+    device_memory: MemoryInfo<'static>,
+    host_memory: MemoryInfo<'static>,
+    /// With [`SessionOptions::cuda_graph`]: `gpu_graph_id = -1`, for every run that is not a
+    /// prefill graph's (without it a run would be captured as graph 0).
+    uncaptured: Option<RunOptions>,
+    /// `Some` with [`SessionOptions::cuda_graph`].
+    graphs: Option<Mutex<Graphs>>,
+    id: u64,
 }
 
 impl fmt::Debug for Session {
@@ -175,6 +310,8 @@ impl fmt::Debug for Session {
             .field("providers", &self.providers)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
+            .field("io_binding", &self.io_binding)
+            .field("cuda_graph", &self.graphs.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +349,16 @@ impl Runtime {
         }
 
         let accelerators: Vec<Provider> = options.providers.iter().copied().filter(|p| *p != Provider::Cpu).collect();
+        if options.cuda_graph {
+            let graph_err = |message: String| RuntimeError::CudaGraph { model: model.to_path_buf(), message };
+            if accelerators != [Provider::Cuda] {
+                let on: Vec<&str> = accelerators.iter().map(|p| p.name()).chain(["cpu"]).collect();
+                return Err(graph_err(format!("`cuda_graph` needs the `cuda` provider alone, and this session's providers are {}", on.join(", "))));
+            }
+            if options.io_binding == Some(false) {
+                return Err(graph_err("`cuda_graph` needs `io_binding`: a graph replays on the addresses it captured, which only bound buffers keep".into()));
+            }
+        }
         if accelerators.is_empty() {
             // `ort` asks for automatic device selection "for efficiency" (an NPU when one is
             // registered); a CPU session must stay on the CPU.
@@ -227,20 +374,58 @@ impl Runtime {
                 // A provider can register and still fail when the session is built (no device,
                 // a TensorRT engine that does not build). If the CPU alone opens the model, the
                 // provider is what cannot run here.
-                let cpu_only = SessionOptions { providers: vec![Provider::Cpu], ..options.clone() };
+                let cpu_only = SessionOptions { providers: vec![Provider::Cpu], io_binding: None, cuda_graph: false, ..options.clone() };
                 let on: Vec<&str> = accelerators.iter().map(|p| p.name()).collect();
-                return Err(match self.session(model, &cpu_only) {
-                    Ok(_) => self.unavailable(accelerators[0], format!("the model does not open with {}: {}", on.join(", "), e.message().trim())),
-                    Err(_) => session_err(format!("{} (providers: {}, cpu)", e.message(), on.join(", "))),
-                });
+                if self.session(model, &cpu_only).is_err() {
+                    return Err(session_err(format!("{} (providers: {}, cpu)", e.message(), on.join(", "))));
+                }
+                // ONNX Runtime refuses graph capture for a model with control flow or with
+                // compute nodes off the CUDA provider. If the same providers open the model
+                // without it, that is what failed: a setting to change, not a missing device.
+                if options.cuda_graph && self.session(model, &SessionOptions { cuda_graph: false, ..options.clone() }).is_ok() {
+                    return Err(RuntimeError::CudaGraph { model: model.to_path_buf(), message: format!("ONNX Runtime cannot capture it: {}", e.message().trim()) });
+                }
+                return Err(self.unavailable(accelerators[0], format!("the model does not open with {}: {}", on.join(", "), e.message().trim())));
             }
             Err(e) => return Err(session_err(e.message().to_string())),
         };
         let inputs = inner.inputs().iter().map(|o| IoSpec::from_ort(o.name(), o.dtype())).collect();
         let outputs = inner.outputs().iter().map(|o| IoSpec::from_ort(o.name(), o.dtype())).collect();
+        let memory = |device: AllocationDevice, id: i32| {
+            let name = device.as_str().to_string();
+            MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default).map_err(|e| session_err(format!("describing {name} memory: {}", e.message())))
+        };
+        let host_memory = memory(AllocationDevice::CPU, 0)?;
+        // The CUDA and TensorRT providers both allocate through CUDA on `device_id`.
+        let device_memory = if accelerators.is_empty() {
+            host_memory.clone()
+        } else {
+            let id = i32::try_from(options.device_id).map_err(|_| session_err(format!("device id {} is out of range", options.device_id)))?;
+            memory(AllocationDevice::CUDA, id)?
+        };
+        let (uncaptured, graphs) = if options.cuda_graph {
+            let mut run = RunOptions::new().map_err(|e| session_err(format!("creating run options: {}", e.message())))?;
+            run.set(GPU_GRAPH_ID, "-1").map_err(|e| session_err(format!("setting `{GPU_GRAPH_ID}`: {}", e.message())))?;
+            (Some(run), Some(Mutex::new(Graphs::default())))
+        } else {
+            (None, None)
+        };
+        let io_binding = options.io_binding.unwrap_or(!accelerators.is_empty()) || options.cuda_graph;
         let mut providers = accelerators;
         providers.push(Provider::Cpu);
-        Ok(Session { inner, model: model.to_path_buf(), providers, inputs, outputs })
+        Ok(Session {
+            inner,
+            model: model.to_path_buf(),
+            providers,
+            inputs,
+            outputs,
+            io_binding,
+            device_memory,
+            host_memory,
+            uncaptured,
+            graphs,
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     fn unavailable(&self, provider: Provider, reason: String) -> RuntimeError {
@@ -258,7 +443,7 @@ impl Runtime {
         let unavailable = |reason: String| self.unavailable(p, reason);
         let device = i32::try_from(device_id).map_err(|_| unavailable(format!("device id {device_id} is out of range")))?;
         let ep: ExecutionProviderDispatch = match p {
-            Provider::Cuda => CUDA::default().with_device_id(device).build(),
+            Provider::Cuda => cuda_provider(device, options.cuda_graph).build(),
             Provider::TensorRt => tensorrt_provider(device, &options.tensorrt).build(),
             Provider::Cpu => return Ok(builder),
         };
@@ -270,6 +455,15 @@ impl Runtime {
         }
         Ok(builder)
     }
+}
+
+/// The run option that selects a CUDA graph: `-1` keeps a run out of capture.
+const GPU_GRAPH_ID: &str = "gpu_graph_id";
+
+/// ONNX Runtime's CUDA provider on `device`, capturing graphs when asked to.
+fn cuda_provider(device: i32, cuda_graph: bool) -> CUDA {
+    let cuda = CUDA::default().with_device_id(device);
+    if cuda_graph { cuda.with_cuda_graph(true) } else { cuda }
 }
 
 /// ONNX Runtime's TensorRT provider configured from `trt`.
@@ -304,6 +498,57 @@ impl Session {
     /// The providers registered for this session, in order, ending with `cpu`.
     pub fn providers(&self) -> &[Provider] {
         &self.providers
+    }
+
+    /// Whether runs go through I/O binding ([`SessionOptions::io_binding`], resolved).
+    pub fn io_binding(&self) -> bool {
+        self.io_binding
+    }
+
+    /// Whether prefill runs on the device are captured in CUDA graphs.
+    pub fn cuda_graph(&self) -> bool {
+        self.graphs.is_some()
+    }
+
+    /// An accelerator is registered: "the device" is not host memory.
+    fn on_accelerator(&self) -> bool {
+        self.providers.len() > 1
+    }
+
+    fn run_error(&self, message: String) -> RuntimeError {
+        RuntimeError::Run { model: self.model.clone(), message }
+    }
+
+    /// A plain run (host tensors in and out), kept out of CUDA graph capture.
+    pub(super) fn run_values<'s>(&'s mut self, values: Vec<(Cow<'_, str>, SessionInputValue<'_>)>) -> Result<SessionOutputs<'s>, RuntimeError> {
+        let run = match &self.uncaptured {
+            Some(options) => self.inner.run_with_options(values, options),
+            None => self.inner.run(values),
+        };
+        run.map_err(|e| RuntimeError::Run { model: self.model.clone(), message: e.message().to_string() })
+    }
+
+    /// Runs `binding`, kept out of CUDA graph capture.
+    pub(super) fn run_bound<'b>(&'b mut self, binding: &'b IoBinding) -> Result<SessionOutputs<'b>, RuntimeError> {
+        let run = match &self.uncaptured {
+            Some(options) => self.inner.run_binding_with_options(binding, options),
+            None => self.inner.run_binding(binding),
+        };
+        run.map_err(|e| RuntimeError::Run { model: self.model.clone(), message: e.message().to_string() })
+    }
+
+    pub(super) fn new_binding(&self) -> Result<IoBinding, RuntimeError> {
+        self.inner.create_binding().map_err(|e| self.run_error(format!("creating an I/O binding: {}", e.message())))
+    }
+
+    /// Where outputs that stay on the device are bound.
+    pub(super) fn device_memory(&self) -> &MemoryInfo<'static> {
+        &self.device_memory
+    }
+
+    /// Host memory, for outputs the caller reads.
+    pub(super) fn host_memory(&self) -> &MemoryInfo<'static> {
+        &self.host_memory
     }
 
     pub fn inputs(&self) -> &[IoSpec] {
@@ -359,7 +604,7 @@ impl Session {
         }
         let names: Vec<String> = self.outputs.iter().map(|s| s.name.clone()).collect();
         let model = self.model.clone();
-        let mut outputs = self.inner.run(values).map_err(|e| RuntimeError::Run { model: model.clone(), message: e.message().to_string() })?;
+        let mut outputs = self.run_values(values)?;
         let mut result = Vec::with_capacity(names.len());
         for name in names {
             let value = outputs
@@ -424,20 +669,158 @@ impl Session {
             }
             values.push(("position_ids".into(), int_value(&self.model, spec, shape, &positions)?));
         }
-        Ok(PreparedInputs { values, logits })
+        Ok(PreparedInputs { values, logits, device: None })
+    }
+
+    /// [`Self::prefill_inputs`], also placed on the session's device for
+    /// [`Self::run_prepared_on_device`]: bound through I/O binding (ONNX Runtime uploads a
+    /// host tensor when it is bound, so the upload happens here, before any clock), with the
+    /// logits bound to device memory; with [`SessionOptions::cuda_graph`], copied into the
+    /// input buffers of the CUDA graph of this `batch × seq` shape. That graph's buffers hold
+    /// one preparation at a time: preparing the same shape again makes the earlier inputs
+    /// refuse to run. A CPU session without binding needs nothing more than host inputs.
+    pub fn prefill_inputs_on_device(&self, input_ids: &[i64], attention_mask: &[i64], batch: usize, seq: usize) -> Result<PreparedInputs, RuntimeError> {
+        let mut inputs = self.prefill_inputs(input_ids, attention_mask, batch, seq)?;
+        let PreparedInputs { values, logits, device } = &mut inputs;
+        *device = if self.graphs.is_some() {
+            Some(self.prepare_graph(values, logits, batch, seq)?)
+        } else if self.io_binding {
+            let mut binding = self.new_binding()?;
+            for (name, value) in values.iter() {
+                binding.bind_input(name.as_str(), value).map_err(|e| self.run_error(format!("binding input `{name}`: {}", e.message())))?;
+            }
+            binding.bind_output_to_device(logits.as_str(), &self.device_memory).map_err(|e| self.run_error(format!("binding output `{logits}`: {}", e.message())))?;
+            // The upload of a bound input is asynchronous: wait for it here, so that none is
+            // left to finish inside the timed run.
+            binding.synchronize_inputs().map_err(|e| self.run_error(format!("copying the inputs to the device: {}", e.message())))?;
+            Some(DeviceRun::Bound(Box::new(binding)))
+        } else if self.on_accelerator() {
+            return Err(RuntimeError::BadInput(format!(
+                "`{}` runs on {} with `io_binding` off, so its inputs cannot be bound on the device: a timed run would include their upload and the logits' download; open the session with `io_binding` on (the default for {})",
+                self.model.display(),
+                self.providers[0],
+                self.providers[0]
+            )));
+        } else {
+            None
+        };
+        Ok(inputs)
     }
 
     /// Runs the model on prepared inputs and hands `f` a view of the logits, still in ONNX
     /// Runtime's memory: a caller that needs one row (the last position's argmax) copies
-    /// nothing else.
+    /// nothing else. A plain run: host inputs in, host logits out, never a CUDA graph.
     pub fn run_prepared(&mut self, inputs: &PreparedInputs, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), RuntimeError> {
         let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs.values.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), v.into())).collect();
         let model = self.model.clone();
-        let mut outputs = self.inner.run(values).map_err(|e| RuntimeError::Run { model: model.clone(), message: e.message().to_string() })?;
+        let mut outputs = self.run_values(values)?;
         let name = inputs.logits.as_str();
         let logits = outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })?;
         f(f32_view(&model, name, &logits)?);
         Ok(())
+    }
+
+    /// The timed prefill of a GPU study: runs inputs from [`Self::prefill_inputs_on_device`],
+    /// leaves the logits there, and returns once the device has finished (the way PyTorch
+    /// times a forward pass up to `torch.cuda.synchronize()`). Nothing is copied to the host;
+    /// [`DeviceTensor::to_host`] does that afterwards, outside the clock.
+    ///
+    /// With [`SessionOptions::cuda_graph`] the run replays the graph of its input shape; the
+    /// first run of a shape also does ONNX Runtime's warm-up and capture runs, so it belongs
+    /// to the warm-up. On a CPU session without binding this is the plain run; on an
+    /// accelerator, inputs from [`Self::prefill_inputs`] (host memory) are refused.
+    pub fn run_prepared_on_device(&mut self, inputs: &PreparedInputs) -> Result<DeviceTensor, RuntimeError> {
+        let name = inputs.logits.as_str();
+        let missing = |model: &Path| RuntimeError::Run { model: model.to_path_buf(), message: format!("output `{name}` is missing from the results") };
+        let value = match &inputs.device {
+            None if self.on_accelerator() => {
+                return Err(RuntimeError::BadInput(format!(
+                    "these inputs of `{}` are in host memory: prepare them with `prefill_inputs_on_device` to run them on {}",
+                    self.model.display(),
+                    self.providers[0]
+                )));
+            }
+            None => {
+                // A CPU session: host memory is the device, and the plain run leaves the
+                // logits where the CPU provider wrote them.
+                let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs.values.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), v.into())).collect();
+                self.run_values(values)?.remove(name)
+            }
+            Some(DeviceRun::Bound(binding)) => {
+                let value = self.run_bound(binding)?.remove(name);
+                // Explicit, not left to the run's own end-of-run synchronisation: the clock
+                // stops when the device is done, whatever the run options say.
+                binding.synchronize_outputs().map_err(|e| self.run_error(format!("synchronising: {}", e.message())))?;
+                value
+            }
+            Some(DeviceRun::Graph { session, shape, generation }) => {
+                // GPU only: CPU sessions refuse `cuda_graph`, so no CPU test reaches this arm.
+                if *session != self.id {
+                    return Err(RuntimeError::BadInput(format!("these inputs were prepared by another session than `{}`'s", self.model.display())));
+                }
+                let graphs = self.graphs.as_mut().expect("graph inputs come from a session with graphs").get_mut().unwrap_or_else(|p| p.into_inner());
+                let slot = graphs.slots.get(shape).expect("a graph preparation creates its slot");
+                if slot.generation != *generation {
+                    return Err(RuntimeError::BadInput(format!(
+                        "inputs of shape {}×{} were prepared again since these were: the CUDA graph's input buffers now hold the later ones; prepare these again before running them",
+                        shape.0, shape.1
+                    )));
+                }
+                let value = self
+                    .inner
+                    .run_binding_with_options(&slot.binding, &slot.run_options)
+                    .map_err(|e| RuntimeError::Run { model: self.model.clone(), message: format!("CUDA graph {}: {}", slot.id, e.message()) })?
+                    .remove(name);
+                // A replay returns from ONNX Runtime as soon as the graph is launched on some
+                // builds: wait for the device explicitly.
+                slot.binding.synchronize_outputs().map_err(|e| RuntimeError::Run { model: self.model.clone(), message: format!("synchronising CUDA graph {}: {}", slot.id, e.message()) })?;
+                value
+            }
+        };
+        let value = value.ok_or_else(|| missing(&self.model))?;
+        Ok(DeviceTensor { name: name.to_string(), value })
+    }
+
+    /// The CUDA graph slot of prefill shape `batch × seq`, created on first use, with `values`
+    /// copied into its input buffers. GPU only (see [`SessionOptions::cuda_graph`]).
+    fn prepare_graph(&self, values: &[(String, DynValue)], logits: &str, batch: usize, seq: usize) -> Result<DeviceRun, RuntimeError> {
+        let graph_err = |message: String| RuntimeError::CudaGraph { model: self.model.clone(), message };
+        let mut graphs = self.graphs.as_ref().expect("called with graphs on").lock().unwrap_or_else(|p| p.into_inner());
+        let shape = (batch, seq);
+        if !graphs.slots.contains_key(&shape) {
+            let allocator = Allocator::new(&self.inner, self.device_memory.clone())
+                .map_err(|e| graph_err(format!("creating the device allocator: {}", e.message())))?;
+            let mut binding = self.new_binding()?;
+            let mut inputs = Vec::with_capacity(values.len());
+            for (name, host) in values {
+                let host = host.view().downcast::<DynTensorValueType>().map_err(|e| graph_err(format!("input `{name}`: {}", e.message())))?;
+                let dims: Vec<i64> = host.shape().iter().copied().collect();
+                let buffer = DynTensor::new(&allocator, *host.data_type(), dims)
+                    .map_err(|e| graph_err(format!("allocating input `{name}` on the device: {}", e.message())))?;
+                binding.bind_input(name.as_str(), &buffer).map_err(|e| graph_err(format!("binding input `{name}`: {}", e.message())))?;
+                inputs.push((name.clone(), buffer));
+            }
+            // The output buffer too is allocated once: its address is part of the graph.
+            let vocab = self.output(logits).and_then(|spec| spec.fixed(2)).ok_or_else(|| {
+                graph_err(format!("output `{logits}` must have a fixed vocabulary size (axis 2) for its buffer to be allocated before capture"))
+            })?;
+            let out = DynTensor::new(&allocator, TensorElementType::Float32, vec![batch as i64, seq as i64, vocab as i64])
+                .map_err(|e| graph_err(format!("allocating output `{logits}` on the device: {}", e.message())))?;
+            binding.bind_output(logits, out).map_err(|e| graph_err(format!("binding output `{logits}`: {}", e.message())))?;
+            let id = graphs.last_id + 1;
+            let mut run_options = RunOptions::new().map_err(|e| graph_err(format!("creating run options: {}", e.message())))?;
+            run_options.set(GPU_GRAPH_ID, id.to_string()).map_err(|e| graph_err(format!("setting `{GPU_GRAPH_ID}`: {}", e.message())))?;
+            graphs.last_id = id;
+            graphs.slots.insert(shape, GraphSlot { id, run_options, binding, inputs, generation: 0 });
+        }
+        let slot = graphs.slots.get_mut(&shape).expect("inserted above");
+        for ((name, host), (_, buffer)) in values.iter().zip(slot.inputs.iter_mut()) {
+            let host = host.view().downcast::<DynTensorValueType>().map_err(|e| graph_err(format!("input `{name}`: {}", e.message())))?;
+            // A synchronous copy into the buffer the graph reads: done before any clock.
+            host.copy_into(buffer).map_err(|e| graph_err(format!("copying input `{name}` to the device: {}", e.message())))?;
+        }
+        slot.generation += 1;
+        Ok(DeviceRun::Graph { session: self.id, shape, generation: slot.generation })
     }
 
     /// `logits`, or the only output there is.
@@ -476,6 +859,31 @@ pub(super) fn int_value(model: &Path, spec: &IoSpec, shape: Vec<usize>, data: &[
         }
     };
     made.map_err(|e| RuntimeError::BadInput(format!("input `{}`: {}", spec.name, e.message())))
+}
+
+/// A tensor's dimensions as ONNX Runtime reports them.
+pub(super) fn value_shape(value: &DynValue) -> Vec<i64> {
+    value.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default()
+}
+
+/// Whether a tensor's data is in host memory.
+pub(super) fn is_on_host(value: &DynValue) -> bool {
+    match value.view().downcast::<DynTensorValueType>() {
+        Ok(t) => t.memory_info().is_cpu_accessible(),
+        Err(_) => true,
+    }
+}
+
+/// An f32 tensor wherever it lives, as an owned host array: a device-to-host copy when it
+/// is on a GPU.
+pub(super) fn host_f32(name: &str, value: &DynValue) -> Result<ArrayD<f32>, RuntimeError> {
+    let read_err = |message: String| RuntimeError::BadInput(format!("reading `{name}`: {message}"));
+    if is_on_host(value) {
+        return value.try_extract_array::<f32>().map(|v| v.to_owned()).map_err(|e| read_err(e.message().to_string()));
+    }
+    let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| read_err(e.message().to_string()))?;
+    let host = tensor.to(AllocationDevice::CPU, 0).map_err(|e| read_err(format!("copying it to the host: {}", e.message())))?;
+    host.try_extract_array::<f32>().map(|v| v.to_owned()).map_err(|e| read_err(e.message().to_string()))
 }
 
 /// A result tensor as an owned f32 array.
@@ -522,6 +930,13 @@ mod tests {
             assert!(text.contains(&format!("\"{key}\": \"{value}\"")), "{key} = {value} missing from {text}");
         }
         assert!(!options_text(&TrtOptions::default()).contains("trt_profile"), "no profile, no profile options");
+    }
+
+    #[test]
+    fn cuda_graph_reaches_the_cuda_provider_under_its_option_name() {
+        let text = format!("{:?}", cuda_provider(1, true));
+        assert!(text.contains("\"enable_cuda_graph\": \"true\"") && text.contains("\"device_id\": \"1\""), "{text}");
+        assert!(!format!("{:?}", cuda_provider(0, false)).contains("enable_cuda_graph"), "no graphs, no graph option");
     }
 
     #[test]
