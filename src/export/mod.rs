@@ -1,6 +1,7 @@
-//! Checkpoint → ONNX for the GPT-2 and Llama families, without Python.
+//! Checkpoint → ONNX for the GPT-2 and Llama families, without Python; and the same weights
+//! as a Hugging Face directory for PyTorch ([`hf`], the `hf` variant).
 //!
-//! Two variants share one graph builder ([`transformer`]):
+//! Two ONNX variants share one graph builder ([`transformer`]):
 //!
 //! | variant   | inputs                                                        | outputs |
 //! |-----------|---------------------------------------------------------------|---------|
@@ -34,6 +35,7 @@ use serde::Serialize;
 use crate::model::{Checkpoint, ModelError};
 use crate::onnx::{self, WriteOptions};
 
+pub mod hf;
 pub mod transformer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,14 +139,11 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
     };
     let summary = onnx::write_model(built.graph, path, &write).map_err(ExportError::Write)?;
     let export_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-    let mut hasher = blake3::Hasher::new();
-    let io = |e: std::io::Error| ExportError::Write(format!("hashing `{}`: {e}", path.display()));
-    // Read, not mapped: a mapping would count the whole written file as resident.
-    let mut hash = |p: &Path| std::fs::File::open(p).and_then(|f| hasher.update_reader(std::io::BufReader::with_capacity(1 << 20, f)).map(|_| ()));
-    hash(path).map_err(io)?;
+    let mut files = vec![path.to_path_buf()];
     if external {
-        hash(&path.with_file_name(format!("{}.data", path.file_name().unwrap_or_default().to_string_lossy()))).map_err(io)?;
+        files.push(path.with_file_name(format!("{}.data", path.file_name().unwrap_or_default().to_string_lossy())));
     }
+    let digest = digest_files(&files)?;
     Ok(ExportReport {
         variant: opts.variant,
         precision: opts.precision,
@@ -160,6 +159,18 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
         inputs: built.inputs,
         outputs: built.outputs,
         dynamic_axes: built.dynamic_axes,
-        digest: hasher.finalize().to_hex().to_string(),
+        digest,
     })
+}
+
+/// blake3 of `paths`' contents, one after the other: a variant's digest.
+fn digest_files(paths: &[std::path::PathBuf]) -> Result<String, ExportError> {
+    let mut hasher = blake3::Hasher::new();
+    for p in paths {
+        // Read, not mapped: a mapping would count the whole written file as resident.
+        std::fs::File::open(p)
+            .and_then(|f| hasher.update_reader(std::io::BufReader::with_capacity(1 << 20, f)).map(|_| ()))
+            .map_err(|e| ExportError::Write(format!("hashing `{}`: {e}", p.display())))?;
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }

@@ -44,27 +44,13 @@ fn f16_bytes(v: &[f32]) -> Vec<u8> {
         .concat()
 }
 
-/// Rows of one head in the half layout: the even rows, then the odd ones.
-fn rope_row_order(hd: usize) -> Vec<usize> {
-    (0..hd / 2).map(|i| 2 * i).chain((0..hd / 2).map(|i| 2 * i + 1)).collect()
-}
-
 fn relayout(v: Vec<f32>, shape: &[usize], layout: Layout) -> Vec<f32> {
     match layout {
         Layout::AsIs => v,
         Layout::Transposed => crate::model::transpose(&v, shape[0], shape[1]),
         Layout::RopeTransposed { heads } => {
             let (rows, cols) = (shape[0], shape[1]);
-            let hd = rows / heads;
-            let order = rope_row_order(hd);
-            let mut permuted = Vec::with_capacity(v.len());
-            for h in 0..heads {
-                for &r in &order {
-                    let src = (h * hd + r) * cols;
-                    permuted.extend_from_slice(&v[src..src + cols]);
-                }
-            }
-            crate::model::transpose(&permuted, rows, cols)
+            crate::model::transpose(&crate::model::interleaved_to_half_rows(&v, heads, cols), rows, cols)
         }
     }
 }
@@ -355,14 +341,4 @@ fn gelu_tanh(b: &mut Builder<'_, '_>, x: &str) -> String {
     let onep = b.op("Add", &[&th, &one]);
     let hx = b.op("Mul", &[x, &half]);
     b.op("Mul", &[&hx, &onep])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rope_row_order;
-
-    #[test]
-    fn rope_rows_go_even_then_odd() {
-        assert_eq!(rope_row_order(8), vec![0, 2, 4, 6, 1, 3, 5, 7]);
-    }
 }

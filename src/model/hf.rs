@@ -60,6 +60,9 @@ struct RawLlama {
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's form: `{"rope_type": "default", "rope_theta": …}`, taking precedence
+    /// over `rope_theta`, as it does there.
+    rope_parameters: Option<serde_json::Value>,
     head_dim: Option<usize>,
     tie_word_embeddings: Option<bool>,
     bos_token_id: Option<TokenIds>,
@@ -185,6 +188,16 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
             if let Some(s) = r.rope_scaling.filter(|s| !s.is_null()) {
                 return Err(unsupported(format!("RoPE scaling `rope_scaling: {s}`")));
             }
+            let mut rope_theta = r.rope_theta;
+            if let Some(p) = r.rope_parameters.filter(|p| !p.is_null()) {
+                let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(serde_json::Value::as_str).unwrap_or("default");
+                if kind != "default" || !p.is_object() {
+                    return Err(unsupported(format!("RoPE `rope_parameters: {p}` (only `rope_type` \"default\" is)")));
+                }
+                if let Some(theta) = p.get("rope_theta") {
+                    rope_theta = Some(theta.as_f64().ok_or_else(|| bad(format!("`rope_parameters.rope_theta` is {theta}, not a number")))?);
+                }
+            }
             if let Some(hd) = r.head_dim.filter(|&hd| r.num_attention_heads == 0 || hd != r.hidden_size / r.num_attention_heads) {
                 return Err(unsupported(format!(
                     "`head_dim` {hd} differs from `hidden_size / num_attention_heads` ({} / {})",
@@ -201,7 +214,7 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
                 d_ff: r.intermediate_size,
                 n_ctx: r.max_position_embeddings,
                 norm_eps: r.rms_norm_eps as f32,
-                rope_theta: r.rope_theta.unwrap_or(10000.0) as f32,
+                rope_theta: rope_theta.unwrap_or(10000.0) as f32,
                 rope_layout: RopeLayout::Half,
                 tied_embeddings: r.tie_word_embeddings.unwrap_or(false),
                 bos_token_id: TokenIds::first(r.bos_token_id),
@@ -325,7 +338,7 @@ fn canonical_name(arch: Arch, name: &str) -> Option<(String, bool)> {
 }
 
 /// The Hugging Face name of a canonical tensor, and whether it is stored transposed; the
-/// inverse of [`canonical_name`], for writing fixtures. GPT-2 names carry `prefix`.
+/// inverse of [`canonical_name`], for the writer. GPT-2 names carry `prefix`.
 pub(super) fn hf_name(arch: Arch, canonical: &str, gpt2_prefix: &str) -> Option<(String, bool)> {
     let (head, param) = canonical.rsplit_once('.')?;
     match arch {
@@ -486,11 +499,24 @@ mod tests {
         let cfg = dir.path().join("config.json");
         let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
         json["eos_token_id"] = serde_json::json!([7, 2]);
+        // Neither RoPE form: the default base.
         json.as_object_mut().unwrap().remove("rope_theta");
+        json.as_object_mut().unwrap().remove("rope_parameters");
         std::fs::write(&cfg, json.to_string()).unwrap();
         let ck = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(ck.config.eos_token_id, Some(7));
         assert_eq!(ck.config.rope_theta, 10000.0);
+
+        // transformers 5 writes `rope_parameters` alone, and reads it before `rope_theta`.
+        json["rope_parameters"] = serde_json::json!({ "rope_type": "default", "rope_theta": 500000.0 });
+        json["rope_theta"] = serde_json::json!(20000.0);
+        std::fs::write(&cfg, json.to_string()).unwrap();
+        assert_eq!(Checkpoint::open(dir.path()).unwrap().config.rope_theta, 500000.0);
+
+        json["rope_parameters"] = serde_json::json!({ "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0 });
+        std::fs::write(&cfg, json.to_string()).unwrap();
+        let e = open_err(dir.path());
+        assert!(matches!(e, ModelError::Unsupported { .. }) && e.to_string().contains("llama3"), "{e}");
     }
 
     fn open_err(dir: &Path) -> ModelError {

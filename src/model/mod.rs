@@ -26,7 +26,8 @@
 //! GPT-2's Hugging Face `Conv1D` weights are stored `[in, out]` and are transposed on load.
 //! Llama's Q and K rows are left as the checkpoint has them: llama.cpp's converter permutes
 //! them so that RoPE rotates adjacent pairs, while Hugging Face rotates the first half of a
-//! head against the second. [`RopeLayout`] records which, and the exporter follows it.
+//! head against the second. [`RopeLayout`] records which; [`interleaved_to_half_rows`] undoes
+//! the converter's permutation, for the ONNX exporter and the Hugging Face writer alike.
 
 use std::path::{Path, PathBuf};
 
@@ -279,4 +280,60 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Within one head of `hd` rows, the interleaved-layout row each half-layout row comes from:
+/// the even rows, then the odd ones.
+///
+/// llama.cpp's converter (`permute` in `convert_hf_to_gguf.py`) reshapes a head's rows as
+/// `[2, hd/2]` and swaps the two axes, so Hugging Face row `s·hd/2 + i` (`s` ∈ {0, 1}) becomes
+/// GGUF row `2i + s`. The inverse takes GGUF rows `0, 2, 4, …` then `1, 3, 5, …`.
+pub fn rope_row_order(hd: usize) -> Vec<usize> {
+    (0..hd / 2).map(|i| 2 * i).chain((0..hd / 2).map(|i| 2 * i + 1)).collect()
+}
+
+/// The Q or K weight `v` (`[heads·hd, cols]`, row-major) of an interleaved-RoPE checkpoint with
+/// its rows put back in the half layout, head by head (see [`rope_row_order`]). Attention
+/// scores are unchanged when Q and K rows move together, so the model computes the same
+/// function with half-layout RoPE.
+pub fn interleaved_to_half_rows(v: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let hd = v.len() / (heads * cols).max(1);
+    let order = rope_row_order(hd);
+    let mut out = Vec::with_capacity(v.len());
+    for h in 0..heads {
+        for &r in &order {
+            let src = (h * hd + r) * cols;
+            out.extend_from_slice(&v[src..src + cols]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rows_go_even_then_odd() {
+        assert_eq!(rope_row_order(8), vec![0, 2, 4, 6, 1, 3, 5, 7]);
+    }
+
+    /// The converter's permutation, written as it is in `convert_hf_to_gguf.py`
+    /// (`w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2)`), undone exactly.
+    #[test]
+    fn interleaved_to_half_rows_inverts_the_converter() {
+        let (heads, hd, cols) = (3, 6, 2);
+        let hf: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..heads {
+            for s in 0..2 {
+                for i in 0..hd / 2 {
+                    let (from, to) = (h * hd + s * hd / 2 + i, h * hd + 2 * i + s);
+                    gguf[to * cols..(to + 1) * cols].copy_from_slice(&hf[from * cols..(from + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf, "the permutation moves rows");
+        assert_eq!(interleaved_to_half_rows(&gguf, heads, cols), hf);
+    }
 }

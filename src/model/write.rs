@@ -1,17 +1,20 @@
-//! Writers for small checkpoints: GGUF files and Hugging Face directories built from f32
-//! tensors under canonical names, so that tests can make throwaway models in every layout
-//! the readers accept. Not a converter: nothing here is tuned for size or speed.
+//! Writers for checkpoints: GGUF files and Hugging Face directories built from f32 tensors
+//! under canonical names. Tests use them to make throwaway models in every layout the readers
+//! accept; the `export` stage's `hf` variant uses the Hugging Face writer on whole models,
+//! which is why it streams tensor by tensor. The GGUF writer holds a file in memory: it is
+//! for small fixtures only.
 //!
 //! Layout choices that tests rely on:
 //! - GGUF: version 3; the `{arch}.*` keys from the [`ModelConfig`] (but no `{arch}.vocab_size`,
 //!   so readers fall back to the token list or the embedding's shape); `extra` metadata is
 //!   written after and replaces any key of the same name, so a test can corrupt a header on
 //!   purpose; tensors in the order given, each padded to `general.alignment` (default 32).
-//! - Hugging Face: a single `model.safetensors` uses GPT-2's bare names (`h.0.ln_1.weight`, as
-//!   the original upload does) and includes the `h.N.attn.bias` mask buffers that old
-//!   checkpoints carry; sharded checkpoints (`model-0000i-of-0000n.safetensors` plus
-//!   `model.safetensors.index.json`) use the `transformer.` prefix that `save_pretrained`
-//!   writes. GPT-2's Conv1D weights are stored transposed (`[in, out]`).
+//! - Hugging Face ([`write_hf`]): a single `model.safetensors` uses GPT-2's bare names
+//!   (`h.0.ln_1.weight`, as the original upload does) and includes the `h.N.attn.bias` mask
+//!   buffers that old checkpoints carry; sharded checkpoints (`model-0000i-of-0000n.safetensors`
+//!   plus `model.safetensors.index.json`) use the `transformer.` prefix that `save_pretrained`
+//!   writes. [`write_hf_with`] chooses either for any shard count. GPT-2's Conv1D weights are
+//!   stored transposed (`[in, out]`); Llama's Q and K rows always in the half RoPE layout.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -22,7 +25,7 @@ use serde_json::json;
 
 use super::dtype::DType;
 use super::gguf::MetaValue;
-use super::{Arch, ModelConfig};
+use super::{Arch, ModelConfig, RopeLayout};
 
 /// A tensor to write: canonical name, row-major shape and values.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,42 +242,83 @@ pub fn write_gguf(
 }
 
 /// Writes a Hugging Face checkpoint directory: `config.json` and the tensors as `dtype`
-/// (F32, F16 or BF16) in one `model.safetensors` (`shards == 1`) or `shards` files with an
-/// index.
+/// (F32, F16 or BF16) in one `model.safetensors` (`shards == 1`, GPT-2 with the original
+/// upload's bare names and mask buffers) or `shards` files with an index.
 pub fn write_hf(dir: &Path, config: &ModelConfig, tensors: &[Tensor], dtype: DType, shards: usize) -> io::Result<()> {
-    let st_dtype = match dtype {
+    // Before any file is written, as the GGUF writer does.
+    tensors.iter().try_for_each(check_len)?;
+    let specs: Vec<(String, Vec<usize>)> = tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    let layout = HfLayout { dtype, shards, gpt2_original_names: shards == 1 };
+    write_hf_with(dir, config, &specs, layout, |name| {
+        let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| invalid(format!("no tensor `{name}`")))?;
+        Ok(t.data.clone())
+    })?;
+    Ok(())
+}
+
+/// How [`write_hf_with`] lays a checkpoint out.
+#[derive(Debug, Clone, Copy)]
+pub struct HfLayout {
+    /// F32, F16 or BF16.
+    pub dtype: DType,
+    /// 1: one `model.safetensors`; more: `model-0000i-of-0000n.safetensors` and an index.
+    pub shards: usize,
+    /// GPT-2 only: the names of the original upload (`h.0.ln_1.weight`) and its
+    /// `h.N.attn.bias` mask buffers, rather than the `transformer.` prefix `save_pretrained`
+    /// writes.
+    pub gpt2_original_names: bool,
+}
+
+/// Writes a Hugging Face checkpoint directory holding `tensors` (canonical name and shape, in
+/// the order given), asking `load` for each tensor's values only when its turn comes, so that
+/// one tensor at a time is in memory. Returns the names of the files written, `config.json`
+/// first.
+///
+/// The tensors are canonical (see [`super`]); what Hugging Face stores differently is
+/// converted on the way out: GPT-2's `Conv1D` weights are transposed to `[in, out]`, and the
+/// Q and K rows of a Llama whose `rope_layout` is interleaved (a GGUF's) are put back in the
+/// half layout Hugging Face rotates ([`super::interleaved_to_half_rows`]), since `config.json`
+/// has no way to say otherwise.
+pub fn write_hf_with(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &[(String, Vec<usize>)],
+    layout: HfLayout,
+    mut load: impl FnMut(&str) -> io::Result<Vec<f32>>,
+) -> io::Result<Vec<String>> {
+    let st_dtype = match layout.dtype {
         DType::F32 => "F32",
         DType::F16 => "F16",
         DType::BF16 => "BF16",
         other => return Err(invalid(format!("safetensors cannot hold {}", other.name()))),
     };
+    let shards = layout.shards;
     if shards == 0 || shards > tensors.len() {
         return Err(invalid(format!("cannot spread {} tensors over {shards} shards", tensors.len())));
     }
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&hf_config(config))?)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&hf_config(config, layout.dtype))?)?;
+    let mut written = vec!["config.json".to_string()];
 
-    let prefix = if shards == 1 { "" } else { "transformer." };
+    // Every entry is planned before any data is written: a safetensors header holds every
+    // tensor's offsets.
+    let gpt2 = config.arch == Arch::Gpt2;
+    let prefix = if layout.gpt2_original_names { "" } else { "transformer." };
     let mut by_shard: Vec<Vec<StEntry>> = (0..shards).map(|_| Vec::new()).collect();
-    for (i, t) in tensors.iter().enumerate() {
-        check_len(t)?;
+    for (i, (canonical, shape)) in tensors.iter().enumerate() {
         let shard = i * shards / tensors.len();
-        let (name, conv1d) = super::hf::hf_name(config.arch, &t.name, prefix)
-            .ok_or_else(|| invalid(format!("tensor `{}` has no Hugging Face name", t.name)))?;
-        let (shape, data) = if conv1d && t.shape.len() == 2 {
-            (vec![t.shape[1], t.shape[0]], super::transpose(&t.data, t.shape[0], t.shape[1]))
-        } else {
-            (t.shape.clone(), t.data.clone())
-        };
-        let bytes = encode(dtype, &data).map_err(invalid)?;
-        by_shard[shard].push(StEntry { name, dtype: st_dtype, shape, bytes });
-        if config.arch == Arch::Gpt2 && shards == 1 && t.name.ends_with(".attn_norm.weight") {
-            // The causal mask buffer old GPT-2 checkpoints store beside each layer.
-            let layer = t.name.trim_start_matches("blk.").split('.').next().unwrap_or("0");
+        let (name, conv1d) = super::hf::hf_name(config.arch, canonical, prefix)
+            .ok_or_else(|| invalid(format!("tensor `{canonical}` has no Hugging Face name")))?;
+        let conv1d = conv1d && shape.len() == 2;
+        let stored = if conv1d { vec![shape[1], shape[0]] } else { shape.clone() };
+        let nbytes = layout.dtype.nbytes(shape.iter().product()).map_err(|e| invalid(format!("tensor `{canonical}`: {e}")))?;
+        let data = Data::Tensor { canonical: canonical.clone(), shape: shape.clone(), conv1d };
+        by_shard[shard].push(StEntry { name, dtype: st_dtype, shape: stored, nbytes, data });
+        if gpt2 && layout.gpt2_original_names && canonical.ends_with(".attn_norm.weight") {
+            let layer = canonical.trim_start_matches("blk.").split('.').next().unwrap_or("0");
             let n = config.n_ctx;
-            let mask: Vec<f32> = (0..n * n).map(|k| if k % n <= k / n { 1.0 } else { 0.0 }).collect();
-            let bytes = encode(DType::F32, &mask).map_err(invalid)?;
-            by_shard[shard].push(StEntry { name: format!("h.{layer}.attn.bias"), dtype: "F32", shape: vec![1, 1, n, n], bytes });
+            let (name, shape) = (format!("h.{layer}.attn.bias"), vec![1, 1, n, n]);
+            by_shard[shard].push(StEntry { name, dtype: "F32", shape, nbytes: 4 * n * n, data: Data::CausalMask(n) });
         }
     }
 
@@ -288,21 +332,40 @@ pub fn write_hf(dir: &Path, config: &ModelConfig, tensors: &[Tensor], dtype: DTy
         header.insert("__metadata__".into(), json!({ "format": "pt" }));
         let mut offset = 0;
         for e in entries {
-            header.insert(e.name.clone(), json!({ "dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.bytes.len()] }));
+            header.insert(e.name.clone(), json!({ "dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.nbytes] }));
             weight_map.insert(e.name.clone(), json!(file_name(s)));
-            offset += e.bytes.len();
+            offset += e.nbytes;
         }
         total += offset;
         let mut header = serde_json::to_vec(&header)?;
         // Readers do not need it, but real writers pad the header so the data is 8-aligned.
         header.resize(header.len().next_multiple_of(8), b' ');
-        let mut f = io::BufWriter::new(std::fs::File::create(dir.join(file_name(s)))?);
+        let mut f = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(file_name(s)))?);
         f.write_all(&(header.len() as u64).to_le_bytes())?;
         f.write_all(&header)?;
         for e in entries {
-            f.write_all(&e.bytes)?;
+            let (values, dtype) = match &e.data {
+                Data::Tensor { canonical, shape, conv1d } => {
+                    let v = load(canonical)?;
+                    let n: usize = shape.iter().product();
+                    if v.len() != n {
+                        return Err(invalid(format!("tensor `{canonical}` has shape {shape:?} but {} values", v.len())));
+                    }
+                    (hf_values(config, canonical, shape, *conv1d, v), layout.dtype)
+                }
+                Data::CausalMask(n) => ((0..n * n).map(|k| if k % n <= k / n { 1.0 } else { 0.0 }).collect(), DType::F32),
+            };
+            // In slices, so that the encoded bytes of a large tensor never exist all at once.
+            let mut put = 0;
+            for chunk in values.chunks(1 << 16) {
+                let bytes = encode(dtype, chunk).map_err(invalid)?;
+                put += bytes.len();
+                f.write_all(&bytes)?;
+            }
+            debug_assert_eq!(put, e.nbytes, "tensor `{}`", e.name);
         }
         f.flush()?;
+        written.push(file_name(s));
     }
     let index_path = dir.join("model.safetensors.index.json");
     if shards == 1 {
@@ -313,8 +376,29 @@ pub fn write_hf(dir: &Path, config: &ModelConfig, tensors: &[Tensor], dtype: DTy
     } else {
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         std::fs::write(&index_path, serde_json::to_string_pretty(&index)?)?;
+        written.push("model.safetensors.index.json".into());
     }
-    Ok(())
+    Ok(written)
+}
+
+/// A canonical tensor's values as Hugging Face stores them (see [`write_hf_with`]).
+fn hf_values(config: &ModelConfig, canonical: &str, shape: &[usize], conv1d: bool, v: Vec<f32>) -> Vec<f32> {
+    if conv1d {
+        return super::transpose(&v, shape[0], shape[1]);
+    }
+    if config.arch == Arch::Llama && config.rope_layout == RopeLayout::Interleaved {
+        let heads = if canonical.ends_with(".attn_q.weight") {
+            Some(config.n_head)
+        } else if canonical.ends_with(".attn_k.weight") {
+            Some(config.n_kv_head)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            return super::interleaved_to_half_rows(&v, heads, shape[1]);
+        }
+    }
+    v
 }
 
 /// One tensor of a safetensors file being written.
@@ -323,42 +407,87 @@ struct StEntry {
     dtype: &'static str,
     /// As stored (Conv1D weights transposed).
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    nbytes: usize,
+    data: Data,
 }
 
-fn hf_config(c: &ModelConfig) -> serde_json::Value {
+/// Where an entry's values come from.
+enum Data {
+    Tensor { canonical: String, shape: Vec<usize>, conv1d: bool },
+    /// The `n × n` lower-triangular mask old GPT-2 checkpoints store beside each layer.
+    CausalMask(usize),
+}
+
+/// The `transformers` class a Hugging Face checkpoint of `arch` is loaded as.
+pub fn hf_architecture(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Gpt2 => "GPT2LMHeadModel",
+        Arch::Llama => "LlamaForCausalLM",
+    }
+}
+
+/// `x` as JSON by its shortest decimal form, so that `1e-5f32` reads `1e-5` rather than the
+/// `9.99999974737875e-6` of its exact value.
+fn f32_json(x: f32) -> serde_json::Value {
+    x.to_string().parse::<f64>().map_or(serde_json::Value::Null, |v| json!(v))
+}
+
+/// `config.json` for `transformers` (4.4x and 5.x) to build `GPT2LMHeadModel` or
+/// `LlamaForCausalLM`, with the weights stored as `dtype`. Defaults are written out where the
+/// graph the ONNX exporter builds depends on them, so a change of default upstream cannot
+/// make the two disagree.
+fn hf_config(c: &ModelConfig, dtype: DType) -> serde_json::Value {
+    let architectures = [hf_architecture(c.arch)];
+    let dtype = match dtype {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    };
     match c.arch {
         Arch::Gpt2 => json!({
-            "architectures": ["GPT2LMHeadModel"],
+            "architectures": architectures,
             "model_type": "gpt2",
             "vocab_size": c.vocab_size,
             "n_embd": c.d_model,
             "n_layer": c.n_layer,
             "n_head": c.n_head,
             "n_positions": c.n_ctx,
-            "n_ctx": c.n_ctx,
             "n_inner": c.d_ff,
-            "layer_norm_epsilon": c.norm_eps,
+            // The tanh approximation, as the exporter's graph and GPT-2's training use.
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": f32_json(c.norm_eps),
+            "scale_attn_weights": true,
+            "scale_attn_by_inverse_layer_idx": false,
+            "reorder_and_upcast_attn": false,
             "tie_word_embeddings": c.tied_embeddings,
             "bos_token_id": c.bos_token_id,
             "eos_token_id": c.eos_token_id,
+            "dtype": dtype,
+            "torch_dtype": dtype,
         }),
         Arch::Llama => json!({
-            "architectures": ["LlamaForCausalLM"],
+            "architectures": architectures,
             "model_type": "llama",
             "vocab_size": c.vocab_size,
             "hidden_size": c.d_model,
             "num_hidden_layers": c.n_layer,
             "num_attention_heads": c.n_head,
             "num_key_value_heads": c.n_kv_head,
+            "head_dim": c.head_dim(),
             "intermediate_size": c.d_ff,
             "max_position_embeddings": c.n_ctx,
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope_theta,
-            "rope_scaling": null,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "rms_norm_eps": f32_json(c.norm_eps),
+            // transformers 4.x reads `rope_theta`; 5.x reads `rope_parameters`.
+            "rope_theta": f32_json(c.rope_theta),
+            "rope_parameters": { "rope_type": "default", "rope_theta": f32_json(c.rope_theta) },
             "tie_word_embeddings": c.tied_embeddings,
             "bos_token_id": c.bos_token_id,
             "eos_token_id": c.eos_token_id,
+            "dtype": dtype,
+            "torch_dtype": dtype,
         }),
     }
 }

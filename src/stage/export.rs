@@ -4,7 +4,7 @@
 //! [stages.export]
 //! kind = "export"
 //! deps = { checkpoint = "out/fetch-model/model.gguf" }
-//! variants = ["prefill", "decoder"]   # default: both
+//! variants = ["prefill", "decoder"]   # default; also "hf"
 //! precision = "fp32"                  # or "fp16" (float16 weights)
 //! opset = 17
 //! external_data = "auto"              # or true / false
@@ -17,6 +17,13 @@
 //! initializer count and bytes, external data and the content digest. The tokenizer comes
 //! from a `tokenizer` dep (a `tokenizer.json`), the checkpoint's own (`tokenizer.json` in
 //! a Hugging Face directory, or the GGUF's embedded vocabulary).
+//!
+//! The `hf` variant is not ONNX: `hf/` is a Hugging Face directory (`config.json`,
+//! `model.safetensors`, and `tokenizer.json` with `tokenizer_config.json` when a tokenizer is
+//! written) holding the same weights, for PyTorch backends (see [`crate::export::hf`]). Its
+//! `export.json` entry has `variant`, `precision`, `file`, `export_ms`, `file_bytes` (all its
+//! files) and `digest` (blake3 of the files in `files` order) as the ONNX entries do, plus
+//! `files` (name and bytes of each), `architecture`, `dtype`, `tensor_count` and `parameters`.
 
 use std::io::Write;
 use std::path::Path;
@@ -32,6 +39,15 @@ use crate::tokenizer::{self, GgufVocab};
 pub struct Export;
 
 const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "tokenizer"];
+
+/// Every variant a pipeline may ask for: the ONNX ones of [`Variant`], then the Hugging Face
+/// directory.
+const VARIANTS: &[&str] = &["prefill", "decoder", export::hf::VARIANT];
+
+/// `"a", "b", "c"`.
+fn quoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+}
 
 impl StageKind for Export {
     fn name(&self) -> &'static str {
@@ -53,14 +69,17 @@ impl StageKind for Export {
             None => vec!["prefill".into(), "decoder".into()],
             Some(Value::Array(a)) if !a.is_empty() => a.iter().map(|v| v.as_str().unwrap_or("").to_string()).collect(),
             Some(_) => {
-                errors.push(LowerError::on("variants", "`variants` must be a non-empty list: \"prefill\", \"decoder\"".into(), None));
+                errors.push(LowerError::on("variants", format!("`variants` must be a non-empty list of {}", quoted(VARIANTS)), None));
                 Vec::new()
             }
         };
         for (i, v) in variants.iter().enumerate() {
-            if Variant::parse(v).is_none() {
-                let help = crate::diag::suggest(v, ["prefill", "decoder"]);
-                errors.push(LowerError { field: vec!["variants".into(), i.to_string()], message: format!("unknown variant `{v}`"), help });
+            let field = vec!["variants".into(), i.to_string()];
+            if !VARIANTS.contains(&v.as_str()) {
+                let help = crate::diag::suggest(v, VARIANTS.iter().copied()).or_else(|| Some(format!("variants are {}", quoted(VARIANTS))));
+                errors.push(LowerError { field, message: format!("unknown variant `{v}`"), help });
+            } else if variants[..i].contains(v) {
+                errors.push(LowerError { field, message: format!("variant `{v}` is listed twice"), help: None });
             }
         }
         let precision = f.get("precision").and_then(Value::as_str).unwrap_or("fp32").to_string();
@@ -117,19 +136,28 @@ impl StageKind for Export {
         let _ = writeln!(cx.log, "checkpoint `{ck_path}`: {:?} {:?}, {} layers, d={}", ck.format, ck.config.arch, ck.config.n_layer, ck.config.d_model);
         let precision = Precision::parse(config["precision"].as_str().unwrap_or("fp32")).unwrap_or(Precision::Fp32);
         let external = config["external_data"].as_bool();
-        let mut reports = Vec::new();
-        for v in config["variants"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            let variant = Variant::parse(v).ok_or_else(|| format!("unknown variant `{v}`"))?;
-            let dir = cx.root.join(&cx.outs[v]);
-            let opts = ExportOptions { variant, precision, opset: config["opset"].as_i64().unwrap_or(17), external_data: external };
-            let report = export::export(&ck, &opts, &dir.join("model.onnx")).map_err(|e| e.to_string())?;
-            let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes + report.data_bytes, report.export_ms);
-            reports.push(report);
-        }
-        let tokenizer = match cx.outs.get("tokenizer") {
-            Some(dest) => Some(write_tokenizer(&ck, cx.deps.get("tokenizer").and_then(|p| p.first()).map(|p| cx.root.join(p)).as_deref(), &cx.root.join(dest))?),
+        // The tokenizer first: the `hf` directory takes a copy of it.
+        let tokenizer_path = cx.outs.get("tokenizer").map(|dest| cx.root.join(dest));
+        let tokenizer = match &tokenizer_path {
+            Some(dest) => Some(write_tokenizer(&ck, cx.deps.get("tokenizer").and_then(|p| p.first()).map(|p| cx.root.join(p)).as_deref(), dest)?),
             None => None,
         };
+        let mut reports = Vec::new();
+        for v in config["variants"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            let dir = cx.root.join(&cx.outs[v]);
+            let report = if v == export::hf::VARIANT {
+                let report = export::hf::export_hf(&ck, precision, tokenizer_path.as_deref(), &dir).map_err(|e| e.to_string())?;
+                let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes, report.export_ms);
+                serde_json::to_value(report)
+            } else {
+                let variant = Variant::parse(v).ok_or_else(|| format!("unknown variant `{v}`"))?;
+                let opts = ExportOptions { variant, precision, opset: config["opset"].as_i64().unwrap_or(17), external_data: external };
+                let report = export::export(&ck, &opts, &dir.join("model.onnx")).map_err(|e| e.to_string())?;
+                let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes + report.data_bytes, report.export_ms);
+                serde_json::to_value(report)
+            };
+            reports.push(report.map_err(|e| e.to_string())?);
+        }
         let manifest = json!({
             "checkpoint": { "path": ck_path, "format": ck.format, "config": ck.config },
             "tool": format!("tr118 {}", crate::VERSION),
