@@ -15,5 +15,5 @@ set -euo pipefail
 tr118=${TR118:-target/release/tr118}
 python=${TR118_PYTHON:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
-"$tr118" -f "$here/gpu-decode.toml" make decode-bench
+"$tr118" -f "$here/gpu-decode.toml" make decode-bench graph-bench
 "$python" "$here/gpu_decode.py" .

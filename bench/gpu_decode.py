@@ -107,6 +107,12 @@ def main():
             "tpot_ms": tpot,
             "decode_tok_s": 1e3 / tpot if tpot else None,
         })
+    graph = ws / "out/graph-bench/onnxruntime-gpu-graph/runs.jsonl"
+    if graph.exists():
+        g = [json.loads(l) for l in graph.read_text().splitlines()]
+        g_ok = [r["latency_ms"] for r in g if r["status"] == "ok"]
+        plain = next((r["prefill_ms"] for r in rows if r["backend"] == "onnxruntime-gpu"), None)
+        print(f"onnxruntime-gpu prefill (1 x 27): {plain} ms plain, {median(g_ok)} ms with a CUDA graph" + ("" if g_ok else f" (degraded: {g[0].get('reason')})"))
     bw = bandwidth_gbs()
     bound = bw * 1e9 / weight_bytes if weight_bytes else None
     eager = next((r["decode_tok_s"] for r in rows if r["backend"] == "torch-eager"), None)

@@ -99,6 +99,8 @@ pub struct BackendSpec {
     pub decoder: Option<String>,
     /// Facets this backend's nodes add to their stage's.
     pub facets: Vec<String>,
+    /// CUDA graphs for the timed prefill (one graph per input shape); the `cuda` provider only.
+    pub cuda_graph: bool,
 }
 
 const FIELDS: &[&str] = &[
@@ -121,6 +123,7 @@ const FIELDS: &[&str] = &[
     "prefill",
     "decoder",
     "facets",
+    "cuda_graph",
 ];
 
 /// The runtimes a backend can name.
@@ -232,6 +235,10 @@ impl BackendSpec {
                 }
             }
         }
+        let cuda_graph = t.get("cuda_graph").and_then(Value::as_bool).unwrap_or(false);
+        if cuda_graph && (torch || provider != Provider::Cuda) {
+            errors.push(("cuda_graph".into(), "`cuda_graph` is ONNX Runtime's CUDA provider's (`runtime = \"onnxruntime\"`, `provider = \"cuda\"`); torch.compile's CUDA graphs are `compile_mode = \"reduce-overhead\"`".into()));
+        }
         let facets: Vec<String> = match t.get("facets") {
             None => Vec::new(),
             Some(Value::Array(list)) if list.iter().all(Value::is_string) => list.iter().filter_map(Value::as_str).map(str::to_string).collect(),
@@ -264,6 +271,7 @@ impl BackendSpec {
                 prefill: s("prefill"),
                 decoder: s("decoder"),
                 facets,
+                cuda_graph,
             })
         } else {
             Err(errors)
@@ -282,7 +290,10 @@ impl BackendSpec {
                 engine_cache: self.trt_engine_cache.as_ref().map(PathBuf::from),
                 profile_shapes: self.trt_profile_shapes.clone(),
             },
-            ..SessionOptions::default()
+            // I/O binding is the runtime's default: on for an accelerator, so that the decoder's
+            // cache stays on the device between steps.
+            io_binding: None,
+            cuda_graph: self.cuda_graph,
         }
     }
 }
@@ -475,8 +486,23 @@ impl Backend for OrtBackend {
 
     fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
         match &self.model {
+            // On an accelerator the inputs are bound (uploaded) here, before any clock.
+            Model::Prefill(s) if s.io_binding() => Ok(Prepared::Ort(s.prefill_inputs_on_device(ids, mask, batch, seq)?)),
             Model::Prefill(s) => Ok(Prepared::Ort(s.prefill_inputs(ids, mask, batch, seq)?)),
             Model::Decoder(_) => Err(not_a_prefill()),
+        }
+    }
+
+    fn timed_prefill(&mut self, inputs: &Prepared) -> Result<Duration, BackendError> {
+        match (&mut self.model, inputs) {
+            // Up to the logits on the device, synchronised: nothing is copied back inside the
+            // clock, as torch times a forward pass.
+            (Model::Prefill(s), Prepared::Ort(inputs)) if s.io_binding() => {
+                let start = std::time::Instant::now();
+                s.run_prepared_on_device(inputs)?;
+                Ok(start.elapsed())
+            }
+            _ => workload::prefill(self, inputs),
         }
     }
 
