@@ -460,9 +460,12 @@ impl Runtime {
 /// The run option that selects a CUDA graph: `-1` keeps a run out of capture.
 const GPU_GRAPH_ID: &str = "gpu_graph_id";
 
-/// ONNX Runtime's CUDA provider on `device`, capturing graphs when asked to.
+/// ONNX Runtime's CUDA provider on `device`, capturing graphs when asked to. TF32 is off:
+/// ONNX Runtime turns it on by default, which rounds fp32 matrix products to a 10-bit mantissa
+/// (logits 1e-2 away from the CPU's on SmolLM2, seen on an H200); an fp32 backend computes in
+/// fp32, as the torch worker does.
 fn cuda_provider(device: i32, cuda_graph: bool) -> CUDA {
-    let cuda = CUDA::default().with_device_id(device);
+    let cuda = CUDA::default().with_device_id(device).with_tf32(false);
     if cuda_graph { cuda.with_cuda_graph(true) } else { cuda }
 }
 
