@@ -11,6 +11,7 @@
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
+//! | [`remote`]  | the shared cache over HTTP: read-through, write-back, push and pull, verified |
 //! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build`, `report` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
@@ -40,6 +41,7 @@ pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod quant;
+pub mod remote;
 pub mod report;
 pub mod runtime;
 pub mod stage;
