@@ -9,6 +9,7 @@
 //! | a flipped byte in a remote blob is detected, that node rebuilt, the rest restored, the blob healed | records, the warning, the server's file |
 //! | an entry stored under another key, or whose key field lies, is refused | records, the warning                        |
 //! | a server that refuses connections never fails a build: one warning | exit code, warning count                         |
+//! | a server that never answers is given up on once, after the timeout | warning count and text, elapsed time             |
 //! | a read-only remote is never written                               | the server's access log and root                 |
 //! | credentials come from the environment and reach the server         | nginx `auth_basic` and a Bearer check            |
 //! | a URL with credentials is an error naming where it was written     | exit code, diagnostic                            |
@@ -17,6 +18,8 @@
 mod support;
 
 use std::fs;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::nginx::{Access, Nginx, free_port};
@@ -345,6 +348,27 @@ fn server_that_refuses_connections_does_not_fail_the_build() {
         .tr(&["cache", "pull", "--remote-cache", &url])
         .code(1)
         .stderr_has("unreachable");
+}
+
+#[test]
+fn server_that_never_answers_is_given_up_on_once_after_the_timeout() {
+    // Connections are accepted and held; no byte ever comes back.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().collect();
+        drop(held);
+    });
+    let ws = checkout("tr118-remote-slow-").env("TR118_REMOTE_CACHE_TIMEOUT", "0.5");
+    let t0 = Instant::now();
+    let m = make(&ws, &["--remote-cache", &url]);
+    m.run.code(0);
+    assert_eq!(m.ran(), ["a", "b", "c"]);
+    let w = warnings(&m.run.stderr);
+    assert_eq!(w.len(), 1, "exactly one warning\n{}", m.run);
+    assert!(w[0].contains("timed out"), "{}", w[0]);
+    // One timeout for the run, not one per node and attempt.
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 
 #[test]

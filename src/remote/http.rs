@@ -1,16 +1,19 @@
 //! The remote cache's HTTP client: GET, HEAD and PUT of paths under one base URL, with
 //! timeouts, a bounded retry with backoff, and the credentials from the environment.
 //!
+//! `T` is the request timeout, 20 s unless `TR118_REMOTE_CACHE_TIMEOUT` says otherwise.
+//!
 //! | limit                | value                                | why                                  |
 //! |----------------------|--------------------------------------|--------------------------------------|
-//! | connect timeout      | 5 s                                  | a dead host must not hold up a build |
-//! | stall timeout        | 30 s without a byte read or written  | a hung server is a dead one          |
-//! | total timeout        | 60 s + 1 s per MiB of the body       | slow links still move big blobs      |
+//! | connect timeout      | 5 s, or `T` if shorter               | a dead host must not hold up a build |
+//! | stall timeout        | `T` without a byte read or written   | a hung server is a dead one          |
+//! | total timeout        | `T` + 1 s per MiB of the body        | slow links still move big blobs      |
 //! | attempts             | 3, after 0.25 s and 1 s              | rides out a restart or a dropped connection |
 //!
-//! Retried: connection failures, timeouts, I/O errors, HTTP 429 and 5xx. Not retried: any
-//! other status, which will not change by asking again. Redirects are not followed: a cache
-//! that moved is configured with its new URL, and credentials never travel to another host.
+//! Retried: connection failures, I/O errors, HTTP 429 and 5xx. Not retried: timeouts (a
+//! server that slow would hold every lookup of the build up), and any other status, which
+//! will not change by asking again. Redirects are not followed: a cache that moved is
+//! configured with its new URL, and credentials never travel to another host.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -21,9 +24,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-const BASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The slowest transfer rate the total timeout allows for, in bytes per second.
 const MIN_RATE: u64 = 1 << 20;
 const BACKOFF: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(1000)];
@@ -93,15 +95,16 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     auth: Option<String>,
+    timeout: Duration,
 }
 
 impl Client {
     /// A client for the cache at `base` (no trailing `/`).
-    pub fn new(base: &str, auth: Option<&Auth>) -> Client {
+    pub fn new(base: &str, auth: Option<&Auth>, timeout: Duration) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_per_read(Some(STALL_TIMEOUT))
-            .timeout_per_write(Some(STALL_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
+            .timeout_per_read(Some(timeout))
+            .timeout_per_write(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(format!("tr118/{}", crate::VERSION))
@@ -111,7 +114,13 @@ impl Client {
             agent,
             base: base.to_string(),
             auth: auth.map(Auth::header),
+            timeout,
         }
+    }
+
+    /// The budget of one request with a body of `size` bytes.
+    fn budget(&self, size: u64) -> Duration {
+        self.timeout + Duration::from_secs(size / MIN_RATE)
     }
 
     fn url(&self, path: &str) -> String {
@@ -149,7 +158,7 @@ impl Client {
         url: &str,
         body_size: u64,
     ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        let timeout = BASE_TIMEOUT + Duration::from_secs(body_size / MIN_RATE);
+        let timeout = self.budget(body_size);
         let mut req = match method {
             "HEAD" => self.agent.head(url),
             _ => self.agent.get(url),
@@ -235,7 +244,7 @@ impl Client {
     }
 
     fn put(&self, url: &str, size: u64, body: impl ureq::AsSendBody) -> Result<(), Attempt> {
-        let timeout = BASE_TIMEOUT + Duration::from_secs(size / MIN_RATE);
+        let timeout = self.budget(size);
         let mut req = self
             .agent
             .put(url)
@@ -258,7 +267,7 @@ impl Client {
 
 fn transport(e: ureq::Error) -> Attempt {
     match e {
-        ureq::Error::Timeout(t) => Attempt::Retry(format!("timed out ({t})")),
+        ureq::Error::Timeout(t) => Attempt::Fatal(format!("timed out ({t})")),
         ureq::Error::ConnectionFailed => Attempt::Retry("connection failed".into()),
         ureq::Error::HostNotFound => Attempt::Fatal("host not found".into()),
         ureq::Error::Io(e) => Attempt::Retry(e.to_string()),

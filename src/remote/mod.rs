@@ -67,7 +67,8 @@
 //!
 //! # Failures
 //!
-//! Requests retry transient failures with backoff and give up on timeouts (see
+//! Requests retry transient failures with backoff and give up on a timeout (20 s per
+//! request plus 1 s per MiB of body; `TR118_REMOTE_CACHE_TIMEOUT` sets the 20 s; see
 //! [`http`]). The first request that fails for good marks the remote down for the rest of
 //! the run, with one warning (`remote cache <url> unreachable (…); continuing with the
 //! local cache only`): a build never fails because of its remote cache. `cache push` and
@@ -90,6 +91,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 pub mod entry;
 pub mod http;
@@ -108,6 +110,7 @@ pub const ENV_URL: &str = "TR118_REMOTE_CACHE";
 pub const ENV_TOKEN: &str = "TR118_REMOTE_CACHE_TOKEN";
 pub const ENV_USER: &str = "TR118_REMOTE_CACHE_USER";
 pub const ENV_PASSWORD: &str = "TR118_REMOTE_CACHE_PASSWORD";
+pub const ENV_TIMEOUT: &str = "TR118_REMOTE_CACHE_TIMEOUT";
 
 /// `[cache]` of a pipeline file, checked.
 #[derive(Debug, Clone, Default)]
@@ -143,6 +146,8 @@ pub struct Settings {
     pub url: String,
     pub read_only: bool,
     pub auth: Option<Auth>,
+    /// The budget of a request without a body; see [`http`].
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +171,8 @@ pub enum ConfigError {
         "both `{ENV_TOKEN}` and `{ENV_USER}` are set; the remote cache takes one kind of credentials"
     )]
     TwoAuths,
+    #[error("`{ENV_TIMEOUT}` is `{0}`, not a positive number of seconds")]
+    BadTimeout(String),
 }
 
 impl ConfigError {
@@ -182,6 +189,10 @@ impl ConfigError {
             }
             ConfigError::TwoAuths => Some(format!(
                 "unset `{ENV_TOKEN}`, or `{ENV_USER}` and `{ENV_PASSWORD}`"
+            )),
+            ConfigError::BadTimeout(_) => Some(format!(
+                "e.g. `{ENV_TIMEOUT}=60`, or unset it for {} s",
+                http::DEFAULT_TIMEOUT.as_secs()
             )),
         }
     }
@@ -262,10 +273,20 @@ pub fn resolve(
         (None, None, None) => None,
     };
     let read_only = cli_read_only.or(section.read_only).unwrap_or(false);
+    let timeout = match env(ENV_TIMEOUT) {
+        None => http::DEFAULT_TIMEOUT,
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or(ConfigError::BadTimeout(t))?,
+    };
     Ok(Some(Settings {
         url,
         read_only,
         auth,
+        timeout,
     }))
 }
 
@@ -296,7 +317,7 @@ pub struct Remote {
 
 impl Remote {
     pub fn new(settings: Settings) -> Remote {
-        let client = http::Client::new(&settings.url, settings.auth.as_ref());
+        let client = http::Client::new(&settings.url, settings.auth.as_ref(), settings.timeout);
         Remote {
             settings,
             client,
@@ -451,6 +472,27 @@ mod tests {
             &env_of(&[(ENV_USER, "u"), (ENV_TOKEN, "t")]),
         );
         assert!(matches!(both, Err(ConfigError::TwoAuths)));
+    }
+
+    #[test]
+    fn timeout_is_a_positive_number_of_seconds() {
+        let at = |t: &str| {
+            resolve(
+                &Section::default(),
+                Some("http://h"),
+                None,
+                &env_of(&[(ENV_TIMEOUT, t)]),
+            )
+        };
+        assert_eq!(
+            at("2.5").unwrap().unwrap().timeout,
+            Duration::from_millis(2500)
+        );
+        for bad in ["0", "-1", "soon", "inf"] {
+            assert!(matches!(at(bad), Err(ConfigError::BadTimeout(_))), "{bad}");
+        }
+        let default = resolve(&Section::default(), Some("http://h"), None, &env_of(&[]));
+        assert_eq!(default.unwrap().unwrap().timeout, http::DEFAULT_TIMEOUT);
     }
 
     #[test]
