@@ -25,7 +25,7 @@
 //! | [`measure`] | run records of timed repetitions, the resource sampler beside them            |
 //! | [`stats`]   | summaries (mean, Student t CI95, percentiles), Welch's t, Cohen's d, Holm     |
 //! | [`report`]  | artifacts → Markdown and self-contained HTML: templates, number formats, SVG charts |
-//! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
+//! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean|cache`        |
 
 pub mod backend;
 pub mod cli;
