@@ -1,6 +1,7 @@
 //! The command line: a thin layer that loads the pipeline, opens the store and hands over
 //! to the engine. Exit codes: 0 ok, 1 a node failed (or the cache is locked with
-//! `--no-wait`, or `fsck` found damage), 2 bad input or usage.
+//! `--no-wait`, or `fsck` found damage, or `cache push|pull` could not reach the remote
+//! cache), 2 bad input or usage.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,11 +11,13 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::progress::{Cache, NodeRecord, RecordStatus, Reporter, reasons_text};
+use crate::engine::run::Summary;
 use crate::engine::run::{self, Options};
 use crate::engine::{self, Plan, State};
 use crate::graph::Graph;
 use crate::key::StaleReason;
 use crate::pipeline::Pipeline;
+use crate::remote::{self, Remote};
 use crate::store::statcache::StatCache;
 use crate::store::{LockGuard, Store, maintenance};
 
@@ -41,6 +44,42 @@ struct ParamArgs {
     params: Vec<String>,
 }
 
+/// The remote cache on the command line (see `remote` for the layout and the environment).
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// Remote cache URL; overrides `TR118_REMOTE_CACHE` and `[cache] remote`
+    #[arg(long, value_name = "URL")]
+    remote_cache: Option<String>,
+    /// Look things up in the remote cache, never upload (`=false` to allow uploads when the
+    /// pipeline says `read_only = true`)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    remote_read_only: Option<bool>,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Upload the entries of targets built here (and their upstream) to the remote cache
+    Push {
+        targets: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Download the entries of targets (and their upstream) from the remote cache into
+    /// `cache/`, running nothing; `make` then restores them
+    Pull {
+        targets: Vec<String>,
+        /// Downloads at once [default: 4]
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Build targets (stage names, node ids or id prefixes) and everything stale upstream
@@ -61,6 +100,8 @@ enum Command {
         /// Fail instead of waiting when another tr118 holds the cache
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[command(flatten)]
         params: ParamArgs,
     },
@@ -101,6 +142,11 @@ enum Command {
     Clean {
         #[arg(long)]
         all: bool,
+    },
+    /// Move entries between the local cache and the remote cache
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
 }
 
@@ -159,10 +205,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
     });
     let verbose = cli.verbose;
     match cli.command {
-        Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, params } => {
+        Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, remote, params } => {
             let ws = Workspace::load(&root, &file, &params)?;
+            let remote = ws.remote(&remote)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let code = ws.make(&targets, Options { jobs, keep_going }, dry_run, json, no_wait, verbose);
+            let opts = Options { jobs, keep_going, remote: remote.as_ref(), fetch_only: false };
+            let code = ws.make(&targets, opts, dry_run, json, no_wait, verbose);
             // The process ends here: freeing every node's allocations one by one would cost
             // more than the rest of a no-op make on a large graph.
             std::mem::forget(ws);
@@ -182,7 +230,29 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc { dry_run, params } => Workspace::load(&root, &file, &params)?.gc(dry_run),
         Command::Fsck { repair } => fsck(&root, repair),
         Command::Clean { all } => clean(&root, all),
+        Command::Cache { command: CacheCommand::Push { targets, remote, params } } => {
+            let ws = Workspace::load(&root, &file, &params)?;
+            let remote = ws.remote(&remote)?.ok_or_else(no_remote)?;
+            ws.push(&targets, &remote)
+        }
+        Command::Cache { command: CacheCommand::Pull { targets, jobs, remote, params } } => {
+            let ws = Workspace::load(&root, &file, &params)?;
+            let remote = ws.remote(&remote)?.ok_or_else(no_remote)?;
+            ws.pull(&targets, &remote, jobs.unwrap_or(remote::upload::THREADS), verbose)
+        }
     }
+}
+
+fn no_remote() -> Fail {
+    Fail::Input(format!(
+        "no remote cache is configured\n  help: pass `--remote-cache URL`, set `{}`, or add `[cache] remote = \"URL\"` to the pipeline",
+        remote::ENV_URL
+    ))
+}
+
+/// `1.2 MB`: decimal megabytes, as transfer rates are quoted.
+fn megabytes(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1e6)
 }
 
 fn parse_params(args: &ParamArgs) -> Result<Vec<(String, String)>> {
@@ -232,6 +302,14 @@ impl Workspace {
         Ok(Workspace { graph, store: Store::at(root) })
     }
 
+    /// The remote cache the pipeline, the environment and `args` configure, if any.
+    fn remote(&self, args: &RemoteArgs) -> Result<Option<Remote>> {
+        let env = |name: &str| std::env::var(name).ok();
+        let settings = remote::resolve(&self.graph.pipeline.cache, args.remote_cache.as_deref(), args.remote_read_only, &env)
+            .map_err(|e| Fail::Input(e.help().map_or_else(|| e.to_string(), |h| format!("{e}\n  help: {h}"))))?;
+        Ok(settings.map(Remote::new))
+    }
+
     fn plan(&self, targets: &[String], stat: &mut StatCache) -> Result<Plan> {
         let selected = self.graph.select(targets).map_err(Fail::Input)?;
         Ok(engine::plan::plan(&self.graph, &self.store, stat, selected)?)
@@ -265,6 +343,7 @@ impl Workspace {
             .collect();
         let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
         let reporter = Reporter::new(json, verbose, plan.stale_count());
+        let remote = opts.remote;
         let result = run::run(&self.graph, &self.store, &mut stat, plan, &opts, &reporter);
         reporter.done();
         save_stat(&self.store, &mut stat)?;
@@ -284,7 +363,11 @@ impl Workspace {
             }
         }
         let rerun_by_cascade = summary.records.iter().filter(|r| r.cache == Cache::Miss && cascaded.iter().any(|&i| self.graph.id(i) == r.id)).count();
-        eprintln!("{} nodes: {} in {:.2}s", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64());
+        let traffic = remote.map_or(String::new(), |r| format!("; cache: {}", cache_traffic(&summary, r)));
+        eprintln!("{} nodes: {} in {:.2}s{traffic}", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64());
+        // A root the remote cache provided did not rerun after all.
+        let roots: Vec<(usize, String)> =
+            roots.into_iter().filter(|(i, _)| !summary.records.iter().any(|r| r.remote.is_some() && r.id == self.graph.id(*i))).collect();
         print_roots(&self.graph, &roots, rerun_by_cascade, &|l| eprintln!("{l}"));
         for f in &summary.failures {
             eprintln!("error: `{}` failed: {}", f.node, f.message);
@@ -299,6 +382,94 @@ impl Workspace {
             _ if failed > 0 => 1,
             _ => 0,
         })
+    }
+
+    /// `cache push`: the entries of the selected nodes that are fresh here and `ok`.
+    fn push(&self, targets: &[String], remote: &Remote) -> Result<u8> {
+        if remote.read_only() {
+            return Err(Fail::Input(format!(
+                "the remote cache `{}` is read-only here (`read_only = true` or `--remote-read-only`)\n  help: pass `--remote-read-only=false` to push",
+                remote.url()
+            )));
+        }
+        let t0 = Instant::now();
+        let store = Store::open(self.store.root())?;
+        // Held so that a `gc` cannot remove objects while they are read.
+        let _guard = lock(&store, false)?;
+        let mut stat = stat_cache(&self.store);
+        let plan = self.plan(targets, &mut stat)?;
+        save_stat(&self.store, &mut stat)?;
+        let (mut manifests, mut degraded, mut stale, mut unnamed) = (Vec::new(), 0, 0, Vec::new());
+        for &i in &plan.selected {
+            match plan.state(i) {
+                State::Fresh { key, result, .. } if result.status == crate::store::Status::Ok => match store.manifest(key)? {
+                    Some(m) => {
+                        if !remote::names_its_machine(&self.graph.pipeline.nodes[i]) {
+                            unnamed.push(self.graph.id(i));
+                        }
+                        manifests.push(m);
+                    }
+                    None => stale += 1,
+                },
+                State::Fresh { .. } => degraded += 1,
+                State::Stale { .. } => stale += 1,
+            }
+        }
+        let wanted = manifests.len();
+        remote.upload_all(&store, manifests);
+        let down = remote.down().map(str::to_string);
+        for w in remote.take_warnings() {
+            if down.is_none() {
+                eprintln!("warning: {w}");
+            }
+        }
+        if let Some(cause) = down {
+            return Err(Fail::Run(format!("remote cache {} unreachable ({cause})", remote.url())));
+        }
+        let mut parts = vec![format!("{} of {wanted} entries pushed", remote.entries_up())];
+        if degraded > 0 {
+            parts.push(format!("{degraded} degraded not shared"));
+        }
+        if stale > 0 {
+            parts.push(format!("{stale} not built here (run `tr118 make` first)"));
+        }
+        eprintln!("{} nodes: {}, {} up in {:.2}s", plan.selected.len(), parts.join(", "), megabytes(remote.bytes_up()), t0.elapsed().as_secs_f64());
+        if !unnamed.is_empty() {
+            eprintln!(
+                "warning: timing nodes whose keys name no machine (none of the facets `cpu`, `gpu`, `host`) were pushed: {}; every machine using this remote cache reuses their measurements",
+                unnamed.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", ")
+            );
+        }
+        Ok(if remote.entries_up() as usize == wanted { 0 } else { 1 })
+    }
+
+    /// `cache pull`: the engine with lookups only.
+    fn pull(&self, targets: &[String], remote: &Remote, jobs: usize, verbose: u8) -> Result<u8> {
+        let t0 = Instant::now();
+        let store = Store::open(self.store.root())?;
+        let _guard = lock(&store, false)?;
+        store.clear_tmp()?;
+        let mut stat = stat_cache(&self.store);
+        let plan = self.plan(targets, &mut stat)?;
+        let reporter = Reporter::new(false, verbose, plan.stale_count());
+        let opts = Options { jobs, keep_going: true, remote: Some(remote), fetch_only: true };
+        let result = run::run(&self.graph, &self.store, &mut stat, plan, &opts, &reporter);
+        reporter.done();
+        save_stat(&self.store, &mut stat)?;
+        let summary = result?;
+        if let Some(cause) = remote.down() {
+            return Err(Fail::Run(format!("remote cache {} unreachable ({cause})", remote.url())));
+        }
+        let pulled = summary.count(|r| r.remote.is_some());
+        let local = summary.count(|r| r.cache == Cache::Hit && r.remote.is_none());
+        let missing = summary.count(|r| r.status == RecordStatus::Skipped);
+        eprintln!(
+            "{} nodes: {pulled} pulled, {local} already in the local cache, {missing} not pulled, {} down in {:.2}s",
+            summary.records.len(),
+            megabytes(remote.bytes_down()),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(0)
     }
 
     fn status(&self, targets: &[String], json: bool) -> Result<u8> {
@@ -426,7 +597,23 @@ fn plan_record(graph: &Graph, plan: &Plan, i: usize) -> NodeRecord {
         detail,
         duration_ms: 0.0,
         restored: false,
+        remote: None,
     }
+}
+
+/// `N local hits, M remote hits, X MB down, Y MB up, ~T s saved`: the time saved is the
+/// recorded run time of the nodes the remote cache provided.
+fn cache_traffic(summary: &Summary, remote: &Remote) -> String {
+    let remote_hits = summary.count(|r| r.remote.is_some());
+    let local_hits = summary.count(|r| r.cache == Cache::Hit && r.remote.is_none());
+    // A fold from +0.0: an empty float `sum` is -0.0, which would print as `~-0.0 s`.
+    let saved_ms = summary.records.iter().filter_map(|r| r.remote.as_ref()).fold(0.0, |t, h| t + h.saved_ms);
+    format!(
+        "{local_hits} local hits, {remote_hits} remote hits, {} down, {} up, ~{:.1} s saved",
+        megabytes(remote.bytes_down()),
+        megabytes(remote.bytes_up()),
+        saved_ms / 1000.0
+    )
 }
 
 /// The stale nodes with a cause of their own that `i` is downstream of.

@@ -11,6 +11,7 @@
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
+//! | [`remote`]  | the shared cache over HTTP: read-through, write-back, push and pull, verified |
 //! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build`, `report` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
@@ -24,7 +25,7 @@
 //! | [`measure`] | run records of timed repetitions, the resource sampler beside them            |
 //! | [`stats`]   | summaries (mean, Student t CI95, percentiles), Welch's t, Cohen's d, Holm     |
 //! | [`report`]  | artifacts → Markdown and self-contained HTML: templates, number formats, SVG charts |
-//! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean`              |
+//! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean|cache`        |
 
 pub mod backend;
 pub mod cli;
@@ -40,6 +41,7 @@ pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod quant;
+pub mod remote;
 pub mod report;
 pub mod runtime;
 pub mod stage;

@@ -238,8 +238,10 @@ impl Record {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON record ({e}): {line}"));
         let obj = v.as_object().unwrap_or_else(|| panic!("record is not an object: {line}"));
         let fields: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-        let want: BTreeSet<&str> = ["id", "key", "cache", "status", "reason", "detail", "duration_ms", "restored"].into();
+        let want: BTreeSet<&str> = ["id", "key", "cache", "status", "reason", "detail", "duration_ms", "restored", "remote"].into();
         assert_eq!(fields, want, "record fields: {line}");
+        // No remote cache in these tests: no hit can have come from one.
+        assert!(obj["remote"].is_null(), "`remote` must be null without a remote cache: {line}");
         let opt = |k: &str| match &obj[k] {
             Value::Null => None,
             Value::String(s) => Some(s.clone()),

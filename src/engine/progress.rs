@@ -42,6 +42,17 @@ pub struct NodeRecord {
     pub duration_ms: f64,
     /// A hit whose files under `out/` had to be restored from the cache.
     pub restored: bool,
+    /// A hit that came from the remote cache; `null` otherwise.
+    pub remote: Option<RemoteHit>,
+}
+
+/// What a node taken from the remote cache moved and saved.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteHit {
+    /// The entry and the blobs the local store lacked.
+    pub bytes_down: u64,
+    /// The node's run time as its manifest records it.
+    pub saved_ms: f64,
 }
 
 pub fn reasons_text(reasons: &[StaleReason]) -> String {
@@ -106,12 +117,14 @@ impl Reporter {
             return;
         }
         if let Mode::Bar(bar) = &self.mode
-            && r.cache == Cache::Miss {
+            && (r.cache == Cache::Miss || r.remote.is_some()) {
                 bar.inc(1);
             }
         let secs = r.duration_ms / 1000.0;
         let detail = r.detail.as_deref().unwrap_or("");
         let text = match (r.cache, r.status) {
+            (Cache::Hit, _) if r.remote.is_some() && r.restored => Some(format!("restored {} (from the remote cache)", r.id)),
+            (Cache::Hit, _) if r.remote.is_some() => Some(format!("pulled   {}", r.id)),
             (Cache::Hit, _) if r.restored => Some(format!("restored {} (from cache)", r.id)),
             (Cache::Hit, _) if self.verbose >= 1 => Some(format!("fresh    {}", r.id)),
             (Cache::Hit, _) => None,

@@ -8,6 +8,12 @@
 //!   blocked reserves its device, so that the work around it drains instead of starving it;
 //! - without `--keep-going`, the first failure stops new nodes from starting (running ones
 //!   finish); with it, only the failed node's downstream is skipped.
+//!
+//! With a remote cache, a node that is stale here is first looked up there: the lookup is a
+//! job of its own, on the host CPU and never a timing one (so it waits while a CPU timing node
+//! runs), and a verified entry turns the node fresh, restored exactly as a local hit is. A
+//! node that then runs and succeeds is uploaded by a few threads beside the scheduler; they
+//! pause while a CPU timing node runs (see `remote::upload`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -17,19 +23,25 @@ use std::sync::mpsc;
 use std::time::{Instant, SystemTime};
 
 use super::plan::{State, assess};
-use super::progress::{Cache, NodeRecord, RecordStatus, Reporter, reasons_text};
+use super::progress::{Cache, NodeRecord, RecordStatus, RemoteHit, Reporter, reasons_text};
 use super::{Plan, ensure_materialized};
 use crate::digest::Digest;
 use crate::facets;
 use crate::graph::Graph;
 use crate::key::{StageKey, StaleReason};
+use crate::remote::{self, Fetch, Gate, Remote};
 use crate::stage::{Outcome, RunCx};
 use crate::store::statcache::StatCache;
 use crate::store::{ActionResult, CorruptObject, Manifest, OutputRecord, Status, Store};
 
-pub struct Options {
+pub struct Options<'r> {
     pub jobs: usize,
     pub keep_going: bool,
+    /// Looked up before a stale node runs; what runs and succeeds is uploaded to it.
+    pub remote: Option<&'r Remote>,
+    /// `cache pull`: take what the remote has into the local store, run nothing, leave
+    /// `out/` alone. A node the remote lacks is skipped, and its downstream with it.
+    pub fetch_only: bool,
 }
 
 pub struct Summary {
@@ -57,8 +69,14 @@ impl Summary {
 
 struct Done {
     node: usize,
-    result: Result<Manifest, (String, bool)>,
+    work: Work,
     ms: f64,
+}
+
+/// What a worker thread did for a node.
+enum Work {
+    Ran(Result<Manifest, (String, bool)>),
+    Fetched(Fetch),
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -82,9 +100,23 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
     let mut running: Vec<usize> = Vec::new();
     let mut stopping = false;
     let mut summary = Summary { records: Vec::new(), failures: Vec::new() };
+    // Remote lookups in flight, whether a node was looked up, and what a hit brought.
+    let mut fetching: Vec<usize> = Vec::new();
+    let mut looked_up = vec![false; n];
+    let mut remote_hits: Vec<Option<RemoteHit>> = vec![None; n];
+    let gate = Gate::default();
+    let uploading = opts.remote.filter(|r| !r.read_only() && !opts.fetch_only);
+    // Timing nodes uploaded whose keys name no machine, for one warning at the end.
+    let mut unnamed_machine: Vec<&str> = Vec::new();
+    let warn = |remote: Option<&Remote>| {
+        for w in remote.map(Remote::take_warnings).unwrap_or_default() {
+            reporter.line(&format!("warning: {w}"));
+        }
+    };
 
     std::thread::scope(|scope| -> io::Result<()> {
         let (tx, rx) = mpsc::channel::<Done>();
+        let uploads = uploading.map(|r| remote::upload::spawn(scope, r, store, &gate));
         loop {
             let mut reserved: Option<&str> = None;
             let mut progressed = true;
@@ -99,7 +131,8 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     }
                     if matches!(states[i], Some(State::Fresh { .. })) {
                         let Some(State::Fresh { key, stage_key, result }) = states[i].take() else { unreachable!() };
-                        let restored = match ensure_materialized(store, stat, &nodes[i].id, &result.outputs) {
+                        let materialized = if opts.fetch_only { Ok(false) } else { ensure_materialized(store, stat, &nodes[i].id, &result.outputs) };
+                        let restored = match materialized {
                             Ok(r) => r,
                             Err(e) => match CorruptObject::of(&e) {
                                 // The cache lied: drop the object and rebuild the node.
@@ -123,6 +156,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                             detail: result.reason.clone(),
                             duration_ms: 0.0,
                             restored,
+                            remote: remote_hits[i].take(),
                         });
                         reporter.finished(summary.records.last().expect("just pushed"));
                         manifests[i] = Some(result);
@@ -132,8 +166,47 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         progressed = true;
                         continue;
                     }
+                    if let Some(r) = opts.remote
+                        && !looked_up[i]
+                        && r.down().is_none()
+                    {
+                        if !can_start(graph, false, "cpu", &running, fetching.len(), opts.jobs) || blocked_by(reserved, "cpu") {
+                            continue;
+                        }
+                        let Some(key) = states[i].as_ref().and_then(State::key).copied() else { unreachable!("settled above") };
+                        ready.remove(&(pos, i));
+                        fetching.push(i);
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let t0 = Instant::now();
+                            let fetched = r.fetch(store, &key);
+                            let _ = tx.send(Done { node: i, work: Work::Fetched(fetched), ms: millis(t0) });
+                        });
+                        progressed = true;
+                        continue;
+                    }
+                    if opts.fetch_only {
+                        let Some(State::Stale { key: Some((key, _)), reasons }) = &states[i] else { unreachable!("settled above") };
+                        let why = if opts.remote.is_some_and(|r| r.down().is_some()) { "the remote cache is unreachable" } else { "not in the remote cache" };
+                        ready.remove(&(pos, i));
+                        phase[i] = Phase::Skipped;
+                        summary.records.push(NodeRecord {
+                            id: nodes[i].id.clone(),
+                            key: Some(key.to_hex()),
+                            cache: Cache::Skipped,
+                            status: RecordStatus::Skipped,
+                            reason: Some(reasons_text(reasons)),
+                            detail: Some(why.to_string()),
+                            duration_ms: 0.0,
+                            restored: false,
+                            remote: None,
+                        });
+                        reporter.finished(summary.records.last().expect("just pushed"));
+                        progressed = true;
+                        continue;
+                    }
                     let node = &nodes[i];
-                    if !can_start(graph, node.timing, &node.device, &running, opts.jobs) || blocked_by(reserved, &node.device) {
+                    if !can_start(graph, node.timing, &node.device, &running, fetching.len(), opts.jobs) || blocked_by(reserved, &node.device) {
                         if node.timing && reserved.is_none() {
                             reserved = Some(node.device.as_str());
                         }
@@ -145,28 +218,67 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     phase[i] = Phase::Running;
                     let running_ids: Vec<&str> = running.iter().map(|&r| graph.id(r)).collect();
                     reporter.started(&node.id, reasons, Some(sk), &running_ids);
+                    if uploads.is_some() && holds_cpu(node) {
+                        gate.close();
+                    }
                     let (tx, key, sk) = (tx.clone(), *key, sk.clone());
                     scope.spawn(move || {
                         let t0 = Instant::now();
                         let result = execute(graph, store, i, key, sk);
-                        let _ = tx.send(Done { node: i, result, ms: millis(t0) });
+                        let _ = tx.send(Done { node: i, work: Work::Ran(result), ms: millis(t0) });
                     });
                     progressed = true;
                 }
             }
-            if running.is_empty() {
+            if running.is_empty() && fetching.is_empty() {
                 break;
             }
             let done = rx.recv().map_err(io::Error::other)?;
             let i = done.node;
+            let result = match done.work {
+                Work::Fetched(fetched) => {
+                    fetching.retain(|&f| f != i);
+                    looked_up[i] = true;
+                    match fetched {
+                        Fetch::Hit { manifest, bytes } => {
+                            let Some(State::Stale { key: Some((key, sk)), .. }) = states[i].take() else { unreachable!("only stale nodes are looked up") };
+                            remote_hits[i] = Some(RemoteHit { bytes_down: bytes, saved_ms: manifest.duration_ms });
+                            let result = ActionResult { status: manifest.status, reason: manifest.reason, outputs: manifest.outputs };
+                            states[i] = Some(State::Fresh { key, stage_key: sk, result });
+                        }
+                        Fetch::Rejected(why) => {
+                            let then = if opts.fetch_only { "not pulled" } else { "building it here" };
+                            reporter.line(&format!("warning: the remote cache's entry for `{}` is not used: {why}; {then}", nodes[i].id));
+                        }
+                        Fetch::Miss | Fetch::Unavailable => {}
+                    }
+                    warn(opts.remote);
+                    if !stopping {
+                        ready.insert((position[&i], i));
+                    }
+                    continue;
+                }
+                Work::Ran(result) => result,
+            };
             running.retain(|&r| r != i);
+            if uploads.is_some() && holds_cpu(&nodes[i]) {
+                gate.open();
+            }
             let (key, reasons) = match &states[i] {
                 Some(State::Stale { key: Some((k, _)), reasons }) => (*k, reasons.clone()),
                 _ => unreachable!("only stale nodes with a key run"),
             };
-            match done.result {
+            match result {
                 Ok(m) => {
                     let degraded = m.status == Status::Degraded;
+                    if let Some(tx) = &uploads
+                        && !degraded
+                    {
+                        if !remote::names_its_machine(&nodes[i]) {
+                            unnamed_machine.push(&nodes[i].id);
+                        }
+                        let _ = tx.send(m.clone());
+                    }
                     let m = ActionResult { status: m.status, reason: m.reason, outputs: m.outputs };
                     summary.records.push(NodeRecord {
                         id: nodes[i].id.clone(),
@@ -177,6 +289,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         detail: m.reason.clone(),
                         duration_ms: done.ms,
                         restored: false,
+                        remote: None,
                     });
                     manifests[i] = Some(m);
                     phase[i] = Phase::Finished;
@@ -195,6 +308,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         detail: Some(e),
                         duration_ms: done.ms,
                         restored: false,
+                        remote: None,
                     });
                     if !opts.keep_going {
                         stopping = true;
@@ -202,9 +316,27 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                 }
             }
             reporter.finished(summary.records.last().expect("just pushed"));
+            warn(opts.remote);
         }
         Ok(())
     })?;
+    // The uploads have finished with the scope.
+    warn(opts.remote);
+    if let Some(r) = uploading
+        && !unnamed_machine.is_empty()
+        && r.down().is_none()
+    {
+        let named: Vec<String> = unnamed_machine.iter().take(3).map(|id| format!("`{id}`")).collect();
+        let more = if unnamed_machine.len() > 3 { ", …" } else { "" };
+        reporter.line(&format!(
+            "warning: {} timing node{} uploaded ({}{more}) declare{} none of the facets `cpu`, `gpu`, `host`: every machine using this remote cache reuses {} measurements; declare the machine in `facets` to keep them apart",
+            unnamed_machine.len(),
+            if unnamed_machine.len() == 1 { "" } else { "s" },
+            named.join(", "),
+            if unnamed_machine.len() == 1 { "s" } else { "" },
+            if unnamed_machine.len() == 1 { "its" } else { "their" },
+        ));
+    }
 
     // Freed by the process exit, not node by node (see `cli`).
     std::mem::forget(manifests);
@@ -227,6 +359,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                 detail: Some(detail),
                 duration_ms: 0.0,
                 restored: false,
+                remote: None,
             };
             reporter.finished(&r);
             summary.records.push(r);
@@ -250,18 +383,25 @@ fn release(graph: &Graph, i: usize, waiting_on: &mut [usize], ready: &mut BTreeS
     }
 }
 
-fn can_start(graph: &Graph, timing: bool, device: &str, running: &[usize], jobs: usize) -> bool {
+/// Whether a node may start beside the `running` ones and `fetching` remote lookups (which
+/// are work on the host CPU).
+fn can_start(graph: &Graph, timing: bool, device: &str, running: &[usize], fetching: usize, jobs: usize) -> bool {
     let nodes = &graph.pipeline.nodes;
-    if running.len() >= jobs.max(1) {
+    if running.len() + fetching >= jobs.max(1) {
         return false;
     }
     if running.iter().any(|&r| nodes[r].timing && nodes[r].device == "cpu") {
         return false;
     }
     if timing {
-        return if device == "cpu" { running.is_empty() } else { !running.iter().any(|&r| nodes[r].device == device) };
+        return if device == "cpu" { running.is_empty() && fetching == 0 } else { !running.iter().any(|&r| nodes[r].device == device) };
     }
     device == "cpu" || !running.iter().any(|&r| nodes[r].timing && nodes[r].device == device)
+}
+
+/// A timing node that must have the host CPU to itself.
+fn holds_cpu(node: &crate::pipeline::NodeSpec) -> bool {
+    node.timing && node.device == "cpu"
 }
 
 fn blocked_by(reserved: Option<&str>, device: &str) -> bool {

@@ -49,6 +49,8 @@ pub struct Pipeline {
     pub stages: Vec<String>,
     pub nodes: Vec<NodeSpec>,
     pub source: Source,
+    /// `[cache]`: the remote cache, if the pipeline names one.
+    pub cache: crate::remote::Section,
 }
 
 /// One node: a stage at one point of its matrix.
@@ -113,6 +115,9 @@ struct RawPipeline {
     /// `[[backends]]`: the axis `backend`, declared where a study's reader looks for it.
     #[serde(default)]
     backends: Option<toml::Value>,
+    /// `[cache]`: where the remote cache is (see `remote`); never part of a key.
+    #[serde(default)]
+    cache: Option<toml::Table>,
 }
 
 /// Fields every stage table may have, whatever its kind.
@@ -138,6 +143,7 @@ impl Pipeline {
         })?;
 
         let mut diags = Vec::new();
+        let cache = raw.cache.as_ref().map(|t| crate::remote::section(t, &src, &mut diags)).unwrap_or_default();
         let mut params: BTreeMap<String, Value> = raw.params.iter().map(|(k, v)| (k.clone(), to_json(v))).collect();
         for (name, value) in overrides {
             match params.get_mut(name) {
@@ -211,7 +217,7 @@ impl Pipeline {
         }
         let diags = unique;
         if diags.is_empty() {
-            Ok(Pipeline { file: file.to_path_buf(), digest, params, stages, nodes, source: src })
+            Ok(Pipeline { file: file.to_path_buf(), digest, params, stages, nodes, source: src, cache })
         } else {
             Err(Diagnostics(diags))
         }

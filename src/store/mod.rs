@@ -178,6 +178,20 @@ impl Store {
         Ok((d, size, exec))
     }
 
+    /// Moves a file staged under `cache/tmp/` into the object store as object `d`: fsynced,
+    /// made read-only, renamed into place. The caller has hashed it while writing it (a
+    /// download from the remote cache), so it is not hashed again here.
+    pub fn adopt_object(&self, staged: &Path, d: &Digest) -> io::Result<()> {
+        let dest = self.object_path(d);
+        if dest.exists() {
+            return fs::remove_file(staged);
+        }
+        File::open(staged)?.sync_data()?;
+        fs::create_dir_all(dest.parent().expect("objects have a parent"))?;
+        set_readonly(staged)?;
+        fs::rename(staged, &dest)
+    }
+
     /// Stores a staged output (file or directory), consuming it.
     pub fn put_output(&self, name: &str, path: &str, staged: &Path) -> io::Result<OutputRecord> {
         if fs::metadata(staged)?.is_dir() {

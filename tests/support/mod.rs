@@ -2,6 +2,7 @@
 //!
 //! | module        | holds                                                               |
 //! |---------------|---------------------------------------------------------------------|
+//! | [`nginx`]     | a real WebDAV cache server on a loopback port, killed on drop       |
 //! | [`onnx`]      | tiny ONNX models written as raw protobuf bytes                      |
 //! | [`reference`] | a naive f64 forward pass for GPT-2 and Llama; seeded random weights |
 //! | [`workspace`] | a throwaway workspace, the real binary run on it, its `--json` records |
@@ -9,6 +10,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod onnx;
 pub mod reference;
 pub mod workspace;

@@ -1,0 +1,346 @@
+//! Entries on the server (`/ac/<key>`): building one from the local store, and taking one
+//! from the server into the local store, verified (the schema and the checks are in the
+//! module doc of [`crate::remote`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::Remote;
+use super::http::HttpError;
+use crate::digest::Digest;
+use crate::store::{Manifest, Status, Store};
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Entry {
+    pub schema: u32,
+    pub manifest: Manifest,
+    pub blobs: Vec<Blob>,
+}
+
+/// One blob a manifest references, under both of its names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Blob {
+    pub blake3: Digest,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What looking a key up on the server came to.
+#[derive(Debug)]
+pub enum Fetch {
+    /// The entry verified and is now in the local store, with its objects.
+    Hit { manifest: Box<Manifest>, bytes: u64 },
+    /// The server has no entry for the key.
+    Miss,
+    /// The server has an entry that cannot be used: why, naming the blob, for a warning.
+    Rejected(String),
+    /// The remote is down, now or since earlier in the run; its one warning is queued.
+    Unavailable,
+}
+
+/// A blob a manifest references and a name for it that people can find.
+pub(super) struct Needed {
+    pub digest: Digest,
+    pub name: String,
+}
+
+/// The blobs `m` references at the top: its outputs (a directory's listing) and its log.
+pub(super) fn top_level(m: &Manifest) -> Vec<Needed> {
+    let mut v: Vec<Needed> = m
+        .outputs
+        .iter()
+        .map(|o| Needed {
+            digest: o.digest,
+            name: o.path.clone(),
+        })
+        .collect();
+    v.extend(m.log.map(|d| Needed {
+        digest: d,
+        name: "the log".into(),
+    }));
+    v
+}
+
+/// The files of `m`'s directory outputs, read from the local store's listings.
+pub(super) fn listed(store: &Store, m: &Manifest) -> std::io::Result<Vec<Needed>> {
+    let mut v = Vec::new();
+    for o in m.outputs.iter().filter(|o| o.dir) {
+        for e in store.tree(&o.digest)?.entries {
+            v.push(Needed {
+                digest: e.digest,
+                name: format!("{}/{}", o.path, e.path),
+            });
+        }
+    }
+    Ok(v)
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses and checks an entry fetched for `key`, before any of its blobs is fetched.
+fn check(body: &[u8], key: &Digest) -> Result<Entry, String> {
+    let entry: Entry =
+        serde_json::from_slice(body).map_err(|e| format!("it is not a tr118 cache entry ({e})"))?;
+    if entry.schema != SCHEMA {
+        return Err(format!(
+            "it has entry schema {}, and this tr118 reads schema {SCHEMA}",
+            entry.schema
+        ));
+    }
+    let m = &entry.manifest;
+    if m.key != *key {
+        return Err(format!(
+            "its manifest is for key {}, not for the key {} it is stored under",
+            m.key.short(),
+            key.short()
+        ));
+    }
+    let sk = m.stage_key.digest();
+    if sk != *key {
+        return Err(format!(
+            "its stage key hashes to {}, not to the key {} it is stored under",
+            sk.short(),
+            key.short()
+        ));
+    }
+    if m.schema != crate::store::manifest::SCHEMA {
+        return Err(format!(
+            "its manifest has schema {}, and this tr118 reads schema {}",
+            m.schema,
+            crate::store::manifest::SCHEMA
+        ));
+    }
+    if m.status != Status::Ok {
+        return Err("it records a degraded result, and degraded results are never shared".into());
+    }
+    if let Some(b) = entry.blobs.iter().find(|b| !is_sha256_hex(&b.sha256)) {
+        return Err(format!(
+            "it names blob {} by `{}`, which is not a SHA-256",
+            b.blake3.short(),
+            b.sha256
+        ));
+    }
+    Ok(entry)
+}
+
+/// Why one blob could not be taken in.
+enum BlobError {
+    Rejected(String),
+    Down,
+}
+
+impl Remote {
+    /// Looks `key` up on the server and, if its entry verifies, takes the entry and every
+    /// object it needs into `store`. Objects come first and the manifest last, as the store
+    /// writes them, so an interrupted fetch leaves at most unreferenced objects behind.
+    pub fn fetch(&self, store: &Store, key: &Digest) -> Fetch {
+        if self.down().is_some() {
+            return Fetch::Unavailable;
+        }
+        let body = match self.client.get_entry(&format!("ac/{}", key.to_hex())) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Fetch::Miss,
+            Err(e) => return self.failed(e),
+        };
+        let mut bytes = body.len() as u64;
+        self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+        let entry = match check(&body, key) {
+            Ok(e) => e,
+            Err(why) => return Fetch::Rejected(why),
+        };
+        let blobs: BTreeMap<Digest, &Blob> = entry.blobs.iter().map(|b| (b.blake3, b)).collect();
+        let m = entry.manifest;
+        // Listings first: the files of a directory output are known only once its listing is in.
+        for pass in 0..2 {
+            let needed = if pass == 0 {
+                top_level(&m)
+            } else {
+                match listed(store, &m) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Fetch::Rejected(format!(
+                            "a directory listing it references is unreadable: {e}"
+                        ));
+                    }
+                }
+            };
+            for n in &needed {
+                match self.take_blob(store, &blobs, n) {
+                    Ok(b) => bytes += b,
+                    Err(BlobError::Rejected(why)) => return Fetch::Rejected(why),
+                    Err(BlobError::Down) => return Fetch::Unavailable,
+                }
+            }
+        }
+        if let Err(e) = store.write_manifest(&m) {
+            return Fetch::Rejected(format!("its manifest cannot be stored: {e}"));
+        }
+        // `why` compares a later key with this one rather than saying "never built".
+        let _ = store.write_ref(&m.node, key);
+        Fetch::Hit {
+            manifest: Box::new(m),
+            bytes,
+        }
+    }
+
+    /// Makes sure the local store has blob `n`, downloading and verifying it if not.
+    /// Returns the bytes downloaded.
+    fn take_blob(
+        &self,
+        store: &Store,
+        blobs: &BTreeMap<Digest, &Blob>,
+        n: &Needed,
+    ) -> Result<u64, BlobError> {
+        if store.has_object(&n.digest) {
+            return Ok(0);
+        }
+        let Some(blob) = blobs.get(&n.digest) else {
+            return Err(BlobError::Rejected(format!(
+                "it does not list blob `{}` ({})",
+                n.name,
+                n.digest.short()
+            )));
+        };
+        let tmp = store.tmp_path("remote");
+        let got = match self
+            .client
+            .get_blob(&format!("cas/{}", blob.sha256), blob.size, &tmp)
+        {
+            Ok(Some(got)) => got,
+            Ok(None) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(BlobError::Rejected(format!(
+                    "blob `{}` (sha256 {}) is missing on the server",
+                    n.name,
+                    &blob.sha256[..12]
+                )));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(match self.failed(e) {
+                    Fetch::Rejected(why) => BlobError::Rejected(why),
+                    _ => BlobError::Down,
+                });
+            }
+        };
+        self.bytes_down.fetch_add(got.size, Ordering::Relaxed);
+        if got.sha256 != blob.sha256 || got.blake3 != n.digest || got.size != blob.size {
+            let _ = std::fs::remove_file(&tmp);
+            self.suspect(&blob.sha256);
+            return Err(BlobError::Rejected(format!(
+                "blob `{}` (sha256 {}) does not match its digest: {} bytes arrived with sha256 {}",
+                n.name,
+                &blob.sha256[..12],
+                got.size,
+                &got.sha256[..12]
+            )));
+        }
+        if let Err(e) = store.adopt_object(&tmp, &n.digest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(BlobError::Rejected(format!(
+                "blob `{}` cannot be stored: {e}",
+                n.name
+            )));
+        }
+        Ok(got.size)
+    }
+
+    /// A failed request: the remote is given up on, unless this machine is what failed.
+    fn failed(&self, e: HttpError) -> Fetch {
+        match e {
+            HttpError::Remote { .. } => {
+                self.give_up(e.to_string());
+                Fetch::Unavailable
+            }
+            HttpError::Local(cause) => Fetch::Rejected(cause),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::StageKey;
+
+    fn manifest(status: Status) -> Manifest {
+        let stage_key = StageKey {
+            kind: "cmd".into(),
+            kind_version: 1,
+            stage_version: 0,
+            matrix: Default::default(),
+            params: Default::default(),
+            config: serde_json::json!({"cmd": ["true"]}),
+            inputs: Default::default(),
+            outs: vec!["a.txt".into()],
+            device: "cpu".into(),
+            facets: Default::default(),
+        };
+        Manifest {
+            schema: crate::store::manifest::SCHEMA,
+            node: "a".into(),
+            key: stage_key.digest(),
+            stage_key,
+            status,
+            reason: None,
+            outputs: Vec::new(),
+            started_at: 0,
+            duration_ms: 1.0,
+            env: Default::default(),
+            log: None,
+        }
+    }
+
+    fn body(m: &Manifest) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "schema": SCHEMA, "manifest": m, "blobs": [] }))
+            .unwrap()
+    }
+
+    #[test]
+    fn entry_for_its_own_key_passes() {
+        let m = manifest(Status::Ok);
+        assert!(check(&body(&m), &m.key).is_ok());
+    }
+
+    #[test]
+    fn entry_stored_under_another_key_is_refused() {
+        let m = manifest(Status::Ok);
+        let other = Digest::of_bytes(b"another node");
+        let why = check(&body(&m), &other).err().unwrap();
+        assert!(why.contains("its manifest is for key"), "{why}");
+    }
+
+    #[test]
+    fn entry_whose_stage_key_does_not_hash_to_its_key_is_refused() {
+        let mut m = manifest(Status::Ok);
+        m.stage_key.config = serde_json::json!({"cmd": ["rm", "-rf", "out"]});
+        let why = check(&body(&m), &m.key).err().unwrap();
+        assert!(why.contains("its stage key hashes to"), "{why}");
+    }
+
+    #[test]
+    fn degraded_entry_is_refused() {
+        let m = manifest(Status::Degraded);
+        let why = check(&body(&m), &m.key).err().unwrap();
+        assert!(why.contains("degraded"), "{why}");
+    }
+
+    #[test]
+    fn blob_name_that_is_not_a_sha256_is_refused() {
+        let m = manifest(Status::Ok);
+        let b = serde_json::to_vec(&serde_json::json!({
+            "schema": SCHEMA, "manifest": m,
+            "blobs": [{ "blake3": Digest::of_bytes(b"x"), "sha256": "../../etc/passwd", "size": 1 }]
+        }))
+        .unwrap();
+        let why = check(&b, &m.key).err().unwrap();
+        assert!(why.contains("not a SHA-256"), "{why}");
+    }
+}
