@@ -39,6 +39,8 @@ pub const PYTHON_ENV: &str = "TR118_PYTHON";
 /// A file to append the exchange to (`> request`, `< answer`, one line each).
 pub const RECORD_ENV: &str = "TR118_TORCH_RECORD";
 const STDERR_LINES: usize = 40;
+/// Lines of the worker's stderr quoted in an error.
+const STDERR_IN_ERRORS: usize = 3;
 
 /// The Python interpreter the worker runs under.
 pub fn python() -> String {
@@ -110,9 +112,13 @@ impl Worker {
         self.child.id()
     }
 
-    /// The last lines the worker wrote to stderr.
-    pub fn stderr_tail(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect::<Vec<_>>().join("\n")
+    /// The last `n` lines the worker wrote to stderr that are not progress bars or warnings
+    /// (a reason is read in a report's table: the traceback's end is what says why).
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let lines = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let useful: Vec<&String> =
+            lines.iter().filter(|l| !l.trim().is_empty() && !l.contains('\r') && !l.starts_with('W') && !l.contains("Warning") && !l.contains("warnings.warn")).collect();
+        useful[useful.len().saturating_sub(n)..].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" | ")
     }
 
     /// Sends one request and reads its answer. `ok: false` with `unavailable` is
@@ -154,8 +160,8 @@ impl Worker {
             return Err(BackendError::Unavailable(reason.to_string()));
         }
         let error = resp.get("error").and_then(Value::as_str).unwrap_or("an error without a message");
-        let tail = self.stderr_tail();
-        Err(BackendError::Failed(if tail.is_empty() { format!("torch worker, `{op}`: {error}") } else { format!("torch worker, `{op}`: {error}\n{tail}") }))
+        let tail = self.stderr_tail(STDERR_IN_ERRORS);
+        Err(BackendError::Failed(if tail.is_empty() { format!("torch worker, `{op}`: {error}") } else { format!("torch worker, `{op}`: {error} (stderr: {tail})") }))
     }
 
     fn gone(&mut self, op: &str, what: &str) -> BackendError {
@@ -168,11 +174,13 @@ impl Worker {
             }
         });
         std::thread::sleep(Duration::from_millis(20));
-        BackendError::Failed(format!(
-            "the torch worker stopped during `{op}` ({what}; {}):\n{}",
-            status.unwrap_or_else(|| "still running".into()),
-            self.stderr_tail()
-        ))
+        let tail = self.stderr_tail(STDERR_IN_ERRORS);
+        let status = status.unwrap_or_else(|| "still running".into());
+        BackendError::Failed(if tail.is_empty() {
+            format!("the torch worker stopped during `{op}` ({what}; {status})")
+        } else {
+            format!("the torch worker stopped during `{op}` ({what}; {status}); stderr: {tail}")
+        })
     }
 }
 
