@@ -53,6 +53,7 @@ class Worker:
         self.device = None
         self.compiled = False
         self.static_cache = False
+        self.caches = {}
         self.import_error = None
         try:
             import torch  # noqa: F401
@@ -113,6 +114,7 @@ class Worker:
         load_s = time.perf_counter() - start
         self.model, self.device = model, t.device(device)
         self.forward = model.forward
+        self.compiled, self.static_cache, self.caches = False, False, {}
         compile_cfg = req.get("compile")
         if compile_cfg:
             import torch._dynamo
@@ -179,10 +181,7 @@ class Worker:
         t = self.torch
         cache, positions = None, None
         if self.static_cache:
-            from transformers import StaticCache
-
-            cache_len = -(-(s + n) // CACHE_BUCKET) * CACHE_BUCKET
-            cache = StaticCache(config=self.model.config, max_cache_len=cache_len)
+            cache = self._static_cache(b, -(-(s + n) // CACHE_BUCKET) * CACHE_BUCKET)
             positions = [t.arange(s, device=self.device)] + [t.tensor([s + i], device=self.device) for i in range(n - 1)]
         else:
             from transformers import DynamicCache
@@ -231,6 +230,25 @@ class Worker:
         return {"ttft_s": ttft, "total_s": total, "ids": t.cat(tokens, dim=1).flatten().tolist()}
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _static_cache(self, batch, length):
+        """One static cache per (batch, length), emptied before each generation. Its buffers
+        are allocated here, outside any compiled region, so that they are marked as static
+        addresses: a cache first filled inside the compiled prefill is allocated inside the
+        graph instead, CUDA graphs are skipped for its in-place updates, and the worker was
+        seen to crash on the first compiled step (torch 2.11, transformers 5.17, H200)."""
+        cache = self.caches.get((batch, length))
+        if cache is None:
+            from transformers import StaticCache
+
+            cfg = self.model.config
+            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            cache = StaticCache(config=cfg, max_cache_len=length)
+            cache.early_initialization(batch, heads, head_dim, next(self.model.parameters()).dtype, self.device)
+            self.caches[(batch, length)] = cache
+        cache.reset()
+        return cache
 
     def _need_model(self):
         if self.model is None:
