@@ -275,12 +275,17 @@ fn the_worker_agrees_with_onnx_runtime_on_the_same_weights() {
     };
     let (ws, lib) = workspace("tr118-torch-real-");
     let ws = ws.env("TR118_PYTHON", &python);
-    let more = format!("{}\n{}", PERPLEXITY.replace("LIB", &lib), LOGITS.replace("LIB", &lib));
+    // A compiled backend too (dynamo's `eager` backend: traced, no code generation, quick on
+    // a CPU), which decodes through the static cache.
+    let compiled = "[[backends]]\nname = \"traced\"\nruntime = \"torch\"\ncompile = \"eager\"\nprefill = \"model-hf\"\ndecoder = \"model-hf\"\n";
+    let more = format!("{}\n{}\n{compiled}", PERPLEXITY.replace("LIB", &lib), LOGITS.replace("LIB", &lib));
     ws.write("tr118.toml", pipeline(&lib, "cpu", "[\"prefill\", \"generate\", \"generate_uncached\"]", &more));
     let run = ws.make_ok();
-    for node in ["sweep/torch/prefill", "sweep/torch/generate", "sweep/torch/generate_uncached", "perplexity/torch", "logits/torch"] {
+    for node in ["sweep/torch/prefill", "sweep/torch/generate", "sweep/torch/generate_uncached", "perplexity/torch", "logits/torch", "sweep/traced/generate"] {
         assert_eq!(run.status(node), "ok", "{node}: {}", run.run);
     }
+    let traced = ws.json("out/sweep/traced/generate/sweep.json");
+    assert_eq!(traced["capability"]["worker"]["load"]["static_cache"], true, "{traced}");
     // Logits of the worker against ONNX Runtime's on the export of the same weights.
     let diff = ws.json("out/logits/torch/logit_diff.json");
     let max = diff["overall"]["all_positions"]["max_abs_diff"].as_f64().unwrap();
@@ -294,6 +299,7 @@ fn the_worker_agrees_with_onnx_runtime_on_the_same_weights() {
     let ids = |node: &str| ws.json(&format!("out/sweep/{node}/sweep.json"))["scenarios"].as_array().unwrap().iter().map(|s| s["output_ids"].clone()).collect::<Vec<_>>();
     assert_eq!(ids("torch/generate"), ids("ort/generate"));
     assert_eq!(ids("torch/generate_uncached"), ids("ort/generate"));
+    assert_eq!(ids("traced/generate"), ids("ort/generate"), "decoding through the static cache");
     // The worker's process is the one sampled.
     let r = &records(&ws, "sweep/torch/generate")[0];
     assert!(r.resources.rss_peak_mib.is_some_and(|m| m > 100.0), "the worker's RSS (torch is loaded there): {r:?}");
