@@ -215,7 +215,7 @@ pub struct TorchBackend {
 pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
     if !model.join("config.json").is_file() {
         return Err(BackendError::Failed(format!(
-            "`{}` is not a Hugging Face model directory (no `config.json`); a torch backend runs the export's `hf` variant",
+            "`{}` is not a Hugging Face model directory (no `config.json`): torch backends run an export's `hf` variant (`variants = [\"prefill\", \"decoder\", \"hf\"]`)",
             model.display()
         )));
     }
@@ -276,9 +276,7 @@ fn ids_of(m: &Map<String, Value>, expected: usize) -> Result<Vec<i64>, BackendEr
 
 impl TorchBackend {
     fn prefill_request(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Map<String, Value>, BackendError> {
-        if ids.len() != batch * seq || mask.len() != ids.len() {
-            return Err(BackendError::Failed(format!("a prefill of {batch} × {seq} needs {} ids and mask values, got {} and {}", batch * seq, ids.len(), mask.len())));
-        }
+        check_prefill(ids, mask, batch, seq)?;
         let mut req = Map::new();
         req.insert("ids".into(), json!(ids));
         req.insert("batch".into(), json!(batch));
@@ -304,6 +302,13 @@ impl TorchBackend {
         let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         ArrayD::from_shape_vec(shape, values).map_err(|e| BackendError::Failed(e.to_string()))
     }
+}
+
+fn check_prefill(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<(), BackendError> {
+    if ids.len() != batch * seq || mask.len() != ids.len() {
+        return Err(BackendError::Failed(format!("a prefill of {batch} × {seq} needs {} ids and mask values, got {} and {}", batch * seq, ids.len(), mask.len())));
+    }
+    Ok(())
 }
 
 fn no_cache() -> BackendError {
@@ -333,7 +338,7 @@ impl Backend for TorchBackend {
     }
 
     fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
-        self.prefill_request(ids, mask, batch, seq)?;
+        check_prefill(ids, mask, batch, seq)?;
         Ok(Prepared::Ids { ids: ids.to_vec(), mask: mask.to_vec(), batch, seq })
     }
 

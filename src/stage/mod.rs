@@ -172,19 +172,10 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
     Err(format!("`{}` is neither an ONNX file nor a directory with `model.onnx` or `prefill/model.onnx`", path.display()))
 }
 
-/// The model a backend runs from a dep: the ONNX file for ONNX Runtime ([`onnx_file`]), the
-/// Hugging Face directory (with `config.json`) for torch.
+/// The model a backend runs from a dep: the ONNX file for ONNX Runtime ([`onnx_file`]); for
+/// torch the dep itself, the Hugging Face directory its worker loads (checked when it opens).
 pub fn backend_model(spec: &crate::backend::BackendSpec, path: &Path) -> Result<PathBuf, String> {
-    if spec.runtime != "torch" {
-        return onnx_file(path);
-    }
-    if path.join("config.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    Err(format!(
-        "`{}` is not a Hugging Face model directory (no `config.json`): torch backends run an export's `hf` variant (`variants = [\"prefill\", \"decoder\", \"hf\"]`)",
-        path.display()
-    ))
+    if spec.runtime == "torch" { Ok(path.to_path_buf()) } else { onnx_file(path) }
 }
 
 static REGISTRY: &[&dyn StageKind] =
