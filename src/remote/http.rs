@@ -184,7 +184,7 @@ impl Client {
                         .limit(MAX_ENTRY)
                         .reader()
                         .read_to_end(&mut body)
-                        .map_err(|e| Attempt::Retry(format!("reading the body: {e}")))?;
+                        .map_err(body_error)?;
                     Ok(Some(body))
                 }
                 s => Err(status(s, "GET")),
@@ -275,6 +275,18 @@ fn transport(e: ureq::Error) -> Attempt {
     }
 }
 
+/// A body that stopped arriving: a timeout is final (see the module doc), anything else
+/// (a dropped connection) is worth another try.
+fn body_error(e: io::Error) -> Attempt {
+    let timed_out = e.kind() == io::ErrorKind::TimedOut
+        || e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()).is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+    if timed_out {
+        Attempt::Fatal(format!("timed out reading the body ({e})"))
+    } else {
+        Attempt::Retry(format!("reading the body: {e}"))
+    }
+}
+
 fn status(code: u16, method: &str) -> Attempt {
     let hint = match code {
         300..=399 => "; redirects are not followed: configure the URL it redirects to",
@@ -308,7 +320,7 @@ fn copy_hashing(mut reader: impl Read, dest: &Path) -> Result<Downloaded, Attemp
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Attempt::Retry(format!("reading the body: {e}"))),
+            Err(e) => return Err(body_error(e)),
         };
         sha.update(&buf[..n]);
         b3.update(&buf[..n]);
