@@ -173,6 +173,7 @@ impl From<std::io::Error> for Fail {
 type Result<T> = std::result::Result<T, Fail>;
 
 pub fn main() -> ExitCode {
+    crate::engine::run::install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -119,6 +119,52 @@ impl Tree {
     pub fn size(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
     }
+
+    /// Reads a listing from untrusted bytes (the cache, a remote): it must be the canonical
+    /// serialisation of a listing tr118 could have written — every path a plain relative
+    /// name, strictly sorted, no file standing where another needs a directory — so that a
+    /// listing can never name a place outside the directory it lists.
+    pub fn parse(bytes: &[u8]) -> Result<Tree, String> {
+        let tree: Tree = serde_json::from_slice(bytes).map_err(|e| format!("it is not a directory listing ({e})"))?;
+        for e in &tree.entries {
+            check_relative(&e.path).map_err(|why| format!("it lists `{}`, {why}", e.path.escape_debug()))?;
+        }
+        for pair in tree.entries.windows(2) {
+            let (a, b) = (&pair[0].path, &pair[1].path);
+            if a >= b {
+                return Err(format!("its entries are not strictly sorted (`{}` before `{}`)", a.escape_debug(), b.escape_debug()));
+            }
+        }
+        let files: std::collections::BTreeSet<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
+        for e in &tree.entries {
+            if let Some(dir) = e.path.match_indices('/').map(|(i, _)| &e.path[..i]).find(|d| files.contains(d)) {
+                return Err(format!("it lists `{dir}` both as a file and as a directory"));
+            }
+        }
+        if tree.to_bytes() != bytes {
+            return Err("it is not in canonical form".into());
+        }
+        Ok(tree)
+    }
+}
+
+/// Whether `path` is a plain relative name that stays inside the directory it is joined to:
+/// `/`-separated components, none empty, `.` or `..`, no leading `/`, no backslash, no
+/// control character. Returns why not, as the end of a sentence.
+pub fn check_relative(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("an empty path".into());
+    }
+    if path.starts_with('/') {
+        return Err("an absolute path".into());
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!("a path with the character {c:?}"));
+    }
+    if let Some(c) = path.split('/').find(|c| c.is_empty() || *c == "." || *c == "..") {
+        return Err(if c.is_empty() { "a path with an empty component".into() } else { format!("a path with a `{c}` component") });
+    }
+    Ok(())
 }
 
 /// Every regular file under `dir`, relative and sorted. Symlinks are followed for files.
@@ -164,6 +210,36 @@ mod tests {
         assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
         // Published blake3 test vector for "abc".
         assert_eq!(d.to_hex(), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+    }
+
+    #[test]
+    fn relative_names_stay_inside() {
+        for good in ["a", "a/b.txt", "..a/b..", "x/.hidden"] {
+            assert_eq!(check_relative(good), Ok(()), "{good}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".", "a\\..\\b", "a\nb"] {
+            assert!(check_relative(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn listing_parse_accepts_only_what_tr118_writes() {
+        let entry = |p: &str| TreeEntry { path: p.into(), digest: Digest::of_bytes(p.as_bytes()), size: 1, exec: false };
+        let good = Tree { entries: vec![entry("a/b"), entry("a/c"), entry("b")] };
+        assert_eq!(Tree::parse(&good.to_bytes()), Ok(good));
+        for (entries, why) in [
+            (vec![entry("../../x")], "`..`"),
+            (vec![entry("/abs")], "absolute"),
+            (vec![entry("b"), entry("a")], "sorted"),
+            (vec![entry("a"), entry("a")], "sorted"),
+            (vec![entry("a"), entry("a/b")], "both as a file and as a directory"),
+            (vec![entry("a"), entry("a-b"), entry("a/b")], "both as a file and as a directory"),
+        ] {
+            let e = Tree::parse(&Tree { entries }.to_bytes()).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let spaced = b"{ \"entries\": [] }";
+        assert!(Tree::parse(spaced).unwrap_err().contains("canonical"));
     }
 
     #[test]

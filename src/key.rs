@@ -143,6 +143,9 @@ pub enum StaleReason {
     OutputMissing { path: String },
     /// An output's object no longer matches its digest; it was discarded.
     OutputCorrupt { path: String },
+    /// The cache entry for the key exists but cannot be trusted (edited, or not one tr118
+    /// writes); the run replaces it.
+    EntryInvalid { why: String },
     /// An upstream node reruns, so this node's inputs are not known yet.
     Upstream { node: String },
     KindChanged { old: String, new: String },
@@ -184,6 +187,7 @@ impl fmt::Display for StaleReason {
             CacheEntryMissing => write!(f, "no cache entry for its key (the cache was cleaned or collected)"),
             OutputMissing { path } => write!(f, "output `{path}` is missing from the cache"),
             OutputCorrupt { path } => write!(f, "output `{path}` is corrupt in the cache (discarded)"),
+            EntryInvalid { why } => write!(f, "its cache entry cannot be used: {why}"),
             Upstream { node } => write!(f, "upstream `{node}` reruns"),
             KindChanged { old, new } => write!(f, "stage kind changed {old} → {new}"),
             KindVersionChanged { kind, old, new } => write!(f, "implementation of kind `{kind}` changed (version {old} → {new})"),

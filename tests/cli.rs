@@ -1608,7 +1608,7 @@ fn fsck_detects_and_repairs_a_flipped_byte() {
     let r = p.tr(&["fsck"]);
     r.code(1)
         .stdout_has(&format!("corrupt object {digest}"))
-        .stdout_has(&format!("bad manifest {a_key}: object {} of node `a` is missing or corrupt", &digest[..12]))
+        .stdout_has(&format!("bad manifest {a_key}: node `a`: output `x.txt` (object {}) is corrupt", &digest[..12]))
         .stdout_has("fsck --repair");
     assert!(!r.stdout.contains(&format!("bad manifest {b_key}")), "b is intact\n{r}");
 

@@ -78,39 +78,88 @@ pub fn stale_reasons(store: &Store, node: &str, key: &Digest, sk: &StageKey) -> 
     }
 }
 
-/// Whether every output of `m` is present in the store; the first missing one otherwise.
-pub fn missing_output(store: &Store, m: &ActionResult) -> Option<String> {
-    m.outputs.iter().find(|o| !store.has_output(o)).map(|o| o.path.clone())
+/// Why `m` cannot be restored from the store, if it cannot: an output's object is missing,
+/// or a directory listing is missing, corrupt or not one tr118 writes.
+pub fn missing_output(store: &Store, m: &ActionResult) -> Option<StaleReason> {
+    m.outputs.iter().find_map(|o| match store.output_problem(o) {
+        None => None,
+        Some(crate::store::ObjectError::BadListing(_, why)) => Some(StaleReason::EntryInvalid { why: format!("output `{}/`: {why}", o.path) }),
+        Some(_) => Some(StaleReason::OutputMissing { path: o.path.clone() }),
+    })
+}
+
+/// Checks a result's outputs against the ones `node` declares: the same names, paths and
+/// kinds, each once. A manifest that records other paths was not written for this node.
+pub fn check_declared(node: &crate::pipeline::NodeSpec, result: &ActionResult) -> Result<(), String> {
+    let declared = result.outputs.len() == node.outs.len()
+        && result.outputs.iter().all(|o| node.outs.iter().any(|d| d.name == o.name && d.path == o.path && d.dir == o.dir));
+    if declared {
+        return Ok(());
+    }
+    let recorded: Vec<String> = result.outputs.iter().map(|o| format!("`{}`", o.path.escape_debug())).collect();
+    Err(format!("it records the outputs {}, not the ones the pipeline declares", recorded.join(", ")))
+}
+
+/// A failed restore of `out/<node>/<path>`: the node and the output it was for, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("restoring `out/{node}/{path}`: {source}")]
+pub struct RestoreError {
+    pub node: String,
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+impl RestoreError {
+    /// The object whose absence or damage made the restore fail, if that was the cause:
+    /// the node can then be rebuilt instead.
+    pub fn object(&self) -> Option<&crate::store::ObjectError> {
+        crate::store::ObjectError::of(&self.source)
+    }
 }
 
 /// Makes `out/<node>/…` match the manifest, copying from the store what is missing or
 /// was changed by hand. Returns whether anything was restored. A copy is verified against
-/// its digest; a corrupt object fails with [`crate::store::CorruptObject`].
-pub fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &str, outputs: &[OutputRecord]) -> io::Result<bool> {
+/// its digest; a missing or corrupt object fails with a [`RestoreError`] whose
+/// [`RestoreError::object`] names it.
+pub fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &str, outputs: &[OutputRecord]) -> Result<bool, RestoreError> {
     let root = store.root().to_path_buf();
     let mut restored = false;
+    // A link on the way to the node's outputs (`out/a` → elsewhere) makes every output a
+    // restore, which replaces the link; `out` itself may be one.
+    let linked = node
+        .split('/')
+        .scan(root.join("out"), |at, part| {
+            at.push(part);
+            Some(std::fs::symlink_metadata(&*at).is_ok_and(|m| m.file_type().is_symlink()))
+        })
+        .any(|l| l);
     for o in outputs {
         let rel = format!("out/{node}/{}", o.path);
-        if !matches(store, stat, &root, &rel, o) {
-            store.materialize(o, &root.join(&rel), true)?;
+        if linked || !matches(store, stat, &root, &rel, o) {
+            store.materialize(o, &root.join(&rel), true).map_err(|source| RestoreError { node: node.to_string(), path: o.path.clone(), source })?;
             restored = true;
         }
     }
     Ok(restored)
 }
 
+/// Whether `out/…` at `rel` holds exactly the output: real files and directories only, a
+/// symbolic link never matches (it is replaced by the file).
 fn matches(store: &Store, stat: &mut StatCache, root: &Path, rel: &str, o: &OutputRecord) -> bool {
-    let Ok(meta) = std::fs::metadata(root.join(rel)) else { return false };
-    if meta.is_dir() != o.dir {
-        return false;
-    }
+    let Ok(meta) = std::fs::symlink_metadata(root.join(rel)) else { return false };
     if !o.dir {
-        return stat.file_digest_with(root, rel, &meta).is_ok_and(|(d, _)| d == o.digest);
+        return meta.is_file() && stat.file_digest_with(root, rel, &meta).is_ok_and(|(d, _)| d == o.digest);
+    }
+    if !meta.is_dir() {
+        return false;
     }
     let Ok(tree) = store.tree(&o.digest) else { return false };
     let Ok(files) = crate::digest::list_files(&root.join(rel)) else { return false };
     files.len() == tree.entries.len()
         && tree.entries.iter().zip(&files).all(|(e, f)| {
-            e.path == *f && stat.file_digest(root, &format!("{rel}/{f}")).is_ok_and(|(d, _)| d == e.digest)
+            let path = format!("{rel}/{f}");
+            e.path == *f
+                && std::fs::symlink_metadata(root.join(&path)).is_ok_and(|m| m.is_file() && stat.file_digest_with(root, &path, &m).is_ok_and(|(d, _)| d == e.digest))
         })
 }

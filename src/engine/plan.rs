@@ -77,10 +77,20 @@ pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, 
     let key = sk.digest();
     let id = graph.id(i);
     match store.action_result(&key) {
-        Ok(Some(m)) => match missing_output(store, &m) {
-            None => Ok(State::Fresh { key, stage_key: sk, result: m }),
-            Some(path) => Ok(State::Stale { key: Some((key, sk)), reasons: vec![StaleReason::OutputMissing { path }] }),
-        },
+        Ok(Some(m)) => {
+            if let Err(why) = super::check_declared(&graph.pipeline.nodes[i], &m) {
+                return Ok(State::Stale { key: Some((key, sk)), reasons: vec![StaleReason::EntryInvalid { why }] });
+            }
+            match missing_output(store, &m) {
+                None => Ok(State::Fresh { key, stage_key: sk, result: m }),
+                Some(reason) => Ok(State::Stale { key: Some((key, sk)), reasons: vec![reason] }),
+            }
+        }
+        // A manifest that does not verify is never used: the node reruns and its new
+        // manifest replaces it.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Ok(State::Stale { key: Some((key, sk)), reasons: vec![StaleReason::EntryInvalid { why: e.to_string() }] })
+        }
         // An unreadable manifest is treated like a missing one: the node reruns and the
         // rewrite replaces it.
         Ok(None) | Err(_) => {

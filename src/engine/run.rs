@@ -15,6 +15,7 @@
 //! node that then runs and succeeds is uploaded by a few threads beside the scheduler; they
 //! pause while a CPU timing node runs (see `remote::upload`).
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io;
@@ -32,7 +33,7 @@ use crate::key::{StageKey, StaleReason};
 use crate::remote::{self, Fetch, Gate, Remote};
 use crate::stage::{Outcome, RunCx};
 use crate::store::statcache::StatCache;
-use crate::store::{ActionResult, CorruptObject, Manifest, OutputRecord, Status, Store};
+use crate::store::{ActionResult, Manifest, ObjectError, OutputRecord, Status, Store};
 
 pub struct Options<'r> {
     pub jobs: usize,
@@ -134,18 +135,46 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         let materialized = if opts.fetch_only { Ok(false) } else { ensure_materialized(store, stat, &nodes[i].id, &result.outputs) };
                         let restored = match materialized {
                             Ok(r) => r,
-                            Err(e) => match CorruptObject::of(&e) {
-                                // The cache lied: drop the object and rebuild the node.
-                                Some(d) => {
-                                    store.discard(&d)?;
-                                    let path = result.outputs.iter().find(|o| o.digest == d).map_or_else(|| d.short(), |o| o.path.clone());
-                                    let reasons = vec![StaleReason::OutputCorrupt { path }];
-                                    states[i] = Some(State::Stale { key: Some((key, stage_key)), reasons });
-                                    progressed = true;
+                            Err(e) => {
+                                let reason = match e.object() {
+                                    // The cache lied: drop the object and rebuild the node.
+                                    Some(ObjectError::Corrupt(d)) => {
+                                        store.discard(d).map_err(|x| io::Error::new(x.kind(), format!("removing corrupt cache object {}: {x}", d.short())))?;
+                                        Some(StaleReason::OutputCorrupt { path: e.path.clone() })
+                                    }
+                                    // Gone since planning: another node sharing it found it corrupt.
+                                    Some(ObjectError::Missing(_)) => Some(StaleReason::OutputMissing { path: e.path.clone() }),
+                                    Some(ObjectError::BadListing(_, why)) => Some(StaleReason::EntryInvalid { why: format!("output `{}/`: {why}", e.path) }),
+                                    None => None,
+                                };
+                                ready.remove(&(pos, i));
+                                progressed = true;
+                                if let Some(reason) = reason {
+                                    states[i] = Some(State::Stale { key: Some((key, stage_key)), reasons: vec![reason] });
+                                    ready.insert((pos, i));
                                     continue;
                                 }
-                                None => return Err(e),
-                            },
+                                // Not the cache's fault (a full disk, a permission): the node fails.
+                                phase[i] = Phase::Failed;
+                                let message = e.to_string();
+                                summary.failures.push(Failure { node: nodes[i].id.clone(), message: message.clone(), log: store.log_path(&nodes[i].id), input: false });
+                                summary.records.push(NodeRecord {
+                                    id: nodes[i].id.clone(),
+                                    key: Some(key.to_hex()),
+                                    cache: Cache::Hit,
+                                    status: RecordStatus::Failed,
+                                    reason: None,
+                                    detail: Some(message),
+                                    duration_ms: 0.0,
+                                    restored: false,
+                                    remote: None,
+                                });
+                                reporter.finished(summary.records.last().expect("just pushed"));
+                                if !opts.keep_going {
+                                    stopping = true;
+                                }
+                                continue;
+                            }
                         };
                         summary.records.push(NodeRecord {
                             id: nodes[i].id.clone(),
@@ -177,9 +206,10 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         ready.remove(&(pos, i));
                         fetching.push(i);
                         let tx = tx.clone();
+                        let id = nodes[i].id.as_str();
                         scope.spawn(move || {
                             let t0 = Instant::now();
-                            let fetched = r.fetch(store, &key);
+                            let fetched = catching(|| r.fetch(store, id, &key)).unwrap_or_else(|panic| Fetch::Rejected(format!("looking it up {panic}")));
                             let _ = tx.send(Done { node: i, work: Work::Fetched(fetched), ms: millis(t0) });
                         });
                         progressed = true;
@@ -224,7 +254,8 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     let (tx, key, sk) = (tx.clone(), *key, sk.clone());
                     scope.spawn(move || {
                         let t0 = Instant::now();
-                        let result = execute(graph, store, i, key, sk);
+                        // A panic fails its node, never the scheduler that waits for it.
+                        let result = catching(|| execute(graph, store, i, key, sk)).unwrap_or_else(|panic| Err((format!("tr118 {panic}"), false)));
                         let _ = tx.send(Done { node: i, work: Work::Ran(result), ms: millis(t0) });
                     });
                     progressed = true;
@@ -243,7 +274,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         Fetch::Hit { manifest, bytes } => {
                             let Some(State::Stale { key: Some((key, sk)), .. }) = states[i].take() else { unreachable!("only stale nodes are looked up") };
                             remote_hits[i] = Some(RemoteHit { bytes_down: bytes, saved_ms: manifest.duration_ms });
-                            let result = ActionResult { status: manifest.status, reason: manifest.reason, outputs: manifest.outputs };
+                            let result = ActionResult::from(*manifest);
                             states[i] = Some(State::Fresh { key, stage_key: sk, result });
                         }
                         Fetch::Rejected(why) => {
@@ -279,7 +310,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         }
                         let _ = tx.send(m.clone());
                     }
-                    let m = ActionResult { status: m.status, reason: m.reason, outputs: m.outputs };
+                    let m = ActionResult::from(m);
                     summary.records.push(NodeRecord {
                         id: nodes[i].id.clone(),
                         key: Some(key.to_hex()),
@@ -368,6 +399,45 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
     Ok(summary)
 }
 
+thread_local! {
+    /// Whether this thread is inside [`catching`], whose caller reports the panic.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+    /// Where the last panic caught on this thread happened.
+    static PANICKED_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs a panic hook that stays quiet for panics [`catching`] turns into errors (and
+/// notes where they happened), and prints every other panic as Rust does.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if CATCHING.with(Cell::get) {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            PANICKED_AT.with(|p| *p.borrow_mut() = at);
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// Runs `f`; a panic becomes `Err("panicked at FILE:LINE: MESSAGE")`.
+fn catching<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(false));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        match PANICKED_AT.with(|p| p.borrow_mut().take()) {
+            Some(at) => format!("panicked at {at}: {message}"),
+            None => format!("panicked: {message}"),
+        }
+    })
+}
+
 /// Milliseconds since `t0`, to the microsecond.
 fn millis(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3
@@ -450,6 +520,11 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
     let log_path = store.log_path(&node.id);
     let mut log = File::create(&log_path).map_err(|e| io(&format!("cannot create the log `{}`", log_path.display()), e))?;
 
+    // The test suite's way to prove that a panic fails its node instead of hanging the
+    // build; no pipeline can reach it.
+    if std::env::var_os("TR118_TEST_PANIC").is_some_and(|v| v == node.id.as_str()) {
+        panic!("`TR118_TEST_PANIC` names node `{}`", node.id);
+    }
     let started_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let t0 = Instant::now();
     let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(|e| (e, false))?;
@@ -487,7 +562,9 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
         duration_ms,
         env,
         log: log_digest,
-    };
+        seal: Digest([0; 32]),
+    }
+    .sealed();
     store.write_manifest(&manifest).map_err(|e| io("writing the manifest", e))?;
     store.write_ref(&node.id, &key).map_err(|e| io("writing the ref", e))?;
     for o in &manifest.outputs {

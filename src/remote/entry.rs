@@ -46,7 +46,14 @@ pub enum Fetch {
 pub(super) struct Needed {
     pub digest: Digest,
     pub name: String,
+    /// The size the manifest or the listing records for it; `None` for a listing or a log,
+    /// which are capped by [`MAX_UNRECORDED`] instead.
+    pub size: Option<u64>,
 }
+
+/// The largest directory listing or log an entry may bring: neither has a size recorded
+/// anywhere but in the entry, which is what is being checked.
+pub const MAX_UNRECORDED: u64 = 256 << 20;
 
 /// The blobs `m` references at the top: its outputs (a directory's listing) and its log.
 pub(super) fn top_level(m: &Manifest) -> Vec<Needed> {
@@ -56,11 +63,13 @@ pub(super) fn top_level(m: &Manifest) -> Vec<Needed> {
         .map(|o| Needed {
             digest: o.digest,
             name: o.path.clone(),
+            size: (!o.dir).then_some(o.size),
         })
         .collect();
     v.extend(m.log.map(|d| Needed {
         digest: d,
         name: "the log".into(),
+        size: None,
     }));
     v
 }
@@ -73,6 +82,7 @@ pub(super) fn listed(store: &Store, m: &Manifest) -> std::io::Result<Vec<Needed>
             v.push(Needed {
                 digest: e.digest,
                 name: format!("{}/{}", o.path, e.path),
+                size: Some(e.size),
             });
         }
     }
@@ -83,6 +93,12 @@ fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses and checks an entry fetched for `key`, before any of its blobs is fetched: for
+/// anyone who wants to run the same checks on bytes of their own (the fuzzing harness).
+pub fn parse_entry(body: &[u8], key: &Digest) -> Result<(), String> {
+    check(body, key).map(|_| ())
 }
 
 /// Parses and checks an entry fetched for `key`, before any of its blobs is fetched.
@@ -118,6 +134,9 @@ fn check(body: &[u8], key: &Digest) -> Result<Entry, String> {
             crate::store::manifest::SCHEMA
         ));
     }
+    // The seal and the output paths: an entry may choose a node's outputs, never where
+    // they are written.
+    m.verify(key).map_err(|why| format!("its manifest does not verify: {why}"))?;
     if m.status != Status::Ok {
         return Err("it records a degraded result, and degraded results are never shared".into());
     }
@@ -141,7 +160,7 @@ impl Remote {
     /// Looks `key` up on the server and, if its entry verifies, takes the entry and every
     /// object it needs into `store`. Objects come first and the manifest last, as the store
     /// writes them, so an interrupted fetch leaves at most unreferenced objects behind.
-    pub fn fetch(&self, store: &Store, key: &Digest) -> Fetch {
+    pub fn fetch(&self, store: &Store, node: &str, key: &Digest) -> Fetch {
         if self.down().is_some() {
             return Fetch::Unavailable;
         }
@@ -158,6 +177,16 @@ impl Remote {
         };
         let blobs: BTreeMap<Digest, &Blob> = entry.blobs.iter().map(|b| (b.blake3, b)).collect();
         let m = entry.manifest;
+        // What the outputs will take, from the sizes the manifest records, against the room
+        // this machine has, before a byte of them is asked for.
+        let recorded: u64 = top_level(&m)
+            .iter()
+            .filter(|n| !store.has_object(&n.digest))
+            .filter_map(|n| n.size)
+            .fold(0u64, u64::saturating_add);
+        if let Err(why) = self.room_for(store, recorded) {
+            return Fetch::Rejected(why);
+        }
         // Listings first: the files of a directory output are known only once its listing is in.
         for pass in 0..2 {
             let needed = if pass == 0 {
@@ -183,8 +212,9 @@ impl Remote {
         if let Err(e) = store.write_manifest(&m) {
             return Fetch::Rejected(format!("its manifest cannot be stored: {e}"));
         }
-        // `why` compares a later key with this one rather than saying "never built".
-        let _ = store.write_ref(&m.node, key);
+        // `why` compares a later key with this one rather than saying "never built". The
+        // ref is this node's: an entry's `node` names whichever node first built the key.
+        let _ = store.write_ref(node, key);
         Fetch::Hit {
             manifest: Box::new(m),
             bytes,
@@ -209,6 +239,35 @@ impl Remote {
                 n.digest.short()
             )));
         };
+        // The size to expect comes from the manifest (or the listing), never from the
+        // server alone, and must fit what this machine allows.
+        match n.size {
+            Some(recorded) if recorded != blob.size => {
+                return Err(BlobError::Rejected(format!(
+                    "it lists blob `{}` with {} bytes, but its manifest records {recorded}",
+                    n.name, blob.size
+                )));
+            }
+            None if blob.size > MAX_UNRECORDED => {
+                return Err(BlobError::Rejected(format!(
+                    "it lists {} `{}` with {} bytes, more than the {} MiB such a blob may have",
+                    if n.name == "the log" { "the log" } else { "the listing of" },
+                    n.name,
+                    blob.size,
+                    MAX_UNRECORDED >> 20
+                )));
+            }
+            _ => {}
+        }
+        if blob.size > self.settings.max_blob {
+            return Err(BlobError::Rejected(format!(
+                "blob `{}` would be {} bytes, more than `{}` allows ({} bytes)",
+                n.name,
+                blob.size,
+                super::ENV_MAX_BLOB,
+                self.settings.max_blob
+            )));
+        }
         let tmp = store.tmp_path("remote");
         let got = match self
             .client
@@ -253,6 +312,16 @@ impl Remote {
         Ok(got.size)
     }
 
+    /// Whether `bytes` more fit in the file system of the cache.
+    fn room_for(&self, store: &Store, bytes: u64) -> Result<(), String> {
+        match free_bytes(store.dir()) {
+            Some(free) if bytes > free => Err(format!(
+                "its outputs take {bytes} bytes and the file system of `cache/` has {free} free"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A failed request: the remote is given up on, unless this machine is what failed.
     fn failed(&self, e: HttpError) -> Fetch {
         match e {
@@ -263,6 +332,24 @@ impl Remote {
             HttpError::Local(cause) => Fetch::Rejected(cause),
         }
     }
+}
+
+/// The bytes an unprivileged writer may still put in the file system holding `dir`.
+#[cfg(unix)]
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &std::path::Path) -> Option<u64> {
+    None
 }
 
 #[cfg(test)]
@@ -279,7 +366,7 @@ mod tests {
             params: Default::default(),
             config: serde_json::json!({"cmd": ["true"]}),
             inputs: Default::default(),
-            outs: vec!["a.txt".into()],
+            outs: Vec::new(),
             device: "cpu".into(),
             facets: Default::default(),
         };
@@ -295,7 +382,9 @@ mod tests {
             duration_ms: 1.0,
             env: Default::default(),
             log: None,
+            seal: Digest([0; 32]),
         }
+        .sealed()
     }
 
     fn body(m: &Manifest) -> Vec<u8> {
@@ -323,6 +412,30 @@ mod tests {
         m.stage_key.config = serde_json::json!({"cmd": ["rm", "-rf", "out"]});
         let why = check(&body(&m), &m.key).err().unwrap();
         assert!(why.contains("its stage key hashes to"), "{why}");
+    }
+
+    #[test]
+    fn entry_whose_seal_does_not_match_is_refused() {
+        let mut m = manifest(Status::Ok);
+        m.reason = Some("edited".into());
+        let why = check(&body(&m), &m.key).err().unwrap();
+        assert!(why.contains("seal"), "{why}");
+    }
+
+    #[test]
+    fn entry_with_an_undeclared_output_path_is_refused() {
+        let mut m = manifest(Status::Ok);
+        m.outputs.push(crate::store::OutputRecord {
+            name: "a".into(),
+            path: "../../../../escaped.txt".into(),
+            digest: Digest::of_bytes(b"x"),
+            size: 1,
+            dir: false,
+            exec: false,
+        });
+        let m = m.sealed();
+        let why = check(&body(&m), &m.key).err().unwrap();
+        assert!(why.contains("`..` component"), "{why}");
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub const ENV_TOKEN: &str = "TR118_REMOTE_CACHE_TOKEN";
 pub const ENV_USER: &str = "TR118_REMOTE_CACHE_USER";
 pub const ENV_PASSWORD: &str = "TR118_REMOTE_CACHE_PASSWORD";
 pub const ENV_TIMEOUT: &str = "TR118_REMOTE_CACHE_TIMEOUT";
+pub const ENV_MAX_BLOB: &str = "TR118_REMOTE_CACHE_MAX_BLOB";
+
+/// The largest blob taken from a remote unless `TR118_REMOTE_CACHE_MAX_BLOB` says otherwise.
+pub const DEFAULT_MAX_BLOB: u64 = 64 << 30;
 
 /// `[cache]` of a pipeline file, checked.
 #[derive(Debug, Clone, Default)]
@@ -148,6 +152,8 @@ pub struct Settings {
     pub auth: Option<Auth>,
     /// The budget of a request without a body; see [`http`].
     pub timeout: Duration,
+    /// The largest blob this machine takes from the remote, in bytes.
+    pub max_blob: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +179,8 @@ pub enum ConfigError {
     TwoAuths,
     #[error("`{ENV_TIMEOUT}` is `{0}`, not a positive number of seconds")]
     BadTimeout(String),
+    #[error("`{ENV_MAX_BLOB}` is `{0}`, not a size")]
+    BadMaxBlob(String),
 }
 
 impl ConfigError {
@@ -193,6 +201,10 @@ impl ConfigError {
             ConfigError::BadTimeout(_) => Some(format!(
                 "e.g. `{ENV_TIMEOUT}=60`, or unset it for {} s",
                 http::DEFAULT_TIMEOUT.as_secs()
+            )),
+            ConfigError::BadMaxBlob(_) => Some(format!(
+                "bytes, or with a suffix K, M, G or T (powers of 1024): e.g. `{ENV_MAX_BLOB}=200G`; unset, {} GiB",
+                DEFAULT_MAX_BLOB >> 30
             )),
         }
     }
@@ -282,12 +294,30 @@ pub fn resolve(
             .map(Duration::from_secs_f64)
             .ok_or(ConfigError::BadTimeout(t))?,
     };
+    let max_blob = match env(ENV_MAX_BLOB) {
+        None => DEFAULT_MAX_BLOB,
+        Some(v) => parse_size(&v).ok_or(ConfigError::BadMaxBlob(v))?,
+    };
     Ok(Some(Settings {
         url,
         read_only,
         auth,
         timeout,
+        max_blob,
     }))
+}
+
+/// A size in bytes, with an optional binary suffix `K`, `M`, `G` or `T`.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        (i, 'T' | 't') => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// Whether a node's results may be reused on a machine other than the one that made them
@@ -493,6 +523,19 @@ mod tests {
         }
         let default = resolve(&Section::default(), Some("http://h"), None, &env_of(&[]));
         assert_eq!(default.unwrap().unwrap().timeout, http::DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn max_blob_is_a_size_with_binary_suffixes() {
+        let at = |v: &str| resolve(&Section::default(), Some("http://h"), None, &env_of(&[(ENV_MAX_BLOB, v)]));
+        assert_eq!(at("1024").unwrap().unwrap().max_blob, 1024);
+        assert_eq!(at("2K").unwrap().unwrap().max_blob, 2048);
+        assert_eq!(at("3G").unwrap().unwrap().max_blob, 3 << 30);
+        for bad in ["x", "-1", "1.5G", "99999999999T"] {
+            assert!(matches!(at(bad), Err(ConfigError::BadMaxBlob(_))), "{bad}");
+        }
+        let default = resolve(&Section::default(), Some("http://h"), None, &env_of(&[]));
+        assert_eq!(default.unwrap().unwrap().max_blob, DEFAULT_MAX_BLOB);
     }
 
     #[test]

@@ -37,9 +37,13 @@ impl FsckReport {
     }
 }
 
+fn read_dir(dir: &std::path::Path) -> io::Result<fs::ReadDir> {
+    fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot read `{}`: {e}", super::display(dir))))
+}
+
 fn object_files(store: &Store) -> io::Result<Vec<(Digest, std::path::PathBuf)>> {
     let mut out = Vec::new();
-    for shard in fs::read_dir(store.dir().join("objects"))? {
+    for shard in read_dir(&store.dir().join("objects"))? {
         let shard = shard?;
         let prefix = shard.file_name().to_string_lossy().into_owned();
         if !shard.file_type()?.is_dir() {
@@ -58,7 +62,7 @@ fn object_files(store: &Store) -> io::Result<Vec<(Digest, std::path::PathBuf)>> 
 
 fn manifest_keys(store: &Store) -> io::Result<Vec<Digest>> {
     let mut out = Vec::new();
-    for e in fs::read_dir(store.dir().join("actions"))? {
+    for e in read_dir(&store.dir().join("actions"))? {
         let name = e?.file_name().to_string_lossy().into_owned();
         if let Some(d) = name.strip_suffix(".json").and_then(Digest::from_hex) {
             out.push(d);
@@ -123,8 +127,55 @@ pub fn gc(store: &Store, keep_keys: &BTreeSet<Digest>, keep_nodes: &BTreeSet<Str
     Ok(report)
 }
 
-/// Re-hashes every object and checks every manifest. With `repair`, corrupt objects and
-/// the manifests that can no longer be used are removed, so the next `make` rebuilds them.
+/// What is wrong with one manifest's claims, re-derived from the objects it references: the
+/// manifest verifies ([`Manifest::verify`]: key, stage key, seal, declared output paths),
+/// every object is present and not corrupt, each file's size is the recorded one, and each
+/// directory listing verifies and adds up to the recorded size. `None` when all of it holds.
+fn check_manifest(store: &Store, key: &Digest, corrupt: &BTreeSet<Digest>) -> Option<String> {
+    let m = match store.manifest(key) {
+        Err(e) => return Some(format!("unusable: {e}")),
+        Ok(None) => return None,
+        Ok(Some(m)) => m,
+    };
+    let node = &m.node;
+    let object = |d: &Digest, what: &str, size: Option<u64>| -> Option<String> {
+        if corrupt.contains(d) {
+            return Some(format!("node `{node}`: {what} (object {}) is corrupt", d.short()));
+        }
+        match fs::metadata(store.object_path(d)) {
+            Err(_) => Some(format!("node `{node}`: {what} (object {}) is missing", d.short())),
+            Ok(meta) => match size {
+                Some(s) if meta.len() != s => Some(format!("node `{node}`: {what} is recorded as {s} bytes, but its object {} holds {}", d.short(), meta.len())),
+                _ => None,
+            },
+        }
+    };
+    for o in &m.outputs {
+        if !o.dir {
+            if let Some(p) = object(&o.digest, &format!("output `{}`", o.path), Some(o.size)) {
+                return Some(p);
+            }
+            continue;
+        }
+        let tree = match store.tree(&o.digest) {
+            Ok(t) => t,
+            Err(e) => return Some(format!("node `{node}`: output `{}/`: {e}", o.path)),
+        };
+        if tree.size() != o.size {
+            return Some(format!("node `{node}`: output `{}/` is recorded as {} bytes, but its listing adds up to {}", o.path, o.size, tree.size()));
+        }
+        for e in &tree.entries {
+            if let Some(p) = object(&e.digest, &format!("`{}/{}`", o.path, e.path), Some(e.size)) {
+                return Some(p);
+            }
+        }
+    }
+    m.log.and_then(|d| object(&d, "the log", None))
+}
+
+/// Re-hashes every object and re-derives every manifest's claims ([`check_manifest`]).
+/// With `repair`, corrupt objects and the manifests that can no longer be used are
+/// removed, so the next `make` rebuilds them.
 pub fn fsck(store: &Store, repair: bool) -> io::Result<FsckReport> {
     let mut report = FsckReport { repaired: repair, ..Default::default() };
     let objects = object_files(store)?;
@@ -142,19 +193,7 @@ pub fn fsck(store: &Store, repair: bool) -> io::Result<FsckReport> {
     let corrupt: BTreeSet<Digest> = corrupt.into_iter().map(|(d, _)| d).collect();
     for key in manifest_keys(store)? {
         report.manifests_checked += 1;
-        let problem = match store.manifest(&key) {
-            Err(e) => Some(format!("unreadable: {e}")),
-            Ok(None) => None,
-            Ok(Some(m)) if m.stage_key.digest() != key || m.key != key => Some("its key does not match its content".to_string()),
-            Ok(Some(m)) => {
-                let mut live = BTreeSet::new();
-                live_objects(store, &m, &mut live);
-                live.iter()
-                    .find(|d| corrupt.contains(d) || !store.has_object(d))
-                    .map(|d| format!("object {} of node `{}` is missing or corrupt", d.short(), m.node))
-            }
-        };
-        if let Some(p) = problem {
+        if let Some(p) = check_manifest(store, &key, &corrupt) {
             report.bad_manifests.push((key.to_hex(), p));
             if repair {
                 fs::remove_file(store.dir().join("actions").join(format!("{}.json", key.to_hex())))?;

@@ -1,10 +1,10 @@
 //! Action manifests: one JSON document per executed node, at `cache/actions/<key>.json`.
 //!
-//! Schema (version 1), stable for anyone reading the cache with pandas or jq:
+//! Schema (version 2), stable for anyone reading the cache with pandas or jq:
 //!
 //! | field         | type                       | meaning                                         |
 //! |---------------|----------------------------|-------------------------------------------------|
-//! | `schema`      | int                        | 1                                               |
+//! | `schema`      | int                        | 2                                               |
 //! | `node`        | string                     | node id that produced it                        |
 //! | `key`         | hex digest                 | blake3 of `stage_key`; also the file name       |
 //! | `stage_key`   | object                     | every key input, see `key.rs`                   |
@@ -15,7 +15,16 @@
 //! | `duration_ms` | float                        | wall time of the run                            |
 //! | `env`         | object                     | tool version, OS, CPU, host at run time          |
 //! | `log`         | hex digest \| null         | object holding the combined stdout/stderr       |
-
+//! | `seal`        | hex digest                 | blake3 over `key`, `status`, `reason`, `outputs`, `log` |
+//!
+//! Nothing read back from `cache/actions/` or a remote is trusted as it is. The `key` is
+//! checked against the `stage_key` where the stage key is read, and against the file name;
+//! the `seal` ties the result to the key, so an edited digest, size or status, or a result
+//! moved under another key, is noticed before anything is restored; every output path must
+//! be one the stage key declares ([`check_outputs`]), so an entry can choose a node's
+//! outputs but never where on disk they are written. What no check can prove is that an
+//! entry's outputs are what its command produces: a writer of the cache who recomputes the
+//! seal can forge a result (see the README's trust model).
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +32,10 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::key::StageKey;
 
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
+
+/// Keeps seals of one layout apart from any other blake3 use.
+const SEAL_DOMAIN: &[u8] = b"tr118-manifest-seal-v1\0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,9 +62,63 @@ pub struct OutputRecord {
 /// produced it. Reading only this skips over the (possibly large) stage key.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActionResult {
+    pub key: Digest,
     pub status: Status,
     pub reason: Option<String>,
     pub outputs: Vec<OutputRecord>,
+    pub log: Option<Digest>,
+    pub seal: Digest,
+}
+
+impl ActionResult {
+    /// Checks that this result was sealed for `key` and not edited since.
+    pub fn verify(&self, key: &Digest) -> Result<(), String> {
+        if self.key != *key {
+            return Err(format!("it is filed under key {} but records key {}", key.short(), self.key.short()));
+        }
+        if seal(&self.key, self.status, &self.reason, &self.outputs, &self.log) != self.seal {
+            return Err("its seal does not match its contents (it was edited)".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct Sealed<'a> {
+    key: &'a Digest,
+    status: Status,
+    reason: &'a Option<String>,
+    outputs: &'a [OutputRecord],
+    log: &'a Option<Digest>,
+}
+
+/// The seal of a result: blake3 over the canonical JSON of what it claims.
+pub fn seal(key: &Digest, status: Status, reason: &Option<String>, outputs: &[OutputRecord], log: &Option<Digest>) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(SEAL_DOMAIN);
+    h.update(&serde_json::to_vec(&Sealed { key, status, reason, outputs, log }).expect("a result always serialises"));
+    Digest(*h.finalize().as_bytes())
+}
+
+/// Checks a recorded output list against the outputs a stage key declares (`declared`:
+/// paths, with a trailing `/` for a directory): the same paths, each once, each a plain
+/// relative name. Returns why not.
+pub fn check_outputs(outputs: &[OutputRecord], declared: &[String]) -> Result<(), String> {
+    let mut want: Vec<&str> = declared.iter().map(String::as_str).collect();
+    for o in outputs {
+        crate::digest::check_relative(&o.path).map_err(|why| format!("output `{}` is {why}", o.path.escape_debug()))?;
+        let as_declared = if o.dir { format!("{}/", o.path) } else { o.path.clone() };
+        match want.iter().position(|d| *d == as_declared) {
+            Some(p) => {
+                want.swap_remove(p);
+            }
+            None => return Err(format!("it records output `{}`, which its stage key does not declare", as_declared.escape_debug())),
+        }
+    }
+    match want.first() {
+        Some(d) => Err(format!("it records no output `{d}`, which its stage key declares")),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,4 +134,39 @@ pub struct Manifest {
     pub duration_ms: f64,
     pub env: BTreeMap<String, String>,
     pub log: Option<Digest>,
+    pub seal: Digest,
+}
+
+impl From<Manifest> for ActionResult {
+    fn from(m: Manifest) -> ActionResult {
+        ActionResult { key: m.key, status: m.status, reason: m.reason, outputs: m.outputs, log: m.log, seal: m.seal }
+    }
+}
+
+impl Manifest {
+    /// Seals the manifest: call once everything it records is final.
+    pub fn sealed(mut self) -> Manifest {
+        self.seal = seal(&self.key, self.status, &self.reason, &self.outputs, &self.log);
+        self
+    }
+
+    /// Everything that can be checked of a manifest without its objects: its key is the
+    /// digest of its stage key and the one asked for, its seal matches, and its outputs are
+    /// the ones the stage key declares.
+    pub fn verify(&self, key: &Digest) -> Result<(), String> {
+        if self.schema != SCHEMA {
+            return Err(format!("it has manifest schema {}, and this tr118 reads schema {SCHEMA}", self.schema));
+        }
+        if self.key != *key {
+            return Err(format!("it records key {}, not the key {} it is filed under", self.key.short(), key.short()));
+        }
+        let sk = self.stage_key.digest();
+        if sk != *key {
+            return Err(format!("its stage key hashes to {}, not to its key {}", sk.short(), key.short()));
+        }
+        if seal(&self.key, self.status, &self.reason, &self.outputs, &self.log) != self.seal {
+            return Err("its seal does not match its contents (it was edited)".into());
+        }
+        check_outputs(&self.outputs, &self.stage_key.outs)
+    }
 }

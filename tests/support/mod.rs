@@ -2,6 +2,7 @@
 //!
 //! | module        | holds                                                               |
 //! |---------------|---------------------------------------------------------------------|
+//! | [`http`]      | a hostile cache server on a loopback port that serves crafted entries |
 //! | [`nginx`]     | a real WebDAV cache server on a loopback port, killed on drop       |
 //! | [`onnx`]      | tiny ONNX models written as raw protobuf bytes                      |
 //! | [`reference`] | a naive f64 forward pass for GPT-2 and Llama; seeded random weights |
@@ -10,6 +11,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod nginx;
 pub mod onnx;
 pub mod reference;
