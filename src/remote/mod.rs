@@ -46,6 +46,12 @@
 //! and renamed into the object store only once it has verified, so a bad download never
 //! reaches `cache/objects/` or `out/`.
 //!
+//! Paths and sizes are never the server's to choose: the manifest must verify (its seal, and
+//! outputs exactly the paths its stage key declares, each a plain relative name), every
+//! listing is re-hashed and path-checked before a file it lists is fetched, and every blob's
+//! size must be the one the manifest or listing records, within `TR118_REMOTE_CACHE_MAX_BLOB`
+//! and the free space of `cache/`, before it is asked for.
+//!
 //! What verification cannot catch: anyone allowed to write to the server can store an entry
 //! for a key with outputs of their choosing. Give write access to trusted builders only, and
 //! run untrusted jobs (pull requests from forks) with `read_only`.
