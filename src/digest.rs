@@ -116,9 +116,41 @@ impl Tree {
         Digest::of_bytes(&self.to_bytes())
     }
 
+    /// Total bytes of the files; saturates rather than overflow on a corrupt listing.
     pub fn size(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
+        self.entries.iter().fold(0u64, |acc, e| acc.saturating_add(e.size))
     }
+
+    /// Parses a listing read back from a store or a remote cache, and checks what restoring
+    /// it relies on: every path is relative and stays inside the directory (no `..`, no
+    /// absolute path, no empty or `.` component), and the entries are sorted and unique, as
+    /// [`Tree`]'s canonical form has them. A listing is joined onto a directory when an output
+    /// is restored, so a path that escapes it would write outside `out/`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Tree, String> {
+        let tree: Tree = serde_json::from_slice(bytes).map_err(|e| format!("not a directory listing: {e}"))?;
+        for e in &tree.entries {
+            check_listed_path(&e.path)?;
+        }
+        if let Some(w) = tree.entries.windows(2).find(|w| w[0].path >= w[1].path) {
+            return Err(format!("entries `{}` and `{}` are not sorted and unique", w[0].path, w[1].path));
+        }
+        Ok(tree)
+    }
+}
+
+/// A listed path: `/`-separated normal components, nothing that leaves the directory.
+fn check_listed_path(p: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("entry `{}` {why}", p.escape_debug()));
+    if p.is_empty() {
+        return bad("has an empty path");
+    }
+    if p.starts_with('/') || p.contains('\\') || p.contains('\0') {
+        return bad("is not a relative `/`-separated path");
+    }
+    if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("has an empty, `.` or `..` component; a listed path must stay inside its directory");
+    }
+    Ok(())
 }
 
 /// Every regular file under `dir`, relative and sorted. Symlinks are followed for files.
@@ -170,5 +202,35 @@ mod tests {
     fn from_hex_rejects_garbage() {
         assert_eq!(Digest::from_hex("xyz"), None);
         assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
+    }
+
+    fn listing(paths: &[&str]) -> Vec<u8> {
+        let d = Digest::of_bytes(b"x").to_hex();
+        let entries: Vec<serde_json::Value> = paths.iter().map(|p| serde_json::json!({ "path": p, "digest": d, "size": 1 })).collect();
+        serde_json::to_vec(&serde_json::json!({ "entries": entries })).unwrap()
+    }
+
+    #[test]
+    fn a_listing_that_leaves_its_directory_is_rejected() {
+        assert!(Tree::from_bytes(&listing(&["a", "b/c.txt"])).is_ok());
+        for (paths, needle) in [
+            (vec!["../escape"], "`..`"),
+            (vec!["a/../../b"], "`..`"),
+            (vec!["/etc/passwd"], "not a relative"),
+            (vec!["a//b"], "empty"),
+            (vec![""], "empty path"),
+            (vec!["b", "a"], "not sorted"),
+            (vec!["a", "a"], "not sorted and unique"),
+        ] {
+            let err = Tree::from_bytes(&listing(&paths)).unwrap_err();
+            assert!(err.contains(needle), "{paths:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_size_of_a_corrupt_listing_saturates() {
+        let d = Digest::of_bytes(b"x");
+        let e = |p: &str| TreeEntry { path: p.into(), digest: d, size: u64::MAX, exec: false };
+        assert_eq!(Tree { entries: vec![e("a"), e("b")] }.size(), u64::MAX);
     }
 }
