@@ -133,3 +133,126 @@ fn config_json_values_an_index_depends_on_are_checked_at_load() {
         fails_with(&export(&ws, "hf"), &format!("config.json`: {needle}"));
     }
 }
+
+/// [`support::word_tokenizer_json`] with a byte-level decoder, as text.
+fn tokenizer_with_decoder() -> String {
+    let mut doc: Value = serde_json::from_str(&support::word_tokenizer_json(8)).unwrap();
+    doc["decoder"] = json!({ "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true });
+    serde_json::to_string(&doc).unwrap()
+}
+
+#[test]
+fn corrupt_tokenizer_json_is_an_error_naming_the_file() {
+    let ws = Workspace::new("tr118-untrusted-");
+    let good = tokenizer_with_decoder();
+    // One byte changed inside the decoder: `tokenizers` 0.23.2 panics on it (`expect("Helper")`).
+    let at = good.find("\"trim_offsets\":true").unwrap() + "\"trim_offsets\":t".len();
+    let mut bad = good.into_bytes();
+    bad[at] = b'x';
+    ws.write("tokenizer.json", &bad);
+    ws.write("corpus.txt", "t1 t2 t3 t4 t5 t6 t7 t1 t2");
+    ws.write("model.onnx", b"never read: the tokenizer is loaded first");
+    ws.write("lib/libonnxruntime.so", b"never loaded");
+    ws.pipeline(
+        "[[backends]]\nname = \"cpu\"\nprecision = \"fp32\"\nthreads = 1\n\n\
+         [stages.ppl]\nkind = \"perplexity\"\nmatrix = [\"backend\"]\n\
+         deps = { model = \"model.onnx\", tokenizer = \"tokenizer.json\", corpus = \"corpus.txt\", runtime = \"lib/libonnxruntime.so\" }\n",
+    );
+    let run = ws.tr(&["make"]);
+    assert_ne!(run.code, Some(0), "{run}");
+    run.stderr_has("tokenizer.json` is not a tokenizer.json that `tokenizers` can load: the `tokenizers` library panicked reading it");
+}
+
+// ---------------------------------------------------------------------------------------
+// Crash inputs found by the fuzz targets, replayed through the code each target drives.
+// ---------------------------------------------------------------------------------------
+
+/// Runs `bytes` through what fuzz target `target` (`fuzz/targets/<target>.rs`) drives, in
+/// `dir`; returns whether the input was accepted. A panic propagates.
+fn replay(target: &str, bytes: &[u8], dir: &Path) -> bool {
+    use tr118::model::Checkpoint;
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    match target {
+        "pipeline_toml" => {
+            let path = file("tr118.toml", bytes);
+            match tr118::pipeline::Pipeline::load(&path, &[]) {
+                Ok(p) => tr118::graph::Graph::build(p, dir).map(|g| (g.to_dot(&g.order), g.to_mermaid(&g.order))).is_ok(),
+                Err(d) => d.to_string().is_empty(),
+            }
+        }
+        "gguf" => match Checkpoint::open(&file("model.gguf", bytes)) {
+            Ok(ck) => ck.tensors.iter().all(|t| ck.load(&t.name).is_ok()),
+            Err(_) => false,
+        },
+        "safetensors_config" => {
+            const SEP: &[u8] = b"\n--8<--\n";
+            let (config, weights) = match bytes.windows(SEP.len()).position(|w| w == SEP) {
+                Some(at) => (&bytes[..at], &bytes[at + SEP.len()..]),
+                None => (bytes, &[][..]),
+            };
+            let _ = tr118::model::safetensors::parse(weights);
+            file("config.json", config);
+            file("model.safetensors", weights);
+            match Checkpoint::open(dir) {
+                Ok(ck) => ck.tensors.iter().all(|t| ck.load(&t.name).is_ok()),
+                Err(_) => false,
+            }
+        }
+        "tokenizer" => match tr118::tokenizer::load_tokenizer_json(&file("tokenizer.json", bytes)) {
+            Ok(tok) => tok.encode("Hello world, 123 héllo!\n  tabs\tand <s> specials", false).is_ok(),
+            Err(_) => false,
+        },
+        "onnx" => {
+            let path = file("model.onnx", bytes);
+            let _ = tr118::onnx::signature::read(&path);
+            match tr118::onnx::edit::Model::load(&path) {
+                Ok(m) => {
+                    let _ = (m.external_files(), m.digest());
+                    let values_ok = m.graph().initializer.iter().all(|t| m.f32_values(t).is_ok());
+                    let _ = tr118::quant::graph::sites(&m);
+                    values_ok
+                }
+                Err(_) => false,
+            }
+        }
+        "manifest" => {
+            let _ = serde_json::from_slice::<tr118::store::ActionResult>(bytes);
+            serde_json::from_slice::<tr118::store::Manifest>(bytes).map(|m| m.stage_key.digest()).is_ok()
+        }
+        "listing" => {
+            if let Ok(tree) = serde_json::from_slice::<tr118::digest::Tree>(bytes) {
+                let _ = (tree.digest(), tree.size());
+            }
+            tr118::digest::Tree::from_bytes(bytes).is_ok()
+        }
+        "remote_entry" => tr118::remote::entry::parse_entry(bytes, &tr118::digest::Digest::of_bytes(b"tr118 fuzz")).is_ok(),
+        other => panic!("no fuzz target `{other}`"),
+    }
+}
+
+#[test]
+fn fuzz_crash_inputs_are_errors_not_panics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz-crashes");
+    let mut panicked = Vec::new();
+    let mut n = 0;
+    for target in std::fs::read_dir(&root).unwrap() {
+        let target = target.unwrap();
+        let name = target.file_name().to_string_lossy().into_owned();
+        for input in std::fs::read_dir(target.path()).unwrap() {
+            let input = input.unwrap().path();
+            let bytes = std::fs::read(&input).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            n += 1;
+            match std::panic::catch_unwind(|| replay(&name, &bytes, dir.path())) {
+                Ok(accepted) => assert!(!accepted, "{}: a crash input is now accepted as valid", input.display()),
+                Err(_) => panicked.push(input.display().to_string()),
+            }
+        }
+    }
+    assert!(n > 0, "no crash inputs under {}", root.display());
+    assert!(panicked.is_empty(), "these inputs still panic: {panicked:#?}");
+}
