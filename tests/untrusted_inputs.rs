@@ -256,3 +256,39 @@ fn fuzz_crash_inputs_are_errors_not_panics() {
     assert!(n > 0, "no crash inputs under {}", root.display());
     assert!(panicked.is_empty(), "these inputs still panic: {panicked:#?}");
 }
+
+/// An ONNX model whose one initializer, `w` (dims `dims`), is external data in `location`
+/// with the given `length`.
+fn model_with_external(location: &str, length: u64, dims: &[i64]) -> Vec<u8> {
+    use prost::Message;
+    use tr118::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+    let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let w = TensorProto {
+        dims: dims.to_vec(),
+        data_type: Some(tr118::onnx::FLOAT),
+        name: Some("w".into()),
+        external_data: vec![entry("location", location.into()), entry("offset", "0".into()), entry("length", length.to_string())],
+        data_location: Some(1),
+        ..Default::default()
+    };
+    let graph = GraphProto { name: Some("g".into()), initializer: vec![w], ..Default::default() };
+    ModelProto { ir_version: Some(8), graph: Some(graph), ..Default::default() }.encode_to_vec()
+}
+
+#[test]
+fn onnx_external_data_beyond_its_file_is_an_error_before_any_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w.bin"), [0u8; 16]).unwrap();
+    let path = dir.path().join("model.onnx");
+    // A length of 2^60 bytes used to size the read buffer before anything checked it.
+    std::fs::write(&path, model_with_external("w.bin", 1 << 60, &[4])).unwrap();
+    let model = tr118::onnx::edit::Model::load(&path).unwrap();
+    let err = model.f32_values(&model.graph().initializer[0]).unwrap_err().to_string();
+    assert!(err.contains("tensor `w`") && err.contains("lies beyond the end of `w.bin` (16 bytes)"), "{err}");
+
+    // Dims whose product overflows are a count no data matches, not a wrapped one.
+    std::fs::write(&path, model_with_external("w.bin", 16, &[1 << 40, 1 << 40])).unwrap();
+    let model = tr118::onnx::edit::Model::load(&path).unwrap();
+    let err = model.f32_values(&model.graph().initializer[0]).unwrap_err().to_string();
+    assert!(err.contains("has 4 values for dims"), "{err}");
+}
