@@ -116,8 +116,9 @@ impl Tree {
         Digest::of_bytes(&self.to_bytes())
     }
 
+    /// Total bytes of the files; saturates rather than overflow on a corrupt listing.
     pub fn size(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
+        self.entries.iter().fold(0u64, |acc, e| acc.saturating_add(e.size))
     }
 
     /// Reads a listing from untrusted bytes (the cache, a remote): it must be the canonical
@@ -246,5 +247,12 @@ mod tests {
     fn from_hex_rejects_garbage() {
         assert_eq!(Digest::from_hex("xyz"), None);
         assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn the_size_of_a_corrupt_listing_saturates() {
+        let d = Digest::of_bytes(b"x");
+        let e = |p: &str| TreeEntry { path: p.into(), digest: d, size: u64::MAX, exec: false };
+        assert_eq!(Tree { entries: vec![e("a"), e("b")] }.size(), u64::MAX);
     }
 }

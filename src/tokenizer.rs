@@ -79,9 +79,28 @@ pub enum TokenizerError {
 }
 
 /// Loads a `tokenizer.json`.
+///
+/// The file may come from anywhere (a checkpoint directory, a cache entry), and `tokenizers`
+/// 0.23 panics on some malformed files instead of returning an error (one changed byte in a
+/// valid file is enough: it indexes with ids the file declares). A panic in that foreign
+/// parser is caught here and becomes [`TokenizerError::Load`] naming the file, so a corrupt
+/// tokenizer fails its node with a reason rather than a worker thread. The default panic
+/// hook still prints its message to stderr; the error is what the node reports.
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
     let bytes = std::fs::read(path).map_err(|source| TokenizerError::Read { path: path.to_path_buf(), source })?;
-    Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Load { path: path.to_path_buf(), message: e.to_string() })
+    let load = |message: String| TokenizerError::Load { path: path.to_path_buf(), message };
+    // Unwind safety: the closure owns nothing shared; on a panic the half-built tokenizer is
+    // dropped with the unwound frames and only the bytes, which it only reads, outlive it.
+    match std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)) {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(load(e.to_string())),
+        Err(panic) => Err(load(format!("the `tokenizers` library panicked reading it ({}): corrupt file?", panic_message(&*panic)))),
+    }
+}
+
+/// The message of a caught panic, when it is a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("no message")
 }
 
 /// GPT-2's `encoder.json` (token → id) and `vocab.bpe` (merges, one `a b` a line, after a

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::Path;
 
 use super::dtype::{self, DType};
-use super::{Arch, Checkpoint, Format, ModelConfig, ModelError, RopeLayout, TensorRef};
+use super::{Arch, Checkpoint, ConfigKeys, Format, ModelConfig, ModelError, RopeLayout, TensorRef};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -409,7 +409,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
         },
         ConfigError::Unsupported(m) => ModelError::Unsupported { path: path.to_path_buf(), what: "model feature".into(), message: m },
     })?;
-    super::check_config(&config, header.tensors.len()).map_err(format)?;
+    super::check_config(&config, header.tensors.len(), &config_keys(config.arch)).map_err(format)?;
 
     let mut tensors = Vec::new();
     for (name, _) in config.expected_tensors() {
@@ -447,6 +447,29 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     };
     checkpoint.validate()?;
     Ok(checkpoint)
+}
+
+/// The metadata keys [`GgufHeader::config`] reads each field from, for errors.
+fn config_keys(arch: Arch) -> ConfigKeys {
+    let a = match arch {
+        Arch::Gpt2 => "gpt2",
+        Arch::Llama => "llama",
+    };
+    let eps = match arch {
+        Arch::Gpt2 => "attention.layer_norm_epsilon",
+        Arch::Llama => "attention.layer_norm_rms_epsilon",
+    };
+    ConfigKeys {
+        vocab_size: format!("{a}.vocab_size"),
+        n_layer: format!("{a}.block_count"),
+        n_head: format!("{a}.attention.head_count"),
+        n_kv_head: format!("{a}.attention.head_count_kv"),
+        d_model: format!("{a}.embedding_length"),
+        d_ff: format!("{a}.feed_forward_length"),
+        n_ctx: format!("{a}.context_length"),
+        norm_eps: format!("{a}.{eps}"),
+        rope_theta: format!("{a}.rope.freq_base"),
+    }
 }
 
 pub(super) fn map_file(path: &Path) -> Result<memmap2::Mmap, ModelError> {

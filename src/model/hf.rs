@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::safetensors::SafetensorsFile;
-use super::{Arch, Checkpoint, Format, ModelConfig, ModelError, RopeLayout, TensorRef};
+use super::{Arch, Checkpoint, ConfigKeys, Format, ModelConfig, ModelError, RopeLayout, TensorRef};
 
 #[derive(Deserialize)]
 struct RawModelType {
@@ -99,11 +99,11 @@ const INDEX: &str = "model.safetensors.index.json";
 pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
     let config_path = dir.join(CONFIG);
-    let config = read_config(&config_path)?;
+    let (config, keys) = read_config(&config_path)?;
 
     let files = open_weights(&dir)?;
     let n_tensors = files.iter().map(|f| f.tensors.len()).sum();
-    super::check_config(&config, n_tensors).map_err(|message| ModelError::Format { path: config_path.clone(), message })?;
+    super::check_config(&config, n_tensors, &keys).map_err(|message| ModelError::Format { path: config_path.clone(), message })?;
 
     // Canonical name → (file index, tensor), first checking no name is stored twice.
     let mut found: BTreeMap<String, (usize, &super::safetensors::SafeTensor, bool)> = BTreeMap::new();
@@ -157,7 +157,36 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     Ok(checkpoint)
 }
 
-fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
+/// The `config.json` keys of each [`ModelConfig`] field, for errors.
+fn config_keys(arch: Arch, n_ctx: &str, rope_theta: &str) -> ConfigKeys {
+    let k = |s: &str| s.to_string();
+    match arch {
+        Arch::Gpt2 => ConfigKeys {
+            vocab_size: k("vocab_size"),
+            n_layer: k("n_layer"),
+            n_head: k("n_head"),
+            n_kv_head: k("n_head"),
+            d_model: k("n_embd"),
+            d_ff: k("n_inner"),
+            n_ctx: k(n_ctx),
+            norm_eps: k("layer_norm_epsilon"),
+            rope_theta: k(rope_theta),
+        },
+        Arch::Llama => ConfigKeys {
+            vocab_size: k("vocab_size"),
+            n_layer: k("num_hidden_layers"),
+            n_head: k("num_attention_heads"),
+            n_kv_head: k("num_key_value_heads"),
+            d_model: k("hidden_size"),
+            d_ff: k("intermediate_size"),
+            n_ctx: k(n_ctx),
+            norm_eps: k("rms_norm_eps"),
+            rope_theta: k(rope_theta),
+        },
+    }
+}
+
+fn read_config(path: &Path) -> Result<(ModelConfig, ConfigKeys), ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let bad = |message: String| ModelError::Format { path: path.to_path_buf(), message };
     let json = |e: serde_json::Error| bad(e.to_string());
@@ -165,14 +194,15 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
     match model_type.as_deref() {
         Some("gpt2") => {
             let r: RawGpt2 = serde_json::from_str(&text).map_err(json)?;
-            Ok(ModelConfig {
+            let keys = config_keys(Arch::Gpt2, if r.n_positions.is_some() { "n_positions" } else { "n_ctx" }, "rope_theta");
+            let config = ModelConfig {
                 arch: Arch::Gpt2,
                 vocab_size: r.vocab_size,
                 n_layer: r.n_layer,
                 n_head: r.n_head,
                 n_kv_head: r.n_head,
                 d_model: r.n_embd,
-                d_ff: r.n_inner.unwrap_or(4 * r.n_embd),
+                d_ff: r.n_inner.unwrap_or(r.n_embd.saturating_mul(4)),
                 n_ctx: r.n_positions.or(r.n_ctx).ok_or_else(|| bad("missing field `n_positions` (or `n_ctx`)".into()))?,
                 norm_eps: r.layer_norm_epsilon as f32,
                 rope_theta: 10000.0,
@@ -180,7 +210,8 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
                 tied_embeddings: r.tie_word_embeddings.unwrap_or(true),
                 bos_token_id: TokenIds::first(r.bos_token_id),
                 eos_token_id: TokenIds::first(r.eos_token_id),
-            })
+            };
+            Ok((config, keys))
         }
         Some("llama") => {
             let r: RawLlama = serde_json::from_str(&text).map_err(json)?;
@@ -189,6 +220,7 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
                 return Err(unsupported(format!("RoPE scaling `rope_scaling: {s}`")));
             }
             let mut rope_theta = r.rope_theta;
+            let mut theta_key = "rope_theta";
             if let Some(p) = r.rope_parameters.filter(|p| !p.is_null()) {
                 let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(serde_json::Value::as_str).unwrap_or("default");
                 if kind != "default" || !p.is_object() {
@@ -196,6 +228,7 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
                 }
                 if let Some(theta) = p.get("rope_theta") {
                     rope_theta = Some(theta.as_f64().ok_or_else(|| bad(format!("`rope_parameters.rope_theta` is {theta}, not a number")))?);
+                    theta_key = "rope_parameters.rope_theta";
                 }
             }
             if let Some(hd) = r.head_dim.filter(|&hd| r.num_attention_heads == 0 || hd != r.hidden_size / r.num_attention_heads) {
@@ -204,7 +237,8 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
                     r.hidden_size, r.num_attention_heads
                 )));
             }
-            Ok(ModelConfig {
+            let keys = config_keys(Arch::Llama, "max_position_embeddings", theta_key);
+            let config = ModelConfig {
                 arch: Arch::Llama,
                 vocab_size: r.vocab_size,
                 n_layer: r.num_hidden_layers,
@@ -219,7 +253,8 @@ fn read_config(path: &Path) -> Result<ModelConfig, ModelError> {
                 tied_embeddings: r.tie_word_embeddings.unwrap_or(false),
                 bos_token_id: TokenIds::first(r.bos_token_id),
                 eos_token_id: TokenIds::first(r.eos_token_id),
-            })
+            };
+            Ok((config, keys))
         }
         Some(other) => Err(ModelError::Unsupported {
             path: path.to_path_buf(),

@@ -242,26 +242,79 @@ impl Checkpoint {
     }
 }
 
-/// Rejects configs that no checkpoint with `n_tensors` tensors could satisfy, before
-/// [`ModelConfig::expected_tensors`] divides by the head count or loops over the layers.
-pub(crate) fn check_config(c: &ModelConfig, n_tensors: usize) -> Result<(), String> {
-    let dims = [("vocab_size", c.vocab_size), ("d_model", c.d_model), ("d_ff", c.d_ff), ("n_ctx", c.n_ctx), ("n_head", c.n_head), ("n_kv_head", c.n_kv_head)];
-    for (name, v) in dims {
-        if v == 0 || v > u32::MAX as usize {
-            return Err(format!("the model's `{name}` is {v}: corrupt config?"));
+/// What a checkpoint format calls each [`ModelConfig`] field, so that an error about a
+/// value names the key as it is written in the file (`num_hidden_layers`, `llama.block_count`).
+pub(crate) struct ConfigKeys {
+    pub vocab_size: String,
+    pub n_layer: String,
+    pub n_head: String,
+    pub n_kv_head: String,
+    pub d_model: String,
+    pub d_ff: String,
+    pub n_ctx: String,
+    pub norm_eps: String,
+    pub rope_theta: String,
+}
+
+/// Rejects configs that no checkpoint with `n_tensors` tensors could satisfy, and values the
+/// exporter would index, divide or loop by, before [`ModelConfig::expected_tensors`] divides
+/// by the head count or loops over the layers: every count at least one (a model with no
+/// layer exports a decoder with no past to read the sequence length from), heads dividing
+/// the width, key/value heads dividing the heads, and the epsilon and RoPE base finite and
+/// positive (a NaN there turns every logit into NaN without an error anywhere).
+pub(crate) fn check_config(c: &ModelConfig, n_tensors: usize, keys: &ConfigKeys) -> Result<(), String> {
+    for (key, v, need) in [
+        (&keys.vocab_size, c.vocab_size, "a model needs at least one token"),
+        (&keys.n_layer, c.n_layer, "a model needs at least one layer"),
+        (&keys.n_head, c.n_head, "a model needs at least one attention head"),
+        (&keys.n_kv_head, c.n_kv_head, "a model needs at least one key/value head"),
+        (&keys.d_model, c.d_model, "a model needs a hidden size of at least one"),
+        (&keys.d_ff, c.d_ff, "a model needs a feed-forward size of at least one"),
+        (&keys.n_ctx, c.n_ctx, "a model needs a context of at least one position"),
+    ] {
+        if v == 0 {
+            return Err(format!("`{key}` is 0; {need}"));
+        }
+    }
+    // Bounded so that products of dimensions cannot overflow; the layer count is bounded by
+    // the tensors below, with a message that says so.
+    for (key, v) in [
+        (&keys.vocab_size, c.vocab_size),
+        (&keys.n_head, c.n_head),
+        (&keys.n_kv_head, c.n_kv_head),
+        (&keys.d_model, c.d_model),
+        (&keys.d_ff, c.d_ff),
+        (&keys.n_ctx, c.n_ctx),
+    ] {
+        if v > u32::MAX as usize {
+            return Err(format!("`{key}` is {v}: corrupt config?"));
         }
     }
     if c.n_layer > n_tensors {
-        return Err(format!("the model claims {} layers but the checkpoint has only {n_tensors} tensors", c.n_layer));
+        return Err(format!("`{}` claims {} layers but the checkpoint has only {n_tensors} tensors", keys.n_layer, c.n_layer));
     }
-    if !c.d_model.is_multiple_of(c.n_head) || !c.n_head.is_multiple_of(c.n_kv_head) {
+    if !c.d_model.is_multiple_of(c.n_head) {
+        return Err(format!("`{}` ({}) does not divide `{}` ({}) into whole heads", keys.n_head, c.n_head, keys.d_model, c.d_model));
+    }
+    if !c.n_head.is_multiple_of(c.n_kv_head) {
         return Err(format!(
-            "{} heads ({} key/value heads) do not divide a model width of {}",
-            c.n_head, c.n_kv_head, c.d_model
+            "`{}` ({}) does not divide `{}` ({}); each key/value head must serve a whole group of heads",
+            keys.n_kv_head, c.n_kv_head, keys.n_head, c.n_head
         ));
     }
     if c.arch == Arch::Llama && !c.head_dim().is_multiple_of(2) {
-        return Err(format!("head size {} is odd; rotary embeddings rotate pairs", c.head_dim()));
+        return Err(format!(
+            "head size {} (`{}` / `{}`) is odd; rotary embeddings rotate pairs",
+            c.head_dim(),
+            keys.d_model,
+            keys.n_head
+        ));
+    }
+    if !(c.norm_eps.is_finite() && c.norm_eps > 0.0) {
+        return Err(format!("`{}` is {}; a normalisation epsilon must be a finite number greater than 0", keys.norm_eps, c.norm_eps));
+    }
+    if c.arch == Arch::Llama && !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
+        return Err(format!("`{}` is {}; a RoPE base must be a finite number greater than 0", keys.rope_theta, c.rope_theta));
     }
     Ok(())
 }

@@ -120,10 +120,15 @@ impl Model {
                 let file = self.dir().join(&ext.location);
                 let io = |source| EditError::Io { path: file.clone(), source };
                 let mut f = File::open(&file).map_err(io)?;
-                let length = match ext.length {
-                    Some(n) => n,
-                    None => f.metadata().map_err(io)?.len().saturating_sub(ext.offset),
-                };
+                let size = f.metadata().map_err(io)?.len();
+                let length = ext.length.unwrap_or(size.saturating_sub(ext.offset));
+                // Checked before the buffer is allocated: a corrupt length must not size it.
+                if ext.offset.checked_add(length).is_none_or(|end| end > size) {
+                    return Err(self.tensor_error(
+                        t,
+                        format!("external data [{}, +{length}) lies beyond the end of `{}` ({size} bytes)", ext.offset, ext.location),
+                    ));
+                }
                 f.seek(SeekFrom::Start(ext.offset)).map_err(io)?;
                 let mut buf = vec![0u8; length as usize];
                 f.read_exact(&mut buf).map_err(io)?;
@@ -172,9 +177,10 @@ impl Model {
     }
 }
 
-/// Elements of a tensor: the product of its dims (1 for a scalar).
+/// Elements of a tensor: the product of its dims (1 for a scalar); `usize::MAX` when the
+/// product overflows, which no tensor's data can match.
 pub fn element_count(t: &TensorProto) -> usize {
-    t.dims.iter().map(|&d| d.max(0) as usize).product()
+    t.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d.max(0) as usize)).unwrap_or(usize::MAX)
 }
 
 /// Bytes per element of the data types tr118 writes.

@@ -95,8 +95,9 @@ fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Parses and checks an entry fetched for `key`, before any of its blobs is fetched: for
-/// anyone who wants to run the same checks on bytes of their own (the fuzzing harness).
+/// Whether `body` is an entry that [`Remote::fetch`] would accept for `key`, before
+/// fetching any blob: the checks of a fetch, without a server (the fuzz target
+/// `remote_entry` drives them).
 pub fn parse_entry(body: &[u8], key: &Digest) -> Result<(), String> {
     check(body, key).map(|_| ())
 }
