@@ -68,8 +68,10 @@ impl StageKind for Perplexity {
         "perplexity"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        let mut sets = vec!["stage", "perplexity", "tokenizer"];
+        sets.extend(super::backend_sets(node));
+        sets
     }
 
     fn fields(&self) -> &'static [&'static str] {

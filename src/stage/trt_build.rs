@@ -207,8 +207,8 @@ impl StageKind for TrtBuild {
         "trt_build"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "trt_build"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {
