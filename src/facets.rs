@@ -104,7 +104,8 @@ fn torch() -> String {
     let python = crate::backend::torch::python();
     match std::process::Command::new(&python).args(["-c", PROBE]).stderr(std::process::Stdio::null()).output() {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        _ => format!("<no python: {python}>"),
+        // A key holds this: a virtual environment inside the workspace is named relative to it.
+        _ => format!("<no python: {}>", crate::paths::relative_text(&python)),
     }
 }
 
