@@ -1,6 +1,6 @@
-//! Keys and results do not depend on where a checkout lives: the reduced study of
-//! `tests/study.rs` (a tiny random Llama, two CPU backends and a degraded CUDA one), with
-//! logit diffs added, built in several directories, and a second checkout built from a remote
+//! Keys and results do not depend on where a checkout lives: the reduced study
+//! (`support::study`: a tiny random Llama, two CPU backends and a degraded CUDA one) built in
+//! several directories, and a second checkout built from a remote
 //! cache the first filled.
 //!
 //! | rule                                                                  | checked against                                   |
@@ -16,118 +16,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use serde_json::Value;
 use support::nginx::Nginx;
-use support::reference::{Rng, random_weights_scaled, tiny_llama};
+use support::study::workspace as checkout;
 use support::workspace::{Make, Workspace};
-use tr118::model::RopeLayout;
-use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
-
-const BACKENDS: &str = r#"
-[[backends]]
-name = "cpu"
-threads = 1
-model = "out/export"
-
-[[backends]]
-name = "cpu-int8"
-precision = "int8"
-threads = 1
-model = "out/quantize"
-
-[[backends]]
-name = "gpu"
-provider = "cuda"
-model = "out/export"
-"#;
-
-fn study(lib: &str) -> String {
-    let common = format!("tokenizer = \"tokenizer.json\", corpus = \"corpus.txt\", runtime = \"{lib}\"");
-    format!(
-        r#"{BACKENDS}
-[stages.export]
-kind = "export"
-deps = {{ checkpoint = "model.gguf" }}
-tokenizer = false
-
-[stages.quantize]
-kind = "quantize"
-deps = {{ model = "out/export/prefill", decoder = "out/export/decoder", runtime = "{lib}" }}
-scheme = "dynamic"
-
-[stages.perplexity]
-kind = "perplexity"
-matrix = ["backend"]
-deps = {{ model = "{{matrix.backend.model}}/prefill", {common} }}
-context = 16
-
-[stages.accuracy]
-kind = "gate"
-deps = {{ results = "out/perplexity/*/perplexity.json" }}
-reference = "cpu"
-
-[stages.logits]
-kind = "logit_diff"
-matrix = ["backend"]
-deps = {{ model = "{{matrix.backend.prefill}}", reference_model = "out/export/prefill", tokenizer = "tokenizer.json", runtime = "{lib}" }}
-prompts = ["t1 t2 t3", "t4 t5"]
-
-[stages.sweep]
-kind = "sweep"
-matrix = {{ backend = "backend", mode = ["prefill", "generate"] }}
-mode = "{{matrix.mode}}"
-deps = {{ prefill = "{{matrix.backend.model}}/prefill", decoder = "{{matrix.backend.model}}/decoder", {common} }}
-scenarios = [{{ name = "short", prompt_tokens = 4, new_tokens = 3 }}, {{ name = "batch", batch = 2, prompt_tokens = 6, new_tokens = 2 }}]
-warmup = 1
-reps = 3
-
-[stages.stats]
-kind = "stats"
-deps = {{ runs = "out/sweep/*/*/runs.jsonl" }}
-baseline = "cpu"
-
-[stages.report]
-kind = "report"
-title = "A reduced study"
-deps = {{ stats = "out/stats/stats.json", runs = "out/sweep/*/*/runs.jsonl", sweeps = "out/sweep/*/*/sweep.json", perplexity = "out/perplexity/*/perplexity.json", gate = "out/accuracy/gate.json", logits = "out/logits/*/logit_diff.json", export = "out/export/export.json", quantize = "out/quantize/quantize.json" }}
-"#
-    )
-}
-
-/// A checkout of the study in a new temp dir: the same bytes wherever it is.
-fn checkout(prefix: &str) -> Workspace {
-    let ws = Workspace::new(prefix);
-    let cfg = tiny_llama(RopeLayout::Interleaved);
-    let w = random_weights_scaled(&cfg, 3, 0.5);
-    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: w[&name].1.clone(), name, shape }).collect();
-    write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
-    ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
-    let mut rng = Rng::new(9);
-    let words: Vec<String> = (0..80).map(|_| format!("t{}", rng.next_u64() % cfg.vocab_size as u64)).collect();
-    ws.write("corpus.txt", words.join(" "));
-    let lib = support::ort_library();
-    ws.write("lib/libonnxruntime.so", fs::read(lib).unwrap_or_else(|e| panic!("read {}: {e}", lib.display())));
-    ws.write("tr118.toml", study("lib/libonnxruntime.so"));
-    ws
-}
-
-/// `tr118 make --json ARGS…`, records parsed.
-fn make(ws: &Workspace, args: &[&str]) -> Make {
-    let mut all = vec!["make", "--json"];
-    all.extend_from_slice(args);
-    let run = ws.tr(&all);
-    let records = run
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}\n{run}"));
-            (v["id"].as_str().unwrap().to_string(), v)
-        })
-        .collect();
-    Make { run, records }
-}
 
 /// Node id → key.
 fn keys(m: &Make) -> BTreeMap<String, String> {
@@ -176,7 +67,7 @@ fn copy_tree(from: &Path, to: &Path) {
 #[test]
 fn two_checkouts_of_a_study_give_every_node_the_same_key_and_no_artifact_names_either() {
     let a = checkout("tr118-checkout-a-");
-    let first = make(&a, &[]);
+    let first = a.make_with(&[]);
     first.run.code(0);
     assert_eq!(first.status("report"), "ok", "{}", first.run);
     assert_eq!(first.status("perplexity/gpu"), "degraded", "the study has a degraded backend\n{}", first.run);
@@ -187,7 +78,7 @@ fn two_checkouts_of_a_study_give_every_node_the_same_key_and_no_artifact_names_e
     // same key, so nothing runs, the degraded nodes included.
     let b = checkout("tr118-checkout-b-");
     copy_tree(&a.path("cache"), &b.path("cache"));
-    let second = make(&b, &[]);
+    let second = b.make_with(&[]);
     second.run.code(0);
     assert_eq!(keys(&second), keys(&first), "keys differ between the two checkouts");
     assert_eq!(second.ran(), Vec::<String>::new(), "{}", second.run);
@@ -196,7 +87,7 @@ fn two_checkouts_of_a_study_give_every_node_the_same_key_and_no_artifact_names_e
     // Built from nothing in a third place: the same keys wherever the inputs are the same
     // bytes. Only the nodes that hash the sweeps' measured latencies differ.
     let c = checkout("tr118-checkout-c-");
-    let third = make(&c, &[]);
+    let third = c.make_with(&[]);
     third.run.code(0);
     let named = naming_the_root(&c);
     assert!(named.is_empty(), "outputs and manifests name the workspace `{}`:\n{}", c.root().display(), named.join("\n"));
@@ -210,13 +101,13 @@ fn a_second_checkout_pulling_from_the_remote_cache_reruns_only_the_degraded_node
     let server = Nginx::start();
     let url = server.url();
     let a = checkout("tr118-checkout-remote-a-");
-    let first = make(&a, &["--remote-cache", &url]);
+    let first = a.make_with(&["--remote-cache", &url]);
     first.run.code(0);
     let degraded = first.ids(|r| r["status"] == "degraded");
     assert!(!degraded.is_empty() && degraded.iter().all(|id| id.contains("/gpu")), "only the CUDA backend's nodes are degraded: {degraded:?}\n{}", first.run);
 
     let b = checkout("tr118-checkout-remote-b-");
-    let second = make(&b, &["--remote-cache", &url]);
+    let second = b.make_with(&["--remote-cache", &url]);
     second.run.code(0);
     // Degraded results are never shared (a fact about the machine that made them), so those
     // nodes run again; the same inputs give the same degraded outputs byte for byte, and

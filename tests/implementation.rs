@@ -96,11 +96,6 @@ runtime = "torch"
 provider = "cpu"
 model = "out/export"
 
-[stages.logits]
-kind = "logit_diff"
-matrix = ["backend"]
-deps = { model = "{matrix.backend.prefill}", reference_model = "out/export/prefill", tokenizer = "tokenizer.json", runtime = "lib/libonnxruntime.so" }
-
 [stages.calibrate]
 kind = "calibrate"
 deps = { model = "out/export/prefill", tokenizer = "tokenizer.json", corpus = "corpus.txt", runtime = "lib/libonnxruntime.so" }

@@ -1,7 +1,7 @@
 //! The reduced study: the default study's shape on a tiny random Llama that runs in
 //! milliseconds — two CPU backends (one with its own INT8 model) and a degraded CUDA one,
-//! through export, quantize, perplexity, the gate, prefill and KV-cached sweeps, statistics
-//! and the report. [`workspace_with`] adds backends and stages for tests that need more kinds.
+//! through export, quantize, perplexity, the gate, logit diffs, prefill and KV-cached sweeps,
+//! statistics and the report. [`workspace_with`] adds backends and stages for tests that need more kinds.
 
 use std::fs;
 
@@ -56,6 +56,12 @@ kind = "gate"
 deps = {{ results = "out/perplexity/*/perplexity.json" }}
 reference = "cpu"
 
+[stages.logits]
+kind = "logit_diff"
+matrix = ["backend"]
+deps = {{ model = "{{matrix.backend.prefill}}", reference_model = "out/export/prefill", tokenizer = "tokenizer.json", runtime = "{lib}" }}
+prompts = ["t1 t2 t3", "t4 t5"]
+
 [stages.sweep]
 kind = "sweep"
 matrix = {{ backend = "backend", mode = ["prefill", "generate"] }}
@@ -73,7 +79,7 @@ baseline = "cpu"
 [stages.report]
 kind = "report"
 title = "A reduced study"
-deps = {{ stats = "out/stats/stats.json", runs = "out/sweep/*/*/runs.jsonl", sweeps = "out/sweep/*/*/sweep.json", perplexity = "out/perplexity/*/perplexity.json", gate = "out/accuracy/gate.json", export = "out/export/export.json", quantize = "out/quantize/quantize.json" }}
+deps = {{ stats = "out/stats/stats.json", runs = "out/sweep/*/*/runs.jsonl", sweeps = "out/sweep/*/*/sweep.json", perplexity = "out/perplexity/*/perplexity.json", gate = "out/accuracy/gate.json", logits = "out/logits/*/logit_diff.json", export = "out/export/export.json", quantize = "out/quantize/quantize.json" }}
 {extra}
 "#
     )
