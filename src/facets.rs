@@ -10,14 +10,15 @@
 //! | `os`        | operating system and kernel release                |
 //! | `arch`      | instruction set architecture                       |
 //! | `host`      | host name                                          |
-//! | `ort`       | ONNX Runtime at `ORT_DYLIB_PATH`: version and blake3 of the library, or `<none>` |
+//! | `ort`       | ONNX Runtime at `ORT_DYLIB_PATH`: version and blake3 of the library, then each provider library beside it (`libonnxruntime_providers_*`) by name and blake3, `1.31.1 5f0c…; libonnxruntime_providers_cuda.so 8a1d…; libonnxruntime_providers_shared.so 03b2…`; or `<none>` |
 //! | `gpu`       | the GPU models NVML sees (distinct names, sorted) and the driver, `NVIDIA H200; driver 550.54.15`, or `<none>` |
 //! | `trtexec`   | TensorRT's `trtexec` as `TRTEXEC` / `PATH` find it: blake3 of the binary, or `<none>` |
 //! | `torch`     | the torch worker's Python (`TR118_PYTHON`, else `python3`): its version and those of torch and transformers, `python 3.12.3; torch 2.11.0+cu130; transformers 5.17.0`; a package that is missing reads `<none>` |
 //! | `env:NAME`  | the variable's value, or `<unset>`                 |
 //!
 //! A study that fetches ONNX Runtime as an asset gets the library's digest into its keys as
-//! an input; `ort` covers a library the user points at instead.
+//! an input; `ort` covers a library the user points at instead. Provider libraries are named
+//! by file name, never by path: the directory is wherever the machine keeps ONNX Runtime.
 //!
 //! `gpu` names models, not how many there are or at which index: NVML's indices are not
 //! CUDA's (`CUDA_VISIBLE_DEVICES` renumbers one and not the other), and a node built on a
@@ -80,7 +81,13 @@ fn read(name: &str) -> String {
         }
         "arch" => std::env::consts::ARCH.to_string(),
         "ort" => match crate::runtime::probe(None) {
-            Ok(info) => format!("{} {}", info.version, info.digest.short()),
+            Ok(info) => {
+                let mut v = format!("{} {}", info.version, info.digest.short());
+                for (name, digest) in crate::runtime::provider_libraries(&info.path) {
+                    v.push_str(&format!("; {name} {}", digest.map_or_else(|| "<unreadable>".to_string(), |d| d.short())));
+                }
+                v
+            }
             // The reason is for people (`tr118 make` says it); the key only needs to know.
             Err(_) => "<none>".to_string(),
         },
@@ -104,7 +111,8 @@ fn torch() -> String {
     let python = crate::backend::torch::python();
     match std::process::Command::new(&python).args(["-c", PROBE]).stderr(std::process::Stdio::null()).output() {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        _ => format!("<no python: {python}>"),
+        // A key holds this: a virtual environment inside the workspace is named relative to it.
+        _ => format!("<no python: {}>", crate::paths::relative_text(&python)),
     }
 }
 

@@ -1,13 +1,15 @@
 //! The cache key of a node, and why it moved.
 //!
 //! A node's key is the blake3 digest of the canonical JSON serialisation of one
-//! [`StageKey`] (objects with sorted keys, no whitespace, a fixed domain prefix). Two runs
-//! with equal keys are interchangeable; that is the whole contract of the cache.
+//! [`StageKey`] ([`StageKey::canonical`]: every object's keys sorted, whatever serde_json's
+//! features say, no whitespace, after a fixed domain prefix). Two runs with equal keys are
+//! interchangeable; that is the whole contract of the cache. The tests pin the encoding of
+//! a fixed key to its bytes and digest: a change to it must be a new domain prefix.
 //!
 //! | field           | what                                                  | why it is in the key                              |
 //! |-----------------|-------------------------------------------------------|---------------------------------------------------|
 //! | `kind`          | stage kind name (`cmd`, …)                            | different kinds do different work                 |
-//! | `kind_version`  | the kind's implementation version                     | a fixed or changed implementation reruns its nodes|
+//! | `implementation`| implementation set → version, for each set of source files the node's results depend on (see [`crate::implementation`]) | a fixed or changed implementation reruns exactly its nodes |
 //! | `stage_version` | the stage's `version` field                           | a user's explicit "rerun this" without edits      |
 //! | `matrix`        | axis → full value at this node                        | the point of the matrix the node measures         |
 //! | `params`        | resolved stage params + global params it refers to    | parameters change results                         |
@@ -32,12 +34,12 @@ use crate::digest::Digest;
 
 /// Bumped when the layout of [`StageKey`] changes, so old entries can never be mistaken
 /// for new ones.
-const KEY_DOMAIN: &[u8] = b"tr118-stage-key-v1\0";
+const KEY_DOMAIN: &[u8] = b"tr118-stage-key-v2\0";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageKey {
     pub kind: String,
-    pub kind_version: u32,
+    pub implementation: BTreeMap<String, u32>,
     pub stage_version: u32,
     pub matrix: BTreeMap<String, Value>,
     pub params: BTreeMap<String, Value>,
@@ -53,10 +55,16 @@ impl StageKey {
     pub fn digest(&self) -> Digest {
         let mut h = blake3::Hasher::new();
         h.update(KEY_DOMAIN);
-        // serde_json writes struct fields in declaration order and maps sorted (BTreeMap,
-        // and serde_json's own Map without `preserve_order`): canonical by construction.
-        h.update(&serde_json::to_vec(self).expect("a key always serialises"));
+        h.update(&self.canonical());
         Digest(*h.finalize().as_bytes())
+    }
+
+    /// The canonical JSON of the key: fields and object keys sorted at every level, so the
+    /// bytes do not depend on declaration order or on serde_json's `preserve_order`.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        write_canonical(&serde_json::to_value(self).expect("a key always serialises"), &mut out);
+        out
     }
 
     /// Every field that differs from `old`, as reasons with both values.
@@ -65,8 +73,11 @@ impl StageKey {
         if self.kind != old.kind {
             r.push(StaleReason::KindChanged { old: old.kind.clone(), new: self.kind.clone() });
         }
-        if self.kind_version != old.kind_version {
-            r.push(StaleReason::KindVersionChanged { kind: self.kind.clone(), old: old.kind_version, new: self.kind_version });
+        for set in old.implementation.keys().chain(self.implementation.keys()).collect::<std::collections::BTreeSet<_>>() {
+            let (o, n) = (old.implementation.get(set).copied(), self.implementation.get(set).copied());
+            if o != n {
+                r.push(StaleReason::ImplementationChanged { set: set.clone(), old: o, new: n });
+            }
         }
         if self.stage_version != old.stage_version {
             r.push(StaleReason::StageVersionChanged { old: old.stage_version, new: self.stage_version });
@@ -149,7 +160,9 @@ pub enum StaleReason {
     /// An upstream node reruns, so this node's inputs are not known yet.
     Upstream { node: String },
     KindChanged { old: String, new: String },
-    KindVersionChanged { kind: String, old: u32, new: u32 },
+    /// The version of an implementation set the node depends on moved (or the node now
+    /// depends on another set).
+    ImplementationChanged { set: String, old: Option<u32>, new: Option<u32> },
     StageVersionChanged { old: u32, new: u32 },
     MatrixChanged { axis: String, old: Option<Value>, new: Option<Value> },
     ParamChanged { name: String, old: Option<Value>, new: Option<Value> },
@@ -164,6 +177,37 @@ impl StaleReason {
     /// A cascade is caused by another node; everything else is a root cause.
     pub fn is_cascade(&self) -> bool {
         matches!(self, StaleReason::Upstream { .. })
+    }
+}
+
+/// Writes `v` as JSON with every object's keys sorted.
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (n, k) in keys.into_iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k).expect("a string always serialises");
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("a scalar always serialises"),
     }
 }
 
@@ -190,7 +234,11 @@ impl fmt::Display for StaleReason {
             EntryInvalid { why } => write!(f, "its cache entry cannot be used: {why}"),
             Upstream { node } => write!(f, "upstream `{node}` reruns"),
             KindChanged { old, new } => write!(f, "stage kind changed {old} → {new}"),
-            KindVersionChanged { kind, old, new } => write!(f, "implementation of kind `{kind}` changed (version {old} → {new})"),
+            ImplementationChanged { set, old, new } => {
+                let v = |x: &Option<u32>| x.map_or("(absent)".to_string(), |v| v.to_string());
+                let files = crate::implementation::SETS.iter().find(|s| s.name == set).map_or(String::new(), |s| format!(": {}", s.files.join(", ")));
+                write!(f, "implementation of `{set}` changed (version {} → {}{files})", v(old), v(new))
+            }
             StageVersionChanged { old, new } => write!(f, "stage version changed {old} → {new}"),
             MatrixChanged { axis, old, new } => write!(f, "matrix `{axis}` changed {} → {}", show(old), show(new)),
             ParamChanged { name, old: None, new } => write!(f, "param `{name}` added ({})", show(new)),
@@ -220,7 +268,7 @@ mod tests {
     fn key() -> StageKey {
         StageKey {
             kind: "cmd".into(),
-            kind_version: 1,
+            implementation: BTreeMap::from([("cmd".into(), 1), ("stage".into(), 1)]),
             stage_version: 0,
             matrix: BTreeMap::from([("backend".into(), json!("cpu"))]),
             params: BTreeMap::from([("precision".into(), json!("fp16"))]),
@@ -230,6 +278,41 @@ mod tests {
             device: "cpu".into(),
             facets: BTreeMap::new(),
         }
+    }
+
+    /// The encoding of a fixed key, byte for byte, and its digest. Changing either means
+    /// every cache entry anywhere is for a different key: that needs a new `KEY_DOMAIN`.
+    #[test]
+    fn canonical_encoding_of_a_fixed_key_is_pinned() {
+        let mut k = key();
+        k.config = json!({"zeta": 1, "alpha": {"b": [2, {"y": null, "x": "é"}], "a": 1.5}});
+        k.inputs.insert("src/in.txt".into(), Digest::of_bytes(b"in"));
+        k.facets.insert("cpu".into(), "AMD EPYC".into());
+        let text = String::from_utf8(k.canonical()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"config":{"alpha":{"a":1.5,"b":[2,{"x":"é","y":null}]},"zeta":1},"device":"cpu","facets":{"cpu":"AMD EPYC"},"implementation":{"cmd":1,"stage":1},"inputs":{"src/in.txt":"626e44fe9ac32fd65c92a919689b6fc6488abd2cc07a85d54f775ac1c2b10890"},"kind":"cmd","matrix":{"backend":"cpu"},"outs":["a.txt"],"params":{"precision":"fp16"},"stage_version":0}"#
+        );
+        // blake3 over the domain prefix and the text above, computed with the Python `blake3` package.
+        assert_eq!(k.digest().to_hex(), "dc50b52e9550256fbe79a1eb893eaffe25bdf71ee08f44bbdaeee04cef20ae6e");
+    }
+
+    /// serde_json's `preserve_order` (turned on by any crate in the build that asks for it)
+    /// makes `Map` keep insertion order. Keys sort explicitly and do not care, but manifests
+    /// and artifacts written with `serde_json` would stop being byte-stable: fail loudly.
+    #[test]
+    fn serde_json_preserve_order_is_off() {
+        let v: Value = serde_json::from_str(r#"{"b": 1, "a": 2}"#).unwrap();
+        assert_eq!(v.to_string(), r#"{"a":2,"b":1}"#, "serde_json's `preserve_order` feature is on somewhere in the build");
+    }
+
+    #[test]
+    fn a_changed_implementation_names_the_set_and_its_files() {
+        let mut k = key();
+        k.implementation.insert("cmd".into(), 2);
+        let reasons = k.compare(&key());
+        assert_eq!(reasons.len(), 1);
+        assert_eq!(reasons[0].to_string(), "implementation of `cmd` changed (version 1 → 2: src/stage/cmd.rs)");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! | [`graph`]   | the sealed DAG of nodes, target selection, cycle errors, dot/mermaid output  |
 //! | [`digest`]  | blake3 digests of files and directories                                      |
 //! | [`key`]     | [`key::StageKey`]: everything a node's cache key is made of, and why it moved|
+//! | [`implementation`] | which source files make which results; their versions, checked against `implementation.lock` |
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
+//! | [`paths`]   | paths as results name them: relative to the workspace, never where it lives  |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
 //! | [`remote`]  | the shared cache over HTTP: read-through, write-back, push and pull, verified |
 //! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build`, `report` |
@@ -35,10 +37,12 @@ pub mod engine;
 pub mod export;
 pub mod facets;
 pub mod graph;
+pub mod implementation;
 pub mod key;
 pub mod measure;
 pub mod model;
 pub mod onnx;
+pub mod paths;
 pub mod pipeline;
 pub mod quant;
 pub mod remote;

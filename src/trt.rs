@@ -83,11 +83,13 @@ pub const TRTEXEC_ENV: &str = "TRTEXEC";
 pub const MAX_LISTED_LAYERS: usize = 50;
 
 /// Why `trtexec` cannot be run.
+/// A degraded node's reason, in its `build.json` and in the report: directories and paths
+/// inside the workspace (a virtual environment's `bin/` on `PATH`) are named relative to it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotFound {
     #[error("`{program}`{from_env} not found on PATH (TensorRT is not installed); looked in: {}", searched_list(.searched))]
     NotOnPath { program: String, from_env: FromEnv, searched: Vec<PathBuf> },
-    #[error("`TRTEXEC` names `{value}`, which is not an executable file; set it to the absolute path of `trtexec` or unset it")]
+    #[error("`TRTEXEC` names `{}`, which is not an executable file; set it to the absolute path of `trtexec` or unset it", crate::paths::shown(std::path::Path::new(.value)))]
     BadEnv { value: String },
 }
 
@@ -105,7 +107,7 @@ fn searched_list(dirs: &[PathBuf]) -> String {
     if dirs.is_empty() {
         return "nothing (PATH is empty)".into();
     }
-    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    dirs.iter().map(|d| crate::paths::shown(d)).collect::<Vec<_>>().join(", ")
 }
 
 fn is_executable_file(p: &Path) -> bool {

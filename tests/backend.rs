@@ -1,5 +1,12 @@
 //! The `Backend` trait over ONNX Runtime: a decoder model serves prefill and decode steps,
-//! and the probe records which provider ran its nodes.
+//! and the probe records which provider ran its nodes; backends as a pipeline declares them.
+//!
+//! | rule                                                                   | checked against                          |
+//! |------------------------------------------------------------------------|------------------------------------------|
+//! | decode steps reproduce the prefill; the provider that ran is recorded   | the backend's own prefill, the probe     |
+//! | a prefill model refuses decode steps; a missing provider is unavailable | the errors                               |
+//! | backend fields are checked where they are written                      | diagnostics with line and column         |
+//! | a `tensorrt` backend's calibration table is an input of exactly its nodes | which nodes rerun after an edit, `why` |
 
 mod support;
 
@@ -72,4 +79,55 @@ fn backend_declarations_are_checked_where_they_are_written() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tr118.toml:3:1: backend `a`: unknown backend field `provder`; did you mean `provider`?"), "{stderr}");
     assert!(stderr.contains("tr118.toml:7:1: backend `b`: unknown execution provider `rocm`"), "{stderr}");
+}
+
+/// Backends of which one reads a calibration table (`trt-int8`), one that names it without
+/// reading it (a CPU backend: only TensorRT reads the table) and one without; a stage per
+/// backend that only echoes the backend's name.
+const CALIBRATED: &str = r#"
+[[backends]]
+name = "cpu"
+trt_int8_calibration_table = "calibration.cache"
+
+[[backends]]
+name = "trt-fp16"
+provider = "tensorrt"
+trt_fp16 = true
+
+[[backends]]
+name = "trt-int8"
+provider = "tensorrt"
+precision = "int8"
+trt_int8_calibration_table = "calibration.cache"
+
+[stages.a]
+matrix = ["backend"]
+cmd = ["sh", "-c", "echo $0 > $1", "{matrix.backend}", "{outs.o}"]
+outs = { o = "o.txt" }
+
+[stages.b]
+matrix = { backend = "backend", mode = ["prefill", "generate"] }
+cmd = ["sh", "-c", "echo $0 $1 > $2", "{matrix.backend}", "{matrix.mode}", "{outs.o}"]
+outs = { o = "o.txt" }
+"#;
+
+#[test]
+fn editing_a_tensorrt_calibration_table_reruns_exactly_the_nodes_of_the_backends_that_read_it() {
+    let ws = support::workspace::Workspace::new("tr118-backend-table-");
+    ws.write("tr118.toml", CALIBRATED);
+    ws.write("calibration.cache", "TRT-8601-EntropyCalibration2\ninput_ids: 3c010a14\n");
+    let first = ws.make_ok();
+    assert_eq!(first.ran().len(), 9, "{}", first.run);
+
+    ws.write("calibration.cache", "TRT-8601-EntropyCalibration2\ninput_ids: 3c010a15\n");
+    ws.tr(&["why", "a/trt-int8"]).code(0).stdout_has("input `calibration.cache` changed");
+    let after = ws.make_ok();
+    assert_eq!(after.ran(), ["a/trt-int8", "b/trt-int8/generate", "b/trt-int8/prefill"], "{}", after.run);
+}
+
+#[test]
+fn a_calibration_table_outside_the_workspace_is_refused_where_it_is_written() {
+    let ws = support::workspace::Workspace::new("tr118-backend-table-abs-");
+    ws.write("tr118.toml", CALIBRATED.replacen("trt_int8_calibration_table = \"calibration.cache\"\n\n[stages", "trt_int8_calibration_table = \"/etc/calibration.cache\"\n\n[stages", 1));
+    ws.tr(&["make"]).diag(15, "backend `trt-int8`: `trt_int8_calibration_table` `/etc/calibration.cache` is an absolute path");
 }

@@ -61,21 +61,6 @@ fn built(prefix: &str) -> Workspace {
     ws
 }
 
-fn make(ws: &Workspace, args: &[&str]) -> Make {
-    let mut all = vec!["make", "--json"];
-    all.extend_from_slice(args);
-    let run = ws.tr(&all);
-    let records = run
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}\n{run}"));
-            (v["id"].as_str().unwrap().to_string(), v)
-        })
-        .collect();
-    Make { run, records }
-}
 
 fn object_path(ws: &Workspace, d: &Digest) -> PathBuf {
     let hex = d.to_hex();
@@ -132,7 +117,7 @@ fn remote_output_path_outside_the_node_is_refused() {
     serve(&server, &m, &[(bytes, None)]);
 
     let ws = study("tr118-hostile-dst-");
-    let run = make(&ws, &["--remote-cache", server.url(), "--remote-read-only"]);
+    let run = ws.make_with(&["--remote-cache", server.url(), "--remote-read-only"]);
     run.run.code(0);
     assert!(warning_for(&run, "a").contains("`..` component"), "{}", run.run);
     assert!(!ws.path("escaped.txt").exists(), "the entry chose where to write");
@@ -159,7 +144,7 @@ fn remote_listing_outside_its_directory_is_refused() {
         serve(&server, &m, &[(listing, None), (payload.clone(), None)]);
 
         let ws = study("tr118-hostile-dst-");
-        let run = make(&ws, &["--remote-cache", server.url(), "--remote-read-only"]);
+        let run = ws.make_with(&["--remote-cache", server.url(), "--remote-read-only"]);
         run.run.code(0);
         let w = warning_for(&run, "b");
         assert!(w.contains("listing") && (w.contains("`..`") || w.contains("absolute")), "{w}");
@@ -179,7 +164,7 @@ fn remote_blob_larger_than_the_policy_is_never_downloaded() {
     serve(&server, &m, &[(b"alpha\n".to_vec(), Some(1 << 40))]);
 
     let ws = study("tr118-hostile-dst-");
-    let run = make(&ws, &["--remote-cache", server.url(), "--remote-read-only"]);
+    let run = ws.make_with(&["--remote-cache", server.url(), "--remote-read-only"]);
     run.run.code(0);
     let w = warning_for(&run, "a");
     assert!(w.contains("1099511627776 bytes"), "{w}");
@@ -189,7 +174,7 @@ fn remote_blob_larger_than_the_policy_is_never_downloaded() {
     let mut m = manifest(&source, "a");
     m = m.sealed();
     serve(&server, &m, &[(ws.read("out/a/a.txt"), None)]);
-    let run = make(&small, &["--remote-cache", server.url(), "--remote-read-only"]);
+    let run = small.make_with(&["--remote-cache", server.url(), "--remote-read-only"]);
     assert!(warning_for(&run, "a").contains("more than `TR118_REMOTE_CACHE_MAX_BLOB` allows (3 bytes)"), "{}", run.run);
 }
 
@@ -203,7 +188,7 @@ fn slow_server_is_not_retried() {
 
     let ws = study("tr118-hostile-dst-").env("TR118_REMOTE_CACHE_TIMEOUT", "1.5");
     let t0 = Instant::now();
-    let run = make(&ws, &["--remote-cache", server.url(), "--remote-read-only"]);
+    let run = ws.make_with(&["--remote-cache", server.url(), "--remote-read-only"]);
     run.run.code(0);
     run.run.stderr_has("timed out");
     let asked = server.requests().iter().filter(|r| r.starts_with("GET /cache/ac/")).count();
@@ -292,7 +277,7 @@ outs = { text = "same.txt" }
     overwrite_object(&ws, &d, b"damaged\n");
     fs::remove_dir_all(ws.path("out")).unwrap();
     for jobs in ["1", "4"] {
-        let run = make(&ws, &["-j", jobs]);
+        let run = ws.make_with(&["-j", jobs]);
         run.run.code(0);
         for n in 1..=8 {
             assert_eq!(ws.read(&format!("out/same/{n}/same.txt")), b"same\n", "-j {jobs}");
@@ -331,7 +316,7 @@ outs = { o = "c.txt" }
 "#,
     );
     let t0 = Instant::now();
-    let run = make(&ws, &["--keep-going"]);
+    let run = ws.make_with(&["--keep-going"]);
     assert!(t0.elapsed() < Duration::from_secs(20));
     run.run.code(1).stderr_has("`b` failed: tr118 panicked at ").stderr_has("TR118_TEST_PANIC");
     assert_eq!(run.status("a"), "ok");
@@ -356,7 +341,7 @@ outs = {{ o = "o.txt" }}
 "#,
         outside.path().join("secret.txt").display()
     ));
-    let run = make(&ws, &["--keep-going"]);
+    let run = ws.make_with(&["--keep-going"]);
     run.run.code(1).stderr_has("outside the workspace");
     assert_eq!(run.status("far"), "failed");
     assert_eq!(run.status("near"), "ok");
@@ -377,7 +362,7 @@ cmd = ["sh", "-c", "mkdir -p $0 && ln -s /etc/hostname $0/host.txt", "{outs.d}"]
 outs = { d = "d/" }
 "#,
     );
-    let run = make(&ws, &["--keep-going"]);
+    let run = ws.make_with(&["--keep-going"]);
     run.run.code(1).stderr_has("`gone.txt` is a symbolic link to `nowhere.txt`, which does not exist").stderr_has("`host.txt` is a symbolic link to `/etc/hostname`, outside the workspace");
 }
 

@@ -7,6 +7,7 @@
 //! | a `cuda` backend on the CPU-only library                | degraded, with the provider named, null numbers; a cache hit stays degraded |
 //! | the gate                                                | same model passes, fp16 under a tight threshold fails, degraded is `pass = null`; `fail_on_gate` exits 1 |
 //! | editing one backend's `threads`                         | reruns that backend's node and the gate, nothing else |
+//! | a rerun that scores the same writes the same bytes (no timing in the result) | the file, the gate a cache hit |
 //!
 //! The tokenizer is a word-level `tokenizer.json` written here (`t0` … `t{V-1}` → id), so the
 //! test knows the corpus's token ids without trusting the stage's tokenisation.
@@ -228,7 +229,7 @@ fn an_unavailable_provider_is_degraded_with_its_reason_and_cached_as_such() {
     let got = ws.json("out/perplexity/gpu/perplexity.json");
     assert_eq!(got["status"], "degraded");
     assert!(got["reason"].as_str().unwrap().contains("cuda"), "{got}");
-    for field in ["ppl", "mean_nll", "tokens_scored", "windows", "elapsed_s", "tokens_per_s", "vocab_size"] {
+    for field in ["ppl", "mean_nll", "tokens_scored", "windows", "vocab_size"] {
         assert!(got[field].is_null(), "a degraded result has no `{field}`: {got}");
     }
 
@@ -320,6 +321,26 @@ fn editing_a_backend_reruns_only_its_perplexity_node_and_the_gate() {
     ws.write("tr118.toml", gate_pipeline(&lib, 1, false));
     let m = ws.make_ok();
     assert_eq!(m.misses(), ["gate", "perplexity/same"], "{}", m.run);
+}
+
+#[test]
+fn a_perplexity_that_reruns_and_scores_the_same_is_the_same_file_and_the_gate_a_hit() {
+    let (ws, lib) = workspace();
+    ws.write("tr118.toml", gate_pipeline(&lib, 2, false));
+    ws.make_ok();
+    let before = ws.read("out/perplexity/ref/perplexity.json");
+    let result: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    for field in ["elapsed_s", "tokens_per_s"] {
+        assert!(result.get(field).is_none(), "a timing is no part of a perplexity result (no machine facet in its key): {result}");
+    }
+
+    // Rerun every perplexity node (a stage version bump): the same inputs score the same.
+    let toml = gate_pipeline(&lib, 2, false).replace("[stages.perplexity]\n", "[stages.perplexity]\nversion = 1\n");
+    ws.write("tr118.toml", toml);
+    let m = ws.make_ok();
+    assert_eq!(m.ran(), ["perplexity/gpu", "perplexity/half", "perplexity/ref", "perplexity/same"], "{}", m.run);
+    assert_eq!(ws.read("out/perplexity/ref/perplexity.json"), before, "the rerun wrote other bytes");
+    assert_eq!(m.record("gate")["cache"], "hit", "the gate's inputs are the same bytes: early cutoff\n{}", m.run);
 }
 
 #[test]

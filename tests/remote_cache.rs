@@ -63,23 +63,6 @@ fn runs(ws: &Workspace) -> Vec<String> {
     v
 }
 
-/// `tr118 make --json ARGS…`, records parsed (the harness's `make` takes no arguments).
-fn make(ws: &Workspace, args: &[&str]) -> Make {
-    let mut all = vec!["make", "--json"];
-    all.extend_from_slice(args);
-    let run = ws.tr(&all);
-    let records = run
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}\n{run}"));
-            (v["id"].as_str().unwrap().to_string(), v)
-        })
-        .collect();
-    Make { run, records }
-}
 
 /// Every file under `out/`, with its bytes.
 fn outs(ws: &Workspace) -> Vec<(String, Vec<u8>)> {
@@ -165,7 +148,7 @@ fn make_reads_through_the_remote_cache_and_writes_back_what_it_ran() {
     let server = Nginx::start();
     let url = server.url();
     let a = checkout("tr118-remote-a-");
-    let m = make(&a, &["--remote-cache", &url]);
+    let m = a.make_with(&["--remote-cache", &url]);
     m.run
         .code(0)
         .stderr_has("; cache: 0 local hits, 0 remote hits, ");
@@ -190,7 +173,7 @@ fn make_reads_through_the_remote_cache_and_writes_back_what_it_ran() {
 
     // The second checkout names the remote in its pipeline, not on the command line.
     let b = checkout_with("tr118-remote-b-", &format!("[cache]\nremote = \"{url}\"\n"));
-    let m = make(&b, &[]);
+    let m = b.make_with(&[]);
     m.run
         .code(0)
         .stderr_has("; cache: 0 local hits, 3 remote hits, ")
@@ -205,7 +188,7 @@ fn make_reads_through_the_remote_cache_and_writes_back_what_it_ran() {
     assert_eq!(runs(&b), Vec::<String>::new());
     assert_eq!(outs(&b), outs(&a));
 
-    let again = make(&b, &[]);
+    let again = b.make_with(&[]);
     again
         .run
         .code(0)
@@ -217,14 +200,14 @@ fn flipped_byte_in_a_remote_blob_is_detected_rebuilt_and_healed() {
     let server = Nginx::start();
     let url = server.url();
     let a = checkout("tr118-remote-a-");
-    make(&a, &["--remote-cache", &url]).run.code(0);
+    a.make_with(&["--remote-cache", &url]).run.code(0);
     let blob = server.file_holding(b"ALPHA\n");
     let mut bytes = fs::read(server.root().join(&blob)).unwrap();
     bytes[0] ^= 1;
     fs::write(server.root().join(&blob), &bytes).unwrap();
 
     let b = checkout("tr118-remote-b-");
-    let m = make(&b, &["--remote-cache", &url]);
+    let m = b.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(
         m.ran(),
@@ -269,7 +252,7 @@ fn entry_stored_under_another_key_is_rejected() {
     let server = Nginx::start();
     let url = server.url();
     let a = checkout("tr118-remote-a-");
-    let m = make(&a, &["--remote-cache", &url]);
+    let m = a.make_with(&["--remote-cache", &url]);
     let (ka, kc) = (key(&m, "a"), key(&m, "c"));
     // A server that answers for `c` with `a`'s entry.
     fs::copy(
@@ -279,7 +262,7 @@ fn entry_stored_under_another_key_is_rejected() {
     .unwrap();
 
     let b = checkout("tr118-remote-b-");
-    let m = make(&b, &["--remote-cache", &url, "--remote-read-only"]);
+    let m = b.make_with(&["--remote-cache", &url, "--remote-read-only"]);
     m.run.code(0);
     assert_eq!(m.ran(), ["c"]);
     assert_eq!(remote_hits(&m), ["a", "b"]);
@@ -295,7 +278,7 @@ fn entry_whose_key_field_lies_is_rejected() {
     let server = Nginx::start();
     let url = server.url();
     let a = checkout("tr118-remote-a-");
-    let m = make(&a, &["--remote-cache", &url]);
+    let m = a.make_with(&["--remote-cache", &url]);
     let (ka, kc) = (key(&m, "a"), key(&m, "c"));
     // `a`'s entry, relabelled as `c`'s: the key field agrees with the name, the content does not.
     let mut entry: Value =
@@ -309,7 +292,7 @@ fn entry_whose_key_field_lies_is_rejected() {
     .unwrap();
 
     let b = checkout("tr118-remote-b-");
-    let m = make(&b, &["--remote-cache", &url, "--remote-read-only"]);
+    let m = b.make_with(&["--remote-cache", &url, "--remote-read-only"]);
     m.run.code(0);
     assert_eq!(m.ran(), ["c"]);
     m.run.stderr_has(&format!(
@@ -324,7 +307,7 @@ fn entry_whose_key_field_lies_is_rejected() {
 fn server_that_refuses_connections_does_not_fail_the_build() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let ws = checkout("tr118-remote-down-");
-    let m = make(&ws, &["--remote-cache", &url]);
+    let m = ws.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(m.ran(), ["a", "b", "c"]);
     let w = warnings(&m.run.stderr);
@@ -361,7 +344,7 @@ fn server_that_never_answers_is_given_up_on_once_after_the_timeout() {
     });
     let ws = checkout("tr118-remote-slow-").env("TR118_REMOTE_CACHE_TIMEOUT", "0.5");
     let t0 = Instant::now();
-    let m = make(&ws, &["--remote-cache", &url]);
+    let m = ws.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(m.ran(), ["a", "b", "c"]);
     let w = warnings(&m.run.stderr);
@@ -376,7 +359,7 @@ fn read_only_remote_is_never_written() {
     let server = Nginx::start();
     let url = server.url();
     let ws = checkout("tr118-remote-ro-");
-    let m = make(&ws, &["--remote-cache", &url, "--remote-read-only"]);
+    let m = ws.make_with(&["--remote-cache", &url, "--remote-read-only"]);
     m.run.code(0);
     assert_eq!(m.ran(), ["a", "b", "c"]);
     let requests = server.requests();
@@ -399,7 +382,7 @@ fn read_only_remote_is_never_written() {
         "tr118-remote-ro-",
         &format!("[cache]\nremote = \"{url}\"\nread_only = true\n"),
     );
-    make(&ro, &[]).run.code(0);
+    ro.make_with(&[]).run.code(0);
     assert_eq!(server.files(), Vec::<String>::new());
     ro.tr(&["cache", "push"])
         .code(2)
@@ -415,7 +398,7 @@ fn basic_credentials_from_the_environment_reach_the_server() {
     let server = Nginx::start_with(Access::Basic("ci", "s3cret"));
     let url = server.url();
     let anonymous = checkout("tr118-remote-auth-");
-    let m = make(&anonymous, &["--remote-cache", &url]);
+    let m = anonymous.make_with(&["--remote-cache", &url]);
     m.run
         .code(0)
         .stderr_has("HTTP 401; check the credentials in `TR118_REMOTE_CACHE_TOKEN`");
@@ -424,7 +407,7 @@ fn basic_credentials_from_the_environment_reach_the_server() {
     let ci = checkout("tr118-remote-auth-")
         .env("TR118_REMOTE_CACHE_USER", "ci")
         .env("TR118_REMOTE_CACHE_PASSWORD", "s3cret");
-    let m = make(&ci, &["--remote-cache", &url]);
+    let m = ci.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(warnings(&m.run.stderr), Vec::<&str>::new());
     assert_eq!(entries(&server).len(), 3);
@@ -499,7 +482,7 @@ deps = { x = "out/d/x.txt" }
 outs = { y = "y.txt" }
 "#,
     );
-    let m = make(&ws, &["--remote-cache", &url]);
+    let m = ws.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(m.status("d"), "degraded");
     assert_eq!(

@@ -426,6 +426,37 @@ fn an_accelerator_the_library_lacks_is_unavailable_not_cpu() {
 }
 
 #[test]
+fn a_provider_library_beside_the_runtime_is_in_the_ort_facet() {
+    // ONNX Runtime where a machine keeps it, outside the workspace, as `ORT_DYLIB_PATH` names it.
+    let system = tempdir();
+    let lib = system.path().join(PINNED_LIBRARY);
+    fs::copy(support::ort_library(), &lib).unwrap();
+    let ws = support::workspace::Workspace::new("tr118-ort-facet-").env(runtime::ORT_DYLIB_ENV, &lib);
+    ws.write("tr118.toml", "[stages.s]\ncmd = [\"sh\", \"-c\", \"echo ran > $0\", \"{outs.o}\"]\nouts = { o = \"o.txt\" }\nfacets = [\"ort\"]\n");
+    let first = ws.make_ok();
+    assert_eq!(first.ran(), ["s"], "{}", first.run);
+
+    // The shared provider library appears: the facet moves, by the file's name and digest.
+    let shared = system.path().join("libonnxruntime_providers_shared.so");
+    fs::write(&shared, b"provider, first build").unwrap();
+    let digest = |bytes: &[u8]| blake3::hash(bytes).to_hex()[..12].to_string();
+    let m = ws.make_ok();
+    assert_eq!(m.ran(), ["s"], "{}", m.run);
+    let reason = m.record("s")["reason"].as_str().unwrap().to_string();
+    let named = format!("; libonnxruntime_providers_shared.so {}", digest(b"provider, first build"));
+    assert!(reason.contains("environment facet `ort` changed") && reason.contains(&named), "{reason}");
+    assert!(!reason.contains(&system.path().display().to_string()), "the facet names no directory: {reason}");
+    assert_eq!(ws.make_ok().ran(), Vec::<String>::new());
+
+    // Its content changes: the facet moves again.
+    fs::write(&shared, b"provider, second build").unwrap();
+    let m = ws.make_ok();
+    assert_eq!(m.ran(), ["s"], "{}", m.run);
+    let reason = m.record("s")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(&format!("{named} → ")) && reason.contains(&digest(b"provider, second build")), "{reason}");
+}
+
+#[test]
 fn provider_names_parse_with_suggestions() {
     assert_eq!("tensorrt".parse::<Provider>(), Ok(Provider::TensorRt));
     let err = "cdua".parse::<Provider>().unwrap_err();

@@ -42,7 +42,9 @@
 //!
 //! The TensorRT fields mirror the `trt_build` stage's plans: the same calibration cache (in
 //! TensorRT's own format, so `trt_int8_use_native_calibration_table` is set), and the same
-//! profiles (`build.json`'s `shapes` are these strings).
+//! profiles (`build.json`'s `shapes` are these strings). A `tensorrt` backend's calibration
+//! table is a dep of each of its nodes ([`implied_deps`]): a workspace path, whose content is
+//! in their keys.
 //!
 //! and `[[backends]]` is the matrix axis `backend`: a stage with `matrix = ["backend"]` has
 //! one node per backend, whose key holds that backend's whole declaration and nothing of the
@@ -158,6 +160,21 @@ pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
     out
 }
 
+/// Files a backend's sessions read besides its models, as `(dep name, path)`: the INT8
+/// calibration table of a `tensorrt` backend (the only provider that reads it). Every node
+/// whose `backend` is this one gets them as deps, beside those its stage declares, so their
+/// digests are in its key and editing the table reruns exactly the nodes that read it.
+pub fn implied_deps(v: &Value) -> Vec<(String, String)> {
+    let Some(t) = v.as_object() else { return Vec::new() };
+    if t.get("provider").and_then(Value::as_str) != Some("tensorrt") {
+        return Vec::new();
+    }
+    t.get("trt_int8_calibration_table").and_then(Value::as_str).map(|p| vec![(CALIBRATION_TABLE_DEP.to_string(), p.to_string())]).unwrap_or_default()
+}
+
+/// The name under which a node gets its backend's calibration table ([`implied_deps`]).
+pub const CALIBRATION_TABLE_DEP: &str = "trt_int8_calibration_table";
+
 pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
 
 impl BackendSpec {
@@ -234,6 +251,12 @@ impl BackendSpec {
                     errors.push((field.into(), format!("`{field}` is torch.compile's; this backend runs on `{runtime}` (set `runtime = \"torch\"`)")));
                 }
             }
+        }
+        if let Some(table) = s("trt_int8_calibration_table")
+            && let Err(e) = crate::pipeline::check_rel_path(&table, "`trt_int8_calibration_table`")
+        {
+            // It is an input of the backend's nodes (see `implied_deps`): a workspace path.
+            errors.push(("trt_int8_calibration_table".into(), e));
         }
         let cuda_graph = t.get("cuda_graph").and_then(Value::as_bool).unwrap_or(false);
         if cuda_graph && (torch || provider != Provider::Cuda) {

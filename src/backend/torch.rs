@@ -77,7 +77,8 @@ impl Worker {
             Err(e) => {
                 probe::remove_scratch_dir(&scratch);
                 return Err(BackendError::Unavailable(format!(
-                    "cannot start the torch worker with `{python}`: {e}; set {PYTHON_ENV} to a Python with torch and transformers"
+                    "cannot start the torch worker with `{}`: {e}; set {PYTHON_ENV} to a Python with torch and transformers",
+                    crate::paths::relative_text(&python)
                 )));
             }
         };
@@ -157,7 +158,8 @@ impl Worker {
             return Ok(resp);
         }
         if let Some(reason) = resp.get("unavailable").and_then(Value::as_str) {
-            return Err(BackendError::Unavailable(reason.to_string()));
+            // A degraded reason: it names the interpreter, maybe inside the workspace.
+            return Err(BackendError::Unavailable(crate::paths::relative_text(reason)));
         }
         let error = resp.get("error").and_then(Value::as_str).unwrap_or("an error without a message");
         let tail = self.stderr_tail(STDERR_IN_ERRORS);
@@ -220,7 +222,12 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
         )));
     }
     let mut worker = Worker::start()?;
-    let hello = worker.call("hello", Map::new())?;
+    let mut hello = worker.call("hello", Map::new())?;
+    // The interpreter is named in every result the backend produces: a virtual environment
+    // inside the workspace by its path relative to it (see [`crate::paths`]).
+    if let Some(Value::String(exe)) = hello.get_mut("executable") {
+        *exe = crate::paths::shown(Path::new(exe.as_str()));
+    }
     let protocol = hello.get("protocol").and_then(Value::as_u64);
     if protocol != Some(PROTOCOL) {
         return Err(BackendError::Failed(format!("the torch worker speaks protocol {protocol:?}; this tr118 speaks {PROTOCOL}")));

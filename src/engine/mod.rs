@@ -50,7 +50,7 @@ pub fn stage_key<'m>(
     }
     Ok(StageKey {
         kind: node.kind.name().to_string(),
-        kind_version: node.kind.version(),
+        implementation: node.kind.implementation(node).into_iter().map(|set| (set.to_string(), crate::implementation::version(set))).collect(),
         stage_version: node.version,
         matrix: node.matrix.clone(),
         params: node.params.clone(),

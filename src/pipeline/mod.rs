@@ -507,6 +507,18 @@ impl StageCx<'_> {
             }
             node_deps.push(DepSpec { name: d.name.clone(), patterns, field: d.field.clone() });
         }
+        // A backend may add deps of its own: files its sessions read besides the models the
+        // stage names (see `backend::implied_deps`).
+        if let Some(backend) = r.matrix.get("backend") {
+            for (name, path) in crate::backend::implied_deps(backend) {
+                let field = { let mut p = self.path.clone(); p.push("matrix".into()); p };
+                if node_deps.iter().any(|d| d.name == name) {
+                    diags.push(self.src.diag(&field, format!("dep `{name}` is the backend's own (its `{name}`); give the stage's dep another name"), None));
+                } else if check_rel_path(&path, "dep").is_ok() {
+                    node_deps.push(DepSpec { name, patterns: vec![path], field });
+                }
+            }
+        }
 
         let mut node_outs: Vec<OutSpec> = Vec::new();
         for o in &decl.outs {

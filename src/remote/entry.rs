@@ -361,7 +361,7 @@ mod tests {
     fn manifest(status: Status) -> Manifest {
         let stage_key = StageKey {
             kind: "cmd".into(),
-            kind_version: 1,
+            implementation: Default::default(),
             stage_version: 0,
             matrix: Default::default(),
             params: Default::default(),

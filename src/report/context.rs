@@ -1209,18 +1209,6 @@ fn overhead(a: &Artifacts) -> Value {
         };
         push("TensorRT build".into(), format!("{} plan", text(v, "precision").unwrap_or_default()), num(v, "build_s"), num(v, "plan_bytes"), note);
     }
-    for d in &a.perplexity {
-        let v = &d.value;
-        if v["status"] == "ok" {
-            push(
-                "perplexity".into(),
-                text(v, "backend").unwrap_or_default(),
-                num(v, "elapsed_s"),
-                None,
-                format!("{} tokens/s", sig_opt(num(v, "tokens_per_s"), 3)),
-            );
-        }
-    }
     Value::Array(rows)
 }
 

@@ -162,6 +162,25 @@ fn open(path: &Path) -> Result<(libloading::Library, RuntimeInfo), RuntimeError>
     Ok((library, RuntimeInfo { version, path: path.to_path_buf(), digest, providers, build_info }))
 }
 
+/// The provider libraries beside `library`, by file name, with their digests, sorted: ONNX
+/// Runtime loads `libonnxruntime_providers_shared.so`, `…_cuda.so`, `…_tensorrt.so` and their
+/// kin from the directory of the library it runs from when a session asks for their provider,
+/// so they are as much the runtime as the library itself. `library` is the file as loaded (the
+/// canonical path of [`RuntimeInfo::path`]). A file that cannot be read is listed without a
+/// digest.
+pub fn provider_libraries(library: &Path) -> Vec<(String, Option<Digest>)> {
+    let Some(dir) = library.parent() else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<(String, Option<Digest>)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("libonnxruntime_providers_"))
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), digest::hash_file(&e.path()).ok().map(|(d, _)| d)))
+        .collect();
+    found.sort();
+    found
+}
+
 /// `MAJOR.MINOR.PATCH` with `(MAJOR, MINOR)` at least [`required_version`].
 fn check_version(path: &Path, found: &str) -> Result<(), RuntimeError> {
     let parsed = parse_version(found).ok_or_else(|| RuntimeError::BadVersion { path: path.to_path_buf(), found: found.to_string() })?;

@@ -50,7 +50,7 @@ mod library;
 mod session;
 
 pub use decoder::{Decoder, KvCache};
-pub use library::{ORT_DYLIB_ENV, PINNED_VERSION, Runtime, RuntimeInfo, current, init, library_path, probe, required_version};
+pub use library::{ORT_DYLIB_ENV, PINNED_VERSION, Runtime, RuntimeInfo, current, init, library_path, probe, provider_libraries, required_version};
 pub use session::{DeviceTensor, Dim, Feed, IoSpec, PreparedInputs, Session, SessionOptions, TensorData, TrtOptions};
 
 /// How to obtain a library that works, appended to every library error.

@@ -428,13 +428,16 @@ impl Runtime {
         })
     }
 
+    /// A degraded node's reason, so it names the library and what ONNX Runtime said (which
+    /// names provider libraries beside it by their absolute paths) relative to the workspace:
+    /// the reason is in results that later keys hash.
     fn unavailable(&self, provider: Provider, reason: String) -> RuntimeError {
         RuntimeError::ProviderUnavailable {
             provider,
             version: self.info.version.clone(),
-            path: self.info.path.clone(),
+            path: PathBuf::from(crate::paths::shown(&self.info.path)),
             available: self.info.providers.clone(),
-            reason,
+            reason: crate::paths::relative_text(&reason),
         }
     }
 

@@ -114,8 +114,8 @@ impl StageKind for Calibrate {
         "calibrate"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "calibrate", "tokenizer", "onnxruntime"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

@@ -38,8 +38,8 @@ impl StageKind for Cmd {
         "cmd"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "cmd"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

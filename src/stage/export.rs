@@ -54,8 +54,8 @@ impl StageKind for Export {
         "export"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "export", "tokenizer"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

@@ -271,8 +271,8 @@ impl StageKind for Fetch {
         "fetch"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "fetch"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

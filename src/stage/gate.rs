@@ -46,8 +46,8 @@ impl StageKind for Gate {
         "gate"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "gate"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

@@ -78,8 +78,10 @@ impl StageKind for LogitDiff {
         "logit_diff"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        let mut sets = vec!["stage", "logit_diff", "tokenizer"];
+        sets.extend(super::backend_sets(node));
+        sets
     }
 
     fn fields(&self) -> &'static [&'static str] {

@@ -104,8 +104,10 @@ pub struct RunCx<'a> {
 /// One kind of stage. Implementations are stateless; one static instance each.
 pub trait StageKind: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Bump when the implementation changes what it produces: every node of the kind reruns.
-    fn version(&self) -> u32;
+    /// The implementation sets ([`crate::implementation::SETS`]) whose code makes this
+    /// node's results; their versions enter its key. Besides the kind's own set and the
+    /// shared `stage` set, a node that runs a backend names its runtime's set only.
+    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str>;
     /// The kind-specific fields a stage table of this kind may have.
     fn fields(&self) -> &'static [&'static str];
     /// Whether the kind's fields keep `{matrix.*}` and `{params.*}` as placeholders, to be
@@ -134,6 +136,13 @@ pub trait StageKind: Send + Sync + 'static {
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>>;
     /// Runs one node. `Err` is a failure: nothing is cached.
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
+}
+
+/// The implementation sets of a node that runs its `backend` matrix value: the backend
+/// dispatch and the set of the backend's runtime (`onnxruntime` unless it says `torch`).
+pub fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
+    let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str);
+    ["backend", if runtime == Some("torch") { "torch" } else { "onnxruntime" }]
 }
 
 /// The backend a per-backend node runs: its `backend` matrix value, validated. Problems are

@@ -42,8 +42,14 @@
 //! | `windows`, `tokens_scored` | windows run, targets scored                                  |
 //! | `mean_nll`, `ppl`| mean negative log-likelihood (nats) and `exp(mean_nll)`               |
 //! | `vocab_size`, `ln_vocab`, `uniform_ppl` | the sanity line: a model that knew nothing scores `ppl = vocab_size` |
-//! | `elapsed_s`, `tokens_per_s` | wall time of the forward passes and scoring, targets a second |
 //! | `status`, `reason` | `ok`, or `degraded` with why; a degraded result has null numbers    |
+//!
+//! No timing: a perplexity is a function of the model, the corpus and the runtime, and the
+//! node's key says so — no machine facet. A tokens-per-second figure would be a fact about the
+//! machine that ran it, shown for every machine the cached result is shared with, and would
+//! make every rerun a different file, so that the gate and the report behind it could never
+//! be cache hits when the perplexity comes out the same. Throughput is the `sweep` kind's, whose
+//! stages declare the machine facets; the wall time of the scoring is in the node's log.
 
 use std::io::Write;
 use std::path::Path;
@@ -68,8 +74,10 @@ impl StageKind for Perplexity {
         "perplexity"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        let mut sets = vec!["stage", "perplexity", "tokenizer"];
+        sets.extend(super::backend_sets(node));
+        sets
     }
 
     fn fields(&self) -> &'static [&'static str] {
@@ -229,8 +237,6 @@ struct Report {
     vocab_size: Option<usize>,
     ln_vocab: Option<f64>,
     uniform_ppl: Option<f64>,
-    elapsed_s: Option<f64>,
-    tokens_per_s: Option<f64>,
     status: &'static str,
     reason: Option<String>,
 }
@@ -253,8 +259,6 @@ impl Report {
             vocab_size: None,
             ln_vocab: None,
             uniform_ppl: None,
-            elapsed_s: None,
-            tokens_per_s: None,
             status: "ok",
             reason: None,
         }
@@ -263,7 +267,7 @@ impl Report {
     /// No number of a run that did not happen survives.
     fn degrade(&mut self, reason: String) {
         (self.windows, self.tokens_scored, self.vocab_size) = (None, None, None);
-        (self.mean_nll, self.ppl, self.ln_vocab, self.uniform_ppl, self.elapsed_s, self.tokens_per_s) = (None, None, None, None, None, None);
+        (self.mean_nll, self.ppl, self.ln_vocab, self.uniform_ppl) = (None, None, None, None);
         self.status = "degraded";
         self.reason = Some(reason);
     }
@@ -287,8 +291,6 @@ impl Report {
             ("vocab_size", u(self.vocab_size)),
             ("ln_vocab", n(self.ln_vocab)),
             ("uniform_ppl", n(self.uniform_ppl)),
-            ("elapsed_s", n(self.elapsed_s)),
-            ("tokens_per_s", n(self.tokens_per_s)),
             ("status", self.status.to_string()),
             ("reason", self.reason.clone().unwrap_or_default()),
         ]
@@ -349,7 +351,8 @@ fn score(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let mean = total / scored as f64;
-    let _ = writeln!(log, "{} windows, {scored} targets, mean NLL {mean:.6}, ppl {:.4} in {elapsed:.2}s", all.len(), mean.exp());
+    let rate = if elapsed > 0.0 { scored as f64 / elapsed } else { 0.0 };
+    let _ = writeln!(log, "{} windows, {scored} targets, mean NLL {mean:.6}, ppl {:.4} in {elapsed:.2}s ({rate:.1} targets/s)", all.len(), mean.exp());
     report.windows = Some(all.len());
     report.tokens_scored = Some(scored);
     report.mean_nll = Some(mean);
@@ -357,8 +360,6 @@ fn score(
     report.vocab_size = Some(vocab);
     report.ln_vocab = Some((vocab as f64).ln());
     report.uniform_ppl = Some(vocab as f64);
-    report.elapsed_s = Some(elapsed);
-    report.tokens_per_s = Some(if elapsed > 0.0 { scored as f64 / elapsed } else { 0.0 });
     Ok(())
 }
 

@@ -123,8 +123,8 @@ impl StageKind for Quantize {
         "quantize"
     }
 
-    fn version(&self) -> u32 {
-        2
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "quantize", "onnxruntime"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

@@ -77,8 +77,9 @@ impl StageKind for Report {
         "report"
     }
 
-    fn version(&self) -> u32 {
-        2
+    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        // The built-in templates make the report only when the stage names none of its own.
+        if node.deps.iter().any(|d| d.name == "templates") { vec!["stage", "report"] } else { vec!["stage", "report", "templates"] }
     }
 
     fn fields(&self) -> &'static [&'static str] {

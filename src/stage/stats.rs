@@ -154,8 +154,8 @@ impl StageKind for Stats {
         "stats"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "stats"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {

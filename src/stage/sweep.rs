@@ -160,8 +160,10 @@ impl StageKind for Sweep {
         "sweep"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        let mut sets = vec!["stage", "sweep", "tokenizer"];
+        sets.extend(super::backend_sets(node));
+        sets
     }
 
     fn fields(&self) -> &'static [&'static str] {

@@ -66,7 +66,7 @@
 //! | `status`, `reason`    | `ok`, or `degraded` with why                                            |
 //! | `flags`               | problems with a plan that built (`int8 requested but no layer runs in INT8`) |
 //! | `command`             | the argv, `trtexec` first; outputs at the paths they are materialised to (`out/<node>/plan/…`) |
-//! | `trtexec`             | where `trtexec` was found; null when it was not                         |
+//! | `trtexec`             | where `trtexec` was found (inside the workspace: relative to it); null when it was not |
 //! | `trt_version`         | TensorRT's version as `trtexec` printed it; null when it did not run    |
 //! | `gpu`                 | the `gpu` facet: GPU models and driver, `<none>`                        |
 //! | `model`, `calibration`| the inputs, workspace-relative (`calibration` null but for int8)        |
@@ -207,8 +207,8 @@ impl StageKind for TrtBuild {
         "trt_build"
     }
 
-    fn version(&self) -> u32 {
-        1
+    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+        ["stage", "trt_build"].into()
     }
 
     fn fields(&self) -> &'static [&'static str] {
@@ -367,7 +367,7 @@ impl StageKind for TrtBuild {
                 return Ok(Outcome::Degraded(reason));
             }
         };
-        report.trtexec = Some(program.display().to_string());
+        report.trtexec = Some(crate::paths::shown(&program));
         if let Some(dir) = &settings.timing_cache {
             std::fs::create_dir_all(root.join(dir)).map_err(|e| format!("cannot create the timing cache directory `{dir}`: {e}"))?;
         }

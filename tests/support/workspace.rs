@@ -112,7 +112,14 @@ impl Workspace {
     /// `tr118 make --json`, records parsed by node id: every non-blank line of stdout must be
     /// a JSON object with an `id`.
     pub fn make(&self) -> Make {
-        let run = self.tr(&["make", "--json"]);
+        self.make_with(&[])
+    }
+
+    /// `tr118 make --json ARGS…`, records parsed as for [`Workspace::make`].
+    pub fn make_with(&self, args: &[&str]) -> Make {
+        let mut all = vec!["make", "--json"];
+        all.extend_from_slice(args);
+        let run = self.tr(&all);
         let records = run
             .stdout
             .lines()
