@@ -33,10 +33,12 @@ use crate::facets;
 use crate::stage::{self, LowerCx, StageKind};
 
 pub mod fields;
+pub mod limits;
 pub mod source;
 pub mod template;
 
 use fields::{Fields, to_json};
+use limits::{Limits, NodeBudget};
 use source::{FieldPath, Source};
 use template::Lookup;
 
@@ -118,6 +120,9 @@ struct RawPipeline {
     /// `[cache]`: where the remote cache is (see `remote`); never part of a key.
     #[serde(default)]
     cache: Option<toml::Table>,
+    /// `[limits]`: bounds on what the pipeline may ask for (see `limits`); never part of a key.
+    #[serde(default)]
+    limits: Option<toml::Table>,
 }
 
 /// Fields every stage table may have, whatever its kind.
@@ -129,11 +134,7 @@ impl Pipeline {
         let one = |message: String, help: Option<String>| {
             Diagnostics(vec![Diagnostic { file: file.to_path_buf(), line: 0, column: 0, message, help }])
         };
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            let help = (e.kind() == std::io::ErrorKind::NotFound)
-                .then(|| "pass another pipeline with `-f FILE`, or create this one".to_string());
-            one(format!("cannot read pipeline: {e}"), help)
-        })?;
+        let text = read_limited(file).map_err(|(message, help)| one(message, help))?;
         let digest = Digest::of_bytes(text.as_bytes());
         let src = Source::new(file, text).map_err(|d| Diagnostics(vec![d]))?;
         let raw: RawPipeline = toml::from_str(&src.text).map_err(|e| {
@@ -143,6 +144,14 @@ impl Pipeline {
         })?;
 
         let mut diags = Vec::new();
+        let limits = Limits::from_table(raw.limits.as_ref(), &src, &mut diags);
+        if raw.stages.is_empty() {
+            diags.push(src.diag(
+                &["stages".to_string()],
+                "the pipeline declares no stages: there is nothing to build",
+                Some("add one, e.g. `[stages.hello]` with `cmd = [\"echo\", \"hello\"]`; or pass another pipeline with `-f FILE`".to_string()),
+            ));
+        }
         let cache = raw.cache.as_ref().map(|t| crate::remote::section(t, &src, &mut diags)).unwrap_or_default();
         let mut params: BTreeMap<String, Value> = raw.params.iter().map(|(k, v)| (k.clone(), to_json(v))).collect();
         for (name, value) in overrides {
@@ -193,6 +202,7 @@ impl Pipeline {
 
         let mut stages = Vec::new();
         let mut nodes = Vec::new();
+        let mut budget = NodeBudget::new(&limits);
         for (name, value) in &raw.stages {
             let path = vec!["stages".to_string(), name.clone()];
             if !is_id_segment(name) {
@@ -205,7 +215,7 @@ impl Pipeline {
             };
             stages.push(name.clone());
             let cx = StageCx { name, path, src: &src, globals: &params, axes: &axes };
-            nodes.extend(cx.lower(table, &mut diags));
+            nodes.extend(cx.lower(table, &mut budget, &mut diags));
         }
 
         // Every node of a matrix repeats its stage's mistakes: say each once.
@@ -222,6 +232,24 @@ impl Pipeline {
             Err(Diagnostics(diags))
         }
     }
+}
+
+/// The pipeline's text, read no further than [`limits::MAX_FILE_BYTES`]: `-f /dev/zero` must
+/// fail at once, not after filling memory. An error is a message and a help line.
+fn read_limited(file: &Path) -> Result<String, (String, Option<String>)> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| {
+        let help = (e.kind() == std::io::ErrorKind::NotFound).then(|| "pass another pipeline with `-f FILE`, or create this one".to_string());
+        (format!("cannot read pipeline: {e}"), help)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(file).and_then(|f| f.take(limits::MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(cannot)?;
+    if bytes.len() as u64 > limits::MAX_FILE_BYTES {
+        let mib = limits::MAX_FILE_BYTES >> 20;
+        let help = format!("is `{}` the pipeline you meant? pass another with `-f FILE`", file.display());
+        return Err((format!("pipeline is larger than {mib} MiB, the limit for a pipeline file"), Some(help)));
+    }
+    String::from_utf8(bytes).map_err(|e| (format!("cannot read pipeline: it is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()), None))
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
@@ -326,7 +354,7 @@ struct Decl {
 }
 
 impl StageCx<'_> {
-    fn lower(&self, table: &toml::Table, diags: &mut Vec<Diagnostic>) -> Vec<NodeSpec> {
+    fn lower(&self, table: &toml::Table, budget: &mut NodeBudget, diags: &mut Vec<Diagnostic>) -> Vec<NodeSpec> {
         let before = diags.len();
         let mut f = Fields::new(table, self.path.clone(), self.src, diags);
         let kind_name = f.string("kind").unwrap_or_else(|| "cmd".to_string());
@@ -338,7 +366,16 @@ impl StageCx<'_> {
             f.error(&p, format!("unknown stage kind `{kind_name}`"), help);
         }
         f.string("desc");
-        let matrix = self.matrix(&mut f);
+        let mut matrix = self.matrix(&mut f);
+        // Counted before anything is expanded: a matrix of 10^9 nodes must fail here, at once.
+        if let Some(axes) = &matrix {
+            let lengths: Vec<usize> = axes.iter().map(|(_, values)| values.len()).collect();
+            let at = if table.contains_key("matrix") { f.child("matrix") } else { self.path.clone() };
+            if let Err(d) = budget.take(self.name, &lengths, &at, self.src) {
+                f.diags.push(d);
+                matrix = None;
+            }
+        }
         let deps = self.decls(&mut f, "deps", true);
         let outs = self.decls(&mut f, "outs", false);
         let params = f.table("params");

@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::diag;
 use crate::pipeline;
+use crate::pipeline::limits::MAX_TIMEOUT_SECS;
 use crate::pipeline::template::{self, Lookup};
 
 pub struct Cmd;
@@ -124,9 +125,16 @@ impl StageKind for Cmd {
         }
         let timeout = match cx.fields.get("timeout") {
             None => Value::Null,
-            Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t > 0.0) => Value::Number(n.clone()),
-            Some(_) => {
-                errors.push(LowerError { field: vec!["timeout".into()], message: "`timeout` must be a positive number of seconds".into(), help: None });
+            // A deadline past the end of time panics; anything near it is a typo.
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t > 0.0 && t <= MAX_TIMEOUT_SECS) => Value::Number(n.clone()),
+            Some(v) => {
+                // TOML's `nan` and `inf` arrive here as null.
+                let found = if v.is_null() { "a number that is not finite".to_string() } else { v.to_string() };
+                errors.push(LowerError {
+                    field: vec!["timeout".into()],
+                    message: format!("`timeout` must be a number of seconds, more than 0 and at most {MAX_TIMEOUT_SECS} (30 days), found {found}"),
+                    help: None,
+                });
                 Value::Null
             }
         };
@@ -191,16 +199,22 @@ impl StageKind for Cmd {
                 command.env(k, v.as_str().unwrap_or_default());
             }
         }
+        // Validated when the stage was loaded; checked again so that no value can panic here.
+        let timeout = match config.get("timeout").and_then(Value::as_f64) {
+            None => None,
+            Some(secs) => Some((secs, Duration::try_from_secs_f64(secs).map_err(|e| format!("`timeout` {secs} s: {e}"))?)),
+        };
         let mut child = command.spawn().map_err(|e| format!("cannot run `{}`: {e}", argv[0]))?;
-        let status = match config.get("timeout").and_then(Value::as_f64) {
+        let status = match timeout {
             None => child.wait().map_err(|e| format!("waiting for `{}`: {e}", argv[0]))?,
-            Some(secs) => {
-                let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            Some((secs, limit)) => {
+                // `None` only past the end of the clock: then there is no deadline to keep.
+                let deadline = Instant::now().checked_add(limit);
                 loop {
                     if let Some(s) = child.try_wait().map_err(|e| format!("waiting for `{}`: {e}", argv[0]))? {
                         break s;
                     }
-                    if Instant::now() >= deadline {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
                         let _ = child.kill();
                         let _ = child.wait();
                         return Err(format!("command timed out after {secs} s (`timeout`)"));
