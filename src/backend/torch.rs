@@ -273,6 +273,12 @@ fn num(m: &Map<String, Value>, k: &str) -> Result<f64, BackendError> {
     m.get(k).and_then(Value::as_f64).ok_or_else(|| BackendError::Failed(format!("the torch worker's answer has no number `{k}`")))
 }
 
+/// A time the worker measured, in seconds: a negative, NaN or absurd one is an error.
+fn secs(m: &Map<String, Value>, k: &str) -> Result<Duration, BackendError> {
+    let s = num(m, k)?;
+    Duration::try_from_secs_f64(s).map_err(|_| BackendError::Failed(format!("the torch worker's answer has `{k}` = {s}, which is not a duration")))
+}
+
 fn ids_of(m: &Map<String, Value>, expected: usize) -> Result<Vec<i64>, BackendError> {
     let ids: Vec<i64> = m.get("ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_i64).collect();
     if ids.len() != expected {
@@ -369,7 +375,7 @@ impl Backend for TorchBackend {
         };
         let req = self.prefill_request(ids, mask, *batch, *seq)?;
         let resp = self.worker.call("prefill", req)?;
-        Ok(Duration::from_secs_f64(num(&resp, "latency_s")?))
+        secs(&resp, "latency_s")
     }
 
     fn timed_generate(&mut self, prompt: &[i64], batch: usize, new_tokens: usize, cached: bool) -> Result<Generation, BackendError> {
@@ -383,8 +389,8 @@ impl Backend for TorchBackend {
         let resp = self.worker.call("generate", req)?;
         Ok(Generation {
             ids: ids_of(&resp, batch * new_tokens)?,
-            ttft: Duration::from_secs_f64(num(&resp, "ttft_s")?),
-            total: Duration::from_secs_f64(num(&resp, "total_s")?),
+            ttft: secs(&resp, "ttft_s")?,
+            total: secs(&resp, "total_s")?,
         })
     }
 

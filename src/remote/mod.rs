@@ -297,7 +297,7 @@ pub fn resolve(
             .parse::<f64>()
             .ok()
             .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .ok_or(ConfigError::BadTimeout(t))?,
     };
     let max_blob = match env(ENV_MAX_BLOB) {
@@ -524,7 +524,7 @@ mod tests {
             at("2.5").unwrap().unwrap().timeout,
             Duration::from_millis(2500)
         );
-        for bad in ["0", "-1", "soon", "inf"] {
+        for bad in ["0", "-1", "soon", "inf", "1e30"] {
             assert!(matches!(at(bad), Err(ConfigError::BadTimeout(_))), "{bad}");
         }
         let default = resolve(&Section::default(), Some("http://h"), None, &env_of(&[]));
