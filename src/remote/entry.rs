@@ -113,31 +113,9 @@ fn check(body: &[u8], key: &Digest) -> Result<Entry, String> {
         ));
     }
     let m = &entry.manifest;
-    if m.key != *key {
-        return Err(format!(
-            "its manifest is for key {}, not for the key {} it is stored under",
-            m.key.short(),
-            key.short()
-        ));
-    }
-    let sk = m.stage_key.digest();
-    if sk != *key {
-        return Err(format!(
-            "its stage key hashes to {}, not to the key {} it is stored under",
-            sk.short(),
-            key.short()
-        ));
-    }
-    if m.schema != crate::store::manifest::SCHEMA {
-        return Err(format!(
-            "its manifest has schema {}, and this tr118 reads schema {}",
-            m.schema,
-            crate::store::manifest::SCHEMA
-        ));
-    }
-    // The seal and the output paths: an entry may choose a node's outputs, never where
-    // they are written.
-    m.verify(key).map_err(|why| format!("its manifest does not verify: {why}"))?;
+    // Its key, stage key, schema, seal and output paths: an entry may choose a node's
+    // outputs, never where they are written.
+    m.verify(key)?;
     if m.status != Status::Ok {
         return Err("it records a degraded result, and degraded results are never shared".into());
     }

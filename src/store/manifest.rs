@@ -154,15 +154,15 @@ impl Manifest {
     /// digest of its stage key and the one asked for, its seal matches, and its outputs are
     /// the ones the stage key declares.
     pub fn verify(&self, key: &Digest) -> Result<(), String> {
-        if self.schema != SCHEMA {
-            return Err(format!("it has manifest schema {}, and this tr118 reads schema {SCHEMA}", self.schema));
-        }
         if self.key != *key {
-            return Err(format!("it records key {}, not the key {} it is filed under", self.key.short(), key.short()));
+            return Err(format!("its manifest is for key {}, not for the key {} it is stored under", self.key.short(), key.short()));
         }
         let sk = self.stage_key.digest();
         if sk != *key {
-            return Err(format!("its stage key hashes to {}, not to its key {}", sk.short(), key.short()));
+            return Err(format!("its stage key hashes to {}, not to the key {} it is stored under", sk.short(), key.short()));
+        }
+        if self.schema != SCHEMA {
+            return Err(format!("its manifest has schema {}, and this tr118 reads schema {SCHEMA}", self.schema));
         }
         if seal(&self.key, self.status, &self.reason, &self.outputs, &self.log) != self.seal {
             return Err("its seal does not match its contents (it was edited)".into());
