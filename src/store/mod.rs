@@ -300,11 +300,8 @@ impl Store {
         }
         match self.tree(&out.digest) {
             Ok(t) => t.entries.iter().find(|e| !self.has_object(&e.digest)).map(|e| ObjectError::Missing(e.digest)),
-            Err(e) => Some(match ObjectError::of(&e) {
-                Some(ObjectError::BadListing(d, why)) => ObjectError::BadListing(*d, why.clone()),
-                Some(ObjectError::Corrupt(d)) => ObjectError::Corrupt(*d),
-                _ => ObjectError::Missing(out.digest),
-            }),
+            // An error that is not an object's (unreadable for another reason) counts as missing.
+            Err(e) => Some(ObjectError::of(&e).cloned().unwrap_or(ObjectError::Missing(out.digest))),
         }
     }
 
@@ -440,7 +437,7 @@ impl Store {
 }
 
 /// What is wrong with an object the store was asked for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ObjectError {
     /// Its content no longer hashes to its name.
     Corrupt(Digest),
