@@ -38,7 +38,7 @@ impl FsckReport {
 }
 
 fn read_dir(dir: &std::path::Path) -> io::Result<fs::ReadDir> {
-    fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot read `{}`: {e}", super::display(dir))))
+    fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot read `{}`: {e}", crate::paths::shown(dir))))
 }
 
 fn object_files(store: &Store) -> io::Result<Vec<(Digest, std::path::PathBuf)>> {

@@ -67,7 +67,7 @@ impl Store {
             let dir = store.dir.join(sub);
             fs::create_dir_all(&dir).map_err(|e| {
                 let hint = if dir.is_file() || e.kind() == io::ErrorKind::AlreadyExists { "; it must be a directory: move the file away" } else { "" };
-                io::Error::new(e.kind(), format!("cannot create `{}`: {e}{hint}", display(&dir)))
+                io::Error::new(e.kind(), format!("cannot create `{}`: {e}{hint}", crate::paths::shown(&dir)))
             })?;
         }
         Ok(store)
@@ -487,11 +487,6 @@ fn invalid_manifest(key: &Digest, why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("manifest {}: {why}", key.short()))
 }
 
-/// A workspace path for people: without the leading `./`.
-pub fn display(path: &Path) -> String {
-    let p = path.strip_prefix(".").unwrap_or(path);
-    p.display().to_string()
-}
 
 impl Store {
     /// Removes an object found corrupt, so the node that needs it is rebuilt.
