@@ -226,12 +226,13 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
         let pe = b.g.op("Gather", &[&pos_table, &positions], vec![attr_i("axis", 0)]);
         x = b.op("Add", &[&x, &pe]);
     } else {
+        // An outer product by `Mul`, so that every `MatMul` is the model's own.
         let inv_freq: Vec<f32> = (0..hd / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f32) / hd as f32)).collect();
         let inv = b.g.const_f32(inv_freq);
         let pos_f = b.g.op("Cast", &[&positions], vec![attr_i("to", FLOAT as i64)]);
         let pos_col = b.op("Unsqueeze", &[&pos_f, &one_d]);
         let inv_row = b.op("Unsqueeze", &[&inv, &zero]);
-        let freqs = b.op("MatMul", &[&pos_col, &inv_row]);
+        let freqs = b.op("Mul", &[&pos_col, &inv_row]);
         let f2 = b.g.op("Concat", &[&freqs, &freqs], vec![attr_i("axis", -1)]);
         let cos = b.op("Cos", &[&f2]);
         let sin = b.op("Sin", &[&f2]);
