@@ -11,8 +11,9 @@
 //! | decoder, one token a step from past = 0          | reference and the prefill logits          | 1e-4 abs               |
 //! | decoder, whole prompt then one more token        | reference of prompt + token               | 1e-4 abs               |
 //! | right-padded batch of two (prefill and decoder)  | each sequence's reference, unpadded positions | 1e-4 abs           |
-//! | `fp16`                                           | reference with f16-rounded weights        | 1e-4 abs               |
-//! | `fp16`                                           | fp32 reference                            | 1e-2 × max \|logit\| |
+//! | `fp16`: every check above                        | fp32 reference                            | 1e-2 × max \|logit\| (decoder vs prefill: 1e-4 abs) |
+//! | `fp16`: prefill, and a decode step after the prompt | reference with f16-rounded weights     | at least 1e-4 × max \|logit\|: float16 arithmetic |
+//! | `fp16` graph types (GPT-2 and Llama)             | weights and `MatMul`s float16; LayerNorm, RMSNorm, softmax and the interface float32 | exact |
 //! | `export.json`                                    | the files (sizes, blake3), the config, the parameter count | exact  |
 //!
 //! Then the cache (a second `make` is a hit; `precision` reruns only the export), bad input
@@ -25,7 +26,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -37,10 +38,22 @@ use tr118::model::dtype::DType;
 use tr118::model::gguf::{GgufHeader, MetaValue};
 use tr118::model::write::{Tensor, write_gguf, write_hf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
+use tr118::onnx::edit::Model;
+use tr118::onnx::proto::{GraphProto, ValueInfoProto};
+use tr118::onnx::{BOOL, FLOAT, FLOAT16, INT64};
 use tr118::runtime::{Decoder, Feed, Session, SessionOptions, TensorData};
 
 /// Logits of an fp32 export against the f64 reference.
 const TOL: f64 = 1e-4;
+/// Logits of an `fp16` export against the f64 reference, as a fraction of the largest |logit|.
+/// Float16 keeps 11 significant bits, a rounding of up to 2⁻¹¹ ≈ 4.9e-4 at each of the
+/// dozens of ops between the embedding and the logits; the test models land at 0.6e-3 to
+/// 2.7e-3.
+const FP16_MAX: f64 = 1e-2;
+/// An `fp16` export is at least this fraction of the largest |logit| away from float32
+/// arithmetic on the same float16-rounded weights: float16 arithmetic puts it at 0.4e-3 to
+/// 1.2e-3, while float32 arithmetic stays within [`TOL`] (under 3e-5 of these scales).
+const FP16_MIN: f64 = 1e-4;
 /// Standard deviation of the random weights (norm weights are 1 ± this).
 const WEIGHT_STD: f64 = 0.25;
 /// The prompt every model is run on, and one token to decode after it.
@@ -478,6 +491,9 @@ fn export_and_check(case: &Case, checkpoint: &str, write: impl FnOnce(&Workspace
     );
     check_manifest(&ws, "export", case, "fp32", false);
     check_interface(&ws, "export", case);
+    for variant in ["prefill", "decoder"] {
+        check_types(&ws.path(&format!("out/export/{variant}/model.onnx")), &case.cfg, FLOAT);
+    }
     check_exports(&ws, "export", &case.cfg, &case.weights, TOL, case.name);
 }
 
@@ -523,6 +539,117 @@ fn llama_safetensors_half_rope_gqa_untied_matches_the_reference() {
 // 2. Precision and external data
 // ---------------------------------------------------------------------------------------
 
+/// The element type of every tensor in `g`: graph inputs and initializers as declared, each
+/// node's outputs from its op and its inputs' types (the exporter writes no `value_info`).
+fn element_types(g: &GraphProto) -> HashMap<String, i32> {
+    let declared = |v: &ValueInfoProto| v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.elem_type);
+    let mut types: HashMap<String, i32> = g.input.iter().map(|v| (v.name.clone().unwrap_or_default(), declared(v).expect("a typed input"))).collect();
+    types.extend(g.initializer.iter().map(|t| (t.name.clone().unwrap_or_default(), t.data_type.expect("a typed initializer"))));
+    for node in &g.node {
+        let op = node.op_type.as_deref().unwrap_or("");
+        let input = |i: usize| node.input.get(i).and_then(|n| types.get(n)).copied();
+        let t = match op {
+            "Cast" => node.attribute.iter().find(|a| a.name.as_deref() == Some("to")).and_then(|a| a.i).map(|t| t as i32),
+            "Shape" => Some(INT64),
+            "LessOrEqual" | "And" => Some(BOOL),
+            "Where" => input(1),
+            _ => input(0),
+        };
+        let t = t.unwrap_or_else(|| panic!("node `{}` ({op}): the type of its output is unknown", node.name.as_deref().unwrap_or("?")));
+        types.extend(node.output.iter().map(|o| (o.clone(), t)));
+    }
+    types
+}
+
+/// The exported model at `path` computes in `compute` (float32 or float16): every weight is
+/// stored in it and every `MatMul` multiplies in it, while the normalisations and the softmax
+/// run in float32 and the interface is the same at every precision.
+fn check_types(path: &Path, cfg: &ModelConfig, compute: i32) {
+    let model = Model::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let g = model.graph();
+    let types = element_types(g);
+    let what = path.display();
+    let weights: Vec<String> = cfg.expected_tensors().into_iter().map(|(name, _)| name).collect();
+    for t in &g.initializer {
+        let name = t.name.as_deref().unwrap_or("");
+        if weights.iter().any(|w| w == name) {
+            assert_eq!(t.data_type, Some(compute), "{what}: weight `{name}`");
+        }
+    }
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in &g.node {
+        let op = node.op_type.as_deref().unwrap_or("");
+        let inputs: Vec<i32> = node.input.iter().map(|n| types[n]).collect();
+        let name = node.name.as_deref().unwrap_or("?");
+        match op {
+            "MatMul" => assert_eq!(inputs, [compute, compute], "{what}: `{name}` multiplies"),
+            "LayerNormalization" => assert_eq!(inputs, [FLOAT; 3], "{what}: `{name}` normalises"),
+            // RMSNorm's mean of squares, and the attention softmax.
+            "ReduceMean" | "Softmax" => assert_eq!(inputs[0], FLOAT, "{what}: `{name}`"),
+            _ => continue,
+        }
+        *count.entry(op).or_default() += 1;
+    }
+    // Four projections a GPT-2 layer, seven a Llama layer; two in attention; the output head.
+    let (l, norms) = (cfg.n_layer, 2 * cfg.n_layer + 1);
+    let (matmuls, norm) = match cfg.arch {
+        Arch::Gpt2 => (6 * l + 1, "LayerNormalization"),
+        Arch::Llama => (9 * l + 1, "ReduceMean"),
+    };
+    assert_eq!(count, BTreeMap::from([("MatMul", matmuls), ("Softmax", l), (norm, norms)]), "{what}: ops checked");
+    for v in g.input.iter().chain(&g.output) {
+        let name = v.name.as_deref().unwrap_or("");
+        let want = if name == "input_ids" || name == "attention_mask" { INT64 } else { FLOAT };
+        assert_eq!(types[name], want, "{what}: interface tensor `{name}`");
+    }
+}
+
+/// Max |logit - reference| over `t < want.len()`, and the largest |reference logit|.
+fn error_and_scale(got: &ArrayD<f32>, want: &[Vec<f32>]) -> (f64, f64) {
+    let scale = want.iter().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+    (max_diff(got, 0, want), scale)
+}
+
+/// The `fp16` exports under `out/<node>/`: typed for float16 arithmetic, every numerical check
+/// within float16's error of the fp32 reference, and that error not the one rounding the
+/// weights alone makes.
+fn check_fp16(ws: &Workspace, node: &str, case: &Case) {
+    let cfg = &case.cfg;
+    for variant in ["prefill", "decoder"] {
+        check_types(&ws.path(&format!("out/{node}/{variant}/model.onnx")), cfg, FLOAT16);
+    }
+    let mut tokens = PROMPT.to_vec();
+    tokens.push(NEXT);
+    let exact = case.reference(&tokens);
+    let rounded = reference_of(cfg, &rounded_to_f16(&case.weights), &tokens, &format!("{} (rounded weights)", case.name));
+    let n = PROMPT.len();
+
+    let mut prefill = session(&ws.path(&format!("out/{node}/prefill/model.onnx")));
+    let logits = prefill.run_prefill(&ids_i64(&tokens), &vec![1; n + 1], 1, n + 1).unwrap_or_else(|e| panic!("{e}"));
+    let mut dec = Decoder::new(session(&ws.path(&format!("out/{node}/decoder/model.onnx")))).unwrap_or_else(|e| panic!("{e}"));
+    let mut cache = dec.empty_cache(1).unwrap();
+    dec.step(&mut cache, &ids_i64(&PROMPT), n).unwrap_or_else(|e| panic!("{e}"));
+    let step = dec.step(&mut cache, &[i64::from(NEXT)], 1).unwrap_or_else(|e| panic!("{e}"));
+    for (what, got, from) in [("prefill", &logits, 0), ("decode step after the prompt", &step, n)] {
+        let (err, scale) = error_and_scale(got, &exact[from..]);
+        let (vs_rounded, _) = error_and_scale(got, &rounded[from..]);
+        eprintln!(
+            "{}, {what}: vs fp32 reference {err:.2e} ({:.2e} of the logit scale {scale:.2}); vs rounded weights {vs_rounded:.2e} ({:.2e})",
+            case.name,
+            err / scale,
+            vs_rounded / scale
+        );
+        assert!(err <= FP16_MAX * scale, "{}, {what}: {err:.2e} from the fp32 reference, over {FP16_MAX:.0e} of the logit scale {scale:.2}", case.name);
+        assert!(
+            vs_rounded >= FP16_MIN * scale,
+            "{}, {what}: only {vs_rounded:.2e} from float32 arithmetic on the rounded weights, under {FP16_MIN:.0e} of the logit scale {scale:.2}: the arithmetic is not float16",
+            case.name
+        );
+    }
+    let scale = exact.iter().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+    check_exports(ws, node, cfg, &case.weights, FP16_MAX * scale, case.name);
+}
+
 /// Wide enough that weights, not graph structure, make up most of the file.
 fn wide_llama() -> ModelConfig {
     ModelConfig { d_model: 64, n_head: 8, n_kv_head: 2, d_ff: 192, vocab_size: 97, ..llama_config(RopeLayout::Interleaved, false) }
@@ -535,7 +662,7 @@ fn three_exports() -> String {
 }
 
 #[test]
-fn fp16_halves_the_file_and_rounds_only_the_weights() {
+fn fp16_halves_the_file_and_computes_in_fp16() {
     let case = Case::new("llama fp16", wide_llama(), 60);
     let ws = workspace();
     case.write_gguf(&ws.path("model.gguf"), &[]);
@@ -550,30 +677,25 @@ fn fp16_halves_the_file_and_rounds_only_the_weights() {
         let ratio = b["file_bytes"].as_f64().unwrap() / a["file_bytes"].as_f64().unwrap();
         eprintln!("fp16/fp32 file size, {variant}: {ratio:.3}");
         assert!((0.45..=0.56).contains(&ratio), "{variant}: the fp16 file is {ratio:.3} of the fp32 one");
-        // The same initializers, every weight at two bytes instead of four.
+        // The same initializers: every weight at two bytes instead of four, and so is each
+        // layer's attention scale, the one float scalar of a Llama graph outside the float32
+        // parts (RMSNorm's epsilon, the mask's lowest value and RoPE's frequencies stay float32).
         assert_eq!(a["initializer_count"], b["initializer_count"], "{variant}");
         let saved = a["initializer_bytes"].as_u64().unwrap() - b["initializer_bytes"].as_u64().unwrap();
-        assert_eq!(saved, 2 * case.param_count(), "{variant}: bytes saved by fp16");
+        assert_eq!(saved, 2 * case.param_count() + 2 * case.cfg.n_layer as u64, "{variant}: bytes saved by fp16");
     }
+    check_fp16(&ws, "fp16", &case);
+}
 
-    // Exactly the model with float16-rounded weights and float32 arithmetic...
-    let rounded = rounded_to_f16(&case.weights);
-    let mut tokens = PROMPT.to_vec();
-    tokens.push(NEXT);
-    let exact = case.reference(&tokens);
-    let approx = reference_of(&case.cfg, &rounded, &tokens, "llama fp16 (rounded weights)");
-    let rounding = exact.iter().flatten().zip(approx.iter().flatten()).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
-    assert!(rounding > 20.0 * TOL, "rounding the weights moves the logits by only {rounding:.1e}: the check below could not tell fp16 from fp32");
-    check_exports(&ws, "fp16", &case.cfg, &rounded, TOL, "llama fp16 vs rounded reference");
-
-    // ...and so within 1% of the logit scale of the fp32 model.
-    let scale = exact.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
-    let mut prefill = session(&ws.path("out/fp16/prefill/model.onnx"));
-    let n = tokens.len();
-    let logits = prefill.run_prefill(&ids_i64(&tokens), &vec![1; n], 1, n).unwrap_or_else(|e| panic!("{e}"));
-    let diff = max_diff(&logits, 0, &exact);
-    eprintln!("llama fp16 vs fp32 reference: max abs diff {diff:.2e}, {:.2e} of the logit scale {scale:.2}", diff / scale);
-    assert!(diff <= 1e-2 * scale, "fp16 logits are {diff:.2e} from the fp32 reference, over 1% of the logit scale {scale:.2}");
+#[test]
+fn fp16_gpt2_computes_in_fp16_with_layer_norm_in_fp32() {
+    let case = Case::new("gpt2 fp16", gpt2_config(), 80);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false\nprecision = \"fp16\""));
+    ws.make_ok();
+    check_manifest(&ws, "export", &case, "fp16", false);
+    check_fp16(&ws, "export", &case);
 }
 
 #[test]

@@ -541,8 +541,8 @@ fn gpt2_hf_through_hf_gives_the_same_logits() {
     check_round_trip(&ws, &case);
 }
 
-/// ONNX `fp16` stores float16 weights and computes in float32; `hf/` holds the same rounded
-/// values as float32, so that PyTorch computes on them in float32 too.
+/// ONNX `fp16` stores float16 weights; `hf/` holds the same rounded values as float32, so
+/// that PyTorch runs the very weights the ONNX models hold.
 #[test]
 fn fp16_export_writes_the_rounded_weights_as_float32() {
     let case = Case::gpt2_hf(30);

@@ -11,8 +11,8 @@
 //! [`Checkpoint::load`]: a quantised GGUF's dequantised values, Q and K rows of an
 //! interleaved-RoPE checkpoint permuted back to the half layout. They are stored as float32
 //! whatever the export's precision: with `precision = "fp16"` each value is first rounded
-//! through float16, as the ONNX files store it, so that PyTorch computes in float32 on the
-//! same weights ONNX Runtime does (it casts the float16 weights to float32 before use).
+//! through float16, as the ONNX files store it, so that PyTorch, computing in float32, runs
+//! the very weights the ONNX `fp16` models compute on in float16.
 
 use std::path::Path;
 use std::time::Instant;

@@ -21,9 +21,19 @@
 //!   both Q and K, so the model is the same function with one RoPE implementation.
 //! - Attention masks use `Where(allowed, scores, lowest)` rather than an additive bias, so a
 //!   fully masked (padding) row cannot turn into NaN.
-//! - `fp16` stores every weight as float16 with a `Cast` to float32 after it: half the file,
-//!   float32 arithmetic (ONNX Runtime folds the casts when it loads the model). TensorRT
-//!   chooses its own precision from the builder flags, not from the file.
+//! - `fp16` computes in float16: every weight is stored as float16 (half the file) and the
+//!   projections, attention products, activations, RoPE and residual adds run on float16,
+//!   because TensorRT for RTX builds strongly typed networks, taking each layer's precision
+//!   from the graph's types rather than from builder flags: a graph of float16 weights cast
+//!   to float32 would give a float32 plan. The numerically sensitive parts run in float32
+//!   between explicit `Cast`s, as mixed-precision model builders (ONNX Runtime GenAI's)
+//!   place them: LayerNorm and RMSNorm (input and weights cast to float32, the result cast
+//!   back; RMSNorm's `x·x` overflows float16 where SmolLM2's activations reach |x| ≈ 3,300),
+//!   the RoPE angles, and the attention mask and softmax (scores cast to float32, masked with
+//!   float32's lowest value, probabilities cast back for the value product). The interface
+//!   does not change: int64 ids and mask, float32 `logits`, and a float32 cache (`past_*`
+//!   cast to float16 on the way in, `present.*` to float32 on the way out), so every runtime
+//!   and the KV-cache code run either precision alike.
 //! - Models whose weights exceed protobuf's 2 GiB limit are written with external data
 //!   (`model.onnx.data` beside `model.onnx`); `external_data = true` forces it.
 

@@ -58,12 +58,14 @@ fn relayout(v: Vec<f32>, shape: &[usize], layout: Layout) -> Vec<f32> {
 struct Builder<'g, 'a> {
     g: &'g mut Graph<'a>,
     ck: &'a Checkpoint,
+    /// Weights, activations and arithmetic in float16, but for the float32 islands
+    /// ([`Builder::cast_f32`]): the normalisations and the softmax.
     fp16: bool,
     opset: i64,
 }
 
 impl<'a> Builder<'_, 'a> {
-    /// A checkpoint tensor as an initializer (and a Cast when stored as float16).
+    /// A checkpoint tensor as an initializer, in the compute type.
     fn weight(&mut self, name: &str, layout: Layout) -> Result<String, ModelError> {
         let t = self.ck.tensor(name).ok_or_else(|| ModelError::Tensor {
             path: self.ck.path.clone(),
@@ -83,8 +85,41 @@ impl<'a> Builder<'_, 'a> {
             let v = relayout(v, &shape, layout);
             Ok(if fp16 { f16_bytes(&v) } else { f32_bytes(&v) })
         });
-        let init = self.g.init(name, &dims, if self.fp16 { FLOAT16 } else { FLOAT }, producer);
-        Ok(if self.fp16 { self.g.op("Cast", &[&init], vec![attr_i("to", FLOAT as i64)]) } else { init })
+        Ok(self.g.init(name, &dims, self.compute_type(), producer))
+    }
+
+    /// A normalisation's weight or bias: stored as every weight is, used in float32.
+    fn norm_weight(&mut self, name: &str) -> Result<String, ModelError> {
+        let w = self.weight(name, Layout::AsIs)?;
+        Ok(self.cast_f32(&w))
+    }
+
+    fn compute_type(&self) -> i32 {
+        if self.fp16 { FLOAT16 } else { FLOAT }
+    }
+
+    /// `x` (in the compute type) cast to float32 for a numerically sensitive step; `x` itself
+    /// in an fp32 graph.
+    fn cast_f32(&mut self, x: &str) -> String {
+        if self.fp16 { self.g.op("Cast", &[x], vec![attr_i("to", FLOAT as i64)]) } else { x.to_string() }
+    }
+
+    /// `x` (float32) cast back to the compute type.
+    fn cast_compute(&mut self, x: &str) -> String {
+        if self.fp16 { self.g.op("Cast", &[x], vec![attr_i("to", FLOAT16 as i64)]) } else { x.to_string() }
+    }
+
+    /// A scalar constant in the compute type.
+    fn scalar(&mut self, v: f32) -> String {
+        if self.fp16 { self.g.scalar_f16(v) } else { self.g.scalar_f32(v) }
+    }
+
+    /// Computes `x` (in the compute type) with `f` in float32, returning the result in the
+    /// compute type.
+    fn in_f32(&mut self, x: &str, f: impl FnOnce(&mut Self, &str) -> Result<String, ModelError>) -> Result<String, ModelError> {
+        let x32 = self.cast_f32(x);
+        let y = f(self, &x32)?;
+        Ok(self.cast_compute(&y))
     }
 
     fn op(&mut self, op: &str, inputs: &[&str]) -> String {
@@ -99,14 +134,23 @@ impl<'a> Builder<'_, 'a> {
         }
     }
 
+    /// LayerNorm, in float32 whatever the compute type.
     fn layer_norm(&mut self, x: &str, prefix: &str, eps: f32) -> Result<String, ModelError> {
-        let w = self.weight(&format!("{prefix}.weight"), Layout::AsIs)?;
-        let b = self.weight(&format!("{prefix}.bias"), Layout::AsIs)?;
-        Ok(self.g.op("LayerNormalization", &[x, &w, &b], vec![attr_i("axis", -1), attr_f("epsilon", eps)]))
+        self.in_f32(x, |b, x| {
+            let w = b.norm_weight(&format!("{prefix}.weight"))?;
+            let bias = b.norm_weight(&format!("{prefix}.bias"))?;
+            Ok(b.g.op("LayerNormalization", &[x, &w, &bias], vec![attr_i("axis", -1), attr_f("epsilon", eps)]))
+        })
     }
 
+    /// RMSNorm, in float32 whatever the compute type: `x·x` of a Llama's residual stream
+    /// overflows float16 (SmolLM2's activations reach |x| ≈ 3,300; float16 ends at 65,504).
     fn rms_norm(&mut self, x: &str, name: &str, eps: f32) -> Result<String, ModelError> {
-        let w = self.weight(name, Layout::AsIs)?;
+        self.in_f32(x, |b, x| b.rms_norm_f32(x, name, eps))
+    }
+
+    fn rms_norm_f32(&mut self, x: &str, name: &str, eps: f32) -> Result<String, ModelError> {
+        let w = self.norm_weight(name)?;
         let sq = self.op("Mul", &[x, x]);
         let mean = if self.opset >= 18 {
             let axes = self.g.const_i64(&[-1]);
@@ -142,7 +186,9 @@ impl<'a> Builder<'_, 'a> {
     }
 
     /// Grouped-query attention. `q` is `[B, H, S, hd]`, `k`/`v` are `[B, KV, T, hd]`,
-    /// `allowed` is `[B, 1, 1, S, T]`; returns `[B, S, H·hd]`.
+    /// `allowed` is `[B, 1, 1, S, T]`, `lowest` a float32 scalar; returns `[B, S, H·hd]`.
+    /// The mask and softmax run in float32: the scores' exponentials are where float16's
+    /// range and precision run out first.
     #[allow(clippy::too_many_arguments)]
     fn attention(&mut self, q: &str, k: &str, v: &str, allowed: &str, lowest: &str, heads: usize, kv: usize, hd: usize) -> String {
         let group = heads / kv;
@@ -152,17 +198,32 @@ impl<'a> Builder<'_, 'a> {
         let k5 = self.op("Unsqueeze", &[k, &ax2]);
         let v5 = self.op("Unsqueeze", &[v, &ax2]);
         let kt = self.g.op("Transpose", &[&k5], vec![attr_ints("perm", &[0, 1, 2, 4, 3])]);
-        let scale = self.g.scalar_f32(1.0 / (hd as f32).sqrt());
+        let scale = self.scalar(1.0 / (hd as f32).sqrt());
         let qs = self.op("Mul", &[&q5, &scale]);
         let scores = self.op("MatMul", &[&qs, &kt]);
+        let scores = self.cast_f32(&scores);
         let masked = self.op("Where", &[allowed, &scores, lowest]);
         let probs = self.g.op("Softmax", &[&masked], vec![attr_i("axis", -1)]);
+        let probs = self.cast_compute(&probs);
         let ctx = self.op("MatMul", &[&probs, &v5]);
         let h4_shape = self.g.const_i64(&[0, heads as i64, -1, hd as i64]);
         let ctx4 = self.op("Reshape", &[&ctx, &h4_shape]);
         let bshd = self.g.op("Transpose", &[&ctx4], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let flat = self.g.const_i64(&[0, 0, (heads * hd) as i64]);
         self.op("Reshape", &[&bshd, &flat])
+    }
+
+    /// The cache of one layer: `past` (a float32 graph input) followed by `new` along the
+    /// sequence axis, in the compute type, and written to the float32 output `present`.
+    fn cache(&mut self, past: &str, new: &str, present: &str) -> String {
+        if !self.fp16 {
+            self.g.op_into("Concat", &[past, new], &[present], vec![attr_i("axis", 2)]);
+            return present.to_string();
+        }
+        let past = self.cast_compute(past);
+        let all = self.g.op("Concat", &[&past, new], vec![attr_i("axis", 2)]);
+        self.g.op_into("Cast", &[&all], &[present], vec![attr_i("to", FLOAT as i64)]);
+        all
     }
 }
 
@@ -216,6 +277,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
     let axes = b.g.const_i64(&[1, 2, 3]);
     let keys_ok = b.op("Unsqueeze", &[&mask_bool, &axes]);
     let allowed = b.op("And", &[&causal, &keys_ok]);
+    // Float32 at every precision: the mask is applied to scores already cast to float32.
     let lowest = b.g.scalar_f32(f32::MIN);
 
     let tok = b.weight("token_embd.weight", Layout::AsIs)?;
@@ -226,7 +288,8 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
         let pe = b.g.op("Gather", &[&pos_table, &positions], vec![attr_i("axis", 0)]);
         x = b.op("Add", &[&x, &pe]);
     } else {
-        // An outer product by `Mul`, so that every `MatMul` is the model's own.
+        // Angles in float32 whatever the compute type: float16 cannot tell position 2049
+        // from 2050. An outer product by `Mul`, so that every `MatMul` is the model's own.
         let inv_freq: Vec<f32> = (0..hd / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f32) / hd as f32)).collect();
         let inv = b.g.const_f32(inv_freq);
         let pos_f = b.g.op("Cast", &[&positions], vec![attr_i("to", FLOAT as i64)]);
@@ -234,9 +297,8 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
         let inv_row = b.op("Unsqueeze", &[&inv, &zero]);
         let freqs = b.op("Mul", &[&pos_col, &inv_row]);
         let f2 = b.g.op("Concat", &[&freqs, &freqs], vec![attr_i("axis", -1)]);
-        let cos = b.op("Cos", &[&f2]);
-        let sin = b.op("Sin", &[&f2]);
-        rope = Some((cos, sin));
+        let (cos, sin) = (b.op("Cos", &[&f2]), b.op("Sin", &[&f2]));
+        rope = Some((b.cast_compute(&cos), b.cast_compute(&sin)));
     }
     let qk_layout = match c.rope_layout {
         RopeLayout::Interleaved if c.arch == Arch::Llama => |h: usize| Layout::RopeTransposed { heads: h },
@@ -273,13 +335,12 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
         let (k_all, v_all) = if decoder {
             let (pk, pv) = &pasts[i];
             let (ok, ov) = (format!("present.{i}.key"), format!("present.{i}.value"));
-            b.g.op_into("Concat", &[pk, &k], &[&ok], vec![attr_i("axis", 2)]);
-            b.g.op_into("Concat", &[pv, &v], &[&ov], vec![attr_i("axis", 2)]);
+            let (k_all, v_all) = (b.cache(pk, &k, &ok), b.cache(pv, &v, &ov));
             let dims = [batch.clone(), Dim::Fixed(kv as i64), total.clone(), Dim::Fixed(hd as i64)];
             b.g.output(&ok, FLOAT, &dims);
             b.g.output(&ov, FLOAT, &dims);
-            outputs.extend([ok.clone(), ov.clone()]);
-            (ok, ov)
+            outputs.extend([ok, ov]);
+            (k_all, v_all)
         } else {
             (k, v)
         };
@@ -317,8 +378,12 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
     } else {
         b.weight("output.weight", Layout::Transposed)?
     };
-    b.g.op_into("MatMul", &[&xf, &head], &["logits"], vec![]);
-
+    if b.fp16 {
+        let logits = b.op("MatMul", &[&xf, &head]);
+        b.g.op_into("Cast", &[&logits], &["logits"], vec![attr_i("to", FLOAT as i64)]);
+    } else {
+        b.g.op_into("MatMul", &[&xf, &head], &["logits"], vec![]);
+    }
 
     let mut dynamic_axes = vec!["batch".to_string(), "sequence".to_string()];
     if decoder {
@@ -329,10 +394,10 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
 
 /// GPT-2's `gelu_new`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 fn gelu_tanh(b: &mut Builder<'_, '_>, x: &str) -> String {
-    let c1 = b.g.scalar_f32(0.044715);
-    let c2 = b.g.scalar_f32((2.0 / std::f32::consts::PI).sqrt());
-    let half = b.g.scalar_f32(0.5);
-    let one = b.g.scalar_f32(1.0);
+    let c1 = b.scalar(0.044715);
+    let c2 = b.scalar((2.0 / std::f32::consts::PI).sqrt());
+    let half = b.scalar(0.5);
+    let one = b.scalar(1.0);
     let x2 = b.op("Mul", &[x, x]);
     let x3 = b.op("Mul", &[&x2, x]);
     let t = b.op("Mul", &[&x3, &c1]);

@@ -170,6 +170,11 @@ impl<'a> Graph<'a> {
         self.init(&name, &[], FLOAT, Box::new(move || Ok(v.to_le_bytes().to_vec())))
     }
 
+    pub fn scalar_f16(&mut self, v: f32) -> String {
+        let name = self.fresh("scalar_f16");
+        self.init(&name, &[], FLOAT16, Box::new(move || Ok(half::f16::from_f32(v).to_le_bytes().to_vec())))
+    }
+
     pub fn const_f32(&mut self, values: Vec<f32>) -> String {
         let name = self.fresh("const_f32");
         let n = values.len() as i64;

@@ -5,7 +5,7 @@
 //! kind = "export"
 //! deps = { checkpoint = "out/fetch-model/model.gguf" }
 //! variants = ["prefill", "decoder"]   # default; also "hf"
-//! precision = "fp32"                  # or "fp16" (float16 weights)
+//! precision = "fp32"                  # or "fp16" (float16 weights and arithmetic)
 //! opset = 17
 //! external_data = "auto"              # or true / false
 //! tokenizer = true                    # write tokenizer.json beside the models
@@ -17,6 +17,11 @@
 //! initializer count and bytes, external data and the content digest. The tokenizer comes
 //! from a `tokenizer` dep (a `tokenizer.json`), the checkpoint's own (`tokenizer.json` in
 //! a Hugging Face directory, or the GGUF's embedded vocabulary).
+//!
+//! `fp16` models compute in float16, with the normalisations and the softmax in float32 and
+//! the same float32 interface as `fp32` ones: strongly typed TensorRT (TensorRT for RTX)
+//! takes each layer's precision from the graph, so the file decides what a plan computes in
+//! (see [`crate::export`] for where the casts go).
 //!
 //! The `hf` variant is not ONNX: `hf/` is a Hugging Face directory (`config.json`,
 //! `model.safetensors`, and `tokenizer.json` with `tokenizer_config.json` when a tokenizer is
