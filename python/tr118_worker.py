@@ -9,6 +9,8 @@ Requests carry an `id` and an `op`; every response echoes the `id` and has `ok`:
 
   hello      -> versions of Python, torch, transformers; CUDA devices
   load       -> loads a Hugging Face directory onto a device, eager or torch.compile
+  load_plan  -> loads a TensorRT for RTX plan instead (through tr118_trt.py, beside this file);
+                prefill and generate then run it, torch tensors as its buffers
   prefill    -> one forward pass, timed here with CUDA synchronisation; optionally writes
                 the logits (float32, little-endian, row-major) to a file tr118 names
   generate   -> greedy decoding, with (cache=true) or without a key/value cache
@@ -53,6 +55,7 @@ class Worker:
         self.device = None
         self.compiled = False
         self.static_cache = False
+        self.engine = "torch"
         self.caches = {}
         self.import_error = None
         try:
@@ -113,6 +116,7 @@ class Worker:
         self._sync_device(device)
         load_s = time.perf_counter() - start
         self.model, self.device = model, t.device(device)
+        self.engine = "torch"
         self.forward = model.forward
         self.compiled, self.static_cache, self.caches = False, False, {}
         compile_cfg = req.get("compile")
@@ -145,9 +149,50 @@ class Worker:
             "tf32": False,
         }
 
+    def load_plan(self, req):
+        """A TensorRT for RTX plan (`tr118_trt.py` beside this file loads the library), run
+        with torch's CUDA tensors as its buffers, on torch's current stream."""
+        if self.torch is None:
+            raise Unavailable(self.import_error)
+        t = self.torch
+        import tr118_trt
+
+        try:
+            trt = tr118_trt.load_trt(req["library"], req["bindings"])
+        except tr118_trt.Unavailable as e:
+            raise Unavailable(str(e))
+        device = req.get("device", "cuda:0")
+        if not t.cuda.is_available():
+            raise Unavailable(f"torch {t.__version__} sees no CUDA device ({_cuda_reason(t)})")
+        t.cuda.set_device(t.device(device))
+        log = tr118_trt.make_logger(trt)
+        runtime = trt.Runtime(log)
+        with open(req["plan"], "rb") as f:
+            blob = f.read()
+        start = time.perf_counter()
+        engine = runtime.deserialize_cuda_engine(blob)
+        if engine is None:
+            raise Unavailable("; ".join(log.errors()) or "the library did not load the plan")
+        self._sync_device(device)
+        load_s = time.perf_counter() - start
+        self.model = Plan(t, trt, engine, t.device(device))
+        self.device = t.device(device)
+        self.engine = "tensorrt-rtx"
+        return {
+            "load_s": load_s,
+            "plan_bytes": len(blob),
+            "version": tr118_trt.VERSION,
+            "io": {n: [self.model.dtypes[n].__repr__().replace("torch.", ""), list(engine.get_tensor_shape(n))] for n in self.model.names},
+            "decoder": self.model.is_decoder,
+            "device_name": t.cuda.get_device_name(self.device),
+            "parameter_devices": [str(self.device)],
+        }
+
     def prefill(self, req):
         self._need_model()
         t = self.torch
+        if self.engine == "tensorrt-rtx":
+            return self._plan_prefill(req)
         b, s = req["batch"], req["seq"]
         ids = t.tensor(req["ids"], dtype=t.long, device=self.device).view(b, s)
         mask = req.get("mask")
@@ -172,6 +217,8 @@ class Worker:
         if n < 1:
             raise ValueError("`new_tokens` must be at least 1")
         ids = t.tensor(req["ids"], dtype=t.long, device=self.device).view(b, s)
+        if self.engine == "tensorrt-rtx":
+            return self._plan_generate(ids, b, s, n, req.get("cache", True))
         with t.inference_mode():
             if req.get("cache", True):
                 return self._generate_cached(ids, b, s, n)
@@ -229,6 +276,65 @@ class Worker:
         total = time.perf_counter() - start
         return {"ttft_s": ttft, "total_s": total, "ids": t.cat(tokens, dim=1).flatten().tolist()}
 
+    # --- TensorRT for RTX plans --------------------------------------------------------
+
+    def _plan_prefill(self, req):
+        t, plan = self.torch, self.model
+        b, s = req["batch"], req["seq"]
+        ids = t.tensor(req["ids"], dtype=t.long, device=self.device).view(b, s)
+        mask = req.get("mask")
+        mask = t.tensor(mask, dtype=t.long, device=self.device).view(b, s) if mask is not None else t.ones_like(ids)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if plan.is_decoder:
+            feeds.update(plan.empty_past(b))
+        self._sync()
+        start = time.perf_counter()
+        logits = plan.run(feeds)["logits"]
+        self._sync()
+        latency = time.perf_counter() - start
+        out = {"latency_s": latency, "shape": list(logits.shape), "argmax": logits[:, -1, :].argmax(-1).tolist()}
+        path = req.get("logits")
+        if path:
+            logits.float().cpu().contiguous().numpy().astype("<f4", copy=False).tofile(path)
+        return out
+
+    def _plan_generate(self, ids, b, s, n, cached):
+        t, plan = self.torch, self.model
+        if cached and not plan.is_decoder:
+            raise ValueError("a prefill plan has no key/value cache: generate with a decoder plan, or cache=false")
+        tokens = []
+        self._sync()
+        start = time.perf_counter()
+        ttft = None
+        if cached:
+            past = plan.empty_past(b)
+            step, length = ids, 0
+            for i in range(n):
+                length += step.shape[1]
+                feeds = {"input_ids": step, "attention_mask": t.ones((b, length), dtype=t.long, device=self.device), **past}
+                out = plan.run(feeds)
+                step = out["logits"][:, -1, :].argmax(-1, keepdim=True)
+                tokens.append(step)
+                past = {k.replace("present.", "past_key_values."): v for k, v in out.items() if k.startswith("present.")}
+                if i == 0:
+                    self._sync()
+                    ttft = time.perf_counter() - start
+        else:
+            seqs = ids
+            for i in range(n):
+                feeds = {"input_ids": seqs, "attention_mask": t.ones_like(seqs)}
+                if plan.is_decoder:
+                    feeds.update(plan.empty_past(b))
+                nxt = plan.run(feeds)["logits"][:, -1, :].argmax(-1, keepdim=True)
+                tokens.append(nxt)
+                if i == 0:
+                    self._sync()
+                    ttft = time.perf_counter() - start
+                seqs = t.cat([seqs, nxt], dim=1)
+        self._sync()
+        total = time.perf_counter() - start
+        return {"ttft_s": ttft, "total_s": total, "ids": t.cat(tokens, dim=1).flatten().tolist()}
+
     # --- helpers -------------------------------------------------------------------------
 
     def _static_cache(self, batch, length):
@@ -270,6 +376,50 @@ class Worker:
                 mark()
 
 
+class Plan:
+    """One deserialised plan and its execution context; every input and output a torch tensor
+    on the plan's device, of the type the plan declares."""
+
+    def __init__(self, t, trt, engine, device):
+        self.t, self.trt, self.engine, self.device = t, trt, engine, device
+        self.context = engine.create_execution_context()
+        self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        kinds = {trt.DataType.FLOAT: t.float32, trt.DataType.HALF: t.float16, trt.DataType.INT64: t.int64, trt.DataType.INT32: t.int32, trt.DataType.BOOL: t.bool}
+        self.dtypes = {n: kinds[engine.get_tensor_dtype(n)] for n in self.names}
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.is_decoder = bool(self.past)
+        # TensorRT wants an address even for an empty tensor (an empty past).
+        self.spare = t.empty(1, dtype=t.float32, device=device)
+
+    def empty_past(self, batch):
+        out = {}
+        for n in self.past:
+            shape = list(self.engine.get_tensor_shape(n))
+            shape[0], shape[2] = batch, 0
+            out[n] = self.t.empty(shape, dtype=self.dtypes[n], device=self.device)
+        return out
+
+    def run(self, feeds):
+        ctx = self.context
+        held = []
+        for n in self.inputs:
+            x = feeds[n].to(self.dtypes[n]).contiguous()
+            held.append(x)
+            if not ctx.set_input_shape(n, tuple(x.shape)):
+                raise ValueError(f"input `{n}` of shape {tuple(x.shape)} is outside the plan's profiles")
+            ctx.set_tensor_address(n, x.data_ptr() if x.numel() else self.spare.data_ptr())
+        outs = {}
+        for n in self.outputs:
+            y = self.t.empty(tuple(ctx.get_tensor_shape(n)), dtype=self.dtypes[n], device=self.device)
+            outs[n] = y
+            ctx.set_tensor_address(n, y.data_ptr() if y.numel() else self.spare.data_ptr())
+        if not ctx.execute_async_v3(self.t.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError("TensorRT for RTX failed to enqueue the plan")
+        return outs
+
+
 def _cuda_reason(t):
     try:
         t.cuda.init()
@@ -280,7 +430,7 @@ def _cuda_reason(t):
 
 def serve(inp, out):
     worker = Worker()
-    ops = {"hello": worker.hello, "load": worker.load, "prefill": worker.prefill, "generate": worker.generate}
+    ops = {"hello": worker.hello, "load": worker.load, "load_plan": worker.load_plan, "prefill": worker.prefill, "generate": worker.generate}
     for line in inp:
         line = line.strip()
         if not line:

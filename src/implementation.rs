@@ -55,17 +55,17 @@ pub const SETS: &[Set] = &[
     Set { name: "tokenizer", version: 1, files: &["src/tokenizer.rs"] },
     Set { name: "calibrate", version: 1, files: &["src/stage/calibrate.rs", "src/quant"] },
     Set { name: "quantize", version: 1, files: &["src/stage/quantize.rs", "src/quant", "src/onnx"] },
-    Set { name: "trt_build", version: 1, files: &["src/stage/trt_build.rs", "src/trt.rs", "src/onnx"] },
+    Set { name: "trt_build", version: 2, files: &["src/stage/trt_build.rs", "src/trt.rs", "src/trt", "python/tr118_trt.py", "src/onnx"] },
     Set { name: "perplexity", version: 1, files: &["src/stage/perplexity.rs"] },
     Set { name: "gate", version: 1, files: &["src/stage/gate.rs"] },
     Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs"] },
     Set { name: "sweep", version: 1, files: &["src/stage/sweep.rs", "src/measure"] },
     Set { name: "stats", version: 1, files: &["src/stage/stats.rs", "src/stats.rs", "src/measure/mod.rs"] },
-    Set { name: "report", version: 1, files: &["src/stage/report.rs", "src/report"] },
-    Set { name: "templates", version: 1, files: &["templates/report.md.j2", "templates/report.html.j2"] },
+    Set { name: "report", version: 2, files: &["src/stage/report.rs", "src/report"] },
+    Set { name: "templates", version: 2, files: &["templates/report.md.j2", "templates/report.html.j2"] },
     Set { name: "backend", version: 1, files: &["src/backend/mod.rs"] },
     Set { name: "onnxruntime", version: 1, files: &["src/runtime", "src/backend/probe.rs"] },
-    Set { name: "torch", version: 1, files: &["src/backend/torch.rs", "python/tr118_worker.py"] },
+    Set { name: "torch", version: 1, files: &["src/backend/torch.rs", "python/tr118_worker.py", "python/tr118_trt.py", "src/trt/rtx.rs"] },
 ];
 
 /// The set called `name`.

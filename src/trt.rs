@@ -66,6 +66,8 @@
 //! is invisible to this census, and a plan whose INT8 work is all inside one reads as having
 //! no INT8 layer.
 
+pub mod rtx;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;

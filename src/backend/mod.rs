@@ -129,7 +129,7 @@ const FIELDS: &[&str] = &[
 ];
 
 /// The runtimes a backend can name.
-pub const RUNTIMES: &[&str] = &["onnxruntime", "torch"];
+pub const RUNTIMES: &[&str] = &["onnxruntime", "torch", "tensorrt-rtx"];
 const TORCH_COMPILE_MODES: &[&str] = &["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"];
 
 /// Fields a `[[backends]]` entry gets when the pipeline is loaded, unless it sets them:
@@ -139,9 +139,16 @@ const TORCH_COMPILE_MODES: &[&str] = &["default", "reduce-overhead", "max-autotu
 /// so they are part of every key that holds it.
 pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
     let Some(t) = v.as_object() else { return Vec::new() };
-    let torch = t.get("runtime").and_then(Value::as_str) == Some("torch");
+    let runtime = t.get("runtime").and_then(Value::as_str);
+    let torch = runtime == Some("torch");
+    // A TensorRT for RTX plan runs in the torch worker, on a GPU the plan may not support.
+    let worker_facets: &[&str] = match runtime {
+        Some("torch") => &["torch"],
+        Some("tensorrt-rtx") => &["torch", "gpu"],
+        _ => &[],
+    };
     let mut out = Vec::new();
-    if let Some(model) = t.get("model").and_then(Value::as_str) {
+    if let Some(model) = t.get("model").and_then(Value::as_str).filter(|_| runtime != Some("tensorrt-rtx")) {
         let model = model.trim_end_matches('/');
         for variant in ["prefill", "decoder"] {
             if !t.contains_key(variant) {
@@ -150,12 +157,15 @@ pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
             }
         }
     }
-    if torch {
-        let mut facets: Vec<Value> = t.get("facets").and_then(Value::as_array).cloned().unwrap_or_default();
-        if !facets.iter().any(|f| f == "torch") {
-            facets.push(Value::String("torch".into()));
-            out.push(("facets".into(), Value::Array(facets)));
+    let mut facets: Vec<Value> = t.get("facets").and_then(Value::as_array).cloned().unwrap_or_default();
+    let before = facets.len();
+    for f in worker_facets {
+        if !facets.iter().any(|x| x == f) {
+            facets.push(Value::String((*f).into()));
         }
+    }
+    if facets.len() > before {
+        out.push(("facets".into(), Value::Array(facets)));
     }
     out
 }
@@ -195,7 +205,7 @@ impl BackendSpec {
         let runtime = s("runtime").unwrap_or_else(|| "onnxruntime".into());
         if !RUNTIMES.contains(&runtime.as_str()) {
             let help = crate::diag::suggest(&runtime, RUNTIMES.iter().copied()).map_or(String::new(), |h| format!("; {h}"));
-            errors.push(("runtime".into(), format!("unknown runtime `{runtime}`; backends run on `onnxruntime` or `torch`{help}")));
+            errors.push(("runtime".into(), format!("unknown runtime `{runtime}`; backends run on `onnxruntime`, `torch` or `tensorrt-rtx`{help}")));
         }
         let torch = runtime == "torch";
         let provider = match s("provider").as_deref().unwrap_or("cpu").parse::<Provider>() {
@@ -257,6 +267,16 @@ impl BackendSpec {
         {
             // It is an input of the backend's nodes (see `implied_deps`): a workspace path.
             errors.push(("trt_int8_calibration_table".into(), e));
+        }
+        if runtime == "tensorrt-rtx" {
+            if provider != Provider::Cuda {
+                errors.push(("provider".into(), "a `tensorrt-rtx` backend runs its plans on `cuda`".into()));
+            }
+            for variant in ["prefill", "decoder"] {
+                if !t.contains_key(variant) {
+                    errors.push((variant.into(), format!("a `tensorrt-rtx` backend names its `{variant}` plan: a `trt_build` node's directory, such as `out/trt_build/fp16`")));
+                }
+            }
         }
         let cuda_graph = t.get("cuda_graph").and_then(Value::as_bool).unwrap_or(false);
         if cuda_graph && (torch || provider != Provider::Cuda) {
@@ -542,8 +562,10 @@ impl Backend for OrtBackend {
 /// `library` and probed (below); for torch the Hugging Face directory its worker loads
 /// ([`torch::open`]; `library` is not used).
 pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
-    if spec.runtime == "torch" {
-        return torch::open(spec, model);
+    match spec.runtime.as_str() {
+        "torch" => return torch::open(spec, model),
+        "tensorrt-rtx" => return torch::open_plan(spec, model),
+        _ => {}
     }
     open_ort(spec, model, library)
 }

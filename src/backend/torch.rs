@@ -64,6 +64,9 @@ impl Worker {
         let scratch = probe::scratch_dir("torch")?;
         let script = scratch.join("tr118_worker.py");
         std::fs::write(&script, WORKER_SOURCE).map_err(|e| BackendError::Failed(format!("writing `{}`: {e}", script.display())))?;
+        // `load_plan` imports TensorRT for RTX's helper from beside the worker.
+        let helper = scratch.join(crate::trt::rtx::HELPER_NAME);
+        std::fs::write(&helper, crate::trt::rtx::HELPER_SOURCE).map_err(|e| BackendError::Failed(format!("writing `{}`: {e}", helper.display())))?;
         let python = python();
         let spawned = Command::new(&python)
             .arg("-u")
@@ -222,16 +225,7 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
         )));
     }
     let mut worker = Worker::start()?;
-    let mut hello = worker.call("hello", Map::new())?;
-    // The interpreter is named in every result the backend produces: a virtual environment
-    // inside the workspace by its path relative to it (see [`crate::paths`]).
-    if let Some(Value::String(exe)) = hello.get_mut("executable") {
-        *exe = crate::paths::shown(Path::new(exe.as_str()));
-    }
-    let protocol = hello.get("protocol").and_then(Value::as_u64);
-    if protocol != Some(PROTOCOL) {
-        return Err(BackendError::Failed(format!("the torch worker speaks protocol {protocol:?}; this tr118 speaks {PROTOCOL}")));
-    }
+    let hello = hello(&mut worker)?;
     let device = match spec.provider {
         Provider::Cuda => format!("cuda:{}", spec.device_id),
         _ => "cpu".to_string(),
@@ -267,6 +261,93 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
         worker: Some(json!({ "hello": hello, "load": loaded })),
     };
     Ok(Box::new(TorchBackend { spec: spec.clone(), capability, worker }))
+}
+
+/// Opens a `tensorrt-rtx` backend over a plan: `model` is a `trt_build` node's `plan` output
+/// (`out/<node>/plan`, holding `model.plan`), the plan file, or the node's directory; the
+/// node's `build.json` is read from beside `plan/`. The library and the
+/// bindings are those the plan was built with, as its `build.json` names them: a plan is
+/// rebuilt when they change, so they reach the keys of this backend's nodes through it.
+///
+/// The library judges the plan first (`tr118_trt.py check`, no torch needed): a machine with no
+/// usable GPU, or a GPU the plan is not for, is `Unavailable` with the library's own words; a
+/// plan from another version of the library is an error. Only then is the worker started and
+/// the plan loaded (`load_plan`), with torch's CUDA tensors as its buffers.
+pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
+    let plan = if model.is_file() {
+        model.to_path_buf()
+    } else if model.join("model.plan").is_file() {
+        model.join("model.plan")
+    } else {
+        model.join("plan/model.plan")
+    };
+    // `out/<node>/plan/model.plan` and `out/<node>/build.json`.
+    let build = plan.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join("build.json");
+    let failed = BackendError::Failed;
+    let text = std::fs::read(&build).map_err(|e| failed(format!("`{}` has no `build.json` beside it ({e}): a `tensorrt-rtx` backend runs plans built by a `trt_build` stage", plan.display())))?;
+    let built: Value = serde_json::from_slice(&text).map_err(|e| failed(format!("`{}`: {e}", build.display())))?;
+    if built["builder"] != "tensorrt-rtx" {
+        return Err(failed(format!("`{}` was not built by TensorRT for RTX (builder {})", plan.display(), built["builder"])));
+    }
+    if built["status"] != "ok" {
+        let reason = built["reason"].as_str().unwrap_or("no reason given");
+        return Err(BackendError::Unavailable(format!("its plan `{}` was not built: {reason}", plan.display())));
+    }
+    let library = PathBuf::from(built["library"].as_str().unwrap_or_default());
+    let bindings: Vec<PathBuf> = built["bindings"].as_array().into_iter().flatten().filter_map(Value::as_str).map(PathBuf::from).collect();
+    let request = crate::trt::rtx::CheckRequest { library: library.clone(), bindings: bindings.clone(), plan: plan.clone() };
+    let scratch = probe::scratch_dir("rtx-check")?;
+    let mut log = tempfile_in(&scratch)?;
+    let checked = crate::trt::rtx::check(&python(), &request, &scratch, Path::new("."), &mut log);
+    probe::remove_scratch_dir(&scratch);
+    let version = match checked {
+        Ok(v) => v.unwrap_or_default(),
+        Err(crate::trt::rtx::HelperError::Unavailable(reason)) => return Err(BackendError::Unavailable(format!("TensorRT for RTX cannot run `{}` here: {reason}", plan.display()))),
+        Err(e) => return Err(failed(format!("`{}`: {e}", plan.display()))),
+    };
+
+    let mut worker = Worker::start()?;
+    let hello = hello(&mut worker)?;
+    let mut load = Map::new();
+    load.insert("plan".into(), json!(plan));
+    load.insert("library".into(), json!(library));
+    load.insert("bindings".into(), json!(bindings));
+    load.insert("device".into(), json!(format!("cuda:{}", spec.device_id)));
+    let loaded = worker.call("load_plan", load)?;
+    let capability = Capability {
+        runtime: "tensorrt-rtx".into(),
+        runtime_version: version,
+        library_digest: built["library_digest"].as_str().unwrap_or_default().to_string(),
+        providers_offered: vec!["cuda".into()],
+        provider_requested: spec.provider.name().into(),
+        providers_assigned: BTreeMap::from([("cuda".to_string(), 1)]),
+        cpu_model: crate::facets::cpu_model(),
+        cpu_logical_threads: cpu_logical_threads(),
+        threads: spec.threads,
+        gpu: gpu_info(spec.device_id),
+        worker: Some(json!({ "hello": hello, "load": loaded })),
+    };
+    Ok(Box::new(TorchBackend { spec: spec.clone(), capability, worker }))
+}
+
+/// A log file for the helper's output while checking a plan (not kept: the reason is the result).
+fn tempfile_in(dir: &Path) -> Result<std::fs::File, BackendError> {
+    std::fs::File::create(dir.join("check.log")).map_err(|e| BackendError::Failed(format!("creating `{}`: {e}", dir.join("check.log").display())))
+}
+
+/// The worker's `hello`, its interpreter shown relative to the workspace, its protocol checked.
+fn hello(worker: &mut Worker) -> Result<Map<String, Value>, BackendError> {
+    let mut hello = worker.call("hello", Map::new())?;
+    // The interpreter is named in every result the backend produces: a virtual environment
+    // inside the workspace by its path relative to it (see [`crate::paths`]).
+    if let Some(Value::String(exe)) = hello.get_mut("executable") {
+        *exe = crate::paths::shown(Path::new(exe.as_str()));
+    }
+    let protocol = hello.get("protocol").and_then(Value::as_u64);
+    if protocol != Some(PROTOCOL) {
+        return Err(BackendError::Failed(format!("the torch worker speaks protocol {protocol:?}; this tr118 speaks {PROTOCOL}")));
+    }
+    Ok(hello)
 }
 
 fn num(m: &Map<String, Value>, k: &str) -> Result<f64, BackendError> {

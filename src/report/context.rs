@@ -1073,6 +1073,8 @@ fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
             "plan_bytes": num(v, "plan_bytes"),
             "build_s": num(v, "build_s"),
             "engine_build_s": num(v, "engine_build_s"),
+            "builder": text(v, "builder"),
+            "peak_build_mib": num(v, "peak_build_mib"),
         }));
     }
     let mut perplexity = Vec::new();
@@ -1202,12 +1204,13 @@ fn overhead(a: &Artifacts) -> Value {
     }
     for t in &a.trt {
         let v = &t.value;
-        let note = if v["status"] == "ok" {
-            format!("builder {} s", sig_opt(num(v, "engine_build_s"), 3))
+        let note = if v["plan_bytes"].is_u64() {
+            let peak = num(v, "peak_build_mib").map_or(String::new(), |m| format!(", peak memory {} MiB", sig_opt(Some(m), 3)));
+            format!("{}: builder {} s{peak}", text(v, "builder").unwrap_or_else(|| "trtexec".into()), sig_opt(num(v, "engine_build_s"), 3))
         } else {
             format!("not built: {}", text(v, "reason").unwrap_or_else(|| "no reason given".into()))
         };
-        push("TensorRT build".into(), format!("{} plan", text(v, "precision").unwrap_or_default()), num(v, "build_s"), num(v, "plan_bytes"), note);
+        push("TensorRT build".into(), t.node(), num(v, "build_s"), num(v, "plan_bytes"), note);
     }
     Value::Array(rows)
 }

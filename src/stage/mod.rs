@@ -182,9 +182,10 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 }
 
 /// The model a backend runs from a dep: the ONNX file for ONNX Runtime ([`onnx_file`]); for
-/// torch the dep itself, the Hugging Face directory its worker loads (checked when it opens).
+/// torch the dep itself, the Hugging Face directory its worker loads, and for TensorRT for RTX
+/// the `trt_build` node's directory (both checked when the backend opens).
 pub fn backend_model(spec: &crate::backend::BackendSpec, path: &Path) -> Result<PathBuf, String> {
-    if spec.runtime == "torch" { Ok(path.to_path_buf()) } else { onnx_file(path) }
+    if spec.runtime == "onnxruntime" { onnx_file(path) } else { Ok(path.to_path_buf()) }
 }
 
 static REGISTRY: &[&dyn StageKind] =

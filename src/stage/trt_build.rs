@@ -102,7 +102,14 @@ use crate::trt::{self, BuildCommand, ByPrecision, Int8Layers, OutputType, PlanPr
 
 pub struct TrtBuild;
 
-const FIELDS: &[&str] = &["precision", "profiles", "also_fp16", "tf32", "workspace_mib", "timing_cache"];
+const FIELDS: &[&str] = &["builder", "precision", "profiles", "also_fp16", "tf32", "workspace_mib", "timing_cache"];
+
+/// The builders a stage can name; the first is the default.
+pub const BUILDERS: &[&str] = &["trtexec", "tensorrt-rtx"];
+
+/// Fields only `trtexec` reads: TensorRT for RTX takes precision from the graph and tunes no
+/// kernels at build time.
+const TRTEXEC_ONLY: &[&str] = &["also_fp16", "tf32", "timing_cache"];
 
 /// Facets a `trt_build` stage must declare (see the module docs).
 pub const REQUIRED_FACETS: &[&str] = &["gpu", "trtexec"];
@@ -112,6 +119,9 @@ pub const DEFAULT_TIMING_CACHE: &str = "cache/trt-timing";
 
 /// The flag of an int8 plan without an INT8 layer.
 pub const INT8_UNVERIFIED: &str = "int8 requested but no layer runs in INT8";
+
+/// The flag of an fp16 plan without an FP16 layer.
+pub const FP16_UNVERIFIED: &str = "fp16 requested but no layer runs in FP16";
 
 /// Lines of `trtexec`'s output quoted in a failure.
 const TAIL_LINES: usize = 20;
@@ -222,6 +232,36 @@ impl StageKind for TrtBuild {
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
         let mut errors = Vec::new();
         let f = cx.fields;
+        let builder = match f.get("builder") {
+            None => BUILDERS[0],
+            Some(v) => match BUILDERS.iter().find(|b| v.as_str() == Some(**b)) {
+                Some(b) => b,
+                None => {
+                    let help = v.as_str().and_then(|s| crate::diag::suggest(s, BUILDERS.iter().copied())).unwrap_or_else(|| "`trtexec` or `tensorrt-rtx`".into());
+                    errors.push(err(vec!["builder".into()], format!("unknown builder {v}"), Some(help)));
+                    BUILDERS[0]
+                }
+            },
+        };
+        let rtx = builder == "tensorrt-rtx";
+        if rtx {
+            for field in TRTEXEC_ONLY.iter().filter(|k| f.contains_key(**k)) {
+                errors.push(err(
+                    vec![(*field).into()],
+                    format!("`{field}` is a `trtexec` setting; TensorRT for RTX takes each layer's precision from the ONNX graph and tunes no kernels while building"),
+                    Some("remove it, or build with `builder = \"trtexec\"`".into()),
+                ));
+            }
+            for (dep, what) in [("tensorrt_rtx", "the directory of `libtensorrt_rtx.so.1` and `libtensorrt_onnxparser_rtx.so.1`"), ("bindings", "TensorRT for RTX's Python bindings, one module per Python version")] {
+                if !cx.deps.iter().any(|d| d == dep) {
+                    errors.push(err(
+                        vec!["deps".into()],
+                        format!("a `tensorrt-rtx` build needs a dep named `{dep}`: {what}"),
+                        Some("deps = { model = \"out/export/prefill\", tensorrt_rtx = \"out/tensorrt-rtx/*\", bindings = \"out/tensorrt-rtx-py*/*.so\" }".into()),
+                    ));
+                }
+            }
+        }
         let precision = precision_of(cx, &mut errors);
         let profiles = profiles_of(f, &mut errors);
         let also_fp16 = super::bool_field(f, "also_fp16", false, &mut errors);
@@ -244,7 +284,7 @@ impl StageKind for TrtBuild {
                 Some("deps = { model = \"out/export/prefill\" }".into()),
             ));
         }
-        if precision == "int8" && !cx.deps.iter().any(|d| d == "calibration") {
+        if precision == "int8" && !rtx && !cx.deps.iter().any(|d| d == "calibration") {
             errors.push(err(
                 vec!["deps".into()],
                 format!("node `{}` builds an int8 plan, which needs a dep named `calibration`: a TensorRT calibration cache", cx.node),
@@ -253,6 +293,9 @@ impl StageKind for TrtBuild {
         }
         if !errors.is_empty() {
             return Err(errors);
+        }
+        if rtx {
+            return Ok(json!({ "builder": builder, "precision": precision, "profiles": profiles, "workspace_mib": workspace_mib }));
         }
         let mut config = json!({
             "precision": precision,
@@ -273,6 +316,9 @@ impl StageKind for TrtBuild {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+        if cx.node.config["builder"] == "tensorrt-rtx" {
+            return run_rtx(cx);
+        }
         let missing: Vec<&str> = REQUIRED_FACETS.iter().copied().filter(|f| !cx.node.facets.iter().any(|x| x == f)).collect();
         if !missing.is_empty() {
             return Err(format!(
@@ -283,14 +329,7 @@ impl StageKind for TrtBuild {
         let settings = Settings::from_config(&cx.node.config)?;
         let root = cx.root;
         let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
-        let dep = |name: &str| -> Result<Option<PathBuf>, String> {
-            match cx.deps.get(name).map(Vec::as_slice) {
-                None | Some([]) => Ok(None),
-                Some([one]) => Ok(Some(PathBuf::from(one))),
-                Some(many) => Err(format!("dep `{name}` names {} paths; a `trt_build` node reads one", many.len())),
-            }
-        };
-        let model_dep = dep("model")?.ok_or("no `model` dep")?;
+        let model_dep = one_dep(cx, "model")?.ok_or("no `model` dep")?;
         let model = rel(&super::onnx_file(&root.join(&model_dep))?);
         let sig = signature::read(&root.join(&model)).map_err(|e| e.to_string())?;
         let shapes = trt::profile_shapes(&sig.inputs, &settings.profiles).map_err(|e| format!("`{}`: {e}", model.display()))?;
@@ -298,7 +337,7 @@ impl StageKind for TrtBuild {
             "fp32" => PlanPrecision::Fp32,
             "fp16" => PlanPrecision::Fp16,
             _ => {
-                let calibration = dep("calibration")?.ok_or("an int8 node needs its `calibration` dep")?;
+                let calibration = one_dep(cx, "calibration")?.ok_or("an int8 node needs its `calibration` dep")?;
                 let header = trt::check_calibration_cache(&root.join(&calibration))?;
                 let _ = writeln!(cx.log, "calibration cache `{}`: {header}", calibration.display());
                 PlanPrecision::Int8 { calibration, also_fp16: settings.also_fp16 }
@@ -325,12 +364,17 @@ impl StageKind for TrtBuild {
         let shown = BuildCommand { plan: shown_plan.join("model.plan"), layers: shown_plan.join("layers.json"), ..command.clone() };
 
         let mut report = Report {
+            builder: "trtexec",
             precision: settings.precision.clone(),
             status: "ok",
             reason: None,
             flags: Vec::new(),
             command: std::iter::once("trtexec".to_string()).chain(shown.args()).collect(),
             trtexec: None,
+            library: None,
+            library_digest: None,
+            bindings: Vec::new(),
+            python: None,
             trt_version: None,
             gpu,
             model: model.display().to_string(),
@@ -347,12 +391,14 @@ impl StageKind for TrtBuild {
             timing_cache: timing_cache.as_ref().map(|p| p.display().to_string()),
             build_s: None,
             engine_build_s: None,
+            peak_build_mib: None,
             plan_bytes: None,
             n_layers: None,
             layers_by_precision: None,
             int8_layers: None,
             output_dtypes: None,
             int8_verified: None,
+            fp16_verified: None,
         };
         let result_path = root.join(&cx.outs["result"]);
 
@@ -481,12 +527,18 @@ fn run_logged(program: &Path, args: &[String], dir: &Path, log: &Path) -> Result
 /// Everything `build.json` holds (see the module docs).
 #[derive(Debug, Serialize)]
 struct Report {
+    builder: &'static str,
     precision: String,
     status: &'static str,
     reason: Option<String>,
     flags: Vec<String>,
     command: Vec<String>,
     trtexec: Option<String>,
+    library: Option<String>,
+    /// TensorRT for RTX: blake3 of `libtensorrt_rtx.so.1`, and the bindings offered to the helper.
+    library_digest: Option<String>,
+    bindings: Vec<String>,
+    python: Option<String>,
     trt_version: Option<String>,
     gpu: String,
     model: String,
@@ -500,10 +552,150 @@ struct Report {
     timing_cache: Option<String>,
     build_s: Option<f64>,
     engine_build_s: Option<f64>,
+    peak_build_mib: Option<f64>,
     plan_bytes: Option<u64>,
     n_layers: Option<usize>,
     layers_by_precision: Option<ByPrecision>,
     int8_layers: Option<Int8Layers>,
     output_dtypes: Option<BTreeMap<String, Option<OutputType>>>,
     int8_verified: Option<bool>,
+    fp16_verified: Option<bool>,
+}
+
+/// The one path of dep `name`, or none.
+fn one_dep(cx: &RunCx<'_>, name: &str) -> Result<Option<PathBuf>, String> {
+    match cx.deps.get(name).map(Vec::as_slice) {
+        None | Some([]) => Ok(None),
+        Some([one]) => Ok(Some(PathBuf::from(one))),
+        Some(many) => Err(format!("dep `{name}` names {} paths; a `trt_build` node reads one", many.len())),
+    }
+}
+
+/// The directory of the `tensorrt_rtx` dep: the dep itself, or the one directory its files
+/// (the library and its parser, both in the key) are in.
+fn library_dir(cx: &RunCx<'_>) -> Result<PathBuf, String> {
+    let paths = cx.deps.get("tensorrt_rtx").map(Vec::as_slice).unwrap_or_default();
+    let dirs: std::collections::BTreeSet<PathBuf> =
+        paths.iter().map(|p| if cx.root.join(p).is_dir() { PathBuf::from(p) } else { Path::new(p).parent().map(Path::to_path_buf).unwrap_or_default() }).collect();
+    match dirs.len() {
+        1 => Ok(dirs.into_iter().next().unwrap_or_default()),
+        0 => Err("the `tensorrt_rtx` dep names no file".into()),
+        _ => Err(format!("the `tensorrt_rtx` dep spans {} directories; the library and its parser are loaded from one", dirs.len())),
+    }
+}
+
+/// A plan built by TensorRT for RTX through the helper ([`crate::trt::rtx`]).
+fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    let settings = Settings::from_config(&cx.node.config)?;
+    let root = cx.root;
+    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
+    let model_dep = one_dep(cx, "model")?.ok_or("no `model` dep")?;
+    let model = rel(&super::onnx_file(&root.join(&model_dep))?);
+    let sig = signature::read(&root.join(&model)).map_err(|e| e.to_string())?;
+    let shapes = trt::profile_shapes(&sig.inputs, &settings.profiles).map_err(|e| format!("`{}`: {e}", model.display()))?;
+    let library = library_dir(cx)?;
+    let bindings: Vec<PathBuf> = cx.deps.get("bindings").into_iter().flatten().map(PathBuf::from).collect();
+
+    let plan_dir = cx.outs["plan"].clone();
+    std::fs::create_dir_all(root.join(&plan_dir)).map_err(|e| format!("cannot create `{}`: {e}", plan_dir.display()))?;
+    let request = trt::rtx::BuildRequest {
+        library: root.join(&library),
+        bindings: bindings.iter().map(|b| root.join(b)).collect(),
+        onnx: root.join(&model),
+        plan: root.join(plan_dir.join("model.plan")),
+        layers: root.join(plan_dir.join("layers.json")),
+        profiles: trt::rtx::profile_dims(&shapes)?,
+        workspace_mib: settings.workspace_mib,
+    };
+    let python = crate::backend::torch::python();
+    let mut report = Report {
+        builder: "tensorrt-rtx",
+        precision: settings.precision.clone(),
+        status: "ok",
+        reason: None,
+        flags: Vec::new(),
+        command: vec![crate::paths::relative_text(&python), trt::rtx::HELPER_NAME.into(), "build".into(), "request.json".into()],
+        trtexec: None,
+        library: Some(library.display().to_string()),
+        library_digest: crate::digest::hash_file(&root.join(&library).join("libtensorrt_rtx.so.1")).ok().map(|(d, _)| d.to_hex()),
+        bindings: bindings.iter().map(|b| b.display().to_string()).collect(),
+        python: Some(crate::paths::relative_text(&python)),
+        trt_version: None,
+        gpu: "<not needed: TensorRT for RTX builds ahead of time>".into(),
+        model: model.display().to_string(),
+        calibration: None,
+        dynamic_inputs: sig.inputs.iter().filter(|i| i.is_dynamic()).map(|i| (i.name.clone(), i.dims.iter().map(ToString::to_string).collect())).collect(),
+        profiles: settings.profiles.clone(),
+        shapes,
+        also_fp16: false,
+        tf32: false,
+        workspace_mib: settings.workspace_mib,
+        timing_cache: None,
+        build_s: None,
+        engine_build_s: None,
+        peak_build_mib: None,
+        plan_bytes: None,
+        n_layers: None,
+        layers_by_precision: None,
+        int8_layers: None,
+        output_dtypes: None,
+        int8_verified: None,
+        fp16_verified: None,
+    };
+    let result_path = root.join(&cx.outs["result"]);
+    let _ = writeln!(cx.log, "$ {} {} build <request>\n{}", python, trt::rtx::HELPER_NAME, serde_json::to_string_pretty(&request).unwrap_or_default());
+    let start = Instant::now();
+    let answer = match trt::rtx::build(&python, &request, cx.scratch, root, cx.log) {
+        Ok(a) => a,
+        Err(trt::rtx::HelperError::Unavailable(reason)) => {
+            let _ = writeln!(cx.log, "degraded: {reason}");
+            report.status = "degraded";
+            report.reason = Some(reason.clone());
+            write_json(&result_path, &report)?;
+            return Ok(Outcome::Degraded(reason));
+        }
+        Err(trt::rtx::HelperError::BadInput(e)) => return Err(format!("`{}`: {e}", model.display())),
+        Err(trt::rtx::HelperError::Failed(e)) => return Err(e),
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    report.trt_version = answer.version.clone();
+
+    let plan_bytes = std::fs::metadata(&request.plan).map_err(|e| format!("the builder reported a plan but `{}` cannot be read: {e}", request.plan.display()))?.len();
+    let layers_text = std::fs::read_to_string(&request.layers).map_err(|e| format!("the builder's layer information `{}` cannot be read: {e}", request.layers.display()))?;
+    let info = trt::parse_layer_info(&layers_text).map_err(|e| format!("`{}`: {e}", request.layers.display()))?;
+    let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
+    let summary = trt::summarise(&info, &outputs);
+    report.build_s = Some(elapsed);
+    report.engine_build_s = answer.engine_build_s.or(Some(answer.build_s));
+    report.peak_build_mib = Some(answer.peak_rss_mib);
+    report.plan_bytes = Some(plan_bytes);
+    report.n_layers = Some(summary.n_layers);
+    report.int8_verified = (settings.precision == "int8").then_some(summary.int8_layers.count > 0);
+    report.fp16_verified = (settings.precision == "fp16").then_some(summary.layers_by_precision.fp16 > 0);
+    report.layers_by_precision = Some(summary.layers_by_precision);
+    report.int8_layers = Some(summary.int8_layers);
+    report.output_dtypes = Some(summary.output_dtypes);
+    let _ = writeln!(
+        cx.log,
+        "plan {plan_bytes} bytes, {} layers in {elapsed:.2}s (builder {:.2}s, peak {:.0} MiB); TensorRT for RTX {}",
+        summary.n_layers,
+        answer.build_s,
+        answer.peak_rss_mib,
+        answer.version.as_deref().unwrap_or("(version not reported)")
+    );
+    for (unverified, flag) in [(report.int8_verified == Some(false), INT8_UNVERIFIED), (report.fp16_verified == Some(false), FP16_UNVERIFIED)] {
+        if unverified {
+            report.flags.push(flag.into());
+        }
+    }
+    let outcome = match report.flags.first() {
+        Some(flag) => {
+            report.status = "degraded";
+            report.reason = Some(flag.clone());
+            Outcome::Degraded(flag.clone())
+        }
+        None => Outcome::Ok,
+    };
+    write_json(&result_path, &report)?;
+    Ok(outcome)
 }

@@ -6,6 +6,7 @@
 //! | [`nginx`]     | a real WebDAV cache server on a loopback port, killed on drop       |
 //! | [`onnx`]      | tiny ONNX models written as raw protobuf bytes                      |
 //! | [`reference`] | a naive f64 forward pass for GPT-2 and Llama; seeded random weights |
+//! | [`rtx`]       | TensorRT for RTX, fetched once by the default pipeline's own stages   |
 //! | [`study`]     | the reduced study: the default study's shape on a tiny random Llama   |
 //! | [`workspace`] | a throwaway workspace, the real binary run on it, its `--json` records |
 
@@ -16,6 +17,7 @@ pub mod http;
 pub mod nginx;
 pub mod onnx;
 pub mod reference;
+pub mod rtx;
 pub mod study;
 pub mod workspace;
 
