@@ -311,6 +311,7 @@ fn plans_that_cannot_run_here_are_degraded_with_the_library_reason() {
     for node in ["perplexity/rtx", "sweep/rtx/generate"] {
         assert_eq!(make.status(node), "degraded", "{node}: {}", make.record(node));
         let detail = make.record(node)["detail"].as_str().unwrap_or_default().to_string();
+        eprintln!("{node}: {detail}");
         // The library's own words: no driver here (CUDA error 35), where an H200 says its
         // compute capability 9.0 is not one the plan supports.
         assert!(detail.contains("TensorRT for RTX cannot run") && detail.contains("out/trt_build"), "{node}: {detail}");

@@ -46,7 +46,8 @@ pub fn distdir() -> &'static str {
     })
 }
 
-/// The mirror workspace, made (or brought up to date) by `tr118 make` of [`STAGES`].
+/// The mirror workspace, made (or brought up to date) by `tr118 make` of [`STAGES`]; on a
+/// machine without the registries, `TR118_DISTDIR` names where the files already are.
 fn mirror() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tr118-dev/tensorrt-rtx");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
@@ -55,7 +56,6 @@ fn mirror() -> PathBuf {
         .arg("make")
         .args(STAGES)
         .current_dir(&dir)
-        .env_remove("TR118_DISTDIR")
         .output()
         .unwrap_or_else(|e| panic!("run tr118 in {}: {e}", dir.display()));
     if !out.status.success() {
