@@ -10,7 +10,7 @@
 //! | `calibration.cache`                                      | parsed here: header per method and `trt_version`, hex floats bit-equal to the JSON scales, same order |
 //! | the static model's contents                              | int8 weights and per-column scales quantized here from the checkpoint (bit-equal), activation scales equal to the calibration's, zero points 0, `axis = 1` |
 //! | static and dynamic INT8 logits, 40 prompts of 1–60 tokens | fp32 logits within 0.5 of their standard deviation (max |Δ|); and, far tighter, a naive fake-quantized forward here (int8 weights per column, activations with the calibration's scales or `DynamicQuantizeLinear`'s): 90% of prompts within 1e-3 of its distance from fp32 |
-//! | coverage of GPT-2 (L = 2)                                | exactly 4L + 1 = 9 of 6L + 1 = 13 MatMuls quantized, 2L = 4 attention MatMuls float; the written file counted here; ONNX Runtime ran 9 integer kernels |
+//! | coverage of GPT-2 (L = 2)                                | exactly 4L + 1 = 9 of 6L + 1 = 13 MatMuls quantized, 2L = 4 attention MatMuls float; the written file counted here; ONNX Runtime ran 9 integer kernels; an fp16 export (float16 arithmetic) refused, named |
 //! | coverage of Llama (L = 2)                                | 7L + 1 = 15 of 9L + 1 = 19 quantized; 2L attention float   |
 //! | `exclude`                                                | `logits` drops the output projection; `blk.1.*` a whole layer; an unmatched pattern is an error |
 //! | a Gemm (`transB = 1`, `alpha`, `beta`, `C`), both schemes | its fake-quantized product computed here (1e-4), and not the float one |
@@ -681,6 +681,13 @@ fn gpt2_coverage_is_exactly_its_weight_matmuls_and_exclude_removes_what_it_names
         quantize_stage("per-tensor", "static", cal, "per_channel = false")
     ));
     ws.make_ok();
+
+    // An fp16 export multiplies in float16: refused before anything is written, naming it.
+    let text = String::from_utf8(ws.read("tr118.toml")).unwrap();
+    ws.write("tr118.toml", text.clone() + "[stages.export16]\nkind = \"export\"\ndeps = { checkpoint = \"model.gguf\" }\nvariants = [\"prefill\"]\ntokenizer = false\nprecision = \"fp16\"\n\n\
+         [stages.fp16]\nkind = \"quantize\"\ndeps = { model = \"out/export16/prefill\", runtime = \"lib/libonnxruntime.so\" }\nscheme = \"dynamic\"\n");
+    ws.tr(&["make", "fp16"]).code(1).stderr_has("out/export16/prefill/model.onnx` computes in float16").stderr_has("quantize the fp32 export");
+    ws.write("tr118.toml", text);
     for (stage, scheme, quantized, excluded) in
         [("static", "static", 4 * l + 1, 0), ("dynamic", "dynamic", 4 * l + 1, 0), ("no-head", "static", 4 * l, 1), ("no-layer1", "dynamic", 4 * l + 1 - 4, 4), ("per-tensor", "static", 4 * l + 1, 0)]
     {

@@ -302,7 +302,7 @@ pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, B
     probe::remove_scratch_dir(&scratch);
     let version = match checked {
         Ok(v) => v.unwrap_or_default(),
-        Err(crate::trt::rtx::HelperError::Unavailable(reason)) => return Err(BackendError::Unavailable(format!("TensorRT for RTX cannot run `{}` here: {reason}", plan.display()))),
+        Err(crate::trt::rtx::HelperError::Unavailable(reason)) => return Err(BackendError::Unavailable(format!("TensorRT for RTX cannot run `{}` here: {reason}", crate::paths::shown(&plan)))),
         Err(e) => return Err(failed(format!("`{}`: {e}", plan.display()))),
     };
 

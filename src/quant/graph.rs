@@ -125,6 +125,18 @@ pub fn sites(model: &Model) -> Vec<Site> {
     out
 }
 
+/// The first MatMul/Gemm that computes in float16 — its weight a float16 initializer reached
+/// without a `Cast` to float — by name; `None` for a model that multiplies in float32.
+pub fn float16_matmul(model: &Model) -> Option<String> {
+    let graph = model.graph();
+    let is_cast = |name: &String| graph.node.iter().enumerate().any(|(i, n)| n.op_type.as_deref() == Some("Cast") && node_name(n, i) == *name);
+    sites(model).into_iter().find_map(|site| {
+        let w = site.weight.as_ref().ok()?;
+        let t = model.initializer(&w.initializer)?;
+        (t.data_type == Some(FLOAT16) && !w.via.iter().any(is_cast)).then_some(site.name)
+    })
+}
+
 /// Follows `tensor` back through Transpose/Cast/Identity to a 2-D float initializer.
 fn resolve_weight(model: &Model, producer: &HashMap<&str, usize>, tensor: &str, transposed: bool) -> Result<Weight, String> {
     let graph = model.graph();

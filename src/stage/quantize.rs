@@ -214,6 +214,13 @@ impl StageKind for Quantize {
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let model_path = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
         let model = Model::load(&model_path).map_err(|e| e.to_string())?;
+        // Quantised activations are float32 in and out (`QuantizeLinear`, `DynamicQuantizeLinear`).
+        if let Some(name) = quant::graph::float16_matmul(&model) {
+            return Err(format!(
+                "`{}` computes in float16 (`{name}` multiplies a float16 weight): INT8 quantization starts from a float32 model; quantize the fp32 export",
+                crate::paths::shown(&model_path)
+            ));
+        }
         let source_digest = model.digest().map_err(|e| e.to_string())?;
 
         let calibration: Option<Calibration> = match dep("calibration") {
