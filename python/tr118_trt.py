@@ -269,11 +269,24 @@ def build(req):
         "build_s": build_s,
         "engine_build_s": engine_s,
         "plan_bytes": plan.nbytes,
-        # ru_maxrss is in KiB on Linux: the helper's peak resident memory, parsing included.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": peak_rss_mib(),
         "layer_report": log.layer_report is not None,
         **io,
     }
+
+
+def peak_rss_mib():
+    """This process's peak resident memory, parsing and building included: `VmHWM`, the high
+    water mark of its own address space. Not `ru_maxrss`, which Linux carries across `execve`
+    from the process that spawned this one (tr118, whose peak may be larger)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # --- check -----------------------------------------------------------------------------

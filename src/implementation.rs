@@ -55,7 +55,7 @@ pub const SETS: &[Set] = &[
     Set { name: "tokenizer", version: 1, files: &["src/tokenizer.rs"] },
     Set { name: "calibrate", version: 1, files: &["src/stage/calibrate.rs", "src/quant"] },
     Set { name: "quantize", version: 1, files: &["src/stage/quantize.rs", "src/quant", "src/onnx"] },
-    Set { name: "trt_build", version: 2, files: &["src/stage/trt_build.rs", "src/trt.rs", "src/trt", "python/tr118_trt.py", "src/onnx"] },
+    Set { name: "trt_build", version: 3, files: &["src/stage/trt_build.rs", "src/trt.rs", "src/trt", "python/tr118_trt.py", "src/onnx"] },
     Set { name: "perplexity", version: 1, files: &["src/stage/perplexity.rs"] },
     Set { name: "gate", version: 1, files: &["src/stage/gate.rs"] },
     Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs"] },
