@@ -389,16 +389,7 @@ impl StageKind for TrtBuild {
             tf32: settings.tf32,
             workspace_mib: settings.workspace_mib,
             timing_cache: timing_cache.as_ref().map(|p| p.display().to_string()),
-            build_s: None,
-            engine_build_s: None,
-            peak_build_mib: None,
-            plan_bytes: None,
-            n_layers: None,
-            layers_by_precision: None,
-            int8_layers: None,
-            output_dtypes: None,
-            int8_verified: None,
-            fp16_verified: None,
+            built: Built::default(),
         };
         let result_path = root.join(&cx.outs["result"]);
 
@@ -407,10 +398,7 @@ impl StageKind for TrtBuild {
             Err(not_found) => {
                 let reason = not_found.to_string();
                 let _ = writeln!(cx.log, "degraded: {reason}\nwould run: {}", report.command.join(" "));
-                report.status = "degraded";
-                report.reason = Some(reason.clone());
-                write_json(&result_path, &report)?;
-                return Ok(Outcome::Degraded(reason));
+                return report.degraded(reason, &result_path);
             }
         };
         report.trtexec = Some(crate::paths::shown(&program));
@@ -429,11 +417,7 @@ impl StageKind for TrtBuild {
         if !status.success() {
             let code = status.code().map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
             if let Some(line) = trt::no_gpu_line(&output) {
-                let reason = format!("`trtexec` exited with {code}: no usable GPU ({line})");
-                report.status = "degraded";
-                report.reason = Some(reason.clone());
-                write_json(&result_path, &report)?;
-                return Ok(Outcome::Degraded(reason));
+                return report.degraded(format!("`trtexec` exited with {code}: no usable GPU ({line})"), &result_path);
             }
             return Err(format!("`trtexec` exited with {code}; the last lines of its output:\n{}", trt::tail(&output, TAIL_LINES)));
         }
@@ -442,36 +426,17 @@ impl StageKind for TrtBuild {
         let plan_bytes = std::fs::metadata(&plan_path)
             .map_err(|_| format!("`trtexec` exited 0 but wrote no plan at `{}`; the last lines of its output:\n{}", command.plan.display(), trt::tail(&output, TAIL_LINES)))?
             .len();
-        let layers_text = std::fs::read_to_string(root.join(&command.layers))
-            .map_err(|e| format!("`trtexec` exited 0 but its layer information `{}` cannot be read: {e}", command.layers.display()))?;
-        let info = trt::parse_layer_info(&layers_text).map_err(|e| format!("`{}`: {e}", command.layers.display()))?;
         let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-        let summary = trt::summarise(&info, &outputs);
-
-        report.build_s = Some(elapsed);
-        report.engine_build_s = trt::parse_engine_build_seconds(&output);
-        report.plan_bytes = Some(plan_bytes);
-        report.n_layers = Some(summary.n_layers);
-        report.int8_verified = (settings.precision == "int8").then_some(summary.int8_layers.count > 0);
-        report.layers_by_precision = Some(summary.layers_by_precision);
-        report.int8_layers = Some(summary.int8_layers);
-        report.output_dtypes = Some(summary.output_dtypes);
+        report.census(plan_bytes, root, &command.layers, &outputs, false).map_err(|e| format!("`trtexec` exited 0 but {e}"))?;
+        report.built.build_s = Some(elapsed);
+        report.built.engine_build_s = trt::parse_engine_build_seconds(&output);
         let _ = writeln!(
             cx.log,
             "plan {plan_bytes} bytes, {} layers in {elapsed:.2}s; TensorRT {}",
-            summary.n_layers,
+            report.built.n_layers.unwrap_or(0),
             report.trt_version.as_deref().unwrap_or("(version not printed)")
         );
-        let outcome = if report.int8_verified == Some(false) {
-            report.flags.push(INT8_UNVERIFIED.into());
-            report.status = "degraded";
-            report.reason = Some(INT8_UNVERIFIED.into());
-            Outcome::Degraded(INT8_UNVERIFIED.into())
-        } else {
-            Outcome::Ok
-        };
-        write_json(&result_path, &report)?;
-        Ok(outcome)
+        report.finish(&result_path)
     }
 }
 
@@ -550,6 +515,13 @@ struct Report {
     tf32: bool,
     workspace_mib: Option<u64>,
     timing_cache: Option<String>,
+    #[serde(flatten)]
+    built: Built,
+}
+
+/// What a plan that was built measures; every field null until then.
+#[derive(Debug, Default, Serialize)]
+struct Built {
     build_s: Option<f64>,
     engine_build_s: Option<f64>,
     peak_build_mib: Option<f64>,
@@ -560,6 +532,49 @@ struct Report {
     output_dtypes: Option<BTreeMap<String, Option<OutputType>>>,
     int8_verified: Option<bool>,
     fp16_verified: Option<bool>,
+}
+
+impl Report {
+    /// Writes the report of a node that cannot build here, and says so.
+    fn degraded(mut self, reason: String, path: &Path) -> Result<Outcome, String> {
+        self.status = "degraded";
+        self.reason = Some(reason.clone());
+        write_json(path, &self)?;
+        Ok(Outcome::Degraded(reason))
+    }
+
+    /// Records a built plan's size and census (the layer information at `layers`, relative to
+    /// `root`); `check_fp16` also flags an fp16 plan without an FP16 layer.
+    fn census(&mut self, plan_bytes: u64, root: &Path, layers: &Path, outputs: &[String], check_fp16: bool) -> Result<(), String> {
+        let text = std::fs::read_to_string(root.join(layers)).map_err(|e| format!("its layer information `{}` cannot be read: {e}", layers.display()))?;
+        let info = trt::parse_layer_info(&text).map_err(|e| format!("`{}`: {e}", layers.display()))?;
+        let summary = trt::summarise(&info, outputs);
+        let b = &mut self.built;
+        b.plan_bytes = Some(plan_bytes);
+        b.n_layers = Some(summary.n_layers);
+        b.int8_verified = (self.precision == "int8").then_some(summary.int8_layers.count > 0);
+        b.fp16_verified = (check_fp16 && self.precision == "fp16").then_some(summary.layers_by_precision.fp16 > 0);
+        b.layers_by_precision = Some(summary.layers_by_precision);
+        b.int8_layers = Some(summary.int8_layers);
+        b.output_dtypes = Some(summary.output_dtypes);
+        Ok(())
+    }
+
+    /// Writes the report of a built plan: degraded when it is not the plan asked for.
+    fn finish(mut self, path: &Path) -> Result<Outcome, String> {
+        for (unverified, flag) in [(self.built.int8_verified == Some(false), INT8_UNVERIFIED), (self.built.fp16_verified == Some(false), FP16_UNVERIFIED)] {
+            if unverified {
+                self.flags.push(flag.into());
+            }
+        }
+        match self.flags.first().cloned() {
+            Some(flag) => self.degraded(flag, path),
+            None => {
+                write_json(path, &self)?;
+                Ok(Outcome::Ok)
+            }
+        }
+    }
 }
 
 /// The one path of dep `name`, or none.
@@ -631,16 +646,7 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         tf32: false,
         workspace_mib: settings.workspace_mib,
         timing_cache: None,
-        build_s: None,
-        engine_build_s: None,
-        peak_build_mib: None,
-        plan_bytes: None,
-        n_layers: None,
-        layers_by_precision: None,
-        int8_layers: None,
-        output_dtypes: None,
-        int8_verified: None,
-        fp16_verified: None,
+        built: Built::default(),
     };
     let result_path = root.join(&cx.outs["result"]);
     let _ = writeln!(cx.log, "$ {} {} build <request>\n{}", python, trt::rtx::HELPER_NAME, serde_json::to_string_pretty(&request).unwrap_or_default());
@@ -649,10 +655,7 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         Ok(a) => a,
         Err(trt::rtx::HelperError::Unavailable(reason)) => {
             let _ = writeln!(cx.log, "degraded: {reason}");
-            report.status = "degraded";
-            report.reason = Some(reason.clone());
-            write_json(&result_path, &report)?;
-            return Ok(Outcome::Degraded(reason));
+            return report.degraded(reason, &result_path);
         }
         Err(trt::rtx::HelperError::BadInput(e)) => return Err(format!("`{}`: {e}", model.display())),
         Err(trt::rtx::HelperError::Failed(e)) => return Err(e),
@@ -661,41 +664,18 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
     report.trt_version = answer.version.clone();
 
     let plan_bytes = std::fs::metadata(&request.plan).map_err(|e| format!("the builder reported a plan but `{}` cannot be read: {e}", request.plan.display()))?.len();
-    let layers_text = std::fs::read_to_string(&request.layers).map_err(|e| format!("the builder's layer information `{}` cannot be read: {e}", request.layers.display()))?;
-    let info = trt::parse_layer_info(&layers_text).map_err(|e| format!("`{}`: {e}", request.layers.display()))?;
     let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-    let summary = trt::summarise(&info, &outputs);
-    report.build_s = Some(elapsed);
-    report.engine_build_s = answer.engine_build_s.or(Some(answer.build_s));
-    report.peak_build_mib = Some(answer.peak_rss_mib);
-    report.plan_bytes = Some(plan_bytes);
-    report.n_layers = Some(summary.n_layers);
-    report.int8_verified = (settings.precision == "int8").then_some(summary.int8_layers.count > 0);
-    report.fp16_verified = (settings.precision == "fp16").then_some(summary.layers_by_precision.fp16 > 0);
-    report.layers_by_precision = Some(summary.layers_by_precision);
-    report.int8_layers = Some(summary.int8_layers);
-    report.output_dtypes = Some(summary.output_dtypes);
+    report.census(plan_bytes, root, &plan_dir.join("layers.json"), &outputs, true).map_err(|e| format!("the builder made a plan but {e}"))?;
+    report.built.build_s = Some(elapsed);
+    report.built.engine_build_s = answer.engine_build_s.or(Some(answer.build_s));
+    report.built.peak_build_mib = Some(answer.peak_rss_mib);
     let _ = writeln!(
         cx.log,
         "plan {plan_bytes} bytes, {} layers in {elapsed:.2}s (builder {:.2}s, peak {:.0} MiB); TensorRT for RTX {}",
-        summary.n_layers,
+        report.built.n_layers.unwrap_or(0),
         answer.build_s,
         answer.peak_rss_mib,
         answer.version.as_deref().unwrap_or("(version not reported)")
     );
-    for (unverified, flag) in [(report.int8_verified == Some(false), INT8_UNVERIFIED), (report.fp16_verified == Some(false), FP16_UNVERIFIED)] {
-        if unverified {
-            report.flags.push(flag.into());
-        }
-    }
-    let outcome = match report.flags.first() {
-        Some(flag) => {
-            report.status = "degraded";
-            report.reason = Some(flag.clone());
-            Outcome::Degraded(flag.clone())
-        }
-        None => Outcome::Ok,
-    };
-    write_json(&result_path, &report)?;
-    Ok(outcome)
+    report.finish(&result_path)
 }
