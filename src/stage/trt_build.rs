@@ -328,11 +328,7 @@ impl StageKind for TrtBuild {
         }
         let settings = Settings::from_config(&cx.node.config)?;
         let root = cx.root;
-        let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
-        let model_dep = one_dep(cx, "model")?.ok_or("no `model` dep")?;
-        let model = rel(&super::onnx_file(&root.join(&model_dep))?);
-        let sig = signature::read(&root.join(&model)).map_err(|e| e.to_string())?;
-        let shapes = trt::profile_shapes(&sig.inputs, &settings.profiles).map_err(|e| format!("`{}`: {e}", model.display()))?;
+        let (model, sig, shapes) = model_of(cx, &settings)?;
         let precision = match settings.precision.as_str() {
             "fp32" => PlanPrecision::Fp32,
             "fp16" => PlanPrecision::Fp16,
@@ -586,6 +582,18 @@ fn one_dep(cx: &RunCx<'_>, name: &str) -> Result<Option<PathBuf>, String> {
     }
 }
 
+/// The `model` dep's ONNX file (workspace-relative), its signature, and the profiles as shape
+/// specs for its dynamic inputs.
+fn model_of(cx: &RunCx<'_>, settings: &Settings) -> Result<(PathBuf, signature::Signature, Vec<ShapeSpecs>), String> {
+    let root = cx.root;
+    let model_dep = one_dep(cx, "model")?.ok_or("no `model` dep")?;
+    let file = super::onnx_file(&root.join(&model_dep))?;
+    let model = file.strip_prefix(root).unwrap_or(&file).to_path_buf();
+    let sig = signature::read(&root.join(&model)).map_err(|e| e.to_string())?;
+    let shapes = trt::profile_shapes(&sig.inputs, &settings.profiles).map_err(|e| format!("`{}`: {e}", model.display()))?;
+    Ok((model, sig, shapes))
+}
+
 /// The directory of the `tensorrt_rtx` dep: the dep itself, or the one directory its files
 /// (the library and its parser, both in the key) are in.
 fn library_dir(cx: &RunCx<'_>) -> Result<PathBuf, String> {
@@ -603,11 +611,7 @@ fn library_dir(cx: &RunCx<'_>) -> Result<PathBuf, String> {
 fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
     let settings = Settings::from_config(&cx.node.config)?;
     let root = cx.root;
-    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
-    let model_dep = one_dep(cx, "model")?.ok_or("no `model` dep")?;
-    let model = rel(&super::onnx_file(&root.join(&model_dep))?);
-    let sig = signature::read(&root.join(&model)).map_err(|e| e.to_string())?;
-    let shapes = trt::profile_shapes(&sig.inputs, &settings.profiles).map_err(|e| format!("`{}`: {e}", model.display()))?;
+    let (model, sig, shapes) = model_of(cx, &settings)?;
     let library = library_dir(cx)?;
     let bindings: Vec<PathBuf> = cx.deps.get("bindings").into_iter().flatten().map(PathBuf::from).collect();
 
