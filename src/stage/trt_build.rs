@@ -1,5 +1,45 @@
-//! The `trt_build` kind: a TensorRT plan of the export's prefill model, one node per precision,
-//! built by `trtexec` (see [`crate::trt`] for how it is found and the flags it gets).
+//! The `trt_build` kind: a TensorRT plan of one ONNX model (an export's prefill or decoder), one
+//! node per precision, built by TensorRT for RTX (`builder = "tensorrt-rtx"`) or by `trtexec`
+//! (`builder = "trtexec"`, the default).
+//!
+//! ## TensorRT for RTX
+//!
+//! ```toml
+//! [stages.trt_build]
+//! kind = "trt_build"
+//! builder = "tensorrt-rtx"
+//! matrix = { precision = [{ name = "fp32", model = "out/export" }, { name = "fp16", model = "out/export-fp16" },
+//!                         { name = "int8", model = "out/quantize-static" }] }
+//! deps = { model = "{matrix.precision.model}/prefill", tensorrt_rtx = "out/tensorrt-rtx/*",
+//!          bindings = "out/tensorrt-rtx-py*/*.so" }
+//! profiles = [{ batch = [1, 1, 4], sequence = [1, 27, 512] }]
+//! workspace_mib = 4096         # caps the builder's scratch memory
+//! ```
+//!
+//! TensorRT for RTX compiles ahead of time, with no GPU, for every compute capability it
+//! supports; its networks are strongly typed, so a layer's precision is the graph's and
+//! `precision` names which model a node builds (the fp32 export, the fp16 export that computes
+//! in float16, the static QDQ model) and what the census must show. `tensorrt_rtx` is the
+//! fetched `libtensorrt_rtx.so.1` and `libtensorrt_onnxparser_rtx.so.1` (one directory),
+//! `bindings` the fetched Python bindings, one per CPython version: both are deps, so their
+//! digests are in the key and a new library rebuilds every plan. The build runs in the helper
+//! [`crate::trt::rtx`] carries, under `$TR118_PYTHON` or `python3`:
+//!
+//! - no Python, or no bindings for its version: **degraded**, with the reason;
+//! - a model the ONNX parser rejects, or a profile with a corner the model cannot take
+//!   (`total_sequence` ≠ `past_sequence + sequence`): **fails**, naming the model and the node
+//!   or the profile;
+//! - built: `plan/model.plan` and `plan/layers.json` (the builder's layer report as engine
+//!   inspector JSON, read without a GPU; it lists the kernels inside fused regions), and
+//!   `build.json` with the builder's version, its peak memory and the census. An int8 plan
+//!   with no INT8 layer, or an fp16 plan with no FP16 layer, is flagged and **degraded**.
+//!
+//! `also_fp16`, `tf32` and `timing_cache` are `trtexec`'s and an error here. A `tensorrt-rtx`
+//! backend runs the plans ([`crate::backend::torch::open_plan`]).
+//!
+//! ## `trtexec`
+//!
+//! Full TensorRT's builder (see [`crate::trt`] for how it is found and the flags it gets).
 //!
 //! ```toml
 //! [stages.trt_build]
@@ -62,11 +102,13 @@
 //!
 //! | field                 | meaning                                                                 |
 //! |-----------------------|-------------------------------------------------------------------------|
+//! | `builder`             | `tensorrt-rtx` or `trtexec`                                             |
 //! | `precision`           | `fp32`, `fp16` or `int8`                                                |
 //! | `status`, `reason`    | `ok`, or `degraded` with why                                            |
 //! | `flags`               | problems with a plan that built (`int8 requested but no layer runs in INT8`) |
 //! | `command`             | the argv, `trtexec` first; outputs at the paths they are materialised to (`out/<node>/plan/…`) |
 //! | `trtexec`             | where `trtexec` was found (inside the workspace: relative to it); null when it was not |
+//! | `library`, `library_digest`, `bindings`, `python` | TensorRT for RTX: the library's directory and blake3, the bindings offered, the interpreter |
 //! | `trt_version`         | TensorRT's version as `trtexec` printed it; null when it did not run    |
 //! | `gpu`                 | the `gpu` facet: GPU models and driver, `<none>`                        |
 //! | `model`, `calibration`| the inputs, workspace-relative (`calibration` null but for int8)        |
@@ -74,13 +116,15 @@
 //! | `profiles`, `shapes`  | the profiles as declared and as `--min/opt/maxShapes` specs            |
 //! | `also_fp16`, `tf32`, `workspace_mib`, `timing_cache` | the build settings              |
 //! | `build_s`             | wall time of the `trtexec` process (parsing, building, writing)         |
-//! | `engine_build_s`      | the builder's own time (`Engine built in N sec.`), null if not printed  |
+//! | `engine_build_s`      | the builder's own time (`Engine built in N sec.`; TensorRT for RTX: `Engine generation completed in N seconds`) |
+//! | `peak_build_mib`      | TensorRT for RTX: the helper's peak resident memory (parse and build)   |
 //! | `plan_bytes`          | size of `model.plan`                                                    |
 //! | `n_layers`            | layers in the layer information                                         |
 //! | `layers_by_precision` | `{fp32, fp16, int8, other}` layer counts                                |
 //! | `int8_layers`         | `{count, names (first 50), by_type}`                                    |
 //! | `output_dtypes`       | network output → `{dtype, format}` as the plan writes it                |
 //! | `int8_verified`       | int8: whether any layer runs in INT8; null for other precisions         |
+//! | `fp16_verified`       | TensorRT for RTX, fp16: whether any layer runs in FP16; null otherwise  |
 //!
 //! Every number is null unless a plan was built; none is ever estimated.
 
