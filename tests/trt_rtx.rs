@@ -14,6 +14,7 @@
 //! | an ONNX the parser rejects fails naming the model and the node        | stderr                                            |
 //! | a profile that does not fit the model fails naming the profile       | stderr                                            |
 //! | editing one precision's settings rebuilds that plan only; `why` says  | which nodes run, `why`'s output                   |
+//! | another library (its files are deps) rebuilds every plan              | which nodes run, `why`'s output                   |
 //! | no Python, or no bindings for this Python: degraded with the reason   | the records, `build.json`                         |
 
 mod support;
@@ -207,6 +208,17 @@ opset = 18
     let mut ran: Vec<String> = make.ran().into_iter().filter(|n| n.starts_with("trt_build")).collect();
     ran.sort();
     assert_eq!(ran, ["trt_build-decoder/fp16", "trt_build-decoder/fp32", "trt_build-decoder/int8"]);
+
+    // Another library: every plan rebuilds, and `why` names the input. (The bindings stand in
+    // for it: only one version of the library is on PyPI.)
+    let text = String::from_utf8(ws.read("tr118.toml")).unwrap();
+    let tag = python_tag();
+    ws.write("tr118.toml", text.replace(support::rtx::DEPS, &format!(r#"tensorrt_rtx = "out/tensorrt-rtx/*", bindings = "out/tensorrt-rtx-py{tag}/*.so""#)));
+    let other = if tag == "311" { "312" } else { "311" };
+    ws.tr(&["why", "trt_build/int8"]).code(0).stdout_has(&format!("input `out/tensorrt-rtx-py{other}/tensorrt_rtx.cpython-{other}-x86_64-linux-gnu.so` removed"));
+    let make = ws.make_ok();
+    let ran: Vec<String> = make.ran().into_iter().filter(|n| n.starts_with("trt_build")).collect();
+    assert_eq!(ran.len(), 6, "every plan rebuilds with another library: {ran:?}");
 }
 
 #[test]
