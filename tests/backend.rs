@@ -24,7 +24,7 @@ fn decoder_backend_steps_reproduce_its_own_prefill_and_report_the_provider_that_
     write_gguf(&gguf, &cfg, &random_tensors(&cfg, 7), |_| tr118::model::dtype::DType::F32, &[]).unwrap();
     let ck = Checkpoint::open(&gguf).unwrap();
     let onnx = dir.path().join("decoder.onnx");
-    let opts = ExportOptions { variant: Variant::Decoder, precision: Precision::Fp32, opset: 17, external_data: None };
+    let opts = ExportOptions { variant: Variant::Decoder, precision: Precision::Fp32, opset: 17, external_data: None, max_length: None };
     export::export(&ck, &opts, &onnx).unwrap();
 
     let spec = BackendSpec::from_value(&json!({"name": "cpu", "provider": "cpu", "threads": 1})).unwrap();
@@ -54,7 +54,7 @@ fn a_prefill_backend_refuses_decode_steps_and_a_missing_provider_is_unavailable(
     write_gguf(&gguf, &cfg, &random_tensors(&cfg, 3), |_| tr118::model::dtype::DType::F32, &[]).unwrap();
     let ck = Checkpoint::open(&gguf).unwrap();
     let onnx = dir.path().join("prefill.onnx");
-    let opts = ExportOptions { variant: Variant::Prefill, precision: Precision::Fp32, opset: 17, external_data: None };
+    let opts = ExportOptions { variant: Variant::Prefill, precision: Precision::Fp32, opset: 17, external_data: None, max_length: None };
     export::export(&ck, &opts, &onnx).unwrap();
 
     let cpu = BackendSpec::from_value(&json!({"name": "cpu"})).unwrap();

@@ -15,8 +15,12 @@
 //! | `fp16`: prefill, and a decode step after the prompt | reference with f16-rounded weights     | at least 1e-4 × max \|logit\|: float16 arithmetic |
 //! | `fp16` graph types (GPT-2 and Llama)             | weights and `MatMul`s float16; LayerNorm, RMSNorm, softmax and the interface float32 | exact |
 //! | `export.json`                                    | the files (sizes, blake3), the config, the parameter count | exact  |
+//! | `decoder_fixed`: a right-padded batch of two, the prompt then one token a step until the buffer is full | reference (at the positions the padding leaves), and `decoder`'s logits and cache | 1e-4 abs |
+//! | `decoder_fixed`: buffer positions a step does not write | the past fed in (a sentinel where nothing was ever written) | bit for bit |
+//! | `decoder_fixed` interface                        | `max_length` a fixed dimension of the mask and every cache tensor, in the file and in ONNX Runtime | exact |
 //!
-//! Then the cache (a second `make` is a hit; `precision` reruns only the export), bad input
+//! Then the cache (a second `make` is a hit; `precision` reruns only the export; an export
+//! without `decoder_fixed` keeps the config it had before the variant), bad input
 //! (each error names the file, tensor or field, and leaves nothing under `out/export/`), and
 //! the tokenizer written from a GGUF's vocabulary.
 //!
@@ -599,7 +603,7 @@ fn check_types(path: &Path, cfg: &ModelConfig, compute: i32) {
     assert_eq!(count, BTreeMap::from([("MatMul", matmuls), ("Softmax", l), (norm, norms)]), "{what}: ops checked");
     for v in g.input.iter().chain(&g.output) {
         let name = v.name.as_deref().unwrap_or("");
-        let want = if name == "input_ids" || name == "attention_mask" { INT64 } else { FLOAT };
+        let want = if ["input_ids", "attention_mask", "past_length"].contains(&name) { INT64 } else { FLOAT };
         assert_eq!(types[name], want, "{what}: interface tensor `{name}`");
     }
 }
@@ -742,6 +746,248 @@ fn opset_18_export_matches_the_reference_and_16_is_refused() {
 
     ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false\nopset = 16"));
     ws.tr(&["make"]).diag(5, "`opset` must be an integer of at least 17, found 16");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. The fixed-capacity decoder
+// ---------------------------------------------------------------------------------------
+
+/// Capacity of the `decoder_fixed` exports under test: the prompt, then one token a step until
+/// the buffer is full (GPT-2's `n_ctx` is 16 too).
+const MAX_LENGTH: usize = 16;
+/// What the cache buffers hold before anything is written: no key or value is exactly 7.0, so
+/// a write where none belongs, or a lost one, shows.
+const SENTINEL: f32 = 7.0;
+
+/// A pipeline of two exports of `model.gguf`: `export` with `decoder_fixed`, and `plain` with
+/// the default variants.
+fn fixed_pipeline() -> String {
+    format!(
+        "{}\n[stages.plain]\nkind = \"export\"\ndeps = {{ checkpoint = \"model.gguf\" }}\ntokenizer = false\n",
+        export_pipeline("model.gguf", &format!("tokenizer = false\nvariants = [\"prefill\", \"decoder\", \"decoder_fixed\"]\nmax_length = {MAX_LENGTH}"))
+    )
+}
+
+/// The names of the cache inputs, layer by layer, key before value; `present.*` follow them.
+fn past_names(cfg: &ModelConfig) -> Vec<String> {
+    (0..cfg.n_layer).flat_map(|i| [format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value")]).collect()
+}
+
+/// One call of a `decoder` or `decoder_fixed` model fed by hand: `ids` `[batch, seq]`, `mask`
+/// `[batch, mask.len() / batch]`, `past_length` where the model takes it, and the cache in
+/// [`past_names`] order, `[batch, kv_heads, positions, head_dim]`. Returns the logits and
+/// the `present.*` tensors in the same order, for the next call's past.
+fn run_cached(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mask: &[i64], past_length: Option<i64>, past: &[Vec<f32>]) -> (ArrayD<f32>, Vec<Vec<f32>>) {
+    let (kv, hd) = (cfg.n_kv_head, cfg.head_dim());
+    let names = past_names(cfg);
+    let ids_shape = [batch, ids.len() / batch];
+    let mask_shape = [batch, mask.len() / batch];
+    let past_shape = [batch, kv, past[0].len() / (batch * kv * hd), hd];
+    let length = [past_length.unwrap_or(0)];
+    let mut feeds = vec![
+        Feed { name: "input_ids", shape: &ids_shape, data: TensorData::I64(ids) },
+        Feed { name: "attention_mask", shape: &mask_shape, data: TensorData::I64(mask) },
+    ];
+    if past_length.is_some() {
+        feeds.push(Feed { name: "past_length", shape: &[1], data: TensorData::I64(&length) });
+    }
+    for (name, data) in names.iter().zip(past) {
+        feeds.push(Feed { name, shape: &past_shape, data: TensorData::F32(data) });
+    }
+    let mut outputs: BTreeMap<String, ArrayD<f32>> = s.run(&feeds).unwrap_or_else(|e| panic!("{e}")).into_iter().collect();
+    let logits = outputs.remove("logits").expect("a `logits` output");
+    assert_eq!(logits.shape(), [batch, ids_shape[1], cfg.vocab_size]);
+    let presents = names
+        .iter()
+        .map(|name| {
+            let present = name.replace("past_key_values", "present");
+            let t = outputs.remove(&present).unwrap_or_else(|| panic!("no `{present}` output"));
+            assert_eq!(&t.shape()[..2], [batch, kv], "`{present}`");
+            assert_eq!(t.shape()[3], hd, "`{present}`");
+            t.iter().copied().collect()
+        })
+        .collect();
+    (logits, presents)
+}
+
+/// Max |got[b, h, p, :] - want[b, h, p, :]| over positions `p` in `positions`; `got` and `want`
+/// are `[batch, kv_heads, *, head_dim]` with `got_len` and `want_len` positions.
+fn cache_diff(got: &[f32], got_len: usize, want: &[f32], want_len: usize, positions: std::ops::Range<usize>, hd: usize) -> f64 {
+    let rows = got.len() / (got_len * hd);
+    assert_eq!(rows, want.len() / (want_len * hd), "batch × kv_heads of both caches");
+    let mut worst = 0.0f64;
+    for r in 0..rows {
+        for p in positions.clone() {
+            for i in 0..hd {
+                let (g, w) = (got[(r * got_len + p) * hd + i], want[(r * want_len + p) * hd + i]);
+                worst = worst.max((f64::from(g) - f64::from(w)).abs());
+            }
+        }
+    }
+    worst
+}
+
+/// Exports `case` with `decoder_fixed` beside `decoder`, checks its interface, then decodes a
+/// right-padded batch of two — the prompt, and a shorter sequence padded to its length —
+/// through both, step by step until the fixed buffer is full, carrying each call's `present.*`
+/// into the next call's past. Every step's logits are checked against the reference (the short
+/// sequence's new tokens sit at positions after its padding, which the reference is given)
+/// and against the `decoder`'s; every buffer position outside the step's writes must come back
+/// bit for bit as it went in. Returns the largest differences: (vs reference, vs decoder).
+fn check_fixed(case: &Case) -> (f64, f64) {
+    let cfg = &case.cfg;
+    let (kv, hd, m) = (cfg.n_kv_head, cfg.head_dim(), MAX_LENGTH);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&fixed_pipeline());
+    let made = ws.make_ok();
+
+    // The variant leaves the config, and so the key, of an export without it as it was.
+    let config = |node: &str| {
+        let key = made.record(node)["key"].as_str().unwrap().to_string();
+        ws.json(&format!("cache/actions/{key}.json"))["stage_key"]["config"].clone()
+    };
+    let plain = serde_json::json!({ "variants": ["prefill", "decoder"], "precision": "fp32", "opset": 17, "external_data": "auto", "tokenizer": false });
+    assert_eq!(config("plain"), plain, "the config of an export without `decoder_fixed`");
+    assert_eq!(config("export")["max_length"], MAX_LENGTH);
+
+    // The manifest, and the interface ONNX Runtime sees: every cache axis fixed.
+    let what = format!("{}: `decoder_fixed`", case.name);
+    let entry = ws.json("out/export/export.json")["variants"][2].clone();
+    let model = ws.path("out/export/decoder_fixed/model.onnx");
+    assert_eq!(entry["variant"], "decoder_fixed", "{what}");
+    assert_eq!(entry["max_length"], MAX_LENGTH, "{what}");
+    let mut inputs = vec!["input_ids".to_string(), "attention_mask".to_string(), "past_length".to_string()];
+    inputs.extend(past_names(cfg));
+    let outputs: Vec<String> = std::iter::once("logits".to_string()).chain(past_names(cfg).iter().map(|n| n.replace("past_key_values", "present"))).collect();
+    assert_eq!(strings(&entry["inputs"]), inputs, "{what}: inputs");
+    assert_eq!(strings(&entry["outputs"]), outputs, "{what}: outputs");
+    assert_eq!(strings(&entry["dynamic_axes"]), ["batch", "sequence"], "{what}: dynamic_axes");
+    assert_eq!(entry["digest"].as_str(), Some(blake3_of(std::slice::from_ref(&model)).as_str()), "{what}: digest");
+    check_types(&model, cfg, FLOAT);
+
+    let sig = tr118::onnx::signature::read(&model).unwrap_or_else(|e| panic!("{e}"));
+    let dims = |list: &[tr118::onnx::signature::TensorSig], name: &str| {
+        list.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{what}: no `{name}` in the signature")).dims.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    let cache_dims = ["batch".to_string(), kv.to_string(), m.to_string(), hd.to_string()];
+    assert_eq!(dims(&sig.inputs, "input_ids"), ["batch", "sequence"], "{what}");
+    assert_eq!(dims(&sig.inputs, "attention_mask"), ["batch".to_string(), m.to_string()], "{what}");
+    assert_eq!(dims(&sig.inputs, "past_length"), ["1"], "{what}");
+    assert_eq!(dims(&sig.outputs, "logits"), ["batch".to_string(), "sequence".to_string(), cfg.vocab_size.to_string()], "{what}");
+    for name in past_names(cfg) {
+        assert_eq!(dims(&sig.inputs, &name), cache_dims, "{what}: `{name}`");
+        let present = name.replace("past_key_values", "present");
+        assert_eq!(dims(&sig.outputs, &present), cache_dims, "{what}: `{present}`");
+    }
+    let mut fixed = session(&model);
+    for spec in [fixed.input("attention_mask"), fixed.input("past_key_values.0.key"), fixed.output("present.0.value")] {
+        let spec = spec.expect("declared");
+        let axis = if spec.name == "attention_mask" { 1 } else { 2 };
+        assert_eq!(spec.fixed(axis), Some(m as u64), "{what}: ONNX Runtime sees {spec}");
+    }
+
+    // The batch: the prompt, and `short` padded with a real token id.
+    let n = PROMPT.len();
+    let short: [u32; 4] = [33, 2, 2, 50];
+    let steps: Vec<u32> = (0..(m - n) as u32).map(|i| (NEXT + 13 * i) % 61).collect();
+    let long_tokens: Vec<u32> = PROMPT.iter().chain(&steps).copied().collect();
+    let short_tokens: Vec<u32> = short.iter().chain(&steps).copied().collect();
+    let short_positions: Vec<usize> = (0..short.len()).chain(n..m).collect();
+    let want = [case.reference(&long_tokens), reference::forward_at(cfg, &case.weights, &short_tokens, &short_positions)];
+    // The reference row of each sequence's token at buffer position `p`, if it has one there.
+    let row_of = |b: usize, p: usize| if b == 0 { Some(p) } else { short_positions.iter().position(|&q| q == p) };
+
+    let mut decoder = session(&ws.path("out/export/decoder/model.onnx"));
+    let elements = 2 * kv * m * hd;
+    let mut past = vec![vec![SENTINEL; elements]; 2 * cfg.n_layer];
+    let mut grown = vec![Vec::new(); 2 * cfg.n_layer];
+    let mut mask = vec![0i64; 2 * m];
+    let mut ids = ids_i64(&PROMPT);
+    ids.extend(ids_i64(&short));
+    ids.extend(std::iter::repeat_n(7, n - short.len()));
+    for (b, len) in [(0, n), (1, short.len())] {
+        mask[b * m..b * m + len].fill(1);
+    }
+    let (mut vs_reference, mut vs_decoder, mut cache_vs_decoder) = (0.0f64, 0.0f64, 0.0f64);
+    let mut past_len = 0;
+    for step in 0..=steps.len() {
+        let seq = ids.len() / 2;
+        let written = past_len..past_len + seq;
+        let (logits, present) = run_cached(&mut fixed, cfg, &ids, 2, &mask, Some(past_len as i64), &past);
+        let grown_mask: Vec<i64> = (0..2).flat_map(|b| mask[b * m..b * m + written.end].to_vec()).collect();
+        let (plain_logits, plain_present) = run_cached(&mut decoder, cfg, &ids, 2, &grown_mask, None, &grown);
+        for b in 0..2 {
+            for (t, p) in written.clone().enumerate() {
+                let Some(r) = row_of(b, p) else { continue };
+                let one = |a: &ArrayD<f32>| ArrayD::from_shape_fn(vec![1, 1, cfg.vocab_size], |i| a[[b, t, i[2]]]);
+                vs_reference = vs_reference.max(max_diff(&one(&logits), 0, &want[b][r..=r]));
+                let plain_row = vec![(0..cfg.vocab_size).map(|v| plain_logits[[b, t, v]]).collect::<Vec<f32>>()];
+                vs_decoder = vs_decoder.max(max_diff(&one(&logits), 0, &plain_row));
+            }
+        }
+        for (i, (after, before)) in present.iter().zip(&past).enumerate() {
+            let name = &past_names(cfg)[i];
+            assert_eq!(after.len(), elements, "{what}: `{name}` keeps its capacity");
+            for (e, (a, b)) in after.iter().zip(before).enumerate() {
+                let p = e / hd % m;
+                if !written.contains(&p) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{what}, step {step}: `{name}` element {e} (position {p}) was not written but changed");
+                } else {
+                    assert_ne!(*a, SENTINEL, "{what}, step {step}: `{name}` position {p} was not written");
+                }
+                if p >= written.end {
+                    assert_eq!(*a, SENTINEL, "{what}, step {step}: `{name}` position {p} is past the filled part");
+                }
+            }
+            cache_vs_decoder = cache_vs_decoder.max(cache_diff(after, m, &plain_present[i], written.end, 0..written.end, hd));
+        }
+        past = present;
+        grown = plain_present;
+        past_len = written.end;
+        if let Some(&next) = steps.get(step) {
+            ids = vec![i64::from(next); 2];
+            mask[past_len] = 1;
+            mask[m + past_len] = 1;
+        }
+    }
+    assert_eq!(past_len, m, "{what}: the buffer is full");
+    assert_within(vs_reference, TOL, &format!("{what}: padded batch, prompt then one token a step, vs reference"));
+    assert_within(vs_decoder, TOL, &format!("{what}: the same vs `decoder`"));
+    assert_within(cache_vs_decoder, TOL, &format!("{what}: its cache vs `decoder`'s"));
+    (vs_reference, vs_decoder)
+}
+
+#[test]
+fn decoder_fixed_gpt2_matches_the_reference_and_the_decoder() {
+    check_fixed(&Case::new("gpt2 decoder_fixed", gpt2_config(), 180));
+}
+
+#[test]
+fn decoder_fixed_llama_matches_the_reference_and_the_decoder() {
+    check_fixed(&Case::new("llama decoder_fixed", llama_config(RopeLayout::Interleaved, false), 190));
+}
+
+#[test]
+fn decoder_fixed_bad_max_length_and_fp16_name_the_field() {
+    let ws = workspace();
+    Case::new("gpt2", gpt2_config(), 200).write_gguf(&ws.path("model.gguf"), &[]);
+    let pipeline = |fields: &str| export_pipeline("model.gguf", &format!("tokenizer = false\nvariants = [\"decoder_fixed\"]\n{fields}"));
+    for (fields, line, message) in [
+        ("max_length = 0", 6, "`max_length` must be a positive integer, found 0"),
+        ("max_length = \"16\"", 6, "`max_length` must be a positive integer, found \"16\""),
+        ("precision = \"fp16\"", 6, "the `decoder_fixed` variant is float32 only, but `precision` is \"fp16\""),
+    ] {
+        ws.pipeline(&pipeline(fields));
+        ws.tr(&["make", "--json"]).diag(line, message);
+    }
+    ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false\nmax_length = 8"));
+    ws.tr(&["make", "--json"]).diag(5, "`max_length` is the cache capacity of the `decoder_fixed` variant, which `variants` does not list");
+    assert_eq!(ws.files("out"), Vec::<String>::new());
+
+    // Only the checkpoint knows its context length: the export itself refuses a longer buffer.
+    ws.pipeline(&pipeline("max_length = 17"));
+    export_fails(&ws).stderr_has("`max_length` 17 is beyond the model's context length 16");
 }
 
 // ---------------------------------------------------------------------------------------

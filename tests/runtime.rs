@@ -534,7 +534,7 @@ fn export_llama(dir: &TempDir, variant: Variant) -> PathBuf {
     let ck = Checkpoint::open(&gguf).unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join(variant.name()).join("model.onnx");
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let opts = ExportOptions { variant, precision: Precision::Fp32, opset: 17, external_data: Some(false) };
+    let opts = ExportOptions { variant, precision: Precision::Fp32, opset: 17, external_data: Some(false), max_length: None };
     export::export(&ck, &opts, &path).unwrap_or_else(|e| panic!("export {}: {e}", variant.name()));
     path
 }

@@ -1,15 +1,26 @@
 //! Checkpoint → ONNX for the GPT-2 and Llama families, without Python; and the same weights
 //! as a Hugging Face directory for PyTorch ([`hf`], the `hf` variant).
 //!
-//! Two ONNX variants share one graph builder ([`transformer`]):
+//! Three ONNX variants share one graph builder ([`transformer`]):
 //!
 //! | variant   | inputs                                                        | outputs |
 //! |-----------|---------------------------------------------------------------|---------|
 //! | `prefill` | `input_ids` [batch, sequence], `attention_mask` [batch, sequence] | `logits` [batch, sequence, vocab] |
 //! | `decoder` | the same, `attention_mask` over past + new tokens, and `past_key_values.N.key`/`.value` [batch, kv_heads, past_sequence, head_dim] (past may be 0) | `logits`, `present.N.key`/`.value` [batch, kv_heads, total_sequence, head_dim] |
+//! | `decoder_fixed` | `input_ids`, `attention_mask` [batch, max_length] over the whole buffer, `past_length` [1], and `past_key_values.N.key`/`.value` [batch, kv_heads, max_length, head_dim] | `logits`, `present.N.key`/`.value` [batch, kv_heads, max_length, head_dim] |
 //!
 //! Batch and sequence axes are dynamic. Positions are `past .. past + sequence`, so a
 //! padded batch must be padded on the right; the attention mask hides padded keys.
+//!
+//! `decoder_fixed` is the decoder for CUDA graphs: a replayed decode step must have the same
+//! shapes every step, so the cache is a buffer of a fixed capacity `max_length` (a fixed
+//! dimension in the graph, not a symbolic one) rather than one that grows. `past_length`
+//! says how many positions are filled, the same for the whole batch; the new keys and values
+//! are written at `past_length .. past_length + sequence` (`ScatterElements`) and every other
+//! position of `present` is `past`'s, so a caller can alternate between two buffers, or alias
+//! them where the runtime allows. Query `i` sees key `j` where `attention_mask[b, j]` is 1 and
+//! `j <= past_length + i`; the positions come from `past_length` plus a range over the input's
+//! sequence axis, so no shape in the graph depends on a tensor's values. float32 only for now.
 //!
 //! Layout decisions:
 //! - Linear weights are stored transposed (`[in, out]`) so every projection is a plain
@@ -48,11 +59,15 @@ use crate::onnx::{self, WriteOptions};
 pub mod hf;
 pub mod transformer;
 
+use transformer::Cache;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Variant {
     Prefill,
     Decoder,
+    /// A decoder over a cache of fixed capacity ([`ExportOptions::max_length`]).
+    DecoderFixed,
 }
 
 impl Variant {
@@ -60,6 +75,7 @@ impl Variant {
         match s {
             "prefill" => Some(Variant::Prefill),
             "decoder" => Some(Variant::Decoder),
+            "decoder_fixed" => Some(Variant::DecoderFixed),
             _ => None,
         }
     }
@@ -68,6 +84,7 @@ impl Variant {
         match self {
             Variant::Prefill => "prefill",
             Variant::Decoder => "decoder",
+            Variant::DecoderFixed => "decoder_fixed",
         }
     }
 }
@@ -95,7 +112,14 @@ pub struct ExportOptions {
     pub opset: i64,
     /// `None`: only when the weights exceed protobuf's limit.
     pub external_data: Option<bool>,
+    /// The cache capacity of `decoder_fixed`; `None`: the model's context length, at most
+    /// [`DEFAULT_MAX_LENGTH`]. Other variants ignore it.
+    pub max_length: Option<usize>,
 }
+
+/// The largest default capacity of `decoder_fixed`: two buffers of a long-context model's
+/// full context would take more memory than a benchmark needs.
+pub const DEFAULT_MAX_LENGTH: usize = 4096;
 
 /// What the study's report tabulates about one exported model.
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +138,9 @@ pub struct ExportReport {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub dynamic_axes: Vec<String>,
+    /// The cache capacity, for `decoder_fixed` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
     /// blake3 of the model file followed by its external data, if any.
     pub digest: String,
 }
@@ -126,6 +153,12 @@ pub enum ExportError {
     Write(String),
     #[error("opset {0} is not supported; use 17 or later")]
     Opset(i64),
+    #[error("`max_length` {max_length} is beyond the model's context length {n_ctx}; use at most {n_ctx}")]
+    MaxLength { max_length: usize, n_ctx: usize },
+    #[error("`max_length` must be at least 1")]
+    ZeroMaxLength,
+    #[error("the `decoder_fixed` variant is float32 only; export it with `precision = \"fp32\"`")]
+    FixedPrecision,
 }
 
 /// Exports one variant of `ck` to `path` (a `.onnx` file; external data goes beside it).
@@ -133,8 +166,13 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
     if opts.opset < 17 {
         return Err(ExportError::Opset(opts.opset));
     }
+    let cache = match opts.variant {
+        Variant::Prefill => Cache::None,
+        Variant::Decoder => Cache::Growing,
+        Variant::DecoderFixed => Cache::Fixed { max_length: fixed_capacity(ck, opts)? },
+    };
     let t0 = Instant::now();
-    let built = transformer::build(ck, opts)?;
+    let built = transformer::build(ck, opts, cache)?;
     let weights = onnx::initializer_bytes(&built.graph);
     let external = opts.external_data.unwrap_or(weights > onnx::PROTOBUF_LIMIT - (64 << 20));
     let write = WriteOptions {
@@ -169,8 +207,27 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
         inputs: built.inputs,
         outputs: built.outputs,
         dynamic_axes: built.dynamic_axes,
+        max_length: match cache {
+            Cache::Fixed { max_length } => Some(max_length),
+            _ => None,
+        },
         digest,
     })
+}
+
+/// The capacity of a `decoder_fixed` export of `ck`: positions past the model's context are
+/// not the model's (GPT-2 has no position embedding for them).
+fn fixed_capacity(ck: &Checkpoint, opts: &ExportOptions) -> Result<usize, ExportError> {
+    if opts.precision != Precision::Fp32 {
+        return Err(ExportError::FixedPrecision);
+    }
+    let n_ctx = ck.config.n_ctx;
+    match opts.max_length {
+        None => Ok(n_ctx.min(DEFAULT_MAX_LENGTH)),
+        Some(0) => Err(ExportError::ZeroMaxLength),
+        Some(max_length) if max_length > n_ctx => Err(ExportError::MaxLength { max_length, n_ctx }),
+        Some(max_length) => Ok(max_length),
+    }
 }
 
 /// blake3 of `paths`' contents, one after the other: a variant's digest.

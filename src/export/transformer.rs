@@ -1,10 +1,10 @@
-//! The decoder-only transformer graph, for GPT-2 and Llama, prefill and decoder variants.
+//! The decoder-only transformer graph, for GPT-2 and Llama, every ONNX variant.
 //! See the parent module for the layout decisions.
 
 use crate::model::{Arch, Checkpoint, ModelError, RopeLayout};
 use crate::onnx::{self, Dim, FLOAT, FLOAT16, Graph, INT64, attr_f, attr_i, attr_ints, dyn_dim};
 
-use super::{ExportOptions, Precision, Variant};
+use super::{ExportOptions, Precision};
 
 /// The graph and what the export manifest says about its interface.
 pub struct Built<'a> {
@@ -12,6 +12,17 @@ pub struct Built<'a> {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub dynamic_axes: Vec<String>,
+}
+
+/// The KV cache of a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// `prefill`: no cache.
+    None,
+    /// `decoder`: the past, then the new tokens, concatenated.
+    Growing,
+    /// `decoder_fixed`: a buffer of `max_length` positions, the new tokens written in place.
+    Fixed { max_length: usize },
 }
 
 /// How a checkpoint tensor is laid out in the file.
@@ -213,37 +224,51 @@ impl<'a> Builder<'_, 'a> {
         self.op("Reshape", &[&bshd, &flat])
     }
 
-    /// The cache of one layer: `past` (a float32 graph input) followed by `new` along the
-    /// sequence axis, in the compute type, and written to the float32 output `present`.
-    fn cache(&mut self, past: &str, new: &str, present: &str) -> String {
+    /// The cache of one layer, in the compute type, and written to the float32 output
+    /// `present`: `past` (a float32 graph input) followed by `new` along the sequence axis or,
+    /// given `slots` (each element of `new`'s sequence position, in `new`'s shape), `past` with
+    /// `new` written at those positions and everything else as it was.
+    fn cache(&mut self, past: &str, new: &str, present: &str, slots: Option<&str>) -> String {
+        let past = self.cast_compute(past);
+        let (op, inputs) = match slots {
+            None => ("Concat", vec![past.as_str(), new]),
+            Some(slots) => ("ScatterElements", vec![past.as_str(), slots, new]),
+        };
         if !self.fp16 {
-            self.g.op_into("Concat", &[past, new], &[present], vec![attr_i("axis", 2)]);
+            self.g.op_into(op, &inputs, &[present], vec![attr_i("axis", 2)]);
             return present.to_string();
         }
-        let past = self.cast_compute(past);
-        let all = self.g.op("Concat", &[&past, new], vec![attr_i("axis", 2)]);
+        let all = self.g.op(op, &inputs, vec![attr_i("axis", 2)]);
         self.g.op_into("Cast", &[&all], &[present], vec![attr_i("to", FLOAT as i64)]);
         all
     }
 }
 
-/// Builds the graph of one variant.
-pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, ModelError> {
+/// Builds the graph of one variant, whose cache is `cache`.
+pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Result<Built<'a>, ModelError> {
     let c = &ck.config;
     let (d, hd, heads, kv) = (c.d_model, c.head_dim(), c.n_head, c.n_kv_head);
-    let decoder = opts.variant == Variant::Decoder;
     let mut graph = Graph::new(&format!("{:?}-{}", c.arch, opts.variant.name()).to_lowercase());
     let mut b = Builder { g: &mut graph, ck, fp16: opts.precision == Precision::Fp16, opset: opts.opset };
 
     let (batch, seq) = (dyn_dim("batch"), dyn_dim("sequence"));
-    let total = if decoder { dyn_dim("total_sequence") } else { seq.clone() };
+    let (past_seq, total) = match cache {
+        Cache::None => (seq.clone(), seq.clone()),
+        Cache::Growing => (dyn_dim("past_sequence"), dyn_dim("total_sequence")),
+        Cache::Fixed { max_length } => (Dim::Fixed(max_length as i64), Dim::Fixed(max_length as i64)),
+    };
     let ids = b.g.input("input_ids", INT64, &[batch.clone(), seq.clone()]);
     let mask = b.g.input("attention_mask", INT64, &[batch.clone(), total.clone()]);
     let mut inputs = vec![ids.clone(), mask.clone()];
+    let past_length = match cache {
+        Cache::Fixed { .. } => Some(b.g.input("past_length", INT64, &[Dim::Fixed(1)])),
+        _ => None,
+    };
+    inputs.extend(past_length.clone());
     let mut pasts = Vec::new();
-    if decoder {
+    if cache != Cache::None {
         for i in 0..c.n_layer {
-            let dims = [batch.clone(), Dim::Fixed(kv as i64), dyn_dim("past_sequence"), Dim::Fixed(hd as i64)];
+            let dims = [batch.clone(), Dim::Fixed(kv as i64), past_seq.clone(), Dim::Fixed(hd as i64)];
             let k = b.g.input(&format!("past_key_values.{i}.key"), FLOAT, &dims);
             let v = b.g.input(&format!("past_key_values.{i}.value"), FLOAT, &dims);
             inputs.extend([k.clone(), v.clone()]);
@@ -257,19 +282,40 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
     let s_1d = b.g.op("Gather", &[&ids_shape, &one_d], vec![attr_i("axis", 0)]);
     let zero = b.g.const_i64(&[0]);
     let seq_len = b.op("Squeeze", &[&s_1d, &zero]);
-    let past_len = if decoder {
-        let two = b.g.const_i64(&[2]);
-        let shape = b.op("Shape", &[&pasts[0].0]);
-        let p = b.g.op("Gather", &[&shape, &two], vec![attr_i("axis", 0)]);
-        b.op("Squeeze", &[&p, &zero])
+    let (positions, key_pos, slots) = if let (Cache::Fixed { max_length }, Some(past_length)) = (cache, &past_length) {
+        // `past_length` plus a range over the sequence axis, rather than a range from
+        // `past_length`: no shape in the graph depends on a value, as a replayed CUDA graph
+        // needs.
+        let step = b.g.scalar_i64(1);
+        let scalar_zero = b.g.scalar_i64(0);
+        let offsets = b.op("Range", &[&scalar_zero, &seq_len, &step]);
+        let positions = b.op("Add", &[&offsets, past_length]);
+        let capacity = b.g.scalar_i64(max_length as i64);
+        let key_pos = b.op("Range", &[&scalar_zero, &capacity, &step]);
+        // Where each new key and value goes: its position, for every element of `[B, KV, S, hd]`.
+        let b_1d = b.g.op("Gather", &[&ids_shape, &zero], vec![attr_i("axis", 0)]);
+        let rest = b.g.const_i64(&[kv as i64, 1, hd as i64]);
+        let slots_shape = b.g.op("Concat", &[&b_1d, &rest], vec![attr_i("axis", 0)]);
+        let column = b.g.const_i64(&[1, 1, -1, 1]);
+        let pos4 = b.op("Reshape", &[&positions, &column]);
+        let slots = b.op("Expand", &[&pos4, &slots_shape]);
+        (positions, key_pos, Some(slots))
     } else {
-        b.g.scalar_i64(0)
+        let past_len = if cache == Cache::Growing {
+            let two = b.g.const_i64(&[2]);
+            let shape = b.op("Shape", &[&pasts[0].0]);
+            let p = b.g.op("Gather", &[&shape, &two], vec![attr_i("axis", 0)]);
+            b.op("Squeeze", &[&p, &zero])
+        } else {
+            b.g.scalar_i64(0)
+        };
+        let total_len = b.op("Add", &[&past_len, &seq_len]);
+        let step = b.g.scalar_i64(1);
+        let scalar_zero = b.g.scalar_i64(0);
+        let positions = b.op("Range", &[&past_len, &total_len, &step]);
+        let key_pos = b.op("Range", &[&scalar_zero, &total_len, &step]);
+        (positions, key_pos, None)
     };
-    let total_len = b.op("Add", &[&past_len, &seq_len]);
-    let step = b.g.scalar_i64(1);
-    let scalar_zero = b.g.scalar_i64(0);
-    let positions = b.op("Range", &[&past_len, &total_len, &step]);
-    let key_pos = b.op("Range", &[&scalar_zero, &total_len, &step]);
     let q_col = b.op("Unsqueeze", &[&positions, &one_d]);
     let k_row = b.op("Unsqueeze", &[&key_pos, &zero]);
     let causal = b.op("LessOrEqual", &[&k_row, &q_col]);
@@ -332,10 +378,10 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
             k = b.rope(&kh, &cos, &sin, hd);
             v = b.split_heads(&vp, kv, hd);
         }
-        let (k_all, v_all) = if decoder {
+        let (k_all, v_all) = if cache != Cache::None {
             let (pk, pv) = &pasts[i];
             let (ok, ov) = (format!("present.{i}.key"), format!("present.{i}.value"));
-            let (k_all, v_all) = (b.cache(pk, &k, &ok), b.cache(pv, &v, &ov));
+            let (k_all, v_all) = (b.cache(pk, &k, &ok, slots.as_deref()), b.cache(pv, &v, &ov, slots.as_deref()));
             let dims = [batch.clone(), Dim::Fixed(kv as i64), total.clone(), Dim::Fixed(hd as i64)];
             b.g.output(&ok, FLOAT, &dims);
             b.g.output(&ov, FLOAT, &dims);
@@ -386,7 +432,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions) -> Result<Built<'a>, 
     }
 
     let mut dynamic_axes = vec!["batch".to_string(), "sequence".to_string()];
-    if decoder {
+    if cache == Cache::Growing {
         dynamic_axes.extend(["past_sequence".to_string(), "total_sequence".to_string()]);
     }
     Ok(Built { graph, inputs, outputs, dynamic_axes })

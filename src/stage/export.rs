@@ -4,8 +4,9 @@
 //! [stages.export]
 //! kind = "export"
 //! deps = { checkpoint = "out/fetch-model/model.gguf" }
-//! variants = ["prefill", "decoder"]   # default; also "hf"
+//! variants = ["prefill", "decoder"]   # default; also "decoder_fixed" and "hf"
 //! precision = "fp32"                  # or "fp16" (float16 weights and arithmetic)
+//! max_length = 2048                   # decoder_fixed only: the cache capacity
 //! opset = 17
 //! external_data = "auto"              # or true / false
 //! tokenizer = true                    # write tokenizer.json beside the models
@@ -22,6 +23,13 @@
 //! the same float32 interface as `fp32` ones: strongly typed TensorRT (TensorRT for RTX)
 //! takes each layer's precision from the graph, so the file decides what a plan computes in
 //! (see [`crate::export`] for where the casts go).
+//!
+//! `decoder_fixed` is a decoder whose cache is a buffer of `max_length` positions, for CUDA
+//! graphs (see [`crate::export`]). `max_length` defaults to the checkpoint's context length,
+//! at most 4096, and may not exceed it; its `export.json` entry has `max_length` too. It is
+//! float32 only for now. The lowered config holds `max_length` (`null` for the default, which
+//! the checkpoint, itself in the key, decides) only when `variants` lists `decoder_fixed`, so
+//! the key of an export without it is what it was before the variant existed.
 //!
 //! The `hf` variant is not ONNX: `hf/` is a Hugging Face directory (`config.json`,
 //! `model.safetensors`, and `tokenizer.json` with `tokenizer_config.json` when a tokenizer is
@@ -43,11 +51,11 @@ use crate::tokenizer::{self, GgufVocab};
 
 pub struct Export;
 
-const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "tokenizer"];
+const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "tokenizer", "max_length"];
 
 /// Every variant a pipeline may ask for: the ONNX ones of [`Variant`], then the Hugging Face
 /// directory.
-const VARIANTS: &[&str] = &["prefill", "decoder", export::hf::VARIANT];
+const VARIANTS: &[&str] = &["prefill", "decoder", "decoder_fixed", export::hf::VARIANT];
 
 /// `"a", "b", "c"`.
 fn quoted(names: &[&str]) -> String {
@@ -111,6 +119,22 @@ impl StageKind for Export {
             }
         };
         let tokenizer = super::bool_field(f, "tokenizer", true, &mut errors);
+        let fixed = variants.iter().any(|v| v == Variant::DecoderFixed.name());
+        let max_length = super::positive_field(f, "max_length", None, &mut errors);
+        if fixed && precision == "fp16" {
+            errors.push(LowerError::on(
+                "precision",
+                "the `decoder_fixed` variant is float32 only, but `precision` is \"fp16\"".into(),
+                Some("export `decoder_fixed` from a stage with `precision = \"fp32\"`".into()),
+            ));
+        }
+        if !fixed && f.contains_key("max_length") {
+            errors.push(LowerError::on(
+                "max_length",
+                "`max_length` is the cache capacity of the `decoder_fixed` variant, which `variants` does not list".into(),
+                Some("add \"decoder_fixed\" to `variants`, or remove `max_length`".into()),
+            ));
+        }
         if !cx.deps.iter().any(|d| d == "checkpoint") {
             errors.push(LowerError {
                 field: vec!["deps".into()],
@@ -121,7 +145,11 @@ impl StageKind for Export {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(json!({ "variants": variants, "precision": precision, "opset": opset, "external_data": external, "tokenizer": tokenizer }))
+        let mut config = json!({ "variants": variants, "precision": precision, "opset": opset, "external_data": external, "tokenizer": tokenizer });
+        if fixed {
+            config["max_length"] = json!(max_length);
+        }
+        Ok(config)
     }
 
     fn implied_outs(&self, config: &Value) -> Vec<(String, String)> {
@@ -156,7 +184,13 @@ impl StageKind for Export {
                 serde_json::to_value(report)
             } else {
                 let variant = Variant::parse(v).ok_or_else(|| format!("unknown variant `{v}`"))?;
-                let opts = ExportOptions { variant, precision, opset: config["opset"].as_i64().unwrap_or(17), external_data: external };
+                let opts = ExportOptions {
+                    variant,
+                    precision,
+                    opset: config["opset"].as_i64().unwrap_or(17),
+                    external_data: external,
+                    max_length: config["max_length"].as_u64().map(|n| n as usize),
+                };
                 let report = export::export(&ck, &opts, &dir.join("model.onnx")).map_err(|e| e.to_string())?;
                 let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes + report.data_bytes, report.export_ms);
                 serde_json::to_value(report)

@@ -1,9 +1,10 @@
 //! A naive reference forward pass for GPT-2 and Llama, for checking exported models and
 //! runtimes against something that shares no code with them.
 //!
-//! Deliberately plain: one sequence, positions `0..seq`, no cache, f64 everywhere, loops
-//! written out. Weights come as a map from canonical tensor name (see `tr118::model`) to
-//! `(shape, row-major f32 values)`; a linear layer's weight is `[out, in]`, so `y = W x`.
+//! Deliberately plain: one sequence, positions `0..seq` (or given ones, for a sequence with
+//! gaps), no cache, f64 everywhere, loops written out. Weights come as a map from canonical
+//! tensor name (see `tr118::model`) to `(shape, row-major f32 values)`; a linear layer's
+//! weight is `[out, in]`, so `y = W x`.
 //!
 //! GPT-2: learned positions; pre-LayerNorm (with bias) blocks; fused `attn_qkv` whose rows are
 //! q, then k, then v; causal softmax attention scaled by `1/sqrt(head_dim)`; MLP with the tanh
@@ -23,6 +24,15 @@ pub type Weights = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Logits `[seq][vocab]` for `tokens` at positions `0..tokens.len()`.
 pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    forward_at(cfg, w, tokens, &positions)
+}
+
+/// Logits `[seq][vocab]` for `tokens` at `positions` (increasing, with gaps where a cache holds
+/// masked entries): each token attends to itself and the tokens before it in the list.
+pub fn forward_at(cfg: &ModelConfig, w: &Weights, tokens: &[u32], positions: &[usize]) -> Vec<Vec<f32>> {
+    assert_eq!(tokens.len(), positions.len(), "a position for every token");
+    assert!(positions.windows(2).all(|p| p[0] < p[1]), "positions {positions:?} do not increase");
     let d = cfg.d_model;
     let hd = cfg.head_dim();
     let eps = f64::from(cfg.norm_eps);
@@ -32,7 +42,7 @@ pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f32>> 
 
     let token_embd = get(w, "token_embd.weight", &[cfg.vocab_size, d]);
     let mut x: Vec<Vec<f64>> = Vec::with_capacity(seq);
-    for (t, &tok) in tokens.iter().enumerate() {
+    for (&tok, &t) in tokens.iter().zip(positions) {
         let tok = tok as usize;
         assert!(tok < cfg.vocab_size, "token {tok} is outside the vocabulary of {}", cfg.vocab_size);
         let mut row: Vec<f64> = (0..d).map(|i| f64::from(token_embd[tok * d + i])).collect();
@@ -98,7 +108,7 @@ pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f32>> 
             let mut q = Vec::new();
             let mut k = Vec::new();
             let mut v = Vec::new();
-            for (t, xt) in x.iter().enumerate() {
+            for (&t, xt) in positions.iter().zip(&x) {
                 let h = rms_norm(xt, norm_w, eps);
                 let mut qt = matvec(q_w, nh * hd, d, &h);
                 let mut kt = matvec(k_w, nkv * hd, d, &h);
