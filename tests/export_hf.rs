@@ -755,6 +755,6 @@ fn hf_listed_twice_or_misspelled_is_named() {
     ws.pipeline(&pipeline("[\"prefill\", \"hg\"]"));
     ws.tr(&["make", "--json"])
         .diag(4, "unknown variant `hg`")
-        .stderr_has("help: variants are \"prefill\", \"decoder\", \"hf\"");
+        .stderr_has("help: variants are \"prefill\", \"decoder\", \"decoder_fixed\", \"hf\"");
     assert_eq!(ws.files("out"), Vec::<String>::new());
 }
