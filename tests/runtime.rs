@@ -680,6 +680,43 @@ fn bound_greedy_decoding_matches_plain_runs_and_the_reference() {
 }
 
 #[test]
+fn a_fixed_capacity_cache_decodes_as_the_growing_one_and_refuses_to_overflow() {
+    let Some(rt) = rt() else { return };
+    let dir = tempdir();
+    let growing = export_llama(&dir, Variant::Decoder);
+    let fixed = export_llama(&dir, Variant::DecoderFixed);
+    let cfg = llama_config();
+    let mut reference = llama_decoder(rt, &growing, SessionOptions::default());
+    assert_eq!(reference.capacity(), None);
+    let new_tokens = 6;
+    for io_binding in [Some(false), Some(true)] {
+        let mut dec = llama_decoder(rt, &fixed, SessionOptions { io_binding, ..SessionOptions::default() });
+        // The export's default capacity: the model's context length.
+        assert_eq!(dec.capacity(), Some(cfg.n_ctx), "{io_binding:?}");
+        for (batch, len) in [(1, 5), (2, 4)] {
+            let prompts = prompts(batch, len);
+            let (want_ids, want_logits) = reference_decode(&prompts, new_tokens);
+            let f = decode(&mut dec, &prompts, new_tokens);
+            let g = decode(&mut reference, &prompts, new_tokens);
+            assert_eq!(f.ids, want_ids, "{io_binding:?}, batch {batch}: greedy ids vs the reference");
+            let (vs_ref, vs_growing, cache) = (max_logit_diff(&f.logits, &want_logits), max_logit_diff(&f.logits, &g.logits), max_cache_diff(&f.cache, &g.cache, cfg.n_layer));
+            eprintln!("{io_binding:?}, batch {batch}: fixed vs reference {vs_ref:.2e}, vs growing {vs_growing:.2e}, caches {cache:.2e}");
+            assert!(vs_ref <= 1e-4, "fixed vs the reference: {vs_ref:.3e}");
+            assert!(vs_growing <= 1e-5, "fixed vs growing logits: {vs_growing:.3e}");
+            assert!(cache <= 1e-6, "fixed vs growing cache: {cache:.3e}");
+            assert_eq!(f.cache.past_len(), len + new_tokens - 1);
+        }
+        // A step past the capacity is refused before anything runs, naming it.
+        let mut cache = dec.empty_cache(1).unwrap();
+        dec.step(&mut cache, &vec![1; cfg.n_ctx - 1], cfg.n_ctx - 1).unwrap_or_else(|e| panic!("{e}"));
+        let err = dec.step(&mut cache, &[1, 2], 2).unwrap_err().to_string();
+        assert!(err.contains(&format!("31 positions in the cache and 2 new do not fit its capacity of {}", cfg.n_ctx)), "{err}");
+        assert_eq!(cache.past_len(), cfg.n_ctx - 1, "a refused step leaves the cache as it was");
+        dec.step(&mut cache, &[1], 1).unwrap_or_else(|e| panic!("the last position still fits: {e}"));
+    }
+}
+
+#[test]
 fn a_prefill_on_the_device_returns_what_a_plain_run_computes() {
     let Some(rt) = rt() else { return };
     let dir = tempdir();

@@ -17,6 +17,15 @@
 //!
 //! `n_kv_head` and `head_dim` must be fixed in the model (they size the empty cache); batch and
 //! lengths are dynamic. A first step with an empty cache (`past_len` 0) is the prefill.
+//!
+//! ## A fixed-capacity cache
+//!
+//! A model with a `past_length` input (the export's `decoder_fixed` variant) keeps its cache in
+//! buffers of a fixed `max_length` positions, axis 2 of `past_key_values.N.*`, which the model
+//! fixes: `attention_mask` is `[batch, max_length]` (1 for the positions filled so far and the
+//! new ones), `past_length` `[1]` says how many are filled, and `present.N.*` is the buffer
+//! with the new positions written, the same shape as the past. Every step of a batch size then
+//! has the same shapes. The empty cache is zeros; a step that would not fit is refused.
 //! Present tensors stay ONNX Runtime values and are fed back as the next step's past without
 //! a copy through Rust.
 //!
@@ -59,6 +68,8 @@ pub struct Decoder {
     /// (past key, past value, present key, present value) per layer.
     layers: Vec<[String; 4]>,
     logits: String,
+    /// `max_length` of a fixed-capacity cache (see the module doc); `None` for a growing one.
+    capacity: Option<usize>,
     n_kv_head: usize,
     head_dim: usize,
     /// `Some` when the session runs through I/O binding; cleared after every step, so that it
@@ -85,12 +96,13 @@ impl KvCache {
         self.past_len
     }
 
-    /// A host copy of layer `i`'s key and value, `[batch, n_kv_head, past_len, head_dim]`:
-    /// a device-to-host transfer when the cache is on a GPU. For tests and diagnostics, never
-    /// inside a timed loop.
+    /// A host copy of layer `i`'s key and value, `[batch, n_kv_head, past_len, head_dim]` (of a
+    /// fixed-capacity cache, the positions filled so far): a device-to-host transfer when the
+    /// cache is on a GPU. For tests and diagnostics, never inside a timed loop.
     pub fn layer(&self, i: usize) -> Result<(ArrayD<f32>, ArrayD<f32>), RuntimeError> {
         let (k, v) = self.layers.get(i).ok_or_else(|| RuntimeError::BadInput(format!("the cache has {} layers, not {}", self.layers.len(), i + 1)))?;
-        Ok((host_f32(&format!("key of layer {i}"), k)?, host_f32(&format!("value of layer {i}"), v)?))
+        let filled = |x: ArrayD<f32>| x.slice_axis(ndarray::Axis(2), ndarray::Slice::from(0..self.past_len)).to_owned();
+        Ok((filled(host_f32(&format!("key of layer {i}"), k)?), filled(host_f32(&format!("value of layer {i}"), v)?)))
     }
 
     /// Whether every tensor of the cache is in host memory: always on a CPU session, and on a
@@ -105,12 +117,13 @@ impl Decoder {
     pub fn new(session: Session) -> Result<Decoder, RuntimeError> {
         let mut names: BTreeMap<usize, LayerNames> = BTreeMap::new();
         let mut unknown = Vec::new();
-        let (mut has_ids, mut has_mask, mut has_positions) = (false, false, false);
+        let (mut has_ids, mut has_mask, mut has_positions, mut has_past_length) = (false, false, false, false);
         for spec in session.inputs() {
             match spec.name.as_str() {
                 "input_ids" => has_ids = true,
                 "attention_mask" => has_mask = true,
                 "position_ids" => has_positions = true,
+                "past_length" => has_past_length = true,
                 n => match cache_slot(n, "past_key_values.") {
                     Some((i, true)) => names.entry(i).or_default().past_key = Some(n.to_string()),
                     Some((i, false)) => names.entry(i).or_default().past_value = Some(n.to_string()),
@@ -120,7 +133,7 @@ impl Decoder {
         }
         if !unknown.is_empty() {
             return Err(session.interface_error(format!(
-                "decoder inputs are `input_ids`, `attention_mask`, `position_ids` and `past_key_values.N.key`/`.value`; the model also needs {}",
+                "decoder inputs are `input_ids`, `attention_mask`, `position_ids`, `past_length` and `past_key_values.N.key`/`.value`; the model also needs {}",
                 ticked(&unknown)
             )));
         }
@@ -156,6 +169,15 @@ impl Decoder {
         let (Some(n_kv_head), Some(head_dim)) = (first.fixed(1), first.fixed(3)) else {
             return Err(session.interface_error(format!("`{first}`: the number of key/value heads (axis 1) and the head size (axis 3) must be fixed")));
         };
+        let capacity = match (has_past_length, first.fixed(2)) {
+            (false, _) => None,
+            (true, Some(n)) if n > 0 && has_mask => Some(n as usize),
+            (true, _) => {
+                return Err(session.interface_error(format!(
+                    "has a `past_length` input, so its cache has a fixed capacity: `{first}` must fix axis 2 (`max_length`) and the model must take an `attention_mask`"
+                )));
+            }
+        };
         let logits = if session.output("logits").is_some() {
             "logits".to_string()
         } else {
@@ -166,7 +188,7 @@ impl Decoder {
             }
         };
         let binding = if session.io_binding() { Some(session.new_binding()?) } else { None };
-        Ok(Decoder { session, has_mask, has_positions, layers, logits, n_kv_head: n_kv_head as usize, head_dim: head_dim as usize, binding })
+        Ok(Decoder { session, has_mask, has_positions, layers, logits, capacity, n_kv_head: n_kv_head as usize, head_dim: head_dim as usize, binding })
     }
 
     /// Whether steps run through I/O binding, leaving the cache on the session's device.
@@ -194,13 +216,21 @@ impl Decoder {
         self.head_dim
     }
 
+    /// The positions a fixed-capacity cache holds; `None` for a growing cache.
+    pub fn capacity(&self) -> Option<usize> {
+        self.capacity
+    }
+
     /// A cache holding nothing yet, for `batch` sequences. Its tensors are empty host tensors
     /// even on a GPU: bound as inputs, ONNX Runtime copies their zero bytes to the device, so
-    /// no zero-size device allocation of ours is ever needed.
+    /// no zero-size device allocation of ours is ever needed. A fixed-capacity cache is its
+    /// buffers, zeros, of `max_length` positions.
     pub fn empty_cache(&self, batch: usize) -> Result<KvCache, RuntimeError> {
-        let shape = vec![batch, self.n_kv_head, 0, self.head_dim];
+        let positions = self.capacity.unwrap_or(0);
+        let shape = vec![batch, self.n_kv_head, positions, self.head_dim];
+        let zeros = batch * self.n_kv_head * positions * self.head_dim;
         let empty = || {
-            Tensor::<f32>::from_array((shape.clone(), Vec::new()))
+            Tensor::<f32>::from_array((shape.clone(), vec![0.0; zeros]))
                 .map(|t| t.into_dyn())
                 .map_err(|e| RuntimeError::BadInput(format!("creating an empty cache: {}", e.message())))
         };
@@ -233,14 +263,27 @@ impl Decoder {
         }
         let total = cache.past_len + new_len;
         let model = self.session.model.clone();
+        if let Some(capacity) = self.capacity
+            && total > capacity
+        {
+            return Err(RuntimeError::BadInput(format!(
+                "{} positions in the cache and {new_len} new do not fit its capacity of {capacity} (the `decoder_fixed` export's `max_length`)",
+                cache.past_len
+            )));
+        }
+        // The mask's length: the cache's capacity, or everything so far.
+        let width = self.capacity.unwrap_or(total);
 
         // The new tokens' inputs, one code path for both ways of running.
         let spec = |name: &str| self.session.input(name).expect("resolved from the session's inputs");
-        let mut fed: Vec<(&'static str, DynValue)> = Vec::with_capacity(3);
+        let mut fed: Vec<(&'static str, DynValue)> = Vec::with_capacity(4);
         fed.push(("input_ids", int_value(&model, spec("input_ids"), vec![batch, new_len], input_ids)?));
         if self.has_mask {
-            let mask = vec![1i64; batch * total];
-            fed.push(("attention_mask", int_value(&model, spec("attention_mask"), vec![batch, total], &mask)?));
+            let mask: Vec<i64> = (0..batch).flat_map(|_| (0..width).map(|j| i64::from(j < total))).collect();
+            fed.push(("attention_mask", int_value(&model, spec("attention_mask"), vec![batch, width], &mask)?));
+        }
+        if self.capacity.is_some() {
+            fed.push(("past_length", int_value(&model, spec("past_length"), vec![1], &[cache.past_len as i64])?));
         }
         if self.has_positions {
             let positions: Vec<i64> = (0..batch).flat_map(|_| (cache.past_len..total).map(|p| p as i64)).collect();
@@ -296,7 +339,7 @@ impl Decoder {
             }
         };
 
-        let expected = [batch as i64, self.n_kv_head as i64, total as i64, self.head_dim as i64];
+        let expected = [batch as i64, self.n_kv_head as i64, width as i64, self.head_dim as i64];
         for (names, (k, v)) in self.layers.iter().zip(&grown) {
             for (name, x) in [(&names[2], k), (&names[3], v)] {
                 let shape = value_shape(x);
