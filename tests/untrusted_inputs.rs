@@ -14,26 +14,12 @@ use support::workspace::{Run, Workspace};
 use tr118::model::dtype::DType;
 use tr118::model::gguf::MetaValue;
 use tr118::model::write::{random_tensors, write_gguf, write_hf};
-use tr118::model::{Arch, ModelConfig, RopeLayout};
+use tr118::model::{ModelConfig, RopeLayout};
 
-/// 4 query heads over 2 key/value heads of size 4; two layers.
+/// The tests' tiny Llama (4 query heads over 2 key/value heads of size 4; two layers), with
+/// tied embeddings and no special tokens.
 fn llama() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 16,
-        n_layer: 2,
-        n_head: 4,
-        n_kv_head: 2,
-        d_model: 16,
-        d_ff: 24,
-        n_ctx: 32,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_layout: RopeLayout::Interleaved,
-        tied_embeddings: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    ModelConfig { vocab_size: 16, tied_embeddings: true, bos_token_id: None, eos_token_id: None, ..support::reference::tiny_llama(RopeLayout::Interleaved) }
 }
 
 /// A failed run that reported `needle` as an error, and did not panic.
