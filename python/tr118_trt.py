@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""tr118's TensorRT for RTX helper: builds a plan from an ONNX model, and checks a plan.
+"""tr118's TensorRT for RTX helper: builds a plan from an ONNX model; judges a plan for the worker.
 
 TensorRT for RTX has C++ and Python APIs and no C API, so tr118 reaches it through this
 program, which it ships in its binary and runs under $TR118_PYTHON or python3:
 
   python3 tr118_trt.py build REQUEST.json     parse, build, write the plan and its layers
-  python3 tr118_trt.py check REQUEST.json     can this machine run the plan? the library's answer
+
+and the torch worker imports it to load the library and to ask it whether a plan can run
+here (`judge`) before loading the plan.
 
 The request names the library's directory (`libtensorrt_rtx.so.1` and
 `libtensorrt_onnxparser_rtx.so.1`, as the `tensorrt-rtx-cu13-libs` wheel ships them) and the
@@ -13,12 +15,11 @@ Python bindings (`tensorrt_rtx.cpython-3XX-….so` from `tensorrt-rtx-cu13-bindi
 Python version; the one this interpreter can import is used). The answer is one JSON object
 written to the request's `result` path:
 
-  {"status": "ok", ...}                      built (or: the plan can run here)
+  {"status": "ok", ...}                      built
   {"status": "unavailable", "reason": ...}   this machine cannot do it (no bindings for this
-                                              Python, no usable GPU, a GPU the plan is not for)
+                                              Python)
   {"status": "error", "error": ..., ...}     the input is wrong (the parser rejects the model,
-                                              a profile the network refuses, a plan from another
-                                              TensorRT for RTX version)
+                                              a profile the network refuses)
 
 Everything the library logs goes to stderr, which tr118 keeps in the node's log, except the
 verbose messages, which are megabytes; of those only the builder's layer report is kept: it is
@@ -289,40 +290,35 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# --- check -----------------------------------------------------------------------------
+# --- judging a plan --------------------------------------------------------------------
 
-def check(req):
-    """Whether this machine can run the plan, as the library judges it."""
-    trt = load_trt(req["library"], req["bindings"])
-    log = make_logger(trt)
+def judge(trt, log, blob, name):
+    """Whether this machine can run the plan `blob` (read from `name`), as the library judges
+    it before loading: returns when it can; raises BadInput for a plan of another version or
+    no plan at all, Unavailable with the library's reason when this GPU (or none) cannot."""
     runtime = trt.Runtime(log)
-    with open(req["plan"], "rb") as f:
-        plan = f.read()
-    validity, diagnostics = runtime.get_engine_validity(plan)
+    validity, diagnostics = runtime.get_engine_validity(blob)
     said = [m for _, m in log.messages]
     mismatch = [m for m in said if "has been created with TensorRT-RTX version" in m]
     if mismatch:
-        raise BadInput(json.dumps({"error": f"`{req['plan']}` was built by another TensorRT for RTX: {mismatch[0]}"}))
-    if validity.name == "VALID":
-        return {"status": "ok", "validity": validity.name, "version": VERSION}
+        raise BadInput(json.dumps({"error": f"`{name}` was built by another TensorRT for RTX: {mismatch[0]}"}))
+    if validity.name in ("VALID", "SUBOPTIMAL"):
+        return
     reasons = log.errors() or said
-    flags = [d for d in trt.EngineInvalidityDiagnostics.__members__.values() if diagnostics & int(d)]
     reason = reasons[-1] if reasons else f"the plan is {validity.name.lower()} here"
-    if validity.name == "SUBOPTIMAL":
-        return {"status": "ok", "validity": validity.name, "note": reason}
-    if any(f.name == "MALFORMED_ENGINE" for f in flags):
-        raise BadInput(json.dumps({"error": f"`{req['plan']}` is not a TensorRT for RTX plan: {reason}"}))
+    if diagnostics & int(trt.EngineInvalidityDiagnostics.MALFORMED_ENGINE):
+        raise BadInput(json.dumps({"error": f"`{name}` is not a TensorRT for RTX plan: {reason}"}))
     raise Unavailable(reason)
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("build", "check"):
-        print("usage: tr118_trt.py build|check REQUEST.json", file=sys.stderr)
+    if len(sys.argv) != 3 or sys.argv[1] != "build":
+        print("usage: tr118_trt.py build REQUEST.json", file=sys.stderr)
         return 2
     with open(sys.argv[2]) as f:
         req = json.load(f)
     try:
-        answer = (build if sys.argv[1] == "build" else check)(req)
+        answer = build(req)
     except Unavailable as e:
         answer = {"status": "unavailable", "reason": str(e)}
     except BadInput as e:

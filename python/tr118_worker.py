@@ -152,23 +152,27 @@ class Worker:
     def load_plan(self, req):
         """A TensorRT for RTX plan (`tr118_trt.py` beside this file loads the library), run
         with torch's CUDA tensors as its buffers, on torch's current stream."""
-        if self.torch is None:
-            raise Unavailable(self.import_error)
-        t = self.torch
         import tr118_trt
 
         try:
             trt = tr118_trt.load_trt(req["library"], req["bindings"])
+            log = tr118_trt.make_logger(trt)
+            with open(req["plan"], "rb") as f:
+                blob = f.read()
+            # The library's own judgement first: it needs neither torch nor a usable GPU.
+            tr118_trt.judge(trt, log, blob, req["plan"])
         except tr118_trt.Unavailable as e:
-            raise Unavailable(str(e))
+            raise Unavailable(f"TensorRT for RTX cannot run `{req['plan']}` here: {e}")
+        except tr118_trt.BadInput as e:
+            raise ValueError(json.loads(str(e))["error"])
+        if self.torch is None:
+            raise Unavailable(self.import_error)
+        t = self.torch
         device = req.get("device", "cuda:0")
         if not t.cuda.is_available():
             raise Unavailable(f"torch {t.__version__} sees no CUDA device ({_cuda_reason(t)})")
         t.cuda.set_device(t.device(device))
-        log = tr118_trt.make_logger(trt)
         runtime = trt.Runtime(log)
-        with open(req["plan"], "rb") as f:
-            blob = f.read()
         start = time.perf_counter()
         engine = runtime.deserialize_cuda_engine(blob)
         if engine is None:

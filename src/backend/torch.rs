@@ -269,10 +269,10 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
 /// bindings are those the plan was built with, as its `build.json` names them: a plan is
 /// rebuilt when they change, so they reach the keys of this backend's nodes through it.
 ///
-/// The library judges the plan first (`tr118_trt.py check`, no torch needed): a machine with no
-/// usable GPU, or a GPU the plan is not for, is `Unavailable` with the library's own words; a
-/// plan from another version of the library is an error. Only then is the worker started and
-/// the plan loaded (`load_plan`), with torch's CUDA tensors as its buffers.
+/// The worker's `load_plan` has the library judge the plan before anything else (no torch
+/// needed): a machine with no usable GPU, or a GPU the plan is not for, is `Unavailable` with
+/// the library's own words; a plan from another version of the library is an error. Only then
+/// does it load the plan, with torch's CUDA tensors as its buffers.
 pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
     let plan = if model.is_file() {
         model.to_path_buf()
@@ -295,28 +295,18 @@ pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, B
     }
     let library = PathBuf::from(built["library"].as_str().unwrap_or_default());
     let bindings: Vec<PathBuf> = built["bindings"].as_array().into_iter().flatten().filter_map(Value::as_str).map(PathBuf::from).collect();
-    let request = crate::trt::rtx::CheckRequest { library: library.clone(), bindings: bindings.clone(), plan: plan.clone() };
-    let scratch = probe::scratch_dir("rtx-check")?;
-    let mut log = tempfile_in(&scratch)?;
-    let checked = crate::trt::rtx::check(&python(), &request, &scratch, Path::new("."), &mut log);
-    probe::remove_scratch_dir(&scratch);
-    let version = match checked {
-        Ok(v) => v.unwrap_or_default(),
-        Err(crate::trt::rtx::HelperError::Unavailable(reason)) => return Err(BackendError::Unavailable(format!("TensorRT for RTX cannot run `{}` here: {reason}", crate::paths::shown(&plan)))),
-        Err(e) => return Err(failed(format!("`{}`: {e}", plan.display()))),
-    };
-
     let mut worker = Worker::start()?;
     let hello = hello(&mut worker)?;
     let mut load = Map::new();
-    load.insert("plan".into(), json!(plan));
+    // The worker runs in the workspace: the plan by the name people read in a reason.
+    load.insert("plan".into(), json!(crate::paths::shown(&plan)));
     load.insert("library".into(), json!(library));
     load.insert("bindings".into(), json!(bindings));
     load.insert("device".into(), json!(format!("cuda:{}", spec.device_id)));
     let loaded = worker.call("load_plan", load)?;
     let capability = Capability {
         runtime: "tensorrt-rtx".into(),
-        runtime_version: version,
+        runtime_version: loaded.get("version").and_then(Value::as_str).unwrap_or_default().to_string(),
         library_digest: built["library_digest"].as_str().unwrap_or_default().to_string(),
         providers_offered: vec!["cuda".into()],
         provider_requested: spec.provider.name().into(),
@@ -328,11 +318,6 @@ pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, B
         worker: Some(json!({ "hello": hello, "load": loaded })),
     };
     Ok(Box::new(TorchBackend { spec: spec.clone(), capability, worker }))
-}
-
-/// A log file for the helper's output while checking a plan (not kept: the reason is the result).
-fn tempfile_in(dir: &Path) -> Result<std::fs::File, BackendError> {
-    std::fs::File::create(dir.join("check.log")).map_err(|e| BackendError::Failed(format!("creating `{}`: {e}", dir.join("check.log").display())))
 }
 
 /// The worker's `hello`, its interpreter shown relative to the workspace, its protocol checked.

@@ -5,15 +5,16 @@
 //! C++ and Python APIs and no C API, so, as with the torch worker, tr118 writes the helper
 //! into a scratch directory and runs it under `$TR118_PYTHON`, else `python3`. A request is a
 //! JSON file; the answer is a JSON file the helper writes with `status` `ok`, `unavailable`
-//! (this machine cannot: no bindings for this Python, no GPU the plan runs on) or `error` (the
-//! input is wrong: the parser rejects the model, a plan from another version). The library
+//! (this machine cannot: no bindings for this Python) or `error` (the input is wrong: the
+//! parser rejects the model, a profile the model cannot take). The library
 //! and the bindings are the fetched files themselves, named in the request: nothing is
 //! installed, and their digests are in the keys of the nodes that use them as deps.
 //!
 //! Unlike `trtexec`, TensorRT for RTX compiles ahead of time without a GPU: a plan holds
 //! kernels for every compute capability the library supports (8.0, 8.6, 8.9, 12.x) and is
 //! specialised on the GPU that loads it. A GPU outside that list refuses the plan when it is
-//! loaded, with the library's reason.
+//! loaded, with the library's reason: the torch worker, which imports the same helper, asks
+//! the library before loading a plan (see [`crate::backend::torch::open_plan`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -47,14 +48,6 @@ pub struct BuildRequest {
     /// One table per optimisation profile: input → `[min, opt, max]` shapes.
     pub profiles: Vec<BTreeMap<String, [Vec<u64>; 3]>>,
     pub workspace_mib: Option<u64>,
-}
-
-/// What is asked to check whether a plan runs here.
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckRequest {
-    pub library: PathBuf,
-    pub bindings: Vec<PathBuf>,
-    pub plan: PathBuf,
 }
 
 /// What a build answered.
@@ -102,21 +95,9 @@ pub fn profile_dims(shapes: &[ShapeSpecs]) -> Result<Vec<BTreeMap<String, [Vec<u
         .collect()
 }
 
-/// Builds a plan.
+/// Builds a plan: runs the helper on `request` in `dir`, its output appended to `log`.
 pub fn build(python: &str, request: &BuildRequest, scratch: &Path, dir: &Path, log: &mut File) -> Result<BuildAnswer, HelperError> {
-    let answer = run(python, "build", request, scratch, dir, log)?;
-    serde_json::from_value(answer.clone()).map_err(|e| HelperError::Failed(format!("the helper's answer does not read: {e}: {answer}")))
-}
-
-/// Whether the plan can run on this machine, as the library judges it: `Ok` with its
-/// version, or why not.
-pub fn check(python: &str, request: &CheckRequest, scratch: &Path, dir: &Path, log: &mut File) -> Result<Option<String>, HelperError> {
-    let answer = run(python, "check", request, scratch, dir, log)?;
-    Ok(answer["version"].as_str().map(str::to_string))
-}
-
-/// Runs the helper's `op` on `request` in `dir`, its output appended to `log`.
-fn run<R: Serialize>(python: &str, op: &str, request: &R, scratch: &Path, dir: &Path, log: &mut File) -> Result<Value, HelperError> {
+    let op = "build";
     let failed = |what: &str, e: std::io::Error| HelperError::Failed(format!("{what}: {e}"));
     let script = scratch.join(HELPER_NAME);
     std::fs::write(&script, HELPER_SOURCE).map_err(|e| failed(&format!("writing `{}`", script.display()), e))?;
@@ -156,7 +137,7 @@ fn run<R: Serialize>(python: &str, op: &str, request: &R, scratch: &Path, dir: &
     };
     let text = |k: &str| answer[k].as_str().unwrap_or("no reason given").to_string();
     match answer["status"].as_str() {
-        Some("ok") => Ok(answer),
+        Some("ok") => serde_json::from_value(answer.clone()).map_err(|e| HelperError::Failed(format!("the helper's answer does not read: {e}: {answer}"))),
         Some("unavailable") => Err(HelperError::Unavailable(text("reason"))),
         Some("error") => Err(HelperError::BadInput(text("error"))),
         _ => Err(HelperError::Failed(format!("the helper's answer has no known status: {answer}"))),
