@@ -554,7 +554,7 @@ fn element_types(g: &GraphProto) -> HashMap<String, i32> {
         let input = |i: usize| node.input.get(i).and_then(|n| types.get(n)).copied();
         let t = match op {
             "Cast" => node.attribute.iter().find(|a| a.name.as_deref() == Some("to")).and_then(|a| a.i).map(|t| t as i32),
-            "Shape" => Some(INT64),
+            "Shape" | "ArgMax" => Some(INT64),
             "LessOrEqual" | "And" => Some(BOOL),
             "Where" => input(1),
             _ => input(0),
@@ -603,7 +603,7 @@ fn check_types(path: &Path, cfg: &ModelConfig, compute: i32) {
     assert_eq!(count, BTreeMap::from([("MatMul", matmuls), ("Softmax", l), (norm, norms)]), "{what}: ops checked");
     for v in g.input.iter().chain(&g.output) {
         let name = v.name.as_deref().unwrap_or("");
-        let want = if ["input_ids", "attention_mask", "past_length"].contains(&name) { INT64 } else { FLOAT };
+        let want = if ["input_ids", "attention_mask", "past_length", "next_token"].contains(&name) { INT64 } else { FLOAT };
         assert_eq!(types[name], want, "{what}: interface tensor `{name}`");
     }
 }
@@ -778,6 +778,14 @@ fn past_names(cfg: &ModelConfig) -> Vec<String> {
 /// [`past_names`] order, `[batch, kv_heads, positions, head_dim]`. Returns the logits and
 /// the `present.*` tensors in the same order, for the next call's past.
 fn run_cached(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mask: &[i64], past_length: Option<i64>, past: &[Vec<f32>]) -> (ArrayD<f32>, Vec<Vec<f32>>) {
+    let (logits, _, presents) = run_cached_as(s, cfg, ids, batch, mask, past_length, past, false);
+    (logits, presents)
+}
+
+/// [`run_cached`], the cache fed as float16 when `f16` (values exactly representable there),
+/// also returning `next_token` where the model has it.
+#[allow(clippy::too_many_arguments)]
+fn run_cached_as(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mask: &[i64], past_length: Option<i64>, past: &[Vec<f32>], f16: bool) -> (ArrayD<f32>, Option<ArrayD<f32>>, Vec<Vec<f32>>) {
     let (kv, hd) = (cfg.n_kv_head, cfg.head_dim());
     let names = past_names(cfg);
     let ids_shape = [batch, ids.len() / batch];
@@ -791,11 +799,14 @@ fn run_cached(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mas
     if past_length.is_some() {
         feeds.push(Feed { name: "past_length", shape: &[1], data: TensorData::I64(&length) });
     }
-    for (name, data) in names.iter().zip(past) {
-        feeds.push(Feed { name, shape: &past_shape, data: TensorData::F32(data) });
+    let halves: Vec<Vec<half::f16>> = if f16 { past.iter().map(|p| p.iter().map(|&x| half::f16::from_f32(x)).collect()).collect() } else { Vec::new() };
+    for (i, (name, data)) in names.iter().zip(past).enumerate() {
+        let data = if f16 { TensorData::F16(&halves[i]) } else { TensorData::F32(data) };
+        feeds.push(Feed { name, shape: &past_shape, data });
     }
     let mut outputs: BTreeMap<String, ArrayD<f32>> = s.run(&feeds).unwrap_or_else(|e| panic!("{e}")).into_iter().collect();
     let logits = outputs.remove("logits").expect("a `logits` output");
+    let next = outputs.remove("next_token");
     assert_eq!(logits.shape(), [batch, ids_shape[1], cfg.vocab_size]);
     let presents = names
         .iter()
@@ -807,7 +818,7 @@ fn run_cached(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mas
             t.iter().copied().collect()
         })
         .collect();
-    (logits, presents)
+    (logits, next, presents)
 }
 
 /// Max |got[b, h, p, :] - want[b, h, p, :]| over positions `p` in `positions`; `got` and `want`
@@ -859,7 +870,7 @@ fn check_fixed(case: &Case) -> (f64, f64) {
     assert_eq!(entry["max_length"], MAX_LENGTH, "{what}");
     let mut inputs = vec!["input_ids".to_string(), "attention_mask".to_string(), "past_length".to_string()];
     inputs.extend(past_names(cfg));
-    let outputs: Vec<String> = std::iter::once("logits".to_string()).chain(past_names(cfg).iter().map(|n| n.replace("past_key_values", "present"))).collect();
+    let outputs: Vec<String> = ["logits".to_string(), "next_token".to_string()].into_iter().chain(past_names(cfg).iter().map(|n| n.replace("past_key_values", "present"))).collect();
     assert_eq!(strings(&entry["inputs"]), inputs, "{what}: inputs");
     assert_eq!(strings(&entry["outputs"]), outputs, "{what}: outputs");
     assert_eq!(strings(&entry["dynamic_axes"]), ["batch", "sequence"], "{what}: dynamic_axes");
@@ -914,7 +925,8 @@ fn check_fixed(case: &Case) -> (f64, f64) {
     for step in 0..=steps.len() {
         let seq = ids.len() / 2;
         let written = past_len..past_len + seq;
-        let (logits, present) = run_cached(&mut fixed, cfg, &ids, 2, &mask, Some(past_len as i64), &past);
+        let (logits, next, present) = run_cached_as(&mut fixed, cfg, &ids, 2, &mask, Some(past_len as i64), &past, false);
+        assert_next_token(next.as_ref(), &logits, &what);
         let grown_mask: Vec<i64> = (0..2).flat_map(|b| mask[b * m..b * m + written.end].to_vec()).collect();
         let (plain_logits, plain_present) = run_cached(&mut decoder, cfg, &ids, 2, &grown_mask, None, &grown);
         for b in 0..2 {
@@ -958,6 +970,19 @@ fn check_fixed(case: &Case) -> (f64, f64) {
     (vs_reference, vs_decoder)
 }
 
+/// `next_token` is the argmax of each row's last logits, ties to the lowest id.
+#[track_caller]
+fn assert_next_token(next: Option<&ArrayD<f32>>, logits: &ArrayD<f32>, what: &str) {
+    let next = next.unwrap_or_else(|| panic!("{what}: no `next_token` output"));
+    let (batch, seq) = (logits.shape()[0], logits.shape()[1]);
+    assert_eq!(next.shape(), [batch, 1], "{what}: `next_token`");
+    for b in 0..batch {
+        let row: Vec<f32> = (0..logits.shape()[2]).map(|v| logits[[b, seq - 1, v]]).collect();
+        let best = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+        assert_eq!(next[[b, 0]], best as f32, "{what}: `next_token` of row {b}");
+    }
+}
+
 #[test]
 fn decoder_fixed_gpt2_matches_the_reference_and_the_decoder() {
     check_fixed(&Case::new("gpt2 decoder_fixed", gpt2_config(), 180));
@@ -968,15 +993,141 @@ fn decoder_fixed_llama_matches_the_reference_and_the_decoder() {
     check_fixed(&Case::new("llama decoder_fixed", llama_config(RopeLayout::Interleaved, false), 190));
 }
 
+/// The fp16 `decoder_fixed` (ONNX Runtime's fused operators, see `export::fused`), exported
+/// beside the fp16 `decoder`: its graph is the fused one (one `GroupQueryAttention` a layer
+/// and no `Softmax`, skip-norms, a float16 cache), and a batch of two unpadded sequences,
+/// the prompt then one token a step until the buffer is full, matches the fp32 reference and
+/// the fp16 `decoder` within float16's error at every step; `next_token` is each row's argmax
+/// and buffer positions a step does not write come back bit for bit. Returns the largest
+/// errors as fractions of the logit scale: (vs reference, vs decoder).
+fn check_fixed_fp16(case: &Case) -> (f64, f64) {
+    let cfg = &case.cfg;
+    let (kv, hd, m) = (cfg.n_kv_head, cfg.head_dim(), MAX_LENGTH);
+    let ws = workspace();
+    case.write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&export_pipeline("model.gguf", &format!("tokenizer = false\nprecision = \"fp16\"\nvariants = [\"decoder\", \"decoder_fixed\"]\nmax_length = {MAX_LENGTH}")));
+    ws.make_ok();
+    let what = format!("{}: fp16 `decoder_fixed`", case.name);
+    let entry = ws.json("out/export/export.json")["variants"][1].clone();
+    assert_eq!((entry["variant"].as_str(), entry["precision"].as_str()), (Some("decoder_fixed"), Some("fp16")), "{what}");
+    let mut inputs = vec!["input_ids".to_string(), "attention_mask".to_string(), "past_length".to_string()];
+    inputs.extend(past_names(cfg));
+    assert_eq!(strings(&entry["inputs"]), inputs, "{what}: inputs");
+    let path = ws.path("out/export/decoder_fixed/model.onnx");
+
+    // The graph: fused operators, float16 weights and cache.
+    let model = Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let g = model.graph();
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in &g.node {
+        *ops.entry(node.op_type.as_deref().unwrap_or("")).or_default() += 1;
+        if node.op_type.as_deref() == Some("GroupQueryAttention") {
+            assert_eq!(node.domain.as_deref(), Some("com.microsoft"), "{what}: GroupQueryAttention's domain");
+        }
+    }
+    let (skip, first) = match cfg.arch {
+        Arch::Gpt2 => ("SkipLayerNormalization", "LayerNormalization"),
+        Arch::Llama => ("SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"),
+    };
+    let l = cfg.n_layer;
+    assert_eq!(ops.get("GroupQueryAttention"), Some(&l), "{what}: {ops:?}");
+    assert_eq!((ops.get(skip), ops.get(first)), (Some(&(2 * l)), Some(&1)), "{what}: {ops:?}");
+    // Attention is the operator's: no softmax, and Q, K and V from one projection.
+    let matmuls = if cfg.arch == Arch::Gpt2 { 4 * l + 1 } else { 5 * l + 1 };
+    assert_eq!((ops.get("Softmax"), ops.get("MatMul")), (None, Some(&matmuls)), "{what}: {ops:?}");
+    let declared = |v: &ValueInfoProto| v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.elem_type);
+    for v in g.input.iter().chain(&g.output) {
+        let name = v.name.as_deref().unwrap_or("");
+        let want = match name {
+            "input_ids" | "attention_mask" | "past_length" | "next_token" => INT64,
+            "logits" => FLOAT,
+            _ => FLOAT16,
+        };
+        assert_eq!(declared(v), Some(want), "{what}: interface tensor `{name}`");
+    }
+
+    // Two unpadded sequences, then one token a step, each row its own.
+    let n = PROMPT.len();
+    let other: Vec<u32> = PROMPT.iter().map(|t| (t * 7 + 3) % cfg.vocab_size as u32).collect();
+    let steps: [Vec<u32>; 2] = [0, 1].map(|b| (0..(m - n) as u32).map(|i| (NEXT + 13 * i + 5 * b) % 61).collect());
+    let rows = [PROMPT.to_vec(), other];
+    let want: Vec<Vec<Vec<f32>>> = (0..2).map(|b| case.reference(&rows[b].iter().chain(&steps[b]).copied().collect::<Vec<u32>>())).collect();
+    let scale = want.iter().flatten().flatten().fold(0.0f64, |s, v| s.max(f64::from(v.abs())));
+
+    let mut fixed = session(&path);
+    let mut decoder = session(&ws.path("out/export/decoder/model.onnx"));
+    let elements = 2 * kv * m * hd;
+    let mut past = vec![vec![SENTINEL; elements]; 2 * l];
+    let mut grown = vec![Vec::new(); 2 * l];
+    let mut ids: Vec<i64> = rows.iter().flat_map(|r| ids_i64(r)).collect();
+    let (mut vs_reference, mut vs_decoder) = (0.0f64, 0.0f64);
+    let mut past_len = 0;
+    for step in 0..=(m - n) {
+        let seq = ids.len() / 2;
+        let written = past_len..past_len + seq;
+        let mask: Vec<i64> = (0..2).flat_map(|_| (0..m).map(|p| i64::from(p < written.end))).collect();
+        let (logits, next, present) = run_cached_as(&mut fixed, cfg, &ids, 2, &mask, Some(past_len as i64), &past, true);
+        assert_next_token(next.as_ref(), &logits, &format!("{what}, step {step}"));
+        let grown_mask = vec![1i64; 2 * written.end];
+        let (plain, plain_present) = run_cached(&mut decoder, cfg, &ids, 2, &grown_mask, None, &grown);
+        for b in 0..2 {
+            let one = |a: &ArrayD<f32>| ArrayD::from_shape_fn(vec![1, seq, cfg.vocab_size], |i| a[[b, i[1], i[2]]]);
+            vs_reference = vs_reference.max(max_diff(&one(&logits), 0, &want[b][written.clone()]));
+            let plain_rows: Vec<Vec<f32>> = (0..seq).map(|t| (0..cfg.vocab_size).map(|v| plain[[b, t, v]]).collect()).collect();
+            vs_decoder = vs_decoder.max(max_diff(&one(&logits), 0, &plain_rows));
+        }
+        for (i, (after, before)) in present.iter().zip(&past).enumerate() {
+            let name = &past_names(cfg)[i];
+            assert_eq!(after.len(), elements, "{what}: `{name}` keeps its capacity");
+            for (e, (a, b)) in after.iter().zip(before).enumerate() {
+                // Positions past the filled ones are nobody's: on a buffer of its own, as here,
+                // the operator leaves them as it finds them or zero.
+                let p = e / hd % m;
+                if p < written.start {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{what}, step {step}: `{name}` element {e} (position {p}) was not written but changed");
+                } else if written.contains(&p) {
+                    assert_ne!(*a, SENTINEL, "{what}, step {step}: `{name}` position {p} was not written");
+                }
+            }
+        }
+        past = present;
+        grown = plain_present;
+        past_len = written.end;
+        if step < m - n {
+            ids = vec![i64::from(steps[0][step]), i64::from(steps[1][step])];
+        }
+    }
+    assert_eq!(past_len, m, "{what}: the buffer is full");
+    let (vs_reference, vs_decoder) = (vs_reference / scale, vs_decoder / scale);
+    eprintln!("{what}: vs the fp32 reference {vs_reference:.2e} of the logit scale {scale:.2}; vs the fp16 `decoder` {vs_decoder:.2e}");
+    assert!(vs_reference <= FP16_MAX, "{what}: {vs_reference:.2e} of the logit scale from the fp32 reference, over {FP16_MAX:.0e}");
+    assert!(vs_decoder <= FP16_MAX, "{what}: {vs_decoder:.2e} of the logit scale from the fp16 `decoder`, over {FP16_MAX:.0e}");
+    (vs_reference, vs_decoder)
+}
+
+/// A Llama whose head size GroupQueryAttention's fused rotary embedding takes (a multiple of 16).
+fn fused_llama() -> ModelConfig {
+    ModelConfig { d_model: 64, n_head: 4, n_kv_head: 2, d_ff: 96, ..llama_config(RopeLayout::Interleaved, false) }
+}
+
 #[test]
-fn decoder_fixed_bad_max_length_and_fp16_name_the_field() {
+fn decoder_fixed_fp16_gpt2_runs_fused_operators_and_matches_the_reference_and_the_decoder() {
+    check_fixed_fp16(&Case::new("gpt2", gpt2_config(), 210));
+}
+
+#[test]
+fn decoder_fixed_fp16_llama_runs_fused_operators_and_matches_the_reference_and_the_decoder() {
+    check_fixed_fp16(&Case::new("llama", fused_llama(), 220));
+}
+
+#[test]
+fn decoder_fixed_bad_max_length_names_the_field() {
     let ws = workspace();
     Case::new("gpt2", gpt2_config(), 200).write_gguf(&ws.path("model.gguf"), &[]);
     let pipeline = |fields: &str| export_pipeline("model.gguf", &format!("tokenizer = false\nvariants = [\"decoder_fixed\"]\n{fields}"));
     for (fields, line, message) in [
         ("max_length = 0", 6, "`max_length` must be a positive integer, found 0"),
         ("max_length = \"16\"", 6, "`max_length` must be a positive integer, found \"16\""),
-        ("precision = \"fp16\"", 6, "the `decoder_fixed` variant is float32 only, but `precision` is \"fp16\""),
     ] {
         ws.pipeline(&pipeline(fields));
         ws.tr(&["make", "--json"]).diag(line, message);
@@ -988,6 +1139,11 @@ fn decoder_fixed_bad_max_length_and_fp16_name_the_field() {
     // Only the checkpoint knows its context length: the export itself refuses a longer buffer.
     ws.pipeline(&pipeline("max_length = 17"));
     export_fails(&ws).stderr_has("`max_length` 17 is beyond the model's context length 16");
+
+    // Nor its head size, which the fp16 variant's fused rotary embedding constrains.
+    Case::new("llama", llama_config(RopeLayout::Interleaved, false), 200).write_gguf(&ws.path("model.gguf"), &[]);
+    ws.pipeline(&pipeline("precision = \"fp16\""));
+    export_fails(&ws).stderr_has("needs a head size that is a multiple of 16; this model's is 8");
 }
 
 // ---------------------------------------------------------------------------------------

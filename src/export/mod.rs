@@ -20,7 +20,12 @@
 //! position of `present` is `past`'s, so a caller can alternate between two buffers, or alias
 //! them where the runtime allows. Query `i` sees key `j` where `attention_mask[b, j]` is 1 and
 //! `j <= past_length + i`; the positions come from `past_length` plus a range over the input's
-//! sequence axis, so no shape in the graph depends on a tensor's values. float32 only for now.
+//! sequence axis, so no shape in the graph depends on a tensor's values. `next_token` is the
+//! argmax of each row's last logits, so a runtime that keeps the logits on the device copies
+//! one id per row to the host each step. The fp16 `decoder_fixed` is a different graph over
+//! the same interface (a float16 cache): ONNX Runtime's fused operators, GroupQueryAttention
+//! reading and writing the buffer in place ([`fused`]); its mask must be a prefix of ones, the
+//! same length in every row, and a step of several tokens must start from an empty buffer.
 //!
 //! Layout decisions:
 //! - Linear weights are stored transposed (`[in, out]`) so every projection is a plain
@@ -56,6 +61,7 @@ use serde::Serialize;
 use crate::model::{Checkpoint, ModelError};
 use crate::onnx::{self, WriteOptions};
 
+pub mod fused;
 pub mod hf;
 pub mod transformer;
 
@@ -155,10 +161,10 @@ pub enum ExportError {
     Opset(i64),
     #[error("`max_length` {max_length} is beyond the model's context length {n_ctx}; use at most {n_ctx}")]
     MaxLength { max_length: usize, n_ctx: usize },
+    #[error("the fp16 `decoder_fixed` runs ONNX Runtime's GroupQueryAttention with its fused rotary embedding, which needs a head size that is a multiple of 16; this model's is {0}: export `decoder_fixed` with `precision = \"fp32\"`")]
+    FusedHeadDim(usize),
     #[error("`max_length` must be at least 1")]
     ZeroMaxLength,
-    #[error("the `decoder_fixed` variant is float32 only; export it with `precision = \"fp32\"`")]
-    FixedPrecision,
 }
 
 /// Exports one variant of `ck` to `path` (a `.onnx` file; external data goes beside it).
@@ -218,8 +224,9 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
 /// The capacity of a `decoder_fixed` export of `ck`: positions past the model's context are
 /// not the model's (GPT-2 has no position embedding for them).
 fn fixed_capacity(ck: &Checkpoint, opts: &ExportOptions) -> Result<usize, ExportError> {
-    if opts.precision != Precision::Fp32 {
-        return Err(ExportError::FixedPrecision);
+    let hd = ck.config.head_dim();
+    if opts.precision == Precision::Fp16 && ck.config.arch == crate::model::Arch::Llama && hd % 16 != 0 {
+        return Err(ExportError::FusedHeadDim(hd));
     }
     let n_ctx = ck.config.n_ctx;
     match opts.max_length {

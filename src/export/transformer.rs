@@ -27,7 +27,7 @@ pub enum Cache {
 
 /// How a checkpoint tensor is laid out in the file.
 #[derive(Clone, Copy)]
-enum Layout {
+pub(super) enum Layout {
     AsIs,
     /// `[out, in]` → `[in, out]` for `MatMul`.
     Transposed,
@@ -47,7 +47,7 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     out
 }
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
+pub(super) fn f16_bytes(v: &[f32]) -> Vec<u8> {
     use rayon::prelude::*;
     v.par_chunks(1 << 16)
         .map(|c| c.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>())
@@ -55,7 +55,7 @@ fn f16_bytes(v: &[f32]) -> Vec<u8> {
         .concat()
 }
 
-fn relayout(v: Vec<f32>, shape: &[usize], layout: Layout) -> Vec<f32> {
+pub(super) fn relayout(v: Vec<f32>, shape: &[usize], layout: Layout) -> Vec<f32> {
     match layout {
         Layout::AsIs => v,
         Layout::Transposed => crate::model::transpose(&v, shape[0], shape[1]),
@@ -66,18 +66,18 @@ fn relayout(v: Vec<f32>, shape: &[usize], layout: Layout) -> Vec<f32> {
     }
 }
 
-struct Builder<'g, 'a> {
-    g: &'g mut Graph<'a>,
-    ck: &'a Checkpoint,
+pub(super) struct Builder<'g, 'a> {
+    pub(super) g: &'g mut Graph<'a>,
+    pub(super) ck: &'a Checkpoint,
     /// Weights, activations and arithmetic in float16, but for the float32 islands
     /// ([`Builder::cast_f32`]): the normalisations and the softmax.
-    fp16: bool,
-    opset: i64,
+    pub(super) fp16: bool,
+    pub(super) opset: i64,
 }
 
 impl<'a> Builder<'_, 'a> {
     /// A checkpoint tensor as an initializer, in the compute type.
-    fn weight(&mut self, name: &str, layout: Layout) -> Result<String, ModelError> {
+    pub(super) fn weight(&mut self, name: &str, layout: Layout) -> Result<String, ModelError> {
         let t = self.ck.tensor(name).ok_or_else(|| ModelError::Tensor {
             path: self.ck.path.clone(),
             tensor: name.to_string(),
@@ -133,11 +133,11 @@ impl<'a> Builder<'_, 'a> {
         Ok(self.cast_compute(&y))
     }
 
-    fn op(&mut self, op: &str, inputs: &[&str]) -> String {
+    pub(super) fn op(&mut self, op: &str, inputs: &[&str]) -> String {
         self.g.op(op, inputs, vec![])
     }
 
-    fn linear(&mut self, x: &str, w: &str, b: Option<&str>) -> String {
+    pub(super) fn linear(&mut self, x: &str, w: &str, b: Option<&str>) -> String {
         let y = self.op("MatMul", &[x, w]);
         match b {
             Some(b) => self.op("Add", &[&y, b]),
@@ -246,6 +246,9 @@ impl<'a> Builder<'_, 'a> {
 
 /// Builds the graph of one variant, whose cache is `cache`.
 pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Result<Built<'a>, ModelError> {
+    if let (Cache::Fixed { max_length }, super::Precision::Fp16) = (cache, opts.precision) {
+        return super::fused::build(ck, opts, max_length);
+    }
     let c = &ck.config;
     let (d, hd, heads, kv) = (c.d_model, c.head_dim(), c.n_head, c.n_kv_head);
     let mut graph = Graph::new(&format!("{:?}-{}", c.arch, opts.variant.name()).to_lowercase());
@@ -354,6 +357,10 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     // Declared first so the model lists its outputs as the manifest does: logits, then the cache.
     b.g.output("logits", FLOAT, &[batch.clone(), seq.clone(), Dim::Fixed(c.vocab_size as i64)]);
     let mut outputs = vec!["logits".to_string()];
+    if matches!(cache, Cache::Fixed { .. }) {
+        b.g.output("next_token", INT64, &[batch.clone(), Dim::Fixed(1)]);
+        outputs.push("next_token".into());
+    }
     for i in 0..c.n_layer {
         let p = format!("blk.{i}");
         let (q, k, v);
@@ -430,12 +437,24 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     } else {
         b.g.op_into("MatMul", &[&xf, &head], &["logits"], vec![]);
     }
+    if matches!(cache, Cache::Fixed { .. }) {
+        next_token(b.g, "logits");
+    }
 
     let mut dynamic_axes = vec!["batch".to_string(), "sequence".to_string()];
     if cache == Cache::Growing {
         dynamic_axes.extend(["past_sequence".to_string(), "total_sequence".to_string()]);
     }
     Ok(Built { graph, inputs, outputs, dynamic_axes })
+}
+
+/// The output `next_token` `[batch, 1]`: the argmax of each row's last `logits` (`[batch,
+/// sequence, vocab]`, float32), ties to the lowest id, as greedy decoding takes it. A runtime
+/// that keeps the logits on the device then copies one id per row to the host each step.
+pub(super) fn next_token(g: &mut Graph<'_>, logits: &str) {
+    let (start, end, axis) = (g.const_i64(&[-1]), g.const_i64(&[i64::MAX]), g.const_i64(&[1]));
+    let last = g.op("Slice", &[logits, &start, &end, &axis], vec![]);
+    g.op_into("ArgMax", &[&last], &["next_token"], vec![attr_i("axis", -1), attr_i("keepdims", 0), attr_i("select_last_index", 0)]);
 }
 
 /// GPT-2's `gelu_new`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).

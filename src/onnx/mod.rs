@@ -24,6 +24,7 @@ pub mod signature;
 use proto::*;
 
 pub const FLOAT: i32 = 1;
+pub const INT32: i32 = 6;
 pub const INT64: i32 = 7;
 pub const BOOL: i32 = 9;
 pub const FLOAT16: i32 = 10;
@@ -57,7 +58,13 @@ pub struct Graph<'a> {
     outputs: Vec<ValueInfoProto>,
     inits: Vec<Initializer<'a>>,
     counter: usize,
+    /// Whether a node is in ONNX Runtime's `com.microsoft` domain ([`Graph::op_ms`]): the model
+    /// then imports that domain too.
+    uses_ms: bool,
 }
+
+/// ONNX Runtime's contrib operators (GroupQueryAttention, SkipSimplifiedLayerNormalization…).
+pub const MS_DOMAIN: &str = "com.microsoft";
 
 fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
@@ -95,7 +102,7 @@ pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
 
 impl<'a> Graph<'a> {
     pub fn new(name: &str) -> Self {
-        Graph { name: name.into(), nodes: Vec::new(), inputs: Vec::new(), outputs: Vec::new(), inits: Vec::new(), counter: 0 }
+        Graph { name: name.into(), nodes: Vec::new(), inputs: Vec::new(), outputs: Vec::new(), inits: Vec::new(), counter: 0, uses_ms: false }
     }
 
     pub fn input(&mut self, name: &str, elem_type: i32, dims: &[Dim]) -> String {
@@ -105,6 +112,11 @@ impl<'a> Graph<'a> {
 
     pub fn output(&mut self, name: &str, elem_type: i32, dims: &[Dim]) {
         self.outputs.push(value_info(name, elem_type, dims));
+    }
+
+    /// A new value name for an output named with [`Self::op_into`] or [`Self::op_ms`].
+    pub fn name(&mut self, hint: &str) -> String {
+        self.fresh(hint)
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -130,6 +142,14 @@ impl<'a> Graph<'a> {
             attribute: attrs,
             domain: None,
         });
+    }
+
+    /// Adds a node of ONNX Runtime's `com.microsoft` domain with the given output names (an
+    /// empty name leaves an optional output out).
+    pub fn op_ms(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) {
+        self.op_into(op, inputs, outputs, attrs);
+        self.nodes.last_mut().expect("just added").domain = Some(MS_DOMAIN.into());
+        self.uses_ms = true;
     }
 
     /// Adds a node with `n` outputs; returns their names.
@@ -229,7 +249,9 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
     let data_name = format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let head = ModelProto {
         ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opts.opset) }],
+        opset_import: std::iter::once(OperatorSetIdProto { domain: Some(String::new()), version: Some(opts.opset) })
+            .chain(g.uses_ms.then(|| OperatorSetIdProto { domain: Some(MS_DOMAIN.into()), version: Some(1) }))
+            .collect(),
         producer_name: Some("tr118".into()),
         producer_version: Some(opts.producer_version.clone()),
         doc_string: None,

@@ -270,6 +270,7 @@ impl fmt::Display for IoSpec {
 #[derive(Debug, Clone, Copy)]
 pub enum TensorData<'a> {
     F32(&'a [f32]),
+    F16(&'a [half::f16]),
     I64(&'a [i64]),
     I32(&'a [i32]),
 }
@@ -578,7 +579,8 @@ impl Session {
     }
 
     /// Runs the model on `feeds`, one per declared input, and returns every output in the
-    /// model's order. Outputs must be f32.
+    /// model's order, as f32: float16 outputs widened, integer ones (`next_token`) as their
+    /// values.
     pub fn run(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<(String, ArrayD<f32>)>, RuntimeError> {
         for f in feeds {
             if self.input(f.name).is_none() {
@@ -586,6 +588,7 @@ impl Session {
             }
             let len = match f.data {
                 TensorData::F32(d) => d.len(),
+                TensorData::F16(d) => d.len(),
                 TensorData::I64(d) => d.len(),
                 TensorData::I32(d) => d.len(),
             };
@@ -602,6 +605,7 @@ impl Session {
         for f in feeds {
             let v: SessionInputValue<'_> = match f.data {
                 TensorData::F32(d) => TensorRef::from_array_view((f.shape, d)).map(Into::into),
+                TensorData::F16(d) => TensorRef::from_array_view((f.shape, d)).map(Into::into),
                 TensorData::I64(d) => TensorRef::from_array_view((f.shape, d)).map(Into::into),
                 TensorData::I32(d) => TensorRef::from_array_view((f.shape, d)).map(Into::into),
             }
@@ -880,21 +884,38 @@ pub(super) fn is_on_host(value: &DynValue) -> bool {
     }
 }
 
-/// An f32 tensor wherever it lives, as an owned host array: a device-to-host copy when it
-/// is on a GPU.
+/// A float tensor (f32, or f16 widened) wherever it lives, as an owned host f32 array: a
+/// device-to-host copy when it is on a GPU.
 pub(super) fn host_f32(name: &str, value: &DynValue) -> Result<ArrayD<f32>, RuntimeError> {
     let read_err = |message: String| RuntimeError::BadInput(format!("reading `{name}`: {message}"));
     if is_on_host(value) {
-        return value.try_extract_array::<f32>().map(|v| v.to_owned()).map_err(|e| read_err(e.message().to_string()));
+        return widened(value).map_err(read_err);
     }
     let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| read_err(e.message().to_string()))?;
     let host = tensor.to(AllocationDevice::CPU, 0).map_err(|e| read_err(format!("copying it to the host: {}", e.message())))?;
-    host.try_extract_array::<f32>().map(|v| v.to_owned()).map_err(|e| read_err(e.message().to_string()))
+    widened(&host.into_dyn()).map_err(read_err)
 }
 
-/// A result tensor as an owned f32 array.
+/// A host tensor of f32, f16, i64 or i32 as f32 (ids are exact below 2²⁴).
+fn widened(value: &DynValue) -> Result<ArrayD<f32>, String> {
+    let err = |e: ort::Error| e.message().to_string();
+    match value.dtype().tensor_type() {
+        Some(TensorElementType::Float16) => value.try_extract_array::<half::f16>().map(|v| v.mapv(f32::from)).map_err(err),
+        Some(TensorElementType::Int64) => value.try_extract_array::<i64>().map(|v| v.mapv(|x| x as f32)).map_err(err),
+        Some(TensorElementType::Int32) => value.try_extract_array::<i32>().map(|v| v.mapv(|x| x as f32)).map_err(err),
+        _ => value.try_extract_array::<f32>().map(|v| v.to_owned()).map_err(err),
+    }
+}
+
+/// A result tensor as an owned f32 array: f32 as it is, f16 widened, integer outputs
+/// (`next_token`) as their values.
 pub(super) fn f32_array(model: &Path, name: &str, value: &DynValue) -> Result<ArrayD<f32>, RuntimeError> {
-    f32_view(model, name, value).map(|v| v.to_owned())
+    match value.dtype().tensor_type() {
+        Some(TensorElementType::Float16 | TensorElementType::Int64 | TensorElementType::Int32) => {
+            widened(value).map_err(|message| RuntimeError::Run { model: model.to_path_buf(), message: format!("reading output `{name}`: {message}") })
+        }
+        _ => f32_view(model, name, value).map(|v| v.to_owned()),
+    }
 }
 
 /// A result tensor as an f32 view, or why it is not one.

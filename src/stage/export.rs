@@ -26,8 +26,9 @@
 //!
 //! `decoder_fixed` is a decoder whose cache is a buffer of `max_length` positions, for CUDA
 //! graphs (see [`crate::export`]). `max_length` defaults to the checkpoint's context length,
-//! at most 4096, and may not exceed it; its `export.json` entry has `max_length` too. It is
-//! float32 only for now. The lowered config holds `max_length` (`null` for the default, which
+//! at most 4096, and may not exceed it; its `export.json` entry has `max_length` too. At
+//! `fp16` it is ONNX Runtime's fused graph (GroupQueryAttention, skip-norms; see
+//! [`crate::export::fused`]). The lowered config holds `max_length` (`null` for the default, which
 //! the checkpoint, itself in the key, decides) only when `variants` lists `decoder_fixed`, so
 //! the key of an export without it is what it was before the variant existed.
 //!
@@ -121,13 +122,6 @@ impl StageKind for Export {
         let tokenizer = super::bool_field(f, "tokenizer", true, &mut errors);
         let fixed = variants.iter().any(|v| v == Variant::DecoderFixed.name());
         let max_length = super::positive_field(f, "max_length", None, &mut errors);
-        if fixed && precision == "fp16" {
-            errors.push(LowerError::on(
-                "precision",
-                "the `decoder_fixed` variant is float32 only, but `precision` is \"fp16\"".into(),
-                Some("export `decoder_fixed` from a stage with `precision = \"fp32\"`".into()),
-            ));
-        }
         if !fixed && f.contains_key("max_length") {
             errors.push(LowerError::on(
                 "max_length",
