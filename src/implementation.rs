@@ -64,7 +64,7 @@ pub const SETS: &[Set] = &[
     Set { name: "report", version: 2, files: &["src/stage/report.rs", "src/report"] },
     Set { name: "templates", version: 2, files: &["templates/report.md.j2", "templates/report.html.j2"] },
     Set { name: "backend", version: 1, files: &["src/backend/mod.rs"] },
-    Set { name: "onnxruntime", version: 1, files: &["src/runtime", "src/backend/probe.rs"] },
+    Set { name: "onnxruntime", version: 2, files: &["src/runtime", "src/backend/probe.rs"] },
     Set { name: "torch", version: 1, files: &["src/backend/torch.rs", "python/tr118_worker.py", "python/tr118_trt.py", "src/trt/rtx.rs"] },
 ];
 

@@ -524,17 +524,20 @@ fn llama_weights() -> &'static Weights {
 
 /// The tiny Llama's `variant` export under `dir`, from a GGUF written there.
 fn export_llama(dir: &TempDir, variant: Variant) -> PathBuf {
-    let cfg = llama_config();
+    export_model(dir, &llama_config(), llama_weights(), variant, Precision::Fp32)
+}
+
+/// `variant` of `cfg` with `weights` at `precision`, under `dir`, from a GGUF written there.
+fn export_model(dir: &TempDir, cfg: &ModelConfig, weights: &Weights, variant: Variant, precision: Precision) -> PathBuf {
     let gguf = dir.path().join("model.gguf");
     if !gguf.is_file() {
-        let tensors: Vec<GgufTensor> =
-            cfg.expected_tensors().into_iter().map(|(name, shape)| GgufTensor { data: llama_weights()[&name].1.clone(), name, shape }).collect();
-        write_gguf(&gguf, &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
+        let tensors: Vec<GgufTensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| GgufTensor { data: weights[&name].1.clone(), name, shape }).collect();
+        write_gguf(&gguf, cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     }
     let ck = Checkpoint::open(&gguf).unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join(variant.name()).join("model.onnx");
+    let path = dir.path().join(format!("{}-{precision:?}", variant.name())).join("model.onnx");
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let opts = ExportOptions { variant, precision: Precision::Fp32, opset: 17, external_data: Some(false), max_length: None };
+    let opts = ExportOptions { variant, precision, opset: 17, external_data: Some(false), max_length: None };
     export::export(&ck, &opts, &path).unwrap_or_else(|e| panic!("export {}: {e}", variant.name()));
     path
 }
@@ -571,6 +574,8 @@ struct Decoded {
     ids: Vec<Vec<i64>>,
     logits: Vec<Vec<Vec<f32>>>,
     cache: KvCache,
+    /// Every layer's (key, value), filled positions, as host copies (`Decoder::cache_layer`).
+    layers: Vec<(ndarray::ArrayD<f32>, ndarray::ArrayD<f32>)>,
 }
 
 /// The whole prompt in one step from an empty cache, then one token a step, reading the
@@ -596,7 +601,8 @@ fn decode(dec: &mut Decoder, prompts: &[Vec<u32>], new_tokens: usize) -> Decoded
         logits.push(rows);
         len = 1;
     }
-    Decoded { ids, logits, cache }
+    let layers = (0..dec.n_layer()).map(|i| dec.cache_layer(&cache, i).unwrap_or_else(|e| panic!("{e}"))).collect();
+    Decoded { ids, logits, cache, layers }
 }
 
 /// Max |a - b| over every step, row and logit.
@@ -615,12 +621,13 @@ fn max_logit_diff(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> f64 {
     worst
 }
 
-/// Max |a - b| between two caches, layer by layer, through `KvCache::layer`'s host copies.
-fn max_cache_diff(a: &KvCache, b: &KvCache, n_layer: usize) -> f64 {
-    assert_eq!((a.batch(), a.past_len()), (b.batch(), b.past_len()));
+/// Max |a - b| between two decodes' caches, layer by layer, through `Decoder::cache_layer`'s
+/// host copies.
+fn max_cache_diff(a: &Decoded, b: &Decoded) -> f64 {
+    assert_eq!((a.cache.batch(), a.cache.past_len()), (b.cache.batch(), b.cache.past_len()));
+    assert_eq!(a.layers.len(), b.layers.len(), "layers");
     let mut worst = 0.0f64;
-    for i in 0..n_layer {
-        let ((ka, va), (kb, vb)) = (a.layer(i).unwrap_or_else(|e| panic!("{e}")), b.layer(i).unwrap_or_else(|e| panic!("{e}")));
+    for (i, ((ka, va), (kb, vb))) in a.layers.iter().zip(&b.layers).enumerate() {
         assert_eq!(ka.shape(), kb.shape(), "layer {i}");
         assert_eq!(va.shape(), vb.shape(), "layer {i}");
         for (x, y) in ka.iter().chain(va.iter()).zip(kb.iter().chain(vb.iter())) {
@@ -667,7 +674,7 @@ fn bound_greedy_decoding_matches_plain_runs_and_the_reference() {
         assert_eq!(b.ids, want_ids, "batch {batch}: bound steps vs the reference's greedy ids");
         let vs_ref = max_logit_diff(&b.logits, &want_logits);
         let vs_plain = max_logit_diff(&b.logits, &p.logits);
-        let cache = max_cache_diff(&b.cache, &p.cache, cfg.n_layer);
+        let cache = max_cache_diff(&b, &p);
         eprintln!("batch {batch}: bound vs reference logits {vs_ref:.2e}, bound vs plain logits {vs_plain:.2e}, caches {cache:.2e}");
         assert!(vs_ref <= 1e-4, "batch {batch}: bound logits vs the reference: {vs_ref:.3e}");
         assert!(vs_plain <= 1e-6, "batch {batch}: bound vs plain logits: {vs_plain:.3e}");
@@ -699,7 +706,7 @@ fn a_fixed_capacity_cache_decodes_as_the_growing_one_and_refuses_to_overflow() {
             let f = decode(&mut dec, &prompts, new_tokens);
             let g = decode(&mut reference, &prompts, new_tokens);
             assert_eq!(f.ids, want_ids, "{io_binding:?}, batch {batch}: greedy ids vs the reference");
-            let (vs_ref, vs_growing, cache) = (max_logit_diff(&f.logits, &want_logits), max_logit_diff(&f.logits, &g.logits), max_cache_diff(&f.cache, &g.cache, cfg.n_layer));
+            let (vs_ref, vs_growing, cache) = (max_logit_diff(&f.logits, &want_logits), max_logit_diff(&f.logits, &g.logits), max_cache_diff(&f, &g));
             eprintln!("{io_binding:?}, batch {batch}: fixed vs reference {vs_ref:.2e}, vs growing {vs_growing:.2e}, caches {cache:.2e}");
             assert!(vs_ref <= 1e-4, "fixed vs the reference: {vs_ref:.3e}");
             assert!(vs_growing <= 1e-5, "fixed vs growing logits: {vs_growing:.3e}");
@@ -713,6 +720,88 @@ fn a_fixed_capacity_cache_decodes_as_the_growing_one_and_refuses_to_overflow() {
         assert!(err.contains(&format!("31 positions in the cache and 2 new do not fit its capacity of {}", cfg.n_ctx)), "{err}");
         assert_eq!(cache.past_len(), cfg.n_ctx - 1, "a refused step leaves the cache as it was");
         dec.step(&mut cache, &[1], 1).unwrap_or_else(|e| panic!("the last position still fits: {e}"));
+        // Several tokens go only into an empty cache.
+        let mut cache = dec.empty_cache(1).unwrap();
+        dec.step(&mut cache, &[1, 2], 2).unwrap_or_else(|e| panic!("{e}"));
+        let err = dec.step(&mut cache, &[3, 4], 2).unwrap_err().to_string();
+        assert!(err.contains("a step of 2 tokens after 2 in the cache: a fixed-capacity cache takes several tokens only into an empty cache"), "{err}");
+
+        // With binding the decoder keeps the cache: steps write it in place, and a new cache
+        // of a batch size resets the one before it.
+        assert_eq!(cache.is_resident(), io_binding == Some(true), "{io_binding:?}");
+        if cache.is_resident() {
+            assert!(dec.is_resident_on_host(), "a CPU session's buffers are host memory");
+            let fresh = dec.empty_cache(1).unwrap();
+            let err = dec.step(&mut cache, &[5], 1).unwrap_err().to_string();
+            assert!(err.contains("this cache of batch 1 was reset by a later `empty_cache(1)`"), "{err}");
+            assert!(cache.layer(0).unwrap_err().to_string().contains("read them with `Decoder::cache_layer`"));
+            assert_eq!(dec.cache_layer(&fresh, 0).unwrap().0.shape(), [1, cfg.n_kv_head, 0, cfg.head_dim()]);
+        }
+    }
+}
+
+/// A greedy decode through `Decoder::step_greedy`, as the sweep runs it: the ids per row.
+fn decode_greedy(dec: &mut Decoder, prompts: &[Vec<u32>], new_tokens: usize) -> Vec<Vec<i64>> {
+    let batch = prompts.len();
+    let mut cache = dec.empty_cache(batch).unwrap_or_else(|e| panic!("{e}"));
+    let mut ids = vec![Vec::new(); batch];
+    let mut feed: Vec<i64> = prompts.iter().flatten().map(|&t| i64::from(t)).collect();
+    let (mut len, mut next) = (prompts[0].len(), Vec::new());
+    for step in 0..new_tokens {
+        dec.step_greedy(&mut cache, &feed, len, &mut next).unwrap_or_else(|e| panic!("step {step}: {e}"));
+        assert_eq!(next.len(), batch, "step {step}: one id per row");
+        for (b, &t) in next.iter().enumerate() {
+            ids[b].push(t);
+        }
+        feed = next.clone();
+        len = 1;
+    }
+    ids
+}
+
+/// A Llama whose head size the fp16 export's fused rotary embedding takes (a multiple of 16).
+fn fused_config() -> ModelConfig {
+    ModelConfig { d_model: 64, d_ff: 48, vocab_size: 41, ..reference::tiny_llama(RopeLayout::Interleaved) }
+}
+
+#[test]
+fn the_fp16_fused_decoder_decodes_in_place_and_returns_the_argmax() {
+    let Some(rt) = rt() else { return };
+    let dir = tempdir();
+    let cfg = fused_config();
+    let weights = random_weights_scaled(&cfg, 13, 0.25);
+    let model = export_model(&dir, &cfg, &weights, Variant::DecoderFixed, Precision::Fp16);
+    let mut plain = llama_decoder(rt, &model, SessionOptions { io_binding: Some(false), ..SessionOptions::default() });
+    let mut resident = llama_decoder(rt, &model, SessionOptions { io_binding: Some(true), ..SessionOptions::default() });
+    assert!(plain.has_next_token() && resident.has_next_token());
+    let new_tokens = 8;
+    for (batch, len) in [(1, 5), (2, 4)] {
+        let prompts = prompts(batch, len);
+        // The naive forward on the fp32 weights: float16's error apart, the same logits.
+        let mut want = Vec::new();
+        for p in &prompts {
+            let (mut seq, mut rows) = (p.clone(), Vec::new());
+            let p_decoded = decode(&mut plain, std::slice::from_ref(p), new_tokens);
+            for &t in &p_decoded.ids[0] {
+                rows.push(reference::forward(&cfg, &weights, &seq).last().unwrap().clone());
+                seq.push(t as u32);
+            }
+            want.push(rows);
+        }
+        let want: Vec<Vec<Vec<f32>>> = (0..new_tokens).map(|s| want.iter().map(|rows| rows[s].clone()).collect()).collect();
+        let p = decode(&mut plain, &prompts, new_tokens);
+        let r = decode(&mut resident, &prompts, new_tokens);
+        assert!(r.cache.is_resident() && !p.cache.is_resident());
+        let scale = want.iter().flatten().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+        let (vs_ref, vs_plain, cache) = (max_logit_diff(&r.logits, &want) / scale, max_logit_diff(&r.logits, &p.logits), max_cache_diff(&r, &p));
+        eprintln!("batch {batch}: fp16 fused, resident vs the fp32 reference {vs_ref:.2e} of the logit scale {scale:.2}; vs plain runs {vs_plain:.2e}; caches {cache:.2e}");
+        assert!(vs_ref <= 1e-2, "batch {batch}: resident logits vs the reference: {vs_ref:.3e} of the scale");
+        assert!(vs_plain <= 1e-6, "batch {batch}: resident vs plain logits: {vs_plain:.3e}");
+        assert!(cache <= 1e-6, "batch {batch}: resident vs plain cache: {cache:.3e}");
+        assert_eq!(r.ids, p.ids, "batch {batch}: resident vs plain ids");
+        // `next_token`, copied alone from the resident buffers, is the argmax of the logits.
+        assert_eq!(decode_greedy(&mut resident, &prompts, new_tokens), p.ids, "batch {batch}: `next_token` vs the logits' argmax");
+        assert_eq!(decode_greedy(&mut plain, &prompts, new_tokens), p.ids, "batch {batch}: plain greedy steps");
     }
 }
 
@@ -801,7 +890,6 @@ fn gpu_bound_decode_keeps_the_cache_on_the_device_and_matches_the_cpu() {
     let rt = gpu_runtime();
     let dir = tempdir();
     let model = export_llama(&dir, Variant::Decoder);
-    let cfg = llama_config();
     let cuda = || SessionOptions::default().with_providers([Provider::Cuda]);
     let mut cpu = llama_decoder(rt, &model, SessionOptions::default());
     let mut bound = llama_decoder(rt, &model, cuda());
@@ -821,7 +909,7 @@ fn gpu_bound_decode_keeps_the_cache_on_the_device_and_matches_the_cpu() {
         assert_eq!(b.ids, c.ids, "batch {batch}: CUDA with I/O binding vs CPU ids");
         assert_eq!(p.ids, c.ids, "batch {batch}: CUDA without binding vs CPU ids");
         let (vs_cpu, plain_vs_cpu) = (max_logit_diff(&b.logits, &c.logits), max_logit_diff(&p.logits, &c.logits));
-        let cache = max_cache_diff(&b.cache, &c.cache, cfg.n_layer);
+        let cache = max_cache_diff(&b, &c);
         eprintln!("batch {batch}: logits cuda bound vs cpu {vs_cpu:.2e}, cuda plain vs cpu {plain_vs_cpu:.2e}; cache cuda bound vs cpu {cache:.2e}");
         assert!(vs_cpu <= 1e-3, "batch {batch}: CUDA bound vs CPU logits: {vs_cpu:.3e}");
         assert!(plain_vs_cpu <= 1e-3, "batch {batch}: CUDA plain vs CPU logits: {plain_vs_cpu:.3e}");
@@ -895,4 +983,113 @@ fn gpu_cuda_graph_prefill_replays_match_the_uncaptured_run() {
     let unbound = rt.session(&model, &SessionOptions { io_binding: Some(false), ..cuda }).unwrap_or_else(|e| panic!("{e}"));
     let err = unbound.prefill_inputs_on_device(&[1, 2], &[1, 1], 1, 2).unwrap_err();
     assert!(err.to_string().contains("`io_binding` off"), "{err}");
+}
+
+/// The fixed-capacity decoders on CUDA with graphs: the fp32 one (standard operators) and the
+/// fp16 fused one, each resident and replaying a CUDA graph per step length, decode three times
+/// in a row (every generation after the first reuses the buffers and replays the graphs
+/// captured on them) and match the CPU's plain runs; `next_token` gives the same ids.
+#[test]
+#[ignore = "needs onnxruntime-gpu and a GPU"]
+fn gpu_fixed_decoders_replay_cuda_graphs_and_match_the_cpu() {
+    let rt = gpu_runtime();
+    let graphs = SessionOptions { cuda_graph: true, ..SessionOptions::default().with_providers([Provider::Cuda]) };
+    let plain = SessionOptions { io_binding: Some(false), ..SessionOptions::default() };
+    let new_tokens = 8;
+    for precision in [Precision::Fp32, Precision::Fp16] {
+        let dir = tempdir();
+        let (cfg, weights) = match precision {
+            Precision::Fp32 => (llama_config(), llama_weights().clone()),
+            Precision::Fp16 => (fused_config(), random_weights_scaled(&fused_config(), 13, 0.25)),
+        };
+        let model = export_model(&dir, &cfg, &weights, Variant::DecoderFixed, precision);
+        let mut cpu = llama_decoder(rt, &model, plain.clone());
+        let mut gpu = llama_decoder(rt, &model, graphs.clone());
+        for (batch, len) in [(1, 5), (2, 4)] {
+            let prompts = prompts(batch, len);
+            let c = decode(&mut cpu, &prompts, new_tokens);
+            let runs: Vec<Decoded> = (0..3).map(|_| decode(&mut gpu, &prompts, new_tokens)).collect();
+            assert!(runs[0].cache.is_resident() && !gpu.is_resident_on_host(), "{precision:?}: the cache stays on the device");
+            let scale = c.logits.iter().flatten().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+            let vs_cpu = max_logit_diff(&runs[0].logits, &c.logits);
+            let replays = runs[1..].iter().map(|r| max_logit_diff(&r.logits, &runs[0].logits)).fold(0.0, f64::max);
+            let cache = max_cache_diff(&runs[2], &c);
+            eprintln!("{precision:?}, batch {batch}: ids gpu {:?} cpu {:?}; logits gpu vs cpu {vs_cpu:.2e} (scale {scale:.2}), replays vs first {replays:.2e}, cache {cache:.2e}", runs[0].ids, c.ids);
+            assert_eq!(replays, 0.0, "{precision:?}, batch {batch}: a replayed generation differs from the first");
+            let tol = if precision == Precision::Fp32 { 1e-3 } else { 1e-2 * scale };
+            assert!(vs_cpu <= tol, "{precision:?}, batch {batch}: CUDA graph vs CPU logits {vs_cpu:.3e}");
+            assert!(cache <= tol, "{precision:?}, batch {batch}: CUDA graph vs CPU cache {cache:.3e}");
+            assert_eq!(runs[0].ids, c.ids, "{precision:?}, batch {batch}: ids");
+            assert_eq!(decode_greedy(&mut gpu, &prompts, new_tokens), c.ids, "{precision:?}, batch {batch}: `next_token` ids");
+        }
+    }
+}
+
+/// The study's model, exported by the study (`TR118_REAL_WORKSPACE`, a workspace where
+/// `bench/gpu-decode.sh` ran): the fixed-capacity decoders on CUDA with graphs against the
+/// fp32 growing decoder on the CPU. Greedy ids over 128 tokens from the sweep's 27-token prompt
+/// (agreement reported; fp32 must agree everywhere), perplexity over windows of the corpus
+/// (fp16 within the gate's 5e-3, fp32 within 1e-4), and the logits' largest difference.
+#[test]
+#[ignore = "needs onnxruntime-gpu, a GPU and TR118_REAL_WORKSPACE"]
+fn gpu_real_model_fixed_decoders_match_the_fp32_reference() {
+    let rt = gpu_runtime();
+    let ws = PathBuf::from(std::env::var("TR118_REAL_WORKSPACE").expect("TR118_REAL_WORKSPACE names a workspace where bench/gpu-decode.sh ran"));
+    let text = fs::read_to_string(ws.join("out/corpus/wiki.utf8")).unwrap();
+    let text: String = text.lines().filter(|l| !l.starts_with("<doc") && !l.starts_with("</doc")).collect::<Vec<_>>().join("\n");
+    let mut tok = tr118::tokenizer::load_tokenizer_json(&ws.join("out/export/tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
+    tok.with_truncation(None).unwrap();
+    let ids: Vec<i64> = tok.encode(&text[..text.char_indices().nth(40_000).map_or(text.len(), |(i, _)| i)], false).unwrap().get_ids().iter().map(|&t| i64::from(t)).collect();
+    let (prompt, new_tokens, window, windows) = (&ids[..27], 128, 256, 8);
+    let cpu = SessionOptions { io_binding: Some(false), ..SessionOptions::default() };
+    let graphs = SessionOptions { cuda_graph: true, ..SessionOptions::default().with_providers([Provider::Cuda]) };
+    let open = |path: &str, options: &SessionOptions| Decoder::new(rt.session(&ws.join(path), options).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap_or_else(|e| panic!("{e}"));
+    let mut reference = open("out/export/decoder/model.onnx", &cpu);
+
+    // Negative log-likelihood of each window's next tokens, and its logits.
+    let score = |dec: &mut Decoder| -> (f64, Vec<ndarray::ArrayD<f32>>) {
+        let (mut nll, mut count, mut all) = (0.0f64, 0usize, Vec::new());
+        for w in 0..windows {
+            let x = &ids[w * window..(w + 1) * window + 1];
+            let mut cache = dec.empty_cache(1).unwrap();
+            let logits = dec.step(&mut cache, &x[..window], window).unwrap_or_else(|e| panic!("{e}"));
+            for t in 0..window {
+                let row: Vec<f64> = (0..logits.shape()[2]).map(|v| f64::from(logits[[0, t, v]])).collect();
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                nll += lse - row[x[t + 1] as usize];
+                count += 1;
+            }
+            all.push(logits);
+        }
+        ((nll / count as f64).exp(), all)
+    };
+    let greedy = |dec: &mut Decoder| -> Vec<i64> {
+        let mut cache = dec.empty_cache(1).unwrap();
+        let (mut out, mut next, mut feed) = (Vec::new(), Vec::new(), prompt.to_vec());
+        for _ in 0..new_tokens {
+            dec.step_greedy(&mut cache, &feed, feed.len(), &mut next).unwrap_or_else(|e| panic!("{e}"));
+            out.push(next[0]);
+            feed = next.clone();
+        }
+        out
+    };
+    let want_ids = greedy(&mut reference);
+    let (want_ppl, want_logits) = score(&mut reference);
+    for (name, path, ppl_tol) in [("fp32 decoder_fixed", "out/export/decoder_fixed/model.onnx", 1e-4), ("fp16 decoder_fixed", "out/export-fp16/decoder_fixed/model.onnx", 5e-3)] {
+        let mut dec = open(path, &graphs);
+        let got = greedy(&mut dec);
+        let agree = got.iter().zip(&want_ids).filter(|(a, b)| a == b).count();
+        let first_diff = got.iter().zip(&want_ids).position(|(a, b)| a != b);
+        let (ppl, logits) = score(&mut dec);
+        let rel = (ppl - want_ppl).abs() / want_ppl;
+        let max_diff = logits.iter().zip(&want_logits).flat_map(|(a, b)| a.iter().zip(b.iter()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);
+        eprintln!(
+            "{name}: greedy ids agree with the fp32 reference at {agree}/{new_tokens} (first difference at {first_diff:?}); perplexity {ppl:.4} vs {want_ppl:.4} (relative {rel:.2e}); max |Δ logit| {max_diff:.2e} over {windows} windows of {window}"
+        );
+        assert!(rel <= ppl_tol, "{name}: perplexity {ppl} vs the reference's {want_ppl}: relative {rel:.3e} over {ppl_tol:.0e}");
+        if name.starts_with("fp32") {
+            assert_eq!(got, want_ids, "{name}: greedy ids");
+        }
+    }
 }

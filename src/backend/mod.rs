@@ -445,6 +445,10 @@ pub trait Backend {
     }
     /// [`Self::decode_step`], handing `f` the logits in place instead of a copy.
     fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
+    /// A greedy step: each row's argmax of its last logits into `next` (cleared first).
+    fn decode_step_greedy(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
+        self.decode_step_with(cache, ids, new_len, &mut |logits| runtime::last_argmax(logits, next))
+    }
     /// The inputs of a prefill, built before a timed run (prefill models only).
     fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError>;
     /// Runs prepared prefill inputs, handing `f` the logits in place.
@@ -523,6 +527,14 @@ impl Backend for OrtBackend {
     fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
         match &mut self.model {
             Model::Decoder(d) => Ok(d.step_with(cache, ids, new_len, f)?),
+            Model::Prefill(_) => Err(not_a_decoder()),
+        }
+    }
+
+    /// Through [`Decoder::step_greedy`]: on a resident cache only the ids cross to the host.
+    fn decode_step_greedy(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
+        match &mut self.model {
+            Model::Decoder(d) => Ok(d.step_greedy(cache, ids, new_len, next)?),
             Model::Prefill(_) => Err(not_a_decoder()),
         }
     }

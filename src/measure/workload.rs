@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{ArrayViewD, Axis};
+pub use crate::runtime::last_argmax;
 
 use crate::backend::{Backend, BackendError};
 use crate::backend::Prepared;
@@ -22,26 +22,6 @@ pub struct Generation {
     pub ttft: Duration,
     /// From the clock's start to the last new token.
     pub total: Duration,
-}
-
-/// The argmax of the last position of each sequence of `logits` (`[batch, len, vocab]`), into
-/// `out` (cleared first).
-pub fn last_argmax(logits: ArrayViewD<'_, f32>, out: &mut Vec<i64>) {
-    out.clear();
-    if logits.ndim() != 3 || logits.shape()[1] == 0 {
-        return;
-    }
-    let last = logits.shape()[1] - 1;
-    for row in logits.axis_iter(Axis(0)) {
-        let row = row.index_axis_move(Axis(0), last);
-        let mut best = (0usize, f32::NEG_INFINITY);
-        for (i, &v) in row.iter().enumerate() {
-            if v > best.1 {
-                best = (i, v);
-            }
-        }
-        out.push(best.0 as i64);
-    }
 }
 
 fn wrong_shape(batch: usize, got: usize) -> BackendError {
@@ -63,7 +43,7 @@ pub fn generate_cached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], bat
     let mut next = Vec::with_capacity(batch);
     let mut ids = vec![0i64; batch * new_tokens];
     let start = Instant::now();
-    backend.decode_step_with(&mut cache, prompt, prompt_len, &mut |l| last_argmax(l, &mut next))?;
+    backend.decode_step_greedy(&mut cache, prompt, prompt_len, &mut next)?;
     let ttft = start.elapsed();
     for i in 0..new_tokens {
         if next.len() != batch {
@@ -74,7 +54,7 @@ pub fn generate_cached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], bat
         }
         if i + 1 < new_tokens {
             let step = std::mem::take(&mut next);
-            backend.decode_step_with(&mut cache, &step, 1, &mut |l| last_argmax(l, &mut next))?;
+            backend.decode_step_greedy(&mut cache, &step, 1, &mut next)?;
         }
     }
     Ok(Generation { ids, ttft, total: start.elapsed() })

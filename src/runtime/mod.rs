@@ -53,6 +53,27 @@ pub use decoder::{Decoder, KvCache};
 pub use library::{ORT_DYLIB_ENV, PINNED_VERSION, Runtime, RuntimeInfo, current, init, library_path, probe, provider_libraries, required_version};
 pub use session::{DeviceTensor, Dim, Feed, IoSpec, PreparedInputs, Session, SessionOptions, TensorData, TrtOptions};
 
+/// The argmax of the last position of each sequence of `logits` (`[batch, len, vocab]`), into
+/// `out` (cleared first).
+pub fn last_argmax(logits: ndarray::ArrayViewD<'_, f32>, out: &mut Vec<i64>) {
+    out.clear();
+    if logits.ndim() != 3 || logits.shape()[1] == 0 {
+        return;
+    }
+    let last = logits.shape()[1] - 1;
+    for row in logits.axis_iter(ndarray::Axis(0)) {
+        let row = row.index_axis_move(ndarray::Axis(0), last);
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (i, &v) in row.iter().enumerate() {
+            if v > best.1 {
+                best = (i, v);
+            }
+        }
+        out.push(best.0 as i64);
+    }
+}
+
+
 /// How to obtain a library that works, appended to every library error.
 const FETCH_HINT: &str = "run `scripts/fetch-ort.sh`, which fetches `onnxruntime==1.31.1` from PyPI and prints the \
      library's path, and set `ORT_DYLIB_PATH` to it (for CUDA or TensorRT, the same file from `onnxruntime-gpu==1.31.1`)";

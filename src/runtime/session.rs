@@ -14,6 +14,7 @@
 //! | [`Session::run_prepared_on_device`]   | on the device since [`Session::prefill_inputs_on_device`] | left on the device ([`DeviceTensor`]) |
 //! | the same with [`SessionOptions::cuda_graph`] | fixed device buffers, one set per input shape | fixed device buffers; a CUDA graph replayed |
 //! | [`super::Decoder`] steps with binding | ids, mask, positions from the host; the cache where the previous step left it | logits to the host, the cache left on the device |
+//! | the same, a fixed-capacity cache (resident) | ids, mask, `past_length` copied into fixed buffers; the cache buffers | the cache written in place, `next_token` copied to the host; a CUDA graph per step length with [`SessionOptions::cuda_graph`] |
 //!
 //! On a CPU session "the device" is host memory, and the bound paths compute exactly what the
 //! plain ones do, which is how the tests check them without a GPU.
@@ -27,9 +28,10 @@
 //! option `gpu_graph_id`); [`Session::prefill_inputs_on_device`] copies new ids into those
 //! buffers before the clock. Every shape captures a graph of its own, kept as long as the
 //! session: a loop over many lengths (uncached generation) belongs on a session without
-//! `cuda_graph`. Every other run of such a session (the plain paths, decode steps) passes
-//! `gpu_graph_id = -1`, which keeps it out of capture: the decoder's concatenating cache
-//! grows every step, so no decode step has a fixed shape to capture.
+//! `cuda_graph`. The steps of a resident fixed-capacity decoder capture graphs of their own
+//! (see [`super::Decoder`]). Every other run of such a session (the plain paths, a growing
+//! decoder's steps) passes `gpu_graph_id = -1`, which keeps it out of capture: a concatenating
+//! cache grows every step, so no such step has a fixed shape to capture.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -542,6 +544,36 @@ impl Session {
             None => self.inner.run_binding(binding),
         };
         run.map_err(|e| RuntimeError::Run { model: self.model.clone(), message: e.message().to_string() })
+    }
+
+    /// Runs `binding` as the CUDA graph of `graph` (its `gpu_graph_id`), or, without one, kept
+    /// out of capture; returns once the device has finished.
+    pub(super) fn run_graph(&mut self, binding: &IoBinding, graph: Option<&RunOptions>) -> Result<(), RuntimeError> {
+        let run = match graph.or(self.uncaptured.as_ref()) {
+            Some(options) => self.inner.run_binding_with_options(binding, options).map(drop),
+            None => self.inner.run_binding(binding).map(drop),
+        };
+        run.map_err(|e| self.run_error(e.message().to_string()))?;
+        // A replay returns as soon as the graph is launched on some builds: wait for the device.
+        binding.synchronize_outputs().map_err(|e| self.run_error(format!("synchronising: {}", e.message())))
+    }
+
+    /// The run options of a new CUDA graph (its own `gpu_graph_id`), or `None` on a session
+    /// without [`SessionOptions::cuda_graph`].
+    pub(super) fn new_graph(&self) -> Result<Option<RunOptions>, RuntimeError> {
+        let Some(graphs) = &self.graphs else { return Ok(None) };
+        let graph_err = |message: String| RuntimeError::CudaGraph { model: self.model.clone(), message };
+        let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
+        let id = graphs.last_id + 1;
+        let mut options = RunOptions::new().map_err(|e| graph_err(format!("creating run options: {}", e.message())))?;
+        options.set(GPU_GRAPH_ID, id.to_string()).map_err(|e| graph_err(format!("setting `{GPU_GRAPH_ID}`: {}", e.message())))?;
+        graphs.last_id = id;
+        Ok(Some(options))
+    }
+
+    /// An allocator of the session's device memory (host memory on a CPU session).
+    pub(super) fn device_allocator(&self) -> Result<Allocator, RuntimeError> {
+        Allocator::new(&self.inner, self.device_memory.clone()).map_err(|e| self.run_error(format!("creating the device allocator: {}", e.message())))
     }
 
     pub(super) fn new_binding(&self) -> Result<IoBinding, RuntimeError> {
