@@ -875,7 +875,7 @@ fn check_fixed(case: &Case) -> (f64, f64) {
     assert_eq!(strings(&entry["outputs"]), outputs, "{what}: outputs");
     assert_eq!(strings(&entry["dynamic_axes"]), ["batch", "sequence"], "{what}: dynamic_axes");
     assert_eq!(entry["digest"].as_str(), Some(blake3_of(std::slice::from_ref(&model)).as_str()), "{what}: digest");
-    check_types(&model, cfg, FLOAT);
+    check_fused_ops(&model, cfg, false);
 
     let sig = tr118::onnx::signature::read(&model).unwrap_or_else(|e| panic!("{e}"));
     let dims = |list: &[tr118::onnx::signature::TensorSig], name: &str| {
@@ -993,6 +993,52 @@ fn decoder_fixed_llama_matches_the_reference_and_the_decoder() {
     check_fixed(&Case::new("llama decoder_fixed", llama_config(RopeLayout::Interleaved, false), 190));
 }
 
+/// The `decoder_fixed` graph at `path` is ONNX Runtime's fused one: skip-norms and a packed
+/// QKV projection at both precisions; GroupQueryAttention with no softmax at fp16, the rotary
+/// embedding operator and an explicit softmax at fp32; SiLU as one `QuickGelu`. The interface
+/// is int64 but for `logits` (float32) and the cache (float16 at fp16).
+fn check_fused_ops(path: &Path, cfg: &ModelConfig, fp16: bool) {
+    let what = path.display();
+    let model = Model::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let g = model.graph();
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in &g.node {
+        let op = node.op_type.as_deref().unwrap_or("");
+        *ops.entry(op).or_default() += 1;
+        if ["GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization", "SkipLayerNormalization", "QuickGelu", "FastGelu"].contains(&op) {
+            assert_eq!(node.domain.as_deref(), Some("com.microsoft"), "{what}: {op}'s domain");
+        }
+    }
+    let (skip, first) = match cfg.arch {
+        Arch::Gpt2 => ("SkipLayerNormalization", "LayerNormalization"),
+        Arch::Llama => ("SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"),
+    };
+    let l = cfg.n_layer;
+    let count = |op: &str| ops.get(op).copied().unwrap_or(0);
+    assert_eq!((count(skip), count(first)), (2 * l, 1), "{what}: {ops:?}");
+    // Q, K and V from one projection, then the output, the MLP's and the head; at fp32 the
+    // attention's two products besides.
+    let mlp = if cfg.arch == Arch::Gpt2 { 2 } else { 3 };
+    let attention = if fp16 { 0 } else { 2 };
+    assert_eq!(count("MatMul"), (2 + mlp + attention) * l + 1, "{what}: {ops:?}");
+    let rope = if cfg.arch == Arch::Llama && !fp16 { 2 * l } else { 0 };
+    let (gqa, softmax) = if fp16 { (l, 0) } else { (0, l) };
+    assert_eq!((count("GroupQueryAttention"), count("Softmax"), count("RotaryEmbedding")), (gqa, softmax, rope), "{what}: {ops:?}");
+    let silu = if cfg.arch == Arch::Llama { l } else { 0 };
+    assert_eq!((count("QuickGelu"), count("Sigmoid")), (silu, 0), "{what}: {ops:?}");
+    let declared = |v: &ValueInfoProto| v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.elem_type);
+    for v in g.input.iter().chain(&g.output) {
+        let name = v.name.as_deref().unwrap_or("");
+        let want = match name {
+            "input_ids" | "attention_mask" | "past_length" | "next_token" => INT64,
+            "logits" => FLOAT,
+            _ if fp16 => FLOAT16,
+            _ => FLOAT,
+        };
+        assert_eq!(declared(v), Some(want), "{what}: interface tensor `{name}`");
+    }
+}
+
 /// The fp16 `decoder_fixed` (ONNX Runtime's fused operators, see `export::fused`), exported
 /// beside the fp16 `decoder`: its graph is the fused one (one `GroupQueryAttention` a layer
 /// and no `Softmax`, skip-norms, a float16 cache), and a batch of two unpadded sequences,
@@ -1015,36 +1061,7 @@ fn check_fixed_fp16(case: &Case) -> (f64, f64) {
     assert_eq!(strings(&entry["inputs"]), inputs, "{what}: inputs");
     let path = ws.path("out/export/decoder_fixed/model.onnx");
 
-    // The graph: fused operators, float16 weights and cache.
-    let model = Model::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let g = model.graph();
-    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
-    for node in &g.node {
-        *ops.entry(node.op_type.as_deref().unwrap_or("")).or_default() += 1;
-        if node.op_type.as_deref() == Some("GroupQueryAttention") {
-            assert_eq!(node.domain.as_deref(), Some("com.microsoft"), "{what}: GroupQueryAttention's domain");
-        }
-    }
-    let (skip, first) = match cfg.arch {
-        Arch::Gpt2 => ("SkipLayerNormalization", "LayerNormalization"),
-        Arch::Llama => ("SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"),
-    };
-    let l = cfg.n_layer;
-    assert_eq!(ops.get("GroupQueryAttention"), Some(&l), "{what}: {ops:?}");
-    assert_eq!((ops.get(skip), ops.get(first)), (Some(&(2 * l)), Some(&1)), "{what}: {ops:?}");
-    // Attention is the operator's: no softmax, and Q, K and V from one projection.
-    let matmuls = if cfg.arch == Arch::Gpt2 { 4 * l + 1 } else { 5 * l + 1 };
-    assert_eq!((ops.get("Softmax"), ops.get("MatMul")), (None, Some(&matmuls)), "{what}: {ops:?}");
-    let declared = |v: &ValueInfoProto| v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.elem_type);
-    for v in g.input.iter().chain(&g.output) {
-        let name = v.name.as_deref().unwrap_or("");
-        let want = match name {
-            "input_ids" | "attention_mask" | "past_length" | "next_token" => INT64,
-            "logits" => FLOAT,
-            _ => FLOAT16,
-        };
-        assert_eq!(declared(v), Some(want), "{what}: interface tensor `{name}`");
-    }
+    check_fused_ops(&path, cfg, true);
 
     // Two unpadded sequences, then one token a step, each row its own.
     let n = PROMPT.len();
@@ -1057,8 +1074,8 @@ fn check_fixed_fp16(case: &Case) -> (f64, f64) {
     let mut fixed = session(&path);
     let mut decoder = session(&ws.path("out/export/decoder/model.onnx"));
     let elements = 2 * kv * m * hd;
-    let mut past = vec![vec![SENTINEL; elements]; 2 * l];
-    let mut grown = vec![Vec::new(); 2 * l];
+    let mut past = vec![vec![SENTINEL; elements]; 2 * cfg.n_layer];
+    let mut grown = vec![Vec::new(); 2 * cfg.n_layer];
     let mut ids: Vec<i64> = rows.iter().flat_map(|r| ids_i64(r)).collect();
     let (mut vs_reference, mut vs_decoder) = (0.0f64, 0.0f64);
     let mut past_len = 0;

@@ -709,8 +709,10 @@ fn a_fixed_capacity_cache_decodes_as_the_growing_one_and_refuses_to_overflow() {
             let (vs_ref, vs_growing, cache) = (max_logit_diff(&f.logits, &want_logits), max_logit_diff(&f.logits, &g.logits), max_cache_diff(&f, &g));
             eprintln!("{io_binding:?}, batch {batch}: fixed vs reference {vs_ref:.2e}, vs growing {vs_growing:.2e}, caches {cache:.2e}");
             assert!(vs_ref <= 1e-4, "fixed vs the reference: {vs_ref:.3e}");
+            // Float32 both, but different operators: the fixed graph's rotary embedding reads
+            // angles tabulated at export, the growing one computes them in the graph.
             assert!(vs_growing <= 1e-5, "fixed vs growing logits: {vs_growing:.3e}");
-            assert!(cache <= 1e-6, "fixed vs growing cache: {cache:.3e}");
+            assert!(cache <= 1e-5, "fixed vs growing cache: {cache:.3e}");
             assert_eq!(f.cache.past_len(), len + new_tokens - 1);
         }
         // A step past the capacity is refused before anything runs, naming it.
@@ -1074,13 +1076,34 @@ fn gpu_real_model_fixed_decoders_match_the_fp32_reference() {
         }
         out
     };
+    // Each step's logits along one sequence (the prompt, then the reference's ids one a step).
+    let forced = |dec: &mut Decoder, ids: &[i64]| -> Vec<Vec<f32>> {
+        let mut cache = dec.empty_cache(1).unwrap();
+        let mut rows = Vec::new();
+        let mut feed = prompt.to_vec();
+        for &t in ids {
+            let logits = dec.step(&mut cache, &feed, feed.len()).unwrap_or_else(|e| panic!("{e}"));
+            let last = logits.shape()[1] - 1;
+            rows.push((0..logits.shape()[2]).map(|v| logits[[0, last, v]]).collect());
+            feed = vec![t];
+        }
+        rows
+    };
     let want_ids = greedy(&mut reference);
+    let want_steps = forced(&mut reference, &want_ids);
     let (want_ppl, want_logits) = score(&mut reference);
     for (name, path, ppl_tol) in [("fp32 decoder_fixed", "out/export/decoder_fixed/model.onnx", 1e-4), ("fp16 decoder_fixed", "out/export-fp16/decoder_fixed/model.onnx", 5e-3)] {
         let mut dec = open(path, &graphs);
         let got = greedy(&mut dec);
         let agree = got.iter().zip(&want_ids).filter(|(a, b)| a == b).count();
         let first_diff = got.iter().zip(&want_ids).position(|(a, b)| a != b);
+        // Teacher-forced along the reference's ids: every decode step's logits and argmax.
+        let steps = forced(&mut dec, &want_ids);
+        let step_diff = steps.iter().zip(&want_steps).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);
+        let step_scale = want_steps.iter().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+        let argmax_of = |row: &Vec<f32>| (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
+        let top1 = steps.iter().zip(&want_steps).filter(|(a, b)| argmax_of(a) == argmax_of(b)).count();
+        eprintln!("{name}: teacher-forced over the reference's {new_tokens} ids: max |Δ logit| {step_diff:.2e} ({:.2e} of the scale {step_scale:.1}), argmax agreement {top1}/{new_tokens}", step_diff / step_scale);
         let (ppl, logits) = score(&mut dec);
         let rel = (ppl - want_ppl).abs() / want_ppl;
         let max_diff = logits.iter().zip(&want_logits).flat_map(|(a, b)| a.iter().zip(b.iter()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);

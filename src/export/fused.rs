@@ -38,8 +38,8 @@
 use crate::model::{Arch, Checkpoint, ModelError, RopeLayout};
 use crate::onnx::{self, Dim, FLOAT, FLOAT16, INT32, INT64, attr_f, attr_i, dyn_dim};
 
-use super::transformer::{Builder, Built, Layout, f16_bytes, relayout};
-use super::ExportOptions;
+use super::transformer::{Builder, Built, Layout, f16_bytes, f32_bytes, relayout};
+use super::{ExportOptions, Precision};
 
 impl<'a> Builder<'_, 'a> {
     /// The float16 concatenation, along the output axis, of the checkpoint's `[out, in]`
@@ -59,7 +59,7 @@ impl<'a> Builder<'_, 'a> {
             });
         }
         let cols: usize = shapes.iter().map(|s| s[0]).sum();
-        let ck = self.ck;
+        let (ck, fp16) = (self.ck, self.fp16);
         let parts = parts.to_vec();
         let producer: onnx::Producer<'a> = Box::new(move || {
             let mut packed = vec![0f32; rows * cols];
@@ -73,18 +73,27 @@ impl<'a> Builder<'_, 'a> {
                 }
                 at += out;
             }
-            Ok(f16_bytes(&packed))
+            Ok(if fp16 { f16_bytes(&packed) } else { f32_bytes(&packed) })
         });
-        Ok(self.g.init(name, &[rows as i64, cols as i64], FLOAT16, producer))
+        Ok(self.g.init(name, &[rows as i64, cols as i64], if fp16 { FLOAT16 } else { FLOAT }, producer))
     }
 
-    /// A float16 table `[rows, cols]` computed at export.
-    fn f16_table(&mut self, name: &str, rows: usize, cols: usize, f: impl Fn(usize, usize) -> f64 + 'a) -> String {
+    /// A table `[rows, cols]` computed at export, in the compute type.
+    fn table(&mut self, name: &str, rows: usize, cols: usize, f: impl Fn(usize, usize) -> f64 + 'a) -> String {
+        let fp16 = self.fp16;
         let producer: onnx::Producer<'a> = Box::new(move || {
             let v: Vec<f32> = (0..rows * cols).map(|i| f(i / cols, i % cols) as f32).collect();
-            Ok(f16_bytes(&v))
+            Ok(if fp16 { f16_bytes(&v) } else { f32_bytes(&v) })
         });
-        self.g.init(name, &[rows as i64, cols as i64], FLOAT16, producer)
+        self.g.init(name, &[rows as i64, cols as i64], if fp16 { FLOAT16 } else { FLOAT }, producer)
+    }
+
+    /// ONNX Runtime's rotary embedding of `x` `[batch, sequence, heads · head_dim]` (half
+    /// layout), positions from `offset` (`[1]`) on, angles from the `cos`/`sin` tables.
+    fn rotary(&mut self, x: &str, offset: &str, cos: &str, sin: &str, heads: usize) -> String {
+        let out = self.g.name("rotary");
+        self.g.op_ms("RotaryEmbedding", &[x, offset, cos, sin], &[&out], vec![attr_i("interleaved", 0), attr_i("num_heads", heads as i64)]);
+        out
     }
 
     /// The first layer's norm: `x` normalised, without a residual to add.
@@ -114,13 +123,22 @@ impl<'a> Builder<'_, 'a> {
     }
 }
 
-/// Builds the float16 `decoder_fixed` of `ck` (see the module doc).
+/// What attention needs besides Q, K and V: the fused operator's lengths (float16), or the
+/// explicit path's mask, the lowest score and where the new keys go (float32).
+enum Lengths {
+    Gqa { seqlens_k: String, total: String },
+    Explicit { allowed: String, lowest: String, slots: String },
+}
+
+/// Builds the `decoder_fixed` of `ck` (see the module doc).
 pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) -> Result<Built<'a>, ModelError> {
     let c = &ck.config;
     let (hd, heads, kv) = (c.head_dim(), c.n_head, c.n_kv_head);
+    let fp16 = opts.precision == Precision::Fp16;
     let mut graph = onnx::Graph::new(&format!("{:?}-{}", c.arch, opts.variant.name()).to_lowercase());
-    let mut b = Builder { g: &mut graph, ck, fp16: true, opset: opts.opset };
+    let mut b = Builder { g: &mut graph, ck, fp16, opset: opts.opset };
     let gpt2 = c.arch == Arch::Gpt2;
+    let cache_type = if fp16 { FLOAT16 } else { FLOAT };
 
     let (batch, seq, capacity) = (dyn_dim("batch"), dyn_dim("sequence"), Dim::Fixed(max_length as i64));
     let ids = b.g.input("input_ids", INT64, &[batch.clone(), seq.clone()]);
@@ -130,45 +148,68 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) ->
     let cache_dims = [batch.clone(), Dim::Fixed(kv as i64), capacity.clone(), Dim::Fixed(hd as i64)];
     let mut pasts = Vec::with_capacity(c.n_layer);
     for i in 0..c.n_layer {
-        let k = b.g.input(&format!("past_key_values.{i}.key"), FLOAT16, &cache_dims);
-        let v = b.g.input(&format!("past_key_values.{i}.value"), FLOAT16, &cache_dims);
+        let k = b.g.input(&format!("past_key_values.{i}.key"), cache_type, &cache_dims);
+        let v = b.g.input(&format!("past_key_values.{i}.value"), cache_type, &cache_dims);
         inputs.extend([k.clone(), v.clone()]);
         pasts.push((k, v));
     }
 
-    // What GroupQueryAttention takes instead of the mask: each row's valid length minus one,
-    // and the total length, which picks the operator's phase. A prompt into the empty buffer
-    // (`sequence` > 1) is its first prompt, of total length `sequence`; a decode step
-    // (`sequence` = 1) has the buffer's length, a constant, so every step replays one CUDA
-    // graph. Both come from shapes alone, computed on the host where ONNX Runtime wants them.
-    let one = b.g.const_i64(&[1]);
-    let filled = b.g.op("ReduceSum", &[&mask, &one], vec![attr_i("keepdims", 0)]);
-    let one_scalar = b.g.scalar_i64(1);
-    let last = b.op("Sub", &[&filled, &one_scalar]);
-    let seqlens_k = b.g.op("Cast", &[&last], vec![attr_i("to", INT32 as i64)]);
+    let (zero, one) = (b.g.const_i64(&[0]), b.g.const_i64(&[1]));
+    let (zero_scalar, one_scalar) = (b.g.scalar_i64(0), b.g.scalar_i64(1));
     let ids_shape = b.op("Shape", &[&ids]);
     let seq_len = b.g.op("Gather", &[&ids_shape, &one_scalar], vec![attr_i("axis", 0)]);
-    let single = b.op("Equal", &[&seq_len, &one_scalar]);
-    let capacity_scalar = b.g.scalar_i64(max_length as i64);
-    let total64 = b.op("Where", &[&single, &capacity_scalar, &seq_len]);
-    let total = b.g.op("Cast", &[&total64], vec![attr_i("to", INT32 as i64)]);
+    // Positions `past_length + 0 .. sequence`: a range over the sequence axis plus a value, so
+    // no shape in the graph depends on a tensor's values, as a replayed CUDA graph needs.
+    let offsets = b.op("Range", &[&zero_scalar, &seq_len, &one_scalar]);
+    let positions = b.op("Add", &[&offsets, &past_length]);
+    let lengths = if fp16 {
+        // What GroupQueryAttention takes instead of the mask: each row's valid length minus
+        // one, and the total length, which picks the operator's phase. A prompt into the empty
+        // buffer (`sequence` > 1) is its first prompt, of total length `sequence`; a decode
+        // step (`sequence` = 1) has the buffer's length, a constant, so every step replays one
+        // CUDA graph. Both from shapes alone, computed on the host where ONNX Runtime wants them.
+        let filled = b.g.op("ReduceSum", &[&mask, &one], vec![attr_i("keepdims", 0)]);
+        let last = b.op("Sub", &[&filled, &one_scalar]);
+        let seqlens_k = b.g.op("Cast", &[&last], vec![attr_i("to", INT32 as i64)]);
+        let single = b.op("Equal", &[&seq_len, &one_scalar]);
+        let capacity_scalar = b.g.scalar_i64(max_length as i64);
+        let total64 = b.op("Where", &[&single, &capacity_scalar, &seq_len]);
+        let total = b.g.op("Cast", &[&total64], vec![attr_i("to", INT32 as i64)]);
+        Lengths::Gqa { seqlens_k, total }
+    } else {
+        // Query `i` sees key `j` where the mask has it and `j <= past_length + i`.
+        let capacity_scalar = b.g.scalar_i64(max_length as i64);
+        let key_pos = b.op("Range", &[&zero_scalar, &capacity_scalar, &one_scalar]);
+        let q_col = b.op("Unsqueeze", &[&positions, &one]);
+        let k_row = b.op("Unsqueeze", &[&key_pos, &zero]);
+        let causal = b.op("LessOrEqual", &[&k_row, &q_col]);
+        let mask_bool = b.g.op("Cast", &[&mask], vec![attr_i("to", onnx::BOOL as i64)]);
+        let axes = b.g.const_i64(&[1, 2, 3]);
+        let keys_ok = b.op("Unsqueeze", &[&mask_bool, &axes]);
+        let allowed = b.op("And", &[&causal, &keys_ok]);
+        let lowest = b.g.scalar_f32(f32::MIN);
+        // Where each new key and value goes: its position, for every element of `[B, KV, S, hd]`.
+        let b_1d = b.g.op("Gather", &[&ids_shape, &zero], vec![attr_i("axis", 0)]);
+        let rest = b.g.const_i64(&[kv as i64, 1, hd as i64]);
+        let slots_shape = b.g.op("Concat", &[&b_1d, &rest], vec![attr_i("axis", 0)]);
+        let column = b.g.const_i64(&[1, 1, -1, 1]);
+        let pos4 = b.op("Reshape", &[&positions, &column]);
+        let slots = b.op("Expand", &[&pos4, &slots_shape]);
+        Lengths::Explicit { allowed, lowest, slots }
+    };
 
     let tok = b.weight("token_embd.weight", Layout::AsIs)?;
     let mut x = b.g.op("Gather", &[&tok, &ids], vec![attr_i("axis", 0)]);
     let mut rotary = None;
     if gpt2 {
-        // Learned positions: `past_length` plus a range over the sequence axis.
-        let (start, step) = (b.g.scalar_i64(0), b.g.scalar_i64(1));
-        let offsets = b.op("Range", &[&start, &seq_len, &step]);
-        let positions = b.op("Add", &[&offsets, &past_length]);
         let table = b.weight("position_embd.weight", Layout::AsIs)?;
         let pe = b.g.op("Gather", &[&table, &positions], vec![attr_i("axis", 0)]);
         x = b.op("Add", &[&x, &pe]);
     } else {
         let (theta, half) = (f64::from(c.rope_theta), hd / 2);
         let angle = move |p: usize, i: usize| p as f64 * theta.powf(-(2.0 * i as f64) / hd as f64);
-        let cos = b.f16_table("rotary_cos", max_length, half, move |p, i| angle(p, i).cos());
-        let sin = b.f16_table("rotary_sin", max_length, half, move |p, i| angle(p, i).sin());
+        let cos = b.table("rotary_cos", max_length, half, move |p, i| angle(p, i).cos());
+        let sin = b.table("rotary_sin", max_length, half, move |p, i| angle(p, i).sin());
         rotary = Some((cos, sin));
     }
     let qk_layout = |h: usize| match c.rope_layout {
@@ -204,16 +245,34 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) ->
             b.linear(&h, &w, None)
         };
         let (present_k, present_v) = (format!("present.{i}.key"), format!("present.{i}.value"));
-        let attn = b.g.name("attn");
-        let mut attrs = vec![attr_i("num_heads", heads as i64), attr_i("kv_num_heads", kv as i64)];
-        let mut gqa_inputs: Vec<&str> = vec![&qkv, "", "", past_k, past_v, &seqlens_k, &total];
-        if let Some((cos, sin)) = &rotary {
-            attrs.extend([attr_i("do_rotary", 1), attr_i("rotary_interleaved", 0)]);
-            gqa_inputs.extend([cos.as_str(), sin.as_str()]);
-        }
-        b.g.op_ms("GroupQueryAttention", &gqa_inputs, &[&attn, &present_k, &present_v], attrs);
-        b.g.output(&present_k, FLOAT16, &cache_dims);
-        b.g.output(&present_v, FLOAT16, &cache_dims);
+        let attn = match &lengths {
+            Lengths::Gqa { seqlens_k, total } => {
+                let attn = b.g.name("attn");
+                let mut attrs = vec![attr_i("num_heads", heads as i64), attr_i("kv_num_heads", kv as i64)];
+                let mut gqa_inputs: Vec<&str> = vec![&qkv, "", "", past_k, past_v, seqlens_k, total];
+                if let Some((cos, sin)) = &rotary {
+                    attrs.extend([attr_i("do_rotary", 1), attr_i("rotary_interleaved", 0)]);
+                    gqa_inputs.extend([cos.as_str(), sin.as_str()]);
+                }
+                b.g.op_ms("GroupQueryAttention", &gqa_inputs, &[&attn, &present_k, &present_v], attrs);
+                attn
+            }
+            Lengths::Explicit { allowed, lowest, slots } => {
+                let sizes = b.g.const_i64(&[(heads * hd) as i64, (kv * hd) as i64, (kv * hd) as i64]);
+                let parts = b.g.op_n("Split", &[&qkv, &sizes], 3, vec![attr_i("axis", -1)]);
+                let (mut q, mut k) = (parts[0].clone(), parts[1].clone());
+                if let Some((cos, sin)) = &rotary {
+                    q = b.rotary(&q, &past_length, cos, sin, heads);
+                    k = b.rotary(&k, &past_length, cos, sin, kv);
+                }
+                let (q, k, v) = (b.split_heads(&q, heads, hd), b.split_heads(&k, kv, hd), b.split_heads(&parts[2], kv, hd));
+                let k_all = b.cache(past_k, &k, &present_k, Some(slots));
+                let v_all = b.cache(past_v, &v, &present_v, Some(slots));
+                b.attention(&q, &k_all, &v_all, allowed, lowest, heads, kv, hd)
+            }
+        };
+        b.g.output(&present_k, cache_type, &cache_dims);
+        b.g.output(&present_v, cache_type, &cache_dims);
         outputs.extend([present_k, present_v]);
         let wo = b.weight(&format!("{p}.attn_output.weight"), Layout::Transposed)?;
         let proj = b.op("MatMul", &[&attn, &wo]);
@@ -234,8 +293,9 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) ->
             let wu = b.weight(&format!("{p}.ffn_up.weight"), Layout::Transposed)?;
             let wd = b.weight(&format!("{p}.ffn_down.weight"), Layout::Transposed)?;
             let gate = b.op("MatMul", &[&h2, &wg]);
-            let sig = b.op("Sigmoid", &[&gate]);
-            let silu = b.op("Mul", &[&gate, &sig]);
+            // SiLU as one kernel: x·sigmoid(1·x).
+            let silu = b.g.name("silu");
+            b.g.op_ms("QuickGelu", &[&gate], &[&silu], vec![attr_f("alpha", 1.0)]);
             let up = b.op("MatMul", &[&h2, &wu]);
             let prod = b.op("Mul", &[&silu, &up]);
             (b.op("MatMul", &[&prod, &wd]), None)
@@ -248,9 +308,22 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) ->
     } else {
         b.weight("output.weight", Layout::Transposed)?
     };
-    let logits16 = b.op("MatMul", &[&xf, &head]);
-    b.g.op_into("Cast", &[&logits16], &["logits"], vec![attr_i("to", FLOAT as i64)]);
-    super::transformer::next_token(b.g, "logits");
+    if fp16 {
+        let logits16 = b.op("MatMul", &[&xf, &head]);
+        b.g.op_into("Cast", &[&logits16], &["logits"], vec![attr_i("to", FLOAT as i64)]);
+    } else {
+        b.g.op_into("MatMul", &[&xf, &head], &["logits"], vec![]);
+    }
+    next_token(b.g, "logits");
 
     Ok(Built { graph, inputs, outputs, dynamic_axes: vec!["batch".into(), "sequence".into()] })
+}
+
+/// The output `next_token` `[batch, 1]`: the argmax of each row's last `logits` (`[batch,
+/// sequence, vocab]`, float32), ties to the lowest id, as greedy decoding takes it. A runtime
+/// that keeps the logits on the device then copies one id per row to the host each step.
+fn next_token(g: &mut onnx::Graph<'_>, logits: &str) {
+    let (start, end, axis) = (g.const_i64(&[-1]), g.const_i64(&[i64::MAX]), g.const_i64(&[1]));
+    let last = g.op("Slice", &[logits, &start, &end, &axis], vec![]);
+    g.op_into("ArgMax", &[&last], &["next_token"], vec![attr_i("axis", -1), attr_i("keepdims", 0), attr_i("select_last_index", 0)]);
 }

@@ -146,7 +146,7 @@ impl<'a> Builder<'_, 'a> {
     }
 
     /// LayerNorm, in float32 whatever the compute type.
-    fn layer_norm(&mut self, x: &str, prefix: &str, eps: f32) -> Result<String, ModelError> {
+    pub(super) fn layer_norm(&mut self, x: &str, prefix: &str, eps: f32) -> Result<String, ModelError> {
         self.in_f32(x, |b, x| {
             let w = b.norm_weight(&format!("{prefix}.weight"))?;
             let bias = b.norm_weight(&format!("{prefix}.bias"))?;
@@ -156,7 +156,7 @@ impl<'a> Builder<'_, 'a> {
 
     /// RMSNorm, in float32 whatever the compute type: `x·x` of a Llama's residual stream
     /// overflows float16 (SmolLM2's activations reach |x| ≈ 3,300; float16 ends at 65,504).
-    fn rms_norm(&mut self, x: &str, name: &str, eps: f32) -> Result<String, ModelError> {
+    pub(super) fn rms_norm(&mut self, x: &str, name: &str, eps: f32) -> Result<String, ModelError> {
         self.in_f32(x, |b, x| b.rms_norm_f32(x, name, eps))
     }
 
@@ -177,7 +177,7 @@ impl<'a> Builder<'_, 'a> {
     }
 
     /// `[B, S, heads·hd]` → `[B, heads, S, hd]`.
-    fn split_heads(&mut self, x: &str, heads: usize, hd: usize) -> String {
+    pub(super) fn split_heads(&mut self, x: &str, heads: usize, hd: usize) -> String {
         let shape = self.g.const_i64(&[0, 0, heads as i64, hd as i64]);
         let r = self.op("Reshape", &[x, &shape]);
         self.g.op("Transpose", &[&r], vec![attr_ints("perm", &[0, 2, 1, 3])])
@@ -201,7 +201,7 @@ impl<'a> Builder<'_, 'a> {
     /// The mask and softmax run in float32: the scores' exponentials are where float16's
     /// range and precision run out first.
     #[allow(clippy::too_many_arguments)]
-    fn attention(&mut self, q: &str, k: &str, v: &str, allowed: &str, lowest: &str, heads: usize, kv: usize, hd: usize) -> String {
+    pub(super) fn attention(&mut self, q: &str, k: &str, v: &str, allowed: &str, lowest: &str, heads: usize, kv: usize, hd: usize) -> String {
         let group = heads / kv;
         let q5_shape = self.g.const_i64(&[0, kv as i64, group as i64, -1, hd as i64]);
         let q5 = self.op("Reshape", &[q, &q5_shape]);
@@ -228,7 +228,7 @@ impl<'a> Builder<'_, 'a> {
     /// `present`: `past` (a float32 graph input) followed by `new` along the sequence axis or,
     /// given `slots` (each element of `new`'s sequence position, in `new`'s shape), `past` with
     /// `new` written at those positions and everything else as it was.
-    fn cache(&mut self, past: &str, new: &str, present: &str, slots: Option<&str>) -> String {
+    pub(super) fn cache(&mut self, past: &str, new: &str, present: &str, slots: Option<&str>) -> String {
         let past = self.cast_compute(past);
         let (op, inputs) = match slots {
             None => ("Concat", vec![past.as_str(), new]),
@@ -246,7 +246,7 @@ impl<'a> Builder<'_, 'a> {
 
 /// Builds the graph of one variant, whose cache is `cache`.
 pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Result<Built<'a>, ModelError> {
-    if let (Cache::Fixed { max_length }, super::Precision::Fp16) = (cache, opts.precision) {
+    if let Cache::Fixed { max_length } = cache {
         return super::fused::build(ck, opts, max_length);
     }
     let c = &ck.config;
@@ -256,18 +256,12 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
 
     let (batch, seq) = (dyn_dim("batch"), dyn_dim("sequence"));
     let (past_seq, total) = match cache {
-        Cache::None => (seq.clone(), seq.clone()),
         Cache::Growing => (dyn_dim("past_sequence"), dyn_dim("total_sequence")),
-        Cache::Fixed { max_length } => (Dim::Fixed(max_length as i64), Dim::Fixed(max_length as i64)),
+        _ => (seq.clone(), seq.clone()),
     };
     let ids = b.g.input("input_ids", INT64, &[batch.clone(), seq.clone()]);
     let mask = b.g.input("attention_mask", INT64, &[batch.clone(), total.clone()]);
     let mut inputs = vec![ids.clone(), mask.clone()];
-    let past_length = match cache {
-        Cache::Fixed { .. } => Some(b.g.input("past_length", INT64, &[Dim::Fixed(1)])),
-        _ => None,
-    };
-    inputs.extend(past_length.clone());
     let mut pasts = Vec::new();
     if cache != Cache::None {
         for i in 0..c.n_layer {
@@ -285,40 +279,19 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     let s_1d = b.g.op("Gather", &[&ids_shape, &one_d], vec![attr_i("axis", 0)]);
     let zero = b.g.const_i64(&[0]);
     let seq_len = b.op("Squeeze", &[&s_1d, &zero]);
-    let (positions, key_pos, slots) = if let (Cache::Fixed { max_length }, Some(past_length)) = (cache, &past_length) {
-        // `past_length` plus a range over the sequence axis, rather than a range from
-        // `past_length`: no shape in the graph depends on a value, as a replayed CUDA graph
-        // needs.
-        let step = b.g.scalar_i64(1);
-        let scalar_zero = b.g.scalar_i64(0);
-        let offsets = b.op("Range", &[&scalar_zero, &seq_len, &step]);
-        let positions = b.op("Add", &[&offsets, past_length]);
-        let capacity = b.g.scalar_i64(max_length as i64);
-        let key_pos = b.op("Range", &[&scalar_zero, &capacity, &step]);
-        // Where each new key and value goes: its position, for every element of `[B, KV, S, hd]`.
-        let b_1d = b.g.op("Gather", &[&ids_shape, &zero], vec![attr_i("axis", 0)]);
-        let rest = b.g.const_i64(&[kv as i64, 1, hd as i64]);
-        let slots_shape = b.g.op("Concat", &[&b_1d, &rest], vec![attr_i("axis", 0)]);
-        let column = b.g.const_i64(&[1, 1, -1, 1]);
-        let pos4 = b.op("Reshape", &[&positions, &column]);
-        let slots = b.op("Expand", &[&pos4, &slots_shape]);
-        (positions, key_pos, Some(slots))
+    let past_len = if cache == Cache::Growing {
+        let two = b.g.const_i64(&[2]);
+        let shape = b.op("Shape", &[&pasts[0].0]);
+        let p = b.g.op("Gather", &[&shape, &two], vec![attr_i("axis", 0)]);
+        b.op("Squeeze", &[&p, &zero])
     } else {
-        let past_len = if cache == Cache::Growing {
-            let two = b.g.const_i64(&[2]);
-            let shape = b.op("Shape", &[&pasts[0].0]);
-            let p = b.g.op("Gather", &[&shape, &two], vec![attr_i("axis", 0)]);
-            b.op("Squeeze", &[&p, &zero])
-        } else {
-            b.g.scalar_i64(0)
-        };
-        let total_len = b.op("Add", &[&past_len, &seq_len]);
-        let step = b.g.scalar_i64(1);
-        let scalar_zero = b.g.scalar_i64(0);
-        let positions = b.op("Range", &[&past_len, &total_len, &step]);
-        let key_pos = b.op("Range", &[&scalar_zero, &total_len, &step]);
-        (positions, key_pos, None)
+        b.g.scalar_i64(0)
     };
+    let total_len = b.op("Add", &[&past_len, &seq_len]);
+    let step = b.g.scalar_i64(1);
+    let scalar_zero = b.g.scalar_i64(0);
+    let positions = b.op("Range", &[&past_len, &total_len, &step]);
+    let key_pos = b.op("Range", &[&scalar_zero, &total_len, &step]);
     let q_col = b.op("Unsqueeze", &[&positions, &one_d]);
     let k_row = b.op("Unsqueeze", &[&key_pos, &zero]);
     let causal = b.op("LessOrEqual", &[&k_row, &q_col]);
@@ -357,10 +330,6 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     // Declared first so the model lists its outputs as the manifest does: logits, then the cache.
     b.g.output("logits", FLOAT, &[batch.clone(), seq.clone(), Dim::Fixed(c.vocab_size as i64)]);
     let mut outputs = vec!["logits".to_string()];
-    if matches!(cache, Cache::Fixed { .. }) {
-        b.g.output("next_token", INT64, &[batch.clone(), Dim::Fixed(1)]);
-        outputs.push("next_token".into());
-    }
     for i in 0..c.n_layer {
         let p = format!("blk.{i}");
         let (q, k, v);
@@ -388,7 +357,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
         let (k_all, v_all) = if cache != Cache::None {
             let (pk, pv) = &pasts[i];
             let (ok, ov) = (format!("present.{i}.key"), format!("present.{i}.value"));
-            let (k_all, v_all) = (b.cache(pk, &k, &ok, slots.as_deref()), b.cache(pv, &v, &ov, slots.as_deref()));
+            let (k_all, v_all) = (b.cache(pk, &k, &ok, None), b.cache(pv, &v, &ov, None));
             let dims = [batch.clone(), Dim::Fixed(kv as i64), total.clone(), Dim::Fixed(hd as i64)];
             b.g.output(&ok, FLOAT, &dims);
             b.g.output(&ov, FLOAT, &dims);
@@ -437,24 +406,12 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     } else {
         b.g.op_into("MatMul", &[&xf, &head], &["logits"], vec![]);
     }
-    if matches!(cache, Cache::Fixed { .. }) {
-        next_token(b.g, "logits");
-    }
 
     let mut dynamic_axes = vec!["batch".to_string(), "sequence".to_string()];
     if cache == Cache::Growing {
         dynamic_axes.extend(["past_sequence".to_string(), "total_sequence".to_string()]);
     }
     Ok(Built { graph, inputs, outputs, dynamic_axes })
-}
-
-/// The output `next_token` `[batch, 1]`: the argmax of each row's last `logits` (`[batch,
-/// sequence, vocab]`, float32), ties to the lowest id, as greedy decoding takes it. A runtime
-/// that keeps the logits on the device then copies one id per row to the host each step.
-pub(super) fn next_token(g: &mut Graph<'_>, logits: &str) {
-    let (start, end, axis) = (g.const_i64(&[-1]), g.const_i64(&[i64::MAX]), g.const_i64(&[1]));
-    let last = g.op("Slice", &[logits, &start, &end, &axis], vec![]);
-    g.op_into("ArgMax", &[&last], &["next_token"], vec![attr_i("axis", -1), attr_i("keepdims", 0), attr_i("select_last_index", 0)]);
 }
 
 /// GPT-2's `gelu_new`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
