@@ -1,6 +1,7 @@
-//! The float16 `decoder_fixed`: ONNX Runtime's fused operators over a fixed-capacity cache,
-//! laid out as ONNX Runtime GenAI's model builder lays out its float16 decoders, so that a
-//! decode step is a few large kernels rather than many small ones.
+//! The `decoder_fixed` variant: a decoder over a cache of fixed capacity, built from ONNX
+//! Runtime's fused operators as ONNX Runtime GenAI's model builder lays out its decoders, so
+//! that a decode step is a few large kernels rather than many small ones: replayed as a CUDA
+//! graph, a step costs about as many microseconds as it has kernels.
 //!
 //! Per layer:
 //!
@@ -9,31 +10,40 @@
 //! | norm (the first layer) | `LayerNormalization` | `SimplifiedLayerNormalization` |
 //! | norm + residual add    | `SkipLayerNormalization` (with the previous projection's bias) | `SkipSimplifiedLayerNormalization` |
 //! | Q, K and V             | one `MatMul` (+ bias) into packed QKV | one `MatMul` into packed QKV (the three weights concatenated) |
-//! | attention              | `GroupQueryAttention` | `GroupQueryAttention` with its fused rotary embedding |
-//! | MLP                    | `MatMul`, `FastGelu` (the tanh approximation, with the bias), `MatMul` | `MatMul`s, `Sigmoid`·`Mul` (SiLU), `Mul`, `MatMul` |
+//! | attention, fp16        | `GroupQueryAttention` | `GroupQueryAttention` with its fused rotary embedding |
+//! | attention, fp32        | `Split`, explicit attention (below) | `Split`, `RotaryEmbedding` on Q and K, explicit attention |
+//! | MLP                    | `MatMul`, `FastGelu` (the tanh approximation, with the bias), `MatMul` | `MatMul`s, `QuickGelu` with α = 1 (SiLU), `Mul`, `MatMul` |
 //!
-//! `GroupQueryAttention` reads and writes the cache in place: `present.N.*` is the same
-//! `[batch, kv_heads, max_length, head_dim]` buffer as `past_key_values.N.*`, so a runtime
-//! binds both to one device buffer (ONNX Runtime's `past_present_share_buffer`), and on a
-//! runtime that gives present its own buffer, present is past with the new positions
-//! written. The operator takes the valid length of each row rather than a mask
-//! (`seqlens_k`, the filled positions plus the new ones, minus one), so this variant's
-//! `attention_mask` must be a prefix of ones in every row: `past_length + sequence` of them,
-//! the same for the whole batch, which is how a greedy loop fills it. The operator's total
-//! length, which picks its phase, comes from shapes alone: a prompt (`sequence` > 1) is a
-//! first prompt into the empty buffer, a single token a decode step over the whole buffer, so
-//! every decode step of a batch size has the same shapes and constants, as a replayed CUDA
-//! graph needs. A step of several tokens after a non-empty buffer is therefore not this
-//! variant's (`runtime::Decoder` refuses it). Positions past the filled ones are nobody's: on
-//! a present buffer of its own the operator may leave zeros there. The rotary angles are
-//! computed at export in double precision and stored as float16 `cos`/`sin` tables of
-//! `max_length` rows. The first norm accumulates in float32 (`stash_type` 1); ONNX Runtime's
-//! CUDA skip-norms accumulate in float16, each term divided by the hidden size first, as
-//! GenAI's float16 graphs run them (its CPU kernels in float32).
+//! **fp16.** `GroupQueryAttention` reads and writes the cache in place: `present.N.*` is the
+//! same `[batch, kv_heads, max_length, head_dim]` buffer as `past_key_values.N.*`, so a
+//! runtime binds both to one device buffer (ONNX Runtime's `past_present_share_buffer`), and
+//! on a runtime that gives present its own buffer, present is past with the new positions
+//! written. The operator takes the valid length of each row rather than a mask (`seqlens_k`,
+//! the filled positions plus the new ones, minus one), so at fp16 `attention_mask` must be a
+//! prefix of ones in every row: `past_length + sequence` of them, the same for the whole
+//! batch, which is how a greedy loop fills it. The operator's total length, which picks its
+//! phase, comes from shapes alone: a prompt (`sequence` > 1) is a first prompt into the empty
+//! buffer, a single token a decode step over the whole buffer, so every decode step of a batch
+//! size has the same shapes and constants, as a replayed CUDA graph needs. A step of several
+//! tokens after a non-empty buffer is therefore not this variant's (`runtime::Decoder` refuses
+//! it at both precisions). Positions past the filled ones are nobody's: on a present buffer of
+//! its own the operator may leave zeros there. The cache is float16, the buffer the operator
+//! works in. The first norm accumulates in float32 (`stash_type` 1); ONNX Runtime's CUDA
+//! skip-norms accumulate in float16, each term divided by the hidden size first, as GenAI's
+//! float16 graphs run them (its CPU kernels in float32).
 //!
-//! The interface is the float32 `decoder_fixed`'s but for the cache, which is float16 (the
-//! buffer the operator works in): int64 ids, mask and `past_length`, float32 `logits`, and
-//! `next_token`, the argmax of each row's last logits.
+//! **fp32.** ONNX Runtime's CUDA `GroupQueryAttention` is float16 and bfloat16 only, so
+//! attention is explicit over the whole buffer: the new keys and values written at
+//! `past_length .. past_length + sequence` by `ScatterElements` (every other position of
+//! `present` is `past`'s, bit for bit), query `i` seeing key `j` where `attention_mask[b, j]`
+//! is 1 and `j <= past_length + i`, masked with `Where` and float32's lowest value. Any mask
+//! works, padding included. The cache is float32.
+//!
+//! At both precisions the rotary angles are computed at export in double precision and stored
+//! as `cos`/`sin` tables of `max_length` rows; positions are `past_length` plus a range over
+//! the sequence axis, so no shape depends on a tensor's values. The interface: int64
+//! `input_ids`, `attention_mask` `[batch, max_length]` and `past_length` `[1]`, the cache,
+//! float32 `logits`, and `next_token` `[batch, 1]`, the argmax of each row's last logits.
 
 use crate::model::{Arch, Checkpoint, ModelError, RopeLayout};
 use crate::onnx::{self, Dim, FLOAT, FLOAT16, INT32, INT64, attr_f, attr_i, dyn_dim};
@@ -180,13 +190,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) ->
         // Query `i` sees key `j` where the mask has it and `j <= past_length + i`.
         let capacity_scalar = b.g.scalar_i64(max_length as i64);
         let key_pos = b.op("Range", &[&zero_scalar, &capacity_scalar, &one_scalar]);
-        let q_col = b.op("Unsqueeze", &[&positions, &one]);
-        let k_row = b.op("Unsqueeze", &[&key_pos, &zero]);
-        let causal = b.op("LessOrEqual", &[&k_row, &q_col]);
-        let mask_bool = b.g.op("Cast", &[&mask], vec![attr_i("to", onnx::BOOL as i64)]);
-        let axes = b.g.const_i64(&[1, 2, 3]);
-        let keys_ok = b.op("Unsqueeze", &[&mask_bool, &axes]);
-        let allowed = b.op("And", &[&causal, &keys_ok]);
+        let allowed = b.allowed(&positions, &key_pos, &mask, &one, &zero);
         let lowest = b.g.scalar_f32(f32::MIN);
         // Where each new key and value goes: its position, for every element of `[B, KV, S, hd]`.
         let b_1d = b.g.op("Gather", &[&ids_shape, &zero], vec![attr_i("axis", 0)]);

@@ -15,18 +15,13 @@
 //! `decoder_fixed` is the decoder for CUDA graphs: a replayed decode step must have the same
 //! shapes every step, so the cache is a buffer of a fixed capacity `max_length` (a fixed
 //! dimension in the graph, not a symbolic one) rather than one that grows. `past_length`
-//! says how many positions are filled, the same for the whole batch; the new keys and values
-//! are written at `past_length .. past_length + sequence` (`ScatterElements`) and every other
-//! position of `present` is `past`'s, so a caller can alternate between two buffers, or alias
-//! them where the runtime allows. Query `i` sees key `j` where `attention_mask[b, j]` is 1 and
-//! `j <= past_length + i`; the positions come from `past_length` plus a range over the input's
-//! sequence axis, so no shape in the graph depends on a tensor's values. `next_token` is the
-//! argmax of each row's last logits, so a runtime that keeps the logits on the device copies
-//! one id per row to the host each step. The fp16 `decoder_fixed` is a different graph over
-//! the same interface (a float16 cache): ONNX Runtime's fused operators, GroupQueryAttention
-//! reading and writing the buffer in place ([`fused`]); its mask must be a prefix of ones, the
-//! same length in every row, and a step of several tokens must start from an empty buffer.
-//!
+//! says how many positions are filled, the same for the whole batch, and the step writes its
+//! keys and values at `past_length .. past_length + sequence`, in place where the runtime
+//! binds past and present to one buffer. `next_token` is the argmax of each row's last
+//! logits, so a runtime that keeps the logits on the device copies one id per row to the host
+//! each step. It is built from ONNX Runtime's fused operators ([`fused`]): GroupQueryAttention
+//! over a float16 cache at fp16, explicit attention over a float32 one at fp32.
+
 //! Layout decisions:
 //! - Linear weights are stored transposed (`[in, out]`) so every projection is a plain
 //!   `MatMul`; tied embeddings are stored once and transposed in the graph for the output

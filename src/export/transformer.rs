@@ -176,6 +176,19 @@ impl<'a> Builder<'_, 'a> {
         Ok(self.op("Mul", &[&normed, &w]))
     }
 
+    /// Which keys each query may see: key `j` of row `b` where `mask[b, j]` is 1 and `j` is at
+    /// most the query's position; `[B, 1, 1, S, T]` booleans, as [`Self::attention`] takes
+    /// them. `one` and `zero` are the constants `[1]` and `[0]`.
+    pub(super) fn allowed(&mut self, positions: &str, key_pos: &str, mask: &str, one: &str, zero: &str) -> String {
+        let q_col = self.op("Unsqueeze", &[positions, one]);
+        let k_row = self.op("Unsqueeze", &[key_pos, zero]);
+        let causal = self.op("LessOrEqual", &[&k_row, &q_col]);
+        let mask_bool = self.g.op("Cast", &[mask], vec![attr_i("to", onnx::BOOL as i64)]);
+        let axes = self.g.const_i64(&[1, 2, 3]);
+        let keys_ok = self.op("Unsqueeze", &[&mask_bool, &axes]);
+        self.op("And", &[&causal, &keys_ok])
+    }
+
     /// `[B, S, heads·hd]` → `[B, heads, S, hd]`.
     pub(super) fn split_heads(&mut self, x: &str, heads: usize, hd: usize) -> String {
         let shape = self.g.const_i64(&[0, 0, heads as i64, hd as i64]);
@@ -292,13 +305,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     let scalar_zero = b.g.scalar_i64(0);
     let positions = b.op("Range", &[&past_len, &total_len, &step]);
     let key_pos = b.op("Range", &[&scalar_zero, &total_len, &step]);
-    let q_col = b.op("Unsqueeze", &[&positions, &one_d]);
-    let k_row = b.op("Unsqueeze", &[&key_pos, &zero]);
-    let causal = b.op("LessOrEqual", &[&k_row, &q_col]);
-    let mask_bool = b.g.op("Cast", &[&mask], vec![attr_i("to", onnx::BOOL as i64)]);
-    let axes = b.g.const_i64(&[1, 2, 3]);
-    let keys_ok = b.op("Unsqueeze", &[&mask_bool, &axes]);
-    let allowed = b.op("And", &[&causal, &keys_ok]);
+    let allowed = b.allowed(&positions, &key_pos, &mask, &one_d, &zero);
     // Float32 at every precision: the mask is applied to scores already cast to float32.
     let lowest = b.g.scalar_f32(f32::MIN);
 
