@@ -1110,8 +1110,8 @@ fn check_fixed_fp16(case: &Case) -> (f64, f64) {
         past = present;
         grown = plain_present;
         past_len = written.end;
-        if step < m - n {
-            ids = vec![i64::from(steps[0][step]), i64::from(steps[1][step])];
+        if let (Some(&a), Some(&b)) = (steps[0].get(step), steps[1].get(step)) {
+            ids = vec![i64::from(a), i64::from(b)];
         }
     }
     assert_eq!(past_len, m, "{what}: the buffer is full");

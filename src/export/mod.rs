@@ -220,7 +220,7 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions, path: &Path) -> Result<Expo
 /// not the model's (GPT-2 has no position embedding for them).
 fn fixed_capacity(ck: &Checkpoint, opts: &ExportOptions) -> Result<usize, ExportError> {
     let hd = ck.config.head_dim();
-    if opts.precision == Precision::Fp16 && ck.config.arch == crate::model::Arch::Llama && hd % 16 != 0 {
+    if opts.precision == Precision::Fp16 && ck.config.arch == crate::model::Arch::Llama && !hd.is_multiple_of(16) {
         return Err(ExportError::FusedHeadDim(hd));
     }
     let n_ctx = ck.config.n_ctx;
