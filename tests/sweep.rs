@@ -263,8 +263,11 @@ fn stats_over_real_sweeps_tabulate_a_degraded_backend_with_its_reason_and_rate()
 #[test]
 fn generation_through_a_fixed_capacity_decoder_gives_the_reference_tokens() {
     let (ws, lib) = workspace();
+    // `resident`: the same decoder through I/O binding, its cache kept in buffers of the
+    // decoder's, written in place, only `next_token` read back, as on a GPU.
     let backends = "[[backends]]\nname = \"growing\"\nthreads = 1\nmodel = \"out/export\"\n\n\
-                    [[backends]]\nname = \"fixed\"\nthreads = 1\nmodel = \"out/export\"\ndecoder = \"out/export/decoder_fixed\"\n";
+                    [[backends]]\nname = \"fixed\"\nthreads = 1\nmodel = \"out/export\"\ndecoder = \"out/export/decoder_fixed\"\n\n\
+                    [[backends]]\nname = \"resident\"\nthreads = 1\nio_binding = true\nmodel = \"out/export\"\ndecoder = \"out/export/decoder_fixed\"\n";
     let text = |scenarios: &str| {
         format!(
             "{backends}\n[stages.export]\nkind = \"export\"\ndeps = {{ checkpoint = \"model.gguf\" }}\nvariants = [\"prefill\", \"decoder\", \"decoder_fixed\"]\nmax_length = 16\ntokenizer = false\n\n\
@@ -276,14 +279,17 @@ fn generation_through_a_fixed_capacity_decoder_gives_the_reference_tokens() {
     ws.make_ok();
     let ids = corpus_ids();
     let want = [vec![reference_greedy(&ids[..5], 7)], vec![reference_greedy(&ids[..4], 6), reference_greedy(&ids[4..8], 6)]];
-    let sweep = ws.json("out/sweep/fixed/generate/sweep.json");
-    assert_eq!(sweep["status"], "ok", "{sweep}");
-    for (i, want) in want.iter().enumerate() {
-        let got: Vec<Vec<i64>> = serde_json::from_value(sweep["scenarios"][i]["output_ids"].clone()).unwrap();
-        assert_eq!(&got, want, "scenario {i}: the fixed-capacity decoder's ids vs the reference's greedy decoding");
+    for backend in ["fixed", "resident"] {
+        let sweep = ws.json(&format!("out/sweep/{backend}/generate/sweep.json"));
+        assert_eq!(sweep["status"], "ok", "{sweep}");
+        for (i, want) in want.iter().enumerate() {
+            let got: Vec<Vec<i64>> = serde_json::from_value(sweep["scenarios"][i]["output_ids"].clone()).unwrap();
+            assert_eq!(&got, want, "{backend}, scenario {i}: the fixed-capacity decoder's ids vs the reference's greedy decoding");
+        }
     }
     let digests = |b: &str| records(&ws, &format!("sweep/{b}/generate")).into_iter().map(|r| r.output_digest).collect::<Vec<_>>();
     assert_eq!(digests("fixed"), digests("growing"));
+    assert_eq!(digests("resident"), digests("growing"));
 
     // A scenario longer than the capacity (12 + 8 > 16): the fixed backend's runs are degraded
     // with the reason, as any scenario a backend cannot run; the growing one runs it.
@@ -291,6 +297,7 @@ fn generation_through_a_fixed_capacity_decoder_gives_the_reference_tokens() {
     let make = ws.make();
     make.run.code(0);
     assert_eq!(make.status("sweep/fixed/generate"), "degraded");
+    assert_eq!(make.status("sweep/resident/generate"), "degraded");
     assert!(make.record("sweep/fixed/generate")["detail"].as_str().unwrap_or_default().contains("16 positions in the cache and 1 new do not fit its capacity of 16"), "{}", make.record("sweep/fixed/generate"));
     assert_eq!(make.status("sweep/growing/generate"), "ok");
 }

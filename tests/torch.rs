@@ -153,6 +153,12 @@ fn a_torch_backend_field_that_is_wrong_is_named() {
     let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("threads = 1", "threads = 1\ncompile = \"inductor\"");
     ws.write("tr118.toml", &bad);
     ws.tr(&["make"]).code(2).stderr_has("`compile` is torch.compile's; this backend runs on `onnxruntime`");
+    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("threads = 1", "threads = 1\nio_binding = \"yes\"");
+    ws.write("tr118.toml", &bad);
+    ws.tr(&["make"]).code(2).stderr_has("`io_binding` must be true or false, found \"yes\"");
+    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"torch\"\nio_binding = true");
+    ws.write("tr118.toml", &bad);
+    ws.tr(&["make"]).code(2).stderr_has("`io_binding` is ONNX Runtime's; this backend runs on `torch`");
     let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"pytorch\"");
     ws.write("tr118.toml", &bad);
     ws.tr(&["make"]).code(2).stderr_has("unknown runtime `pytorch`");

@@ -16,6 +16,8 @@
 //! trt_profile_min_shapes = "input_ids:1x1,attention_mask:1x1"     # optimisation profile:
 //! trt_profile_opt_shapes = "input_ids:1x27,attention_mask:1x27"   # all three or none, in the
 //! trt_profile_max_shapes = "input_ids:4x512,attention_mask:4x512" # syntax of `trtexec`
+//! cuda_graph = false        # CUDA graphs for prefill and resident decode steps (`cuda` only)
+//! io_binding = true         # ONNX Runtime's I/O binding (default: on with an accelerator)
 //! ```
 //!
 //! A `torch` backend runs the same weights through PyTorch and `transformers`, in a Python
@@ -101,8 +103,12 @@ pub struct BackendSpec {
     pub decoder: Option<String>,
     /// Facets this backend's nodes add to their stage's.
     pub facets: Vec<String>,
-    /// CUDA graphs for the timed prefill (one graph per input shape); the `cuda` provider only.
+    /// CUDA graphs (a prefill graph per input shape, a decode graph per step length of a
+    /// resident fixed-capacity cache); the `cuda` provider only.
     pub cuda_graph: bool,
+    /// ONNX Runtime's I/O binding; `None`: its default (on with an accelerator). On the CPU it
+    /// runs the same bound paths a GPU does, the resident fixed-capacity cache included.
+    pub io_binding: Option<bool>,
 }
 
 const FIELDS: &[&str] = &[
@@ -126,6 +132,7 @@ const FIELDS: &[&str] = &[
     "decoder",
     "facets",
     "cuda_graph",
+    "io_binding",
 ];
 
 /// The runtimes a backend can name.
@@ -282,6 +289,20 @@ impl BackendSpec {
         if cuda_graph && (torch || provider != Provider::Cuda) {
             errors.push(("cuda_graph".into(), "`cuda_graph` is ONNX Runtime's CUDA provider's (`runtime = \"onnxruntime\"`, `provider = \"cuda\"`); torch.compile's CUDA graphs are `compile_mode = \"reduce-overhead\"`".into()));
         }
+        let io_binding = match t.get("io_binding") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => {
+                errors.push(("io_binding".into(), format!("`io_binding` must be true or false, found {v}")));
+                None
+            }
+        };
+        if io_binding.is_some() && runtime != "onnxruntime" {
+            errors.push(("io_binding".into(), format!("`io_binding` is ONNX Runtime's; this backend runs on `{runtime}`")));
+        }
+        if cuda_graph && io_binding == Some(false) {
+            errors.push(("io_binding".into(), "`cuda_graph` needs `io_binding`: a graph replays on the addresses it captured, which only bound buffers keep".into()));
+        }
         let facets: Vec<String> = match t.get("facets") {
             None => Vec::new(),
             Some(Value::Array(list)) if list.iter().all(Value::is_string) => list.iter().filter_map(Value::as_str).map(str::to_string).collect(),
@@ -315,6 +336,7 @@ impl BackendSpec {
                 decoder: s("decoder"),
                 facets,
                 cuda_graph,
+                io_binding,
             })
         } else {
             Err(errors)
@@ -333,9 +355,9 @@ impl BackendSpec {
                 engine_cache: self.trt_engine_cache.as_ref().map(PathBuf::from),
                 profile_shapes: self.trt_profile_shapes.clone(),
             },
-            // I/O binding is the runtime's default: on for an accelerator, so that the decoder's
-            // cache stays on the device between steps.
-            io_binding: None,
+            // Unless the backend says: the runtime's default, on for an accelerator, so that the
+            // decoder's cache stays on the device between steps.
+            io_binding: self.io_binding,
             cuda_graph: self.cuda_graph,
         }
     }
