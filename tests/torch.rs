@@ -159,6 +159,9 @@ fn a_torch_backend_field_that_is_wrong_is_named() {
     let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"torch\"\nio_binding = true");
     ws.write("tr118.toml", &bad);
     ws.tr(&["make"]).code(2).stderr_has("`io_binding` is ONNX Runtime's; this backend runs on `torch`");
+    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("threads = 1", "threads = 1\nprovider = \"cuda\"\ncuda_graph = true\nio_binding = false");
+    ws.write("tr118.toml", &bad);
+    ws.tr(&["make"]).code(2).stderr_has("`cuda_graph` needs `io_binding`");
     let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"pytorch\"");
     ws.write("tr118.toml", &bad);
     ws.tr(&["make"]).code(2).stderr_has("unknown runtime `pytorch`");
