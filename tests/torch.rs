@@ -150,21 +150,19 @@ fn a_torch_backend_field_that_is_wrong_is_named() {
     let bad = pipeline(&lib, "tensorrt", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"torch\"\ncompile_mode = \"fast\"");
     ws.write("tr118.toml", &bad);
     ws.tr(&["make"]).code(2).stderr_has("a torch backend runs on `cpu` or `cuda`").stderr_has("`compile_mode` needs `compile`");
-    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("threads = 1", "threads = 1\ncompile = \"inductor\"");
-    ws.write("tr118.toml", &bad);
-    ws.tr(&["make"]).code(2).stderr_has("`compile` is torch.compile's; this backend runs on `onnxruntime`");
-    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("threads = 1", "threads = 1\nio_binding = \"yes\"");
-    ws.write("tr118.toml", &bad);
-    ws.tr(&["make"]).code(2).stderr_has("`io_binding` must be true or false, found \"yes\"");
-    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"torch\"\nio_binding = true");
-    ws.write("tr118.toml", &bad);
-    ws.tr(&["make"]).code(2).stderr_has("`io_binding` is ONNX Runtime's; this backend runs on `torch`");
-    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("threads = 1", "threads = 1\nprovider = \"cuda\"\ncuda_graph = true\nio_binding = false");
-    ws.write("tr118.toml", &bad);
-    ws.tr(&["make"]).code(2).stderr_has("`cuda_graph` needs `io_binding`");
-    let bad = pipeline(&lib, "cpu", "[\"prefill\"]", "").replace("runtime = \"torch\"", "runtime = \"pytorch\"");
-    ws.write("tr118.toml", &bad);
-    ws.tr(&["make"]).code(2).stderr_has("unknown runtime `pytorch`");
+    // (what a line of the ORT backend or the torch one becomes, the error that names it)
+    let ort = "threads = 1";
+    let torch = "runtime = \"torch\"";
+    for (line, with, error) in [
+        (ort, "threads = 1\ncompile = \"inductor\"", "`compile` is torch.compile's; this backend runs on `onnxruntime`"),
+        (ort, "threads = 1\nio_binding = \"yes\"", "`io_binding` must be true or false, found \"yes\""),
+        (torch, "runtime = \"torch\"\nio_binding = true", "`io_binding` is ONNX Runtime's; this backend runs on `torch`"),
+        (ort, "threads = 1\nprovider = \"cuda\"\ncuda_graph = true\nio_binding = false", "`cuda_graph` needs `io_binding`"),
+        (torch, "runtime = \"pytorch\"", "unknown runtime `pytorch`"),
+    ] {
+        ws.write("tr118.toml", &pipeline(&lib, "cpu", "[\"prefill\"]", "").replace(line, with));
+        ws.tr(&["make"]).code(2).stderr_has(error);
+    }
 }
 
 // --- recorded exchanges ------------------------------------------------------------------
