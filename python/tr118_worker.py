@@ -256,11 +256,19 @@ class Worker:
             out = self.forward(input_ids=nxt, past_key_values=cache, use_cache=True, **kw)
             nxt = out.logits[:, -1, :].argmax(-1, keepdim=True).clone()
             tokens.append(nxt)
-        self._sync()
-        total = time.perf_counter() - start
-        return {"ttft_s": ttft, "total_s": total, "ids": t.cat(tokens, dim=1).flatten().tolist()}
+        return self._generated(start, ttft, tokens)
 
     def _generate_uncached(self, ids, b, s, n):
+        def next_of(seqs):
+            self._step_begin()
+            logits = self.forward(input_ids=seqs, use_cache=False).logits
+            return logits[:, -1, :].argmax(-1, keepdim=True).clone()
+
+        return self._greedy_uncached(ids, n, next_of)
+
+    def _greedy_uncached(self, ids, n, next_of):
+        """Greedy generation without a cache: `next_of(seqs)` is each row's next token, [b, 1],
+        from a full forward pass over everything so far; TTFT is the first token's."""
         t = self.torch
         seqs = ids
         tokens = []
@@ -268,17 +276,19 @@ class Worker:
         start = time.perf_counter()
         ttft = None
         for i in range(n):
-            self._step_begin()
-            logits = self.forward(input_ids=seqs, use_cache=False).logits
-            nxt = logits[:, -1, :].argmax(-1, keepdim=True).clone()
+            nxt = next_of(seqs)
             tokens.append(nxt)
             if i == 0:
                 self._sync()
                 ttft = time.perf_counter() - start
             seqs = t.cat([seqs, nxt], dim=1)
+        return self._generated(start, ttft, tokens)
+
+    def _generated(self, start, ttft, tokens):
+        """The answer of a timed generation that started at `start`, once the device is done."""
         self._sync()
         total = time.perf_counter() - start
-        return {"ttft_s": ttft, "total_s": total, "ids": t.cat(tokens, dim=1).flatten().tolist()}
+        return {"ttft_s": ttft, "total_s": total, "ids": self.torch.cat(tokens, dim=1).flatten().tolist()}
 
     # --- TensorRT for RTX plans --------------------------------------------------------
 
@@ -304,40 +314,34 @@ class Worker:
 
     def _plan_generate(self, ids, b, s, n, cached):
         t, plan = self.torch, self.model
-        if cached and not plan.is_decoder:
+        if not cached:
+
+            def next_of(seqs):
+                feeds = {"input_ids": seqs, "attention_mask": t.ones_like(seqs)}
+                if plan.is_decoder:
+                    feeds.update(plan.empty_past(b))
+                return plan.run(feeds)["logits"][:, -1, :].argmax(-1, keepdim=True)
+
+            return self._greedy_uncached(ids, n, next_of)
+        if not plan.is_decoder:
             raise ValueError("a prefill plan has no key/value cache: generate with a decoder plan, or cache=false")
         tokens = []
         self._sync()
         start = time.perf_counter()
         ttft = None
-        if cached:
-            past = plan.empty_past(b)
-            step, length = ids, 0
-            for i in range(n):
-                length += step.shape[1]
-                feeds = {"input_ids": step, "attention_mask": t.ones((b, length), dtype=t.long, device=self.device), **past}
-                out = plan.run(feeds)
-                step = out["logits"][:, -1, :].argmax(-1, keepdim=True)
-                tokens.append(step)
-                past = {k.replace("present.", "past_key_values."): v for k, v in out.items() if k.startswith("present.")}
-                if i == 0:
-                    self._sync()
-                    ttft = time.perf_counter() - start
-        else:
-            seqs = ids
-            for i in range(n):
-                feeds = {"input_ids": seqs, "attention_mask": t.ones_like(seqs)}
-                if plan.is_decoder:
-                    feeds.update(plan.empty_past(b))
-                nxt = plan.run(feeds)["logits"][:, -1, :].argmax(-1, keepdim=True)
-                tokens.append(nxt)
-                if i == 0:
-                    self._sync()
-                    ttft = time.perf_counter() - start
-                seqs = t.cat([seqs, nxt], dim=1)
-        self._sync()
-        total = time.perf_counter() - start
-        return {"ttft_s": ttft, "total_s": total, "ids": t.cat(tokens, dim=1).flatten().tolist()}
+        past = plan.empty_past(b)
+        step, length = ids, 0
+        for i in range(n):
+            length += step.shape[1]
+            feeds = {"input_ids": step, "attention_mask": t.ones((b, length), dtype=t.long, device=self.device), **past}
+            out = plan.run(feeds)
+            step = out["logits"][:, -1, :].argmax(-1, keepdim=True)
+            tokens.append(step)
+            past = {k.replace("present.", "past_key_values."): v for k, v in out.items() if k.startswith("present.")}
+            if i == 0:
+                self._sync()
+                ttft = time.perf_counter() - start
+        return self._generated(start, ttft, tokens)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -1066,16 +1066,8 @@ fn gpu_real_model_fixed_decoders_match_the_fp32_reference() {
         }
         ((nll / count as f64).exp(), all)
     };
-    let greedy = |dec: &mut Decoder| -> Vec<i64> {
-        let mut cache = dec.empty_cache(1).unwrap();
-        let (mut out, mut next, mut feed) = (Vec::new(), Vec::new(), prompt.to_vec());
-        for _ in 0..new_tokens {
-            dec.step_greedy(&mut cache, &feed, feed.len(), &mut next).unwrap_or_else(|e| panic!("{e}"));
-            out.push(next[0]);
-            feed = next.clone();
-        }
-        out
-    };
+    let prompt_u32: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    let greedy = |dec: &mut Decoder| decode_greedy(dec, std::slice::from_ref(&prompt_u32), new_tokens).remove(0);
     // Each step's logits along one sequence (the prompt, then the reference's ids one a step).
     let forced = |dec: &mut Decoder, ids: &[i64]| -> Vec<Vec<f32>> {
         let mut cache = dec.empty_cache(1).unwrap();

@@ -160,7 +160,7 @@ fn a_torch_backend_field_that_is_wrong_is_named() {
         (ort, "threads = 1\nprovider = \"cuda\"\ncuda_graph = true\nio_binding = false", "`cuda_graph` needs `io_binding`"),
         (torch, "runtime = \"pytorch\"", "unknown runtime `pytorch`"),
     ] {
-        ws.write("tr118.toml", &pipeline(&lib, "cpu", "[\"prefill\"]", "").replace(line, with));
+        ws.write("tr118.toml", pipeline(&lib, "cpu", "[\"prefill\"]", "").replace(line, with));
         ws.tr(&["make"]).code(2).stderr_has(error);
     }
 }

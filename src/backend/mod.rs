@@ -424,6 +424,27 @@ pub struct Capability {
     pub worker: Option<Value>,
 }
 
+impl Capability {
+    /// What every runtime records alike for `spec`: the provider it asked for, this machine's
+    /// CPU, the threads asked for and the GPU of `device_id`; the runtime's own fields empty,
+    /// for the caller to fill (`Capability { runtime: …, ..Capability::machine(spec) }`).
+    fn machine(spec: &BackendSpec) -> Capability {
+        Capability {
+            runtime: String::new(),
+            runtime_version: String::new(),
+            library_digest: String::new(),
+            providers_offered: Vec::new(),
+            provider_requested: spec.provider.name().into(),
+            providers_assigned: BTreeMap::new(),
+            cpu_model: crate::facets::cpu_model(),
+            cpu_logical_threads: cpu_logical_threads(),
+            threads: spec.threads,
+            gpu: gpu_info(spec.device_id),
+            worker: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The backend cannot run here (a provider or a device is missing): a degraded result.
@@ -630,13 +651,8 @@ fn open_ort(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
         runtime_version: info.version.clone(),
         library_digest: info.digest.to_hex(),
         providers_offered: info.providers.clone(),
-        provider_requested: spec.provider.name().into(),
         providers_assigned,
-        cpu_model: crate::facets::cpu_model(),
-        cpu_logical_threads: cpu_logical_threads(),
-        threads: spec.threads,
-        gpu: gpu_info(spec.device_id),
-        worker: None,
+        ..Capability::machine(spec)
     };
     Ok(Box::new(OrtBackend { spec: spec.clone(), capability, model }))
 }

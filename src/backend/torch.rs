@@ -26,7 +26,7 @@ use std::time::Duration;
 use ndarray::{ArrayD, ArrayViewD};
 use serde_json::{Map, Value, json};
 
-use super::{Backend, BackendError, BackendSpec, Capability, KvCache, Prepared, cpu_logical_threads, gpu_info, probe};
+use super::{Backend, BackendError, BackendSpec, Capability, KvCache, Prepared, probe};
 use crate::measure::workload::Generation;
 use crate::runtime::Provider;
 
@@ -252,13 +252,9 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
         // What runs is the worker program under that torch: its digest stands for the library.
         library_digest: blake3::hash(WORKER_SOURCE.as_bytes()).to_hex().to_string(),
         providers_offered: offered,
-        provider_requested: spec.provider.name().into(),
         providers_assigned: assigned,
-        cpu_model: crate::facets::cpu_model(),
-        cpu_logical_threads: cpu_logical_threads(),
-        threads: spec.threads,
-        gpu: gpu_info(spec.device_id),
         worker: Some(json!({ "hello": hello, "load": loaded })),
+        ..Capability::machine(spec)
     };
     Ok(Box::new(TorchBackend { spec: spec.clone(), capability, worker }))
 }
@@ -309,13 +305,9 @@ pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, B
         runtime_version: loaded.get("version").and_then(Value::as_str).unwrap_or_default().to_string(),
         library_digest: built["library_digest"].as_str().unwrap_or_default().to_string(),
         providers_offered: vec!["cuda".into()],
-        provider_requested: spec.provider.name().into(),
         providers_assigned: BTreeMap::from([("cuda".to_string(), 1)]),
-        cpu_model: crate::facets::cpu_model(),
-        cpu_logical_threads: cpu_logical_threads(),
-        threads: spec.threads,
-        gpu: gpu_info(spec.device_id),
         worker: Some(json!({ "hello": hello, "load": loaded })),
+        ..Capability::machine(spec)
     };
     Ok(Box::new(TorchBackend { spec: spec.clone(), capability, worker }))
 }

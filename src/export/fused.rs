@@ -52,8 +52,8 @@ use super::transformer::{Builder, Built, Layout, f16_bytes, f32_bytes, relayout}
 use super::{ExportOptions, Precision};
 
 impl<'a> Builder<'_, 'a> {
-    /// The float16 concatenation, along the output axis, of the checkpoint's `[out, in]`
-    /// projections `parts`: one `[in, Σ out]` `MatMul` weight.
+    /// The concatenation, along the output axis, of the checkpoint's `[out, in]` projections
+    /// `parts`: one `[in, Σ out]` `MatMul` weight, in the compute type.
     fn packed_weight(&mut self, name: &str, parts: &[(String, Layout)]) -> Result<String, ModelError> {
         let mut shapes = Vec::with_capacity(parts.len());
         for (part, _) in parts {

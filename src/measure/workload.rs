@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-pub use crate::runtime::last_argmax;
+use crate::runtime::last_argmax;
 
 use crate::backend::{Backend, BackendError};
 use crate::backend::Prepared;

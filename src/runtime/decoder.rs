@@ -364,7 +364,7 @@ impl Decoder {
                     b.generation
                 }
                 None => {
-                    let b = self.resident_batch(&resident.allocator, batch)?;
+                    let b = self.allocate_batch(&resident.allocator, batch)?;
                     resident.batches.insert(batch, b);
                     0
                 }
@@ -380,7 +380,7 @@ impl Decoder {
 
     /// The buffers of a resident cache of `batch` sequences: the cache zeroed once (so no
     /// position a mask hides holds a NaN), the mask, `past_length` and `next_token`.
-    fn resident_batch(&self, allocator: &Allocator, batch: usize) -> Result<ResidentBatch, RuntimeError> {
+    fn allocate_batch(&self, allocator: &Allocator, batch: usize) -> Result<ResidentBatch, RuntimeError> {
         let capacity = self.capacity.expect("a resident cache has a fixed capacity");
         let alloc = |what: &str, ty: TensorElementType, shape: &[usize]| {
             DynTensor::new(allocator, ty, shape.iter().map(|&d| d as i64).collect::<Vec<i64>>())
@@ -624,15 +624,15 @@ enum Want<'a> {
 }
 
 /// The buffers of steps of `new_len` tokens on the resident cache `b`, bound once: the ids and
-/// the logits of their own, the cache, mask, `past_length` and `next_token` of the batch.
-#[allow(clippy::too_many_arguments)]
+/// the logits of their own, the cache, mask, `past_length` and `next_token` of the batch. The
+/// step copies its ids in before every run.
 fn new_slot(session: &Session, allocator: &Allocator, b: &mut ResidentBatch, layers: &[[String; 4]], logits: &str, batch: usize, new_len: usize) -> Result<Slot, RuntimeError> {
     let err = |message: String| RuntimeError::Run { model: session.model.clone(), message };
     let vocab = session.output(logits).and_then(|spec| spec.fixed(2)).ok_or_else(|| {
         session.interface_error(format!("output `{logits}` must have a fixed vocabulary size (axis 2) for its buffer to be allocated once"))
     })?;
     let ids_type = int_type(session.input("input_ids").expect("resolved from the session's inputs"));
-    let mut ids = DynTensor::new(allocator, ids_type, vec![batch as i64, new_len as i64]).map_err(|e| err(format!("allocating `input_ids` on the device: {}", e.message())))?;
+    let ids = DynTensor::new(allocator, ids_type, vec![batch as i64, new_len as i64]).map_err(|e| err(format!("allocating `input_ids` on the device: {}", e.message())))?;
     let mut out = DynTensor::new(allocator, TensorElementType::Float32, vec![batch as i64, new_len as i64, vocab as i64])
         .map_err(|e| err(format!("allocating `{logits}` on the device: {}", e.message())))?;
     let mut binding = session.new_binding()?;
@@ -651,8 +651,6 @@ fn new_slot(session: &Session, allocator: &Allocator, b: &mut ResidentBatch, lay
         binding.bind_output(names[2].as_str(), k).map_err(|e| bind_err("output", &names[2], e))?;
         binding.bind_output(names[3].as_str(), v).map_err(|e| bind_err("output", &names[3], e))?;
     }
-    // Not yet filled: the step copies its ids in before every run.
-    let _ = &mut ids;
     Ok(Slot { ids, logits: out, binding, graph: session.new_graph()? })
 }
 

@@ -190,6 +190,18 @@ struct Graphs {
     last_id: i32,
 }
 
+impl Graphs {
+    /// A new graph id, and the run options that select it.
+    fn next(&mut self, model: &Path) -> Result<(i32, RunOptions), RuntimeError> {
+        let graph_err = |message: String| RuntimeError::CudaGraph { model: model.to_path_buf(), message };
+        let id = self.last_id + 1;
+        let mut options = RunOptions::new().map_err(|e| graph_err(format!("creating run options: {}", e.message())))?;
+        options.set(GPU_GRAPH_ID, id.to_string()).map_err(|e| graph_err(format!("setting `{GPU_GRAPH_ID}`: {}", e.message())))?;
+        self.last_id = id;
+        Ok((id, options))
+    }
+}
+
 /// Sessions are numbered so that inputs prepared by one are refused by another.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -562,12 +574,7 @@ impl Session {
     /// without [`SessionOptions::cuda_graph`].
     pub(super) fn new_graph(&self) -> Result<Option<RunOptions>, RuntimeError> {
         let Some(graphs) = &self.graphs else { return Ok(None) };
-        let graph_err = |message: String| RuntimeError::CudaGraph { model: self.model.clone(), message };
-        let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
-        let id = graphs.last_id + 1;
-        let mut options = RunOptions::new().map_err(|e| graph_err(format!("creating run options: {}", e.message())))?;
-        options.set(GPU_GRAPH_ID, id.to_string()).map_err(|e| graph_err(format!("setting `{GPU_GRAPH_ID}`: {}", e.message())))?;
-        graphs.last_id = id;
+        let (_, options) = graphs.lock().unwrap_or_else(|p| p.into_inner()).next(&self.model)?;
         Ok(Some(options))
     }
 
@@ -849,10 +856,7 @@ impl Session {
             let out = DynTensor::new(&allocator, TensorElementType::Float32, vec![batch as i64, seq as i64, vocab as i64])
                 .map_err(|e| graph_err(format!("allocating output `{logits}` on the device: {}", e.message())))?;
             binding.bind_output(logits, out).map_err(|e| graph_err(format!("binding output `{logits}`: {}", e.message())))?;
-            let id = graphs.last_id + 1;
-            let mut run_options = RunOptions::new().map_err(|e| graph_err(format!("creating run options: {}", e.message())))?;
-            run_options.set(GPU_GRAPH_ID, id.to_string()).map_err(|e| graph_err(format!("setting `{GPU_GRAPH_ID}`: {}", e.message())))?;
-            graphs.last_id = id;
+            let (id, run_options) = graphs.next(&self.model)?;
             graphs.slots.insert(shape, GraphSlot { id, run_options, binding, inputs, generation: 0 });
         }
         let slot = graphs.slots.get_mut(&shape).expect("inserted above");
