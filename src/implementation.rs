@@ -61,7 +61,7 @@ pub const SETS: &[Set] = &[
     Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs"] },
     Set { name: "sweep", version: 1, files: &["src/stage/sweep.rs", "src/measure"] },
     Set { name: "stats", version: 1, files: &["src/stage/stats.rs", "src/stats.rs", "src/measure/mod.rs"] },
-    Set { name: "report", version: 2, files: &["src/stage/report.rs", "src/report"] },
+    Set { name: "report", version: 3, files: &["src/stage/report.rs", "src/report"] },
     Set { name: "templates", version: 2, files: &["templates/report.md.j2", "templates/report.html.j2"] },
     Set { name: "backend", version: 1, files: &["src/backend/mod.rs"] },
     Set { name: "onnxruntime", version: 2, files: &["src/runtime", "src/backend/probe.rs"] },

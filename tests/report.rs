@@ -466,6 +466,8 @@ fn a_study_renders_every_section_with_the_fixture_numbers_and_no_undefined_words
     assert!(md.contains("Accuracy gate: 1 of 3 backends pass against ort-cpu; failing: ort-int8 (int8 relative PPL change 0.0500 > 0.02)"));
     assert!(md.contains("No measurement at all from ort-cuda: every run degraded"));
     assert!(md.contains("TensorRT fp16 plan: not built here: `trtexec` not found"));
+    // A built plan is named by its node: a study builds one per precision for each exported graph.
+    assert!(md.contains("- TensorRT int8 plan (fixtures/trt_build/int8): built, 175 layers (120 INT8, 40 FP16, 10 FP32)."), "{md}");
     // Environment and reproducibility.
     for needle in ["| OS | linux 6.1 |", "| CPU | Test CPU @ 3.0GHz |", "| ONNX Runtime | 1.31.1 |", "| TensorRT | 10.3.0 |"] {
         assert!(md.contains(needle), "report.md lacks {needle:?}");

@@ -662,7 +662,8 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
         if v["status"] == "ok" {
             let layers = v.get("layers_by_precision").cloned().unwrap_or(Value::Null);
             out.push(format!(
-                "TensorRT {p} plan: built, {} layers ({} INT8, {} FP16, {} FP32){}.",
+                "TensorRT {p} plan ({}): built, {} layers ({} INT8, {} FP16, {} FP32){}.",
+                t.node(),
                 count_of(v, "n_layers").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
                 count_of(&layers, "int8").unwrap_or(0),
                 count_of(&layers, "fp16").unwrap_or(0),
