@@ -39,7 +39,18 @@ struct Args {
 }
 
 fn parse() -> anyhow::Result<Args> {
-    let mut a = Args { decoder: PathBuf::new(), prefill: None, provider: Provider::Cpu, prompt: 64, new: 32, batch: 1, reps: 5, warmup: 1, threads: None, cuda_graph: false };
+    let mut a = Args {
+        decoder: PathBuf::new(),
+        prefill: None,
+        provider: Provider::Cpu,
+        prompt: 64,
+        new: 32,
+        batch: 1,
+        reps: 5,
+        warmup: 1,
+        threads: None,
+        cuda_graph: false,
+    };
     let mut decoder = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -174,10 +185,8 @@ fn main() -> anyhow::Result<()> {
 /// Prefill of the prompt: a plain run (logits to the host), a run on the device, and with
 /// `--cuda-graph` a CUDA graph replay.
 fn prefill(a: &Args, rt: &runtime::Runtime, path: &std::path::Path, row: &[i64]) -> anyhow::Result<()> {
-    let mut configs: Vec<(&str, Session, bool)> = vec![
-        ("plain run", rt.session(path, &options(a, false, false))?, false),
-        ("on device", rt.session(path, &options(a, true, false))?, true),
-    ];
+    let mut configs: Vec<(&str, Session, bool)> =
+        vec![("plain run", rt.session(path, &options(a, false, false))?, false), ("on device", rt.session(path, &options(a, true, false))?, true)];
     if a.cuda_graph {
         configs.push(("cuda graph", rt.session(path, &options(a, true, true))?, true));
     }
@@ -188,7 +197,8 @@ fn prefill(a: &Args, rt: &runtime::Runtime, path: &std::path::Path, row: &[i64])
     for rep in 0..a.warmup + a.reps {
         for (i, (name, s, on_device)) in configs.iter_mut().enumerate() {
             // Inputs built (and for a run on the device, uploaded) before the clock.
-            let inputs = if *on_device { s.prefill_inputs_on_device(&ids, &mask, a.batch, a.prompt)? } else { s.prefill_inputs(&ids, &mask, a.batch, a.prompt)? };
+            let inputs =
+                if *on_device { s.prefill_inputs_on_device(&ids, &mask, a.batch, a.prompt)? } else { s.prefill_inputs(&ids, &mask, a.batch, a.prompt)? };
             let t0 = Instant::now();
             let logits = if *on_device {
                 let out = s.run_prepared_on_device(&inputs)?;

@@ -142,7 +142,8 @@ fn overhead(iterations: usize) {
 
     let configs = [None, Some(Duration::ZERO), Some(Duration::from_millis(10)), Some(Duration::from_millis(1))];
     let names = ["off", "ends only", "10 ms", "1 ms"];
-    let samplers: Vec<Option<Sampler>> = configs.iter().map(|c| c.map(|interval| Sampler::start(SamplerConfig { interval, gpu: Some(0), pid: None }))).collect();
+    let samplers: Vec<Option<Sampler>> =
+        configs.iter().map(|c| c.map(|interval| Sampler::start(SamplerConfig { interval, gpu: Some(0), pid: None }))).collect();
     let mut times = vec![Vec::with_capacity(iterations); configs.len()];
     let mut window_samples = vec![0usize; configs.len()];
     for i in 0..iterations {

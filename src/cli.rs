@@ -201,9 +201,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
     // The workspace is the current directory, and every path is used relative to it: short
     // paths are what keeps thousands of stat calls cheap, and commands run there too.
     let root = PathBuf::from(".");
-    let file = cli.file.clone().unwrap_or_else(|| {
-        if Path::new("tr118.toml").exists() { PathBuf::from("tr118.toml") } else { PathBuf::from("pipelines/tr118.toml") }
-    });
+    let file =
+        cli.file.clone().unwrap_or_else(|| if Path::new("tr118.toml").exists() { PathBuf::from("tr118.toml") } else { PathBuf::from("pipelines/tr118.toml") });
     let verbose = cli.verbose;
     match cli.command {
         Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, remote, params } => {
@@ -222,10 +221,13 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Graph { targets, format } => {
             let ws = Workspace::load(&root, &file, &ParamArgs { params: Vec::new() })?;
             let selected = ws.graph.select(&targets).map_err(Fail::Input)?;
-            print!("{}", match format {
-                GraphFormat::Dot => ws.graph.to_dot(&selected),
-                GraphFormat::Mermaid => ws.graph.to_mermaid(&selected),
-            });
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Dot => ws.graph.to_dot(&selected),
+                    GraphFormat::Mermaid => ws.graph.to_mermaid(&selected),
+                }
+            );
             Ok(0)
         }
         Command::Gc { dry_run, params } => Workspace::load(&root, &file, &params)?.gc(dry_run),
@@ -259,11 +261,7 @@ fn megabytes(b: u64) -> String {
 fn parse_params(args: &ParamArgs) -> Result<Vec<(String, String)>> {
     args.params
         .iter()
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                .ok_or_else(|| Fail::Input(format!("`-p {p}` must be KEY=VALUE")))
-        })
+        .map(|p| p.split_once('=').map(|(k, v)| (k.trim().to_string(), v.to_string())).ok_or_else(|| Fail::Input(format!("`-p {p}` must be KEY=VALUE"))))
         .collect()
 }
 
@@ -541,9 +539,10 @@ impl Workspace {
                     }
                 }
                 if verbose >= 1
-                    && let Some((_, sk)) = key {
-                        println!("{}", serde_json::to_string_pretty(sk).unwrap_or_default());
-                    }
+                    && let Some((_, sk)) = key
+                {
+                    println!("{}", serde_json::to_string_pretty(sk).unwrap_or_default());
+                }
             }
         }
         Ok(0)
@@ -581,12 +580,9 @@ impl Workspace {
 fn plan_record(graph: &Graph, plan: &Plan, i: usize) -> NodeRecord {
     let state = plan.state(i);
     let (cache, status, reason, detail) = match state {
-        State::Fresh { result, .. } => (
-            Cache::Hit,
-            if result.reason.is_some() { RecordStatus::Degraded } else { RecordStatus::Ok },
-            None,
-            result.reason.clone(),
-        ),
+        State::Fresh { result, .. } => {
+            (Cache::Hit, if result.reason.is_some() { RecordStatus::Degraded } else { RecordStatus::Ok }, None, result.reason.clone())
+        }
         State::Stale { reasons, .. } => (Cache::Miss, RecordStatus::Pending, Some(reasons_text(reasons)), None),
     };
     NodeRecord {
@@ -655,7 +651,8 @@ fn downstream_stale(graph: &Graph, plan: &Plan, i: usize) -> usize {
 /// Root causes and the size of the cascade, for `status` and `make --dry-run`.
 fn print_causes(graph: &Graph, plan: &Plan, out: &dyn Fn(&str)) {
     let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
-    let cascade = plan.selected.iter().filter(|&&i| matches!(plan.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade))).count();
+    let cascade =
+        plan.selected.iter().filter(|&&i| matches!(plan.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade))).count();
     print_roots(graph, &roots, cascade, out);
 }
 

@@ -97,9 +97,7 @@ fn read(name: &str) -> String {
             None => "<none>".to_string(),
         },
         "torch" => torch(),
-        "host" => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "<unknown>".to_string()),
+        "host" => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "<unknown>".to_string()),
         _ => "<unknown>".to_string(),
     }
 }
@@ -138,12 +136,7 @@ pub fn gpu_value(names: &[String], driver: Option<&str>) -> String {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
         .unwrap_or_else(|| "<unknown>".to_string())
 }
 

@@ -132,9 +132,7 @@ impl Graph {
         let mut wanted = BTreeSet::new();
         for t in targets {
             let t = t.trim_end_matches('/');
-            let hits: Vec<usize> = (0..nodes.len())
-                .filter(|&i| nodes[i].id == t || nodes[i].stage == t || nodes[i].id.starts_with(&format!("{t}/")))
-                .collect();
+            let hits: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].id == t || nodes[i].stage == t || nodes[i].id.starts_with(&format!("{t}/"))).collect();
             if hits.is_empty() {
                 let names: Vec<&str> = self.pipeline.stages.iter().map(String::as_str).chain(nodes.iter().map(|n| n.id.as_str())).collect();
                 let help = diag::suggest(t, names).map_or(String::new(), |h| format!("\n  help: {h}"));
@@ -210,17 +208,13 @@ fn stable_topo(upstream: &[Vec<usize>], downstream: &[Vec<usize>]) -> Vec<usize>
 
 fn cycle_error(pipeline: &Pipeline, g: &DiGraph<usize, ()>, upstream: &[Vec<usize>]) -> Diagnostic {
     let nodes = &pipeline.nodes;
-    let scc = tarjan_scc(g)
-        .into_iter()
-        .find(|c| c.len() > 1 || upstream[g[c[0]]].contains(&g[c[0]]))
-        .unwrap_or_default();
+    let scc = tarjan_scc(g).into_iter().find(|c| c.len() > 1 || upstream[g[c[0]]].contains(&g[c[0]])).unwrap_or_default();
     let members: BTreeSet<usize> = scc.iter().map(|&n| g[n]).collect();
     // Walk the cycle from its first member along upstream edges that stay inside it.
     let start = *members.iter().next().unwrap_or(&0);
     let mut path = vec![start];
     let mut cur = start;
-    loop {
-        let Some(&next) = upstream[cur].iter().find(|u| members.contains(u)) else { break };
+    while let Some(&next) = upstream[cur].iter().find(|u| members.contains(u)) {
         if next == start || path.contains(&next) {
             path.push(next);
             break;

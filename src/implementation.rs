@@ -113,9 +113,8 @@ pub fn files(root: &Path, set: &Set) -> Result<Vec<String>, String> {
 /// `implementation.lock` for the sources under `root`: one line per file of each set,
 /// `set version path blake3`, sets in the order of [`SETS`].
 pub fn lock(root: &Path) -> Result<String, String> {
-    let mut text = String::from(
-        "# Written by `TR118_BLESS=1 cargo test --release --test implementation`; see src/implementation.rs.\n# set version file blake3\n",
-    );
+    let mut text =
+        String::from("# Written by `TR118_BLESS=1 cargo test --release --test implementation`; see src/implementation.rs.\n# set version file blake3\n");
     for set in SETS {
         for file in files(root, set)? {
             let (d, _) = crate::digest::hash_file(&root.join(&file)).map_err(|e| format!("`{file}`: {e}"))?;
@@ -154,7 +153,11 @@ impl std::fmt::Display for Drift {
                 self.version,
                 if files.is_empty() { String::new() } else { format!(" (files changed: {files})") }
             ),
-            None => write!(f, "implementation `{}` is not in implementation.lock: record it with `TR118_BLESS=1 cargo test --release --test implementation`", self.set),
+            None => write!(
+                f,
+                "implementation `{}` is not in implementation.lock: record it with `TR118_BLESS=1 cargo test --release --test implementation`",
+                self.set
+            ),
         }
     }
 }

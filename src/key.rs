@@ -119,13 +119,7 @@ fn diff_maps<V: PartialEq + Clone>(
 }
 
 /// Field-level diff of JSON values: objects are walked, anything else compared whole.
-fn diff_value(
-    path: &str,
-    old: &Value,
-    new: &Value,
-    make: &mut dyn FnMut(String, Option<Value>, Option<Value>) -> StaleReason,
-    out: &mut Vec<StaleReason>,
-) {
+fn diff_value(path: &str, old: &Value, new: &Value, make: &mut dyn FnMut(String, Option<Value>, Option<Value>) -> StaleReason, out: &mut Vec<StaleReason>) {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
             let names: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
@@ -151,26 +145,70 @@ pub enum StaleReason {
     /// The key is the one last built, but its cache entry is gone.
     CacheEntryMissing,
     /// The manifest exists but one of its objects is missing or corrupt.
-    OutputMissing { path: String },
+    OutputMissing {
+        path: String,
+    },
     /// An output's object no longer matches its digest; it was discarded.
-    OutputCorrupt { path: String },
+    OutputCorrupt {
+        path: String,
+    },
     /// The cache entry for the key exists but cannot be trusted (edited, or not one tr118
     /// writes); the run replaces it.
-    EntryInvalid { why: String },
+    EntryInvalid {
+        why: String,
+    },
     /// An upstream node reruns, so this node's inputs are not known yet.
-    Upstream { node: String },
-    KindChanged { old: String, new: String },
+    Upstream {
+        node: String,
+    },
+    KindChanged {
+        old: String,
+        new: String,
+    },
     /// The version of an implementation set the node depends on moved (or the node now
     /// depends on another set).
-    ImplementationChanged { set: String, old: Option<u32>, new: Option<u32> },
-    StageVersionChanged { old: u32, new: u32 },
-    MatrixChanged { axis: String, old: Option<Value>, new: Option<Value> },
-    ParamChanged { name: String, old: Option<Value>, new: Option<Value> },
-    ConfigChanged { field: String, old: Option<Value>, new: Option<Value> },
-    InputChanged { path: String, old: Option<Digest>, new: Option<Digest> },
-    OutsChanged { old: Vec<String>, new: Vec<String> },
-    DeviceChanged { old: String, new: String },
-    FacetChanged { name: String, old: Option<String>, new: Option<String> },
+    ImplementationChanged {
+        set: String,
+        old: Option<u32>,
+        new: Option<u32>,
+    },
+    StageVersionChanged {
+        old: u32,
+        new: u32,
+    },
+    MatrixChanged {
+        axis: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    ParamChanged {
+        name: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    ConfigChanged {
+        field: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    InputChanged {
+        path: String,
+        old: Option<Digest>,
+        new: Option<Digest>,
+    },
+    OutsChanged {
+        old: Vec<String>,
+        new: Vec<String>,
+    },
+    DeviceChanged {
+        old: String,
+        new: String,
+    },
+    FacetChanged {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
 }
 
 impl StaleReason {
@@ -250,12 +288,9 @@ impl fmt::Display for StaleReason {
             InputChanged { path, old, new } => write!(f, "input `{path}` changed ({} → {})", show_digest(old), show_digest(new)),
             OutsChanged { old, new } => write!(f, "declared outs changed [{}] → [{}]", old.join(", "), new.join(", ")),
             DeviceChanged { old, new } => write!(f, "device changed {old} → {new}"),
-            FacetChanged { name, old, new } => write!(
-                f,
-                "environment facet `{name}` changed {} → {}",
-                old.as_deref().unwrap_or("(absent)"),
-                new.as_deref().unwrap_or("(absent)")
-            ),
+            FacetChanged { name, old, new } => {
+                write!(f, "environment facet `{name}` changed {} → {}", old.as_deref().unwrap_or("(absent)"), new.as_deref().unwrap_or("(absent)"))
+            }
         }
     }
 }

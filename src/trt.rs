@@ -130,11 +130,11 @@ pub fn locate_with(trtexec: Option<&OsStr>, path: Option<&OsStr>) -> Result<Path
         return if p.is_absolute() && is_executable_file(&p) { Ok(p) } else { Err(NotFound::BadEnv { value: program }) };
     }
     let searched: Vec<PathBuf> = path.map(|p| std::env::split_paths(p).filter(|d| !d.as_os_str().is_empty()).collect()).unwrap_or_default();
-    searched
-        .iter()
-        .map(|d| d.join(&program))
-        .find(|c| is_executable_file(c))
-        .ok_or(NotFound::NotOnPath { program, from_env: FromEnv(from_env.is_some()), searched })
+    searched.iter().map(|d| d.join(&program)).find(|c| is_executable_file(c)).ok_or(NotFound::NotOnPath {
+        program,
+        from_env: FromEnv(from_env.is_some()),
+        searched,
+    })
 }
 
 /// Problems with profiles against a model, or with what `trtexec` wrote.
@@ -172,7 +172,10 @@ pub enum PlanPrecision {
     Fp16,
     /// Post-training quantisation with a TensorRT calibration cache; `also_fp16` lets layers
     /// without an INT8 kernel fall back to FP16.
-    Int8 { calibration: PathBuf, also_fp16: bool },
+    Int8 {
+        calibration: PathBuf,
+        also_fp16: bool,
+    },
 }
 
 impl PlanPrecision {
@@ -469,9 +472,7 @@ pub fn parse_layer_info(text: &str) -> Result<LayerInfo, TrtError> {
     for (i, l) in layers.iter().enumerate() {
         let at = format!("layer {i}");
         let Some(l) = l.as_object() else {
-            return Err(bad(format!(
-                "{at} is not an object: the plan was built without `--profilingVerbosity=detailed`, so only layer names are known"
-            )));
+            return Err(bad(format!("{at} is not an object: the plan was built without `--profilingVerbosity=detailed`, so only layer names are known")));
         };
         out.push(Layer {
             name: l.get("Name").and_then(Value::as_str).unwrap_or_default().to_string(),
@@ -480,11 +481,7 @@ pub fn parse_layer_info(text: &str) -> Result<LayerInfo, TrtError> {
             outputs: tensors(l, "Outputs", &at)?,
         });
     }
-    let bindings = v
-        .get("Bindings")
-        .and_then(Value::as_array)
-        .map(|b| b.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_default();
+    let bindings = v.get("Bindings").and_then(Value::as_array).map(|b| b.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default();
     Ok(LayerInfo { layers: out, bindings })
 }
 
@@ -592,7 +589,12 @@ mod tests {
 
     #[test]
     fn every_dynamic_input_gets_its_sizes_and_fixed_dims_stay_fixed() {
-        let inputs = [sig("input_ids", &["batch", "sequence"]), sig("attention_mask", &["batch", "sequence"]), sig("scale", &["4"]), sig("kv", &["batch", "2", "past", "8"])];
+        let inputs = [
+            sig("input_ids", &["batch", "sequence"]),
+            sig("attention_mask", &["batch", "sequence"]),
+            sig("scale", &["4"]),
+            sig("kv", &["batch", "2", "past", "8"]),
+        ];
         let p = profile(&[("batch", [1, 1, 4]), ("sequence", [1, 27, 512]), ("past", [0, 64, 448])]);
         let shapes = profile_shapes(&inputs, &[p]).unwrap();
         assert_eq!(
@@ -609,7 +611,10 @@ mod tests {
     fn a_profile_naming_no_dimension_is_an_error_with_a_suggestion() {
         let inputs = [sig("input_ids", &["batch", "sequence"])];
         let e = profile_shapes(&inputs, &[profile(&[("batch", [1, 1, 4]), ("sequenc", [1, 2, 3])])]).unwrap_err();
-        assert_eq!(e.to_string(), "profile 0 names dimension `sequenc`, which no input of the model has; its dynamic dimensions are `batch`, `sequence`; did you mean `sequence`?");
+        assert_eq!(
+            e.to_string(),
+            "profile 0 names dimension `sequenc`, which no input of the model has; its dynamic dimensions are `batch`, `sequence`; did you mean `sequence`?"
+        );
         let e = profile_shapes(&inputs, &[profile(&[("batch", [1, 1, 4])])]).unwrap_err();
         assert_eq!(e, TrtError::MissingDimension { profile: 0, dim: "sequence".into(), input: "input_ids".into() });
         let e = profile_shapes(&inputs, &[]).unwrap_err();
@@ -625,7 +630,10 @@ mod tests {
 
     #[test]
     fn shape_specs_parse_back() {
-        assert_eq!(parse_shape_spec("input_ids:1x1,attention_mask:4x512").unwrap(), vec![("input_ids".into(), vec![1, 1]), ("attention_mask".into(), vec![4, 512])]);
+        assert_eq!(
+            parse_shape_spec("input_ids:1x1,attention_mask:4x512").unwrap(),
+            vec![("input_ids".into(), vec![1, 1]), ("attention_mask".into(), vec![4, 512])]
+        );
         assert!(parse_shape_spec("input_ids=1x1").unwrap_err().contains("not `name:dims`"));
         assert!(parse_shape_spec("input_ids:1xa").unwrap_err().contains("not sizes"));
         assert!(parse_shape_spec(":1").is_err());
@@ -673,7 +681,8 @@ mod tests {
     fn a_layer_is_as_narrow_as_its_narrowest_input() {
         let t = |f: &str| TensorInfo { name: "t".into(), format: Some(f.into()) };
         let layer = |i: Vec<TensorInfo>, o: Vec<TensorInfo>| Layer { name: "l".into(), layer_type: "x".into(), inputs: i, outputs: o };
-        let (fp32, fp16, int8, int64) = (t("Row major linear FP32"), t("Row major linear FP16 format"), t("Row major linear INT8 format"), t("Row major linear Int64"));
+        let (fp32, fp16, int8, int64) =
+            (t("Row major linear FP32"), t("Row major linear FP16 format"), t("Row major linear INT8 format"), t("Row major linear Int64"));
         // A quantising reformat computes on FP32; its consumer on INT8.
         assert_eq!(layer(vec![fp32.clone()], vec![int8.clone()]).precision(), DataType::Fp32);
         assert_eq!(layer(vec![int8.clone()], vec![fp32.clone()]).precision(), DataType::Int8);

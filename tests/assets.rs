@@ -99,7 +99,8 @@ fn smollm2_exported_from_gguf_continues_a_prompt_and_its_decoder_agrees_with_pre
     let mask = vec![1i64; prompt.len()];
     let full = prefill.run_prefill(&prompt, &mask, 1, prompt.len()).expect("prefill");
 
-    let mut decoder = Decoder::new(rt.session(&ws.join("out/export/decoder/model.onnx"), &SessionOptions::default()).expect("decoder session")).expect("decoder");
+    let mut decoder =
+        Decoder::new(rt.session(&ws.join("out/export/decoder/model.onnx"), &SessionOptions::default()).expect("decoder session")).expect("decoder");
     let mut cache = decoder.empty_cache(1).expect("cache");
     let mut worst = 0f32;
     for (t, &id) in prompt.iter().enumerate() {

@@ -128,6 +128,13 @@ fn editing_a_tensorrt_calibration_table_reruns_exactly_the_nodes_of_the_backends
 #[test]
 fn a_calibration_table_outside_the_workspace_is_refused_where_it_is_written() {
     let ws = support::workspace::Workspace::new("tr118-backend-table-abs-");
-    ws.write("tr118.toml", CALIBRATED.replacen("trt_int8_calibration_table = \"calibration.cache\"\n\n[stages", "trt_int8_calibration_table = \"/etc/calibration.cache\"\n\n[stages", 1));
+    ws.write(
+        "tr118.toml",
+        CALIBRATED.replacen(
+            "trt_int8_calibration_table = \"calibration.cache\"\n\n[stages",
+            "trt_int8_calibration_table = \"/etc/calibration.cache\"\n\n[stages",
+            1,
+        ),
+    );
     ws.tr(&["make"]).diag(15, "backend `trt-int8`: `trt_int8_calibration_table` `/etc/calibration.cache` is an absolute path");
 }

@@ -211,11 +211,7 @@ impl Run {
 
 impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "--- code {:?} signal {:?}\n--- stdout\n{}--- stderr\n{}---",
-            self.code, self.signal, self.stdout, self.stderr
-        )
+        write!(f, "--- code {:?} signal {:?}\n--- stdout\n{}--- stderr\n{}---", self.code, self.signal, self.stdout, self.stderr)
     }
 }
 
@@ -371,12 +367,7 @@ impl Spawned {
     }
 
     fn kill_group(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg("--")
-            .arg(format!("-{}", self.pgid))
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg("--").arg(format!("-{}", self.pgid)).stderr(Stdio::null()).status();
     }
 
     /// Waits for tr118 to exit (its output must be piped), then ends what is left of its group.
@@ -445,8 +436,7 @@ deps = { records = "out/sweep/*/*/records.jsonl" }
 outs = { table = "stats.csv" }
 "##;
 
-const MATRIX_NODES: &[&str] =
-    &["fetch", "build/cpu", "build/cuda", "sweep/cpu/short", "sweep/cpu/long", "sweep/cuda/short", "sweep/cuda/long", "stats"];
+const MATRIX_NODES: &[&str] = &["fetch", "build/cpu", "build/cuda", "sweep/cpu/short", "sweep/cpu/long", "sweep/cuda/short", "sweep/cuda/long", "stats"];
 
 /// a → b, each recording its runs in `runs.log`.
 const CHAIN: &str = r##"
@@ -518,11 +508,7 @@ fn param_change_reruns_only_its_branch() {
         .stdout_has("param `threads` changed 1 → 2")
         .stdout_has("3 downstream nodes rerun because of it");
     p.tr(&["why", "build/cpu"]).success().stdout_has("`build/cpu` is fresh");
-    p.tr(&["why", "stats"])
-        .success()
-        .stdout_has("`stats` is stale by cascade")
-        .stdout_has("root causes upstream:")
-        .stdout_has("  `build/cuda`: ");
+    p.tr(&["why", "stats"]).success().stdout_has("`stats` is stale by cascade").stdout_has("root causes upstream:").stdout_has("  `build/cuda`: ");
 
     let status = p.tr(&["status"]);
     status.success();
@@ -557,10 +543,7 @@ fn global_param_override_with_p_flag_reruns_users_of_that_param() {
     // Same value as the file, given on the command line: same keys.
     p.make_ok(&["-p", "reps=3"]).assert_ran(&[]);
 
-    p.tr(&["status", "-p", "reps=5"])
-        .success()
-        .stdout_has("stale  sweep/cpu/short: param `reps` changed 3 → 5")
-        .stdout_has("fresh  build/cpu");
+    p.tr(&["status", "-p", "reps=5"]).success().stdout_has("stale  sweep/cpu/short: param `reps` changed 3 → 5").stdout_has("fresh  build/cpu");
     let m = p.make_ok(&["-p", "reps=5"]);
     let mut want: Vec<&str> = sweeps.to_vec();
     want.push("stats");
@@ -585,10 +568,7 @@ fn global_param_override_with_p_flag_reruns_users_of_that_param() {
 #[test]
 fn unknown_p_param_is_bad_input_with_a_suggestion() {
     let p = project().pipeline(MATRIX).build();
-    p.tr(&["make", "-p", "rep=5"])
-        .code(2)
-        .stderr_has("`-p rep=…` names no param in `[params]`")
-        .stderr_has("did you mean `reps`?");
+    p.tr(&["make", "-p", "rep=5"]).code(2).stderr_has("`-p rep=…` names no param in `[params]`").stderr_has("did you mean `reps`?");
     assert!(!p.exists("out"), "nothing ran");
     p.tr(&["status", "-p", "rep=5"]).code(2).stderr_has("did you mean `reps`?");
     p.tr(&["make", "-p", "reps"]).code(2).stderr_has("`-p reps` must be KEY=VALUE");
@@ -625,12 +605,7 @@ fn touching_a_dep_without_changing_content_reruns_nothing() {
     std::thread::sleep(Duration::from_millis(150));
     // New mtime and ctime, same bytes.
     p.write("src/input.txt", "hello\n");
-    fs::File::options()
-        .write(true)
-        .open(p.path("src/other.txt"))
-        .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_secs(3600))
-        .unwrap();
+    fs::File::options().write(true).open(p.path("src/other.txt")).unwrap().set_modified(SystemTime::now() + Duration::from_secs(3600)).unwrap();
     let m = p.make_ok(&[]);
     m.assert_ran(&[]);
     assert!(m.records.iter().all(|r| !r.restored), "nothing restored");
@@ -720,10 +695,7 @@ fn pipeline_edits_outside_a_stage_rerun_nothing_and_a_new_stage_runs_alone() {
     p.write("tr118.toml", &format!("# a comment\n\n{}\n\n", text.replace("[stages.b]", "# about b\n[stages.b]")));
     p.make_ok(&[]).assert_ran(&[]);
     let text = p.read("tr118.toml");
-    p.write(
-        "tr118.toml",
-        &format!("{text}\n[stages.c]\ncmd = [\"sh\", \"-c\", \"echo c > $0\", \"{{outs.z}}\"]\nouts = {{ z = \"z.txt\" }}\n"),
-    );
+    p.write("tr118.toml", &format!("{text}\n[stages.c]\ncmd = [\"sh\", \"-c\", \"echo c > $0\", \"{{outs.z}}\"]\nouts = {{ z = \"z.txt\" }}\n"));
     p.make_ok(&[]).assert_ran(&["c"]);
 }
 
@@ -971,7 +943,10 @@ fn dry_run_runs_nothing() {
         assert_eq!((r.cache.as_str(), r.status.as_str()), ("miss", "pending"), "{r:?}");
     }
     assert_eq!(m.record("fetch").reason.as_deref(), Some("never built"));
-    assert_eq!(m.record("stats").reason.as_deref(), Some("upstream `sweep/cpu/short` reruns; upstream `sweep/cpu/long` reruns; upstream `sweep/cuda/short` reruns; upstream `sweep/cuda/long` reruns"));
+    assert_eq!(
+        m.record("stats").reason.as_deref(),
+        Some("upstream `sweep/cpu/short` reruns; upstream `sweep/cpu/long` reruns; upstream `sweep/cuda/short` reruns; upstream `sweep/cuda/long` reruns")
+    );
     assert!(!p.exists("out"), "no outputs");
     assert!(p.list("cache/actions").is_empty() && p.list("cache/refs").is_empty());
     p.tr(&["make", "-n"]).success().stderr_has("8 of 8 nodes would run").stderr_has("would run fetch: never built");
@@ -1153,9 +1128,7 @@ outs = { x = "x.txt" }
         c.stdout(Stdio::piped()).stderr(fs::File::create(&err_path).unwrap());
         Spawned::start(c)
     };
-    wait_until(10.0, "the second make to say it waits", || {
-        fs::read_to_string(&err_path).unwrap_or_default().contains("waiting for the cache lock")
-    });
+    wait_until(10.0, "the second make to say it waits", || fs::read_to_string(&err_path).unwrap_or_default().contains("waiting for the cache lock"));
     let waiting = fs::read_to_string(&err_path).unwrap();
     assert!(waiting.contains("`cache/lock`") && waiting.contains(&format!("held by process {holder}")), "{waiting}");
 
@@ -1264,9 +1237,7 @@ cmd = ["sh", "-c", "cat $0 > $1", "{deps.modle}", "{outs.x}"]
 deps = { model = "model.txt" }
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"])
-        .diag(2, 35, "placeholder `{deps.modle}` names no declared dep (declared: model)")
-        .stderr_has("did you mean `{deps.model}`?");
+    p.tr(&["make"]).diag(2, 35, "placeholder `{deps.modle}` names no declared dep (declared: model)").stderr_has("did you mean `{deps.model}`?");
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "echo > $0", "{outs.y}"]
 outs = { x = "x.txt" }
@@ -1492,11 +1463,8 @@ fn graph_prints_dot_and_mermaid() {
         name.insert(n.to_string(), rest.trim_end_matches("\"]").to_string());
     }
     assert_eq!(name.values().cloned().collect::<BTreeSet<_>>(), MATRIX_NODES.iter().map(|s| s.to_string()).collect());
-    let medges: BTreeSet<String> = out
-        .lines()
-        .filter_map(|l| l.trim().split_once(" --> "))
-        .map(|(a, b)| format!(r#""{}" -> "{}";"#, name[a], name[b]))
-        .collect();
+    let medges: BTreeSet<String> =
+        out.lines().filter_map(|l| l.trim().split_once(" --> ")).map(|(a, b)| format!(r#""{}" -> "{}";"#, name[a], name[b])).collect();
     assert_eq!(medges, want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
 
     p.tr(&["graph", "--format", "svg"]).code(2);
@@ -1508,8 +1476,7 @@ fn graph_with_a_target_prints_only_that_part() {
     let p = project().pipeline(MATRIX).build();
     let g = p.tr(&["graph", "build/cuda"]);
     g.success();
-    let nodes: BTreeSet<&str> =
-        g.stdout.lines().filter(|l| l.contains(" [label=")).map(|l| l.trim().split('"').nth(1).unwrap()).collect();
+    let nodes: BTreeSet<&str> = g.stdout.lines().filter(|l| l.contains(" [label=")).map(|l| l.trim().split('"').nth(1).unwrap()).collect();
     assert_eq!(nodes, BTreeSet::from(["fetch", "build/cuda"]), "{g}");
 }
 

@@ -184,15 +184,12 @@ fn reference_of(cfg: &ModelConfig, w: &Weights, tokens: &[u32], what: &str) -> V
 
 /// Weights as a `fp16` export stores them: rounded through float16.
 fn rounded_to_f16(w: &Weights) -> Weights {
-    w.iter()
-        .map(|(k, (s, v))| (k.clone(), (s.clone(), v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect())))
-        .collect()
+    w.iter().map(|(k, (s, v))| (k.clone(), (s.clone(), v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()))).collect()
 }
 
 // ---------------------------------------------------------------------------------------
 // ONNX Runtime
 // ---------------------------------------------------------------------------------------
-
 
 fn session(model: &Path) -> Session {
     assert!(model.is_file(), "`{}` was not exported", model.display());
@@ -487,12 +484,7 @@ fn export_and_check(case: &Case, checkpoint: &str, write: impl FnOnce(&Workspace
     ws.pipeline(&export_pipeline(checkpoint, "tokenizer = false"));
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["export"], "{}", m.run);
-    assert_eq!(
-        ws.files("out/export"),
-        ["decoder/model.onnx", "export.json", "prefill/model.onnx"],
-        "{}: exactly the declared outputs",
-        case.name
-    );
+    assert_eq!(ws.files("out/export"), ["decoder/model.onnx", "export.json", "prefill/model.onnx"], "{}: exactly the declared outputs", case.name);
     check_manifest(&ws, "export", case, "fp32", false);
     check_interface(&ws, "export", case);
     for variant in ["prefill", "decoder"] {
@@ -710,10 +702,7 @@ fn external_data_goes_beside_the_model() {
     ws.pipeline(&three_exports());
     ws.make_ok();
 
-    assert_eq!(
-        ws.files("out/external"),
-        ["decoder/model.onnx", "decoder/model.onnx.data", "export.json", "prefill/model.onnx", "prefill/model.onnx.data"]
-    );
+    assert_eq!(ws.files("out/external"), ["decoder/model.onnx", "decoder/model.onnx.data", "export.json", "prefill/model.onnx", "prefill/model.onnx.data"]);
     check_manifest(&ws, "external", &case, "fp32", true);
 }
 
@@ -777,7 +766,15 @@ fn past_names(cfg: &ModelConfig) -> Vec<String> {
 /// `[batch, mask.len() / batch]`, `past_length` where the model takes it, and the cache in
 /// [`past_names`] order, `[batch, kv_heads, positions, head_dim]`. Returns the logits and
 /// the `present.*` tensors in the same order, for the next call's past.
-fn run_cached(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mask: &[i64], past_length: Option<i64>, past: &[Vec<f32>]) -> (ArrayD<f32>, Vec<Vec<f32>>) {
+fn run_cached(
+    s: &mut Session,
+    cfg: &ModelConfig,
+    ids: &[i64],
+    batch: usize,
+    mask: &[i64],
+    past_length: Option<i64>,
+    past: &[Vec<f32>],
+) -> (ArrayD<f32>, Vec<Vec<f32>>) {
     let (logits, _, presents) = run_cached_as(s, cfg, ids, batch, mask, past_length, past, false);
     (logits, presents)
 }
@@ -785,7 +782,16 @@ fn run_cached(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mas
 /// [`run_cached`], the cache fed as float16 when `f16` (values exactly representable there),
 /// also returning `next_token` where the model has it.
 #[allow(clippy::too_many_arguments)]
-fn run_cached_as(s: &mut Session, cfg: &ModelConfig, ids: &[i64], batch: usize, mask: &[i64], past_length: Option<i64>, past: &[Vec<f32>], f16: bool) -> (ArrayD<f32>, Option<ArrayD<f32>>, Vec<Vec<f32>>) {
+fn run_cached_as(
+    s: &mut Session,
+    cfg: &ModelConfig,
+    ids: &[i64],
+    batch: usize,
+    mask: &[i64],
+    past_length: Option<i64>,
+    past: &[Vec<f32>],
+    f16: bool,
+) -> (ArrayD<f32>, Option<ArrayD<f32>>, Vec<Vec<f32>>) {
     let (kv, hd) = (cfg.n_kv_head, cfg.head_dim());
     let names = past_names(cfg);
     let ids_shape = [batch, ids.len() / batch];
@@ -870,7 +876,8 @@ fn check_fixed(case: &Case) -> (f64, f64) {
     assert_eq!(entry["max_length"], MAX_LENGTH, "{what}");
     let mut inputs = vec!["input_ids".to_string(), "attention_mask".to_string(), "past_length".to_string()];
     inputs.extend(past_names(cfg));
-    let outputs: Vec<String> = ["logits".to_string(), "next_token".to_string()].into_iter().chain(past_names(cfg).iter().map(|n| n.replace("past_key_values", "present"))).collect();
+    let outputs: Vec<String> =
+        ["logits".to_string(), "next_token".to_string()].into_iter().chain(past_names(cfg).iter().map(|n| n.replace("past_key_values", "present"))).collect();
     assert_eq!(strings(&entry["inputs"]), inputs, "{what}: inputs");
     assert_eq!(strings(&entry["outputs"]), outputs, "{what}: outputs");
     assert_eq!(strings(&entry["dynamic_axes"]), ["batch", "sequence"], "{what}: dynamic_axes");
@@ -879,7 +886,13 @@ fn check_fixed(case: &Case) -> (f64, f64) {
 
     let sig = tr118::onnx::signature::read(&model).unwrap_or_else(|e| panic!("{e}"));
     let dims = |list: &[tr118::onnx::signature::TensorSig], name: &str| {
-        list.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{what}: no `{name}` in the signature")).dims.iter().map(ToString::to_string).collect::<Vec<_>>()
+        list.iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{what}: no `{name}` in the signature"))
+            .dims
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
     };
     let cache_dims = ["batch".to_string(), kv.to_string(), m.to_string(), hd.to_string()];
     assert_eq!(dims(&sig.inputs, "input_ids"), ["batch", "sequence"], "{what}");
@@ -1051,7 +1064,10 @@ fn check_fixed_fp16(case: &Case) -> (f64, f64) {
     let (kv, hd, m) = (cfg.n_kv_head, cfg.head_dim(), MAX_LENGTH);
     let ws = workspace();
     case.write_gguf(&ws.path("model.gguf"), &[]);
-    ws.pipeline(&export_pipeline("model.gguf", &format!("tokenizer = false\nprecision = \"fp16\"\nvariants = [\"decoder\", \"decoder_fixed\"]\nmax_length = {MAX_LENGTH}")));
+    ws.pipeline(&export_pipeline(
+        "model.gguf",
+        &format!("tokenizer = false\nprecision = \"fp16\"\nvariants = [\"decoder\", \"decoder_fixed\"]\nmax_length = {MAX_LENGTH}"),
+    ));
     ws.make_ok();
     let what = format!("{}: fp16 `decoder_fixed`", case.name);
     let entry = ws.json("out/export/export.json")["variants"][1].clone();
@@ -1241,12 +1257,7 @@ fn truncated_gguf_fails_naming_the_file_and_tensor() {
     let cut = bytes.len() / 2;
     assert!((header.data_offset as usize) < cut, "the cut falls in the tensor data");
     // The first tensor, in file order, whose data runs past the cut.
-    let first_lost = header
-        .tensors
-        .iter()
-        .find(|t| header.data_offset + t.offset + 4 * t.n_elements() > cut as u64)
-        .map(|t| t.name.clone())
-        .unwrap();
+    let first_lost = header.tensors.iter().find(|t| header.data_offset + t.offset + 4 * t.n_elements() > cut as u64).map(|t| t.name.clone()).unwrap();
     fs::write(&path, &bytes[..cut]).unwrap();
     ws.pipeline(&export_pipeline("model.gguf", "tokenizer = false"));
     export_fails(&ws).stderr_has("model.gguf").stderr_has(&format!("tensor `{first_lost}`")).stderr_has("truncated");

@@ -102,12 +102,7 @@ impl Case {
                 *v = decode(DType::Q4_1, &encode(DType::Q4_1, v).unwrap(), v.len()).unwrap();
             }
         }
-        Case {
-            name: "llama q4_1 gguf",
-            cfg,
-            weights,
-            checkpoint: "model.gguf",
-        }
+        Case { name: "llama q4_1 gguf", cfg, weights, checkpoint: "model.gguf" }
     }
 
     /// GPT-2 as a Hugging Face directory in the original upload's layout (bare names, mask
@@ -115,24 +110,11 @@ impl Case {
     fn gpt2_hf(seed: u64) -> Case {
         let cfg = gpt2_config();
         let weights = random_weights_scaled(&cfg, seed, WEIGHT_STD);
-        Case {
-            name: "gpt2 hf",
-            cfg,
-            weights,
-            checkpoint: "source",
-        }
+        Case { name: "gpt2 hf", cfg, weights, checkpoint: "source" }
     }
 
     fn tensors(&self) -> Vec<Tensor> {
-        self.cfg
-            .expected_tensors()
-            .into_iter()
-            .map(|(name, shape)| Tensor {
-                data: self.weights[&name].1.clone(),
-                name,
-                shape,
-            })
-            .collect()
+        self.cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: self.weights[&name].1.clone(), name, shape }).collect()
     }
 
     fn write(&self, ws: &Workspace) {
@@ -143,11 +125,7 @@ impl Case {
                 &self.cfg,
                 &self.tensors(),
                 |t| {
-                    if t.shape.len() == 2 {
-                        DType::Q4_1
-                    } else {
-                        DType::F32
-                    }
+                    if t.shape.len() == 2 { DType::Q4_1 } else { DType::F32 }
                 },
                 &[],
             ),
@@ -157,11 +135,7 @@ impl Case {
     }
 
     fn param_count(&self) -> u64 {
-        self.cfg
-            .expected_tensors()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>() as u64)
-            .sum()
+        self.cfg.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()
     }
 
     /// Reference logits `[seq][vocab]`, checked to be spread out and to move with position.
@@ -178,26 +152,11 @@ fn spread_out(logits: &[Vec<f32>], what: &str) {
     for (t, row) in logits.iter().enumerate() {
         let n = row.len() as f64;
         let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let std = (row
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / n)
-            .sqrt();
-        assert!(
-            std > 0.5 && std < 50.0,
-            "{what}: reference logits at position {t} have std {std}"
-        );
+        let std = (row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(std > 0.5 && std < 50.0, "{what}: reference logits at position {t} have std {std}");
     }
-    let moved = logits[0]
-        .iter()
-        .zip(&logits[logits.len() - 1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        moved > 0.1,
-        "{what}: first and last positions give the same logits"
-    );
+    let moved = logits[0].iter().zip(&logits[logits.len() - 1]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 0.1, "{what}: first and last positions give the same logits");
 }
 
 fn workspace() -> Workspace {
@@ -206,9 +165,7 @@ fn workspace() -> Workspace {
 
 /// An export of `checkpoint` with `fields`, named `stage`.
 fn export_stage(stage: &str, checkpoint: &str, fields: &str) -> String {
-    format!(
-        "[stages.{stage}]\nkind = \"export\"\ndeps = {{ checkpoint = \"{checkpoint}\" }}\n{fields}\n"
-    )
+    format!("[stages.{stage}]\nkind = \"export\"\ndeps = {{ checkpoint = \"{checkpoint}\" }}\n{fields}\n")
 }
 
 /// `case` exported with `variants = ["prefill", "hf"]` as `export`, and `out/export/hf`
@@ -218,16 +175,8 @@ fn export_twice(case: &Case) -> Workspace {
     case.write(&ws);
     ws.pipeline(&format!(
         "{}\n{}",
-        export_stage(
-            "export",
-            case.checkpoint,
-            "variants = [\"prefill\", \"hf\"]\ntokenizer = false"
-        ),
-        export_stage(
-            "again",
-            "out/export/hf",
-            "variants = [\"prefill\"]\ntokenizer = false"
-        ),
+        export_stage("export", case.checkpoint, "variants = [\"prefill\", \"hf\"]\ntokenizer = false"),
+        export_stage("again", "out/export/hf", "variants = [\"prefill\"]\ntokenizer = false"),
     ));
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["again", "export"], "{}", m.run);
@@ -237,25 +186,16 @@ fn export_twice(case: &Case) -> Workspace {
 fn session(model: &Path) -> Session {
     assert!(model.is_file(), "`{}` was not exported", model.display());
     // One thread: test binaries already run in parallel on small machines.
-    let opts = SessionOptions {
-        intra_threads: Some(1),
-        ..SessionOptions::default()
-    };
-    support::ort()
-        .session(model, &opts)
-        .unwrap_or_else(|e| panic!("{e}"))
+    let opts = SessionOptions { intra_threads: Some(1), ..SessionOptions::default() };
+    support::ort().session(model, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Prefill logits `[seq][vocab]` of one sequence.
 fn prefill(s: &mut Session, tokens: &[u32]) -> Vec<Vec<f32>> {
     let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-    let logits: ArrayD<f32> = s
-        .run_prefill(&ids, &vec![1; ids.len()], 1, ids.len())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let logits: ArrayD<f32> = s.run_prefill(&ids, &vec![1; ids.len()], 1, ids.len()).unwrap_or_else(|e| panic!("{e}"));
     let vocab = logits.shape()[2];
-    (0..tokens.len())
-        .map(|t| (0..vocab).map(|v| logits[[0, t, v]]).collect())
-        .collect()
+    (0..tokens.len()).map(|t| (0..vocab).map(|v| logits[[0, t, v]]).collect()).collect()
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
@@ -273,10 +213,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 
 #[track_caller]
 fn assert_within(diff: f64, tol: f64, what: &str) {
-    assert!(
-        diff <= tol,
-        "{what}: max abs diff {diff:.3e} exceeds {tol:.0e}"
-    );
+    assert!(diff <= tol, "{what}: max abs diff {diff:.3e} exceeds {tol:.0e}");
     eprintln!("{what}: max abs diff {diff:.2e}");
 }
 
@@ -291,63 +228,28 @@ fn blake3_of(paths: &[PathBuf]) -> String {
 /// The safetensors header of `path`: tensor name → (dtype, shape).
 fn safetensors_entries(path: &Path) -> Vec<(String, String, Vec<usize>)> {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let (tensors, _) = tr118::model::safetensors::parse(&bytes)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    tensors
-        .into_values()
-        .map(|t| (t.name, t.dtype, t.shape))
-        .collect()
+    let (tensors, _) = tr118::model::safetensors::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    tensors.into_values().map(|t| (t.name, t.dtype, t.shape)).collect()
 }
 
 /// The `hf` entry of `out/export/export.json`, checked against the files of `out/export/hf/`.
 fn check_manifest_entry(ws: &Workspace, case: &Case, files: &[&str], precision: &str) -> Value {
     let m = ws.json("out/export/export.json");
-    let entry = m["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["variant"] == "hf")
-        .cloned();
-    let entry =
-        entry.unwrap_or_else(|| panic!("{}: no `hf` entry in export.json: {m:#}", case.name));
+    let entry = m["variants"].as_array().unwrap().iter().find(|v| v["variant"] == "hf").cloned();
+    let entry = entry.unwrap_or_else(|| panic!("{}: no `hf` entry in export.json: {m:#}", case.name));
     let dir = ws.path("out/export/hf");
-    let listed: Vec<(String, u64)> = entry["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, u64)> = files
-        .iter()
-        .map(|f| (f.to_string(), fs::metadata(dir.join(f)).unwrap().len()))
-        .collect();
+    let listed: Vec<(String, u64)> =
+        entry["files"].as_array().unwrap().iter().map(|f| (f["name"].as_str().unwrap().to_string(), f["bytes"].as_u64().unwrap())).collect();
+    let want: Vec<(String, u64)> = files.iter().map(|f| (f.to_string(), fs::metadata(dir.join(f)).unwrap().len())).collect();
     assert_eq!(listed, want, "{}: `files` of the hf entry", case.name);
-    assert_eq!(
-        entry["file_bytes"].as_u64(),
-        Some(want.iter().map(|(_, b)| b).sum()),
-        "{}: file_bytes",
-        case.name
-    );
+    assert_eq!(entry["file_bytes"].as_u64(), Some(want.iter().map(|(_, b)| b).sum()), "{}: file_bytes", case.name);
     let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-    assert_eq!(
-        entry["digest"].as_str(),
-        Some(blake3_of(&paths).as_str()),
-        "{}: digest is blake3 of the files in order",
-        case.name
-    );
+    assert_eq!(entry["digest"].as_str(), Some(blake3_of(&paths).as_str()), "{}: digest is blake3 of the files in order", case.name);
     assert_eq!(entry["precision"], precision);
     assert_eq!(entry["file"], "model.safetensors");
     assert_eq!(entry["dtype"], "F32");
     assert_eq!(entry["parameters"].as_u64(), Some(case.param_count()));
-    assert_eq!(
-        entry["tensor_count"].as_u64(),
-        Some(case.cfg.expected_tensors().len() as u64)
-    );
+    assert_eq!(entry["tensor_count"].as_u64(), Some(case.cfg.expected_tensors().len() as u64));
     let ms = entry["export_ms"].as_f64().unwrap_or(-1.0);
     assert!(ms > 0.0 && ms < 60_000.0, "export_ms {ms}");
     entry
@@ -363,20 +265,10 @@ fn check_round_trip(ws: &Workspace, case: &Case) {
         let want = case.reference(prompt);
         let (a, b) = (prefill(&mut first, prompt), prefill(&mut again, prompt));
         between = between.max(max_diff(&a, &b));
-        to_reference = to_reference
-            .max(max_diff(&a, &want))
-            .max(max_diff(&b, &want));
+        to_reference = to_reference.max(max_diff(&a, &want)).max(max_diff(&b, &want));
     }
-    assert_within(
-        between,
-        TOL_ROUND_TRIP,
-        &format!("{}: prefill vs prefill through hf/", case.name),
-    );
-    assert_within(
-        to_reference,
-        TOL_REFERENCE,
-        &format!("{}: both prefills vs reference", case.name),
-    );
+    assert_within(between, TOL_ROUND_TRIP, &format!("{}: prefill vs prefill through hf/", case.name));
+    assert_within(to_reference, TOL_REFERENCE, &format!("{}: both prefills vs reference", case.name));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -390,31 +282,14 @@ fn llama_q4_1_gguf_through_hf_gives_the_same_logits() {
     // Un-permuting Q and K is not a no-op for this model: with a head size of 2 the row
     // order would be the identity; and the model computed with its rows read in the half
     // layout, as a writer that skipped the step would leave them, is another function.
-    assert!(
-        cfg.head_dim() > 2 && cfg.n_head > 1 && cfg.n_kv_head > 1,
-        "{cfg:?}"
-    );
-    let skipped = ModelConfig {
-        rope_layout: RopeLayout::Half,
-        ..cfg.clone()
-    };
+    assert!(cfg.head_dim() > 2 && cfg.n_head > 1 && cfg.n_kv_head > 1, "{cfg:?}");
+    let skipped = ModelConfig { rope_layout: RopeLayout::Half, ..cfg.clone() };
     let wrong = reference::forward(&skipped, &case.weights, PROMPTS[0]);
     let off = max_diff(&wrong, &case.reference(PROMPTS[0]));
-    assert!(
-        off > 1000.0 * TOL_REFERENCE,
-        "skipping the un-permutation moves the logits by only {off:.1e}"
-    );
+    assert!(off > 1000.0 * TOL_REFERENCE, "skipping the un-permutation moves the logits by only {off:.1e}");
 
     let ws = export_twice(&case);
-    assert_eq!(
-        ws.files("out/export"),
-        [
-            "export.json",
-            "hf/config.json",
-            "hf/model.safetensors",
-            "prefill/model.onnx"
-        ]
-    );
+    assert_eq!(ws.files("out/export"), ["export.json", "hf/config.json", "hf/model.safetensors", "prefill/model.onnx"]);
 
     let config = ws.json("out/export/hf/config.json");
     for (field, want) in [
@@ -430,10 +305,7 @@ fn llama_q4_1_gguf_through_hf_gives_the_same_logits() {
         ("max_position_embeddings", json!(64)),
         ("rms_norm_eps", json!(1e-5)),
         ("rope_theta", json!(50000.0)),
-        (
-            "rope_parameters",
-            json!({ "rope_type": "default", "rope_theta": 50000.0 }),
-        ),
+        ("rope_parameters", json!({ "rope_type": "default", "rope_theta": 50000.0 })),
         ("hidden_act", json!("silu")),
         ("attention_bias", json!(false)),
         ("mlp_bias", json!(false)),
@@ -448,17 +320,10 @@ fn llama_q4_1_gguf_through_hf_gives_the_same_logits() {
 
     // Tied: no `lm_head.weight`; every tensor float32, under the names transformers loads.
     let entries = safetensors_entries(&ws.path("out/export/hf/model.safetensors"));
-    assert!(
-        entries.iter().all(|(_, dtype, _)| dtype == "F32"),
-        "{entries:?}"
-    );
+    assert!(entries.iter().all(|(_, dtype, _)| dtype == "F32"), "{entries:?}");
     let names: Vec<&str> = entries.iter().map(|(n, _, _)| n.as_str()).collect();
     assert!(!names.contains(&"lm_head.weight"), "{names:?}");
-    assert!(
-        names.contains(&"model.embed_tokens.weight")
-            && names.contains(&"model.layers.1.self_attn.k_proj.weight"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"model.embed_tokens.weight") && names.contains(&"model.layers.1.self_attn.k_proj.weight"), "{names:?}");
     assert_eq!(entries.len(), cfg.expected_tensors().len());
     let entry = check_manifest_entry(&ws, &case, &["config.json", "model.safetensors"], "fp32");
     assert_eq!(entry["architecture"], "LlamaForCausalLM");
@@ -466,13 +331,7 @@ fn llama_q4_1_gguf_through_hf_gives_the_same_logits() {
     // Read back as Hugging Face: the half layout, every field of the config kept.
     let again = ws.json("out/again/export.json");
     let read: ModelConfig = serde_json::from_value(again["checkpoint"]["config"].clone()).unwrap();
-    assert_eq!(
-        read,
-        ModelConfig {
-            rope_layout: RopeLayout::Half,
-            ..cfg.clone()
-        }
-    );
+    assert_eq!(read, ModelConfig { rope_layout: RopeLayout::Half, ..cfg.clone() });
     assert_eq!(again["checkpoint"]["format"], "safetensors");
 
     check_round_trip(&ws, &case);
@@ -482,15 +341,7 @@ fn llama_q4_1_gguf_through_hf_gives_the_same_logits() {
 fn gpt2_hf_through_hf_gives_the_same_logits() {
     let case = Case::gpt2_hf(20);
     let ws = export_twice(&case);
-    assert_eq!(
-        ws.files("out/export"),
-        [
-            "export.json",
-            "hf/config.json",
-            "hf/model.safetensors",
-            "prefill/model.onnx"
-        ]
-    );
+    assert_eq!(ws.files("out/export"), ["export.json", "hf/config.json", "hf/model.safetensors", "prefill/model.onnx"]);
 
     let config = ws.json("out/export/hf/config.json");
     for (field, want) in [
@@ -513,27 +364,11 @@ fn gpt2_hf_through_hf_gives_the_same_logits() {
     // `save_pretrained`'s names: the `transformer.` prefix, an untied `lm_head.weight`, no
     // mask buffers (the source had them), Conv1D weights `[in, out]`.
     let entries = safetensors_entries(&ws.path("out/export/hf/model.safetensors"));
-    let shape_of = |name: &str| {
-        entries
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, s)| s.clone())
-    };
-    assert_eq!(
-        shape_of("transformer.h.0.attn.c_attn.weight"),
-        Some(vec![16, 48])
-    );
-    assert_eq!(
-        shape_of("transformer.h.1.mlp.c_fc.weight"),
-        Some(vec![16, 64])
-    );
+    let shape_of = |name: &str| entries.iter().find(|(n, _, _)| n == name).map(|(_, _, s)| s.clone());
+    assert_eq!(shape_of("transformer.h.0.attn.c_attn.weight"), Some(vec![16, 48]));
+    assert_eq!(shape_of("transformer.h.1.mlp.c_fc.weight"), Some(vec![16, 64]));
     assert_eq!(shape_of("lm_head.weight"), Some(vec![64, 16]));
-    assert!(
-        entries
-            .iter()
-            .all(|(n, dtype, _)| dtype == "F32" && !n.ends_with(".attn.bias")),
-        "{entries:?}"
-    );
+    assert!(entries.iter().all(|(n, dtype, _)| dtype == "F32" && !n.ends_with(".attn.bias")), "{entries:?}");
     assert_eq!(entries.len(), case.cfg.expected_tensors().len());
     let entry = check_manifest_entry(&ws, &case, &["config.json", "model.safetensors"], "fp32");
     assert_eq!(entry["architecture"], "GPT2LMHeadModel");
@@ -548,16 +383,9 @@ fn fp16_export_writes_the_rounded_weights_as_float32() {
     let case = Case::gpt2_hf(30);
     let ws = workspace();
     case.write(&ws);
-    ws.pipeline(&export_stage(
-        "export",
-        case.checkpoint,
-        "variants = [\"hf\"]\nprecision = \"fp16\"\ntokenizer = false",
-    ));
+    ws.pipeline(&export_stage("export", case.checkpoint, "variants = [\"hf\"]\nprecision = \"fp16\"\ntokenizer = false"));
     ws.make_ok();
-    assert_eq!(
-        ws.files("out/export"),
-        ["export.json", "hf/config.json", "hf/model.safetensors"]
-    );
+    assert_eq!(ws.files("out/export"), ["export.json", "hf/config.json", "hf/model.safetensors"]);
     check_manifest_entry(&ws, &case, &["config.json", "model.safetensors"], "fp16");
     assert_eq!(ws.json("out/export/hf/config.json")["dtype"], "float32");
 
@@ -565,20 +393,11 @@ fn fp16_export_writes_the_rounded_weights_as_float32() {
     let mut rounded_any = false;
     for (name, (_, original)) in &case.weights {
         let got = ck.load(name).unwrap_or_else(|e| panic!("{e}"));
-        let want: Vec<f32> = original
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_f32())
-            .collect();
-        assert!(
-            got == want,
-            "`{name}` does not hold the float16-rounded weights"
-        );
+        let want: Vec<f32> = original.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+        assert!(got == want, "`{name}` does not hold the float16-rounded weights");
         rounded_any |= want != *original;
     }
-    assert!(
-        rounded_any,
-        "rounding through float16 changed no weight: the check above proves nothing"
-    );
+    assert!(rounded_any, "rounding through float16 changed no weight: the check above proves nothing");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -615,16 +434,8 @@ print(json.dumps({
 /// A Python that imports `torch` and `transformers`: `$TR118_TEST_PYTHON`, then
 /// `/opt/venv-torch/bin/python`, then `python3`.
 fn torch_python() -> Option<PathBuf> {
-    let candidates = std::env::var_os("TR118_TEST_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["/opt/venv-torch/bin/python".into(), "python3".into()]);
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import torch, transformers"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    let candidates = std::env::var_os("TR118_TEST_PYTHON").map(PathBuf::from).into_iter().chain(["/opt/venv-torch/bin/python".into(), "python3".into()]);
+    candidates.into_iter().find(|p| Command::new(p).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success()))
 }
 
 #[test]
@@ -637,34 +448,18 @@ fn transformers_loads_hf_and_matches_onnx_runtime() {
         let ws = workspace();
         case.write(&ws);
         // A word-level tokenizer (`t7` is id 7), so that the ids of a text are known here.
-        ws.write(
-            "tokenizer.json",
-            support::word_tokenizer_json(case.cfg.vocab_size),
-        );
+        ws.write("tokenizer.json", support::word_tokenizer_json(case.cfg.vocab_size));
         ws.pipeline(&format!(
             "[stages.export]\nkind = \"export\"\ndeps = {{ checkpoint = \"{}\", tokenizer = \"tokenizer.json\" }}\nvariants = [\"prefill\", \"hf\"]\n",
             case.checkpoint
         ));
         ws.make_ok();
-        let hf = [
-            "config.json",
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-        ];
+        let hf = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
         check_manifest_entry(&ws, &case, &hf, "fp32");
-        assert_eq!(
-            ws.read("out/export/hf/tokenizer.json"),
-            ws.read("out/export/tokenizer.json"),
-            "the tokenizer is copied as written"
-        );
+        assert_eq!(ws.read("out/export/hf/tokenizer.json"), ws.read("out/export/tokenizer.json"), "the tokenizer is copied as written");
 
         ws.write("load.py", TORCH_SCRIPT);
-        let text = PROMPTS[0]
-            .iter()
-            .map(|t| format!("t{t}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = PROMPTS[0].iter().map(|t| format!("t{t}")).collect::<Vec<_>>().join(" ");
         let out = Command::new(&python)
             .arg(ws.path("load.py"))
             .arg(ws.path("out/export/hf"))
@@ -676,58 +471,28 @@ fn transformers_loads_hf_and_matches_onnx_runtime() {
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{}: transformers failed:\n{stderr}",
-            case.name
-        );
+        assert!(out.status.success(), "{}: transformers failed:\n{stderr}", case.name);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let got: Value = stdout
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("no JSON from the script:\n{stdout}\n{stderr}"));
+        let got: Value =
+            stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_else(|| panic!("no JSON from the script:\n{stdout}\n{stderr}"));
 
-        let class = if case.cfg.arch == Arch::Llama {
-            "LlamaForCausalLM"
-        } else {
-            "GPT2LMHeadModel"
-        };
+        let class = if case.cfg.arch == Arch::Llama { "LlamaForCausalLM" } else { "GPT2LMHeadModel" };
         assert_eq!(got["class"], class, "{}", case.name);
         assert_eq!(got["dtype"], "torch.float32", "{}", case.name);
         for key in ["missing", "unexpected", "mismatched"] {
-            assert_eq!(
-                got[key],
-                json!([]),
-                "{}: {key} keys when loading; stderr:\n{stderr}",
-                case.name
-            );
+            assert_eq!(got[key], json!([]), "{}: {key} keys when loading; stderr:\n{stderr}", case.name);
         }
-        assert_eq!(
-            got["encoded"],
-            json!(PROMPTS[0]),
-            "{}: AutoTokenizer on {text:?}",
-            case.name
-        );
+        assert_eq!(got["encoded"], json!(PROMPTS[0]), "{}: AutoTokenizer on {text:?}", case.name);
 
         let mut ort = session(&ws.path("out/export/prefill/model.onnx"));
         let (mut to_ort, mut to_reference) = (0.0f64, 0.0f64);
         for (i, prompt) in PROMPTS.iter().enumerate() {
-            let torch: Vec<Vec<f32>> = serde_json::from_value(got["logits"][i].clone())
-                .unwrap_or_else(|e| panic!("logits {i}: {e}"));
+            let torch: Vec<Vec<f32>> = serde_json::from_value(got["logits"][i].clone()).unwrap_or_else(|e| panic!("logits {i}: {e}"));
             to_ort = to_ort.max(max_diff(&torch, &prefill(&mut ort, prompt)));
             to_reference = to_reference.max(max_diff(&torch, &case.reference(prompt)));
         }
-        assert_within(
-            to_ort,
-            TOL_TORCH,
-            &format!("{}: transformers vs ONNX Runtime", case.name),
-        );
-        assert_within(
-            to_reference,
-            TOL_REFERENCE,
-            &format!("{}: transformers vs reference", case.name),
-        );
+        assert_within(to_ort, TOL_TORCH, &format!("{}: transformers vs ONNX Runtime", case.name));
+        assert_within(to_reference, TOL_REFERENCE, &format!("{}: transformers vs reference", case.name));
     }
 }
 
@@ -740,21 +505,12 @@ fn hf_listed_twice_or_misspelled_is_named() {
     let ws = workspace();
     Case::gpt2_hf(60).write(&ws);
     // Line 4 holds `variants`.
-    let pipeline = |variants: &str| {
-        export_stage(
-            "export",
-            "source",
-            &format!("variants = {variants}\ntokenizer = false"),
-        )
-    };
+    let pipeline = |variants: &str| export_stage("export", "source", &format!("variants = {variants}\ntokenizer = false"));
 
     ws.pipeline(&pipeline("[\"hf\", \"prefill\", \"hf\"]"));
-    ws.tr(&["make", "--json"])
-        .diag(4, "variant `hf` is listed twice");
+    ws.tr(&["make", "--json"]).diag(4, "variant `hf` is listed twice");
     // Too far from any name for a "did you mean"; the help lists them all.
     ws.pipeline(&pipeline("[\"prefill\", \"hg\"]"));
-    ws.tr(&["make", "--json"])
-        .diag(4, "unknown variant `hg`")
-        .stderr_has("help: variants are \"prefill\", \"decoder\", \"decoder_fixed\", \"hf\"");
+    ws.tr(&["make", "--json"]).diag(4, "unknown variant `hg`").stderr_has("help: variants are \"prefill\", \"decoder\", \"decoder_fixed\", \"hf\"");
     assert_eq!(ws.files("out"), Vec::<String>::new());
 }

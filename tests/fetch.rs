@@ -127,7 +127,10 @@ fn path_source_outside_the_deps_needs_sha256() {
     let file = data.path().join("weights.bin");
     fs::write(&file, b"weights").unwrap();
     let stage = |pin: &str| format!("[stages.w]\nkind = \"fetch\"\npath = \"{}\"\n{pin}outs = {{ file = \"w.bin\" }}\n", file.display());
-    project(&stage("")).tr(MAKE).diag_at(3, 1, "is not a declared dep, so its content cannot enter the cache key: it needs `sha256`").stderr_has("help: declare it");
+    project(&stage(""))
+        .tr(MAKE)
+        .diag_at(3, 1, "is not a declared dep, so its content cannot enter the cache key: it needs `sha256`")
+        .stderr_has("help: declare it");
     let p = project(&stage(&format!("sha256 = \"{}\"\n", sha256(b"weights"))));
     p.tr(MAKE).code(0);
     assert_eq!(p.read("out/w/w.bin"), b"weights");
@@ -209,7 +212,7 @@ outs = {{ file = "vocab.bpe" }}
 #[test]
 fn missing_member_is_named_with_a_suggestion() {
     let p = project("[stages.a]\nkind = \"fetch\"\ndeps = { z = \"a.zip\" }\npath = \"{deps.z}\"\nmember = \"pkg/vocab.bp\"\nouts = { file = \"v\" }\n");
-    p.write("a.zip", &zip_of(&[("pkg/vocab.bpe", b"v")]));
+    p.write("a.zip", zip_of(&[("pkg/vocab.bpe", b"v")]));
     p.tr(MAKE).code(1).stderr_has("`a.zip` has no member `pkg/vocab.bp`; did you mean `pkg/vocab.bpe`?");
 }
 
@@ -230,15 +233,21 @@ fn sha256_mismatch_fails_the_node_showing_both_digests() {
 fn a_fetch_has_exactly_one_source_and_one_out() {
     project("[stages.a]\nkind = \"fetch\"\nouts = { f = \"f\" }\n").tr(MAKE).diag_at(1, 9, "a `fetch` stage needs a source");
     let pin = "a".repeat(64);
-    project(&format!("[stages.a]\nkind = \"fetch\"\nnpm = \"x@1.0.0\"\nurl = \"http://h/x\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\" }}\n"))
-        .tr(MAKE)
-        .diag_at(4, 1, "`fetch` takes exactly one source; `npm` is already given");
-    project(&format!("[stages.a]\nkind = \"fetch\"\nnpm = \"x@1.0.0\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\", g = \"g\" }}\n"))
-        .tr(MAKE)
-        .diag_at(5, 1, "a `fetch` stage writes exactly one out (found: f, g)");
-    project(&format!("[stages.a]\nkind = \"fetch\"\npypi = \"six>=1.16\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\" }}\n"))
-        .tr(MAKE)
-        .diag_at(3, 1, "`pypi` must pin one exact release as `NAME==VERSION`");
+    project(&format!("[stages.a]\nkind = \"fetch\"\nnpm = \"x@1.0.0\"\nurl = \"http://h/x\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\" }}\n")).tr(MAKE).diag_at(
+        4,
+        1,
+        "`fetch` takes exactly one source; `npm` is already given",
+    );
+    project(&format!("[stages.a]\nkind = \"fetch\"\nnpm = \"x@1.0.0\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\", g = \"g\" }}\n")).tr(MAKE).diag_at(
+        5,
+        1,
+        "a `fetch` stage writes exactly one out (found: f, g)",
+    );
+    project(&format!("[stages.a]\nkind = \"fetch\"\npypi = \"six>=1.16\"\nsha256 = \"{pin}\"\nouts = {{ f = \"f\" }}\n")).tr(MAKE).diag_at(
+        3,
+        1,
+        "`pypi` must pin one exact release as `NAME==VERSION`",
+    );
 }
 
 /// Whether `cmd` succeeds here; prints a note when it does not (no registry, no tool).
@@ -276,7 +285,9 @@ fn pypi_member_is_fetched_with_pip() {
         return;
     }
     assert!(first_file(probe.path()).to_string_lossy().ends_with(".whl"));
-    let p = project(&format!("[stages.six]\nkind = \"fetch\"\npypi = \"six==1.16.0\"\nmember = \"six.py\"\nsha256 = \"{SIX_PY_SHA256}\"\nouts = {{ py = \"six.py\" }}\n"));
+    let p = project(&format!(
+        "[stages.six]\nkind = \"fetch\"\npypi = \"six==1.16.0\"\nmember = \"six.py\"\nsha256 = \"{SIX_PY_SHA256}\"\nouts = {{ py = \"six.py\" }}\n"
+    ));
     let r = p.tr(MAKE);
     r.code(0);
     assert_eq!(sha256(&p.read("out/six/six.py")), SIX_PY_SHA256);
@@ -425,15 +436,17 @@ fn member_table_keys_must_match_sha256_and_outs() {
         .diag(4, "`member` names out `shared`, but `outs` declares no `shared` (declared: `lib`, `shard`)")
         .diag(6, "out `shard` has no entry in `member`")
         .stderr_has("did you mean `shard`?");
-    project(&stage(two, &format!("\"{pin}\""), outs))
-        .tr(MAKE)
-        .diag_at(5, 1, "`member` is a table, so `sha256` must be a table of the same keys (`lib`, `shared`)");
-    project(&stage("\"capi/lib.so\"", &format!("{{ lib = \"{pin}\" }}"), "{ lib = \"lib.so\" }"))
-        .tr(MAKE)
-        .diag_at(5, 1, "`sha256` is a table (`lib`), which only goes with a `member` table of the same keys");
-    project(&stage(two, &format!("{{ lib = \"{pin}\", shared = \"beef\" }}"), outs))
-        .tr(MAKE)
-        .diag(5, "`sha256` must be 64 hexadecimal digits, found `beef`");
+    project(&stage(two, &format!("\"{pin}\""), outs)).tr(MAKE).diag_at(
+        5,
+        1,
+        "`member` is a table, so `sha256` must be a table of the same keys (`lib`, `shared`)",
+    );
+    project(&stage("\"capi/lib.so\"", &format!("{{ lib = \"{pin}\" }}"), "{ lib = \"lib.so\" }")).tr(MAKE).diag_at(
+        5,
+        1,
+        "`sha256` is a table (`lib`), which only goes with a `member` table of the same keys",
+    );
+    project(&stage(two, &format!("{{ lib = \"{pin}\", shared = \"beef\" }}"), outs)).tr(MAKE).diag(5, "`sha256` must be 64 hexadecimal digits, found `beef`");
 }
 
 // --- the distdir ------------------------------------------------------------------------
@@ -519,19 +532,29 @@ fn distdir_file_with_another_digest_is_noted_and_the_source_used() {
     assert_eq!(requests.load(Ordering::SeqCst), 1, "what the distdir lacks comes from the source");
     assert_ort_outs(&p, "ort");
     let log = log_of(&p, "ort");
-    assert!(log.contains(&format!("(out `lib`): 11 bytes, sha256 {}, from `TR118_DISTDIR` file `{}`", sha256(b"the runtime"), dist.path().join("libonnxruntime.so.1.31.1").display())), "{log}");
-    assert!(log.contains(&format!("member `onnxruntime/capi/libonnxruntime_providers_cuda.so` (out `cuda`): 17 bytes, sha256 {}, from `archive`, url `{base}/ort.whl`", sha256(b"the CUDA provider"))), "{log}");
+    assert!(
+        log.contains(&format!(
+            "(out `lib`): 11 bytes, sha256 {}, from `TR118_DISTDIR` file `{}`",
+            sha256(b"the runtime"),
+            dist.path().join("libonnxruntime.so.1.31.1").display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "member `onnxruntime/capi/libonnxruntime_providers_cuda.so` (out `cuda`): 17 bytes, sha256 {}, from `archive`, url `{base}/ort.whl`",
+            sha256(b"the CUDA provider")
+        )),
+        "{log}"
+    );
 }
 
 #[test]
 fn offline_fetch_failure_points_at_the_distdir() {
     let stage = ort_stage("ort", &format!("url = \"{}/ort.whl\"", closed_port()));
-    project(&stage)
-        .env(DISTDIR, "")
-        .tr(MAKE)
-        .code(1)
-        .stderr_has("GET `")
-        .stderr_has("set `TR118_DISTDIR` to a directory holding `libonnxruntime.so.1.31.1`, `libonnxruntime_providers_shared.so`, `libonnxruntime_providers_cuda.so`");
+    project(&stage).env(DISTDIR, "").tr(MAKE).code(1).stderr_has("GET `").stderr_has(
+        "set `TR118_DISTDIR` to a directory holding `libonnxruntime.so.1.31.1`, `libonnxruntime_providers_shared.so`, `libonnxruntime_providers_cuda.so`",
+    );
     let dist = distdir(&[("libonnxruntime_providers_shared.so", b"not the bridge")]);
     let r = project(&stage).env(DISTDIR, dist.path()).tr(MAKE);
     r.code(1).stderr_has("note: fetch `ort`: ignoring `").stderr_has(&format!(
@@ -561,11 +584,7 @@ fn fake_index() -> (String, Arc<AtomicUsize>) {
 
 /// A workspace whose pip asks only the index at `base`, with no cache and no user config.
 fn pip_project(pipeline: &str, base: &str) -> Workspace {
-    project(pipeline)
-        .env("PIP_INDEX_URL", format!("{base}/simple/"))
-        .env("PIP_CONFIG_FILE", "/dev/null")
-        .env("PIP_NO_CACHE_DIR", "1")
-        .env("PIP_RETRIES", "0")
+    project(pipeline).env("PIP_INDEX_URL", format!("{base}/simple/")).env("PIP_CONFIG_FILE", "/dev/null").env("PIP_NO_CACHE_DIR", "1").env("PIP_RETRIES", "0")
 }
 
 #[test]
@@ -599,12 +618,18 @@ fn pypi_python_and_platform_choose_the_wheel_pip_downloads() {
     assert_ort_outs(&p, "ort");
     assert_eq!(requests.load(Ordering::SeqCst), before, "the index was not asked");
 
-    project("[stages.a]\nkind = \"fetch\"\nurl = \"http://h/x\"\npython = \"3.12\"\nsha256 = \"{}\"\nouts = { f = \"f\" }\n".replace("{}", &"a".repeat(64)).as_str())
-        .tr(MAKE)
-        .diag_at(4, 1, "`python` chooses a wheel, so it applies only to a `pypi` source, not `url`");
-    project(&ort_stage("ort", "pypi = \"fake-pkg==1.0\"\npython = \"py3\""))
-        .tr(MAKE)
-        .diag_at(4, 1, "`python` must be a Python version such as `3.12`, found `py3`");
+    project(
+        "[stages.a]\nkind = \"fetch\"\nurl = \"http://h/x\"\npython = \"3.12\"\nsha256 = \"{}\"\nouts = { f = \"f\" }\n"
+            .replace("{}", &"a".repeat(64))
+            .as_str(),
+    )
+    .tr(MAKE)
+    .diag_at(4, 1, "`python` chooses a wheel, so it applies only to a `pypi` source, not `url`");
+    project(&ort_stage("ort", "pypi = \"fake-pkg==1.0\"\npython = \"py3\"")).tr(MAKE).diag_at(
+        4,
+        1,
+        "`python` must be a Python version such as `3.12`, found `py3`",
+    );
 }
 
 // --- a param that switches a dep ------------------------------------------------------------

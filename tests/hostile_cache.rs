@@ -61,7 +61,6 @@ fn built(prefix: &str) -> Workspace {
     ws
 }
 
-
 fn object_path(ws: &Workspace, d: &Digest) -> PathBuf {
     let hex = d.to_hex();
     ws.path(&format!("cache/objects/{}/{}", &hex[..2], &hex[2..]))
@@ -134,9 +133,7 @@ fn remote_listing_outside_its_directory_is_refused() {
     let abs = format!("{}/abs-escaped.txt", std::env::temp_dir().join("tr118-never-written").display());
     for planted in ["../../listing-escaped.txt", abs.as_str()] {
         let mut m = manifest(&source, "b");
-        let tree = Tree {
-            entries: vec![TreeEntry { path: planted.to_string(), digest: Digest::of_bytes(&payload), size: payload.len() as u64, exec: false }],
-        };
+        let tree = Tree { entries: vec![TreeEntry { path: planted.to_string(), digest: Digest::of_bytes(&payload), size: payload.len() as u64, exec: false }] };
         let listing = tree.to_bytes();
         m.outputs[0].digest = Digest::of_bytes(&listing);
         m.outputs[0].size = tree.size();
@@ -363,7 +360,10 @@ outs = { d = "d/" }
 "#,
     );
     let run = ws.make_with(&["--keep-going"]);
-    run.run.code(1).stderr_has("`gone.txt` is a symbolic link to `nowhere.txt`, which does not exist").stderr_has("`host.txt` is a symbolic link to `/etc/hostname`, outside the workspace");
+    run.run
+        .code(1)
+        .stderr_has("`gone.txt` is a symbolic link to `nowhere.txt`, which does not exist")
+        .stderr_has("`host.txt` is a symbolic link to `/etc/hostname`, outside the workspace");
 }
 
 #[test]

@@ -65,11 +65,10 @@ fn editing_a_file_of_each_set_is_caught() {
 
         let drifts = implementation::check(copy.path(), &locked).unwrap();
         let caught: BTreeSet<&str> = drifts.iter().map(|d| d.set.as_str()).collect();
-        let holding: BTreeSet<&str> =
-            SETS.iter().filter(|s| implementation::files(copy.path(), s).unwrap().contains(file)).map(|s| s.name).collect();
+        let holding: BTreeSet<&str> = SETS.iter().filter(|s| implementation::files(copy.path(), s).unwrap().contains(file)).map(|s| s.name).collect();
         assert_eq!(caught, holding, "editing `{file}`");
         let d = drifts.iter().find(|d| d.set == set.name).unwrap();
-        assert_eq!(d.files, [file.clone()]);
+        assert_eq!(d.files, std::slice::from_ref(file));
         let message = d.to_string();
         assert!(message.contains(&format!("bump `version` of `{}` in src/implementation.rs to {}", set.name, set.version + 1)), "{message}");
         assert!(message.contains("TR118_BLESS=1"), "{message}");
@@ -127,10 +126,13 @@ fn a_version_bump_stales_exactly_its_nodes() {
     let ws = workspace_with("tr118-implementation-", EXTRA);
     let built = ws.tr(&["make", "--keep-going"]);
     built.code(0);
-    let ids: Vec<String> = ws.tr(&["status", "--json"]).stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
-    let by_stage = |stages: &[&str]| -> BTreeSet<String> {
-        ids.iter().filter(|id| stages.contains(&id.split('/').next().unwrap())).cloned().collect()
-    };
+    let ids: Vec<String> = ws
+        .tr(&["status", "--json"])
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    let by_stage = |stages: &[&str]| -> BTreeSet<String> { ids.iter().filter(|id| stages.contains(&id.split('/').next().unwrap())).cloned().collect() };
     let torch_nodes: BTreeSet<String> = ids.iter().filter(|id| id.contains("/torch-cpu")).cloned().collect();
     let backend_nodes = by_stage(&["perplexity", "sweep", "logits"]);
     let all: BTreeSet<String> = ids.iter().cloned().collect();

@@ -110,9 +110,7 @@ cmd = ["true"]
 #[test]
 fn limits_max_nodes_raises_the_limit() {
     let ws = Workspace::new("tr118-limits-");
-    let pipeline = |limit: u32| {
-        format!("[limits]\nmax_nodes = {limit}\n\n[stages.s]\nmatrix = {{ x = [1, 2, 3], y = [1, 2, 3, 4] }}\ncmd = [\"true\"]\n")
-    };
+    let pipeline = |limit: u32| format!("[limits]\nmax_nodes = {limit}\n\n[stages.s]\nmatrix = {{ x = [1, 2, 3], y = [1, 2, 3, 4] }}\ncmd = [\"true\"]\n");
     ws.pipeline(&pipeline(11));
     ws.tr(&["graph"]).diag_at(5, 1, "stage `s` expands to 12 nodes (3 × 4), over the limit of 11");
     ws.pipeline(&pipeline(12));
@@ -153,9 +151,7 @@ fn a_pipeline_file_over_16_mib_is_refused_unread() {
 #[test]
 fn dev_zero_as_the_pipeline_fails_at_the_read_limit() {
     let ws = Workspace::new("tr118-limits-");
-    bounded(&ws, &["-f", "/dev/zero", "make", "-n"], 30)
-        .code(2)
-        .stderr_has("/dev/zero: pipeline is larger than 16 MiB, the limit for a pipeline file");
+    bounded(&ws, &["-f", "/dev/zero", "make", "-n"], 30).code(2).stderr_has("/dev/zero: pipeline is larger than 16 MiB, the limit for a pipeline file");
 }
 
 #[test]
@@ -182,7 +178,14 @@ fn a_timeout_past_30_days_is_refused_at_load_not_a_panic_at_run() {
 #[test]
 fn a_timeout_that_is_not_a_positive_finite_number_is_refused() {
     let ws = Workspace::new("tr118-limits-");
-    for (bad, found) in [("nan", "a number that is not finite"), ("inf", "a number that is not finite"), ("-inf", "a number that is not finite"), ("0", "found 0"), ("-1.5", "found -1.5"), ("2592001", "found 2592001")] {
+    for (bad, found) in [
+        ("nan", "a number that is not finite"),
+        ("inf", "a number that is not finite"),
+        ("-inf", "a number that is not finite"),
+        ("0", "found 0"),
+        ("-1.5", "found -1.5"),
+        ("2592001", "found 2592001"),
+    ] {
         ws.pipeline(&format!("[stages.s]\ncmd = [\"true\"]\ntimeout = {bad}\n"));
         bounded(&ws, &["make"], 30).diag_at(3, 1, "`timeout` must be a number of seconds, more than 0 and at most 2592000").stderr_has(found);
     }

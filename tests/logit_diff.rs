@@ -28,7 +28,6 @@ use tr118::runtime::SessionOptions;
 const WORDS: &[&str] = &["[UNK]", "the", "capital", "of", "france", "is", "a", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "and"];
 const PROMPTS: [&str; 3] = ["the capital of france is", "a cat sat on the mat", "the dog ran far away and the cat sat"];
 
-
 fn config() -> ModelConfig {
     ModelConfig {
         arch: Arch::Gpt2,

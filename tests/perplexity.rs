@@ -69,12 +69,7 @@ fn corpus_ids() -> Vec<u32> {
 fn corpus_text(ids: &[u32]) -> String {
     let words: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
     let (a, b) = words.split_at(20);
-    format!(
-        "<doc id=\"1\" title=\"A\">\n{}\n{}\n</doc>\n<doc id=\"2\" title=\"B\">\n{}\n</doc>\n",
-        a[..9].join(" "),
-        a[9..].join(" "),
-        b.join(" ")
-    )
+    format!("<doc id=\"1\" title=\"A\">\n{}\n{}\n</doc>\n<doc id=\"2\" title=\"B\">\n{}\n</doc>\n", a[..9].join(" "), a[9..].join(" "), b.join(" "))
 }
 
 /// A workspace with `model.gguf`, `tokenizer.json`, `corpus.txt` and `lib/<ort library>`.

@@ -223,7 +223,8 @@ fn fake_weight(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 fn fake_weights(cfg: &ModelConfig, w: &Weights) -> Weights {
     let mut q = w.clone();
     for (name, (shape, values)) in w {
-        let matmul = name.ends_with("attn_qkv.weight") || name.ends_with("attn_output.weight") || name.ends_with("ffn_up.weight") || name.ends_with("ffn_down.weight");
+        let matmul =
+            name.ends_with("attn_qkv.weight") || name.ends_with("attn_output.weight") || name.ends_with("ffn_up.weight") || name.ends_with("ffn_down.weight");
         if matmul {
             q.insert(name.clone(), (shape.clone(), fake_weight(values, shape[0], shape[1])));
         }
@@ -262,7 +263,9 @@ fn forward(cfg: &ModelConfig, w: &Weights, wq: Option<&Weights>, quant: &Quant<'
     let mut x: Vec<Vec<f64>> = tokens
         .iter()
         .enumerate()
-        .map(|(t, &tok)| (0..d).map(|i| f64::from(get("token_embd.weight")[tok as usize * d + i]) + f64::from(get("position_embd.weight")[t * d + i])).collect())
+        .map(|(t, &tok)| {
+            (0..d).map(|i| f64::from(get("token_embd.weight")[tok as usize * d + i]) + f64::from(get("position_embd.weight")[t * d + i])).collect()
+        })
         .collect();
     for l in 0..cfg.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}");
@@ -354,7 +357,11 @@ fn calibration_statistics_match_the_naive_forward_over_the_same_windows() {
     let cfg = gpt2();
     let w = random_weights_scaled(&cfg, 7, 0.25);
     let ws = workspace(&cfg, &w);
-    ws.pipeline(&format!("{EXPORT}\n{}\n{}", calibrate_stage("minmax", "method = \"minmax\""), calibrate_stage("pct", "method = \"percentile\"\npercentile = 99.0")));
+    ws.pipeline(&format!(
+        "{EXPORT}\n{}\n{}",
+        calibrate_stage("minmax", "method = \"minmax\""),
+        calibrate_stage("pct", "method = \"percentile\"\npercentile = 99.0")
+    ));
     ws.make_ok();
     let ids = corpus_ids(cfg.vocab_size);
     let cal = ws.json("out/minmax/calibration.json");
@@ -560,8 +567,11 @@ fn the_static_model_holds_the_naive_int8_weights_and_the_calibration_scales() {
     let path = ws.path("out/static/prefill/model.onnx");
     let g = tr118::onnx::proto::ModelProto::decode(fs::read(&path).unwrap().as_slice()).unwrap().graph.unwrap();
     let init = |n: &str| g.initializer.iter().find(|t| t.name.as_deref() == Some(n)).unwrap_or_else(|| panic!("no initializer `{n}`"));
-    let consumer = |t: &str, op: &str| g.node.iter().find(|n| n.op_type.as_deref() == Some(op) && n.input[0] == t).unwrap_or_else(|| panic!("no {op} of `{t}`")).clone();
-    let f32s = |t: &tr118::onnx::proto::TensorProto| -> Vec<f32> { initializer_bytes(&path, t).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let consumer =
+        |t: &str, op: &str| g.node.iter().find(|n| n.op_type.as_deref() == Some(op) && n.input[0] == t).unwrap_or_else(|| panic!("no {op} of `{t}`")).clone();
+    let f32s = |t: &tr118::onnx::proto::TensorProto| -> Vec<f32> {
+        initializer_bytes(&path, t).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
     for op in report["ops"].as_array().unwrap() {
         let (k, n) = (op["k"].as_u64().unwrap() as usize, op["n"].as_u64().unwrap() as usize);
         let (shape, values) = &w[op["weight"].as_str().unwrap()];
@@ -627,7 +637,11 @@ fn quantized_models_compute_the_fake_quantized_network_and_stay_near_fp32() {
             let fake = forward(&cfg, &w, Some(&wq), &quant, prompt).logits;
             let (vs_fp32, fake_vs_fp32, vs_fake) = (max_abs_diff(&int8, &float), max_abs_diff(&fake, &reference), max_abs_diff(&int8, &fake));
             assert!(vs_fp32 > 1e-5, "{scheme}: the INT8 model computes exactly the fp32 one: nothing was quantized");
-            assert!(vs_fp32 <= INT8_VS_FP32 * spread, "{scheme}, {} tokens: max |Δ| {vs_fp32} vs fp32 is over {INT8_VS_FP32} of the logits' std {spread}", prompt.len());
+            assert!(
+                vs_fp32 <= INT8_VS_FP32 * spread,
+                "{scheme}, {} tokens: max |Δ| {vs_fp32} vs fp32 is over {INT8_VS_FP32} of the logits' std {spread}",
+                prompt.len()
+            );
             worst = worst.max(vs_fp32 / spread);
             exact += usize::from(vs_fake <= INT8_VS_FAKE_QUANT * fake_vs_fp32);
         }
@@ -688,9 +702,13 @@ fn gpt2_coverage_is_exactly_its_weight_matmuls_and_exclude_removes_what_it_names
          [stages.fp16]\nkind = \"quantize\"\ndeps = { model = \"out/export16/prefill\", runtime = \"lib/libonnxruntime.so\" }\nscheme = \"dynamic\"\n");
     ws.tr(&["make", "fp16"]).code(1).stderr_has("out/export16/prefill/model.onnx` computes in float16").stderr_has("quantize the fp32 export");
     ws.write("tr118.toml", text);
-    for (stage, scheme, quantized, excluded) in
-        [("static", "static", 4 * l + 1, 0), ("dynamic", "dynamic", 4 * l + 1, 0), ("no-head", "static", 4 * l, 1), ("no-layer1", "dynamic", 4 * l + 1 - 4, 4), ("per-tensor", "static", 4 * l + 1, 0)]
-    {
+    for (stage, scheme, quantized, excluded) in [
+        ("static", "static", 4 * l + 1, 0),
+        ("dynamic", "dynamic", 4 * l + 1, 0),
+        ("no-head", "static", 4 * l, 1),
+        ("no-layer1", "dynamic", 4 * l + 1 - 4, 4),
+        ("per-tensor", "static", 4 * l + 1, 0),
+    ] {
         let r = ws.json(&format!("out/{stage}/quantize.json"));
         eprintln!("{stage}: {} of {} quantized; ONNX Runtime ran {}", r["quantized"], r["matmul_total"], r["ort"]["kernels"]);
         assert_eq!(r["scheme"], scheme);
@@ -782,7 +800,11 @@ fn a_static_scheme_without_a_calibration_dep_is_refused_at_load() {
     ws.pipeline(&format!("{EXPORT}\n{}", quantize_stage("static", "static", None, "")));
     let run = ws.tr(&["make"]);
     run.code(2).stderr_has("`scheme = \"static\"` needs a dep named `calibration`");
-    ws.pipeline(&format!("{EXPORT}\n{}\n{}", calibrate_stage("calibrate", ""), quantize_stage("dynamic", "dynamic", Some("out/calibrate/calibration.json"), "")));
+    ws.pipeline(&format!(
+        "{EXPORT}\n{}\n{}",
+        calibrate_stage("calibrate", ""),
+        quantize_stage("dynamic", "dynamic", Some("out/calibrate/calibration.json"), "")
+    ));
     ws.tr(&["make"]).code(2).stderr_has("reads no calibration");
 }
 
@@ -884,10 +906,12 @@ fn a_gemm_with_transposed_weight_alpha_and_beta_computes_its_fake_quantized_prod
         }
         y
     };
-    let float_y: Vec<f64> = (0..rows * n).map(|j| {
-        let (r, o) = (j / n, j % n);
-        f64::from(alpha) * (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i])).sum::<f64>() + f64::from(beta) * f64::from(c[o])
-    }).collect();
+    let float_y: Vec<f64> = (0..rows * n)
+        .map(|j| {
+            let (r, o) = (j / n, j % n);
+            f64::from(alpha) * (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i])).sum::<f64>() + f64::from(beta) * f64::from(c[o])
+        })
+        .collect();
     let model = tr118::onnx::edit::Model::load(&path).unwrap();
     for scheme in [Scheme::Static, Scheme::Dynamic] {
         let opts = Options { scheme, per_channel: true, exclude: vec![] };
@@ -923,7 +947,8 @@ fn a_quantized_decoder_computes_what_the_quantized_prefill_computes() {
     let w = random_weights_scaled(&cfg, 7, 0.25);
     let ws = workspace(&cfg, &w);
     let both = EXPORT.replace("variants = [\"prefill\"]", "variants = [\"prefill\", \"decoder\"]");
-    let with_decoder = |stage: String| stage.replace("deps = { model = \"out/export/prefill\",", "deps = { model = \"out/export/prefill\", decoder = \"out/export/decoder\",");
+    let with_decoder =
+        |stage: String| stage.replace("deps = { model = \"out/export/prefill\",", "deps = { model = \"out/export/prefill\", decoder = \"out/export/decoder\",");
     ws.pipeline(&format!(
         "{both}\n{}\n{}\n{}",
         calibrate_stage("calibrate", "method = \"minmax\""),
@@ -941,7 +966,9 @@ fn a_quantized_decoder_computes_what_the_quantized_prefill_computes() {
         let prefill = ort_logits(&ws.path(&format!("out/{scheme}/prefill/model.onnx")), &ids[..9]);
         let session = support::ort().session(&ws.path(&format!("out/{scheme}/decoder/model.onnx")), &SessionOptions::default()).unwrap();
         let mut decoder = tr118::runtime::Decoder::new(session).unwrap();
-        let rows_of = |l: &ndarray::ArrayD<f32>| -> Vec<Vec<f64>> { l.outer_iter().flat_map(|b| b.outer_iter().map(|r| r.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>()).collect::<Vec<_>>()).collect() };
+        let rows_of = |l: &ndarray::ArrayD<f32>| -> Vec<Vec<f64>> {
+            l.outer_iter().flat_map(|b| b.outer_iter().map(|r| r.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>()).collect::<Vec<_>>()).collect()
+        };
         // All 9 tokens in one step: the same input as the prefill's, under either scheme.
         let mut cache = decoder.empty_cache(1).unwrap();
         let whole = rows_of(&decoder.step(&mut cache, &prompt, 9).unwrap());

@@ -63,13 +63,9 @@ fn runs(ws: &Workspace) -> Vec<String> {
     v
 }
 
-
 /// Every file under `out/`, with its bytes.
 fn outs(ws: &Workspace) -> Vec<(String, Vec<u8>)> {
-    ws.files("out")
-        .into_iter()
-        .map(|f| (f.clone(), ws.read(&format!("out/{f}"))))
-        .collect()
+    ws.files("out").into_iter().map(|f| (f.clone(), ws.read(&format!("out/{f}")))).collect()
 }
 
 fn remote_hits(m: &Make) -> Vec<String> {
@@ -77,18 +73,11 @@ fn remote_hits(m: &Make) -> Vec<String> {
 }
 
 fn warnings(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("warning:"))
-        .collect()
+    stderr.lines().filter(|l| l.starts_with("warning:")).collect()
 }
 
 fn entries(server: &Nginx) -> Vec<String> {
-    server
-        .files()
-        .into_iter()
-        .filter(|f| f.starts_with("ac/"))
-        .collect()
+    server.files().into_iter().filter(|f| f.starts_with("ac/")).collect()
 }
 
 #[test]
@@ -98,28 +87,16 @@ fn pushed_study_is_pulled_into_an_empty_cache_and_built_with_zero_nodes_executed
     let a = checkout("tr118-remote-a-");
     a.make_ok();
     assert_eq!(runs(&a), ["a", "b", "c"]);
-    a.tr(&["cache", "push", "--remote-cache", &url])
-        .code(0)
-        .stderr_has("3 of 3 entries pushed");
+    a.tr(&["cache", "push", "--remote-cache", &url]).code(0).stderr_has("3 of 3 entries pushed");
     assert_eq!(entries(&server).len(), 3, "{:?}", server.files());
 
     let b = checkout("tr118-remote-b-");
-    b.tr(&["cache", "pull", "--remote-cache", &url])
-        .code(0)
-        .stderr_has("3 nodes: 3 pulled, 0 already in the local cache, 0 not pulled");
-    assert!(
-        b.files("out").is_empty(),
-        "pull fills the cache and leaves `out/` alone: {:?}",
-        b.files("out")
-    );
+    b.tr(&["cache", "pull", "--remote-cache", &url]).code(0).stderr_has("3 nodes: 3 pulled, 0 already in the local cache, 0 not pulled");
+    assert!(b.files("out").is_empty(), "pull fills the cache and leaves `out/` alone: {:?}", b.files("out"));
     let m = b.make_ok();
     assert_eq!(m.ran(), Vec::<String>::new());
     assert_eq!(m.hits(), ["a", "b", "c"]);
-    assert_eq!(
-        runs(&b),
-        Vec::<String>::new(),
-        "no command ran in the second checkout"
-    );
+    assert_eq!(runs(&b), Vec::<String>::new(), "no command ran in the second checkout");
     assert_eq!(outs(&b), outs(&a));
     b.tr(&["fsck"]).code(0).stdout_has("cache is consistent");
 }
@@ -130,14 +107,11 @@ fn pull_takes_what_the_remote_has_and_skips_the_rest() {
     let url = server.url();
     let a = checkout("tr118-remote-a-");
     a.make_ok();
-    a.tr(&["cache", "push", "a", "--remote-cache", &url])
-        .code(0)
-        .stderr_has("1 of 1 entries pushed");
+    a.tr(&["cache", "push", "a", "--remote-cache", &url]).code(0).stderr_has("1 of 1 entries pushed");
 
     let b = checkout("tr118-remote-b-");
     let pull = b.tr(&["cache", "pull", "--remote-cache", &url]);
-    pull.code(0)
-        .stderr_has("3 nodes: 1 pulled, 0 already in the local cache, 2 not pulled");
+    pull.code(0).stderr_has("3 nodes: 1 pulled, 0 already in the local cache, 2 not pulled");
     let m = b.make_ok();
     assert_eq!(m.ran(), ["b", "c"]);
     assert_eq!(m.hits(), ["a"]);
@@ -149,50 +123,24 @@ fn make_reads_through_the_remote_cache_and_writes_back_what_it_ran() {
     let url = server.url();
     let a = checkout("tr118-remote-a-");
     let m = a.make_with(&["--remote-cache", &url]);
-    m.run
-        .code(0)
-        .stderr_has("; cache: 0 local hits, 0 remote hits, ");
+    m.run.code(0).stderr_has("; cache: 0 local hits, 0 remote hits, ");
     assert_eq!(m.ran(), ["a", "b", "c"]);
-    assert_eq!(
-        entries(&server).len(),
-        3,
-        "written back: {:?}",
-        server.files()
-    );
+    assert_eq!(entries(&server).len(), 3, "written back: {:?}", server.files());
     // a.txt, upper.txt, beta.txt, report.txt, b's listing, the (empty) log.
-    assert_eq!(
-        server
-            .files()
-            .iter()
-            .filter(|f| f.starts_with("cas/"))
-            .count(),
-        6,
-        "{:?}",
-        server.files()
-    );
+    assert_eq!(server.files().iter().filter(|f| f.starts_with("cas/")).count(), 6, "{:?}", server.files());
 
     // The second checkout names the remote in its pipeline, not on the command line.
     let b = checkout_with("tr118-remote-b-", &format!("[cache]\nremote = \"{url}\"\n"));
     let m = b.make_with(&[]);
-    m.run
-        .code(0)
-        .stderr_has("; cache: 0 local hits, 3 remote hits, ")
-        .stderr_has(" s saved");
+    m.run.code(0).stderr_has("; cache: 0 local hits, 3 remote hits, ").stderr_has(" s saved");
     assert_eq!(m.ran(), Vec::<String>::new());
     assert_eq!(remote_hits(&m), ["a", "b", "c"]);
-    assert!(
-        m.record("b")["remote"]["bytes_down"].as_u64().unwrap() > 0,
-        "{}",
-        m.run
-    );
+    assert!(m.record("b")["remote"]["bytes_down"].as_u64().unwrap() > 0, "{}", m.run);
     assert_eq!(runs(&b), Vec::<String>::new());
     assert_eq!(outs(&b), outs(&a));
 
     let again = b.make_with(&[]);
-    again
-        .run
-        .code(0)
-        .stderr_has("; cache: 3 local hits, 0 remote hits, 0.0 MB down, 0.0 MB up, ~0.0 s saved");
+    again.run.code(0).stderr_has("; cache: 3 local hits, 0 remote hits, 0.0 MB down, 0.0 MB up, ~0.0 s saved");
 }
 
 #[test]
@@ -209,12 +157,7 @@ fn flipped_byte_in_a_remote_blob_is_detected_rebuilt_and_healed() {
     let b = checkout("tr118-remote-b-");
     let m = b.make_with(&["--remote-cache", &url]);
     m.run.code(0);
-    assert_eq!(
-        m.ran(),
-        ["b"],
-        "only the node with the corrupt blob is rebuilt\n{}",
-        m.run
-    );
+    assert_eq!(m.ran(), ["b"], "only the node with the corrupt blob is rebuilt\n{}", m.run);
     assert_eq!(remote_hits(&m), ["a", "c"]);
     assert_eq!(runs(&b), ["b"]);
     let sha = blob.trim_start_matches("cas/");
@@ -227,19 +170,9 @@ fn flipped_byte_in_a_remote_blob_is_detected_rebuilt_and_healed() {
         m.run
     );
     assert_eq!(b.read("out/b/tree/upper.txt"), b"ALPHA\n");
-    let corrupt_in_cache = b
-        .files("cache/objects")
-        .iter()
-        .any(|f| b.read(&format!("cache/objects/{f}")) == bytes);
-    assert!(
-        !corrupt_in_cache,
-        "the corrupt download never reaches the object store"
-    );
-    assert_eq!(
-        fs::read(server.root().join(&blob)).unwrap(),
-        b"ALPHA\n",
-        "the rebuild uploads the blob again"
-    );
+    let corrupt_in_cache = b.files("cache/objects").iter().any(|f| b.read(&format!("cache/objects/{f}")) == bytes);
+    assert!(!corrupt_in_cache, "the corrupt download never reaches the object store");
+    assert_eq!(fs::read(server.root().join(&blob)).unwrap(), b"ALPHA\n", "the rebuild uploads the blob again");
 }
 
 /// The keys of a run's nodes, by id.
@@ -255,21 +188,14 @@ fn entry_stored_under_another_key_is_rejected() {
     let m = a.make_with(&["--remote-cache", &url]);
     let (ka, kc) = (key(&m, "a"), key(&m, "c"));
     // A server that answers for `c` with `a`'s entry.
-    fs::copy(
-        server.root().join(format!("ac/{ka}")),
-        server.root().join(format!("ac/{kc}")),
-    )
-    .unwrap();
+    fs::copy(server.root().join(format!("ac/{ka}")), server.root().join(format!("ac/{kc}"))).unwrap();
 
     let b = checkout("tr118-remote-b-");
     let m = b.make_with(&["--remote-cache", &url, "--remote-read-only"]);
     m.run.code(0);
     assert_eq!(m.ran(), ["c"]);
     assert_eq!(remote_hits(&m), ["a", "b"]);
-    m.run.stderr_has(&format!(
-        "entry for `c` is not used: its manifest is for key {}",
-        &ka[..12]
-    ));
+    m.run.stderr_has(&format!("entry for `c` is not used: its manifest is for key {}", &ka[..12]));
     assert_eq!(b.read("out/c/report.txt"), b"ALPHA\nfrom the source tree\n");
 }
 
@@ -281,25 +207,16 @@ fn entry_whose_key_field_lies_is_rejected() {
     let m = a.make_with(&["--remote-cache", &url]);
     let (ka, kc) = (key(&m, "a"), key(&m, "c"));
     // `a`'s entry, relabelled as `c`'s: the key field agrees with the name, the content does not.
-    let mut entry: Value =
-        serde_json::from_slice(&fs::read(server.root().join(format!("ac/{ka}"))).unwrap()).unwrap();
+    let mut entry: Value = serde_json::from_slice(&fs::read(server.root().join(format!("ac/{ka}"))).unwrap()).unwrap();
     entry["manifest"]["key"] = Value::String(kc.clone());
     entry["manifest"]["node"] = Value::String("c".into());
-    fs::write(
-        server.root().join(format!("ac/{kc}")),
-        serde_json::to_vec(&entry).unwrap(),
-    )
-    .unwrap();
+    fs::write(server.root().join(format!("ac/{kc}")), serde_json::to_vec(&entry).unwrap()).unwrap();
 
     let b = checkout("tr118-remote-b-");
     let m = b.make_with(&["--remote-cache", &url, "--remote-read-only"]);
     m.run.code(0);
     assert_eq!(m.ran(), ["c"]);
-    m.run.stderr_has(&format!(
-        "entry for `c` is not used: its stage key hashes to {}, not to the key {}",
-        &ka[..12],
-        &kc[..12]
-    ));
+    m.run.stderr_has(&format!("entry for `c` is not used: its stage key hashes to {}, not to the key {}", &ka[..12], &kc[..12]));
     assert_eq!(b.read("out/c/report.txt"), b"ALPHA\nfrom the source tree\n");
 }
 
@@ -312,25 +229,12 @@ fn server_that_refuses_connections_does_not_fail_the_build() {
     assert_eq!(m.ran(), ["a", "b", "c"]);
     let w = warnings(&m.run.stderr);
     assert_eq!(w.len(), 1, "exactly one warning\n{}", m.run);
-    assert!(
-        w[0].starts_with(&format!("warning: remote cache {url} unreachable (")),
-        "{}",
-        w[0]
-    );
-    assert!(
-        w[0].ends_with("); continuing with the local cache only"),
-        "{}",
-        w[0]
-    );
+    assert!(w[0].starts_with(&format!("warning: remote cache {url} unreachable (")), "{}", w[0]);
+    assert!(w[0].ends_with("); continuing with the local cache only"), "{}", w[0]);
 
     // Commands whose whole job is the remote do fail.
-    ws.tr(&["cache", "push", "--remote-cache", &url])
-        .code(1)
-        .stderr_has(&format!("error: remote cache {url} unreachable"));
-    checkout("tr118-remote-down-")
-        .tr(&["cache", "pull", "--remote-cache", &url])
-        .code(1)
-        .stderr_has("unreachable");
+    ws.tr(&["cache", "push", "--remote-cache", &url]).code(1).stderr_has(&format!("error: remote cache {url} unreachable"));
+    checkout("tr118-remote-down-").tr(&["cache", "pull", "--remote-cache", &url]).code(1).stderr_has("unreachable");
 }
 
 #[test]
@@ -363,34 +267,16 @@ fn read_only_remote_is_never_written() {
     m.run.code(0);
     assert_eq!(m.ran(), ["a", "b", "c"]);
     let requests = server.requests();
-    assert_eq!(
-        requests
-            .iter()
-            .filter(|r| r.starts_with("GET /ac/"))
-            .count(),
-        3,
-        "every node was looked up: {requests:?}"
-    );
-    assert!(
-        !requests.iter().any(|r| r.starts_with("PUT")),
-        "{requests:?}"
-    );
+    assert_eq!(requests.iter().filter(|r| r.starts_with("GET /ac/")).count(), 3, "every node was looked up: {requests:?}");
+    assert!(!requests.iter().any(|r| r.starts_with("PUT")), "{requests:?}");
     assert_eq!(server.files(), Vec::<String>::new());
 
     // The same from the pipeline; and `=false` on the command line lifts it.
-    let ro = checkout_with(
-        "tr118-remote-ro-",
-        &format!("[cache]\nremote = \"{url}\"\nread_only = true\n"),
-    );
+    let ro = checkout_with("tr118-remote-ro-", &format!("[cache]\nremote = \"{url}\"\nread_only = true\n"));
     ro.make_with(&[]).run.code(0);
     assert_eq!(server.files(), Vec::<String>::new());
-    ro.tr(&["cache", "push"])
-        .code(2)
-        .stderr_has("is read-only here")
-        .stderr_has("--remote-read-only=false");
-    ro.tr(&["cache", "push", "--remote-read-only=false"])
-        .code(0)
-        .stderr_has("3 of 3 entries pushed");
+    ro.tr(&["cache", "push"]).code(2).stderr_has("is read-only here").stderr_has("--remote-read-only=false");
+    ro.tr(&["cache", "push", "--remote-read-only=false"]).code(0).stderr_has("3 of 3 entries pushed");
 }
 
 #[test]
@@ -399,14 +285,10 @@ fn basic_credentials_from_the_environment_reach_the_server() {
     let url = server.url();
     let anonymous = checkout("tr118-remote-auth-");
     let m = anonymous.make_with(&["--remote-cache", &url]);
-    m.run
-        .code(0)
-        .stderr_has("HTTP 401; check the credentials in `TR118_REMOTE_CACHE_TOKEN`");
+    m.run.code(0).stderr_has("HTTP 401; check the credentials in `TR118_REMOTE_CACHE_TOKEN`");
     assert_eq!(server.files(), Vec::<String>::new());
 
-    let ci = checkout("tr118-remote-auth-")
-        .env("TR118_REMOTE_CACHE_USER", "ci")
-        .env("TR118_REMOTE_CACHE_PASSWORD", "s3cret");
+    let ci = checkout("tr118-remote-auth-").env("TR118_REMOTE_CACHE_USER", "ci").env("TR118_REMOTE_CACHE_PASSWORD", "s3cret");
     let m = ci.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(warnings(&m.run.stderr), Vec::<&str>::new());
@@ -419,28 +301,18 @@ fn bearer_token_from_the_environment_reaches_the_server() {
     let url = server.url();
     let wrong = checkout("tr118-remote-auth-").env("TR118_REMOTE_CACHE_TOKEN", "guess");
     wrong.make_ok();
-    wrong
-        .tr(&["cache", "push", "--remote-cache", &url])
-        .code(1)
-        .stderr_has("HTTP 401");
+    wrong.tr(&["cache", "push", "--remote-cache", &url]).code(1).stderr_has("HTTP 401");
     let right = checkout("tr118-remote-auth-").env("TR118_REMOTE_CACHE_TOKEN", "t0ken");
     right.make_ok();
-    right
-        .tr(&["cache", "push", "--remote-cache", &url])
-        .code(0)
-        .stderr_has("3 of 3 entries pushed");
+    right.tr(&["cache", "push", "--remote-cache", &url]).code(0).stderr_has("3 of 3 entries pushed");
 }
 
 #[test]
 fn url_with_credentials_is_an_error_naming_where_it_was_written() {
     let secret = "http://ci:s3cret@127.0.0.1:9/";
-    let ws = checkout_with(
-        "tr118-remote-url-",
-        &format!("[cache]\nremote = \"{secret}\"\n"),
-    );
+    let ws = checkout_with("tr118-remote-url-", &format!("[cache]\nremote = \"{secret}\"\n"));
     let run = ws.tr(&["make"]);
-    run.diag(2, "`cache.remote` holds credentials")
-        .stderr_has("`TR118_REMOTE_CACHE_USER`");
+    run.diag(2, "`cache.remote` holds credentials").stderr_has("`TR118_REMOTE_CACHE_USER`");
     assert!(!run.stderr.contains("s3cret"), "{run}");
 
     let ws = checkout("tr118-remote-url-");
@@ -448,21 +320,14 @@ fn url_with_credentials_is_an_error_naming_where_it_was_written() {
     run.code(2).stderr_has("`--remote-cache` holds credentials");
     assert!(!run.stderr.contains("s3cret"), "{run}");
     let ws = checkout("tr118-remote-url-").env("TR118_REMOTE_CACHE", secret);
-    ws.tr(&["make"])
-        .code(2)
-        .stderr_has("`TR118_REMOTE_CACHE` holds credentials");
+    ws.tr(&["make"]).code(2).stderr_has("`TR118_REMOTE_CACHE` holds credentials");
     assert_eq!(ws.files("out"), Vec::<String>::new(), "nothing ran");
 }
 
 #[test]
 fn unknown_field_in_cache_section_is_reported_with_a_suggestion() {
-    let ws = checkout_with(
-        "tr118-remote-field-",
-        "[cache]\nremot = \"http://127.0.0.1:9\"\n",
-    );
-    ws.tr(&["make"])
-        .diag_at(2, 1, "unknown field `remot` in `cache`")
-        .stderr_has("did you mean `remote`?");
+    let ws = checkout_with("tr118-remote-field-", "[cache]\nremot = \"http://127.0.0.1:9\"\n");
+    ws.tr(&["make"]).diag_at(2, 1, "unknown field `remot` in `cache`").stderr_has("did you mean `remote`?");
 }
 
 #[test]
@@ -485,13 +350,7 @@ outs = { y = "y.txt" }
     let m = ws.make_with(&["--remote-cache", &url]);
     m.run.code(0);
     assert_eq!(m.status("d"), "degraded");
-    assert_eq!(
-        entries(&server),
-        [format!("ac/{}", key(&m, "e"))],
-        "only the ok node is shared"
-    );
+    assert_eq!(entries(&server), [format!("ac/{}", key(&m, "e"))], "only the ok node is shared");
     // Nor does `cache push` share it.
-    ws.tr(&["cache", "push", "--remote-cache", &url])
-        .code(0)
-        .stderr_has("1 of 1 entries pushed, 1 degraded not shared");
+    ws.tr(&["cache", "push", "--remote-cache", &url]).code(0).stderr_has("1 of 1 entries pushed, 1 degraded not shared");
 }

@@ -163,7 +163,9 @@ fn trt_build(precision: &str, built: bool) -> Value {
 }
 
 fn quantize() -> Value {
-    let left: Vec<Value> = (0..30).map(|i| json!({ "name": format!("blk.{i}.ffn_down"), "op": "MatMul", "output": format!("h{i}"), "reason": "excluded by `*ffn_down*`" })).collect();
+    let left: Vec<Value> = (0..30)
+        .map(|i| json!({ "name": format!("blk.{i}.ffn_down"), "op": "MatMul", "output": format!("h{i}"), "reason": "excluded by `*ffn_down*`" }))
+        .collect();
     json!({
         "scheme": "static", "per_channel": true, "exclude": ["*ffn_down*"], "activations": "int8 per tensor, from the calibration", "weights": "int8 per channel",
         "matmul_total": 211, "quantized": 181, "verified": 181, "ops": [], "left_float": left,
@@ -333,7 +335,11 @@ fn well_formed(doc: &str) -> Result<Vec<String>, String> {
                     while !rest.is_empty() {
                         let eq = rest.find('=').ok_or_else(|| format!("line {}: attribute without a value in `<{tag}>`", line(i)))?;
                         let after = &rest[eq + 1..];
-                        let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'').ok_or_else(|| format!("line {}: unquoted attribute in `<{tag}>`", line(i)))?;
+                        let quote = after
+                            .chars()
+                            .next()
+                            .filter(|c| *c == '"' || *c == '\'')
+                            .ok_or_else(|| format!("line {}: unquoted attribute in `<{tag}>`", line(i)))?;
                         let close = after[1..].find(quote).ok_or_else(|| format!("line {}: unterminated attribute in `<{tag}>`", line(i)))?;
                         check_text(&after[1..1 + close]).map_err(|e| format!("line {}: {e}", line(i)))?;
                         rest = after[close + 2..].trim_start();
@@ -570,7 +576,8 @@ fn an_artifact_of_the_wrong_kind_or_an_unknown_dep_is_named() {
     let ws = Workspace::new("tr118-report-");
     study(&ws, "");
     // The gate dep pointed at a perplexity result.
-    let toml = String::from_utf8(ws.read("tr118.toml")).unwrap().replace("gate = \"fixtures/gate.json\"", "gate = \"fixtures/perplexity/ort-cpu/perplexity.json\"");
+    let toml =
+        String::from_utf8(ws.read("tr118.toml")).unwrap().replace("gate = \"fixtures/gate.json\"", "gate = \"fixtures/perplexity/ort-cpu/perplexity.json\"");
     ws.pipeline(&toml);
     let m = ws.make();
     m.run.code(1);

@@ -60,10 +60,12 @@ const PREFILL_VOCAB: usize = 4;
 fn prefill_model(full: bool) -> Vec<u8> {
     let v = PREFILL_VOCAB as i64;
     let table: Vec<f32> = (0..v * v).map(|k| (10 * (k / v) + k % v) as f32).collect();
-    let mut g = Graph::new()
-        .input("input_ids", INT64, &[Dim::Named("batch"), Dim::Named("seq")])
-        .initializer(tensor_f32("table", &[v, v], &table))
-        .node("Gather", &["table", "input_ids"], &["embedded"], &[attr_int("axis", 0)]);
+    let mut g = Graph::new().input("input_ids", INT64, &[Dim::Named("batch"), Dim::Named("seq")]).initializer(tensor_f32("table", &[v, v], &table)).node(
+        "Gather",
+        &["table", "input_ids"],
+        &["embedded"],
+        &[attr_int("axis", 0)],
+    );
     if full {
         g = g
             .input("attention_mask", INT64, &[Dim::Named("batch"), Dim::Named("seq")])
@@ -180,7 +182,13 @@ fn probe_of_a_file_that_is_not_a_library_says_so() {
 #[test]
 fn probe_of_a_library_without_the_ort_entry_point_is_not_onnx_runtime() {
     // Any shared library that is not ONNX Runtime will do; the C math library is everywhere.
-    let candidates = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6", "/usr/lib64/libm.so.6", "/lib/aarch64-linux-gnu/libm.so.6"];
+    let candidates = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+        "/usr/lib64/libm.so.6",
+        "/lib/aarch64-linux-gnu/libm.so.6",
+    ];
     let Some(libm) = candidates.iter().map(Path::new).find(|p| p.is_file()) else {
         eprintln!("note: skipped, no libm.so.6 in the usual places");
         return;
@@ -531,7 +539,8 @@ fn export_llama(dir: &TempDir, variant: Variant) -> PathBuf {
 fn export_model(dir: &TempDir, cfg: &ModelConfig, weights: &Weights, variant: Variant, precision: Precision) -> PathBuf {
     let gguf = dir.path().join("model.gguf");
     if !gguf.is_file() {
-        let tensors: Vec<GgufTensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| GgufTensor { data: weights[&name].1.clone(), name, shape }).collect();
+        let tensors: Vec<GgufTensor> =
+            cfg.expected_tensors().into_iter().map(|(name, shape)| GgufTensor { data: weights[&name].1.clone(), name, shape }).collect();
         write_gguf(&gguf, cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     }
     let ck = Checkpoint::open(&gguf).unwrap_or_else(|e| panic!("{e}"));
@@ -796,7 +805,9 @@ fn the_fp16_fused_decoder_decodes_in_place_and_returns_the_argmax() {
         assert!(r.cache.is_resident() && !p.cache.is_resident());
         let scale = want.iter().flatten().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
         let (vs_ref, vs_plain, cache) = (max_logit_diff(&r.logits, &want) / scale, max_logit_diff(&r.logits, &p.logits), max_cache_diff(&r, &p));
-        eprintln!("batch {batch}: fp16 fused, resident vs the fp32 reference {vs_ref:.2e} of the logit scale {scale:.2}; vs plain runs {vs_plain:.2e}; caches {cache:.2e}");
+        eprintln!(
+            "batch {batch}: fp16 fused, resident vs the fp32 reference {vs_ref:.2e} of the logit scale {scale:.2}; vs plain runs {vs_plain:.2e}; caches {cache:.2e}"
+        );
         assert!(vs_ref <= 1e-2, "batch {batch}: resident logits vs the reference: {vs_ref:.3e} of the scale");
         assert!(vs_plain <= 1e-6, "batch {batch}: resident vs plain logits: {vs_plain:.3e}");
         assert!(cache <= 1e-6, "batch {batch}: resident vs plain cache: {cache:.3e}");
@@ -841,7 +852,8 @@ fn a_prefill_on_the_device_returns_what_a_plain_run_computes() {
     let model = export_llama(&dir, Variant::Prefill);
     let prompts = prompts(2, 6);
     let flat: Vec<i64> = prompts.iter().flatten().map(|&t| i64::from(t)).collect();
-    let mut s = rt.session(&model, &SessionOptions { io_binding: Some(true), intra_threads: Some(1), ..SessionOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
+    let mut s =
+        rt.session(&model, &SessionOptions { io_binding: Some(true), intra_threads: Some(1), ..SessionOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
     let inputs = s.prefill_inputs_on_device(&flat, &[1; 12], 2, 6).unwrap_or_else(|e| panic!("{e}"));
     let on_device = s.run_prepared_on_device(&inputs).unwrap_or_else(|e| panic!("{e}")).to_host().unwrap();
     let mut plain = None;
@@ -1016,7 +1028,10 @@ fn gpu_fixed_decoders_replay_cuda_graphs_and_match_the_cpu() {
             let vs_cpu = max_logit_diff(&runs[0].logits, &c.logits);
             let replays = runs[1..].iter().map(|r| max_logit_diff(&r.logits, &runs[0].logits)).fold(0.0, f64::max);
             let cache = max_cache_diff(&runs[2], &c);
-            eprintln!("{precision:?}, batch {batch}: ids gpu {:?} cpu {:?}; logits gpu vs cpu {vs_cpu:.2e} (scale {scale:.2}), replays vs first {replays:.2e}, cache {cache:.2e}", runs[0].ids, c.ids);
+            eprintln!(
+                "{precision:?}, batch {batch}: ids gpu {:?} cpu {:?}; logits gpu vs cpu {vs_cpu:.2e} (scale {scale:.2}), replays vs first {replays:.2e}, cache {cache:.2e}",
+                runs[0].ids, c.ids
+            );
             assert_eq!(replays, 0.0, "{precision:?}, batch {batch}: a replayed generation differs from the first");
             let tol = if precision == Precision::Fp32 { 1e-3 } else { 1e-2 * scale };
             assert!(vs_cpu <= tol, "{precision:?}, batch {batch}: CUDA graph vs CPU logits {vs_cpu:.3e}");
@@ -1041,11 +1056,14 @@ fn gpu_real_model_fixed_decoders_match_the_fp32_reference() {
     let text: String = text.lines().filter(|l| !l.starts_with("<doc") && !l.starts_with("</doc")).collect::<Vec<_>>().join("\n");
     let mut tok = tr118::tokenizer::load_tokenizer_json(&ws.join("out/export/tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
     tok.with_truncation(None).unwrap();
-    let ids: Vec<i64> = tok.encode(&text[..text.char_indices().nth(40_000).map_or(text.len(), |(i, _)| i)], false).unwrap().get_ids().iter().map(|&t| i64::from(t)).collect();
+    let ids: Vec<i64> =
+        tok.encode(&text[..text.char_indices().nth(40_000).map_or(text.len(), |(i, _)| i)], false).unwrap().get_ids().iter().map(|&t| i64::from(t)).collect();
     let (prompt, new_tokens, window, windows) = (&ids[..27], 128, 256, 8);
     let cpu = SessionOptions { io_binding: Some(false), ..SessionOptions::default() };
     let graphs = SessionOptions { cuda_graph: true, ..SessionOptions::default().with_providers([Provider::Cuda]) };
-    let open = |path: &str, options: &SessionOptions| Decoder::new(rt.session(&ws.join(path), options).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap_or_else(|e| panic!("{e}"));
+    let open = |path: &str, options: &SessionOptions| {
+        Decoder::new(rt.session(&ws.join(path), options).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap_or_else(|e| panic!("{e}"))
+    };
     let mut reference = open("out/export/decoder/model.onnx", &cpu);
 
     // Negative log-likelihood of each window's next tokens, and its logits.
@@ -1084,21 +1102,28 @@ fn gpu_real_model_fixed_decoders_match_the_fp32_reference() {
     let want_ids = greedy(&mut reference);
     let want_steps = forced(&mut reference, &want_ids);
     let (want_ppl, want_logits) = score(&mut reference);
-    for (name, path, ppl_tol) in [("fp32 decoder_fixed", "out/export/decoder_fixed/model.onnx", 1e-4), ("fp16 decoder_fixed", "out/export-fp16/decoder_fixed/model.onnx", 5e-3)] {
+    for (name, path, ppl_tol) in
+        [("fp32 decoder_fixed", "out/export/decoder_fixed/model.onnx", 1e-4), ("fp16 decoder_fixed", "out/export-fp16/decoder_fixed/model.onnx", 5e-3)]
+    {
         let mut dec = open(path, &graphs);
         let got = greedy(&mut dec);
         let agree = got.iter().zip(&want_ids).filter(|(a, b)| a == b).count();
         let first_diff = got.iter().zip(&want_ids).position(|(a, b)| a != b);
         // Teacher-forced along the reference's ids: every decode step's logits and argmax.
         let steps = forced(&mut dec, &want_ids);
-        let step_diff = steps.iter().zip(&want_steps).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);
+        let step_diff =
+            steps.iter().zip(&want_steps).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);
         let step_scale = want_steps.iter().flatten().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
         let argmax_of = |row: &Vec<f32>| (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
         let top1 = steps.iter().zip(&want_steps).filter(|(a, b)| argmax_of(a) == argmax_of(b)).count();
-        eprintln!("{name}: teacher-forced over the reference's {new_tokens} ids: max |Δ logit| {step_diff:.2e} ({:.2e} of the scale {step_scale:.1}), argmax agreement {top1}/{new_tokens}", step_diff / step_scale);
+        eprintln!(
+            "{name}: teacher-forced over the reference's {new_tokens} ids: max |Δ logit| {step_diff:.2e} ({:.2e} of the scale {step_scale:.1}), argmax agreement {top1}/{new_tokens}",
+            step_diff / step_scale
+        );
         let (ppl, logits) = score(&mut dec);
         let rel = (ppl - want_ppl).abs() / want_ppl;
-        let max_diff = logits.iter().zip(&want_logits).flat_map(|(a, b)| a.iter().zip(b.iter()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);
+        let max_diff =
+            logits.iter().zip(&want_logits).flat_map(|(a, b)| a.iter().zip(b.iter()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())).fold(0.0, f64::max);
         eprintln!(
             "{name}: greedy ids agree with the fp32 reference at {agree}/{new_tokens} (first difference at {first_diff:?}); perplexity {ppl:.4} vs {want_ppl:.4} (relative {rel:.2e}); max |Δ logit| {max_diff:.2e} over {windows} windows of {window}"
         );

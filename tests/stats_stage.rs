@@ -261,7 +261,9 @@ fn summaries_and_comparisons_match_naive_loops_numpy_and_scipy() {
         let half = want["t_crit"].as_f64().unwrap() * naive_std(&xs) / (xs.len() as f64).sqrt();
         close(&at("latency_ci95_lo_ms"), num(r, "latency_ci95_lo_ms"), naive_mean(&xs) - half);
         close(&at("latency_ci95_hi_ms"), num(r, "latency_ci95_hi_ms"), naive_mean(&xs) + half);
-        for (column, key) in [("latency_median_ms", "median"), ("latency_p90_ms", "p90"), ("latency_p99_ms", "p99"), ("latency_min_ms", "min"), ("latency_max_ms", "max")] {
+        for (column, key) in
+            [("latency_median_ms", "median"), ("latency_p90_ms", "p90"), ("latency_p99_ms", "p99"), ("latency_min_ms", "min"), ("latency_max_ms", "max")]
+        {
             close(&at(column), num(r, column), want[key].as_f64().unwrap());
         }
         let throughput: Vec<f64> = xs.iter().map(|x| TOKENS as f64 / (x / 1000.0)).collect();
@@ -291,7 +293,9 @@ fn summaries_and_comparisons_match_naive_loops_numpy_and_scipy() {
 
     // The comparisons built from fixture pairs carry scipy's Welch answers: `fast` is `a`.
     let welch = |a: &str, b: &str| fx["welch"].as_array().unwrap().iter().find(|w| w["a"] == a && w["b"] == b).unwrap().clone();
-    for (mode, scenario, a, b) in [("prefill", "short", "large_normal", "large_shifted"), ("prefill", "long", "tight_small", "wide_large"), ("generate", "short", "pair", "outlier")] {
+    for (mode, scenario, a, b) in
+        [("prefill", "short", "large_normal", "large_shifted"), ("prefill", "long", "tight_small", "wide_large"), ("generate", "short", "pair", "outlier")]
+    {
         let want = welch(a, b);
         let r = row(&doc, "comparisons", &[("mode", mode), ("scenario", scenario), ("backend", "fast")]);
         let at = |c: &str| format!("fast/{mode}/{scenario}.{c}");
@@ -360,7 +364,9 @@ fn a_backend_with_only_degraded_runs_has_rows_with_empty_numbers_and_its_reasons
     let ws = workspace(&study(&fx), "baseline = \"cpu\"\n");
     ws.make_ok();
     let doc = ws.json("out/stats/stats.json");
-    for (mode, scenario, n) in [("prefill", "short", 3), ("prefill", "long", 3), ("prefill", "overall", 6), ("generate", "short", 3), ("generate", "overall", 3)] {
+    for (mode, scenario, n) in
+        [("prefill", "short", 3), ("prefill", "long", 3), ("prefill", "overall", 6), ("generate", "short", 3), ("generate", "overall", 3)]
+    {
         let r = row(&doc, "summary", &[("backend", "gpu"), ("mode", mode), ("scenario", scenario)]);
         assert_eq!(r["provider"], "cuda");
         assert_eq!(r["n_ok"].as_u64(), Some(0), "{r}");

@@ -39,7 +39,9 @@ fn a_reduced_study_reports_and_an_edited_backend_reruns_only_its_own_nodes() {
     ws.tr(&["why", "sweep/cpu-int8/prefill"]).code(0).stdout_has("threads").stdout_has("1 → 2");
     let after = ws.make_ok();
     let ran: BTreeSet<String> = after.ran().into_iter().collect();
-    let want: BTreeSet<String> =
-        ["perplexity/cpu-int8", "accuracy", "logits/cpu-int8", "sweep/cpu-int8/prefill", "sweep/cpu-int8/generate", "stats", "report"].into_iter().map(String::from).collect();
+    let want: BTreeSet<String> = ["perplexity/cpu-int8", "accuracy", "logits/cpu-int8", "sweep/cpu-int8/prefill", "sweep/cpu-int8/generate", "stats", "report"]
+        .into_iter()
+        .map(String::from)
+        .collect();
     assert_eq!(ran, want, "{}", after.run);
 }

@@ -42,8 +42,7 @@ fn corpus_ids() -> Vec<u32> {
 fn workspace() -> (Workspace, String) {
     let ws = Workspace::new("tr118-sweep-");
     let cfg = config();
-    let tensors: Vec<Tensor> =
-        cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: weights()[&name].1.clone(), name, shape }).collect();
+    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: weights()[&name].1.clone(), name, shape }).collect();
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     let words: Vec<String> = corpus_ids().iter().map(|i| format!("t{i}")).collect();
@@ -57,7 +56,8 @@ fn workspace() -> (Workspace, String) {
 
 /// Backends, an export of `variants` and a sweep over `modes` with `fields`.
 fn pipeline(lib: &str, backends: &str, variants: &str, modes: &str, fields: &str) -> String {
-    let deps = if variants.contains("decoder") { "prefill = \"out/export/prefill\", decoder = \"out/export/decoder\"" } else { "prefill = \"out/export/prefill\"" };
+    let deps =
+        if variants.contains("decoder") { "prefill = \"out/export/prefill\", decoder = \"out/export/decoder\"" } else { "prefill = \"out/export/prefill\"" };
     format!(
         "{backends}\n[stages.export]\nkind = \"export\"\ndeps = {{ checkpoint = \"model.gguf\" }}\nvariants = {variants}\ntokenizer = false\n\n\
          [stages.sweep]\nkind = \"sweep\"\nmatrix = {{ backend = \"backend\", mode = {modes} }}\nmode = \"{{matrix.mode}}\"\n\
@@ -206,7 +206,11 @@ fn a_bad_sweep_field_is_named_with_its_line_and_a_suggestion() {
     let fields = "scenarios = [{ name = \"a\", prompt_tokns = 3 }]\nreps = 0\n";
     ws.write("tr118.toml", pipeline(&lib, CPU, "[\"prefill\"]", "[\"prefill\", \"decode\"]", fields));
     let run = ws.tr(&["make"]);
-    run.code(2).stderr_has("prompt_tokns").stderr_has("did you mean `prompt_tokens`").stderr_has("`reps` must be an integer ≥ 1").stderr_has("unknown sweep mode `decode`");
+    run.code(2)
+        .stderr_has("prompt_tokns")
+        .stderr_has("did you mean `prompt_tokens`")
+        .stderr_has("`reps` must be an integer ≥ 1")
+        .stderr_has("unknown sweep mode `decode`");
     let text = fs::read_to_string(ws.path("tr118.toml")).unwrap();
     let line = text.lines().position(|l| l.starts_with("scenarios")).unwrap() + 1;
     run.stderr_has(&format!("tr118.toml:{line}:"));
@@ -275,7 +279,12 @@ fn generation_through_a_fixed_capacity_decoder_gives_the_reference_tokens() {
              deps = {{ prefill = \"{{matrix.backend.prefill}}\", decoder = \"{{matrix.backend.decoder}}\", tokenizer = \"tokenizer.json\", corpus = \"corpus.txt\", runtime = \"{lib}\" }}\n{scenarios}\nwarmup = 1\nreps = 2\n"
         )
     };
-    ws.write("tr118.toml", text("scenarios = [{ name = \"one\", batch = 1, prompt_tokens = 5, new_tokens = 7 }, { name = \"two\", batch = 2, prompt_tokens = 4, new_tokens = 6 }]"));
+    ws.write(
+        "tr118.toml",
+        text(
+            "scenarios = [{ name = \"one\", batch = 1, prompt_tokens = 5, new_tokens = 7 }, { name = \"two\", batch = 2, prompt_tokens = 4, new_tokens = 6 }]",
+        ),
+    );
     ws.make_ok();
     let ids = corpus_ids();
     let want = [vec![reference_greedy(&ids[..5], 7)], vec![reference_greedy(&ids[..4], 6), reference_greedy(&ids[4..8], 6)]];
@@ -298,6 +307,13 @@ fn generation_through_a_fixed_capacity_decoder_gives_the_reference_tokens() {
     make.run.code(0);
     assert_eq!(make.status("sweep/fixed/generate"), "degraded");
     assert_eq!(make.status("sweep/resident/generate"), "degraded");
-    assert!(make.record("sweep/fixed/generate")["detail"].as_str().unwrap_or_default().contains("16 positions in the cache and 1 new do not fit its capacity of 16"), "{}", make.record("sweep/fixed/generate"));
+    assert!(
+        make.record("sweep/fixed/generate")["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("16 positions in the cache and 1 new do not fit its capacity of 16"),
+        "{}",
+        make.record("sweep/fixed/generate")
+    );
     assert_eq!(make.status("sweep/growing/generate"), "ok");
 }

@@ -253,9 +253,10 @@ fn recorded_exchanges_replay_into_the_records_they_measured() {
 /// A Python with torch and transformers: `TR118_TEST_PYTHON`, else `/opt/venv-torch/bin/python`.
 fn torch_python() -> Option<String> {
     let candidates = [std::env::var("TR118_TEST_PYTHON").ok(), Some("/opt/venv-torch/bin/python".to_string())];
-    candidates.into_iter().flatten().find(|p| {
-        std::process::Command::new(p).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success())
-    })
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| std::process::Command::new(p).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success()))
 }
 
 /// Records the sweep exchange of the real worker into the fixtures, on `TR118_RECORD_DEVICE`.
@@ -303,7 +304,9 @@ fn the_worker_agrees_with_onnx_runtime_on_the_same_weights() {
     let (pa, pb) = (a["ppl"].as_f64().unwrap(), b["ppl"].as_f64().unwrap());
     assert!((pa - pb).abs() < 1e-4 * pb, "torch {pa} vs ONNX Runtime {pb}");
     // Greedy generation: the same ids as ONNX Runtime's, cached and not.
-    let ids = |node: &str| ws.json(&format!("out/sweep/{node}/sweep.json"))["scenarios"].as_array().unwrap().iter().map(|s| s["output_ids"].clone()).collect::<Vec<_>>();
+    let ids = |node: &str| {
+        ws.json(&format!("out/sweep/{node}/sweep.json"))["scenarios"].as_array().unwrap().iter().map(|s| s["output_ids"].clone()).collect::<Vec<_>>()
+    };
     assert_eq!(ids("torch/generate"), ids("ort/generate"));
     assert_eq!(ids("torch/generate_uncached"), ids("ort/generate"));
     assert_eq!(ids("traced/generate"), ids("ort/generate"), "decoding through the static cache");

@@ -78,16 +78,18 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-const SHAPES: [&str; 3] = [
-    "--minShapes=input_ids:1x1,attention_mask:1x1",
-    "--optShapes=input_ids:1x27,attention_mask:1x27",
-    "--maxShapes=input_ids:4x512,attention_mask:4x512",
-];
+const SHAPES: [&str; 3] =
+    ["--minShapes=input_ids:1x1,attention_mask:1x1", "--optShapes=input_ids:1x27,attention_mask:1x27", "--maxShapes=input_ids:4x512,attention_mask:4x512"];
 
 #[test]
 fn each_precision_has_its_exact_command_line() {
     let head = ["--onnx=out/export/prefill/model.onnx", "--saveEngine=out/trt_build/x/plan/model.plan"];
-    let tail = ["--timingCacheFile=cache/trt-timing/t.timing", "--exportLayerInfo=out/trt_build/x/plan/layers.json", "--profilingVerbosity=detailed", "--skipInference"];
+    let tail = [
+        "--timingCacheFile=cache/trt-timing/t.timing",
+        "--exportLayerInfo=out/trt_build/x/plan/layers.json",
+        "--profilingVerbosity=detailed",
+        "--skipInference",
+    ];
     let expect = |flags: &[&str]| -> Vec<String> { strings(&[&head[..], flags, &SHAPES[..], &tail[..]].concat()) };
 
     assert_eq!(command(PlanPrecision::Fp32).args(), expect(&[]));
@@ -100,13 +102,15 @@ fn each_precision_has_its_exact_command_line() {
     let args = strict.args();
     assert_eq!(
         args,
-        strings(&[
-            &head[..],
-            &["--noTF32"],
-            &SHAPES[..],
-            &["--memPoolSize=workspace:4096", "--exportLayerInfo=out/trt_build/x/plan/layers.json", "--profilingVerbosity=detailed", "--skipInference"],
-        ]
-        .concat())
+        strings(
+            &[
+                &head[..],
+                &["--noTF32"],
+                &SHAPES[..],
+                &["--memPoolSize=workspace:4096", "--exportLayerInfo=out/trt_build/x/plan/layers.json", "--profilingVerbosity=detailed", "--skipInference"],
+            ]
+            .concat()
+        )
     );
 }
 
@@ -142,7 +146,10 @@ struct Counts {
 #[test]
 fn layer_information_is_counted_as_worked_out_by_hand() {
     let cases = [
-        ("int8.layers.json", Counts { layers: 11, fp32: 4, fp16: 2, int8: 4, other: 1, int8_by_type: &[("CaskConvolution", 2), ("CaskGemmMatrixMultiply", 2)] }),
+        (
+            "int8.layers.json",
+            Counts { layers: 11, fp32: 4, fp16: 2, int8: 4, other: 1, int8_by_type: &[("CaskConvolution", 2), ("CaskGemmMatrixMultiply", 2)] },
+        ),
         ("int8-no-int8.layers.json", Counts { layers: 7, fp32: 6, fp16: 0, int8: 0, other: 1, int8_by_type: &[] }),
         ("fp16.layers.json", Counts { layers: 6, fp32: 2, fp16: 3, int8: 0, other: 1, int8_by_type: &[] }),
     ];
@@ -387,9 +394,14 @@ fn without_trtexec_every_plan_is_degraded_with_the_reason_and_the_command_it_wou
         let timing = b["timing_cache"].as_str().unwrap().to_string();
         assert!(timing.starts_with(&format!("cache/trt-timing/trt_build~{precision}-")) && timing.ends_with(".timing"), "{timing}");
         assert_eq!(b["command"], json!(recorded_command(precision, &timing)));
-        assert_eq!(b["shapes"], json!([{ "min": "input_ids:1x1,attention_mask:1x1", "opt": "input_ids:1x27,attention_mask:1x27", "max": "input_ids:4x512,attention_mask:4x512" }]));
+        assert_eq!(
+            b["shapes"],
+            json!([{ "min": "input_ids:1x1,attention_mask:1x1", "opt": "input_ids:1x27,attention_mask:1x27", "max": "input_ids:4x512,attention_mask:4x512" }])
+        );
         assert_eq!(b["dynamic_inputs"], json!({ "attention_mask": ["batch", "sequence"], "input_ids": ["batch", "sequence"] }));
-        for field in ["trt_version", "build_s", "engine_build_s", "plan_bytes", "n_layers", "layers_by_precision", "int8_layers", "output_dtypes", "int8_verified"] {
+        for field in
+            ["trt_version", "build_s", "engine_build_s", "plan_bytes", "n_layers", "layers_by_precision", "int8_layers", "output_dtypes", "int8_verified"]
+        {
             assert_eq!(b[field], Value::Null, "{precision}: `{field}` of a plan never built");
         }
         assert_eq!(ws.files(&format!("out/trt_build/{precision}/plan")), Vec::<String>::new(), "no plan file is made up");
@@ -549,7 +561,9 @@ fn a_profile_naming_no_dimension_of_the_model_fails_with_a_suggestion() {
     install_trtexec(&ws, Fake::Build);
     let run = ws.tr(&["make", "--keep-going"]);
     run.code(1);
-    run.stderr_has("profile 0 names dimension `seqence`, which no input of the model has; its dynamic dimensions are `batch`, `sequence`; did you mean `sequence`?");
+    run.stderr_has(
+        "profile 0 names dimension `seqence`, which no input of the model has; its dynamic dimensions are `batch`, `sequence`; did you mean `sequence`?",
+    );
 }
 
 #[test]

@@ -156,11 +156,18 @@ fn plans_and_census(prefix: &str, cfg: &ModelConfig) -> Workspace {
                     assert_eq!(b["int8_layers"]["count"].as_u64(), Some(int8 as u64), "{node}");
                     // Every INT8 layer is one of the QDQ model's quantised MatMuls (TensorRT names
                     // the ONNX nodes each layer implements in its metadata).
-                    let onnx = std::fs::read(ws.path(&format!("out/quantize/{}/model.onnx", if stage == "trt_build" { "prefill" } else { "decoder" }))).unwrap();
-                    for l in all.iter().filter(|l| l["Inputs"].as_array().is_some_and(|i| i.iter().any(|t| t["Format/Datatype"].as_str().is_some_and(|d| d.ends_with("Int8"))))) {
+                    let onnx =
+                        std::fs::read(ws.path(&format!("out/quantize/{}/model.onnx", if stage == "trt_build" { "prefill" } else { "decoder" }))).unwrap();
+                    for l in all.iter().filter(|l| {
+                        l["Inputs"].as_array().is_some_and(|i| i.iter().any(|t| t["Format/Datatype"].as_str().is_some_and(|d| d.ends_with("Int8"))))
+                    }) {
                         let meta = l["Metadata"].as_str().unwrap_or_default();
-                        let matmuls: Vec<&str> =
-                            meta.split("[ONNX Layer: ").skip(1).filter_map(|s| s.split(']').next()).filter(|n| n.starts_with("MatMul") && !n.contains("Quantize")).collect();
+                        let matmuls: Vec<&str> = meta
+                            .split("[ONNX Layer: ")
+                            .skip(1)
+                            .filter_map(|s| s.split(']').next())
+                            .filter(|n| n.starts_with("MatMul") && !n.contains("Quantize"))
+                            .collect();
                         assert!(!matmuls.is_empty(), "{node}: INT8 layer `{}` implements no MatMul: {meta}", l["Name"]);
                         for m in matmuls {
                             assert!(onnx.windows(m.len()).any(|w| w == m.as_bytes()), "{node}: `{m}` is not a node of the QDQ model");
@@ -179,7 +186,10 @@ fn llama_plans_in_three_precisions_with_their_census() {
 
     // Editing one precision's settings rebuilds that plan only, and `why` says what moved.
     let text = String::from_utf8(ws.read("tr118.toml")).unwrap();
-    ws.write("tr118.toml", text.replace("profiles = [{ batch = [1, 1, 2], sequence = [1, 4, 16] }]", "profiles = [{ batch = [1, 1, 2], sequence = [1, 4, 16] }]\n") + r#"
+    ws.write(
+        "tr118.toml",
+        text.replace("profiles = [{ batch = [1, 1, 2], sequence = [1, 4, 16] }]", "profiles = [{ batch = [1, 1, 2], sequence = [1, 4, 16] }]\n")
+            + r#"
 [stages.export-fp16b]
 kind = "export"
 deps = { checkpoint = "model.gguf" }
@@ -187,7 +197,8 @@ variants = ["prefill", "decoder"]
 precision = "fp16"
 tokenizer = false
 opset = 18
-"#);
+"#,
+    );
     let text = String::from_utf8(ws.read("tr118.toml")).unwrap();
     ws.write("tr118.toml", text.replacen(r#"{ name = "fp16", model = "out/export-fp16" }"#, r#"{ name = "fp16", model = "out/export-fp16b" }"#, 1));
     ws.tr(&["why", "trt_build/fp16"]).code(0).stdout_has("upstream `export-fp16b`");
@@ -202,7 +213,10 @@ opset = 18
     // The decoder's profiles: its three plans rebuild, the prefill plans stay, and `why` names
     // the field.
     let text = String::from_utf8(ws.read("tr118.toml")).unwrap();
-    ws.write("tr118.toml", text.replace("total_sequence = [1, 5, 31]", "total_sequence = [1, 6, 31]").replace("past_sequence = [0, 4, 15]", "past_sequence = [0, 5, 15]"));
+    ws.write(
+        "tr118.toml",
+        text.replace("total_sequence = [1, 5, 31]", "total_sequence = [1, 6, 31]").replace("past_sequence = [0, 4, 15]", "past_sequence = [0, 5, 15]"),
+    );
     ws.tr(&["why", "trt_build-decoder/int8"]).code(0).stdout_has("profiles");
     let make = ws.make_ok();
     let mut ran: Vec<String> = make.ran().into_iter().filter(|n| n.starts_with("trt_build")).collect();
@@ -215,7 +229,9 @@ opset = 18
     let tag = python_tag();
     ws.write("tr118.toml", text.replace(support::rtx::DEPS, &format!(r#"tensorrt_rtx = "out/tensorrt-rtx/*", bindings = "out/tensorrt-rtx-py{tag}/*.so""#)));
     let other = if tag == "311" { "312" } else { "311" };
-    ws.tr(&["why", "trt_build/int8"]).code(0).stdout_has(&format!("input `out/tensorrt-rtx-py{other}/tensorrt_rtx.cpython-{other}-x86_64-linux-gnu.so` removed"));
+    ws.tr(&["why", "trt_build/int8"])
+        .code(0)
+        .stdout_has(&format!("input `out/tensorrt-rtx-py{other}/tensorrt_rtx.cpython-{other}-x86_64-linux-gnu.so` removed"));
     let make = ws.make_ok();
     let ran: Vec<String> = make.ran().into_iter().filter(|n| n.starts_with("trt_build")).collect();
     assert_eq!(ran.len(), 6, "every plan rebuilds with another library: {ran:?}");

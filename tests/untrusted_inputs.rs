@@ -57,7 +57,11 @@ fn gguf_config_values_an_index_depends_on_are_checked_at_load() {
         ("llama.vocab_size", MetaValue::U32(0), "`llama.vocab_size` is 0; a model needs at least one token"),
         ("llama.context_length", MetaValue::U32(0), "`llama.context_length` is 0"),
         ("llama.feed_forward_length", MetaValue::U32(0), "`llama.feed_forward_length` is 0"),
-        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(f32::NAN), "`llama.attention.layer_norm_rms_epsilon` is NaN; a normalisation epsilon must be a finite number greater than 0"),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(f32::NAN),
+            "`llama.attention.layer_norm_rms_epsilon` is NaN; a normalisation epsilon must be a finite number greater than 0",
+        ),
         ("llama.attention.layer_norm_rms_epsilon", MetaValue::F64(-1e-5), "`llama.attention.layer_norm_rms_epsilon` is -0.00001"),
         ("llama.rope.freq_base", MetaValue::F32(0.0), "`llama.rope.freq_base` is 0; a RoPE base must be a finite number greater than 0"),
         ("llama.rope.freq_base", MetaValue::F32(f32::INFINITY), "`llama.rope.freq_base` is inf"),

@@ -281,7 +281,10 @@ impl BackendSpec {
             }
             for variant in ["prefill", "decoder"] {
                 if !t.contains_key(variant) {
-                    errors.push((variant.into(), format!("a `tensorrt-rtx` backend names its `{variant}` plan: a `trt_build` node's directory, such as `out/trt_build/fp16`")));
+                    errors.push((
+                        variant.into(),
+                        format!("a `tensorrt-rtx` backend names its `{variant}` plan: a `trt_build` node's directory, such as `out/trt_build/fp16`"),
+                    ));
                 }
             }
         }
@@ -301,7 +304,10 @@ impl BackendSpec {
             errors.push(("io_binding".into(), format!("`io_binding` is ONNX Runtime's; this backend runs on `{runtime}`")));
         }
         if cuda_graph && io_binding == Some(false) {
-            errors.push(("io_binding".into(), "`cuda_graph` needs `io_binding`: a graph replays on the addresses it captured, which only bound buffers keep".into()));
+            errors.push((
+                "io_binding".into(),
+                "`cuda_graph` needs `io_binding`: a graph replays on the addresses it captured, which only bound buffers keep".into(),
+            ));
         }
         let facets: Vec<String> = match t.get("facets") {
             None => Vec::new(),
@@ -518,6 +524,8 @@ pub trait Backend {
     }
 }
 
+// One per backend, made once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Model {
     Prefill(Session),
     Decoder(Decoder),
@@ -633,17 +641,14 @@ fn open_ort(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
     let rt = runtime::init(Some(library))?;
     let info = rt.info();
     let dir = probe::scratch_dir("probe")?;
-    let probed = rt
-        .profiled_session(model, &spec.session_options(), &dir.join("profile"))
-        .map_err(BackendError::from)
-        .and_then(|mut session| {
-            if session.input("past_key_values.0.key").is_some() {
-                let mut decoder = Decoder::new(session)?;
-                probe::decoder_providers_assigned(&mut decoder).map(|assigned| (Model::Decoder(decoder), assigned))
-            } else {
-                probe::providers_assigned(&mut session).map(|assigned| (Model::Prefill(session), assigned))
-            }
-        });
+    let probed = rt.profiled_session(model, &spec.session_options(), &dir.join("profile")).map_err(BackendError::from).and_then(|mut session| {
+        if session.input("past_key_values.0.key").is_some() {
+            let mut decoder = Decoder::new(session)?;
+            probe::decoder_providers_assigned(&mut decoder).map(|assigned| (Model::Decoder(decoder), assigned))
+        } else {
+            probe::providers_assigned(&mut session).map(|assigned| (Model::Prefill(session), assigned))
+        }
+    });
     probe::remove_scratch_dir(&dir);
     let (model, providers_assigned) = probed?;
     let capability = Capability {
@@ -699,7 +704,10 @@ mod spec_tests {
         }))
         .unwrap();
         let p = spec.session_options().tensorrt.profile_shapes.expect("profile shapes");
-        assert_eq!((p.min.as_str(), p.opt.as_str(), p.max.as_str()), ("input_ids:1x1,attention_mask:1x1", "input_ids:1x27,attention_mask:1x27", "input_ids:4x512,attention_mask:4x512"));
+        assert_eq!(
+            (p.min.as_str(), p.opt.as_str(), p.max.as_str()),
+            ("input_ids:1x1,attention_mask:1x1", "input_ids:1x27,attention_mask:1x27", "input_ids:4x512,attention_mask:4x512")
+        );
         assert_eq!(BackendSpec::from_value(&json!({"name": "trt", "provider": "tensorrt"})).unwrap().session_options().tensorrt.profile_shapes, None);
     }
 

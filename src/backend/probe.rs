@@ -53,11 +53,7 @@ pub fn gpu_info(device: u32) -> Option<GpuInfo> {
         name: gpu.name().ok()?,
         driver_version: nvml.sys_driver_version().ok()?,
         memory_total_mb: gpu.memory_info().ok()?.total / (1024 * 1024),
-        cuda_driver_version: format!(
-            "{}.{}",
-            nvml_wrapper::cuda_driver_version_major(cuda),
-            nvml_wrapper::cuda_driver_version_minor(cuda)
-        ),
+        cuda_driver_version: format!("{}.{}", nvml_wrapper::cuda_driver_version_major(cuda), nvml_wrapper::cuda_driver_version_minor(cuda)),
     })
 }
 

@@ -68,13 +68,7 @@ impl Worker {
         let helper = scratch.join(crate::trt::rtx::HELPER_NAME);
         std::fs::write(&helper, crate::trt::rtx::HELPER_SOURCE).map_err(|e| BackendError::Failed(format!("writing `{}`: {e}", helper.display())))?;
         let python = python();
-        let spawned = Command::new(&python)
-            .arg("-u")
-            .arg(&script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+        let spawned = Command::new(&python).arg("-u").arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -120,8 +114,10 @@ impl Worker {
     /// (a reason is read in a report's table: the traceback's end is what says why).
     pub fn stderr_tail(&self, n: usize) -> String {
         let lines = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
-        let useful: Vec<&String> =
-            lines.iter().filter(|l| !l.trim().is_empty() && !l.contains('\r') && !l.starts_with('W') && !l.contains("Warning") && !l.contains("warnings.warn")).collect();
+        let useful: Vec<&String> = lines
+            .iter()
+            .filter(|l| !l.trim().is_empty() && !l.contains('\r') && !l.starts_with('W') && !l.contains("Warning") && !l.contains("warnings.warn"))
+            .collect();
         useful[useful.len().saturating_sub(n)..].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" | ")
     }
 
@@ -166,7 +162,11 @@ impl Worker {
         }
         let error = resp.get("error").and_then(Value::as_str).unwrap_or("an error without a message");
         let tail = self.stderr_tail(STDERR_IN_ERRORS);
-        Err(BackendError::Failed(if tail.is_empty() { format!("torch worker, `{op}`: {error}") } else { format!("torch worker, `{op}`: {error} (stderr: {tail})") }))
+        Err(BackendError::Failed(if tail.is_empty() {
+            format!("torch worker, `{op}`: {error}")
+        } else {
+            format!("torch worker, `{op}`: {error} (stderr: {tail})")
+        }))
     }
 
     fn gone(&mut self, op: &str, what: &str) -> BackendError {
@@ -244,8 +244,14 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
         offered.push("cuda".into());
     }
     let parameters = loaded.get("parameters").and_then(Value::as_u64).unwrap_or(0) as usize;
-    let assigned: BTreeMap<String, usize> =
-        loaded.get("parameter_devices").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(|d| (d.to_string(), parameters)).collect();
+    let assigned: BTreeMap<String, usize> = loaded
+        .get("parameter_devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|d| (d.to_string(), parameters))
+        .collect();
     let capability = Capability {
         runtime: "torch".into(),
         runtime_version: s(&hello, "torch"),
@@ -280,7 +286,9 @@ pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, B
     // `out/<node>/plan/model.plan` and `out/<node>/build.json`.
     let build = plan.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join("build.json");
     let failed = BackendError::Failed;
-    let text = std::fs::read(&build).map_err(|e| failed(format!("`{}` has no `build.json` beside it ({e}): a `tensorrt-rtx` backend runs plans built by a `trt_build` stage", plan.display())))?;
+    let text = std::fs::read(&build).map_err(|e| {
+        failed(format!("`{}` has no `build.json` beside it ({e}): a `tensorrt-rtx` backend runs plans built by a `trt_build` stage", plan.display()))
+    })?;
     let built: Value = serde_json::from_slice(&text).map_err(|e| failed(format!("`{}`: {e}", build.display())))?;
     if built["builder"] != "tensorrt-rtx" {
         return Err(failed(format!("`{}` was not built by TensorRT for RTX (builder {})", plan.display(), built["builder"])));
@@ -377,7 +385,12 @@ impl TorchBackend {
 
 fn check_prefill(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<(), BackendError> {
     if ids.len() != batch * seq || mask.len() != ids.len() {
-        return Err(BackendError::Failed(format!("a prefill of {batch} × {seq} needs {} ids and mask values, got {} and {}", batch * seq, ids.len(), mask.len())));
+        return Err(BackendError::Failed(format!(
+            "a prefill of {batch} × {seq} needs {} ids and mask values, got {} and {}",
+            batch * seq,
+            ids.len(),
+            mask.len()
+        )));
     }
     Ok(())
 }
@@ -445,11 +458,7 @@ impl Backend for TorchBackend {
         req.insert("new_tokens".into(), json!(new_tokens));
         req.insert("cache".into(), json!(cached));
         let resp = self.worker.call("generate", req)?;
-        Ok(Generation {
-            ids: ids_of(&resp, batch * new_tokens)?,
-            ttft: secs(&resp, "ttft_s")?,
-            total: secs(&resp, "total_s")?,
-        })
+        Ok(Generation { ids: ids_of(&resp, batch * new_tokens)?, ttft: secs(&resp, "ttft_s")?, total: secs(&resp, "total_s")? })
     }
 
     fn process_id(&self) -> Option<u32> {

@@ -24,21 +24,14 @@ pub mod run;
 pub use plan::{Plan, State};
 
 /// The key of node `i`, given the manifests of its upstream nodes.
-pub fn stage_key<'m>(
-    graph: &Graph,
-    i: usize,
-    upstream: &dyn Fn(usize) -> Option<&'m ActionResult>,
-    stat: &mut StatCache,
-    root: &Path,
-) -> io::Result<StageKey> {
+pub fn stage_key<'m>(graph: &Graph, i: usize, upstream: &dyn Fn(usize) -> Option<&'m ActionResult>, stat: &mut StatCache, root: &Path) -> io::Result<StageKey> {
     let node = &graph.pipeline.nodes[i];
     let mut inputs = BTreeMap::new();
     for input in &graph.inputs[i] {
         let digest = match &input.origin {
-            Origin::Source => stat
-                .path_digest(root, &input.path)
-                .map_err(|e| io::Error::new(e.kind(), format!("dep `{}` of `{}`: {e}", input.path, node.id)))?
-                .0,
+            Origin::Source => {
+                stat.path_digest(root, &input.path).map_err(|e| io::Error::new(e.kind(), format!("dep `{}` of `{}`: {e}", input.path, node.id)))?.0
+            }
             Origin::Output { node: up, out } => {
                 let name = &graph.pipeline.nodes[*up].outs[*out].name;
                 upstream(*up)
@@ -160,6 +153,7 @@ fn matches(store: &Store, stat: &mut StatCache, root: &Path, rel: &str, o: &Outp
         && tree.entries.iter().zip(&files).all(|(e, f)| {
             let path = format!("{rel}/{f}");
             e.path == *f
-                && std::fs::symlink_metadata(root.join(&path)).is_ok_and(|m| m.is_file() && stat.file_digest_with(root, &path, &m).is_ok_and(|(d, _)| d == e.digest))
+                && std::fs::symlink_metadata(root.join(&path))
+                    .is_ok_and(|m| m.is_file() && stat.file_digest_with(root, &path, &m).is_ok_and(|(d, _)| d == e.digest))
         })
 }

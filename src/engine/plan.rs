@@ -65,11 +65,8 @@ impl Plan {
 /// Assesses node `i` once its upstream nodes are settled. `upstream` gives the manifest of
 /// an upstream node that is fresh, `None` for one that is stale.
 pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, upstream: &dyn Fn(usize) -> Option<&'m ActionResult>) -> io::Result<State> {
-    let stale_up: Vec<StaleReason> = graph.upstream[i]
-        .iter()
-        .filter(|&&u| upstream(u).is_none())
-        .map(|&u| StaleReason::Upstream { node: graph.id(u).to_string() })
-        .collect();
+    let stale_up: Vec<StaleReason> =
+        graph.upstream[i].iter().filter(|&&u| upstream(u).is_none()).map(|&u| StaleReason::Upstream { node: graph.id(u).to_string() }).collect();
     if !stale_up.is_empty() {
         return Ok(State::Stale { key: None, reasons: stale_up });
     }

@@ -77,8 +77,7 @@ impl Reporter {
         } else if std::io::stderr().is_terminal() && to_run > 0 {
             let bar = ProgressBar::with_draw_target(Some(to_run as u64), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
             Mode::Bar(bar)
@@ -104,9 +103,10 @@ impl Reporter {
             self.line(&format!("run      {id}: {}", reasons_text(reasons)));
         }
         if self.verbose >= 2
-            && let Some(k) = key {
-                self.line(&format!("key      {id} = {}", serde_json::to_string(k).unwrap_or_default()));
-            }
+            && let Some(k) = key
+        {
+            self.line(&format!("key      {id} = {}", serde_json::to_string(k).unwrap_or_default()));
+        }
     }
 
     pub fn finished(&self, r: &NodeRecord) {
@@ -117,9 +117,10 @@ impl Reporter {
             return;
         }
         if let Mode::Bar(bar) = &self.mode
-            && (r.cache == Cache::Miss || r.remote.is_some()) {
-                bar.inc(1);
-            }
+            && (r.cache == Cache::Miss || r.remote.is_some())
+        {
+            bar.inc(1);
+        }
         let secs = r.duration_ms / 1000.0;
         let detail = r.detail.as_deref().unwrap_or("");
         let text = match (r.cache, r.status) {

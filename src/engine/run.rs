@@ -74,7 +74,8 @@ struct Done {
     ms: f64,
 }
 
-/// What a worker thread did for a node.
+/// What a worker thread did for a node; one message per node, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Ran(Result<Manifest, (String, bool)>),
     Fetched(Fetch),
@@ -157,7 +158,12 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                                 // Not the cache's fault (a full disk, a permission): the node fails.
                                 phase[i] = Phase::Failed;
                                 let message = e.to_string();
-                                summary.failures.push(Failure { node: nodes[i].id.clone(), message: message.clone(), log: store.log_path(&nodes[i].id), input: false });
+                                summary.failures.push(Failure {
+                                    node: nodes[i].id.clone(),
+                                    message: message.clone(),
+                                    log: store.log_path(&nodes[i].id),
+                                    input: false,
+                                });
                                 summary.records.push(NodeRecord {
                                     id: nodes[i].id.clone(),
                                     key: Some(key.to_hex()),
@@ -447,9 +453,10 @@ fn release(graph: &Graph, i: usize, waiting_on: &mut [usize], ready: &mut BTreeS
     for &d in &graph.downstream[i] {
         waiting_on[d] -= 1;
         if waiting_on[d] == 0
-            && let Some(&p) = position.get(&d) {
-                ready.insert((p, d));
-            }
+            && let Some(&p) = position.get(&d)
+        {
+            ready.insert((p, d));
+        }
     }
 }
 
@@ -549,7 +556,8 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
         Outcome::Ok => (Status::Ok, None),
         Outcome::Degraded(r) => (Status::Degraded, Some(r)),
     };
-    let env = ["os", "cpu", "host"].iter().map(|f| (f.to_string(), facets::value(f))).chain([("tool".to_string(), format!("tr118 {}", crate::VERSION))]).collect();
+    let env =
+        ["os", "cpu", "host"].iter().map(|f| (f.to_string(), facets::value(f))).chain([("tool".to_string(), format!("tr118 {}", crate::VERSION))]).collect();
     let manifest = Manifest {
         schema: crate::store::manifest::SCHEMA,
         node: node.id.clone(),
@@ -573,4 +581,3 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
     }
     Ok(manifest)
 }
-

@@ -307,11 +307,8 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) ->
     }
     let (add, bias) = pending.expect("a model has at least one layer");
     let (xf, _) = b.skip_norm(&add, &residual, bias.as_deref(), "output_norm", eps)?;
-    let head = if c.tied_embeddings {
-        b.g.op("Transpose", &[&tok], vec![onnx::attr_ints("perm", &[1, 0])])
-    } else {
-        b.weight("output.weight", Layout::Transposed)?
-    };
+    let head =
+        if c.tied_embeddings { b.g.op("Transpose", &[&tok], vec![onnx::attr_ints("perm", &[1, 0])]) } else { b.weight("output.weight", Layout::Transposed)? };
     if fp16 {
         let logits16 = b.op("MatMul", &[&xf, &head]);
         b.g.op_into("Cast", &[&logits16], &["logits"], vec![attr_i("to", FLOAT as i64)]);

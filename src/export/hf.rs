@@ -62,51 +62,27 @@ pub struct HfReport {
 }
 
 /// Writes `ck` as a Hugging Face directory `dir`, with a copy of `tokenizer` if given.
-pub fn export_hf(
-    ck: &Checkpoint,
-    precision: Precision,
-    tokenizer: Option<&Path>,
-    dir: &Path,
-) -> Result<HfReport, ExportError> {
+pub fn export_hf(ck: &Checkpoint, precision: Precision, tokenizer: Option<&Path>, dir: &Path) -> Result<HfReport, ExportError> {
     let t0 = Instant::now();
     let c = &ck.config;
     let tensors = c.expected_tensors();
-    let layout = HfLayout {
-        dtype: DType::F32,
-        shards: 1,
-        gpt2_original_names: false,
-    };
+    let layout = HfLayout { dtype: DType::F32, shards: 1, gpt2_original_names: false };
     let round = precision == Precision::Fp16;
     let mut names = write_hf_with(dir, c, &tensors, layout, |name| {
         let mut v = ck.load(name).map_err(std::io::Error::other)?;
         if round {
-            v.iter_mut()
-                .for_each(|x| *x = half::f16::from_f32(*x).to_f32());
+            v.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32());
         }
         Ok(v)
     })
     .map_err(|e| ExportError::Write(format!("writing `{}`: {e}", dir.display())))?;
     if let Some(src) = tokenizer {
-        std::fs::copy(src, dir.join("tokenizer.json")).map_err(|e| {
-            ExportError::Write(format!(
-                "copying `{}` into `{}`: {e}",
-                src.display(),
-                dir.display()
-            ))
-        })?;
+        std::fs::copy(src, dir.join("tokenizer.json")).map_err(|e| ExportError::Write(format!("copying `{}` into `{}`: {e}", src.display(), dir.display())))?;
         // Without a class named, `AutoTokenizer` picks the architecture's own (`GPT2Tokenizer`
         // in transformers 5), which rebuilds a tokenizer from the vocabulary rather than run
         // this file; the generic class runs `tokenizer.json` as the `tokenizers` crate does.
-        std::fs::write(
-            dir.join(TOKENIZER_CONFIG),
-            r#"{ "tokenizer_class": "PreTrainedTokenizerFast" }"#,
-        )
-        .map_err(|e| {
-            ExportError::Write(format!(
-                "writing `{}`: {e}",
-                dir.join(TOKENIZER_CONFIG).display()
-            ))
-        })?;
+        std::fs::write(dir.join(TOKENIZER_CONFIG), r#"{ "tokenizer_class": "PreTrainedTokenizerFast" }"#)
+            .map_err(|e| ExportError::Write(format!("writing `{}`: {e}", dir.join(TOKENIZER_CONFIG).display())))?;
         names.extend(["tokenizer.json".into(), TOKENIZER_CONFIG.into()]);
     }
     let export_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
@@ -115,9 +91,7 @@ pub fn export_hf(
     let digest = super::digest_files(&paths)?;
     let mut files = Vec::with_capacity(names.len());
     for (name, path) in names.into_iter().zip(&paths) {
-        let bytes = std::fs::metadata(path)
-            .map_err(|e| ExportError::Write(format!("`{}`: {e}", path.display())))?
-            .len();
+        let bytes = std::fs::metadata(path).map_err(|e| ExportError::Write(format!("`{}`: {e}", path.display())))?.len();
         files.push(HfFile { name, bytes });
     }
     Ok(HfReport {
@@ -130,10 +104,7 @@ pub fn export_hf(
         architecture: hf_architecture(c.arch).into(),
         dtype: DType::F32.name().into(),
         tensor_count: tensors.len(),
-        parameters: tensors
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>() as u64)
-            .sum(),
+        parameters: tensors.iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum(),
         digest,
     })
 }

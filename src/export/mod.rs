@@ -156,7 +156,9 @@ pub enum ExportError {
     Opset(i64),
     #[error("`max_length` {max_length} is beyond the model's context length {n_ctx}; use at most {n_ctx}")]
     MaxLength { max_length: usize, n_ctx: usize },
-    #[error("the fp16 `decoder_fixed` runs ONNX Runtime's GroupQueryAttention with its fused rotary embedding, which needs a head size that is a multiple of 16; this model's is {0}: export `decoder_fixed` with `precision = \"fp32\"`")]
+    #[error(
+        "the fp16 `decoder_fixed` runs ONNX Runtime's GroupQueryAttention with its fused rotary embedding, which needs a head size that is a multiple of 16; this model's is {0}: export `decoder_fixed` with `precision = \"fp32\"`"
+    )]
     FusedHeadDim(usize),
     #[error("`max_length` must be at least 1")]
     ZeroMaxLength,

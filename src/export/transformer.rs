@@ -33,7 +33,9 @@ pub(super) enum Layout {
     Transposed,
     /// Q or K of an interleaved-RoPE checkpoint: rows permuted to the half layout within
     /// each of `heads` heads, then transposed.
-    RopeTransposed { heads: usize },
+    RopeTransposed {
+        heads: usize,
+    },
 }
 
 /// Little-endian bytes of `v`, as ONNX `raw_data` wants them.
@@ -49,10 +51,7 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 pub(super) fn f16_bytes(v: &[f32]) -> Vec<u8> {
     use rayon::prelude::*;
-    v.par_chunks(1 << 16)
-        .map(|c| c.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>())
-        .collect::<Vec<_>>()
-        .concat()
+    v.par_chunks(1 << 16).map(|c| c.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()).collect::<Vec<_>>().concat()
 }
 
 pub(super) fn relayout(v: Vec<f32>, shape: &[usize], layout: Layout) -> Vec<f32> {
@@ -78,11 +77,7 @@ pub(super) struct Builder<'g, 'a> {
 impl<'a> Builder<'_, 'a> {
     /// A checkpoint tensor as an initializer, in the compute type.
     pub(super) fn weight(&mut self, name: &str, layout: Layout) -> Result<String, ModelError> {
-        let t = self.ck.tensor(name).ok_or_else(|| ModelError::Tensor {
-            path: self.ck.path.clone(),
-            tensor: name.to_string(),
-            message: "missing".into(),
-        })?;
+        let t = self.ck.tensor(name).ok_or_else(|| ModelError::Tensor { path: self.ck.path.clone(), tensor: name.to_string(), message: "missing".into() })?;
         let shape = t.shape.clone();
         let dims: Vec<i64> = match layout {
             Layout::AsIs => shape.iter().map(|&d| d as i64).collect(),
@@ -337,10 +332,16 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
     // Declared first so the model lists its outputs as the manifest does: logits, then the cache.
     b.g.output("logits", FLOAT, &[batch.clone(), seq.clone(), Dim::Fixed(c.vocab_size as i64)]);
     let mut outputs = vec!["logits".to_string()];
+    // `i` names the layer's tensors as well as picking its cache inputs.
+    #[allow(clippy::needless_range_loop)]
     for i in 0..c.n_layer {
         let p = format!("blk.{i}");
         let (q, k, v);
-        let h = if c.arch == Arch::Gpt2 { b.layer_norm(&x, &format!("{p}.attn_norm"), c.norm_eps)? } else { b.rms_norm(&x, &format!("{p}.attn_norm.weight"), c.norm_eps)? };
+        let h = if c.arch == Arch::Gpt2 {
+            b.layer_norm(&x, &format!("{p}.attn_norm"), c.norm_eps)?
+        } else {
+            b.rms_norm(&x, &format!("{p}.attn_norm.weight"), c.norm_eps)?
+        };
         if c.arch == Arch::Gpt2 {
             let w = b.weight(&format!("{p}.attn_qkv.weight"), Layout::Transposed)?;
             let bias = b.weight(&format!("{p}.attn_qkv.bias"), Layout::AsIs)?;
@@ -379,7 +380,11 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
         let proj = b.linear(&attn, &wo, bo.as_deref());
         x = b.op("Add", &[&x, &proj]);
 
-        let h2 = if c.arch == Arch::Gpt2 { b.layer_norm(&x, &format!("{p}.ffn_norm"), c.norm_eps)? } else { b.rms_norm(&x, &format!("{p}.ffn_norm.weight"), c.norm_eps)? };
+        let h2 = if c.arch == Arch::Gpt2 {
+            b.layer_norm(&x, &format!("{p}.ffn_norm"), c.norm_eps)?
+        } else {
+            b.rms_norm(&x, &format!("{p}.ffn_norm.weight"), c.norm_eps)?
+        };
         let ffn = if c.arch == Arch::Gpt2 {
             let wu = b.weight(&format!("{p}.ffn_up.weight"), Layout::Transposed)?;
             let bu = b.weight(&format!("{p}.ffn_up.bias"), Layout::AsIs)?;
@@ -402,11 +407,7 @@ pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Resu
         x = b.op("Add", &[&x, &ffn]);
     }
     let xf = if c.arch == Arch::Gpt2 { b.layer_norm(&x, "output_norm", c.norm_eps)? } else { b.rms_norm(&x, "output_norm.weight", c.norm_eps)? };
-    let head = if c.tied_embeddings {
-        b.g.op("Transpose", &[&tok], vec![attr_ints("perm", &[1, 0])])
-    } else {
-        b.weight("output.weight", Layout::Transposed)?
-    };
+    let head = if c.tied_embeddings { b.g.op("Transpose", &[&tok], vec![attr_ints("perm", &[1, 0])]) } else { b.weight("output.weight", Layout::Transposed)? };
     if b.fp16 {
         let logits = b.op("MatMul", &[&xf, &head]);
         b.g.op_into("Cast", &[&logits], &["logits"], vec![attr_i("to", FLOAT as i64)]);

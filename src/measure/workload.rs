@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::last_argmax;
 
-use crate::backend::{Backend, BackendError};
 use crate::backend::Prepared;
+use crate::backend::{Backend, BackendError};
 
 /// One timed greedy generation.
 #[derive(Debug, Clone)]

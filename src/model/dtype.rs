@@ -144,9 +144,7 @@ pub fn decode(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> 
     }
     let mut out = vec![0.0f32; n];
     let (bl, bb) = (dtype.block_len(), dtype.block_bytes());
-    out.par_chunks_mut(bl * BLOCKS_PER_TASK)
-        .zip(bytes.par_chunks(bb * BLOCKS_PER_TASK))
-        .for_each(|(out, bytes)| decode_blocks(dtype, bytes, out));
+    out.par_chunks_mut(bl * BLOCKS_PER_TASK).zip(bytes.par_chunks(bb * BLOCKS_PER_TASK)).for_each(|(out, bytes)| decode_blocks(dtype, bytes, out));
     Ok(out)
 }
 

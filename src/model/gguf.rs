@@ -269,12 +269,7 @@ impl GgufHeader {
         let n = t.n_elements() as usize;
         let row = t.ne.first().copied().unwrap_or(1) as usize;
         if !row.is_multiple_of(dtype.block_len()) {
-            return Err(format!(
-                "tensor `{}` has rows of {row} elements, not a whole number of {} blocks of {}",
-                t.name,
-                dtype.name(),
-                dtype.block_len()
-            ));
+            return Err(format!("tensor `{}` has rows of {row} elements, not a whole number of {} blocks of {}", t.name, dtype.name(), dtype.block_len()));
         }
         let nbytes = dtype.nbytes(n).map_err(|e| format!("tensor `{}`: {e}", t.name))? as u64;
         let start = self.data_offset.checked_add(t.offset);
@@ -402,11 +397,9 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     let header = GgufHeader::parse(&map).map_err(format)?;
     let config = header.config().map_err(|e| match e {
         ConfigError::Format(m) => format(m),
-        ConfigError::Arch(a) => ModelError::Unsupported {
-            path: path.to_path_buf(),
-            what: "architecture".into(),
-            message: format!("`{a}` (supported: `gpt2`, `llama`)"),
-        },
+        ConfigError::Arch(a) => {
+            ModelError::Unsupported { path: path.to_path_buf(), what: "architecture".into(), message: format!("`{a}` (supported: `gpt2`, `llama`)") }
+        }
         ConfigError::Unsupported(m) => ModelError::Unsupported { path: path.to_path_buf(), what: "model feature".into(), message: m },
     })?;
     super::check_config(&config, header.tensors.len(), &config_keys(config.arch)).map_err(format)?;
@@ -437,14 +430,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
             transpose: false,
         });
     }
-    let checkpoint = Checkpoint {
-        path: path.to_path_buf(),
-        format: Format::Gguf,
-        config,
-        tensors,
-        files: vec![(path.to_path_buf(), map)],
-        gguf: Some(header),
-    };
+    let checkpoint = Checkpoint { path: path.to_path_buf(), format: Format::Gguf, config, tensors, files: vec![(path.to_path_buf(), map)], gguf: Some(header) };
     checkpoint.validate()?;
     Ok(checkpoint)
 }
@@ -521,10 +507,7 @@ impl<'a> Reader<'a> {
         let n = self.u64(what)?;
         let room = (self.remaining() / min_item_bytes.max(1)) as u64;
         if n > room {
-            return Err(format!(
-                "{what} {n} at byte {at} is more than the {} bytes left could hold: corrupt or truncated",
-                self.remaining()
-            ));
+            return Err(format!("{what} {n} at byte {at} is more than the {} bytes left could hold: corrupt or truncated", self.remaining()));
         }
         Ok(n as usize)
     }
@@ -624,12 +607,7 @@ mod tests {
         }
     }
 
-    fn write(
-        dir: &Path,
-        config: &ModelConfig,
-        dtype: impl Fn(&Tensor) -> DType,
-        extra: &[(&str, MetaValue)],
-    ) -> (std::path::PathBuf, Vec<Tensor>) {
+    fn write(dir: &Path, config: &ModelConfig, dtype: impl Fn(&Tensor) -> DType, extra: &[(&str, MetaValue)]) -> (std::path::PathBuf, Vec<Tensor>) {
         let tensors = write::random_tensors(config, 7);
         let path = dir.join("m.gguf");
         write::write_gguf(&path, config, &tensors, dtype, extra).unwrap();
@@ -825,10 +803,7 @@ mod tests {
             // A key whose length runs past the end.
             (raw(0, 1, &[huge.to_le_bytes(), [0; 8]].concat()), "metadata key length"),
             // An array of u64 whose length runs past the end.
-            (
-                raw(0, 1, &[key.clone(), 9u32.to_le_bytes().to_vec(), 10u32.to_le_bytes().to_vec(), huge.to_le_bytes().to_vec()].concat()),
-                "array length",
-            ),
+            (raw(0, 1, &[key.clone(), 9u32.to_le_bytes().to_vec(), 10u32.to_le_bytes().to_vec(), huge.to_le_bytes().to_vec()].concat()), "array length"),
             // A string value whose length runs past the end.
             (raw(0, 1, &[key.clone(), 8u32.to_le_bytes().to_vec(), 1000u64.to_le_bytes().to_vec(), b"abc".to_vec()].concat()), "length"),
             (raw(0, 1, &[key.clone(), 13u32.to_le_bytes().to_vec()].concat()), "unknown value type 13"),

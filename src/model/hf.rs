@@ -111,10 +111,7 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     for (i, f) in files.iter().enumerate() {
         for (name, t) in &f.tensors {
             if let Some(j) = seen.insert(name, i) {
-                return Err(ModelError::Format {
-                    path: f.path.clone(),
-                    message: format!("tensor `{name}` is also in `{}`", files[j].path.display()),
-                });
+                return Err(ModelError::Format { path: f.path.clone(), message: format!("tensor `{name}` is also in `{}`", files[j].path.display()) });
             }
             let Some((canonical, transpose)) = canonical_name(config.arch, name) else { continue };
             if canonical == "output.weight" && config.tied_embeddings {
@@ -145,14 +142,8 @@ pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
         });
     }
 
-    let checkpoint = Checkpoint {
-        path: dir,
-        format: Format::Safetensors,
-        config,
-        tensors,
-        files: files.into_iter().map(|f| (f.path, f.map)).collect(),
-        gguf: None,
-    };
+    let checkpoint =
+        Checkpoint { path: dir, format: Format::Safetensors, config, tensors, files: files.into_iter().map(|f| (f.path, f.map)).collect(), gguf: None };
     checkpoint.validate()?;
     Ok(checkpoint)
 }
@@ -286,11 +277,7 @@ fn open_weights(dir: &Path) -> Result<Vec<SafetensorsFile>, ModelError> {
         }
         for (name, shard) in &index.weight_map {
             if !files.iter().any(|f| f.path.file_name().is_some_and(|n| n == shard.as_str()) && f.tensors.contains_key(name)) {
-                return Err(ModelError::Tensor {
-                    path: index_path.clone(),
-                    tensor: name.clone(),
-                    message: format!("not in shard `{shard}`"),
-                });
+                return Err(ModelError::Tensor { path: index_path.clone(), tensor: name.clone(), message: format!("not in shard `{shard}`") });
             }
         }
         return Ok(files);

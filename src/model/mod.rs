@@ -186,11 +186,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens a `.gguf` file, or a Hugging Face directory (or its `config.json`).
     pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
-        if path.is_dir() || path.file_name().is_some_and(|n| n == "config.json") {
-            hf::open(path)
-        } else {
-            gguf::open(path)
-        }
+        if path.is_dir() || path.file_name().is_some_and(|n| n == "config.json") { hf::open(path) } else { gguf::open(path) }
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorRef> {
@@ -303,12 +299,7 @@ pub(crate) fn check_config(c: &ModelConfig, n_tensors: usize, keys: &ConfigKeys)
         ));
     }
     if c.arch == Arch::Llama && !c.head_dim().is_multiple_of(2) {
-        return Err(format!(
-            "head size {} (`{}` / `{}`) is odd; rotary embeddings rotate pairs",
-            c.head_dim(),
-            keys.d_model,
-            keys.n_head
-        ));
+        return Err(format!("head size {} (`{}` / `{}`) is odd; rotary embeddings rotate pairs", c.head_dim(), keys.d_model, keys.n_head));
     }
     if !(c.norm_eps.is_finite() && c.norm_eps > 0.0) {
         return Err(format!("`{}` is {}; a normalisation epsilon must be a finite number greater than 0", keys.norm_eps, c.norm_eps));

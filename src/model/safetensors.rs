@@ -89,8 +89,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         return Err(format!("the header claims {len} bytes but only {} follow: truncated, or not a safetensors file", rest.len()));
     }
     let (json, data) = rest.split_at(len as usize);
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(json).map_err(|e| format!("the header is not a JSON object of tensors: {e}"))?;
+    let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(json).map_err(|e| format!("the header is not a JSON object of tensors: {e}"))?;
 
     let data_start = 8 + len as usize;
     let mut tensors = BTreeMap::new();

@@ -194,13 +194,7 @@ fn put_value(out: &mut Vec<u8>, v: &MetaValue) -> io::Result<()> {
 }
 
 /// Writes a GGUF v3 file holding `config` and `tensors`, each tensor stored as `dtype(t)`.
-pub fn write_gguf(
-    path: &Path,
-    config: &ModelConfig,
-    tensors: &[Tensor],
-    dtype: impl Fn(&Tensor) -> DType,
-    extra: &[(&str, MetaValue)],
-) -> io::Result<()> {
+pub fn write_gguf(path: &Path, config: &ModelConfig, tensors: &[Tensor], dtype: impl Fn(&Tensor) -> DType, extra: &[(&str, MetaValue)]) -> io::Result<()> {
     let mut metadata = gguf_config_metadata(config);
     for (k, v) in extra {
         metadata.insert(k.to_string(), v.clone());
@@ -307,8 +301,8 @@ pub fn write_hf_with(
     let mut by_shard: Vec<Vec<StEntry>> = (0..shards).map(|_| Vec::new()).collect();
     for (i, (canonical, shape)) in tensors.iter().enumerate() {
         let shard = i * shards / tensors.len();
-        let (name, conv1d) = super::hf::hf_name(config.arch, canonical, prefix)
-            .ok_or_else(|| invalid(format!("tensor `{canonical}` has no Hugging Face name")))?;
+        let (name, conv1d) =
+            super::hf::hf_name(config.arch, canonical, prefix).ok_or_else(|| invalid(format!("tensor `{canonical}` has no Hugging Face name")))?;
         let conv1d = conv1d && shape.len() == 2;
         let stored = if conv1d { vec![shape[1], shape[0]] } else { shape.clone() };
         let nbytes = layout.dtype.nbytes(shape.iter().product()).map_err(|e| invalid(format!("tensor `{canonical}`: {e}")))?;
@@ -413,7 +407,11 @@ struct StEntry {
 
 /// Where an entry's values come from.
 enum Data {
-    Tensor { canonical: String, shape: Vec<usize>, conv1d: bool },
+    Tensor {
+        canonical: String,
+        shape: Vec<usize>,
+        conv1d: bool,
+    },
     /// The `n × n` lower-triangular mask old GPT-2 checkpoints store beside each layer.
     CausalMask(usize),
 }

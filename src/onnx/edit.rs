@@ -124,10 +124,9 @@ impl Model {
                 let length = ext.length.unwrap_or(size.saturating_sub(ext.offset));
                 // Checked before the buffer is allocated: a corrupt length must not size it.
                 if ext.offset.checked_add(length).is_none_or(|end| end > size) {
-                    return Err(self.tensor_error(
-                        t,
-                        format!("external data [{}, +{length}) lies beyond the end of `{}` ({size} bytes)", ext.offset, ext.location),
-                    ));
+                    return Err(
+                        self.tensor_error(t, format!("external data [{}, +{length}) lies beyond the end of `{}` ({size} bytes)", ext.offset, ext.location))
+                    );
                 }
                 f.seek(SeekFrom::Start(ext.offset)).map_err(io)?;
                 let mut buf = vec![0u8; length as usize];

@@ -78,9 +78,7 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
         .collect();
     ValueInfoProto {
         name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor { elem_type: Some(elem_type), shape: Some(TensorShapeProto { dim }) }),
-        }),
+        r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: Some(elem_type), shape: Some(TensorShapeProto { dim }) }) }),
     }
 }
 
@@ -256,11 +254,7 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
         producer_version: Some(opts.producer_version.clone()),
         doc_string: None,
         graph: None,
-        metadata_props: opts
-            .metadata
-            .iter()
-            .map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
-            .collect(),
+        metadata_props: opts.metadata.iter().map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) }).collect(),
     }
     .encode_to_vec();
     let node_count = g.nodes.len();
@@ -270,12 +264,7 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
     let mut offset = 0u64;
     let mut metas = Vec::with_capacity(g.inits.len());
     for init in &g.inits {
-        let mut t = TensorProto {
-            dims: init.dims.clone(),
-            data_type: Some(init.data_type),
-            name: Some(init.name.clone()),
-            ..Default::default()
-        };
+        let mut t = TensorProto { dims: init.dims.clone(), data_type: Some(init.data_type), name: Some(init.name.clone()), ..Default::default() };
         let mut len = 0usize;
         if is_external(opts, init.nbytes) {
             let start = offset.div_ceil(ALIGN) * ALIGN;
@@ -299,11 +288,7 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
     }
 
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
-    let mut data = if opts.external_data {
-        Some(BufWriter::with_capacity(1 << 20, File::create(path.with_file_name(&data_name)).map_err(io)?))
-    } else {
-        None
-    };
+    let mut data = if opts.external_data { Some(BufWriter::with_capacity(1 << 20, File::create(path.with_file_name(&data_name)).map_err(io)?)) } else { None };
     let mut buf = Vec::with_capacity(16);
     out.write_all(&head).map_err(io)?;
     buf.clear();
@@ -345,14 +330,7 @@ pub fn write_model(g: Graph<'_>, path: &Path, opts: &WriteOptions) -> Result<Wri
         d.flush().map_err(io)?;
     }
     let onnx_bytes = std::fs::metadata(path).map_err(io)?.len();
-    Ok(WriteSummary {
-        onnx_bytes,
-        data_bytes: data_pos,
-        initializer_count: count,
-        initializer_bytes,
-        external_data: opts.external_data,
-        node_count,
-    })
+    Ok(WriteSummary { onnx_bytes, data_bytes: data_pos, initializer_count: count, initializer_bytes, external_data: opts.external_data, node_count })
 }
 
 #[cfg(test)]

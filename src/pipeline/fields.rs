@@ -62,9 +62,7 @@ impl<'a, 'd> Fields<'a, 'd> {
     }
 
     pub fn string_list(&mut self, name: &'a str) -> Option<Vec<String>> {
-        self.typed(name, "a list of strings", |v| {
-            v.as_array()?.iter().map(|x| x.as_str().map(str::to_string)).collect()
-        })
+        self.typed(name, "a list of strings", |v| v.as_array()?.iter().map(|x| x.as_str().map(str::to_string)).collect())
     }
 
     /// Reports every field that no `get` asked for.

@@ -79,11 +79,7 @@ impl NodeBudget {
     /// at `at`. A refused stage takes nothing, so the stages after it are judged on their own.
     pub fn take(&mut self, stage: &str, lengths: &[usize], at: &FieldPath, src: &Source) -> Result<(), Diagnostic> {
         let count = node_count(lengths.iter().copied());
-        let shape = if lengths.len() > 1 {
-            format!(" ({})", lengths.iter().map(usize::to_string).collect::<Vec<_>>().join(" × "))
-        } else {
-            String::new()
-        };
+        let shape = if lengths.len() > 1 { format!(" ({})", lengths.iter().map(usize::to_string).collect::<Vec<_>>().join(" × ")) } else { String::new() };
         let limit = self.limit;
         let total = count.and_then(|c| c.checked_add(self.used));
         let message = match (count, total) {

@@ -131,9 +131,7 @@ const COMMON_FIELDS: &[&str] = &["kind", "desc", "matrix", "deps", "outs", "para
 impl Pipeline {
     /// Reads and validates `file`, with `-p name=value` overrides applied to global params.
     pub fn load(file: &Path, overrides: &[(String, String)]) -> Result<Pipeline, Diagnostics> {
-        let one = |message: String, help: Option<String>| {
-            Diagnostics(vec![Diagnostic { file: file.to_path_buf(), line: 0, column: 0, message, help }])
-        };
+        let one = |message: String, help: Option<String>| Diagnostics(vec![Diagnostic { file: file.to_path_buf(), line: 0, column: 0, message, help }]);
         let text = read_limited(file).map_err(|(message, help)| one(message, help))?;
         let digest = Digest::of_bytes(text.as_bytes());
         let src = Source::new(file, text).map_err(|d| Diagnostics(vec![d]))?;
@@ -226,11 +224,7 @@ impl Pipeline {
             }
         }
         let diags = unique;
-        if diags.is_empty() {
-            Ok(Pipeline { file: file.to_path_buf(), digest, params, stages, nodes, source: src, cache })
-        } else {
-            Err(Diagnostics(diags))
-        }
+        if diags.is_empty() { Ok(Pipeline { file: file.to_path_buf(), digest, params, stages, nodes, source: src, cache }) } else { Err(Diagnostics(diags)) }
     }
 }
 
@@ -249,7 +243,8 @@ fn read_limited(file: &Path) -> Result<String, (String, Option<String>)> {
         let help = format!("is `{}` the pipeline you meant? pass another with `-f FILE`", file.display());
         return Err((format!("pipeline is larger than {mib} MiB, the limit for a pipeline file"), Some(help)));
     }
-    String::from_utf8(bytes).map_err(|e| (format!("cannot read pipeline: it is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()), None))
+    String::from_utf8(bytes)
+        .map_err(|e| (format!("cannot read pipeline: it is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()), None))
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
@@ -386,7 +381,11 @@ impl StageCx<'_> {
         let facet_names = f.string_list("facets").unwrap_or_default();
         for (i, name) in facet_names.iter().enumerate() {
             if let Err(e) = facets::check_name(name) {
-                let p = { let mut p = f.child("facets"); p.push(i.to_string()); p };
+                let p = {
+                    let mut p = f.child("facets");
+                    p.push(i.to_string());
+                    p
+                };
                 f.error(&p, e.message, e.help);
             }
         }
@@ -438,7 +437,11 @@ impl StageCx<'_> {
         match value {
             toml::Value::Array(names) => {
                 for (i, n) in names.iter().enumerate() {
-                    let p = { let mut p = path.clone(); p.push(i.to_string()); p };
+                    let p = {
+                        let mut p = path.clone();
+                        p.push(i.to_string());
+                        p
+                    };
                     let Some(axis) = n.as_str() else {
                         f.error(&p, "a `matrix` list names axes declared under `[axes]`", None);
                         return None;
@@ -448,7 +451,11 @@ impl StageCx<'_> {
             }
             toml::Value::Table(t) => {
                 for (axis, v) in t {
-                    let p = { let mut p = path.clone(); p.push(axis.clone()); p };
+                    let p = {
+                        let mut p = path.clone();
+                        p.push(axis.clone());
+                        p
+                    };
                     let values = match v {
                         toml::Value::String(name) => named(name, &p, f)?,
                         other => axis_values(other, &p, self.src, f.diags)?,
@@ -485,7 +492,11 @@ impl StageCx<'_> {
             }
         };
         for (name, v) in entries {
-            let p = { let mut p = path.clone(); p.push(name.clone()); p };
+            let p = {
+                let mut p = path.clone();
+                p.push(name.clone());
+                p
+            };
             let templates = match v {
                 toml::Value::String(s) => Some(vec![s.clone()]),
                 toml::Value::Array(items) if many => items.iter().map(|i| i.as_str().map(str::to_string)).collect(),
@@ -521,7 +532,11 @@ impl StageCx<'_> {
         let mut stage_params = BTreeMap::new();
         if let Some(t) = params {
             for (k, v) in t {
-                let p = { let mut p = self.path.clone(); p.extend(["params".to_string(), k.clone()]); p };
+                let p = {
+                    let mut p = self.path.clone();
+                    p.extend(["params".to_string(), k.clone()]);
+                    p
+                };
                 if let Some(v) = resolve(&mut r, v, &p, Pass::Load, diags) {
                     stage_params.insert(k.clone(), v);
                 }
@@ -533,7 +548,13 @@ impl StageCx<'_> {
         for d in &decl.deps {
             let mut patterns = Vec::new();
             for (i, t) in d.templates.iter().enumerate() {
-                let p = if d.templates.len() > 1 { let mut p = d.field.clone(); p.push(i.to_string()); p } else { d.field.clone() };
+                let p = if d.templates.len() > 1 {
+                    let mut p = d.field.clone();
+                    p.push(i.to_string());
+                    p
+                } else {
+                    d.field.clone()
+                };
                 match r.string(t, Pass::Load) {
                     Ok(s) => match check_rel_path(&s, "dep") {
                         Ok(()) => patterns.push(s.trim_end_matches('/').to_string()),
@@ -548,7 +569,11 @@ impl StageCx<'_> {
         // stage names (see `backend::implied_deps`).
         if let Some(backend) = r.matrix.get("backend") {
             for (name, path) in crate::backend::implied_deps(backend) {
-                let field = { let mut p = self.path.clone(); p.push("matrix".into()); p };
+                let field = {
+                    let mut p = self.path.clone();
+                    p.push("matrix".into());
+                    p
+                };
                 if node_deps.iter().any(|d| d.name == name) {
                     diags.push(self.src.diag(&field, format!("dep `{name}` is the backend's own (its `{name}`); give the stage's dep another name"), None));
                 } else if check_rel_path(&path, "dep").is_ok() {
@@ -565,7 +590,9 @@ impl StageCx<'_> {
                     Ok(()) => {
                         let dir = s.ends_with('/');
                         let path = s.trim_end_matches('/').to_string();
-                        if let Some(prev) = node_outs.iter().find(|x| x.path == path || path.starts_with(&format!("{}/", x.path)) || x.path.starts_with(&format!("{path}/"))) {
+                        if let Some(prev) =
+                            node_outs.iter().find(|x| x.path == path || path.starts_with(&format!("{}/", x.path)) || x.path.starts_with(&format!("{path}/")))
+                        {
                             diags.push(self.src.diag(&o.field, format!("out `{path}` overlaps out `{}`", prev.path), None));
                         } else {
                             node_outs.push(OutSpec { name: o.name.clone(), path, dir, field: o.field.clone() });
@@ -579,7 +606,11 @@ impl StageCx<'_> {
 
         let mut fields = serde_json::Map::new();
         for (k, v) in &decl.kind_fields {
-            let p = { let mut p = self.path.clone(); p.push(k.clone()); p };
+            let p = {
+                let mut p = self.path.clone();
+                p.push(k.clone());
+                p
+            };
             let pass = if kind.keeps_placeholders() { Pass::Validate } else { Pass::Kind };
             if let Some(v) = resolve(&mut r, v, &p, pass, diags) {
                 fields.insert(k.clone(), v);

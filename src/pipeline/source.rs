@@ -27,13 +27,7 @@ impl Source {
             Ok(root) => index_table(root.get_ref(), &mut Vec::new(), &mut spans),
             Err(e) => {
                 let (line, column) = e.span().map_or((0, 0), |s| diag::line_col(&text, s.start));
-                return Err(Diagnostic {
-                    file: file.to_path_buf(),
-                    line,
-                    column,
-                    message: format!("invalid TOML: {}", first_line(e.message())),
-                    help: None,
-                });
+                return Err(Diagnostic { file: file.to_path_buf(), line, column, message: format!("invalid TOML: {}", first_line(e.message())), help: None });
             }
         }
         Ok(Source { file: file.to_path_buf(), text, spans })

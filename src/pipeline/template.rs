@@ -107,9 +107,8 @@ pub fn resolve(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup, final_pass:
             Piece::Lit(l) => out.push_str(&if final_pass { l } else { escape(&l) }),
             Piece::Var(name) => match lookup(&name) {
                 Lookup::Value(v) => {
-                    let text = scalar_text(&v).ok_or_else(|| {
-                        format!("placeholder `{{{}}}` is a {} and cannot be spliced into text", name.join("."), kind(&v))
-                    })?;
+                    let text =
+                        scalar_text(&v).ok_or_else(|| format!("placeholder `{{{}}}` is a {} and cannot be spliced into text", name.join("."), kind(&v)))?;
                     out.push_str(&if final_pass { text } else { escape(&text) });
                 }
                 Lookup::Keep => out.push_str(&format!("{{{}}}", name.join("."))),
@@ -124,10 +123,7 @@ pub fn resolve(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup, final_pass:
 /// exactly one placeholder naming a list becomes one argument per element.
 pub fn resolve_args(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup) -> Result<Vec<String>, String> {
     match resolve(s, lookup, true)? {
-        Value::Array(items) => items
-            .iter()
-            .map(|v| scalar_text(v).ok_or_else(|| format!("`{s}` expands to a nested {}", kind(v))))
-            .collect(),
+        Value::Array(items) => items.iter().map(|v| scalar_text(v).ok_or_else(|| format!("`{s}` expands to a nested {}", kind(v)))).collect(),
         v => Ok(vec![scalar_text(&v).ok_or_else(|| format!("`{s}` expands to a {}, not text", kind(&v)))?]),
     }
 }

@@ -120,7 +120,14 @@ pub fn sites(model: &Model) -> Vec<Site> {
             let trans_b = op == "Gemm" && attr_int(node, "transB").unwrap_or(0) != 0;
             resolve_weight(model, &producer, input(1), trans_b)
         };
-        out.push(Site { index, name: node_name(node, index), op: op.to_string(), output: node.output.first().cloned().unwrap_or_default(), activations, weight });
+        out.push(Site {
+            index,
+            name: node_name(node, index),
+            op: op.to_string(),
+            output: node.output.first().cloned().unwrap_or_default(),
+            activations,
+            weight,
+        });
     }
     out
 }

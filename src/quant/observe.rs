@@ -69,7 +69,14 @@ type Visit<'a> = dyn FnMut(usize, Vec<&ndarray::ArrayD<f32>>) -> Result<(), Quan
 /// Runs the observing copy at `copy` over `samples` (token ids, batch 1 each) and turns the
 /// statistics into one [`TensorCalibration`] per tensor. Histogram methods run every sample
 /// twice (see [`super::calibrate`]).
-pub fn calibrate(rt: &Runtime, copy: &Path, tensors: &[Observed], samples: &[Vec<i64>], method: Method, log: &mut dyn Write) -> Result<Vec<TensorCalibration>, QuantError> {
+pub fn calibrate(
+    rt: &Runtime,
+    copy: &Path,
+    tensors: &[Observed],
+    samples: &[Vec<i64>],
+    method: Method,
+    log: &mut dyn Write,
+) -> Result<Vec<TensorCalibration>, QuantError> {
     let mut session = rt.session(copy, &SessionOptions::default())?;
     let has_positions = session.input("position_ids").is_some();
     let unknown: Vec<String> =

@@ -255,9 +255,10 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
     let mut left_float = Vec::new();
     for site in &sites {
         let weight_name = site.weight.as_ref().ok().map(|w| w.initializer.as_str());
-        let hit = opts.exclude.iter().find(|p| {
-            [Some(site.name.as_str()), Some(site.output.as_str()), weight_name].into_iter().flatten().any(|n| graph::glob_match(p, n))
-        });
+        let hit = opts
+            .exclude
+            .iter()
+            .find(|p| [Some(site.name.as_str()), Some(site.output.as_str()), weight_name].into_iter().flatten().any(|n| graph::glob_match(p, n)));
         if let Some(p) = hit {
             matched.insert(p.as_str());
         }
@@ -346,10 +347,12 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
             }
             Scheme::Dynamic => {
                 let p = &site.name;
-                let (aq, asc, azp) = (names.fresh(format!("{p}_input_uint8")), names.fresh(format!("{p}_input_scale")), names.fresh(format!("{p}_input_zero_point")));
+                let (aq, asc, azp) =
+                    (names.fresh(format!("{p}_input_uint8")), names.fresh(format!("{p}_input_scale")), names.fresh(format!("{p}_input_zero_point")));
                 pre.push(node(names.fresh(format!("{p}_DynamicQuantizeLinear")), "DynamicQuantizeLinear", &[&a], &[&aq, &asc, &azp], vec![]));
                 let int32 = names.fresh(format!("{p}_int32"));
-                let mut nodes = vec![node(names.fresh(format!("{p}_MatMulInteger")), "MatMulInteger", &[&aq, &qw.int8, &azp, &qw.zero_point], &[&int32], vec![])];
+                let mut nodes =
+                    vec![node(names.fresh(format!("{p}_MatMulInteger")), "MatMulInteger", &[&aq, &qw.int8, &azp, &qw.zero_point], &[&int32], vec![])];
                 let as_float = names.fresh(format!("{p}_float"));
                 nodes.push(node(names.fresh(format!("{p}_Cast")), "Cast", &[&int32], &[&as_float], vec![attr_i("to", i64::from(FLOAT))]));
                 // Gemm's alpha scales the product: fold it into the weight's scale.
@@ -358,7 +361,8 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
                     qw.scale.clone()
                 } else {
                     let t = new_inits.iter().find(|t| t.name.as_deref() == Some(qw.scale.as_str())).expect("the weight's scale was just made");
-                    let s: Vec<f32> = t.raw_data.as_deref().unwrap_or_default().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * alpha).collect();
+                    let s: Vec<f32> =
+                        t.raw_data.as_deref().unwrap_or_default().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * alpha).collect();
                     let name = names.fresh(format!("{p}_weight_scale_alpha"));
                     new_inits.push(f32_tensor(&name, t.dims.clone(), &s));
                     name
@@ -419,7 +423,8 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
 /// Drops the nodes in `via` and the initializers in `weights` that nothing reads any more.
 fn remove_dead(g: &mut crate::onnx::proto::GraphProto, via: &HashSet<String>, weights: &HashSet<String>) {
     loop {
-        let used: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).chain(g.output.iter().filter_map(|o| o.name.as_deref())).collect();
+        let used: HashSet<&str> =
+            g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).chain(g.output.iter().filter_map(|o| o.name.as_deref())).collect();
         let dead: Vec<usize> = g
             .node
             .iter()
@@ -474,17 +479,17 @@ pub fn verify(back: &Model, scheme: Scheme, rewrite: &mut Rewrite) -> Written {
     for op in &mut rewrite.quantized {
         op.verified = match scheme {
             Scheme::Static => made_by(&op.output, &op.op).is_some_and(|mm| {
-                let a_ok = made_by(&mm.input[0], "DequantizeLinear")
-                    .and_then(|dq| made_by(&dq.input[0], "QuantizeLinear"))
-                    .is_some_and(|q| q.input[0] == op.activation && q.input.get(2).and_then(|z| inits.get(z.as_str())).is_some_and(|z| z.data_type == Some(INT8)));
+                let a_ok = made_by(&mm.input[0], "DequantizeLinear").and_then(|dq| made_by(&dq.input[0], "QuantizeLinear")).is_some_and(|q| {
+                    q.input[0] == op.activation && q.input.get(2).and_then(|z| inits.get(z.as_str())).is_some_and(|z| z.data_type == Some(INT8))
+                });
                 let w_ok = made_by(&mm.input[1], "DequantizeLinear").is_some_and(|dq| int8_init(&dq.input[0], op.k, op.n));
                 a_ok && w_ok
             }),
             Scheme::Dynamic => {
                 let end = made_by(&op.output, "Add").and_then(|add| made_by(&add.input[0], "Mul")).or_else(|| made_by(&op.output, "Mul"));
-                end.and_then(|mul| made_by(&mul.input[0], "Cast"))
-                    .and_then(|cast| made_by(&cast.input[0], "MatMulInteger"))
-                    .is_some_and(|mi| int8_init(&mi.input[1], op.k, op.n) && made_by(&mi.input[0], "DynamicQuantizeLinear").is_some_and(|d| d.input[0] == op.activation))
+                end.and_then(|mul| made_by(&mul.input[0], "Cast")).and_then(|cast| made_by(&cast.input[0], "MatMulInteger")).is_some_and(|mi| {
+                    int8_init(&mi.input[1], op.k, op.n) && made_by(&mi.input[0], "DynamicQuantizeLinear").is_some_and(|d| d.input[0] == op.activation)
+                })
             }
         };
         if op.verified {

@@ -57,20 +57,8 @@ pub const MAX_UNRECORDED: u64 = 256 << 20;
 
 /// The blobs `m` references at the top: its outputs (a directory's listing) and its log.
 pub(super) fn top_level(m: &Manifest) -> Vec<Needed> {
-    let mut v: Vec<Needed> = m
-        .outputs
-        .iter()
-        .map(|o| Needed {
-            digest: o.digest,
-            name: o.path.clone(),
-            size: (!o.dir).then_some(o.size),
-        })
-        .collect();
-    v.extend(m.log.map(|d| Needed {
-        digest: d,
-        name: "the log".into(),
-        size: None,
-    }));
+    let mut v: Vec<Needed> = m.outputs.iter().map(|o| Needed { digest: o.digest, name: o.path.clone(), size: (!o.dir).then_some(o.size) }).collect();
+    v.extend(m.log.map(|d| Needed { digest: d, name: "the log".into(), size: None }));
     v
 }
 
@@ -79,20 +67,14 @@ pub(super) fn listed(store: &Store, m: &Manifest) -> std::io::Result<Vec<Needed>
     let mut v = Vec::new();
     for o in m.outputs.iter().filter(|o| o.dir) {
         for e in store.tree(&o.digest)?.entries {
-            v.push(Needed {
-                digest: e.digest,
-                name: format!("{}/{}", o.path, e.path),
-                size: Some(e.size),
-            });
+            v.push(Needed { digest: e.digest, name: format!("{}/{}", o.path, e.path), size: Some(e.size) });
         }
     }
     Ok(v)
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether `body` is an entry that [`Remote::fetch`] would accept for `key`, before
@@ -104,13 +86,9 @@ pub fn parse_entry(body: &[u8], key: &Digest) -> Result<(), String> {
 
 /// Parses and checks an entry fetched for `key`, before any of its blobs is fetched.
 fn check(body: &[u8], key: &Digest) -> Result<Entry, String> {
-    let entry: Entry =
-        serde_json::from_slice(body).map_err(|e| format!("it is not a tr118 cache entry ({e})"))?;
+    let entry: Entry = serde_json::from_slice(body).map_err(|e| format!("it is not a tr118 cache entry ({e})"))?;
     if entry.schema != SCHEMA {
-        return Err(format!(
-            "it has entry schema {}, and this tr118 reads schema {SCHEMA}",
-            entry.schema
-        ));
+        return Err(format!("it has entry schema {}, and this tr118 reads schema {SCHEMA}", entry.schema));
     }
     let m = &entry.manifest;
     // Its key, stage key, schema, seal and output paths: an entry may choose a node's
@@ -120,11 +98,7 @@ fn check(body: &[u8], key: &Digest) -> Result<Entry, String> {
         return Err("it records a degraded result, and degraded results are never shared".into());
     }
     if let Some(b) = entry.blobs.iter().find(|b| !is_sha256_hex(&b.sha256)) {
-        return Err(format!(
-            "it names blob {} by `{}`, which is not a SHA-256",
-            b.blake3.short(),
-            b.sha256
-        ));
+        return Err(format!("it names blob {} by `{}`, which is not a SHA-256", b.blake3.short(), b.sha256));
     }
     Ok(entry)
 }
@@ -158,11 +132,7 @@ impl Remote {
         let m = entry.manifest;
         // What the outputs will take, from the sizes the manifest records, against the room
         // this machine has, before a byte of them is asked for.
-        let recorded: u64 = top_level(&m)
-            .iter()
-            .filter(|n| !store.has_object(&n.digest))
-            .filter_map(|n| n.size)
-            .fold(0u64, u64::saturating_add);
+        let recorded: u64 = top_level(&m).iter().filter(|n| !store.has_object(&n.digest)).filter_map(|n| n.size).fold(0u64, u64::saturating_add);
         if let Err(why) = self.room_for(store, recorded) {
             return Fetch::Rejected(why);
         }
@@ -174,9 +144,7 @@ impl Remote {
                 match listed(store, &m) {
                     Ok(v) => v,
                     Err(e) => {
-                        return Fetch::Rejected(format!(
-                            "a directory listing it references is unreadable: {e}"
-                        ));
+                        return Fetch::Rejected(format!("a directory listing it references is unreadable: {e}"));
                     }
                 }
             };
@@ -194,38 +162,23 @@ impl Remote {
         // `why` compares a later key with this one rather than saying "never built". The
         // ref is this node's: an entry's `node` names whichever node first built the key.
         let _ = store.write_ref(node, key);
-        Fetch::Hit {
-            manifest: Box::new(m),
-            bytes,
-        }
+        Fetch::Hit { manifest: Box::new(m), bytes }
     }
 
     /// Makes sure the local store has blob `n`, downloading and verifying it if not.
     /// Returns the bytes downloaded.
-    fn take_blob(
-        &self,
-        store: &Store,
-        blobs: &BTreeMap<Digest, &Blob>,
-        n: &Needed,
-    ) -> Result<u64, BlobError> {
+    fn take_blob(&self, store: &Store, blobs: &BTreeMap<Digest, &Blob>, n: &Needed) -> Result<u64, BlobError> {
         if store.has_object(&n.digest) {
             return Ok(0);
         }
         let Some(blob) = blobs.get(&n.digest) else {
-            return Err(BlobError::Rejected(format!(
-                "it does not list blob `{}` ({})",
-                n.name,
-                n.digest.short()
-            )));
+            return Err(BlobError::Rejected(format!("it does not list blob `{}` ({})", n.name, n.digest.short())));
         };
         // The size to expect comes from the manifest (or the listing), never from the
         // server alone, and must fit what this machine allows.
         match n.size {
             Some(recorded) if recorded != blob.size => {
-                return Err(BlobError::Rejected(format!(
-                    "it lists blob `{}` with {} bytes, but its manifest records {recorded}",
-                    n.name, blob.size
-                )));
+                return Err(BlobError::Rejected(format!("it lists blob `{}` with {} bytes, but its manifest records {recorded}", n.name, blob.size)));
             }
             None if blob.size > MAX_UNRECORDED => {
                 return Err(BlobError::Rejected(format!(
@@ -248,18 +201,11 @@ impl Remote {
             )));
         }
         let tmp = store.tmp_path("remote");
-        let got = match self
-            .client
-            .get_blob(&format!("cas/{}", blob.sha256), blob.size, &tmp)
-        {
+        let got = match self.client.get_blob(&format!("cas/{}", blob.sha256), blob.size, &tmp) {
             Ok(Some(got)) => got,
             Ok(None) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(BlobError::Rejected(format!(
-                    "blob `{}` (sha256 {}) is missing on the server",
-                    n.name,
-                    &blob.sha256[..12]
-                )));
+                return Err(BlobError::Rejected(format!("blob `{}` (sha256 {}) is missing on the server", n.name, &blob.sha256[..12])));
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -283,10 +229,7 @@ impl Remote {
         }
         if let Err(e) = store.adopt_object(&tmp, &n.digest) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(BlobError::Rejected(format!(
-                "blob `{}` cannot be stored: {e}",
-                n.name
-            )));
+            return Err(BlobError::Rejected(format!("blob `{}` cannot be stored: {e}", n.name)));
         }
         Ok(got.size)
     }
@@ -294,9 +237,7 @@ impl Remote {
     /// Whether `bytes` more fit in the file system of the cache.
     fn room_for(&self, store: &Store, bytes: u64) -> Result<(), String> {
         match free_bytes(store.dir()) {
-            Some(free) if bytes > free => Err(format!(
-                "its outputs take {bytes} bytes and the file system of `cache/` has {free} free"
-            )),
+            Some(free) if bytes > free => Err(format!("its outputs take {bytes} bytes and the file system of `cache/` has {free} free")),
             _ => Ok(()),
         }
     }
@@ -367,8 +308,7 @@ mod tests {
     }
 
     fn body(m: &Manifest) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "schema": SCHEMA, "manifest": m, "blobs": [] }))
-            .unwrap()
+        serde_json::to_vec(&serde_json::json!({ "schema": SCHEMA, "manifest": m, "blobs": [] })).unwrap()
     }
 
     #[test]

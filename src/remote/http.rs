@@ -67,11 +67,7 @@ impl Auth {
 pub enum HttpError {
     /// The server, or the way to it: the remote cannot be used.
     #[error("{method} {url}: {cause}")]
-    Remote {
-        method: &'static str,
-        url: String,
-        cause: String,
-    },
+    Remote { method: &'static str, url: String, cause: String },
     /// This machine could not keep what arrived (a full disk, say).
     #[error("{0}")]
     Local(String),
@@ -110,12 +106,7 @@ impl Client {
             .user_agent(format!("tr118/{}", crate::VERSION))
             .build()
             .into();
-        Client {
-            agent,
-            base: base.to_string(),
-            auth: auth.map(Auth::header),
-            timeout,
-        }
+        Client { agent, base: base.to_string(), auth: auth.map(Auth::header), timeout }
     }
 
     /// The budget of one request with a body of `size` bytes.
@@ -127,12 +118,7 @@ impl Client {
         format!("{}/{path}", self.base)
     }
 
-    fn retrying<T>(
-        &self,
-        method: &'static str,
-        path: &str,
-        mut attempt: impl FnMut(&str) -> Result<T, Attempt>,
-    ) -> Result<T, HttpError> {
+    fn retrying<T>(&self, method: &'static str, path: &str, mut attempt: impl FnMut(&str) -> Result<T, Attempt>) -> Result<T, HttpError> {
         let url = self.url(path);
         let mut tries = 0;
         loop {
@@ -152,12 +138,7 @@ impl Client {
         }
     }
 
-    fn request(
-        &self,
-        method: &str,
-        url: &str,
-        body_size: u64,
-    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    fn request(&self, method: &str, url: &str, body_size: u64) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
         let timeout = self.budget(body_size);
         let mut req = match method {
             "HEAD" => self.agent.head(url),
@@ -179,12 +160,7 @@ impl Client {
                 404 => Ok(None),
                 s if (200..300).contains(&s) => {
                     let mut body = Vec::new();
-                    resp.body_mut()
-                        .with_config()
-                        .limit(MAX_ENTRY)
-                        .reader()
-                        .read_to_end(&mut body)
-                        .map_err(body_error)?;
+                    resp.body_mut().with_config().limit(MAX_ENTRY).reader().read_to_end(&mut body).map_err(body_error)?;
                     Ok(Some(body))
                 }
                 s => Err(status(s, "GET")),
@@ -195,12 +171,7 @@ impl Client {
     /// GET of a blob of `size` bytes into a new file `dest`, hashed as it is written: `None`
     /// when the server has no such path. A body longer than `size` is cut off after one byte
     /// more.
-    pub fn get_blob(
-        &self,
-        path: &str,
-        size: u64,
-        dest: &Path,
-    ) -> Result<Option<Downloaded>, HttpError> {
+    pub fn get_blob(&self, path: &str, size: u64, dest: &Path) -> Result<Option<Downloaded>, HttpError> {
         self.retrying("GET", path, |url| {
             let resp = self.request("GET", url, size).call().map_err(transport)?;
             match resp.status().as_u16() {
@@ -236,8 +207,7 @@ impl Client {
     /// PUT of the file at `file` to `path`, streamed.
     pub fn put_file(&self, path: &str, file: &Path) -> Result<(), HttpError> {
         self.retrying("PUT", path, |url| {
-            let f = File::open(file)
-                .map_err(|e| Attempt::Fatal(format!("cannot open `{}`: {e}", file.display())))?;
+            let f = File::open(file).map_err(|e| Attempt::Fatal(format!("cannot open `{}`: {e}", file.display())))?;
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
             self.put(url, size, f)
         })
@@ -245,19 +215,11 @@ impl Client {
 
     fn put(&self, url: &str, size: u64, body: impl ureq::AsSendBody) -> Result<(), Attempt> {
         let timeout = self.budget(size);
-        let mut req = self
-            .agent
-            .put(url)
-            .header("Content-Type", "application/octet-stream");
+        let mut req = self.agent.put(url).header("Content-Type", "application/octet-stream");
         if let Some(a) = &self.auth {
             req = req.header("Authorization", a);
         }
-        let resp = req
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send(body)
-            .map_err(transport)?;
+        let resp = req.config().timeout_global(Some(timeout)).build().send(body).map_err(transport)?;
         match resp.status().as_u16() {
             s if (200..300).contains(&s) => Ok(()),
             s => Err(status(s, "PUT")),
@@ -278,33 +240,21 @@ fn transport(e: ureq::Error) -> Attempt {
 /// A body that stopped arriving: a timeout is final (see the module doc), anything else
 /// (a dropped connection) is worth another try.
 fn body_error(e: io::Error) -> Attempt {
-    let timed_out = e.kind() == io::ErrorKind::TimedOut
-        || e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()).is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
-    if timed_out {
-        Attempt::Fatal(format!("timed out reading the body ({e})"))
-    } else {
-        Attempt::Retry(format!("reading the body: {e}"))
-    }
+    let timed_out =
+        e.kind() == io::ErrorKind::TimedOut || e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()).is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+    if timed_out { Attempt::Fatal(format!("timed out reading the body ({e})")) } else { Attempt::Retry(format!("reading the body: {e}")) }
 }
 
 fn status(code: u16, method: &str) -> Attempt {
     let hint = match code {
         300..=399 => "; redirects are not followed: configure the URL it redirects to",
-        401 | 403 => {
-            "; check the credentials in `TR118_REMOTE_CACHE_TOKEN`, or `TR118_REMOTE_CACHE_USER` and `TR118_REMOTE_CACHE_PASSWORD`"
-        }
-        405 | 501 if method == "PUT" => {
-            "; the server does not accept uploads: enable them (nginx: `dav_methods PUT;`) or use `--remote-read-only`"
-        }
+        401 | 403 => "; check the credentials in `TR118_REMOTE_CACHE_TOKEN`, or `TR118_REMOTE_CACHE_USER` and `TR118_REMOTE_CACHE_PASSWORD`",
+        405 | 501 if method == "PUT" => "; the server does not accept uploads: enable them (nginx: `dav_methods PUT;`) or use `--remote-read-only`",
         413 => "; the server refuses large uploads (nginx: `client_max_body_size 0;`)",
         _ => "",
     };
     let cause = format!("HTTP {code}{hint}");
-    if code == 429 || code >= 500 {
-        Attempt::Retry(cause)
-    } else {
-        Attempt::Fatal(cause)
-    }
+    if code == 429 || code >= 500 { Attempt::Retry(cause) } else { Attempt::Fatal(cause) }
 }
 
 /// Copies `reader` into a new file `dest`, hashing with SHA-256 and blake3 as it goes.
@@ -327,11 +277,7 @@ fn copy_hashing(mut reader: impl Read, dest: &Path) -> Result<Downloaded, Attemp
         file.write_all(&buf[..n]).map_err(local)?;
         size += n as u64;
     }
-    Ok(Downloaded {
-        sha256: hex(&sha.finalize()),
-        blake3: Digest(*b3.finalize().as_bytes()),
-        size,
-    })
+    Ok(Downloaded { sha256: hex(&sha.finalize()), blake3: Digest(*b3.finalize().as_bytes()), size })
 }
 
 /// SHA-256 and blake3 of a file, read once.
@@ -352,11 +298,7 @@ pub fn hash_both(path: &Path) -> io::Result<(String, Digest, u64)> {
         b3.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((
-        hex(&sha.finalize()),
-        Digest(*b3.finalize().as_bytes()),
-        size,
-    ))
+    Ok((hex(&sha.finalize()), Digest(*b3.finalize().as_bytes()), size))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -372,11 +314,7 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -395,46 +333,26 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
+        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
         }
     }
 
     #[test]
     fn basic_header_is_rfc_7617_example() {
-        let auth = Auth::Basic {
-            user: "Aladdin".into(),
-            password: "open sesame".into(),
-        };
+        let auth = Auth::Basic { user: "Aladdin".into(), password: "open sesame".into() };
         assert_eq!(auth.header(), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
     }
 
     #[test]
     fn sha256_matches_published_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
     fn auth_debug_hides_secrets() {
-        let dump = format!(
-            "{:?} {:?}",
-            Auth::Bearer("s3cret".into()),
-            Auth::Basic {
-                user: "ci".into(),
-                password: "pw".into()
-            }
-        );
+        let dump = format!("{:?} {:?}", Auth::Bearer("s3cret".into()), Auth::Basic { user: "ci".into(), password: "pw".into() });
         assert!(!dump.contains("s3cret") && !dump.contains("pw"), "{dump}");
     }
 }

@@ -165,23 +165,12 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("`{field}` `{url}` is not a usable cache URL: {why}")]
-    BadUrl {
-        field: String,
-        url: String,
-        why: String,
-    },
-    #[error(
-        "`{field}` holds credentials (`user:password@`); URLs end up in logs and pipeline files, secrets must not"
-    )]
+    BadUrl { field: String, url: String, why: String },
+    #[error("`{field}` holds credentials (`user:password@`); URLs end up in logs and pipeline files, secrets must not")]
     Credentials { field: String },
     #[error("`{set}` is set but `{missing}` is not")]
-    HalfBasic {
-        set: &'static str,
-        missing: &'static str,
-    },
-    #[error(
-        "both `{ENV_TOKEN}` and `{ENV_USER}` are set; the remote cache takes one kind of credentials"
-    )]
+    HalfBasic { set: &'static str, missing: &'static str },
+    #[error("both `{ENV_TOKEN}` and `{ENV_USER}` are set; the remote cache takes one kind of credentials")]
     TwoAuths,
     #[error("`{ENV_TIMEOUT}` is `{0}`, not a positive number of seconds")]
     BadTimeout(String),
@@ -192,60 +181,36 @@ pub enum ConfigError {
 impl ConfigError {
     pub fn help(&self) -> Option<String> {
         match self {
-            ConfigError::BadUrl { .. } => {
-                Some("e.g. `http://127.0.0.1:8080/tr118` or `https://cache.example.com`".into())
+            ConfigError::BadUrl { .. } => Some("e.g. `http://127.0.0.1:8080/tr118` or `https://cache.example.com`".into()),
+            ConfigError::Credentials { .. } => {
+                Some(format!("drop them from the URL and set `{ENV_USER}` and `{ENV_PASSWORD}` (Basic), or `{ENV_TOKEN}` (Bearer), in the environment"))
             }
-            ConfigError::Credentials { .. } => Some(format!(
-                "drop them from the URL and set `{ENV_USER}` and `{ENV_PASSWORD}` (Basic), or `{ENV_TOKEN}` (Bearer), in the environment"
-            )),
-            ConfigError::HalfBasic { missing, .. } => {
-                Some(format!("set `{missing}` too, or use `{ENV_TOKEN}`"))
+            ConfigError::HalfBasic { missing, .. } => Some(format!("set `{missing}` too, or use `{ENV_TOKEN}`")),
+            ConfigError::TwoAuths => Some(format!("unset `{ENV_TOKEN}`, or `{ENV_USER}` and `{ENV_PASSWORD}`")),
+            ConfigError::BadTimeout(_) => Some(format!("e.g. `{ENV_TIMEOUT}=60`, or unset it for {} s", http::DEFAULT_TIMEOUT.as_secs())),
+            ConfigError::BadMaxBlob(_) => {
+                Some(format!("bytes, or with a suffix K, M, G or T (powers of 1024): e.g. `{ENV_MAX_BLOB}=200G`; unset, {} GiB", DEFAULT_MAX_BLOB >> 30))
             }
-            ConfigError::TwoAuths => Some(format!(
-                "unset `{ENV_TOKEN}`, or `{ENV_USER}` and `{ENV_PASSWORD}`"
-            )),
-            ConfigError::BadTimeout(_) => Some(format!(
-                "e.g. `{ENV_TIMEOUT}=60`, or unset it for {} s",
-                http::DEFAULT_TIMEOUT.as_secs()
-            )),
-            ConfigError::BadMaxBlob(_) => Some(format!(
-                "bytes, or with a suffix K, M, G or T (powers of 1024): e.g. `{ENV_MAX_BLOB}=200G`; unset, {} GiB",
-                DEFAULT_MAX_BLOB >> 30
-            )),
         }
     }
 }
 
 /// Checks a cache URL written as `field`; returns it without a trailing `/`.
 pub fn check_url(url: &str, field: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| ConfigError::BadUrl {
-        field: field.into(),
-        url: url.into(),
-        why: why.into(),
-    };
+    let bad = |why: &str| ConfigError::BadUrl { field: field.into(), url: url.into(), why: why.into() };
     // Before parsing, so that a URL the parser refuses is still never echoed with a secret.
-    let authority = url.split_once("://").map_or("", |(_, rest)| {
-        rest.split(['/', '?', '#']).next().unwrap_or("")
-    });
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
     if authority.contains('@') {
-        return Err(ConfigError::Credentials {
-            field: field.into(),
-        });
+        return Err(ConfigError::Credentials { field: field.into() });
     }
-    let uri: ureq::http::Uri = url
-        .parse()
-        .map_err(|e: ureq::http::uri::InvalidUri| bad(&e.to_string()))?;
+    let uri: ureq::http::Uri = url.parse().map_err(|e: ureq::http::uri::InvalidUri| bad(&e.to_string()))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         Some(other) => {
-            return Err(bad(&format!(
-                "the scheme is `{other}`; use `http` or `https`"
-            )));
+            return Err(bad(&format!("the scheme is `{other}`; use `http` or `https`")));
         }
         None => {
-            return Err(bad(
-                "it has no scheme; start it with `http://` or `https://`",
-            ));
+            return Err(bad("it has no scheme; start it with `http://` or `https://`"));
         }
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -277,40 +242,25 @@ pub fn resolve(
         (Some(token), None, _) => Some(Auth::Bearer(token)),
         (None, Some(user), Some(password)) => Some(Auth::Basic { user, password }),
         (None, Some(_), None) => {
-            return Err(ConfigError::HalfBasic {
-                set: ENV_USER,
-                missing: ENV_PASSWORD,
-            });
+            return Err(ConfigError::HalfBasic { set: ENV_USER, missing: ENV_PASSWORD });
         }
         (None, None, Some(_)) => {
-            return Err(ConfigError::HalfBasic {
-                set: ENV_PASSWORD,
-                missing: ENV_USER,
-            });
+            return Err(ConfigError::HalfBasic { set: ENV_PASSWORD, missing: ENV_USER });
         }
         (None, None, None) => None,
     };
     let read_only = cli_read_only.or(section.read_only).unwrap_or(false);
     let timeout = match env(ENV_TIMEOUT) {
         None => http::DEFAULT_TIMEOUT,
-        Some(t) => t
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .ok_or(ConfigError::BadTimeout(t))?,
+        Some(t) => {
+            t.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok()).ok_or(ConfigError::BadTimeout(t))?
+        }
     };
     let max_blob = match env(ENV_MAX_BLOB) {
         None => DEFAULT_MAX_BLOB,
         Some(v) => parse_size(&v).ok_or(ConfigError::BadMaxBlob(v))?,
     };
-    Ok(Some(Settings {
-        url,
-        read_only,
-        auth,
-        timeout,
-        max_blob,
-    }))
+    Ok(Some(Settings { url, read_only, auth, timeout, max_blob }))
 }
 
 /// A size in bytes, with an optional binary suffix `K`, `M`, `G` or `T`.
@@ -330,11 +280,7 @@ fn parse_size(s: &str) -> Option<u64> {
 /// without mixing machines up: anything but a timing node, or a timing node whose key names
 /// the machine.
 pub fn names_its_machine(node: &NodeSpec) -> bool {
-    !node.timing
-        || node
-            .facets
-            .iter()
-            .any(|f| matches!(f.as_str(), "cpu" | "gpu" | "host"))
+    !node.timing || node.facets.iter().any(|f| matches!(f.as_str(), "cpu" | "gpu" | "host"))
 }
 
 /// One remote cache for one run of tr118: its client, whether it is down, what it moved.
@@ -398,35 +344,23 @@ impl Remote {
     }
 
     fn warn(&self, message: String) {
-        self.warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(message);
+        self.warnings.lock().unwrap_or_else(|p| p.into_inner()).push(message);
     }
 
     /// Gives up on the remote for the rest of the run; the first caller's cause is the
     /// one warning.
     fn give_up(&self, cause: String) {
         if self.down.set(cause.clone()).is_ok() {
-            self.warn(format!(
-                "remote cache {} unreachable ({cause}); continuing with the local cache only",
-                self.settings.url
-            ));
+            self.warn(format!("remote cache {} unreachable ({cause}); continuing with the local cache only", self.settings.url));
         }
     }
 
     fn suspect(&self, sha256: &str) {
-        self.suspect
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sha256.to_string());
+        self.suspect.lock().unwrap_or_else(|p| p.into_inner()).insert(sha256.to_string());
     }
 
     fn is_suspect(&self, sha256: &str) -> bool {
-        self.suspect
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(sha256)
+        self.suspect.lock().unwrap_or_else(|p| p.into_inner()).contains(sha256)
     }
 }
 
@@ -435,95 +369,40 @@ mod tests {
     use super::*;
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
     #[test]
     fn command_line_overrides_environment_overrides_pipeline() {
-        let section = Section {
-            remote: Some("http://pipeline:1".into()),
-            read_only: Some(true),
-        };
+        let section = Section { remote: Some("http://pipeline:1".into()), read_only: Some(true) };
         let env = env_of(&[(ENV_URL, "http://env:2/")]);
-        let s = resolve(&section, Some("http://cli:3/x/"), Some(false), &env)
-            .unwrap()
-            .unwrap();
+        let s = resolve(&section, Some("http://cli:3/x/"), Some(false), &env).unwrap().unwrap();
         assert_eq!((s.url.as_str(), s.read_only), ("http://cli:3/x", false));
         let s = resolve(&section, None, None, &env).unwrap().unwrap();
         assert_eq!((s.url.as_str(), s.read_only), ("http://env:2", true));
-        let s = resolve(&section, None, None, &env_of(&[]))
-            .unwrap()
-            .unwrap();
+        let s = resolve(&section, None, None, &env_of(&[])).unwrap().unwrap();
         assert_eq!(s.url, "http://pipeline:1");
-        assert!(
-            resolve(&Section::default(), None, Some(true), &env_of(&[]))
-                .unwrap()
-                .is_none()
-        );
+        assert!(resolve(&Section::default(), None, Some(true), &env_of(&[])).unwrap().is_none());
     }
 
     #[test]
     fn credentials_come_from_the_environment_only() {
-        let s = resolve(
-            &Section::default(),
-            Some("http://h"),
-            None,
-            &env_of(&[(ENV_TOKEN, "t")]),
-        )
-        .unwrap()
-        .unwrap();
+        let s = resolve(&Section::default(), Some("http://h"), None, &env_of(&[(ENV_TOKEN, "t")])).unwrap().unwrap();
         assert_eq!(s.auth, Some(Auth::Bearer("t".into())));
         let env = env_of(&[(ENV_USER, "u"), (ENV_PASSWORD, "p")]);
-        let s = resolve(&Section::default(), Some("http://h"), None, &env)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            s.auth,
-            Some(Auth::Basic {
-                user: "u".into(),
-                password: "p".into()
-            })
-        );
-        let half = resolve(
-            &Section::default(),
-            Some("http://h"),
-            None,
-            &env_of(&[(ENV_USER, "u")]),
-        );
-        assert!(matches!(
-            half,
-            Err(ConfigError::HalfBasic {
-                missing: ENV_PASSWORD,
-                ..
-            })
-        ));
-        let both = resolve(
-            &Section::default(),
-            Some("http://h"),
-            None,
-            &env_of(&[(ENV_USER, "u"), (ENV_TOKEN, "t")]),
-        );
+        let s = resolve(&Section::default(), Some("http://h"), None, &env).unwrap().unwrap();
+        assert_eq!(s.auth, Some(Auth::Basic { user: "u".into(), password: "p".into() }));
+        let half = resolve(&Section::default(), Some("http://h"), None, &env_of(&[(ENV_USER, "u")]));
+        assert!(matches!(half, Err(ConfigError::HalfBasic { missing: ENV_PASSWORD, .. })));
+        let both = resolve(&Section::default(), Some("http://h"), None, &env_of(&[(ENV_USER, "u"), (ENV_TOKEN, "t")]));
         assert!(matches!(both, Err(ConfigError::TwoAuths)));
     }
 
     #[test]
     fn timeout_is_a_positive_number_of_seconds() {
-        let at = |t: &str| {
-            resolve(
-                &Section::default(),
-                Some("http://h"),
-                None,
-                &env_of(&[(ENV_TIMEOUT, t)]),
-            )
-        };
-        assert_eq!(
-            at("2.5").unwrap().unwrap().timeout,
-            Duration::from_millis(2500)
-        );
+        let at = |t: &str| resolve(&Section::default(), Some("http://h"), None, &env_of(&[(ENV_TIMEOUT, t)]));
+        assert_eq!(at("2.5").unwrap().unwrap().timeout, Duration::from_millis(2500));
         for bad in ["0", "-1", "soon", "inf", "1e30"] {
             assert!(matches!(at(bad), Err(ConfigError::BadTimeout(_))), "{bad}");
         }
@@ -557,9 +436,6 @@ mod tests {
         assert!(check_url("ftp://h/x", "f").is_err());
         assert!(check_url("cache.example.com", "f").is_err());
         assert!(check_url("http://h/x?y=1", "f").is_err());
-        assert_eq!(
-            check_url("https://h:8443/a/b/", "f").unwrap(),
-            "https://h:8443/a/b"
-        );
+        assert_eq!(check_url("https://h:8443/a/b/", "f").unwrap(), "https://h:8443/a/b");
     }
 }

@@ -67,12 +67,7 @@ impl Gate {
 
 /// Starts [`THREADS`] upload threads in `scope`; they upload every manifest sent on the
 /// returned channel and end once it is dropped and drained.
-pub fn spawn<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    remote: &'env Remote,
-    store: &'env Store,
-    gate: &'env Gate,
-) -> Sender<Manifest> {
+pub fn spawn<'scope, 'env>(scope: &'scope std::thread::Scope<'scope, 'env>, remote: &'env Remote, store: &'env Store, gate: &'env Gate) -> Sender<Manifest> {
     let (tx, rx) = mpsc::channel::<Manifest>();
     let rx: Arc<Mutex<Receiver<Manifest>>> = Arc::new(Mutex::new(rx));
     for _ in 0..THREADS {
@@ -101,10 +96,7 @@ impl Remote {
         match listed(store, m) {
             Ok(v) => needed.extend(v),
             Err(e) => {
-                return self.warn(format!(
-                    "not uploading `{}`: a directory listing is unreadable: {e}",
-                    m.node
-                ));
+                return self.warn(format!("not uploading `{}`: a directory listing is unreadable: {e}", m.node));
             }
         }
         let mut blobs: Vec<Blob> = Vec::with_capacity(needed.len());
@@ -120,12 +112,7 @@ impl Remote {
             let (sha256, blake3, size) = match http::hash_both(&path) {
                 Ok(h) => h,
                 Err(e) => {
-                    return self.warn(format!(
-                        "not uploading `{}`: object {} of `{}` is unreadable: {e}",
-                        m.node,
-                        n.digest.short(),
-                        n.name
-                    ));
+                    return self.warn(format!("not uploading `{}`: object {} of `{}` is unreadable: {e}", m.node, n.digest.short(), n.name));
                 }
             };
             if blake3 != n.digest {
@@ -137,47 +124,25 @@ impl Remote {
                 ));
             }
             let cas = format!("cas/{sha256}");
-            let present = if self.is_suspect(&sha256) {
-                Ok(false)
-            } else {
-                self.client.exists(&cas)
-            };
-            let sent = present.and_then(|present| {
-                if present {
-                    Ok(0)
-                } else {
-                    self.client.put_file(&cas, &path).map(|()| size)
-                }
-            });
+            let present = if self.is_suspect(&sha256) { Ok(false) } else { self.client.exists(&cas) };
+            let sent = present.and_then(|present| if present { Ok(0) } else { self.client.put_file(&cas, &path).map(|()| size) });
             match sent {
                 Ok(n) => {
                     self.bytes_up.fetch_add(n, Ordering::Relaxed);
                 }
                 Err(e) => return self.upload_failed(&m.node, e),
             }
-            blobs.push(Blob {
-                blake3,
-                sha256,
-                size,
-            });
+            blobs.push(Blob { blake3, sha256, size });
         }
-        let entry = Entry {
-            schema: SCHEMA,
-            manifest: m.clone(),
-            blobs,
-        };
+        let entry = Entry { schema: SCHEMA, manifest: m.clone(), blobs };
         let body = match serde_json::to_vec(&entry) {
             Ok(b) => b,
             Err(e) => return self.warn(format!("not uploading `{}`: {e}", m.node)),
         };
         let _pass = gate.enter();
-        match self
-            .client
-            .put_bytes(&format!("ac/{}", m.key.to_hex()), &body)
-        {
+        match self.client.put_bytes(&format!("ac/{}", m.key.to_hex()), &body) {
             Ok(()) => {
-                self.bytes_up
-                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                self.bytes_up.fetch_add(body.len() as u64, Ordering::Relaxed);
                 self.entries_up.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => self.upload_failed(&m.node, e),

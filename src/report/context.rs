@@ -227,15 +227,7 @@ impl Shape {
             }
         }
         modes.sort_by_key(|m| (MODES.iter().position(|k| k == m).unwrap_or(MODES.len()), m.clone()));
-        Shape {
-            baseline: text(stats, "baseline"),
-            alpha: num(stats, "alpha").unwrap_or(0.05),
-            backends,
-            modes,
-            scenarios,
-            summary,
-            comparisons,
-        }
+        Shape { baseline: text(stats, "baseline"), alpha: num(stats, "alpha").unwrap_or(0.05), backends, modes, scenarios, summary, comparisons }
     }
 
     fn color(&self, backend: &str) -> usize {
@@ -338,11 +330,7 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
         let b = text(r, "backend").unwrap_or_default();
         if count_of(r, "n_ok").unwrap_or(0) > 0 { measured.push(b) } else { unmeasured.push(b) }
     }
-    let per_scenario: Vec<Value> = scenarios
-        .iter()
-        .flat_map(|s| measured.iter().filter_map(move |b| shape.row(b, mode, s)))
-        .cloned()
-        .collect();
+    let per_scenario: Vec<Value> = scenarios.iter().flat_map(|s| measured.iter().filter_map(move |b| shape.row(b, mode, s))).cloned().collect();
     let comparisons: Vec<Value> =
         shape.comparisons.iter().filter(|r| r["mode"] == mode && measured.iter().any(|b| r["backend"] == b.as_str())).cloned().collect();
     // One warning per backend and note, naming where it applies: a note repeated over every
@@ -359,7 +347,11 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
         }
     }
     for ((backend, baseline, note), at) in notes {
-        warnings.push(format!("{} / {backend} vs {baseline}, {}: {note}", mode_title(mode), if at.len() > 3 { plural(at.len(), "comparison", "comparisons") } else { join_names(&at) }));
+        warnings.push(format!(
+            "{} / {backend} vs {baseline}, {}: {note}",
+            mode_title(mode),
+            if at.len() > 3 { plural(at.len(), "comparison", "comparisons") } else { join_names(&at) }
+        ));
     }
     let any = |keys: &[&str]| rows.iter().any(|r| keys.iter().any(|k| num(r, k).is_some()));
     let has_ttft = any(&["ttft_mean_ms", "tpot_mean_ms"]);
@@ -390,7 +382,14 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
     let latency = bar_series("latency_mean_ms", "latency_ci95_lo_ms", "latency_ci95_hi_ms");
     if !latency.is_empty() {
         let t = format!("{title}: mean latency per scenario");
-        let svg = plots::bars(&BarChart { title: &t, x_label: "scenario", y_label: "mean latency (ms), 95% CI", categories: &scenarios, series: &latency, percent: false })?;
+        let svg = plots::bars(&BarChart {
+            title: &t,
+            x_label: "scenario",
+            y_label: "mean latency (ms), 95% CI",
+            categories: &scenarios,
+            series: &latency,
+            percent: false,
+        })?;
         let p = Plot::new(&format!("latency-{mode}"), &t, "Bars are means over ok runs; whiskers are the Student t 95% interval of the mean.", svg);
         section_plots.insert("latency".into(), plot_ref(&p));
         plots.push(p);
@@ -398,7 +397,14 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
     let throughput = bar_series("throughput_mean", "throughput_ci95_lo", "throughput_ci95_hi");
     if !throughput.is_empty() {
         let t = format!("{title}: throughput per scenario");
-        let svg = plots::bars(&BarChart { title: &t, x_label: "scenario", y_label: "throughput (tokens/s), 95% CI", categories: &scenarios, series: &throughput, percent: false })?;
+        let svg = plots::bars(&BarChart {
+            title: &t,
+            x_label: "scenario",
+            y_label: "throughput (tokens/s), 95% CI",
+            categories: &scenarios,
+            series: &throughput,
+            percent: false,
+        })?;
         let p = Plot::new(&format!("throughput-{mode}"), &t, "Tokens per second (prefill: prompt tokens; generate: new tokens), mean and 95% interval.", svg);
         section_plots.insert("throughput".into(), plot_ref(&p));
         plots.push(p);
@@ -412,12 +418,8 @@ fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>,
             values: scenarios
                 .iter()
                 .map(|s| {
-                    let v: Vec<f64> = a
-                        .runs
-                        .iter()
-                        .filter(|r| r.is_ok() && r.backend == *b && r.mode == mode && r.scenario == *s)
-                        .filter_map(|r| r.latency_ms)
-                        .collect();
+                    let v: Vec<f64> =
+                        a.runs.iter().filter(|r| r.is_ok() && r.backend == *b && r.mode == mode && r.scenario == *s).filter_map(|r| r.latency_ms).collect();
                     (!v.is_empty()).then_some(v)
                 })
                 .collect(),
@@ -484,8 +486,20 @@ fn degraded_plot(shape: &Shape, plots: &mut Vec<Plot>) -> Result<Value, ReportEr
         .collect();
     let t = "Degraded runs per mode";
     let categories: Vec<String> = shape.modes.iter().map(|m| mode_title(m)).collect();
-    let svg = plots::bars(&BarChart { title: t, x_label: "mode", y_label: "degraded runs (% of all runs)", categories: &categories, series: &series, percent: true })?;
-    let p = Plot::new("degraded", t, "The share of each backend's runs in a mode that could not be measured; a missing bar is a backend without runs in that mode.", svg);
+    let svg = plots::bars(&BarChart {
+        title: t,
+        x_label: "mode",
+        y_label: "degraded runs (% of all runs)",
+        categories: &categories,
+        series: &series,
+        percent: true,
+    })?;
+    let p = Plot::new(
+        "degraded",
+        t,
+        "The share of each backend's runs in a mode that could not be measured; a missing bar is a backend without runs in that mode.",
+        svg,
+    );
     let r = plot_ref(&p);
     plots.push(p);
     Ok(r)
@@ -495,7 +509,8 @@ fn degraded_plot(shape: &Shape, plots: &mut Vec<Plot>) -> Result<Value, ReportEr
 fn best(shape: &Shape, mode: &str) -> Value {
     let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
     let overall = crate::stage::stats::OVERALL;
-    let candidates: Vec<(&String, &Value)> = shape.backends.iter().filter_map(|b| shape.row(b, mode, overall).filter(|r| Shape::ok(r)).map(|r| (b, r))).collect();
+    let candidates: Vec<(&String, &Value)> =
+        shape.backends.iter().filter_map(|b| shape.row(b, mode, overall).filter(|r| Shape::ok(r)).map(|r| (b, r))).collect();
     if candidates.is_empty() {
         return Value::Null;
     }
@@ -508,7 +523,8 @@ fn best(shape: &Shape, mode: &str) -> Value {
     let wins = scenarios
         .iter()
         .filter(|s| {
-            let fastest = shape.backends.iter().filter_map(|b| shape.row(b, mode, s).filter(|r| Shape::ok(r)).map(|r| (b, lat(r)))).min_by(|x, y| x.1.total_cmp(&y.1));
+            let fastest =
+                shape.backends.iter().filter_map(|b| shape.row(b, mode, s).filter(|r| Shape::ok(r)).map(|r| (b, lat(r)))).min_by(|x, y| x.1.total_cmp(&y.1));
             fastest.is_some_and(|(b, _)| b == name)
         })
         .count();
@@ -628,7 +644,12 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
             .filter(|r| r["pass"] == false)
             .map(|r| {
                 let threshold = num(r, "threshold").map_or_else(|| format::UNDEFINED.to_string(), format::plain);
-                format!("{} ({} relative PPL change {} > {threshold})", text(r, "backend").unwrap_or_default(), text(r, "precision").unwrap_or_default(), sig_opt(num(r, "rel_delta"), 3))
+                format!(
+                    "{} ({} relative PPL change {} > {threshold})",
+                    text(r, "backend").unwrap_or_default(),
+                    text(r, "precision").unwrap_or_default(),
+                    sig_opt(num(r, "rel_delta"), 3)
+                )
             })
             .collect();
         let passed = rows.iter().filter(|r| r["pass"] == true).count();
@@ -636,7 +657,12 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
         if failed.is_empty() {
             out.push(format!("Accuracy gate: {} of {} pass against {reference}.", passed, plural(rows.len(), "backend", "backends")));
         } else {
-            out.push(format!("Accuracy gate: {} of {} pass against {reference}; failing: {}.", passed, plural(rows.len(), "backend", "backends"), join_names(&failed)));
+            out.push(format!(
+                "Accuracy gate: {} of {} pass against {reference}; failing: {}.",
+                passed,
+                plural(rows.len(), "backend", "backends"),
+                join_names(&failed)
+            ));
         }
     }
     for q in &a.quantize {
@@ -905,13 +931,7 @@ fn distinct<I: IntoIterator<Item = Option<String>>>(it: I) -> Vec<String> {
 }
 
 fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
-    let caps: Vec<&Value> = a
-        .sweeps
-        .iter()
-        .chain(&a.perplexity)
-        .chain(&a.logits)
-        .filter_map(|d| d.value.get("capability").filter(|c| c.is_object()))
-        .collect();
+    let caps: Vec<&Value> = a.sweeps.iter().chain(&a.perplexity).chain(&a.logits).filter_map(|d| d.value.get("capability").filter(|c| c.is_object())).collect();
     let runs = &a.runs;
     let os = distinct(runs.iter().map(|r| Some(r.env.os.clone())));
     let hosts = distinct(runs.iter().map(|r| Some(r.env.host.clone())));
@@ -1184,7 +1204,11 @@ fn overhead(a: &Artifacts) -> Value {
                 format!("{} {} ({})", e.node(), text(v, "variant").unwrap_or_default(), text(v, "precision").unwrap_or_default()),
                 num(v, "export_ms").map(|ms| ms / 1000.0),
                 size,
-                format!("{} nodes, opset {}", count_of(v, "node_count").map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)), count_of(v, "opset").map_or(format::UNDEFINED.to_string(), |n| n.to_string())),
+                format!(
+                    "{} nodes, opset {}",
+                    count_of(v, "node_count").map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)),
+                    count_of(v, "opset").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+                ),
             );
         }
     }
@@ -1195,7 +1219,12 @@ fn overhead(a: &Artifacts) -> Value {
             c.node(),
             num(v, "elapsed_s"),
             None,
-            format!("{}, {} samples of {} tokens", text(v, "method").unwrap_or_default(), count_of(v, "samples").map_or(format::UNDEFINED.to_string(), |n| n.to_string()), count_of(v, "seq_len").map_or(format::UNDEFINED.to_string(), |n| n.to_string())),
+            format!(
+                "{}, {} samples of {} tokens",
+                text(v, "method").unwrap_or_default(),
+                count_of(v, "samples").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
+                count_of(v, "seq_len").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+            ),
         );
     }
     for q in &a.quantize {

@@ -129,7 +129,12 @@ fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, en
 
 /// Category names under the x axis at `anchors` (the axis point of each category): level when
 /// they fit, else turned to read upwards, ending just below the axis.
-fn category_labels<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, anchors: &[(i32, i32)], labels: &[String], level: bool) -> Result<(), String> {
+fn category_labels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    anchors: &[(i32, i32)],
+    labels: &[String],
+    level: bool,
+) -> Result<(), String> {
     let font = (FONT, LABEL_SIZE).into_font();
     let style = if level {
         TextStyle::from(font).color(&INK).pos(Pos::new(HPos::Center, VPos::Top))
@@ -185,7 +190,13 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
             top = top.max(b.value).max(b.hi.unwrap_or(b.value));
         }
     }
-    let y_max = if chart.percent { 1.05 } else if top > 0.0 { top * 1.12 } else { 1.0 };
+    let y_max = if chart.percent {
+        1.05
+    } else if top > 0.0 {
+        top * 1.12
+    } else {
+        1.0
+    };
     let n = chart.categories.len();
     let k = chart.series.len().max(1);
 
@@ -481,7 +492,8 @@ mod tests {
     fn a_chart_is_one_svg_element_with_its_title_and_bars() {
         let categories = vec!["short".to_string(), "long".to_string()];
         let series = vec![Series { name: "cpu <fp32>".into(), color: 0, values: vec![Some(Bar { value: 2.0, lo: Some(1.5), hi: Some(2.5) }), None] }];
-        let svg = bars(&BarChart { title: "latency & co", x_label: "scenario", y_label: "ms", categories: &categories, series: &series, percent: false }).unwrap();
+        let svg =
+            bars(&BarChart { title: "latency & co", x_label: "scenario", y_label: "ms", categories: &categories, series: &series, percent: false }).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
         assert!(svg.contains("<title>latency &amp; co</title>"));
         assert!(svg.contains("cpu &lt;fp32&gt;"));

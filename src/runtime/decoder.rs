@@ -64,8 +64,8 @@ use ort::memory::{AllocationDevice, Allocator};
 use ort::session::{IoBinding, RunOptions, SessionInputValue};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType};
 
-use super::session::{Session, f32_view, host_f32, int_value, is_on_host, ticked, value_shape};
 use super::RuntimeError;
+use super::session::{Session, f32_view, host_f32, int_value, is_on_host, ticked, value_shape};
 
 /// The session's names for one layer's cache.
 #[derive(Debug, Clone, Default)]
@@ -224,12 +224,16 @@ impl Decoder {
             }
         }
         if names.is_empty() {
-            return Err(session.interface_error("has no `past_key_values.N.key` inputs: it is not a decoder model (prefill models run through `Session::run_prefill`)".into()));
+            return Err(session.interface_error(
+                "has no `past_key_values.N.key` inputs: it is not a decoder model (prefill models run through `Session::run_prefill`)".into(),
+            ));
         }
         let mut layers = Vec::with_capacity(names.len());
         for i in 0..names.len() {
             let l = names.get(&i).cloned().unwrap_or_default();
-            let need = |x: Option<String>, what: String| x.ok_or_else(|| session.interface_error(format!("has no `{what}` (it has cache tensors for {} layers)", names.len())));
+            let need = |x: Option<String>, what: String| {
+                x.ok_or_else(|| session.interface_error(format!("has no `{what}` (it has cache tensors for {} layers)", names.len())))
+            };
             layers.push([
                 need(l.past_key, format!("past_key_values.{i}.key"))?,
                 need(l.past_value, format!("past_key_values.{i}.value"))?,
@@ -263,7 +267,8 @@ impl Decoder {
         let logits = if session.output("logits").is_some() {
             "logits".to_string()
         } else {
-            let rest: Vec<&str> = session.outputs().iter().map(|s| s.name.as_str()).filter(|n| cache_slot(n, "present.").is_none() && *n != NEXT_TOKEN).collect();
+            let rest: Vec<&str> =
+                session.outputs().iter().map(|s| s.name.as_str()).filter(|n| cache_slot(n, "present.").is_none() && *n != NEXT_TOKEN).collect();
             match rest.as_slice() {
                 [only] => only.to_string(),
                 _ => return Err(session.interface_error(format!("has no `logits` output; its other outputs are {}", ticked(&rest)))),
@@ -372,9 +377,8 @@ impl Decoder {
             return Ok(KvCache { batch, past_len: 0, layers: Vec::new(), resident: Some(generation) });
         }
         let shape = vec![batch, self.n_kv_head, self.capacity.unwrap_or(0), self.head_dim];
-        let layers = (0..self.layers.len())
-            .map(|_| Ok((zeros(self.cache_type, &shape)?, zeros(self.cache_type, &shape)?)))
-            .collect::<Result<_, RuntimeError>>()?;
+        let layers =
+            (0..self.layers.len()).map(|_| Ok((zeros(self.cache_type, &shape)?, zeros(self.cache_type, &shape)?))).collect::<Result<_, RuntimeError>>()?;
         Ok(KvCache { batch, past_len: 0, layers, resident: None })
     }
 
@@ -405,7 +409,8 @@ impl Decoder {
         let past_length = alloc("`past_length`", int("past_length"), &[1])?;
         let next_token = if self.has_next_token {
             let ty = int(NEXT_TOKEN);
-            let host = DynTensor::new(&Allocator::default(), ty, vec![batch as i64, 1]).map_err(|e| self.run_error(format!("allocating `{NEXT_TOKEN}` on the host: {}", e.message())))?;
+            let host = DynTensor::new(&Allocator::default(), ty, vec![batch as i64, 1])
+                .map_err(|e| self.run_error(format!("allocating `{NEXT_TOKEN}` on the host: {}", e.message())))?;
             Some((alloc(&format!("`{NEXT_TOKEN}`"), ty, &[batch, 1])?, host))
         } else {
             None
@@ -501,7 +506,9 @@ impl Decoder {
             b.slots.insert(new_len, slot);
         }
         let slot = b.slots.get_mut(&new_len).expect("inserted above");
-        for (name, host, buffer) in [("input_ids", &ids, &mut slot.ids), ("attention_mask", &mask, &mut b.mask), ("past_length", &past_length, &mut b.past_length)] {
+        for (name, host, buffer) in
+            [("input_ids", &ids, &mut slot.ids), ("attention_mask", &mask, &mut b.mask), ("past_length", &past_length, &mut b.past_length)]
+        {
             let host = host.view().downcast::<DynTensorValueType>().map_err(|e| err(format!("input `{name}`: {}", e.message())))?;
             host.copy_into(buffer).map_err(|e| err(format!("copying input `{name}` to the device: {}", e.message())))?;
         }
@@ -559,14 +566,19 @@ impl Decoder {
                 }
                 let mut outputs = self.session.run_values(values)?;
                 let mut take = |name: &str| {
-                    outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
+                    outputs
+                        .remove(name)
+                        .ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
                 };
                 let logits = take(&self.logits)?;
                 let grown = self.layers.iter().map(|names| Ok((take(&names[2])?, take(&names[3])?))).collect::<Result<Vec<_>, RuntimeError>>()?;
                 (logits, grown)
             }
             Some(binding) => {
-                let bind_err = |what: &str, name: &str, e: ort::Error| RuntimeError::Run { model: model.clone(), message: format!("binding {what} `{name}`: {}", e.message()) };
+                let bind_err = |what: &str, name: &str, e: ort::Error| RuntimeError::Run {
+                    model: model.clone(),
+                    message: format!("binding {what} `{name}`: {}", e.message()),
+                };
                 for (name, value) in &fed {
                     binding.bind_input(*name, value).map_err(|e| bind_err("input", name, e))?;
                 }
@@ -585,7 +597,9 @@ impl Decoder {
                 }
                 let run = self.session.run_bound(binding).and_then(|mut outputs| {
                     let mut take = |name: &str| {
-                        outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
+                        outputs
+                            .remove(name)
+                            .ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })
                     };
                     let logits = take(&self.logits)?;
                     let grown = self.layers.iter().map(|names| Ok((take(&names[2])?, take(&names[3])?))).collect::<Result<Vec<_>, RuntimeError>>()?;
@@ -626,13 +640,23 @@ enum Want<'a> {
 /// The buffers of steps of `new_len` tokens on the resident cache `b`, bound once: the ids and
 /// the logits of their own, the cache, mask, `past_length` and `next_token` of the batch. The
 /// step copies its ids in before every run.
-fn new_slot(session: &Session, allocator: &Allocator, b: &mut ResidentBatch, layers: &[[String; 4]], logits: &str, batch: usize, new_len: usize) -> Result<Slot, RuntimeError> {
+fn new_slot(
+    session: &Session,
+    allocator: &Allocator,
+    b: &mut ResidentBatch,
+    layers: &[[String; 4]],
+    logits: &str,
+    batch: usize,
+    new_len: usize,
+) -> Result<Slot, RuntimeError> {
     let err = |message: String| RuntimeError::Run { model: session.model.clone(), message };
-    let vocab = session.output(logits).and_then(|spec| spec.fixed(2)).ok_or_else(|| {
-        session.interface_error(format!("output `{logits}` must have a fixed vocabulary size (axis 2) for its buffer to be allocated once"))
-    })?;
+    let vocab = session
+        .output(logits)
+        .and_then(|spec| spec.fixed(2))
+        .ok_or_else(|| session.interface_error(format!("output `{logits}` must have a fixed vocabulary size (axis 2) for its buffer to be allocated once")))?;
     let ids_type = int_type(session.input("input_ids").expect("resolved from the session's inputs"));
-    let ids = DynTensor::new(allocator, ids_type, vec![batch as i64, new_len as i64]).map_err(|e| err(format!("allocating `input_ids` on the device: {}", e.message())))?;
+    let ids = DynTensor::new(allocator, ids_type, vec![batch as i64, new_len as i64])
+        .map_err(|e| err(format!("allocating `input_ids` on the device: {}", e.message())))?;
     let mut out = DynTensor::new(allocator, TensorElementType::Float32, vec![batch as i64, new_len as i64, vocab as i64])
         .map_err(|e| err(format!("allocating `{logits}` on the device: {}", e.message())))?;
     let mut binding = session.new_binding()?;

@@ -134,8 +134,8 @@ fn resolve(path: &Path) -> Result<PathBuf, RuntimeError> {
 fn open(path: &Path) -> Result<(libloading::Library, RuntimeInfo), RuntimeError> {
     // SAFETY: loading runs the library's initialisers. The file is the one the user named as
     // ONNX Runtime; nothing in tr118 can vouch for it beyond the checks that follow.
-    let library = unsafe { libloading::Library::new(path) }
-        .map_err(|e| RuntimeError::NotALibrary { path: path.to_path_buf(), reason: dlopen_reason(&e, path) })?;
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|e| RuntimeError::NotALibrary { path: path.to_path_buf(), reason: dlopen_reason(&e, path) })?;
     let base = {
         // SAFETY: the signature is `const OrtApiBase* OrtGetApiBase(void)` in every release.
         let get_base = unsafe { library.get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(b"OrtGetApiBase") }

@@ -73,7 +73,6 @@ pub fn last_argmax(logits: ndarray::ArrayViewD<'_, f32>, out: &mut Vec<i64>) {
     }
 }
 
-
 /// How to obtain a library that works, appended to every library error.
 const FETCH_HINT: &str = "run `scripts/fetch-ort.sh`, which fetches `onnxruntime==1.31.1` from PyPI and prints the \
      library's path, and set `ORT_DYLIB_PATH` to it (for CUDA or TensorRT, the same file from `onnxruntime-gpu==1.31.1`)";

@@ -398,7 +398,10 @@ impl Runtime {
                 // compute nodes off the CUDA provider. If the same providers open the model
                 // without it, that is what failed: a setting to change, not a missing device.
                 if options.cuda_graph && self.session(model, &SessionOptions { cuda_graph: false, ..options.clone() }).is_ok() {
-                    return Err(RuntimeError::CudaGraph { model: model.to_path_buf(), message: format!("ONNX Runtime cannot capture it: {}", e.message().trim()) });
+                    return Err(RuntimeError::CudaGraph {
+                        model: model.to_path_buf(),
+                        message: format!("ONNX Runtime cannot capture it: {}", e.message().trim()),
+                    });
                 }
                 return Err(self.unavailable(accelerators[0], format!("the model does not open with {}: {}", on.join(", "), e.message().trim())));
             }
@@ -408,7 +411,8 @@ impl Runtime {
         let outputs = inner.outputs().iter().map(|o| IoSpec::from_ort(o.name(), o.dtype())).collect();
         let memory = |device: AllocationDevice, id: i32| {
             let name = device.as_str().to_string();
-            MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default).map_err(|e| session_err(format!("describing {name} memory: {}", e.message())))
+            MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default)
+                .map_err(|e| session_err(format!("describing {name} memory: {}", e.message())))
         };
         let host_memory = memory(AllocationDevice::CPU, 0)?;
         // The CUDA and TensorRT providers both allocate through CUDA on `device_id`.
@@ -632,7 +636,12 @@ impl Session {
                 TensorData::I32(d) => d.len(),
             };
             if f.shape.iter().product::<usize>() != len {
-                return Err(RuntimeError::BadInput(format!("input `{}`: shape {:?} needs {} values, got {len}", f.name, f.shape, f.shape.iter().product::<usize>())));
+                return Err(RuntimeError::BadInput(format!(
+                    "input `{}`: shape {:?} needs {} values, got {len}",
+                    f.name,
+                    f.shape,
+                    f.shape.iter().product::<usize>()
+                )));
             }
         }
         let missing: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).filter(|n| !feeds.iter().any(|f| f.name == *n)).collect();
@@ -693,9 +702,13 @@ impl Session {
             self.inputs.iter().map(|s| s.name.as_str()).filter(|n| !matches!(*n, "input_ids" | "attention_mask" | "position_ids")).collect();
         if !unknown.is_empty() {
             let hint = if unknown.iter().any(|n| n.starts_with("past_key_values.")) { "; a model with a key/value cache runs through `Decoder`" } else { "" };
-            return Err(self.interface_error(format!("prefill feeds `input_ids`, `attention_mask` and `position_ids`, but the model also needs {}{hint}", ticked(&unknown))));
+            return Err(self.interface_error(format!(
+                "prefill feeds `input_ids`, `attention_mask` and `position_ids`, but the model also needs {}{hint}",
+                ticked(&unknown)
+            )));
         }
-        let ids_spec = self.input("input_ids").ok_or_else(|| self.interface_error(format!("has no `input_ids` input; its inputs are {}", self.list_inputs())))?;
+        let ids_spec =
+            self.input("input_ids").ok_or_else(|| self.interface_error(format!("has no `input_ids` input; its inputs are {}", self.list_inputs())))?;
         let logits = self.logits_name()?;
 
         let shape = vec![batch, seq];
@@ -738,7 +751,9 @@ impl Session {
             for (name, value) in values.iter() {
                 binding.bind_input(name.as_str(), value).map_err(|e| self.run_error(format!("binding input `{name}`: {}", e.message())))?;
             }
-            binding.bind_output_to_device(logits.as_str(), &self.device_memory).map_err(|e| self.run_error(format!("binding output `{logits}`: {}", e.message())))?;
+            binding
+                .bind_output_to_device(logits.as_str(), &self.device_memory)
+                .map_err(|e| self.run_error(format!("binding output `{logits}`: {}", e.message())))?;
             // The upload of a bound input is asynchronous: wait for it here, so that none is
             // left to finish inside the timed run.
             binding.synchronize_inputs().map_err(|e| self.run_error(format!("copying the inputs to the device: {}", e.message())))?;
@@ -764,7 +779,8 @@ impl Session {
         let model = self.model.clone();
         let mut outputs = self.run_values(values)?;
         let name = inputs.logits.as_str();
-        let logits = outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })?;
+        let logits =
+            outputs.remove(name).ok_or_else(|| RuntimeError::Run { model: model.clone(), message: format!("output `{name}` is missing from the results") })?;
         f(f32_view(&model, name, &logits)?);
         Ok(())
     }
@@ -822,7 +838,9 @@ impl Session {
                     .remove(name);
                 // A replay returns from ONNX Runtime as soon as the graph is launched on some
                 // builds: wait for the device explicitly.
-                slot.binding.synchronize_outputs().map_err(|e| RuntimeError::Run { model: self.model.clone(), message: format!("synchronising CUDA graph {}: {}", slot.id, e.message()) })?;
+                slot.binding
+                    .synchronize_outputs()
+                    .map_err(|e| RuntimeError::Run { model: self.model.clone(), message: format!("synchronising CUDA graph {}: {}", slot.id, e.message()) })?;
                 value
             }
         };
@@ -837,8 +855,8 @@ impl Session {
         let mut graphs = self.graphs.as_ref().expect("called with graphs on").lock().unwrap_or_else(|p| p.into_inner());
         let shape = (batch, seq);
         if !graphs.slots.contains_key(&shape) {
-            let allocator = Allocator::new(&self.inner, self.device_memory.clone())
-                .map_err(|e| graph_err(format!("creating the device allocator: {}", e.message())))?;
+            let allocator =
+                Allocator::new(&self.inner, self.device_memory.clone()).map_err(|e| graph_err(format!("creating the device allocator: {}", e.message())))?;
             let mut binding = self.new_binding()?;
             let mut inputs = Vec::with_capacity(values.len());
             for (name, host) in values {
@@ -963,9 +981,7 @@ pub(super) fn f32_view<'v>(model: &Path, name: &str, value: &'v DynValue) -> Res
             return Err(RuntimeError::Interface { model: model.to_path_buf(), message: format!("output `{name}` is {ty}; tr118 reads f32 outputs") });
         }
     }
-    value
-        .try_extract_array::<f32>()
-        .map_err(|e| RuntimeError::Run { model: model.to_path_buf(), message: format!("reading output `{name}`: {}", e.message()) })
+    value.try_extract_array::<f32>().map_err(|e| RuntimeError::Run { model: model.to_path_buf(), message: format!("reading output `{name}`: {}", e.message()) })
 }
 
 pub(super) fn ticked(names: &[&str]) -> String {
@@ -989,7 +1005,9 @@ mod tests {
             ..TrtOptions::default()
         };
         let text = options_text(&trt);
-        for (key, value) in [("trt_profile_min_shapes", "input_ids:1x1"), ("trt_profile_opt_shapes", "input_ids:1x27"), ("trt_profile_max_shapes", "input_ids:4x512")] {
+        for (key, value) in
+            [("trt_profile_min_shapes", "input_ids:1x1"), ("trt_profile_opt_shapes", "input_ids:1x27"), ("trt_profile_max_shapes", "input_ids:4x512")]
+        {
             assert!(text.contains(&format!("\"{key}\": \"{value}\"")), "{key} = {value} missing from {text}");
         }
         assert!(!options_text(&TrtOptions::default()).contains("trt_profile"), "no profile, no profile options");
@@ -1006,7 +1024,11 @@ mod tests {
     fn int8_with_a_table_uses_tensorrt_native_calibration_format() {
         let trt = TrtOptions { int8_calibration_table: Some("out/calibrate/calibration.cache".into()), ..TrtOptions::default() };
         let text = options_text(&trt);
-        for (key, value) in [("trt_int8_enable", "true"), ("trt_int8_use_native_calibration_table", "true"), ("trt_int8_calibration_table_name", "out/calibrate/calibration.cache")] {
+        for (key, value) in [
+            ("trt_int8_enable", "true"),
+            ("trt_int8_use_native_calibration_table", "true"),
+            ("trt_int8_calibration_table_name", "out/calibrate/calibration.cache"),
+        ] {
             assert!(text.contains(&format!("\"{key}\": \"{value}\"")), "{key} = {value} missing from {text}");
         }
     }

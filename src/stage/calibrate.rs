@@ -139,7 +139,11 @@ impl StageKind for Calibrate {
             None if method == "percentile" => Some(99.99),
             None => None,
             Some(_) if method != "percentile" => {
-                errors.push(LowerError::on("percentile", format!("`percentile` applies to `method = \"percentile\"`, not `{method}`"), Some("remove it, or set `method = \"percentile\"`".into())));
+                errors.push(LowerError::on(
+                    "percentile",
+                    format!("`percentile` applies to `method = \"percentile\"`, not `{method}`"),
+                    Some("remove it, or set `method = \"percentile\"`".into()),
+                ));
                 None
             }
             Some(v) => match v.as_f64() {
@@ -173,19 +177,25 @@ impl StageKind for Calibrate {
                 String::new()
             }
         };
-        for (dep, what) in [("model", "the fp32 `prefill` export directory or a .onnx file"), ("tokenizer", "a tokenizer.json"), ("corpus", "a UTF-8 text file")] {
+        for (dep, what) in
+            [("model", "the fp32 `prefill` export directory or a .onnx file"), ("tokenizer", "a tokenizer.json"), ("corpus", "a UTF-8 text file")]
+        {
             if !cx.deps.iter().any(|d| d == dep) {
                 errors.push(LowerError {
                     field: vec!["deps".into()],
                     message: format!("a `calibrate` stage needs a dep named `{dep}` ({what})"),
-                    help: Some("deps = { model = \"out/export/prefill\", tokenizer = \"out/export/tokenizer.json\", corpus = \"out/calibration/tiny.utf8\" }".into()),
+                    help: Some(
+                        "deps = { model = \"out/export/prefill\", tokenizer = \"out/export/tokenizer.json\", corpus = \"out/calibration/tiny.utf8\" }".into(),
+                    ),
                 });
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(json!({ "method": method, "percentile": percentile, "samples": samples, "seq_len": seq_len, "seed": seed, "strip": strip, "trt_version": trt_version }))
+        Ok(
+            json!({ "method": method, "percentile": percentile, "samples": samples, "seq_len": seq_len, "seed": seed, "strip": strip, "trt_version": trt_version }),
+        )
     }
 
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {

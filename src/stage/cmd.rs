@@ -54,7 +54,13 @@ impl StageKind for Cmd {
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
         let err = |field: Vec<String>, message: String, help: Option<String>| vec![LowerError { field, message, help }];
         let argv = match cx.fields.get("cmd") {
-            None => return Err(err(vec![], "a `cmd` stage needs `cmd`, the argv to run".into(), Some("e.g. cmd = [\"python3\", \"run.py\", \"{outs.result}\"]".into()))),
+            None => {
+                return Err(err(
+                    vec![],
+                    "a `cmd` stage needs `cmd`, the argv to run".into(),
+                    Some("e.g. cmd = [\"python3\", \"run.py\", \"{outs.result}\"]".into()),
+                ));
+            }
             Some(Value::String(s)) => {
                 return Err(err(
                     vec!["cmd".into()],

@@ -210,12 +210,13 @@ fn write_tokenizer(ck: &Checkpoint, dep: Option<&Path>, dest: &Path) -> Result<S
         return Ok(format!("dep `{}`", src.display()));
     }
     if let Some(header) = &ck.gguf
-        && header.get_str("tokenizer.ggml.model").is_some() {
-            let vocab = gguf_vocab(header).map_err(|e| format!("`{}`: {e}", ck.path.display()))?;
-            let json = tokenizer::gguf_tokenizer_json(&vocab, Some(ck.config.vocab_size)).map_err(|e| format!("`{}`: {e}", ck.path.display()))?;
-            std::fs::write(dest, json).map_err(|e| format!("writing tokenizer.json: {e}"))?;
-            return Ok("embedded in the GGUF".into());
-        }
+        && header.get_str("tokenizer.ggml.model").is_some()
+    {
+        let vocab = gguf_vocab(header).map_err(|e| format!("`{}`: {e}", ck.path.display()))?;
+        let json = tokenizer::gguf_tokenizer_json(&vocab, Some(ck.config.vocab_size)).map_err(|e| format!("`{}`: {e}", ck.path.display()))?;
+        std::fs::write(dest, json).map_err(|e| format!("writing tokenizer.json: {e}"))?;
+        return Ok("embedded in the GGUF".into());
+    }
     if ck.format == Format::Safetensors {
         let dir = if ck.path.is_dir() { ck.path.clone() } else { ck.path.parent().map(Path::to_path_buf).unwrap_or_default() };
         let src = dir.join("tokenizer.json");
@@ -224,10 +225,7 @@ fn write_tokenizer(ck: &Checkpoint, dep: Option<&Path>, dest: &Path) -> Result<S
             return Ok("checkpoint directory".into());
         }
     }
-    Err(format!(
-        "`{}` has no tokenizer tr118 can use: add a `tokenizer` dep (a tokenizer.json) or set `tokenizer = false`",
-        ck.path.display()
-    ))
+    Err(format!("`{}` has no tokenizer tr118 can use: add a `tokenizer` dep (a tokenizer.json) or set `tokenizer = false`", ck.path.display()))
 }
 
 /// The `tokenizer.ggml.*` metadata of a GGUF file.

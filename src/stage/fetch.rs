@@ -312,10 +312,14 @@ impl StageKind for Fetch {
                                 continue;
                             }
                             let message = match dep {
-                                Some(d) => format!("placeholder `{{{name}}}` names no declared dep `{d}` (declared: {})", if cx.deps.is_empty() { "none".to_string() } else { cx.deps.join(", ") }),
+                                Some(d) => format!(
+                                    "placeholder `{{{name}}}` names no declared dep `{d}` (declared: {})",
+                                    if cx.deps.is_empty() { "none".to_string() } else { cx.deps.join(", ") }
+                                ),
                                 None => format!("placeholder `{{{name}}}` cannot be used in `path`; only `{{deps.NAME}}` can"),
                             };
-                            let help = dep.and_then(|d| diag::did_you_mean(d, cx.deps.iter().map(String::as_str))).map(|c| format!("did you mean `{{deps.{c}}}`?"));
+                            let help =
+                                dep.and_then(|d| diag::did_you_mean(d, cx.deps.iter().map(String::as_str))).map(|c| format!("did you mean `{{deps.{c}}}`?"));
                             errors.push(lower_error("path", message, help));
                         }
                         if names.is_empty() && p.is_empty() {
@@ -344,7 +348,9 @@ impl StageKind for Fetch {
         // Inserted only when given, so that the config (and key) of a stage without them is
         // what it was before they existed.
         let mut pip_flags = String::new();
-        for (field, check, flag) in [("python", check_python as fn(&str) -> Result<String, String>, "--python-version"), ("platform", check_platform, "--platform")] {
+        for (field, check, flag) in
+            [("python", check_python as fn(&str) -> Result<String, String>, "--python-version"), ("platform", check_platform, "--platform")]
+        {
             let Some(text) = plain_text(cx, field, &mut errors) else { continue };
             if source != "pypi" {
                 errors.push(lower_error(field, format!("`{field}` chooses a wheel, so it applies only to a `pypi` source, not `{source}`"), None));
@@ -369,10 +375,16 @@ impl StageKind for Fetch {
             if source == "path" {
                 (
                     format!("`path` `{spec}` is not a declared dep, so its content cannot enter the cache key: it needs `sha256`"),
-                    format!("declare it, as `deps = {{ src = \"…\" }}` and `path = \"{{deps.src}}\"`, or {}", sha256_help(source, spec, member, &pip_flags, key)),
+                    format!(
+                        "declare it, as `deps = {{ src = \"…\" }}` and `path = \"{{deps.src}}\"`, or {}",
+                        sha256_help(source, spec, member, &pip_flags, key)
+                    ),
                 )
             } else {
-                (format!("`{source}` needs `sha256`: anything fetched from a registry or URL must be pinned by its digest"), sha256_help(source, spec, member, &pip_flags, key))
+                (
+                    format!("`{source}` needs `sha256`: anything fetched from a registry or URL must be pinned by its digest"),
+                    sha256_help(source, spec, member, &pip_flags, key),
+                )
             }
         };
         match (member, sha256) {
@@ -449,7 +461,10 @@ impl StageKind for Fetch {
                     }
                     OneOrTable::Table(pins) => errors.push(lower_error(
                         "sha256",
-                        format!("`sha256` is a table ({}), which only goes with a `member` table of the same keys; one file takes one digest", pins.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "`sha256` is a table ({}), which only goes with a `member` table of the same keys; one file takes one digest",
+                            pins.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        ),
                         None,
                     )),
                     OneOrTable::Absent if pinned_by_dep => {}
@@ -608,7 +623,10 @@ fn wants(cx: &RunCx<'_>) -> Result<Vec<Want>, String> {
         };
         let (member, sha256) = match (config.get("member"), config.get("sha256")) {
             (Some(Value::Object(members)), pins) => {
-                let member = members.get(&spec.name).and_then(Value::as_str).ok_or_else(|| format!("out `{}` has no entry in `member` (a bug: lowering checks it)", spec.name))?;
+                let member = members
+                    .get(&spec.name)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("out `{}` has no entry in `member` (a bug: lowering checks it)", spec.name))?;
                 (Some(member.to_string()), pins.and_then(|p| p.get(&spec.name)).and_then(Value::as_str).map(str::to_string))
             }
             (member, pin) => (member.and_then(Value::as_str).map(str::to_string), pin.and_then(Value::as_str).map(str::to_string)),
@@ -618,9 +636,10 @@ fn wants(cx: &RunCx<'_>) -> Result<Vec<Want>, String> {
             None => source_name().into_iter().collect(),
         };
         if let Some(own) = basename(&spec.path)
-            && !names.contains(&own) {
-                names.push(own);
-            }
+            && !names.contains(&own)
+        {
+            names.push(own);
+        }
         wants.push(Want { out: spec.name.clone(), dest: cx.root.join(rel), member, sha256, names, from: None, got: None });
     }
     if wants.is_empty() {
@@ -657,7 +676,9 @@ fn from_distdir(w: &mut Want, dirs: &[PathBuf], node: &str, log: &mut File) {
                     w.got = Some((digest, size));
                     return;
                 }
-                Ok((digest, _)) => format!("ignoring `{}` from `{DISTDIR_ENV}` for out `{}`: its sha256 is {digest}, the pin is {want}", shown.display(), w.out),
+                Ok((digest, _)) => {
+                    format!("ignoring `{}` from `{DISTDIR_ENV}` for out `{}`: its sha256 is {digest}, the pin is {want}", shown.display(), w.out)
+                }
                 Err(e) => format!("ignoring `{}` from `{DISTDIR_ENV}` for out `{}`: {e}", shown.display(), w.out),
             };
             let _ = fs::remove_file(&w.dest);
@@ -678,7 +699,9 @@ fn offline_help(e: String, wants: &[Want], dirs: &[PathBuf]) -> String {
     }
     let names = missing.iter().map(|w| format!("`{}`", w.names.first().map_or(w.out.as_str(), String::as_str))).collect::<Vec<_>>().join(", ");
     if dirs.is_empty() {
-        format!("{e}\nwithout the network, set `{DISTDIR_ENV}` to a directory holding {names}: a file there whose sha256 is the pin is used instead of the source")
+        format!(
+            "{e}\nwithout the network, set `{DISTDIR_ENV}` to a directory holding {names}: a file there whose sha256 is the pin is used instead of the source"
+        )
     } else {
         let listed = dirs.iter().map(|d| format!("`{}`", d.display())).collect::<Vec<_>>().join(", ");
         format!("{e}\nno directory of `{DISTDIR_ENV}` ({listed}) holds {names} with the pinned sha256")
@@ -695,9 +718,10 @@ fn finish(log: &mut File, wants: &[Want]) -> Result<Outcome, String> {
         };
         let _ = writeln!(log, "{}: {size} bytes, sha256 {digest}, from {}", w.what(), w.from.as_deref().unwrap_or("?"));
         if let Some(want) = &w.sha256
-            && want != digest {
-                mismatches.push(format!("sha256 mismatch for {}:\n  expected {want}\n  actual   {digest}", w.what()));
-            }
+            && want != digest
+        {
+            mismatches.push(format!("sha256 mismatch for {}:\n  expected {want}\n  actual   {digest}", w.what()));
+        }
     }
     if mismatches.is_empty() {
         Ok(Outcome::Ok)
@@ -863,12 +887,13 @@ fn extract(archive: &Path, wanted: &[(&str, &Path)]) -> Result<Vec<(String, u64)
                 let name = entry.path().map_err(bad)?.to_string_lossy().trim_start_matches("./").to_string();
                 if entry.header().entry_type().is_file()
                     && let Some(i) = wanted.iter().position(|(m, _)| *m == name)
-                    && results[i].is_none() {
-                        results[i] = Some(copy_hashing(&mut entry, wanted[i].1)?);
-                        if results.iter().all(Option::is_some) {
-                            break;
-                        }
+                    && results[i].is_none()
+                {
+                    results[i] = Some(copy_hashing(&mut entry, wanted[i].1)?);
+                    if results.iter().all(Option::is_some) {
+                        break;
                     }
+                }
                 names.push(name);
             }
             names

@@ -64,7 +64,11 @@ impl StageKind for Gate {
                 String::new()
             }
             None => {
-                errors.push(err(vec![], "a `gate` stage needs `reference`, the backend the others are compared with".into(), Some("reference = \"ort-cpu\"".into())));
+                errors.push(err(
+                    vec![],
+                    "a `gate` stage needs `reference`, the backend the others are compared with".into(),
+                    Some("reference = \"ort-cpu\"".into()),
+                ));
                 String::new()
             }
         };
@@ -194,7 +198,9 @@ impl StageKind for Gate {
             let detail: Vec<String> = rows
                 .iter()
                 .filter(|r| r.pass == Some(false))
-                .map(|r| format!("`{}` ({}: rel delta {:.3e} > {:.0e})", r.backend, r.precision, r.rel_delta.unwrap_or(f64::NAN), r.threshold.unwrap_or(f64::NAN)))
+                .map(|r| {
+                    format!("`{}` ({}: rel delta {:.3e} > {:.0e})", r.backend, r.precision, r.rel_delta.unwrap_or(f64::NAN), r.threshold.unwrap_or(f64::NAN))
+                })
                 .collect();
             return Err(format!("gate failed against `{reference}`: {}", detail.join(", ")));
         }

@@ -60,12 +60,8 @@ pub struct LogitDiff;
 const FIELDS: &[&str] = &["prompts"];
 
 /// Prompts when the stage names none: short, plain English, different in shape.
-pub const DEFAULT_PROMPTS: [&str; 4] = [
-    "The capital of France is",
-    "Once upon a time, there was a little girl who",
-    "def fibonacci(n):",
-    "The quick brown fox jumps over the lazy dog because",
-];
+pub const DEFAULT_PROMPTS: [&str; 4] =
+    ["The capital of France is", "Once upon a time, there was a little girl who", "def fibonacci(n):", "The quick brown fox jumps over the lazy dog because"];
 
 const REQUIRED_DEPS: &[(&str, &str)] = &[
     ("model", "the backend's model: an ONNX file or an export directory"),
@@ -111,7 +107,11 @@ impl StageKind for LogitDiff {
                 out
             }
             Some(v) => {
-                errors.push(LowerError { field: vec!["prompts".into()], message: format!("`prompts` must be a non-empty list of strings, found {v}"), help: None });
+                errors.push(LowerError {
+                    field: vec!["prompts".into()],
+                    message: format!("`prompts` must be a non-empty list of strings, found {v}"),
+                    help: None,
+                });
                 Vec::new()
             }
         };
@@ -143,9 +143,8 @@ impl StageKind for LogitDiff {
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         let config = &cx.node.config;
-        let spec = BackendSpec::from_value(&config["backend"]).map_err(|errs| {
-            errs.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; ")
-        })?;
+        let spec = BackendSpec::from_value(&config["backend"])
+            .map_err(|errs| errs.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
         let prompts: Vec<String> = config["prompts"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
@@ -214,7 +213,6 @@ impl StageKind for LogitDiff {
     }
 }
 
-
 #[derive(Serialize)]
 struct Report {
     backend: String,
@@ -282,8 +280,16 @@ impl Totals {
     fn overall(&self, prompts: usize) -> Overall {
         let rate = |k: usize, n: usize| if n == 0 { None } else { Some(k as f64 / n as f64) };
         Overall {
-            last_token: Diff { mean_abs_diff: rate_f(self.last_sum, self.last_n), max_abs_diff: Some(self.last_max), argmax_agreement_rate: rate(self.last_agree, prompts) },
-            all_positions: Diff { mean_abs_diff: rate_f(self.all_sum, self.all_n), max_abs_diff: Some(self.all_max), argmax_agreement_rate: rate(self.all_agree, self.positions) },
+            last_token: Diff {
+                mean_abs_diff: rate_f(self.last_sum, self.last_n),
+                max_abs_diff: Some(self.last_max),
+                argmax_agreement_rate: rate(self.last_agree, prompts),
+            },
+            all_positions: Diff {
+                mean_abs_diff: rate_f(self.all_sum, self.all_n),
+                max_abs_diff: Some(self.all_max),
+                argmax_agreement_rate: rate(self.all_agree, self.positions),
+            },
         }
     }
 }
@@ -345,11 +351,19 @@ fn compare(prompt: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, totals: &mut Tot
         prompt: prompt.to_string(),
         tokens: seq,
         last_token: LastToken {
-            diff: Diff { mean_abs_diff: Some(last_sum / vocab as f64), max_abs_diff: Some(last_max), argmax_agreement_rate: Some(if last_agrees { 1.0 } else { 0.0 }) },
+            diff: Diff {
+                mean_abs_diff: Some(last_sum / vocab as f64),
+                max_abs_diff: Some(last_max),
+                argmax_agreement_rate: Some(if last_agrees { 1.0 } else { 0.0 }),
+            },
             argmax: Some(last_argmax.0),
             reference_argmax: Some(last_argmax.1),
         },
-        all_positions: Diff { mean_abs_diff: Some(sum / (seq * vocab) as f64), max_abs_diff: Some(max), argmax_agreement_rate: Some(agree as f64 / seq as f64) },
+        all_positions: Diff {
+            mean_abs_diff: Some(sum / (seq * vocab) as f64),
+            max_abs_diff: Some(max),
+            argmax_agreement_rate: Some(agree as f64 / seq as f64),
+        },
     })
 }
 

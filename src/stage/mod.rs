@@ -188,21 +188,20 @@ pub fn backend_model(spec: &crate::backend::BackendSpec, path: &Path) -> Result<
     if spec.runtime == "onnxruntime" { onnx_file(path) } else { Ok(path.to_path_buf()) }
 }
 
-static REGISTRY: &[&dyn StageKind] =
-    &[
-        &cmd::Cmd,
-        &fetch::Fetch,
-        &export::Export,
-        &perplexity::Perplexity,
-        &gate::Gate,
-        &logit_diff::LogitDiff,
-        &sweep::Sweep,
-        &stats::Stats,
-        &calibrate::Calibrate,
-        &quantize::Quantize,
-        &trt_build::TrtBuild,
-        &report::Report,
-    ];
+static REGISTRY: &[&dyn StageKind] = &[
+    &cmd::Cmd,
+    &fetch::Fetch,
+    &export::Export,
+    &perplexity::Perplexity,
+    &gate::Gate,
+    &logit_diff::LogitDiff,
+    &sweep::Sweep,
+    &stats::Stats,
+    &calibrate::Calibrate,
+    &quantize::Quantize,
+    &trt_build::TrtBuild,
+    &report::Report,
+];
 
 /// Every registered kind.
 pub fn registry() -> &'static [&'static dyn StageKind] {

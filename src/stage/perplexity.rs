@@ -176,7 +176,6 @@ impl StageKind for Perplexity {
     }
 }
 
-
 /// The text without the `<doc …>` and `</doc>` lines of a Wikipedia extract; the other lines
 /// are kept as they are, newlines included.
 pub fn strip_doc_markers(text: &str) -> String {
@@ -334,7 +333,9 @@ fn score(
             for (t, &id) in ids.iter().enumerate().take(win.end).skip(win.first_target) {
                 let target = id as usize;
                 if target >= vocab {
-                    return Err(BackendError::Failed(format!("token id {target} is outside the model's vocabulary of {vocab}: the tokenizer does not match the model")));
+                    return Err(BackendError::Failed(format!(
+                        "token id {target} is outside the model's vocabulary of {vocab}: the tokenizer does not match the model"
+                    )));
                 }
                 let pos = t - 1 - win.begin;
                 let row = (0..vocab).map(|v| f64::from(logits[[b, pos, v]]));

@@ -156,7 +156,11 @@ impl StageKind for Quantize {
                 .filter_map(|(i, v)| match v.as_str() {
                     Some(s) if !s.is_empty() => Some(s.to_string()),
                     _ => {
-                        errors.push(LowerError { field: vec!["exclude".into(), i.to_string()], message: format!("an `exclude` pattern must be a non-empty string, found {v}"), help: None });
+                        errors.push(LowerError {
+                            field: vec!["exclude".into(), i.to_string()],
+                            message: format!("an `exclude` pattern must be a non-empty string, found {v}"),
+                            help: None,
+                        });
                         None
                     }
                 })
@@ -226,7 +230,8 @@ impl StageKind for Quantize {
         let calibration: Option<Calibration> = match dep("calibration") {
             Some(path) => {
                 let text = std::fs::read_to_string(&path).map_err(|e| format!("reading calibration `{}`: {e}", path.display()))?;
-                let cal: Calibration = serde_json::from_str(&text).map_err(|e| format!("calibration `{}` is not a `calibrate` stage's calibration.json: {e}", path.display()))?;
+                let cal: Calibration =
+                    serde_json::from_str(&text).map_err(|e| format!("calibration `{}` is not a `calibrate` stage's calibration.json: {e}", path.display()))?;
                 if cal.model_digest != source_digest {
                     return Err(format!(
                         "calibration `{}` was made on another model (digest {}, this model's is {}): its tensor ranges do not describe `{}`; calibrate this model",
@@ -258,14 +263,24 @@ impl StageKind for Quantize {
         // Count from the file, not from the rewrite's own bookkeeping.
         let back = Model::load(&dest).map_err(|e| format!("reading back the written model: {e}"))?;
         let written = rewrite::verify(&back, scheme, &mut rewrite);
-        let _ = writeln!(cx.log, "read back: {} of {} quantized ops verified; {} float MatMul/Gemm", written.verified, rewrite.quantized.len(), written.float_matmuls);
+        let _ = writeln!(
+            cx.log,
+            "read back: {} of {} quantized ops verified; {} float MatMul/Gemm",
+            written.verified,
+            rewrite.quantized.len(),
+            written.float_matmuls
+        );
 
         let library = crate::backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
         let rt = crate::runtime::init(Some(&library)).map_err(|e| e.to_string())?;
         let profile_dir = cx.scratch.join("profile");
         std::fs::create_dir_all(&profile_dir).map_err(|e| format!("creating `{}`: {e}", profile_dir.display()))?;
         let ort = quant::ort_kernels(rt, &dest, &profile_dir).map_err(|e| format!("running the quantized model in ONNX Runtime: {e}"))?;
-        let _ = writeln!(cx.log, "ONNX Runtime {}: {} integer and {} float MatMul kernels ran: {:?}", ort.runtime_version, ort.integer_matmul_kernels, ort.float_matmul_kernels, ort.kernels);
+        let _ = writeln!(
+            cx.log,
+            "ONNX Runtime {}: {} integer and {} float MatMul kernels ran: {:?}",
+            ort.runtime_version, ort.integer_matmul_kernels, ort.float_matmul_kernels, ort.kernels
+        );
 
         let decoder = match dep("decoder") {
             Some(path) => Some(quantize_decoder(&path, &model, &opts, calibration.as_ref(), &cx.root.join(&cx.outs["decoder"]), cx.log)?),
@@ -313,7 +328,14 @@ struct DecoderReport {
 
 /// Applies the prefill's rewrite to the decoder at `path`, writing `dir/model.onnx`. A static
 /// decoder's activation scales are the prefill's, matched by weight initializer (module doc).
-fn quantize_decoder(path: &std::path::Path, prefill: &Model, opts: &Options, calibration: Option<&Calibration>, dir: &std::path::Path, log: &mut std::fs::File) -> Result<DecoderReport, String> {
+fn quantize_decoder(
+    path: &std::path::Path,
+    prefill: &Model,
+    opts: &Options,
+    calibration: Option<&Calibration>,
+    dir: &std::path::Path,
+    log: &mut std::fs::File,
+) -> Result<DecoderReport, String> {
     let source = super::onnx_file(path)?;
     let model = Model::load(&source).map_err(|e| e.to_string())?;
     let calibration = calibration.map(|cal| rekey_by_weight(cal, prefill, &model));
@@ -323,7 +345,13 @@ fn quantize_decoder(path: &std::path::Path, prefill: &Model, opts: &Options, cal
     let saved = edit::save(proto, &dest, &model, external).map_err(|e| e.to_string())?;
     let back = Model::load(&dest).map_err(|e| format!("reading back the written decoder: {e}"))?;
     let written = rewrite::verify(&back, opts.scheme, &mut rewrite);
-    let _ = writeln!(log, "decoder: {} of {} MatMul/Gemm quantized, {} verified in the written file", rewrite.quantized.len(), rewrite.matmul_total, written.verified);
+    let _ = writeln!(
+        log,
+        "decoder: {} of {} MatMul/Gemm quantized, {} verified in the written file",
+        rewrite.quantized.len(),
+        rewrite.matmul_total,
+        written.verified
+    );
     Ok(DecoderReport {
         source_digest: model.digest().map_err(|e| e.to_string())?,
         matmul_total: rewrite.matmul_total,

@@ -177,7 +177,11 @@ impl StageKind for Stats {
             Some(v) => match v.as_f64() {
                 Some(a) if a > 0.0 && a < 1.0 => a,
                 _ => {
-                    errors.push(LowerError::on("alpha", format!("`alpha` is a significance level, a number strictly between 0 and 1; found {v}"), Some("alpha = 0.05".into())));
+                    errors.push(LowerError::on(
+                        "alpha",
+                        format!("`alpha` is a significance level, a number strictly between 0 and 1; found {v}"),
+                        Some("alpha = 0.05".into()),
+                    ));
                     DEFAULT_ALPHA
                 }
             },
@@ -196,11 +200,7 @@ impl StageKind for Stats {
     }
 
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
-        vec![
-            ("stats".into(), "stats.json".into()),
-            ("summary".into(), "summary.csv".into()),
-            ("comparisons".into(), "comparisons.csv".into()),
-        ]
+        vec![("stats".into(), "stats.json".into()), ("summary".into(), "summary.csv".into()), ("comparisons".into(), "comparisons.csv".into())]
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
@@ -799,7 +799,9 @@ mod tests {
 
     #[test]
     fn numbers_read_back_exactly_and_stay_short_at_any_magnitude() {
-        for (x, text) in [(0.0, "0"), (1.5, "1.5"), (-22.175, "-22.175"), (1e-4, "0.0001"), (2.787140340225026e-218, "2.787140340225026e-218"), (3.2e20, "3.2e20")] {
+        for (x, text) in
+            [(0.0, "0"), (1.5, "1.5"), (-22.175, "-22.175"), (1e-4, "0.0001"), (2.787140340225026e-218, "2.787140340225026e-218"), (3.2e20, "3.2e20")]
+        {
             assert_eq!(number(x), text);
             assert_eq!(text.parse::<f64>().unwrap(), x);
         }

@@ -110,7 +110,11 @@ fn count(v: Option<&Value>, field: Vec<String>, default: u64, min: u64, errors: 
 fn scenarios(v: Option<&Value>, errors: &mut Vec<LowerError>) -> Vec<Scenario> {
     let Some(v) = v else { return default_scenarios() };
     let Some(list) = v.as_array().filter(|l| !l.is_empty()) else {
-        errors.push(err(vec!["scenarios".into()], "`scenarios` must be a non-empty array of tables".into(), Some("scenarios = [{ name = \"short\", batch = 1, prompt_tokens = 11, new_tokens = 8 }]".into())));
+        errors.push(err(
+            vec!["scenarios".into()],
+            "`scenarios` must be a non-empty array of tables".into(),
+            Some("scenarios = [{ name = \"short\", batch = 1, prompt_tokens = 11, new_tokens = 8 }]".into()),
+        ));
         return Vec::new();
     };
     let mut out: Vec<Scenario> = Vec::new();
@@ -186,7 +190,8 @@ impl StageKind for Sweep {
             Some(Value::String(m)) if MODES.contains(&m.as_str()) => m.clone(),
             Some(v) => {
                 let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                let help = crate::diag::suggest(&shown, MODES.iter().copied()).or_else(|| Some("modes are `prefill`, `generate` and `generate_uncached`".into()));
+                let help =
+                    crate::diag::suggest(&shown, MODES.iter().copied()).or_else(|| Some("modes are `prefill`, `generate` and `generate_uncached`".into()));
                 errors.push(err(vec!["mode".into()], format!("unknown sweep mode `{shown}`"), help));
                 String::new()
             }
@@ -238,7 +243,16 @@ impl StageKind for Sweep {
         let corpus = dep("corpus").ok_or("no `corpus` dep")?;
         let tokens = prompt_tokens(&dep("tokenizer").ok_or("no `tokenizer` dep")?, &corpus, longest)?;
         let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
-        let _ = writeln!(cx.log, "{} / {}: `{}`, {} scenarios × ({} warm-up + {} reps)", spec.name, settings.mode, model.display(), settings.scenarios.len(), settings.warmup, settings.reps);
+        let _ = writeln!(
+            cx.log,
+            "{} / {}: `{}`, {} scenarios × ({} warm-up + {} reps)",
+            spec.name,
+            settings.mode,
+            model.display(),
+            settings.scenarios.len(),
+            settings.warmup,
+            settings.reps
+        );
 
         let mut sweep = SweepSummary::new(&spec, &settings, &model, cx.root);
         let records = match backend::open(&spec, &model, &library) {
@@ -418,7 +432,14 @@ impl SweepSummary {
             for rep in 0..s.reps {
                 records.push(RunRecord::degraded(spec, &s.mode, sc, rep, reason.clone(), env.clone()));
             }
-            self.scenarios.push(ScenarioSummary { scenario: sc.clone(), n_ok: 0, n_degraded: s.reps, mean_latency_ms: None, output_ids: None, outputs_consistent: None });
+            self.scenarios.push(ScenarioSummary {
+                scenario: sc.clone(),
+                n_ok: 0,
+                n_degraded: s.reps,
+                mean_latency_ms: None,
+                output_ids: None,
+                outputs_consistent: None,
+            });
         }
         records
     }
@@ -589,5 +610,12 @@ fn scenario_failed(
     for rep in 0..s.reps {
         records.push(RunRecord::degraded(spec, &s.mode, sc, rep, reason.clone(), env.clone()));
     }
-    sweep.scenarios.push(ScenarioSummary { scenario: sc.clone(), n_ok: 0, n_degraded: s.reps, mean_latency_ms: None, output_ids: None, outputs_consistent: None });
+    sweep.scenarios.push(ScenarioSummary {
+        scenario: sc.clone(),
+        n_ok: 0,
+        n_degraded: s.reps,
+        mean_latency_ms: None,
+        output_ids: None,
+        outputs_consistent: None,
+    });
 }

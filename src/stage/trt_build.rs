@@ -281,7 +281,8 @@ impl StageKind for TrtBuild {
             Some(v) => match BUILDERS.iter().find(|b| v.as_str() == Some(**b)) {
                 Some(b) => b,
                 None => {
-                    let help = v.as_str().and_then(|s| crate::diag::suggest(s, BUILDERS.iter().copied())).unwrap_or_else(|| "`trtexec` or `tensorrt-rtx`".into());
+                    let help =
+                        v.as_str().and_then(|s| crate::diag::suggest(s, BUILDERS.iter().copied())).unwrap_or_else(|| "`trtexec` or `tensorrt-rtx`".into());
                     errors.push(err(vec!["builder".into()], format!("unknown builder {v}"), Some(help)));
                     BUILDERS[0]
                 }
@@ -296,12 +297,17 @@ impl StageKind for TrtBuild {
                     Some("remove it, or build with `builder = \"trtexec\"`".into()),
                 ));
             }
-            for (dep, what) in [("tensorrt_rtx", "the directory of `libtensorrt_rtx.so.1` and `libtensorrt_onnxparser_rtx.so.1`"), ("bindings", "TensorRT for RTX's Python bindings, one module per Python version")] {
+            for (dep, what) in [
+                ("tensorrt_rtx", "the directory of `libtensorrt_rtx.so.1` and `libtensorrt_onnxparser_rtx.so.1`"),
+                ("bindings", "TensorRT for RTX's Python bindings, one module per Python version"),
+            ] {
                 if !cx.deps.iter().any(|d| d == dep) {
                     errors.push(err(
                         vec!["deps".into()],
                         format!("a `tensorrt-rtx` build needs a dep named `{dep}`: {what}"),
-                        Some("deps = { model = \"out/export/prefill\", tensorrt_rtx = \"out/tensorrt-rtx/*\", bindings = \"out/tensorrt-rtx-py*/*.so\" }".into()),
+                        Some(
+                            "deps = { model = \"out/export/prefill\", tensorrt_rtx = \"out/tensorrt-rtx/*\", bindings = \"out/tensorrt-rtx-py*/*.so\" }".into(),
+                        ),
                     ));
                 }
             }
@@ -464,7 +470,13 @@ impl StageKind for TrtBuild {
 
         let plan_path = root.join(&command.plan);
         let plan_bytes = std::fs::metadata(&plan_path)
-            .map_err(|_| format!("`trtexec` exited 0 but wrote no plan at `{}`; the last lines of its output:\n{}", command.plan.display(), trt::tail(&output, TAIL_LINES)))?
+            .map_err(|_| {
+                format!(
+                    "`trtexec` exited 0 but wrote no plan at `{}`; the last lines of its output:\n{}",
+                    command.plan.display(),
+                    trt::tail(&output, TAIL_LINES)
+                )
+            })?
             .len();
         let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
         report.census(plan_bytes, root, &command.layers, &outputs, false).map_err(|e| format!("`trtexec` exited 0 but {e}"))?;
@@ -494,11 +506,7 @@ impl Settings {
     fn from_config(c: &Value) -> Result<Settings, String> {
         let profiles = c["profiles"]
             .as_array()
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| serde_json::from_value::<BTreeMap<String, [u64; 3]>>(p.clone()).map(Profile))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .map(|ps| ps.iter().map(|p| serde_json::from_value::<BTreeMap<String, [u64; 3]>>(p.clone()).map(Profile)).collect::<Result<Vec<_>, _>>())
             .unwrap_or(Ok(Vec::new()))
             .map_err(|e| format!("the node's profiles do not read back: {e}"))?;
         Ok(Settings {
@@ -642,8 +650,10 @@ fn model_of(cx: &RunCx<'_>, settings: &Settings) -> Result<(PathBuf, signature::
 /// (the library and its parser, both in the key) are in.
 fn library_dir(cx: &RunCx<'_>) -> Result<PathBuf, String> {
     let paths = cx.deps.get("tensorrt_rtx").map(Vec::as_slice).unwrap_or_default();
-    let dirs: std::collections::BTreeSet<PathBuf> =
-        paths.iter().map(|p| if cx.root.join(p).is_dir() { PathBuf::from(p) } else { Path::new(p).parent().map(Path::to_path_buf).unwrap_or_default() }).collect();
+    let dirs: std::collections::BTreeSet<PathBuf> = paths
+        .iter()
+        .map(|p| if cx.root.join(p).is_dir() { PathBuf::from(p) } else { Path::new(p).parent().map(Path::to_path_buf).unwrap_or_default() })
+        .collect();
     match dirs.len() {
         1 => Ok(dirs.into_iter().next().unwrap_or_default()),
         0 => Err("the `tensorrt_rtx` dep names no file".into()),
@@ -711,7 +721,8 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
     let elapsed = start.elapsed().as_secs_f64();
     report.trt_version = answer.version.clone();
 
-    let plan_bytes = std::fs::metadata(&request.plan).map_err(|e| format!("the builder reported a plan but `{}` cannot be read: {e}", request.plan.display()))?.len();
+    let plan_bytes =
+        std::fs::metadata(&request.plan).map_err(|e| format!("the builder reported a plan but `{}` cannot be read: {e}", request.plan.display()))?.len();
     let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
     report.census(plan_bytes, root, &plan_dir.join("layers.json"), &outputs, true).map_err(|e| format!("the builder made a plan but {e}"))?;
     report.built.build_s = Some(elapsed);

@@ -76,9 +76,10 @@ fn live_objects(store: &Store, m: &Manifest, live: &mut BTreeSet<Digest>) {
     for o in &m.outputs {
         live.insert(o.digest);
         if o.dir
-            && let Ok(tree) = store.tree(&o.digest) {
-                live.extend(tree.entries.iter().map(|e| e.digest));
-            }
+            && let Ok(tree) = store.tree(&o.digest)
+        {
+            live.extend(tree.entries.iter().map(|e| e.digest));
+        }
     }
     live.extend(m.log);
 }
@@ -145,7 +146,9 @@ fn check_manifest(store: &Store, key: &Digest, corrupt: &BTreeSet<Digest>) -> Op
         match fs::metadata(store.object_path(d)) {
             Err(_) => Some(format!("node `{node}`: {what} (object {}) is missing", d.short())),
             Ok(meta) => match size {
-                Some(s) if meta.len() != s => Some(format!("node `{node}`: {what} is recorded as {s} bytes, but its object {} holds {}", d.short(), meta.len())),
+                Some(s) if meta.len() != s => {
+                    Some(format!("node `{node}`: {what} is recorded as {s} bytes, but its object {} holds {}", d.short(), meta.len()))
+                }
                 _ => None,
             },
         }
@@ -180,10 +183,8 @@ pub fn fsck(store: &Store, repair: bool) -> io::Result<FsckReport> {
     let mut report = FsckReport { repaired: repair, ..Default::default() };
     let objects = object_files(store)?;
     report.objects_checked = objects.len();
-    let corrupt: Vec<(Digest, std::path::PathBuf)> = objects
-        .into_par_iter()
-        .filter(|(d, path)| digest::hash_file(path).map_or(true, |(actual, _)| actual != *d))
-        .collect();
+    let corrupt: Vec<(Digest, std::path::PathBuf)> =
+        objects.into_par_iter().filter(|(d, path)| digest::hash_file(path).map_or(true, |(actual, _)| actual != *d)).collect();
     for (d, path) in &corrupt {
         report.corrupt_objects.push(d.to_hex());
         if repair {

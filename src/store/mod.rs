@@ -199,7 +199,8 @@ impl Store {
     /// file inside the workspace.
     fn check_link(&self, link: &Path, rel: &str) -> io::Result<()> {
         let to = fs::read_link(link).map(|t| t.display().to_string()).unwrap_or_default();
-        let target = fs::canonicalize(link).map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("`{rel}` is a symbolic link to `{to}`, which does not exist")))?;
+        let target = fs::canonicalize(link)
+            .map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("`{rel}` is a symbolic link to `{to}`, which does not exist")))?;
         let root = match self.canonical_root.get_or_init(|| fs::canonicalize(&self.root)) {
             Ok(r) => r,
             Err(e) => return Err(io::Error::new(e.kind(), format!("cannot resolve the workspace: {e}"))),
@@ -227,7 +228,10 @@ impl Store {
             let here = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
             for entry in fs::read_dir(&here)? {
                 let entry = entry?;
-                let name = entry.file_name().into_string().map_err(|n| io::Error::new(io::ErrorKind::InvalidData, format!("`{}` is not a UTF-8 file name", n.to_string_lossy())))?;
+                let name = entry
+                    .file_name()
+                    .into_string()
+                    .map_err(|n| io::Error::new(io::ErrorKind::InvalidData, format!("`{}` is not a UTF-8 file name", n.to_string_lossy())))?;
                 let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
                 let kind = entry.file_type()?;
                 if kind.is_dir() {
@@ -332,9 +336,9 @@ impl Store {
 
     fn read_manifest<T: serde::de::DeserializeOwned>(&self, key: &Digest) -> io::Result<Option<T>> {
         match fs::read(self.manifest_path(key)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("manifest {}: {e}", key.short()))),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("manifest {}: {e}", key.short())))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -379,10 +383,7 @@ impl Store {
         let tmp = self.tmp_path("materialize");
         let result = if out.dir {
             fs::create_dir_all(&tmp)?;
-            self.tree(&out.digest)?
-                .entries
-                .iter()
-                .try_for_each(|e| self.copy_object(&e.digest, e.size, e.exec, &tmp.join(&e.path), verify))
+            self.tree(&out.digest)?.entries.iter().try_for_each(|e| self.copy_object(&e.digest, e.size, e.exec, &tmp.join(&e.path), verify))
         } else {
             self.copy_object(&out.digest, out.size, out.exec, &tmp, verify)
         };
@@ -391,9 +392,10 @@ impl Store {
             return Err(e);
         }
         if let Ok(meta) = fs::symlink_metadata(dest)
-            && (meta.is_dir() || out.dir) {
-                remove_any(dest)?;
-            }
+            && (meta.is_dir() || out.dir)
+        {
+            remove_any(dest)?;
+        }
         fs::rename(&tmp, dest).inspect_err(|_| {
             let _ = remove_any(&tmp);
         })
@@ -486,7 +488,6 @@ fn object_io(d: &Digest, e: io::Error) -> io::Error {
 fn invalid_manifest(key: &Digest, why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("manifest {}: {why}", key.short()))
 }
-
 
 impl Store {
     /// Removes an object found corrupt, so the node that needs it is rebuilt.

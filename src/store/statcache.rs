@@ -42,11 +42,7 @@ fn stamp(meta: &Metadata) -> (i128, i128, u64) {
 
 #[cfg(not(unix))]
 fn stamp(meta: &Metadata) -> (i128, i128, u64) {
-    let m = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
+    let m = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i128);
     (m, m, 0)
 }
 

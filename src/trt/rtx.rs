@@ -79,18 +79,16 @@ pub enum HelperError {
     Failed(String),
 }
 
+/// One optimisation profile: each input's min, opt and max shape.
+pub type ProfileDims = BTreeMap<String, [Vec<u64>; 3]>;
+
 /// Shape specs (`input_ids:1x1,attention_mask:1x1`) as the helper's profile tables.
-pub fn profile_dims(shapes: &[ShapeSpecs]) -> Result<Vec<BTreeMap<String, [Vec<u64>; 3]>>, String> {
+pub fn profile_dims(shapes: &[ShapeSpecs]) -> Result<Vec<ProfileDims>, String> {
     shapes
         .iter()
         .map(|s| {
             let (min, opt, max) = (parse_shape_spec(&s.min)?, parse_shape_spec(&s.opt)?, parse_shape_spec(&s.max)?);
-            Ok(min
-                .into_iter()
-                .zip(opt)
-                .zip(max)
-                .map(|(((name, lo), (_, mid)), (_, hi))| (name, [lo, mid, hi]))
-                .collect())
+            Ok(min.into_iter().zip(opt).zip(max).map(|(((name, lo), (_, mid)), (_, hi))| (name, [lo, mid, hi])).collect())
         })
         .collect()
 }
@@ -109,16 +107,8 @@ pub fn build(python: &str, request: &BuildRequest, scratch: &Path, dir: &Path, l
     let output_path = scratch.join(format!("{op}-output.log"));
     let out = File::create(&output_path).map_err(|e| failed("creating the helper's log", e))?;
     let err = out.try_clone().map_err(|e| failed("sharing the helper's log", e))?;
-    let status = Command::new(python)
-        .arg(&script)
-        .arg(op)
-        .arg(&request_path)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .status()
-        .map_err(|e| {
+    let status =
+        Command::new(python).arg(&script).arg(op).arg(&request_path).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err).status().map_err(|e| {
             HelperError::Unavailable(format!(
                 "cannot start TensorRT for RTX's helper with `{}`: {e}; set {} to a Python 3.11 or 3.12",
                 crate::paths::relative_text(python),
@@ -150,7 +140,11 @@ mod tests {
 
     #[test]
     fn shape_specs_become_profile_tables() {
-        let s = ShapeSpecs { min: "input_ids:1x1,attention_mask:1x1".into(), opt: "input_ids:1x27,attention_mask:1x27".into(), max: "input_ids:4x512,attention_mask:4x512".into() };
+        let s = ShapeSpecs {
+            min: "input_ids:1x1,attention_mask:1x1".into(),
+            opt: "input_ids:1x27,attention_mask:1x27".into(),
+            max: "input_ids:4x512,attention_mask:4x512".into(),
+        };
         let dims = profile_dims(&[s]).unwrap();
         assert_eq!(dims[0]["input_ids"], [vec![1, 1], vec![1, 27], vec![4, 512]]);
         assert_eq!(dims[0]["attention_mask"], [vec![1, 1], vec![1, 27], vec![4, 512]]);

@@ -35,16 +35,10 @@ fn binary() -> &'static Path {
     static NGINX: OnceLock<PathBuf> = OnceLock::new();
     NGINX.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ensure-nginx.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .unwrap_or_else(|e| panic!("running `{script}`: {e}"));
+        let out = Command::new("bash").arg(script).output().unwrap_or_else(|e| panic!("running `{script}`: {e}"));
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || path.is_empty() {
-            panic!(
-                "no nginx for the remote cache tests: `scripts/ensure-nginx.sh` failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("no nginx for the remote cache tests: `scripts/ensure-nginx.sh` failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         PathBuf::from(path)
     })
@@ -52,10 +46,7 @@ fn binary() -> &'static Path {
 
 /// A loopback port nothing listens on (just now).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a loopback port").port()
 }
 
 impl Nginx {
@@ -64,23 +55,13 @@ impl Nginx {
     }
 
     pub fn start_with(access: Access) -> Nginx {
-        let dir = tempfile::Builder::new()
-            .prefix("tr118-nginx-")
-            .tempdir()
-            .expect("create a temp dir");
+        let dir = tempfile::Builder::new().prefix("tr118-nginx-").tempdir().expect("create a temp dir");
         fs::create_dir_all(dir.path().join("root")).unwrap();
         let auth = match access {
             Access::Anyone => String::new(),
             Access::Basic(user, password) => {
-                fs::write(
-                    dir.path().join("htpasswd"),
-                    format!("{user}:{{PLAIN}}{password}\n"),
-                )
-                .unwrap();
-                format!(
-                    "auth_basic \"tr118\"; auth_basic_user_file {}/htpasswd;",
-                    dir.path().display()
-                )
+                fs::write(dir.path().join("htpasswd"), format!("{user}:{{PLAIN}}{password}\n")).unwrap();
+                format!("auth_basic \"tr118\"; auth_basic_user_file {}/htpasswd;", dir.path().display())
             }
             Access::Bearer(token) => {
                 format!("if ($http_authorization != \"Bearer {token}\") {{ return 401; }}")
@@ -169,11 +150,7 @@ http {{
             for entry in entries {
                 let entry = entry.unwrap();
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
+                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
                 if entry.file_type().unwrap().is_dir() {
                     walk(&entry.path(), &child, out);
                 } else {
@@ -190,17 +167,8 @@ http {{
     /// The stored file whose content is `bytes`, relative to the root.
     #[track_caller]
     pub fn file_holding(&self, bytes: &[u8]) -> String {
-        let found: Vec<String> = self
-            .files()
-            .into_iter()
-            .filter(|f| fs::read(self.root().join(f)).is_ok_and(|b| b == bytes))
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "expected one stored file holding {:?}, found {found:?}",
-            String::from_utf8_lossy(bytes)
-        );
+        let found: Vec<String> = self.files().into_iter().filter(|f| fs::read(self.root().join(f)).is_ok_and(|b| b == bytes)).collect();
+        assert_eq!(found.len(), 1, "expected one stored file holding {:?}, found {found:?}", String::from_utf8_lossy(bytes));
         found.into_iter().next().unwrap()
     }
 

@@ -151,11 +151,7 @@ pub fn forward_at(cfg: &ModelConfig, w: &Weights, tokens: &[u32], positions: &[u
     let out_w = if cfg.tied_embeddings { token_embd } else { get(w, "output.weight", &[cfg.vocab_size, d]) };
     let mut logits = Vec::with_capacity(seq);
     for xt in &x {
-        let h = if gpt2 {
-            layer_norm(xt, out_norm_w, Some(get(w, "output_norm.bias", &[d])), eps)
-        } else {
-            rms_norm(xt, out_norm_w, eps)
-        };
+        let h = if gpt2 { layer_norm(xt, out_norm_w, Some(get(w, "output_norm.bias", &[d])), eps) } else { rms_norm(xt, out_norm_w, eps) };
         let row = matvec(out_w, cfg.vocab_size, d, &h);
         logits.push(row.into_iter().map(|v| v as f32).collect());
     }

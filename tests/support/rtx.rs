@@ -59,12 +59,7 @@ fn mirror() -> PathBuf {
         .output()
         .unwrap_or_else(|e| panic!("run tr118 in {}: {e}", dir.display()));
     if !out.status.success() {
-        panic!(
-            "fetching TensorRT for RTX into {} failed:\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("fetching TensorRT for RTX into {} failed:\n{}{}", dir.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     dir
 }

@@ -106,4 +106,3 @@ pub fn workspace_with(prefix: &str, extra: &str) -> Workspace {
     ws.write("tr118.toml", pipeline("lib/libonnxruntime.so", extra));
     ws
 }
-
