@@ -10,12 +10,11 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::engine::progress::{Cache, NodeRecord, RecordStatus, Reporter, reasons_text};
+use crate::engine::progress::{Cache, RecordStatus, Reporter, reasons_text};
 use crate::engine::run::Summary;
 use crate::engine::run::{self, Options};
 use crate::engine::{self, Plan, State};
 use crate::graph::Graph;
-use crate::key::StaleReason;
 use crate::pipeline::Pipeline;
 use crate::remote::{self, Remote};
 use crate::store::statcache::StatCache;
@@ -321,7 +320,7 @@ impl Workspace {
             let plan = self.plan(targets, &mut stat)?;
             let reporter = Reporter::new(json, verbose.max(1), 0);
             for &i in &plan.selected {
-                reporter.finished(&plan_record(&self.graph, &plan, i));
+                reporter.finished(&plan.record(&self.graph, i));
             }
             if !json {
                 eprintln!("{} of {} nodes would run", plan.stale_count(), plan.selected.len());
@@ -334,12 +333,7 @@ impl Workspace {
         store.clear_tmp()?;
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(targets, &mut stat)?;
-        let cascaded: BTreeSet<usize> = plan
-            .selected
-            .iter()
-            .copied()
-            .filter(|&i| matches!(plan.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade)))
-            .collect();
+        let cascaded = plan.cascaded();
         let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
         let reporter = Reporter::new(json, verbose, plan.stale_count());
         let remote = opts.remote;
@@ -479,7 +473,7 @@ impl Workspace {
             save_stat(&self.store, &mut stat)?;
         }
         for &i in &plan.selected {
-            let r = plan_record(&self.graph, &plan, i);
+            let r = plan.record(&self.graph, i);
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
@@ -520,10 +514,10 @@ impl Workspace {
                 }
             }
             State::Stale { reasons, key } => {
-                if reasons.iter().all(StaleReason::is_cascade) {
+                if plan.is_cascade(i) {
                     println!("`{target}` is stale by cascade: {}", reasons_text(reasons));
                     println!("root causes upstream:");
-                    for u in upstream_roots(&self.graph, &plan, i) {
+                    for u in plan.root_causes_of(&self.graph, i) {
                         if let State::Stale { reasons, .. } = plan.state(u) {
                             println!("  `{}`: {}", self.graph.id(u), reasons_text(reasons));
                         }
@@ -533,7 +527,7 @@ impl Workspace {
                     for r in reasons {
                         println!("  {r}");
                     }
-                    let down = downstream_stale(&self.graph, &plan, i);
+                    let down = plan.rerun_downstream_of(&self.graph, i);
                     if down > 0 {
                         println!("{down} downstream node{} rerun because of it", if down == 1 { "" } else { "s" });
                     }
@@ -577,27 +571,6 @@ impl Workspace {
     }
 }
 
-fn plan_record(graph: &Graph, plan: &Plan, i: usize) -> NodeRecord {
-    let state = plan.state(i);
-    let (cache, status, reason, detail) = match state {
-        State::Fresh { result, .. } => {
-            (Cache::Hit, if result.reason.is_some() { RecordStatus::Degraded } else { RecordStatus::Ok }, None, result.reason.clone())
-        }
-        State::Stale { reasons, .. } => (Cache::Miss, RecordStatus::Pending, Some(reasons_text(reasons)), None),
-    };
-    NodeRecord {
-        id: graph.id(i).to_string(),
-        key: state.key().map(|k| k.to_hex()),
-        cache,
-        status,
-        reason,
-        detail,
-        duration_ms: 0.0,
-        restored: false,
-        remote: None,
-    }
-}
-
 /// `N local hits, M remote hits, X MB down, Y MB up, ~T s saved`: the time saved is the
 /// recorded run time of the nodes the remote cache provided.
 fn cache_traffic(summary: &Summary, remote: &Remote) -> String {
@@ -613,47 +586,10 @@ fn cache_traffic(summary: &Summary, remote: &Remote) -> String {
     )
 }
 
-/// The stale nodes with a cause of their own that `i` is downstream of.
-fn upstream_roots(graph: &Graph, plan: &Plan, i: usize) -> Vec<usize> {
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![i];
-    let mut roots = BTreeSet::new();
-    while let Some(n) = stack.pop() {
-        for &u in &graph.upstream[n] {
-            if !seen.insert(u) {
-                continue;
-            }
-            if let State::Stale { reasons, .. } = plan.state(u) {
-                if reasons.iter().all(StaleReason::is_cascade) {
-                    stack.push(u);
-                } else {
-                    roots.insert(u);
-                }
-            }
-        }
-    }
-    plan.selected.iter().copied().filter(|u| roots.contains(u)).collect()
-}
-
-fn downstream_stale(graph: &Graph, plan: &Plan, i: usize) -> usize {
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![i];
-    while let Some(n) = stack.pop() {
-        for &d in &graph.downstream[n] {
-            if plan.states[d].is_some() && seen.insert(d) {
-                stack.push(d);
-            }
-        }
-    }
-    seen.len()
-}
-
 /// Root causes and the size of the cascade, for `status` and `make --dry-run`.
 fn print_causes(graph: &Graph, plan: &Plan, out: &dyn Fn(&str)) {
     let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
-    let cascade =
-        plan.selected.iter().filter(|&&i| matches!(plan.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade))).count();
-    print_roots(graph, &roots, cascade, out);
+    print_roots(graph, &roots, plan.cascaded().len(), out);
 }
 
 fn print_roots(graph: &Graph, roots: &[(usize, String)], cascade: usize, out: &dyn Fn(&str)) {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::digest::Digest;
 use crate::key::{StageKey, StaleReason};
+use crate::store::{ActionResult, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +46,59 @@ pub struct NodeRecord {
     pub restored: bool,
     /// A hit that came from the remote cache; `null` otherwise.
     pub remote: Option<RemoteHit>,
+}
+
+impl NodeRecord {
+    fn new(id: &str, key: Option<&Digest>, cache: Cache, status: RecordStatus) -> NodeRecord {
+        NodeRecord {
+            id: id.to_string(),
+            key: key.map(Digest::to_hex),
+            cache,
+            status,
+            reason: None,
+            detail: None,
+            duration_ms: 0.0,
+            restored: false,
+            remote: None,
+        }
+    }
+
+    /// A node whose cache entry was used: `restored` when its files under `out/` had to be
+    /// written again, `remote` when the entry came from the remote cache.
+    pub fn hit(id: &str, key: &Digest, result: &ActionResult, restored: bool, remote: Option<RemoteHit>) -> NodeRecord {
+        NodeRecord { detail: result.reason.clone(), restored, remote, ..NodeRecord::new(id, Some(key), Cache::Hit, outcome(result)) }
+    }
+
+    /// A node that ran for `reasons` and produced `result`.
+    pub fn ran(id: &str, key: &Digest, reasons: &[StaleReason], result: &ActionResult, duration_ms: f64) -> NodeRecord {
+        NodeRecord {
+            reason: Some(reasons_text(reasons)),
+            detail: result.reason.clone(),
+            duration_ms,
+            ..NodeRecord::new(id, Some(key), Cache::Miss, outcome(result))
+        }
+    }
+
+    /// A node that failed: while running for `reasons` (`cache` is a miss), or while its
+    /// cache entry was restored (a hit, no reasons).
+    pub fn failed(id: &str, key: &Digest, cache: Cache, reasons: Option<&[StaleReason]>, message: String, duration_ms: f64) -> NodeRecord {
+        NodeRecord { reason: reasons.map(reasons_text), detail: Some(message), duration_ms, ..NodeRecord::new(id, Some(key), cache, RecordStatus::Failed) }
+    }
+
+    /// A node that did not run: `detail` says why.
+    pub fn skipped(id: &str, key: Option<&Digest>, reasons: Option<&[StaleReason]>, detail: String) -> NodeRecord {
+        NodeRecord { reason: reasons.map(reasons_text), detail: Some(detail), ..NodeRecord::new(id, key, Cache::Skipped, RecordStatus::Skipped) }
+    }
+
+    /// `--dry-run` and `status`: a node that would run for `reasons`.
+    pub fn pending(id: &str, key: Option<&Digest>, reasons: &[StaleReason]) -> NodeRecord {
+        NodeRecord { reason: Some(reasons_text(reasons)), ..NodeRecord::new(id, key, Cache::Miss, RecordStatus::Pending) }
+    }
+}
+
+/// How a cached or fresh result reads in a record.
+fn outcome(result: &ActionResult) -> RecordStatus {
+    if result.status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok }
 }
 
 /// What a node taken from the remote cache moved and saved.

@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::time::{Instant, SystemTime};
 
 use super::plan::{State, assess};
-use super::progress::{Cache, NodeRecord, RecordStatus, RemoteHit, Reporter, reasons_text};
+use super::progress::{Cache, NodeRecord, RemoteHit, Reporter};
 use super::{Plan, ensure_materialized};
 use crate::digest::Digest;
 use crate::facets;
@@ -74,10 +74,34 @@ struct Done {
     ms: f64,
 }
 
+/// Why running a node failed. Nothing of it is cached.
+#[derive(Debug, Clone)]
+pub enum NodeError {
+    /// The stage failed, or storing what it wrote did.
+    Failed(String),
+    /// The node ran but did not do what the pipeline declares (an out not written): the
+    /// pipeline or the command is wrong, which is bad input rather than a failed run.
+    Declared(String),
+}
+
+impl NodeError {
+    pub fn is_input(&self) -> bool {
+        matches!(self, NodeError::Declared(_))
+    }
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Failed(m) | NodeError::Declared(m) => f.write_str(m),
+        }
+    }
+}
+
 /// What a worker thread did for a node; one message per node, so its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Work {
-    Ran(Result<Manifest, (String, bool)>),
+    Ran(Result<Manifest, NodeError>),
     Fetched(Fetch),
 }
 
@@ -164,17 +188,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                                     log: store.log_path(&nodes[i].id),
                                     input: false,
                                 });
-                                summary.records.push(NodeRecord {
-                                    id: nodes[i].id.clone(),
-                                    key: Some(key.to_hex()),
-                                    cache: Cache::Hit,
-                                    status: RecordStatus::Failed,
-                                    reason: None,
-                                    detail: Some(message),
-                                    duration_ms: 0.0,
-                                    restored: false,
-                                    remote: None,
-                                });
+                                summary.records.push(NodeRecord::failed(&nodes[i].id, &key, Cache::Hit, None, message, 0.0));
                                 reporter.finished(summary.records.last().expect("just pushed"));
                                 if !opts.keep_going {
                                     stopping = true;
@@ -182,17 +196,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                                 continue;
                             }
                         };
-                        summary.records.push(NodeRecord {
-                            id: nodes[i].id.clone(),
-                            key: Some(key.to_hex()),
-                            cache: Cache::Hit,
-                            status: if result.status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok },
-                            reason: None,
-                            detail: result.reason.clone(),
-                            duration_ms: 0.0,
-                            restored,
-                            remote: remote_hits[i].take(),
-                        });
+                        summary.records.push(NodeRecord::hit(&nodes[i].id, &key, &result, restored, remote_hits[i].take()));
                         reporter.finished(summary.records.last().expect("just pushed"));
                         manifests[i] = Some(result);
                         phase[i] = Phase::Finished;
@@ -226,17 +230,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         let why = if opts.remote.is_some_and(|r| r.down().is_some()) { "the remote cache is unreachable" } else { "not in the remote cache" };
                         ready.remove(&(pos, i));
                         phase[i] = Phase::Skipped;
-                        summary.records.push(NodeRecord {
-                            id: nodes[i].id.clone(),
-                            key: Some(key.to_hex()),
-                            cache: Cache::Skipped,
-                            status: RecordStatus::Skipped,
-                            reason: Some(reasons_text(reasons)),
-                            detail: Some(why.to_string()),
-                            duration_ms: 0.0,
-                            restored: false,
-                            remote: None,
-                        });
+                        summary.records.push(NodeRecord::skipped(&nodes[i].id, Some(key), Some(reasons), why.to_string()));
                         reporter.finished(summary.records.last().expect("just pushed"));
                         progressed = true;
                         continue;
@@ -261,7 +255,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     scope.spawn(move || {
                         let t0 = Instant::now();
                         // A panic fails its node, never the scheduler that waits for it.
-                        let result = catching(|| execute(graph, store, i, key, sk)).unwrap_or_else(|panic| Err((format!("tr118 {panic}"), false)));
+                        let result = catching(|| execute(graph, store, i, key, sk)).unwrap_or_else(|panic| Err(NodeError::Failed(format!("tr118 {panic}"))));
                         let _ = tx.send(Done { node: i, work: Work::Ran(result), ms: millis(t0) });
                     });
                     progressed = true;
@@ -317,36 +311,16 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                         let _ = tx.send(m.clone());
                     }
                     let m = ActionResult::from(m);
-                    summary.records.push(NodeRecord {
-                        id: nodes[i].id.clone(),
-                        key: Some(key.to_hex()),
-                        cache: Cache::Miss,
-                        status: if degraded { RecordStatus::Degraded } else { RecordStatus::Ok },
-                        reason: Some(reasons_text(&reasons)),
-                        detail: m.reason.clone(),
-                        duration_ms: done.ms,
-                        restored: false,
-                        remote: None,
-                    });
+                    summary.records.push(NodeRecord::ran(&nodes[i].id, &key, &reasons, &m, done.ms));
                     manifests[i] = Some(m);
                     phase[i] = Phase::Finished;
                     release(graph, i, &mut waiting_on, &mut ready, &position);
                 }
-                Err((e, input)) => {
+                Err(e) => {
                     phase[i] = Phase::Failed;
                     let log = store.log_path(&nodes[i].id);
-                    summary.failures.push(Failure { node: nodes[i].id.clone(), message: e.clone(), log, input });
-                    summary.records.push(NodeRecord {
-                        id: nodes[i].id.clone(),
-                        key: Some(key.to_hex()),
-                        cache: Cache::Miss,
-                        status: RecordStatus::Failed,
-                        reason: Some(reasons_text(&reasons)),
-                        detail: Some(e),
-                        duration_ms: done.ms,
-                        restored: false,
-                        remote: None,
-                    });
+                    summary.failures.push(Failure { node: nodes[i].id.clone(), message: e.to_string(), log, input: e.is_input() });
+                    summary.records.push(NodeRecord::failed(&nodes[i].id, &key, Cache::Miss, Some(&reasons), e.to_string(), done.ms));
                     if !opts.keep_going {
                         stopping = true;
                     }
@@ -360,26 +334,40 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
     // The uploads have finished with the scope.
     warn(opts.remote);
     if let Some(r) = uploading
-        && !unnamed_machine.is_empty()
         && r.down().is_none()
     {
-        let named: Vec<String> = unnamed_machine.iter().take(3).map(|id| format!("`{id}`")).collect();
-        let more = if unnamed_machine.len() > 3 { ", …" } else { "" };
-        reporter.line(&format!(
-            "warning: {} timing node{} uploaded ({}{more}) declare{} none of the facets `cpu`, `gpu`, `host`: every machine using this remote cache reuses {} measurements; declare the machine in `facets` to keep them apart",
-            unnamed_machine.len(),
-            if unnamed_machine.len() == 1 { "" } else { "s" },
-            named.join(", "),
-            if unnamed_machine.len() == 1 { "s" } else { "" },
-            if unnamed_machine.len() == 1 { "its" } else { "their" },
-        ));
+        warn_unnamed_machines(&unnamed_machine, reporter);
     }
 
     // Freed by the process exit, not node by node (see `cli`).
     std::mem::forget(manifests);
 
-    // Whatever did not finish was skipped: downstream of a failure, or stopped.
-    for &i in &plan.selected {
+    skip_unfinished(graph, &plan.selected, &states, &mut phase, &mut summary, reporter);
+    Ok(summary)
+}
+
+/// Timing nodes uploaded whose keys name no machine share their measurements with every
+/// machine using the remote cache: one warning for all of them.
+fn warn_unnamed_machines(unnamed: &[&str], reporter: &Reporter) {
+    if unnamed.is_empty() {
+        return;
+    }
+    let named: Vec<String> = unnamed.iter().take(3).map(|id| format!("`{id}`")).collect();
+    let more = if unnamed.len() > 3 { ", …" } else { "" };
+    let one = unnamed.len() == 1;
+    reporter.line(&format!(
+        "warning: {} timing node{} uploaded ({}{more}) declare{} none of the facets `cpu`, `gpu`, `host`: every machine using this remote cache reuses {} measurements; declare the machine in `facets` to keep them apart",
+        unnamed.len(),
+        if one { "" } else { "s" },
+        named.join(", "),
+        if one { "s" } else { "" },
+        if one { "its" } else { "their" },
+    ));
+}
+
+/// Whatever did not finish was skipped: downstream of a failure, or stopped.
+fn skip_unfinished(graph: &Graph, selected: &[usize], states: &[Option<State>], phase: &mut [Phase], summary: &mut Summary, reporter: &Reporter) {
+    for &i in selected {
         if phase[i] == Phase::Waiting {
             let failed_up = graph.upstream[i].iter().find(|&&u| matches!(phase[u], Phase::Failed | Phase::Skipped));
             let detail = match failed_up {
@@ -387,22 +375,11 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                 None => "stopped after a failure (use `--keep-going` to continue)".to_string(),
             };
             phase[i] = Phase::Skipped;
-            let r = NodeRecord {
-                id: nodes[i].id.clone(),
-                key: states[i].as_ref().and_then(State::key).map(Digest::to_hex),
-                cache: Cache::Skipped,
-                status: RecordStatus::Skipped,
-                reason: None,
-                detail: Some(detail),
-                duration_ms: 0.0,
-                restored: false,
-                remote: None,
-            };
+            let r = NodeRecord::skipped(graph.id(i), states[i].as_ref().and_then(State::key), None, detail);
             reporter.finished(&r);
             summary.records.push(r);
         }
     }
-    Ok(summary)
 }
 
 thread_local! {
@@ -491,20 +468,20 @@ fn blocked_by(reserved: Option<&str>, device: &str) -> bool {
 
 /// Runs one node and commits its result to the store: objects, then the manifest, then the
 /// ref, then the copies under `out/`. Returns the manifest, or why it failed.
-fn execute(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey) -> Result<Manifest, (String, bool)> {
+fn execute(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey) -> Result<Manifest, NodeError> {
     let staging = store.tmp_path(&graph.pipeline.nodes[i].id);
     let result = execute_in(graph, store, i, key, stage_key, &staging);
     let _ = fs::remove_dir_all(&staging);
     result
 }
 
-fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey, staging: &Path) -> Result<Manifest, (String, bool)> {
+fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: StageKey, staging: &Path) -> Result<Manifest, NodeError> {
     let node = &graph.pipeline.nodes[i];
     let root = store.root();
-    let io = |what: &str, e: io::Error| (format!("{what}: {e}"), false);
+    let io = |what: &str, e: io::Error| NodeError::Failed(format!("{what}: {e}"));
     let declared = |o: &crate::pipeline::OutSpec, what: String| {
         let d = graph.pipeline.source.diag(&o.field, format!("`{}` {what}", node.id), None);
-        (d.to_string(), true)
+        NodeError::Declared(d.to_string())
     };
     let rel_staging = staging.strip_prefix(root).unwrap_or(staging).to_path_buf();
     let scratch = staging.join("scratch");
@@ -534,7 +511,7 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
     }
     let started_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let t0 = Instant::now();
-    let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(|e| (e, false))?;
+    let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(NodeError::Failed)?;
     let duration_ms = millis(t0);
 
     let mut outputs: Vec<OutputRecord> = Vec::new();
