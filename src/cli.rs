@@ -430,7 +430,7 @@ impl Workspace {
         if !unnamed.is_empty() {
             eprintln!(
                 "warning: timing nodes whose keys name no machine (none of the facets `cpu`, `gpu`, `host`) were pushed: {}; every machine using this remote cache reuses their measurements",
-                unnamed.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", ")
+                crate::diag::ticked(unnamed.iter())
             );
         }
         Ok(if remote.entries_up() as usize == wanted { 0 } else { 1 })
@@ -499,7 +499,7 @@ impl Workspace {
             let help = if matching.is_empty() {
                 crate::diag::suggest(target, nodes.iter().map(|n| n.id.as_str())).map_or(String::new(), |h| format!("\n  help: {h}"))
             } else {
-                format!("\n  help: `why` takes one node id: {}", matching.iter().take(5).map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "))
+                format!("\n  help: `why` takes one node id: {}", crate::diag::ticked(matching.iter().take(5)))
             };
             return Err(Fail::Input(format!("no node `{target}`{help}")));
         };

@@ -77,6 +77,15 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// `a`, `b`, `c`: names in backticks, comma-separated, as messages quote them.
+pub fn ticked<I>(names: I) -> String
+where
+    I: IntoIterator,
+    I::Item: std::fmt::Display,
+{
+    names.into_iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,8 +50,7 @@ pub fn check_name(name: &str) -> Result<(), FacetError> {
     }
     Err(FacetError {
         message: format!("unknown facet `{name}`"),
-        help: diag::suggest(name, KNOWN.iter().copied())
-            .or_else(|| Some(format!("facets are {}, or `env:NAME`", KNOWN.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))),
+        help: diag::suggest(name, KNOWN.iter().copied()).or_else(|| Some(format!("facets are {}, or `env:NAME`", crate::diag::ticked(KNOWN.iter())))),
     })
 }
 

@@ -137,7 +137,7 @@ pub struct Drift {
 
 impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files = self.files.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
+        let files = crate::diag::ticked(self.files.iter());
         match self.locked {
             Some(v) if v == self.version => write!(
                 f,

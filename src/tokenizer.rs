@@ -64,7 +64,7 @@ pub enum TokenizerError {
     Vocab { what: String, message: String },
     #[error("tokenizer model `{model}` is not supported; only byte-level BPE (`tokenizer.ggml.model` = `gpt2`) is")]
     UnsupportedModel { model: String },
-    #[error("unknown pre-tokenizer `{pre}` (`tokenizer.ggml.pre`); known: {}", KNOWN_PRE.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "))]
+    #[error("unknown pre-tokenizer `{pre}` (`tokenizer.ggml.pre`); known: {}", crate::diag::ticked(KNOWN_PRE.iter()))]
     UnknownPre { pre: String },
     #[error("the tokenizer has {tokens} tokens but the model's vocabulary has {expected}")]
     VocabSizeMismatch { tokens: usize, expected: usize },

@@ -155,10 +155,7 @@ pub enum TrtError {
 }
 
 fn ticked(names: &[String]) -> String {
-    if names.is_empty() {
-        return "none".into();
-    }
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    if names.is_empty() { "none".into() } else { crate::diag::ticked(names) }
 }
 
 fn suggestion(name: &str, known: &[String]) -> String {

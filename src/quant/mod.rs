@@ -47,7 +47,7 @@ pub enum QuantError {
     Weight { weight: String, message: String },
     #[error(
         "`exclude` pattern(s) {} match no MatMul/Gemm node, output or weight name (weights are named like `{example}`, the output projection's output is `logits`)",
-        .patterns.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+        crate::diag::ticked(.patterns.iter())
     )]
     UnmatchedExclude { patterns: Vec<String>, example: String },
     #[error("tensor `{tensor}` is a graph input: calibration observes computed activations only")]

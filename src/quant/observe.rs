@@ -85,7 +85,7 @@ pub fn calibrate(
         return Err(QuantError::Other(format!(
             "`{}` needs inputs {} besides `input_ids`, `attention_mask` and `position_ids`: calibrate a `prefill` export",
             copy.display(),
-            unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+            crate::diag::ticked(unknown.iter())
         )));
     }
     let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();

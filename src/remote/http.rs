@@ -23,6 +23,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
+use crate::digest::hex;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -303,10 +304,6 @@ pub fn hash_both(path: &Path) -> io::Result<(String, Digest, u64)> {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Standard base64 with padding, for the Basic scheme.

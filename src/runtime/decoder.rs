@@ -65,7 +65,8 @@ use ort::session::{IoBinding, RunOptions, SessionInputValue};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType};
 
 use super::RuntimeError;
-use super::session::{Session, f32_view, host_f32, int_value, is_on_host, ticked, value_shape};
+use super::session::{Session, f32_view, host_f32, int_value, is_on_host, value_shape};
+use crate::diag::ticked;
 
 /// The session's names for one layer's cache.
 #[derive(Debug, Clone, Default)]

@@ -49,6 +49,7 @@ use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementT
 use serde::Serialize;
 
 use super::{OptLevel, Provider, Runtime, RuntimeError};
+use crate::diag::ticked;
 
 /// How to open a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -982,10 +983,6 @@ pub(super) fn f32_view<'v>(model: &Path, name: &str, value: &'v DynValue) -> Res
         }
     }
     value.try_extract_array::<f32>().map_err(|e| RuntimeError::Run { model: model.to_path_buf(), message: format!("reading output `{name}`: {}", e.message()) })
-}
-
-pub(super) fn ticked(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::diag;
+use crate::digest::hex;
 use crate::pipeline::template::{self, Lookup};
 
 pub struct Fetch;
@@ -391,7 +392,7 @@ impl StageKind for Fetch {
             // Reported already; the shapes below would only repeat them.
             (None, _) | (_, None) => {}
             (Some(OneOrTable::Table(members)), Some(sha)) => {
-                let listed = |keys: &[&str]| keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                let listed = |keys: &[&str]| crate::diag::ticked(keys.iter());
                 let keys: Vec<&str> = members.keys().map(String::as_str).collect();
                 for k in &keys {
                     if !cx.outs.iter().any(|o| o == k) {
@@ -463,7 +464,7 @@ impl StageKind for Fetch {
                         "sha256",
                         format!(
                             "`sha256` is a table ({}), which only goes with a `member` table of the same keys; one file takes one digest",
-                            pins.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                            crate::diag::ticked(pins.keys())
                         ),
                         None,
                     )),
@@ -814,10 +815,6 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Copies `reader` to a new file `dest`; returns its SHA-256 (hex) and size.
 fn copy_hashing(reader: &mut dyn Read, dest: &Path) -> Result<(String, u64), String> {
     let file = File::create(dest).map_err(|e| format!("cannot create `{}`: {e}", dest.display()))?;
@@ -858,10 +855,7 @@ fn extract(archive: &Path, wanted: &[(&str, &Path)]) -> Result<Vec<(String, u64)
         let files: Vec<&str> = names.iter().map(String::as_str).filter(|n| !n.ends_with('/')).collect();
         let help = diag::did_you_mean(member, files.iter().copied())
             .or_else(|| files.iter().copied().find(|n| n.rsplit('/').next() == member.rsplit('/').next()))
-            .map_or_else(
-                || format!(" ({} files, e.g. {})", files.len(), files.iter().take(5).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
-                |c| format!("; did you mean `{c}`?"),
-            );
+            .map_or_else(|| format!(" ({} files, e.g. {})", files.len(), crate::diag::ticked(files.iter().take(5))), |c| format!("; did you mean `{c}`?"));
         format!("`{shown}` has no member `{member}`{help}")
     };
     let mut results: Vec<Option<(String, u64)>> = vec![None; wanted.len()];

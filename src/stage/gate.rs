@@ -37,10 +37,6 @@ const FIELDS: &[&str] = &["reference", "thresholds", "fail_on_gate"];
 /// Relative PPL deltas allowed by default, by precision.
 pub const DEFAULT_THRESHOLDS: &[(&str, f64)] = &[("fp32", 1e-3), ("fp16", 5e-3), ("int8", 2e-2)];
 
-fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
-    LowerError { field, message, help }
-}
-
 impl StageKind for Gate {
     fn name(&self) -> &'static str {
         "gate"
@@ -60,11 +56,11 @@ impl StageKind for Gate {
         let reference = match f.get("reference") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(v) => {
-                errors.push(err(vec!["reference".into()], format!("`reference` must be a backend name, found {v}"), None));
+                errors.push(LowerError::at(vec!["reference".into()], format!("`reference` must be a backend name, found {v}"), None));
                 String::new()
             }
             None => {
-                errors.push(err(
+                errors.push(LowerError::at(
                     vec![],
                     "a `gate` stage needs `reference`, the backend the others are compared with".into(),
                     Some("reference = \"ort-cpu\"".into()),
@@ -80,29 +76,31 @@ impl StageKind for Gate {
                     let at = vec!["thresholds".to_string(), precision.clone()];
                     if !PRECISIONS.contains(&precision.as_str()) {
                         let help = crate::diag::suggest(precision, PRECISIONS.iter().copied());
-                        errors.push(err(at, format!("unknown precision `{precision}`; one of fp32, fp16, int8"), help));
+                        errors.push(LowerError::at(at, format!("unknown precision `{precision}`; one of fp32, fp16, int8"), help));
                         continue;
                     }
                     match v.as_f64() {
                         Some(x) if x >= 0.0 && x.is_finite() => {
                             thresholds.insert(precision.clone(), x);
                         }
-                        _ => errors.push(err(at, format!("a threshold is a relative delta, a number ≥ 0; found {v}"), None)),
+                        _ => errors.push(LowerError::at(at, format!("a threshold is a relative delta, a number ≥ 0; found {v}"), None)),
                     }
                 }
             }
-            Some(v) => errors.push(err(vec!["thresholds".into()], format!("`thresholds` must be a table of precision to relative delta, found {v}"), None)),
+            Some(v) => {
+                errors.push(LowerError::at(vec!["thresholds".into()], format!("`thresholds` must be a table of precision to relative delta, found {v}"), None))
+            }
         }
         let fail_on_gate = match f.get("fail_on_gate") {
             None => false,
             Some(Value::Bool(b)) => *b,
             Some(v) => {
-                errors.push(err(vec!["fail_on_gate".into()], format!("`fail_on_gate` must be a boolean, found {v}"), None));
+                errors.push(LowerError::at(vec!["fail_on_gate".into()], format!("`fail_on_gate` must be a boolean, found {v}"), None));
                 false
             }
         };
         if !cx.deps.iter().any(|d| d == "results") {
-            errors.push(err(
+            errors.push(LowerError::at(
                 vec!["deps".into()],
                 "a `gate` stage needs a dep named `results`: the perplexity results to compare".into(),
                 Some("deps = { results = \"out/perplexity/*/perplexity.json\" }".into()),

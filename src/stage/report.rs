@@ -68,10 +68,6 @@ const SINGLE: &[&str] = &["stats", "gate", "pipeline"];
 
 pub const DEFAULT_TITLE: &str = "LLM inference benchmark study";
 
-fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
-    LowerError { field, message, help }
-}
-
 impl StageKind for Report {
     fn name(&self) -> &'static str {
         "report"
@@ -92,19 +88,19 @@ impl StageKind for Report {
             None => DEFAULT_TITLE.to_string(),
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
             Some(v) => {
-                errors.push(err(vec!["title".into()], format!("`title` must be a non-empty string, found {v}"), None));
+                errors.push(LowerError::at(vec!["title".into()], format!("`title` must be a non-empty string, found {v}"), None));
                 String::new()
             }
         };
         for d in cx.deps {
             if !DEPS.contains(&d.as_str()) {
-                let help = crate::diag::suggest(d, DEPS.iter().copied())
-                    .or_else(|| Some(format!("a report reads the deps {}", DEPS.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "))));
-                errors.push(err(vec!["deps".into(), d.clone()], format!("a `report` stage has no dep `{d}`"), help));
+                let help =
+                    crate::diag::suggest(d, DEPS.iter().copied()).or_else(|| Some(format!("a report reads the deps {}", crate::diag::ticked(DEPS.iter()))));
+                errors.push(LowerError::at(vec!["deps".into(), d.clone()], format!("a `report` stage has no dep `{d}`"), help));
             }
         }
         if !cx.deps.iter().any(|d| d == "stats") {
-            errors.push(err(
+            errors.push(LowerError::at(
                 vec!["deps".into()],
                 "a `report` stage needs a dep named `stats`: a `stats` stage's `stats.json`".into(),
                 Some("deps = { stats = \"out/stats/stats.json\" }".into()),
@@ -134,7 +130,7 @@ impl StageKind for Report {
             if let Some(paths) = cx.deps.get(*dep)
                 && paths.len() > 1
             {
-                let list = paths.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
+                let list = crate::diag::ticked(paths.iter());
                 return Err(format!("the `{dep}` dep must name one file, but it matched {list}"));
             }
         }

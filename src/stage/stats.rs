@@ -74,7 +74,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use super::output::write_json;
+use super::output::{csv_field, write_json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::measure::{MODES, RunRecord};
 use crate::stats::{self, Summary};
@@ -211,7 +211,7 @@ impl StageKind for Stats {
         let paths: Vec<&String> = cx.deps.get("runs").into_iter().flatten().collect();
         let (records, inputs) = read_records(cx.root, &paths)?;
         if records.is_empty() {
-            return Err(format!("the `runs` inputs hold no run records: {}", paths.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")));
+            return Err(format!("the `runs` inputs hold no run records: {}", crate::diag::ticked(paths.iter())));
         }
         let data = Data::group(&records, baseline.as_deref())?;
         if let Some(b) = &baseline
@@ -750,11 +750,6 @@ fn table_json(columns: &[&str], rows: &[Row]) -> Value {
         })
         .collect();
     json!({ "columns": columns, "rows": rows })
-}
-
-/// A CSV field, quoted when it needs to be.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// Writes the header even without rows, so an empty table still says what it would hold.

@@ -89,10 +89,6 @@ pub fn default_scenarios() -> Vec<Scenario> {
         .collect()
 }
 
-fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
-    LowerError { field, message, help }
-}
-
 fn count(v: Option<&Value>, field: Vec<String>, default: u64, min: u64, errors: &mut Vec<LowerError>) -> u64 {
     match v {
         None => default,
@@ -100,7 +96,7 @@ fn count(v: Option<&Value>, field: Vec<String>, default: u64, min: u64, errors: 
             Some(n) if n >= min => n,
             _ => {
                 let name = field.last().cloned().unwrap_or_default();
-                errors.push(err(field, format!("`{name}` must be an integer ≥ {min}, found {v}"), None));
+                errors.push(LowerError::at(field, format!("`{name}` must be an integer ≥ {min}, found {v}"), None));
                 default
             }
         },
@@ -110,7 +106,7 @@ fn count(v: Option<&Value>, field: Vec<String>, default: u64, min: u64, errors: 
 fn scenarios(v: Option<&Value>, errors: &mut Vec<LowerError>) -> Vec<Scenario> {
     let Some(v) = v else { return default_scenarios() };
     let Some(list) = v.as_array().filter(|l| !l.is_empty()) else {
-        errors.push(err(
+        errors.push(LowerError::at(
             vec!["scenarios".into()],
             "`scenarios` must be a non-empty array of tables".into(),
             Some("scenarios = [{ name = \"short\", batch = 1, prompt_tokens = 11, new_tokens = 8 }]".into()),
@@ -127,29 +123,29 @@ fn scenarios(v: Option<&Value>, errors: &mut Vec<LowerError>) -> Vec<Scenario> {
             p
         };
         let Some(t) = s.as_object() else {
-            errors.push(err(at(""), format!("a scenario is a table with `name` and `prompt_tokens`, found {s}"), None));
+            errors.push(LowerError::at(at(""), format!("a scenario is a table with `name` and `prompt_tokens`, found {s}"), None));
             continue;
         };
         for k in t.keys().filter(|k| !SCENARIO_FIELDS.contains(&k.as_str())) {
             let help = crate::diag::suggest(k, SCENARIO_FIELDS.iter().copied());
-            errors.push(err(at(k), format!("unknown scenario field `{k}`"), help));
+            errors.push(LowerError::at(at(k), format!("unknown scenario field `{k}`"), help));
         }
         let name = match t.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => n.to_string(),
             Some(n) => {
-                errors.push(err(at("name"), format!("scenario name `{n}` must be letters, digits, `_` or `-`"), None));
+                errors.push(LowerError::at(at("name"), format!("scenario name `{n}` must be letters, digits, `_` or `-`"), None));
                 continue;
             }
             None => {
-                errors.push(err(at(""), "a scenario needs a `name`".into(), None));
+                errors.push(LowerError::at(at(""), "a scenario needs a `name`".into(), None));
                 continue;
             }
         };
         if out.iter().any(|o| o.name == name) {
-            errors.push(err(at("name"), format!("scenario `{name}` is declared twice"), None));
+            errors.push(LowerError::at(at("name"), format!("scenario `{name}` is declared twice"), None));
         }
         if !t.contains_key("prompt_tokens") {
-            errors.push(err(at(""), format!("scenario `{name}` needs `prompt_tokens`"), None));
+            errors.push(LowerError::at(at(""), format!("scenario `{name}` needs `prompt_tokens`"), None));
         }
         let batch = count(t.get("batch"), at("batch"), 1, 1, errors) as usize;
         let prompt_tokens = count(t.get("prompt_tokens"), at("prompt_tokens"), 1, 1, errors) as usize;
@@ -192,7 +188,7 @@ impl StageKind for Sweep {
                 let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
                 let help =
                     crate::diag::suggest(&shown, MODES.iter().copied()).or_else(|| Some("modes are `prefill`, `generate` and `generate_uncached`".into()));
-                errors.push(err(vec!["mode".into()], format!("unknown sweep mode `{shown}`"), help));
+                errors.push(LowerError::at(vec!["mode".into()], format!("unknown sweep mode `{shown}`"), help));
                 String::new()
             }
         };
@@ -202,7 +198,7 @@ impl StageKind for Sweep {
         let interval = count(f.get("sample_interval_ms"), vec!["sample_interval_ms".into()], 10, 0, &mut errors);
         for (dep, what) in [("tokenizer", "a tokenizer.json"), ("corpus", "a UTF-8 text the prompts are taken from")] {
             if !cx.deps.iter().any(|d| d == dep) {
-                errors.push(err(
+                errors.push(LowerError::at(
                     vec!["deps".into()],
                     format!("a `sweep` stage needs a dep named `{dep}` ({what})"),
                     Some("deps = { prefill = \"out/export/prefill\", tokenizer = \"out/export/tokenizer.json\", corpus = \"data/corpus.txt\" }".into()),
@@ -211,7 +207,7 @@ impl StageKind for Sweep {
         }
         if !mode.is_empty() && !cx.deps.iter().any(|d| d == variant_of(&mode)) {
             let v = variant_of(&mode);
-            errors.push(err(
+            errors.push(LowerError::at(
                 vec!["deps".into()],
                 format!("mode `{mode}` runs the `{v}` export, but the stage has no dep named `{v}`"),
                 Some(format!("add `{v} = \"out/export/{v}\"` to `deps` (and `\"{v}\"` to the export's `variants`)")),

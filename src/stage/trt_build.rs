@@ -170,10 +170,6 @@ pub const FP16_UNVERIFIED: &str = "fp16 requested but no layer runs in FP16";
 /// Lines of `trtexec`'s output quoted in a failure.
 const TAIL_LINES: usize = 20;
 
-fn err(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
-    LowerError { field, message, help }
-}
-
 /// The node's precision: the `precision` field, else its `precision` axis value (a string, or a
 /// table with a `name`).
 fn precision_of(cx: &LowerCx<'_>, errors: &mut Vec<LowerError>) -> String {
@@ -181,7 +177,7 @@ fn precision_of(cx: &LowerCx<'_>, errors: &mut Vec<LowerError>) -> String {
         (Some(v), _) => (v, "precision"),
         (None, Some(v)) => (v, "matrix"),
         (None, None) => {
-            errors.push(err(
+            errors.push(LowerError::at(
                 vec![],
                 "a `trt_build` node needs a precision".into(),
                 Some("add `matrix = { precision = [\"fp32\", \"fp16\", \"int8\"] }` or `precision = \"fp16\"`".into()),
@@ -192,7 +188,11 @@ fn precision_of(cx: &LowerCx<'_>, errors: &mut Vec<LowerError>) -> String {
     let name = value.as_str().or_else(|| value.get("name").and_then(Value::as_str)).unwrap_or_default();
     if !PRECISIONS.contains(&name) {
         let help = crate::diag::suggest(name, PRECISIONS.iter().copied()).or_else(|| Some("one of fp32, fp16, int8".into()));
-        errors.push(err(vec![field.into()], format!("unknown precision `{}`", if name.is_empty() { value.to_string() } else { name.to_string() }), help));
+        errors.push(LowerError::at(
+            vec![field.into()],
+            format!("unknown precision `{}`", if name.is_empty() { value.to_string() } else { name.to_string() }),
+            help,
+        ));
     }
     name.to_string()
 }
@@ -201,7 +201,7 @@ fn profiles_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerError>)
     let example = "profiles = [{ batch = [1, 1, 4], sequence = [1, 27, 512] }]";
     let Some(v) = f.get("profiles") else { return Vec::new() };
     let Some(items) = v.as_array() else {
-        errors.push(err(vec!["profiles".into()], format!("`profiles` must be a list of tables, found {v}"), Some(example.into())));
+        errors.push(LowerError::at(vec!["profiles".into()], format!("`profiles` must be a list of tables, found {v}"), Some(example.into())));
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -212,7 +212,7 @@ fn profiles_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerError>)
             p
         };
         let Some(t) = item.as_object().filter(|t| !t.is_empty()) else {
-            errors.push(err(at(None), format!("a profile is a table of dimension name → [min, opt, max], found {item}"), Some(example.into())));
+            errors.push(LowerError::at(at(None), format!("a profile is a table of dimension name → [min, opt, max], found {item}"), Some(example.into())));
             continue;
         };
         let mut dims = BTreeMap::new();
@@ -222,8 +222,10 @@ fn profiles_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerError>)
                 Some(&[min, opt, max]) if min <= opt && opt <= max && max > 0 => {
                     dims.insert(name.clone(), [min, opt, max]);
                 }
-                Some(&[_, _, _]) => errors.push(err(at(Some(name)), format!("`{name}` must satisfy min ≤ opt ≤ max with max > 0, found {sizes}"), None)),
-                _ => errors.push(err(at(Some(name)), format!("`{name}` must be [min, opt, max], three integers ≥ 0, found {sizes}"), None)),
+                Some(&[_, _, _]) => {
+                    errors.push(LowerError::at(at(Some(name)), format!("`{name}` must satisfy min ≤ opt ≤ max with max > 0, found {sizes}"), None))
+                }
+                _ => errors.push(LowerError::at(at(Some(name)), format!("`{name}` must be [min, opt, max], three integers ≥ 0, found {sizes}"), None)),
             }
         }
         out.push(Profile(dims));
@@ -239,18 +241,18 @@ fn timing_cache_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerErr
         Some(Value::Bool(false)) => return None,
         Some(Value::String(s)) => s.trim_end_matches('/').to_string(),
         Some(v) => {
-            errors.push(err(field, format!("`timing_cache` must be a directory path or false, found {v}"), None));
+            errors.push(LowerError::at(field, format!("`timing_cache` must be a directory path or false, found {v}"), None));
             return None;
         }
     };
     if let Err(e) = crate::pipeline::check_rel_path(&dir, "timing_cache") {
-        errors.push(err(field, e, None));
+        errors.push(LowerError::at(field, e, None));
         return None;
     }
     let owned = ["out", "cache/objects", "cache/actions", "cache/refs", "cache/logs", "cache/tmp"];
     if let Some(o) = owned.iter().find(|o| dir == **o || dir.starts_with(&format!("{o}/"))) {
         let help = Some(format!("use a directory of its own, such as `{DEFAULT_TIMING_CACHE}`"));
-        errors.push(err(field, format!("`timing_cache` `{dir}` is inside `{o}`, which tr118 owns and rewrites"), help));
+        errors.push(LowerError::at(field, format!("`timing_cache` `{dir}` is inside `{o}`, which tr118 owns and rewrites"), help));
         return None;
     }
     Some(dir)
@@ -283,7 +285,7 @@ impl StageKind for TrtBuild {
                 None => {
                     let help =
                         v.as_str().and_then(|s| crate::diag::suggest(s, BUILDERS.iter().copied())).unwrap_or_else(|| "`trtexec` or `tensorrt-rtx`".into());
-                    errors.push(err(vec!["builder".into()], format!("unknown builder {v}"), Some(help)));
+                    errors.push(LowerError::at(vec!["builder".into()], format!("unknown builder {v}"), Some(help)));
                     BUILDERS[0]
                 }
             },
@@ -291,7 +293,7 @@ impl StageKind for TrtBuild {
         let rtx = builder == "tensorrt-rtx";
         if rtx {
             for field in TRTEXEC_ONLY.iter().filter(|k| f.contains_key(**k)) {
-                errors.push(err(
+                errors.push(LowerError::at(
                     vec![(*field).into()],
                     format!("`{field}` is a `trtexec` setting; TensorRT for RTX takes each layer's precision from the ONNX graph and tunes no kernels while building"),
                     Some("remove it, or build with `builder = \"trtexec\"`".into()),
@@ -302,7 +304,7 @@ impl StageKind for TrtBuild {
                 ("bindings", "TensorRT for RTX's Python bindings, one module per Python version"),
             ] {
                 if !cx.deps.iter().any(|d| d == dep) {
-                    errors.push(err(
+                    errors.push(LowerError::at(
                         vec!["deps".into()],
                         format!("a `tensorrt-rtx` build needs a dep named `{dep}`: {what}"),
                         Some(
@@ -321,21 +323,21 @@ impl StageKind for TrtBuild {
             Some(v) => match v.as_u64() {
                 Some(n) if n > 0 => Some(n),
                 _ => {
-                    errors.push(err(vec!["workspace_mib".into()], format!("`workspace_mib` must be a positive integer (MiB), found {v}"), None));
+                    errors.push(LowerError::at(vec!["workspace_mib".into()], format!("`workspace_mib` must be a positive integer (MiB), found {v}"), None));
                     None
                 }
             },
         };
         let timing_cache = timing_cache_of(f, &mut errors);
         if !cx.deps.iter().any(|d| d == "model") {
-            errors.push(err(
+            errors.push(LowerError::at(
                 vec!["deps".into()],
                 "a `trt_build` stage needs a dep named `model`: the export's prefill directory or an ONNX file".into(),
                 Some("deps = { model = \"out/export/prefill\" }".into()),
             ));
         }
         if precision == "int8" && !rtx && !cx.deps.iter().any(|d| d == "calibration") {
-            errors.push(err(
+            errors.push(LowerError::at(
                 vec!["deps".into()],
                 format!("node `{}` builds an int8 plan, which needs a dep named `calibration`: a TensorRT calibration cache", cx.node),
                 Some("deps = { model = \"out/export/prefill\", calibration = \"out/calibrate/calibration.cache\" }".into()),
@@ -373,7 +375,7 @@ impl StageKind for TrtBuild {
         if !missing.is_empty() {
             return Err(format!(
                 "a `trt_build` stage must declare `facets = [\"gpu\", \"trtexec\"]` (missing: {}): a plan is made for one GPU and one TensorRT, and a result degraded for want of TensorRT must not stay cached once it is installed",
-                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                crate::diag::ticked(missing.iter())
             ));
         }
         let settings = Settings::from_config(&cx.node.config)?;
