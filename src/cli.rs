@@ -397,7 +397,7 @@ impl Workspace {
             match plan.state(i) {
                 State::Fresh { key, result, .. } if result.status == crate::store::Status::Ok => match store.manifest(key)? {
                     Some(m) => {
-                        if !remote::names_its_machine(&self.graph.pipeline.nodes[i]) {
+                        if !self.graph.pipeline.nodes[i].names_its_machine() {
                             unnamed.push(self.graph.id(i));
                         }
                         manifests.push(m);

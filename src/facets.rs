@@ -37,6 +37,12 @@ pub struct FacetError {
     pub help: Option<String>,
 }
 
+/// Whether facets `names` tell one machine from another (`cpu`, `gpu` or `host`): a
+/// measurement keyed by them is not mistaken for another machine's.
+pub fn name_a_machine(names: &[String]) -> bool {
+    names.iter().any(|f| matches!(f.as_str(), "cpu" | "gpu" | "host"))
+}
+
 /// Checks a facet name as written in a pipeline.
 pub fn check_name(name: &str) -> Result<(), FacetError> {
     if KNOWN.contains(&name) {

@@ -48,7 +48,7 @@ pub struct Set {
 
 /// Every implementation set. Bump a `version` when a change can alter what its nodes produce.
 pub const SETS: &[Set] = &[
-    Set { name: "stage", version: 1, files: &["src/stage/mod.rs", "src/stage/output.rs"] },
+    Set { name: "stage", version: 1, files: &["src/stage/mod.rs", "src/stage/output.rs", "src/stage/corpus.rs"] },
     Set { name: "cmd", version: 1, files: &["src/stage/cmd.rs"] },
     Set { name: "fetch", version: 1, files: &["src/stage/fetch.rs"] },
     Set { name: "export", version: 4, files: &["src/stage/export.rs", "src/export", "src/model", "src/onnx"] },

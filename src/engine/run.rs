@@ -305,7 +305,7 @@ pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts:
                     if let Some(tx) = &uploads
                         && !degraded
                     {
-                        if !remote::names_its_machine(&nodes[i]) {
+                        if !nodes[i].names_its_machine() {
                             unnamed_machine.push(&nodes[i].id);
                         }
                         let _ = tx.send(m.clone());

@@ -103,6 +103,13 @@ impl NodeSpec {
     pub fn out_path(&self, out: &OutSpec) -> String {
         format!("out/{}/{}", self.id, out.path)
     }
+
+    /// Whether this node's results may be reused on a machine other than the one that made
+    /// them without mixing machines up: anything but a timing node, or a timing node whose
+    /// key names the machine.
+    pub fn names_its_machine(&self) -> bool {
+        !self.timing || crate::facets::name_a_machine(&self.facets)
+    }
 }
 
 #[derive(Deserialize)]

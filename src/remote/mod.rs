@@ -108,7 +108,6 @@ pub use http::Auth;
 pub use upload::Gate;
 
 use crate::diag::Diagnostic;
-use crate::pipeline::NodeSpec;
 use crate::pipeline::fields::Fields;
 use crate::pipeline::source::{FieldPath, Source};
 
@@ -274,13 +273,6 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 0),
     };
     digits.trim().parse::<u64>().ok()?.checked_mul(1u64 << shift)
-}
-
-/// Whether a node's results may be reused on a machine other than the one that made them
-/// without mixing machines up: anything but a timing node, or a timing node whose key names
-/// the machine.
-pub fn names_its_machine(node: &NodeSpec) -> bool {
-    !node.timing || node.facets.iter().any(|f| matches!(f.as_str(), "cpu" | "gpu" | "host"))
 }
 
 /// One remote cache for one run of tr118: its client, whether it is down, what it moved.

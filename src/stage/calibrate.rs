@@ -219,7 +219,7 @@ impl StageKind for Calibrate {
         let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
 
         let text = std::fs::read_to_string(&corpus_path).map_err(|e| format!("reading corpus `{}`: {e}", corpus_path.display()))?;
-        let text = if c["strip"].as_bool().unwrap_or(true) { super::perplexity::strip_doc_markers(&text) } else { text };
+        let text = if c["strip"].as_bool().unwrap_or(true) { super::corpus::strip_doc_markers(&text) } else { text };
         let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
         tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
         let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;

@@ -12,6 +12,7 @@ use crate::pipeline::NodeSpec;
 
 pub mod calibrate;
 pub mod cmd;
+pub mod corpus;
 pub mod export;
 pub mod fetch;
 pub mod gate;

@@ -58,6 +58,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::corpus::strip_doc_markers;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::backend::{self, BackendError, BackendSpec, Capability};
 
@@ -174,12 +175,6 @@ impl StageKind for Perplexity {
         write_csv(&cx.root.join(&cx.outs["csv"]), &report.csv_row())?;
         Ok(outcome)
     }
-}
-
-/// The text without the `<doc …>` and `</doc>` lines of a Wikipedia extract; the other lines
-/// are kept as they are, newlines included.
-pub fn strip_doc_markers(text: &str) -> String {
-    text.split_inclusive('\n').filter(|l| !(l.starts_with("<doc") || l.starts_with("</doc"))).collect()
 }
 
 /// How a corpus is cut into windows.
@@ -384,10 +379,5 @@ mod tests {
             assert_eq!(seen[0], 0);
             assert!(seen[1..].iter().all(|&c| c == 1), "{n} {context} {stride}: {seen:?}");
         }
-    }
-
-    #[test]
-    fn doc_markers_are_stripped() {
-        assert_eq!(strip_doc_markers("<doc id=1>\na b\n</doc>\n<doc>\nc\n</doc>"), "a b\nc\n");
     }
 }

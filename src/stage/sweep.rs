@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::corpus::strip_doc_markers;
 use super::output::write_json;
-use super::perplexity::strip_doc_markers;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::backend::{self, Backend, BackendError, BackendSpec, Capability, Prepared};
 use crate::measure::sampler::{Sampler, SamplerConfig, SamplerOverhead};
