@@ -78,7 +78,7 @@ pub use probe::{GpuInfo, cpu_logical_threads, gpu_info};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackendSpec {
     pub name: String,
-    pub runtime: String,
+    pub runtime: Runtime,
     pub provider: Provider,
     pub precision: String,
     pub threads: Option<usize>,
@@ -135,8 +135,50 @@ const FIELDS: &[&str] = &[
     "io_binding",
 ];
 
-/// The runtimes a backend can name.
-pub const RUNTIMES: &[&str] = &["onnxruntime", "torch", "tensorrt-rtx"];
+/// What runs a backend's models, as a backend's `runtime` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Runtime {
+    #[serde(rename = "onnxruntime")]
+    OnnxRuntime,
+    #[serde(rename = "torch")]
+    Torch,
+    /// TensorRT for RTX plans, run by the torch worker's TensorRT helper.
+    #[serde(rename = "tensorrt-rtx")]
+    TensorRtRtx,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 3] = [Runtime::OnnxRuntime, Runtime::Torch, Runtime::TensorRtRtx];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::OnnxRuntime => "onnxruntime",
+            Runtime::Torch => "torch",
+            Runtime::TensorRtRtx => "tensorrt-rtx",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Runtime> {
+        Runtime::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The implementation set ([`crate::implementation::SETS`]) whose code runs this
+    /// runtime's models, and so enters the keys of the nodes that run them. TensorRT for RTX
+    /// plans run in the torch worker's helper (`python/tr118_trt.py`, `src/trt/rtx.rs`),
+    /// which the `torch` set holds.
+    pub fn implementation_set(self) -> &'static str {
+        match self {
+            Runtime::OnnxRuntime => "onnxruntime",
+            Runtime::Torch | Runtime::TensorRtRtx => "torch",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 const TORCH_COMPILE_MODES: &[&str] = &["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"];
 
 /// Fields a `[[backends]]` entry gets when the pipeline is loaded, unless it sets them:
@@ -209,12 +251,13 @@ impl BackendSpec {
         }
         let s = |k: &str| t.get(k).and_then(Value::as_str).map(str::to_string);
         let name = s("name").unwrap_or_default();
-        let runtime = s("runtime").unwrap_or_else(|| "onnxruntime".into());
-        if !RUNTIMES.contains(&runtime.as_str()) {
-            let help = crate::diag::suggest(&runtime, RUNTIMES.iter().copied()).map_or(String::new(), |h| format!("; {h}"));
-            errors.push(("runtime".into(), format!("unknown runtime `{runtime}`; backends run on `onnxruntime`, `torch` or `tensorrt-rtx`{help}")));
-        }
-        let torch = runtime == "torch";
+        let runtime_name = s("runtime").unwrap_or_else(|| "onnxruntime".into());
+        let runtime = Runtime::from_name(&runtime_name).unwrap_or_else(|| {
+            let help = crate::diag::suggest(&runtime_name, Runtime::ALL.map(Runtime::name)).map_or(String::new(), |h| format!("; {h}"));
+            errors.push(("runtime".into(), format!("unknown runtime `{runtime_name}`; backends run on `onnxruntime`, `torch` or `tensorrt-rtx`{help}")));
+            Runtime::OnnxRuntime
+        });
+        let torch = runtime == Runtime::Torch;
         let provider = match s("provider").as_deref().unwrap_or("cpu").parse::<Provider>() {
             Ok(p) => p,
             Err(e) => {
@@ -275,7 +318,7 @@ impl BackendSpec {
             // It is an input of the backend's nodes (see `implied_deps`): a workspace path.
             errors.push(("trt_int8_calibration_table".into(), e));
         }
-        if runtime == "tensorrt-rtx" {
+        if runtime == Runtime::TensorRtRtx {
             if provider != Provider::Cuda {
                 errors.push(("provider".into(), "a `tensorrt-rtx` backend runs its plans on `cuda`".into()));
             }
@@ -300,7 +343,7 @@ impl BackendSpec {
                 None
             }
         };
-        if io_binding.is_some() && runtime != "onnxruntime" {
+        if io_binding.is_some() && runtime != Runtime::OnnxRuntime {
             errors.push(("io_binding".into(), format!("`io_binding` is ONNX Runtime's; this backend runs on `{runtime}`")));
         }
         if cuda_graph && io_binding == Some(false) {
@@ -625,12 +668,11 @@ impl Backend for OrtBackend {
 /// `library` and probed (below); for torch the Hugging Face directory its worker loads
 /// ([`torch::open`]; `library` is not used).
 pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
-    match spec.runtime.as_str() {
-        "torch" => return torch::open(spec, model),
-        "tensorrt-rtx" => return torch::open_plan(spec, model),
-        _ => {}
+    match spec.runtime {
+        Runtime::Torch => torch::open(spec, model),
+        Runtime::TensorRtRtx => torch::open_plan(spec, model),
+        Runtime::OnnxRuntime => open_ort(spec, model, library),
     }
-    open_ort(spec, model, library)
 }
 
 /// Opens `spec` over the model file `model` (a prefill model: ids → logits) with the ONNX

@@ -145,10 +145,11 @@ pub trait StageKind: Send + Sync + 'static {
 }
 
 /// The implementation sets of a node that runs its `backend` matrix value: the backend
-/// dispatch and the set of the backend's runtime (`onnxruntime` unless it says `torch`).
+/// dispatch and the set of the code that runs the backend's runtime
+/// ([`crate::backend::Runtime::implementation_set`]; `onnxruntime` when it names none).
 pub fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
-    let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str);
-    ["backend", if runtime == Some("torch") { "torch" } else { "onnxruntime" }]
+    let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str).unwrap_or("onnxruntime");
+    ["backend", crate::backend::Runtime::from_name(runtime).map_or("onnxruntime", crate::backend::Runtime::implementation_set)]
 }
 
 /// The backend a per-backend node runs: its `backend` matrix value, validated. Problems are
@@ -191,7 +192,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 /// torch the dep itself, the Hugging Face directory its worker loads, and for TensorRT for RTX
 /// the `trt_build` node's directory (both checked when the backend opens).
 pub fn backend_model(spec: &crate::backend::BackendSpec, path: &Path) -> Result<PathBuf, String> {
-    if spec.runtime == "onnxruntime" { onnx_file(path) } else { Ok(path.to_path_buf()) }
+    if spec.runtime == crate::backend::Runtime::OnnxRuntime { onnx_file(path) } else { Ok(path.to_path_buf()) }
 }
 
 static REGISTRY: &[&dyn StageKind] = &[
