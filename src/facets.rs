@@ -32,19 +32,19 @@ use crate::diag;
 
 const KNOWN: &[&str] = &["cpu", "cpus", "os", "arch", "host", "ort", "gpu", "trtexec", "torch"];
 
-pub struct FacetError {
+pub(crate) struct FacetError {
     pub message: String,
     pub help: Option<String>,
 }
 
 /// Whether facets `names` tell one machine from another (`cpu`, `gpu` or `host`): a
 /// measurement keyed by them is not mistaken for another machine's.
-pub fn name_a_machine(names: &[String]) -> bool {
+pub(crate) fn name_a_machine(names: &[String]) -> bool {
     names.iter().any(|f| matches!(f.as_str(), "cpu" | "gpu" | "host"))
 }
 
 /// Checks a facet name as written in a pipeline.
-pub fn check_name(name: &str) -> Result<(), FacetError> {
+pub(crate) fn check_name(name: &str) -> Result<(), FacetError> {
     if KNOWN.contains(&name) {
         return Ok(());
     }
@@ -61,7 +61,7 @@ pub fn check_name(name: &str) -> Result<(), FacetError> {
 }
 
 /// The current value of a facet; machine facts are read once per process.
-pub fn value(name: &str) -> String {
+pub(crate) fn value(name: &str) -> String {
     if let Some(var) = name.strip_prefix("env:") {
         return std::env::var(var).unwrap_or_else(|_| "<unset>".to_string());
     }
@@ -72,7 +72,7 @@ pub fn value(name: &str) -> String {
 }
 
 /// The values of `names`, by name.
-pub fn values(names: &[String]) -> BTreeMap<String, String> {
+pub(crate) fn values(names: &[String]) -> BTreeMap<String, String> {
     names.iter().map(|n| (n.clone(), value(n))).collect()
 }
 
@@ -128,7 +128,7 @@ fn gpu() -> String {
 }
 
 /// The `gpu` facet's text for GPUs of `names` under `driver`: each model once, sorted.
-pub fn gpu_value(names: &[String], driver: Option<&str>) -> String {
+pub(crate) fn gpu_value(names: &[String], driver: Option<&str>) -> String {
     let models: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     if models.is_empty() {
         return "<none>".to_string();
@@ -138,7 +138,7 @@ pub fn gpu_value(names: &[String], driver: Option<&str>) -> String {
 }
 
 /// The CPU model as the kernel reports it.
-pub fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))

@@ -31,18 +31,18 @@
 
 pub mod backend;
 pub mod cli;
-pub mod diag;
+pub(crate) mod diag;
 pub mod digest;
-pub mod engine;
+pub(crate) mod engine;
 pub mod export;
-pub mod facets;
+pub(crate) mod facets;
 pub mod graph;
 pub mod implementation;
 pub mod key;
 pub mod measure;
 pub mod model;
 pub mod onnx;
-pub mod paths;
+pub(crate) mod paths;
 pub mod pipeline;
 pub mod quant;
 pub mod remote;

@@ -29,7 +29,7 @@ fn roots() -> Vec<PathBuf> {
 
 /// `path` as a result names it: relative to the workspace when it is inside it (directly or
 /// once symbolic links are resolved), as given otherwise. `./` prefixes are dropped.
-pub fn shown(path: &Path) -> String {
+pub(crate) fn shown(path: &Path) -> String {
     if path.is_relative() {
         let clean: PathBuf = path.components().filter(|c| !matches!(c, Component::CurDir)).collect();
         return if clean.as_os_str().is_empty() { ".".into() } else { clean.display().to_string() };
@@ -47,7 +47,7 @@ pub fn shown(path: &Path) -> String {
 
 /// `text` — a message written by another program (ONNX Runtime, Python) — with every
 /// absolute name of a path inside the workspace made relative to it.
-pub fn relative_text(text: &str) -> String {
+pub(crate) fn relative_text(text: &str) -> String {
     let mut out = text.to_string();
     for root in roots() {
         let root = root.display().to_string();

@@ -17,14 +17,20 @@ use crate::key::{StageKey, StaleReason};
 use crate::store::statcache::StatCache;
 use crate::store::{ActionResult, OutputRecord, Store};
 
-pub mod plan;
-pub mod progress;
-pub mod run;
+pub(crate) mod plan;
+pub(crate) mod progress;
+pub(crate) mod run;
 
-pub use plan::{Plan, State};
+pub(crate) use plan::{Plan, State};
 
 /// The key of node `i`, given the manifests of its upstream nodes.
-pub fn stage_key<'m>(graph: &Graph, i: usize, upstream: &dyn Fn(usize) -> Option<&'m ActionResult>, stat: &mut StatCache, root: &Path) -> io::Result<StageKey> {
+pub(crate) fn stage_key<'m>(
+    graph: &Graph,
+    i: usize,
+    upstream: &dyn Fn(usize) -> Option<&'m ActionResult>,
+    stat: &mut StatCache,
+    root: &Path,
+) -> io::Result<StageKey> {
     let node = &graph.pipeline.nodes[i];
     let mut inputs = BTreeMap::new();
     for input in &graph.inputs[i] {
@@ -57,7 +63,7 @@ pub fn stage_key<'m>(graph: &Graph, i: usize, upstream: &dyn Fn(usize) -> Option
 
 /// Why a node whose key has no usable cache entry is stale: the field-level difference
 /// from the key it was last built with.
-pub fn stale_reasons(store: &Store, node: &str, key: &Digest, sk: &StageKey) -> Vec<StaleReason> {
+pub(crate) fn stale_reasons(store: &Store, node: &str, key: &Digest, sk: &StageKey) -> Vec<StaleReason> {
     match store.read_ref(node) {
         None => vec![StaleReason::NeverBuilt],
         Some(last) if last == *key => vec![StaleReason::CacheEntryMissing],
@@ -73,7 +79,7 @@ pub fn stale_reasons(store: &Store, node: &str, key: &Digest, sk: &StageKey) -> 
 
 /// Why `m` cannot be restored from the store, if it cannot: an output's object is missing,
 /// or a directory listing is missing, corrupt or not one tr118 writes.
-pub fn missing_output(store: &Store, m: &ActionResult) -> Option<StaleReason> {
+pub(crate) fn missing_output(store: &Store, m: &ActionResult) -> Option<StaleReason> {
     m.outputs.iter().find_map(|o| match store.output_problem(o) {
         None => None,
         Some(crate::store::ObjectError::BadListing(_, why)) => Some(StaleReason::EntryInvalid { why: format!("output `{}/`: {why}", o.path) }),
@@ -83,7 +89,7 @@ pub fn missing_output(store: &Store, m: &ActionResult) -> Option<StaleReason> {
 
 /// Checks a result's outputs against the ones `node` declares: the same names, paths and
 /// kinds, each once. A manifest that records other paths was not written for this node.
-pub fn check_declared(node: &crate::pipeline::NodeSpec, result: &ActionResult) -> Result<(), String> {
+pub(crate) fn check_declared(node: &crate::pipeline::NodeSpec, result: &ActionResult) -> Result<(), String> {
     let declared = result.outputs.len() == node.outs.len()
         && result.outputs.iter().all(|o| node.outs.iter().any(|d| d.name == o.name && d.path == o.path && d.dir == o.dir));
     if declared {
@@ -96,7 +102,7 @@ pub fn check_declared(node: &crate::pipeline::NodeSpec, result: &ActionResult) -
 /// A failed restore of `out/<node>/<path>`: the node and the output it was for, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("restoring `out/{node}/{path}`: {source}")]
-pub struct RestoreError {
+pub(crate) struct RestoreError {
     pub node: String,
     pub path: String,
     #[source]
@@ -106,7 +112,7 @@ pub struct RestoreError {
 impl RestoreError {
     /// The object whose absence or damage made the restore fail, if that was the cause:
     /// the node can then be rebuilt instead.
-    pub fn object(&self) -> Option<&crate::store::ObjectError> {
+    pub(crate) fn object(&self) -> Option<&crate::store::ObjectError> {
         crate::store::ObjectError::of(&self.source)
     }
 }
@@ -115,7 +121,7 @@ impl RestoreError {
 /// was changed by hand. Returns whether anything was restored. A copy is verified against
 /// its digest; a missing or corrupt object fails with a [`RestoreError`] whose
 /// [`RestoreError::object`] names it.
-pub fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &str, outputs: &[OutputRecord]) -> Result<bool, RestoreError> {
+pub(crate) fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &str, outputs: &[OutputRecord]) -> Result<bool, RestoreError> {
     let root = store.root().to_path_buf();
     let mut restored = false;
     // A link on the way to the node's outputs (`out/a` → elsewhere) makes every output a

@@ -12,7 +12,7 @@ use crate::store::statcache::StatCache;
 use crate::store::{ActionResult, Store};
 
 #[derive(Debug, Clone)]
-pub enum State {
+pub(crate) enum State {
     /// A complete cache entry exists for the node's current key.
     Fresh { key: Digest, stage_key: StageKey, result: ActionResult },
     /// The node must run. `key` is `None` while an upstream node is stale.
@@ -20,26 +20,19 @@ pub enum State {
 }
 
 impl State {
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         matches!(self, State::Fresh { .. })
     }
 
-    pub fn key(&self) -> Option<&Digest> {
+    pub(crate) fn key(&self) -> Option<&Digest> {
         match self {
             State::Fresh { key, .. } => Some(key),
             State::Stale { key, .. } => key.as_ref().map(|(k, _)| k),
         }
     }
-
-    pub fn stage_key(&self) -> Option<&StageKey> {
-        match self {
-            State::Fresh { stage_key, .. } => Some(stage_key),
-            State::Stale { key, .. } => key.as_ref().map(|(_, sk)| sk),
-        }
-    }
 }
 
-pub struct Plan {
+pub(crate) struct Plan {
     /// The selected nodes in topological order.
     pub selected: Vec<usize>,
     /// Per node of the graph; `None` for nodes not selected.
@@ -47,35 +40,35 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn state(&self, i: usize) -> &State {
+    pub(crate) fn state(&self, i: usize) -> &State {
         self.states[i].as_ref().expect("only selected nodes are asked about")
     }
 
     /// Stale nodes with a cause of their own (not only an upstream rerun).
-    pub fn roots(&self) -> impl Iterator<Item = (usize, &[StaleReason])> {
+    pub(crate) fn roots(&self) -> impl Iterator<Item = (usize, &[StaleReason])> {
         self.selected.iter().filter_map(|&i| match self.state(i) {
             State::Stale { reasons, .. } if !reasons.iter().all(StaleReason::is_cascade) => Some((i, reasons.as_slice())),
             _ => None,
         })
     }
 
-    pub fn stale_count(&self) -> usize {
+    pub(crate) fn stale_count(&self) -> usize {
         self.selected.iter().filter(|&&i| !self.state(i).is_fresh()).count()
     }
 
     /// Whether node `i` is stale only because something upstream of it reruns.
-    pub fn is_cascade(&self, i: usize) -> bool {
+    pub(crate) fn is_cascade(&self, i: usize) -> bool {
         matches!(self.state(i), State::Stale { reasons, .. } if reasons.iter().all(StaleReason::is_cascade))
     }
 
     /// The selected nodes stale only by cascade.
-    pub fn cascaded(&self) -> BTreeSet<usize> {
+    pub(crate) fn cascaded(&self) -> BTreeSet<usize> {
         self.selected.iter().copied().filter(|&i| self.is_cascade(i)).collect()
     }
 
     /// The stale nodes with a cause of their own that node `i` is downstream of, in plan
     /// order: what to fix, or expect, for `i` to be fresh again.
-    pub fn root_causes_of(&self, graph: &Graph, i: usize) -> Vec<usize> {
+    pub(crate) fn root_causes_of(&self, graph: &Graph, i: usize) -> Vec<usize> {
         let mut seen = BTreeSet::new();
         let mut stack = vec![i];
         let mut roots = BTreeSet::new();
@@ -95,7 +88,7 @@ impl Plan {
     }
 
     /// How many selected nodes downstream of node `i` rerun because it does.
-    pub fn rerun_downstream_of(&self, graph: &Graph, i: usize) -> usize {
+    pub(crate) fn rerun_downstream_of(&self, graph: &Graph, i: usize) -> usize {
         let mut seen = BTreeSet::new();
         let mut stack = vec![i];
         while let Some(n) = stack.pop() {
@@ -109,7 +102,7 @@ impl Plan {
     }
 
     /// What `--dry-run` and `status --json` say of node `i`.
-    pub fn record(&self, graph: &Graph, i: usize) -> NodeRecord {
+    pub(crate) fn record(&self, graph: &Graph, i: usize) -> NodeRecord {
         let id = graph.id(i);
         match self.state(i) {
             State::Fresh { key, result, .. } => NodeRecord::hit(id, key, result, false, None),
@@ -120,7 +113,13 @@ impl Plan {
 
 /// Assesses node `i` once its upstream nodes are settled. `upstream` gives the manifest of
 /// an upstream node that is fresh, `None` for one that is stale.
-pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, upstream: &dyn Fn(usize) -> Option<&'m ActionResult>) -> io::Result<State> {
+pub(crate) fn assess<'m>(
+    graph: &Graph,
+    store: &Store,
+    stat: &mut StatCache,
+    i: usize,
+    upstream: &dyn Fn(usize) -> Option<&'m ActionResult>,
+) -> io::Result<State> {
     let stale_up: Vec<StaleReason> =
         graph.upstream[i].iter().filter(|&&u| upstream(u).is_none()).map(|&u| StaleReason::Upstream { node: graph.id(u).to_string() }).collect();
     if !stale_up.is_empty() {
@@ -154,7 +153,7 @@ pub fn assess<'m>(graph: &Graph, store: &Store, stat: &mut StatCache, i: usize, 
 }
 
 /// Plans the selected nodes.
-pub fn plan(graph: &Graph, store: &Store, stat: &mut StatCache, selected: Vec<usize>) -> io::Result<Plan> {
+pub(crate) fn plan(graph: &Graph, store: &Store, stat: &mut StatCache, selected: Vec<usize>) -> io::Result<Plan> {
     let mut states: Vec<Option<State>> = vec![None; graph.pipeline.nodes.len()];
     for &i in &selected {
         let state = {

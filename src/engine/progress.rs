@@ -13,7 +13,7 @@ use crate::store::{ActionResult, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Cache {
+pub(crate) enum Cache {
     Hit,
     Miss,
     Skipped,
@@ -21,7 +21,7 @@ pub enum Cache {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecordStatus {
+pub(crate) enum RecordStatus {
     Ok,
     Degraded,
     Failed,
@@ -32,7 +32,7 @@ pub enum RecordStatus {
 
 /// One line of `--json`: what happened to one node.
 #[derive(Debug, Clone, Serialize)]
-pub struct NodeRecord {
+pub(crate) struct NodeRecord {
     pub id: String,
     pub key: Option<String>,
     pub cache: Cache,
@@ -65,12 +65,12 @@ impl NodeRecord {
 
     /// A node whose cache entry was used: `restored` when its files under `out/` had to be
     /// written again, `remote` when the entry came from the remote cache.
-    pub fn hit(id: &str, key: &Digest, result: &ActionResult, restored: bool, remote: Option<RemoteHit>) -> NodeRecord {
+    pub(crate) fn hit(id: &str, key: &Digest, result: &ActionResult, restored: bool, remote: Option<RemoteHit>) -> NodeRecord {
         NodeRecord { detail: result.reason.clone(), restored, remote, ..NodeRecord::new(id, Some(key), Cache::Hit, outcome(result)) }
     }
 
     /// A node that ran for `reasons` and produced `result`.
-    pub fn ran(id: &str, key: &Digest, reasons: &[StaleReason], result: &ActionResult, duration_ms: f64) -> NodeRecord {
+    pub(crate) fn ran(id: &str, key: &Digest, reasons: &[StaleReason], result: &ActionResult, duration_ms: f64) -> NodeRecord {
         NodeRecord {
             reason: Some(reasons_text(reasons)),
             detail: result.reason.clone(),
@@ -81,17 +81,17 @@ impl NodeRecord {
 
     /// A node that failed: while running for `reasons` (`cache` is a miss), or while its
     /// cache entry was restored (a hit, no reasons).
-    pub fn failed(id: &str, key: &Digest, cache: Cache, reasons: Option<&[StaleReason]>, message: String, duration_ms: f64) -> NodeRecord {
+    pub(crate) fn failed(id: &str, key: &Digest, cache: Cache, reasons: Option<&[StaleReason]>, message: String, duration_ms: f64) -> NodeRecord {
         NodeRecord { reason: reasons.map(reasons_text), detail: Some(message), duration_ms, ..NodeRecord::new(id, Some(key), cache, RecordStatus::Failed) }
     }
 
     /// A node that did not run: `detail` says why.
-    pub fn skipped(id: &str, key: Option<&Digest>, reasons: Option<&[StaleReason]>, detail: String) -> NodeRecord {
+    pub(crate) fn skipped(id: &str, key: Option<&Digest>, reasons: Option<&[StaleReason]>, detail: String) -> NodeRecord {
         NodeRecord { reason: reasons.map(reasons_text), detail: Some(detail), ..NodeRecord::new(id, key, Cache::Skipped, RecordStatus::Skipped) }
     }
 
     /// `--dry-run` and `status`: a node that would run for `reasons`.
-    pub fn pending(id: &str, key: Option<&Digest>, reasons: &[StaleReason]) -> NodeRecord {
+    pub(crate) fn pending(id: &str, key: Option<&Digest>, reasons: &[StaleReason]) -> NodeRecord {
         NodeRecord { reason: Some(reasons_text(reasons)), ..NodeRecord::new(id, key, Cache::Miss, RecordStatus::Pending) }
     }
 }
@@ -103,14 +103,14 @@ fn outcome(result: &ActionResult) -> RecordStatus {
 
 /// What a node taken from the remote cache moved and saved.
 #[derive(Debug, Clone, Serialize)]
-pub struct RemoteHit {
+pub(crate) struct RemoteHit {
     /// The entry and the blobs the local store lacked.
     pub bytes_down: u64,
     /// The node's run time as its manifest records it.
     pub saved_ms: f64,
 }
 
-pub fn reasons_text(reasons: &[StaleReason]) -> String {
+pub(crate) fn reasons_text(reasons: &[StaleReason]) -> String {
     reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
@@ -120,13 +120,13 @@ enum Mode {
     Json,
 }
 
-pub struct Reporter {
+pub(crate) struct Reporter {
     mode: Mode,
     verbose: u8,
 }
 
 impl Reporter {
-    pub fn new(json: bool, verbose: u8, to_run: usize) -> Reporter {
+    pub(crate) fn new(json: bool, verbose: u8, to_run: usize) -> Reporter {
         let mode = if json {
             Mode::Json
         } else if std::io::stderr().is_terminal() && to_run > 0 {
@@ -143,14 +143,14 @@ impl Reporter {
     }
 
     /// A line for people (stderr), kept clear of the progress bar.
-    pub fn line(&self, text: &str) {
+    pub(crate) fn line(&self, text: &str) {
         match &self.mode {
             Mode::Bar(bar) => bar.println(text),
             Mode::Plain | Mode::Json => eprintln!("{text}"),
         }
     }
 
-    pub fn started(&self, id: &str, reasons: &[StaleReason], key: Option<&StageKey>, running: &[&str]) {
+    pub(crate) fn started(&self, id: &str, reasons: &[StaleReason], key: Option<&StageKey>, running: &[&str]) {
         if let Mode::Bar(bar) = &self.mode {
             bar.set_message(running.join(", "));
         }
@@ -164,7 +164,7 @@ impl Reporter {
         }
     }
 
-    pub fn finished(&self, r: &NodeRecord) {
+    pub(crate) fn finished(&self, r: &NodeRecord) {
         if let Mode::Json = self.mode {
             let mut out = std::io::stdout().lock();
             let _ = serde_json::to_writer(&mut out, r);
@@ -195,13 +195,9 @@ impl Reporter {
         }
     }
 
-    pub fn done(&self) {
+    pub(crate) fn done(&self) {
         if let Mode::Bar(bar) = &self.mode {
             bar.finish_and_clear();
         }
-    }
-
-    pub fn is_json(&self) -> bool {
-        matches!(self.mode, Mode::Json)
     }
 }

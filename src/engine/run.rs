@@ -35,7 +35,7 @@ use crate::stage::{Outcome, RunCx};
 use crate::store::statcache::StatCache;
 use crate::store::{ActionResult, Manifest, ObjectError, OutputRecord, Status, Store};
 
-pub struct Options<'r> {
+pub(crate) struct Options<'r> {
     pub jobs: usize,
     pub keep_going: bool,
     /// Looked up before a stale node runs; what runs and succeeds is uploaded to it.
@@ -45,14 +45,14 @@ pub struct Options<'r> {
     pub fetch_only: bool,
 }
 
-pub struct Summary {
+pub(crate) struct Summary {
     pub records: Vec<NodeRecord>,
     pub failures: Vec<Failure>,
 }
 
 /// Why a node failed. Nothing of it is cached.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub node: String,
     pub message: String,
     /// The run's combined stdout/stderr, kept for reading.
@@ -63,7 +63,7 @@ pub struct Failure {
 }
 
 impl Summary {
-    pub fn count(&self, f: impl Fn(&NodeRecord) -> bool) -> usize {
+    pub(crate) fn count(&self, f: impl Fn(&NodeRecord) -> bool) -> usize {
         self.records.iter().filter(|r| f(r)).count()
     }
 }
@@ -76,7 +76,7 @@ struct Done {
 
 /// Why running a node failed. Nothing of it is cached.
 #[derive(Debug, Clone)]
-pub enum NodeError {
+pub(crate) enum NodeError {
     /// The stage failed, or storing what it wrote did.
     Failed(String),
     /// The node ran but did not do what the pipeline declares (an out not written): the
@@ -85,7 +85,7 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    pub fn is_input(&self) -> bool {
+    pub(crate) fn is_input(&self) -> bool {
         matches!(self, NodeError::Declared(_))
     }
 }
@@ -114,7 +114,7 @@ enum Phase {
     Skipped,
 }
 
-pub fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts: &Options, reporter: &Reporter) -> io::Result<Summary> {
+pub(crate) fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan, opts: &Options, reporter: &Reporter) -> io::Result<Summary> {
     let nodes = &graph.pipeline.nodes;
     let n = nodes.len();
     let position: BTreeMap<usize, usize> = plan.selected.iter().enumerate().map(|(p, &i)| (i, p)).collect();
@@ -391,7 +391,7 @@ thread_local! {
 
 /// Installs a panic hook that stays quiet for panics [`catching`] turns into errors (and
 /// notes where they happened), and prints every other panic as Rust does.
-pub fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if CATCHING.with(Cell::get) {
