@@ -170,3 +170,84 @@ impl Manifest {
         check_outputs(&self.outputs, &self.stage_key.outs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(path: &str, dir: bool) -> OutputRecord {
+        OutputRecord { name: "o".into(), path: path.into(), digest: Digest([1; 32]), size: 3, dir, exec: false }
+    }
+
+    /// A manifest as the engine writes one: its key is its stage key's digest, sealed.
+    fn manifest() -> Manifest {
+        let stage_key = StageKey {
+            kind: "cmd".into(),
+            implementation: BTreeMap::new(),
+            stage_version: 1,
+            matrix: BTreeMap::new(),
+            params: BTreeMap::new(),
+            config: serde_json::json!(["true"]),
+            inputs: BTreeMap::new(),
+            outs: vec!["a.txt".into(), "d/".into()],
+            device: "cpu".into(),
+            facets: BTreeMap::new(),
+        };
+        Manifest {
+            schema: SCHEMA,
+            node: "n".into(),
+            key: stage_key.digest(),
+            stage_key,
+            status: Status::Ok,
+            reason: None,
+            outputs: vec![output("a.txt", false), output("d", true)],
+            started_at: 0,
+            duration_ms: 1.0,
+            env: BTreeMap::new(),
+            log: None,
+            seal: Digest([0; 32]),
+        }
+        .sealed()
+    }
+
+    #[test]
+    fn a_sealed_manifest_verifies_and_every_claim_it_seals_is_checked() {
+        let m = manifest();
+        let key = m.key;
+        assert_eq!(m.verify(&key), Ok(()));
+        assert_eq!(ActionResult::from(m.clone()).verify(&key), Ok(()));
+        // Filed under another key.
+        assert!(m.verify(&Digest([9; 32])).unwrap_err().contains("not for the key"));
+        // Each sealed field edited after sealing.
+        let edits: [(&str, fn(&mut Manifest)); 5] = [
+            ("status", |m| m.status = Status::Degraded),
+            ("reason", |m| m.reason = Some("x".into())),
+            ("digest", |m| m.outputs[0].digest = Digest([2; 32])),
+            ("size", |m| m.outputs[0].size += 1),
+            ("log", |m| m.log = Some(Digest([3; 32]))),
+        ];
+        for (what, edit) in edits {
+            let mut e = m.clone();
+            edit(&mut e);
+            assert!(e.verify(&key).unwrap_err().contains("seal"), "an edited {what} verified");
+            assert!(ActionResult::from(e).verify(&key).unwrap_err().contains("seal"), "an edited {what} verified as a result");
+        }
+        // Unsealed fields are not claims: a different run time is the same result.
+        let mut e = m.clone();
+        e.duration_ms = 5.0;
+        assert_eq!(e.verify(&key), Ok(()));
+    }
+
+    #[test]
+    fn outputs_must_be_exactly_the_declared_ones() {
+        let declared = vec!["a.txt".to_string(), "d/".to_string()];
+        assert_eq!(check_outputs(&[output("d", true), output("a.txt", false)], &declared), Ok(()));
+        assert!(check_outputs(&[output("a.txt", false)], &declared).unwrap_err().contains("no output `d/`"));
+        assert!(check_outputs(&[output("a.txt", false), output("d", true), output("e", false)], &declared).unwrap_err().contains("`e`"));
+        // A directory recorded as a file is another output.
+        assert!(check_outputs(&[output("a.txt", false), output("d", false)], &declared).is_err());
+        // The same output twice, or a path that leaves the node's directory.
+        assert!(check_outputs(&[output("a.txt", false), output("a.txt", false)], &declared).is_err());
+        assert!(check_outputs(&[output("../a.txt", false), output("d", true)], &["../a.txt".into(), "d/".into()]).unwrap_err().contains("../a.txt"));
+    }
+}
