@@ -219,7 +219,8 @@ mod tests {
         // Filed under another key.
         assert!(m.verify(&Digest([9; 32])).unwrap_err().contains("not for the key"));
         // Each sealed field edited after sealing.
-        let edits: [(&str, fn(&mut Manifest)); 5] = [
+        type Edit = (&'static str, fn(&mut Manifest));
+        let edits: [Edit; 5] = [
             ("status", |m| m.status = Status::Degraded),
             ("reason", |m| m.reason = Some("x".into())),
             ("digest", |m| m.outputs[0].digest = Digest([2; 32])),
