@@ -23,14 +23,12 @@
 //! | `also_fp16` reruns the int8 plan only                              | which nodes run, the argv                           |
 //! | bad declarations are named                                         | diagnostics and failures                            |
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::support::reference::random_weights_scaled;
+use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
-use support::reference::random_weights_scaled;
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};

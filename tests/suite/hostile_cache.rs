@@ -20,15 +20,13 @@
 //! | a link inside a directory output is named, dangling or outside               | `link_inside_a_directory_output_is_named` |
 //! | a link under `out/` is replaced, never written through                       | `link_under_out_is_replaced_not_followed` |
 
-mod support;
-
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::http::Server;
+use crate::support::workspace::{Make, Workspace};
 use serde_json::json;
-use support::http::Server;
-use support::workspace::{Make, Workspace};
 use tr118::digest::{Digest, Tree, TreeEntry};
 use tr118::remote::http::sha256_hex;
 use tr118::store::Manifest;

@@ -10,15 +10,13 @@
 //! | no output and no manifest names the workspace's absolute path         | every file under `out/` and `cache/actions/`      |
 //! | a second checkout pulling from the remote cache runs only the degraded nodes, which are never shared, and they come out byte-identical, so the gate, the statistics and the report are hits | the nodes that ran, `remote` of each record, `out/` byte for byte |
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use support::nginx::Nginx;
-use support::study::workspace as checkout;
-use support::workspace::{Make, Workspace};
+use crate::support::nginx::Nginx;
+use crate::support::study::workspace as checkout;
+use crate::support::workspace::{Make, Workspace};
 
 /// Node id → key.
 fn keys(m: &Make) -> BTreeMap<String, String> {

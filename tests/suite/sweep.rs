@@ -9,13 +9,12 @@
 //! | a mode without its variant's dep, a misspelt scenario field | exit 2 naming the variant, the field with its line |
 //! | `stats` over a real CPU sweep and a degraded `cuda` one   | the records' own means; the degraded backend's rows: rate 1, no numbers, its reason with the count |
 
-mod support;
-
 use std::fs;
 use std::sync::OnceLock;
 
-use support::reference::{self, Rng, Weights, random_weights_scaled};
-use support::workspace::Workspace;
+use crate::support;
+use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
+use crate::support::workspace::Workspace;
 use tr118::measure::RunRecord;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};

@@ -1,4 +1,4 @@
-//! Helpers shared by integration tests: `mod support;` in a test file brings them in.
+//! Helpers shared by the test modules: `use crate::support::…` in a test file brings them in.
 //!
 //! | module        | holds                                                               |
 //! |---------------|---------------------------------------------------------------------|
@@ -9,9 +9,6 @@
 //! | [`rtx`]       | TensorRT for RTX, fetched once by the default pipeline's own stages   |
 //! | [`study`]     | the reduced study: the default study's shape on a tiny random Llama   |
 //! | [`workspace`] | a throwaway workspace, the real binary run on it, its `--json` records |
-
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
 
 pub mod http;
 pub mod nginx;
@@ -30,7 +27,7 @@ use tr118::runtime::{self, Runtime};
 /// The ONNX Runtime library for tests: `ORT_DYLIB_PATH`, else the pinned `onnxruntime==1.31.1`
 /// that `scripts/fetch-ort.sh` fetches from PyPI once into `.tr118-dev/`. Never skipped: a
 /// test of the runtime that could pass without one would prove nothing. Located once per
-/// test binary.
+/// process.
 pub fn ort_library() -> &'static Path {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY.get_or_init(locate_ort_library)

@@ -15,15 +15,13 @@
 //! | a URL with credentials is an error naming where it was written     | exit code, diagnostic                            |
 //! | degraded results are never uploaded                               | the server's entries                             |
 
-mod support;
-
 use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use crate::support::nginx::{Access, Nginx, free_port};
+use crate::support::workspace::{Make, Workspace};
 use serde_json::Value;
-use support::nginx::{Access, Nginx, free_port};
-use support::workspace::{Make, Workspace};
 
 const STUDY: &str = r#"
 [stages.a]

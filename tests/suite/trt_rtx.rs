@@ -17,12 +17,11 @@
 //! | another library (its files are deps) rebuilds every plan              | which nodes run, `why`'s output                   |
 //! | no Python, or no bindings for this Python: degraded with the reason   | the records, `build.json`                         |
 
-mod support;
-
+use crate::support;
+use crate::support::onnx::{Dim, FLOAT, Graph};
+use crate::support::reference::{Rng, random_weights_scaled, tiny_gpt2, tiny_llama};
+use crate::support::workspace::Workspace;
 use serde_json::Value;
-use support::onnx::{Dim, FLOAT, Graph};
-use support::reference::{Rng, random_weights_scaled, tiny_gpt2, tiny_llama};
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{ModelConfig, RopeLayout};

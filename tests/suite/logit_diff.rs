@@ -10,15 +10,14 @@
 //! | `cuda` where the library has no CUDA is degraded        | the record, the JSON (null numbers), the CSV      |
 //! | a `logit_diff` stage without a backend axis             | a pipeline error                                  |
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
+use crate::support;
+use crate::support::reference::random_weights_scaled;
+use crate::support::workspace::Workspace;
 use prost::Message;
 use serde_json::Value;
-use support::reference::random_weights_scaled;
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};

@@ -28,16 +28,15 @@
 //! over several units; [`reference_of`] asserts the spread, so a graph that dropped a
 //! layer, a head or a rotation could not pass by comparing near-zero numbers.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::support;
+use crate::support::reference::{self, Weights, random_weights_scaled};
+use crate::support::workspace::{Run, Workspace};
 use ndarray::ArrayD;
 use serde_json::Value;
-use support::reference::{self, Weights, random_weights_scaled};
-use support::workspace::{Run, Workspace};
 use tr118::model::dtype::DType;
 use tr118::model::gguf::{GgufHeader, MetaValue};
 use tr118::model::write::{Tensor, write_gguf, write_hf};

@@ -12,14 +12,13 @@
 //! The tokenizer is a word-level `tokenizer.json` written here (`t0` … `t{V-1}` → id), so the
 //! test knows the corpus's token ids without trusting the stage's tokenisation.
 
-mod support;
-
 use std::fs;
 use std::sync::OnceLock;
 
+use crate::support;
+use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
+use crate::support::workspace::Workspace;
 use serde_json::json;
-use support::reference::{self, Rng, Weights, random_weights_scaled};
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};

@@ -14,15 +14,14 @@
 //! | bad fields                                         | diagnostics naming the field                     |
 //! | every CSV cell                                     | never `NaN`, `None`, `inf`, `null`               |
 //!
-//! The fixture is `tests/fixtures/stats/expected.json`; `tests/stats.rs` says how it is made.
-
-mod support;
+//! The fixture is `tests/fixtures/stats/expected.json`; `tests/suite/stats.rs` says how it is made.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
+use crate::support;
+use crate::support::workspace::Workspace;
 use serde_json::Value;
-use support::workspace::Workspace;
 use tr118::measure::{Resources, RunRecord};
 
 const REL_TOL: f64 = 1e-9;

@@ -14,13 +14,11 @@
 //! Runs that would fill memory or hang without the limit under test are bounded here, in
 //! address space and in wall time, so that a regression fails the test instead of the machine.
 
-mod support;
-
 use std::fs::{self, File};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::workspace::{BIN, Run, Workspace};
+use crate::support::workspace::{BIN, Run, Workspace};
 
 /// `tr118 -C <root> ARGS` with at most 2 GiB of address space and `secs` of wall time; a
 /// run past its time is killed, and its exit code is `None`.
