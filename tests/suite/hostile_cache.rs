@@ -204,7 +204,7 @@ fn local_manifest_with_escaping_path_is_rebuilt_and_reported() {
     let run = ws.make_ok();
     assert!(!ws.path("escaped.txt").exists());
     assert_eq!(run.ran(), ["a"]);
-    assert!(run.record("a")["reason"].as_str().unwrap().contains("cache entry cannot be used"), "{}", run.run);
+    assert!(run.record("a").reason.as_deref().unwrap().contains("cache entry cannot be used"), "{}", run.run);
     assert_eq!(ws.read("out/a/a.txt"), b"alpha\n");
 }
 
@@ -250,7 +250,7 @@ fn edited_manifest_is_rebuilt_and_reported() {
         fsck.code(1).stdout_has("seal does not match");
         let run = ws.make_ok();
         assert_eq!(run.ran(), ["a"], "{edit}: {}", run.run);
-        assert!(run.record("a")["reason"].as_str().unwrap().contains("seal"), "{}", run.run);
+        assert!(run.record("a").reason.as_deref().unwrap().contains("seal"), "{}", run.run);
         assert_eq!(ws.read("out/a/a.txt"), b"alpha\n");
         ws.tr(&["fsck"]).code(0);
     }

@@ -240,7 +240,7 @@ fn cuda_backend_without_cuda_is_degraded_with_the_reason() {
     let m = ws.make();
     assert_eq!(m.run.code, Some(0), "a degraded node is not a failure: {}", m.run.stderr);
     assert_eq!(m.status("diff/gpu"), "degraded");
-    let detail = m.records["diff/gpu"]["detail"].as_str().unwrap_or("");
+    let detail = m.record("diff/gpu").detail.as_deref().unwrap_or("");
     assert!(detail.contains("`cuda` is not available"), "{detail}");
 
     let report = ws.json("out/diff/gpu/logit_diff.json");

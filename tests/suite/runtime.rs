@@ -449,7 +449,7 @@ fn a_provider_library_beside_the_runtime_is_in_the_ort_facet() {
     let digest = |bytes: &[u8]| blake3::hash(bytes).to_hex()[..12].to_string();
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["s"], "{}", m.run);
-    let reason = m.record("s")["reason"].as_str().unwrap().to_string();
+    let reason = m.record("s").reason.as_deref().unwrap().to_string();
     let named = format!("; libonnxruntime_providers_shared.so {}", digest(b"provider, first build"));
     assert!(reason.contains("environment facet `ort` changed") && reason.contains(&named), "{reason}");
     assert!(!reason.contains(&system.path().display().to_string()), "the facet names no directory: {reason}");
@@ -459,7 +459,7 @@ fn a_provider_library_beside_the_runtime_is_in_the_ort_facet() {
     fs::write(&shared, b"provider, second build").unwrap();
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["s"], "{}", m.run);
-    let reason = m.record("s")["reason"].as_str().unwrap().to_string();
+    let reason = m.record("s").reason.as_deref().unwrap().to_string();
     assert!(reason.contains(&format!("{named} → ")) && reason.contains(&digest(b"provider, second build")), "{reason}");
 }
 
