@@ -9,7 +9,7 @@
 # with ordinary ones), runs each from its seeds in fuzz/seeds/TARGET/ into
 # fuzz/findings/TARGET/ (both resumable and git-ignored), and prints executions, coverage,
 # crashes and hangs. Each crash is minimised with afl-tmin and copied to
-# tests/fixtures/fuzz-crashes/TARGET/, where tests/untrusted_inputs.rs replays it; a new
+# tests/fixtures/fuzz-crashes/TARGET/, where tests/suite/untrusted_inputs.rs replays it; a new
 # one there needs a fix and is then a regression test.
 #
 # The fuzzer runs at the lowest priority (nice 19) and unbound to any CPU, so that it can

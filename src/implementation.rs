@@ -15,12 +15,12 @@
 //!
 //! The version enters the key; `implementation.lock` at the repository root records, for each
 //! set, the version and the blake3 of every file it was last checked with. The test
-//! `tests/implementation.rs` recomputes those digests and fails — naming the set, the files
+//! `tests/suite/implementation.rs` recomputes those digests and fails — naming the set, the files
 //! and the version to bump — whenever a file changed and the lock did not, so a change to a
 //! result's code cannot land without a decision:
 //!
 //! - the change can alter results: bump the set's `version` below, then record the new lock
-//!   with `TR118_BLESS=1 cargo test --release --test implementation`; every dependent node's
+//!   with `TR118_BLESS=1 cargo test --release --test suite implementation::`; every dependent node's
 //!   key moves and `why` says `implementation of `sweep` changed (version 1 → 2: …)`;
 //! - it cannot (a refactor, a comment, a rename): record the lock under the same version; no
 //!   key moves and no study is remeasured. The lock's diff shows the reviewer which it was.
@@ -113,8 +113,9 @@ pub fn files(root: &Path, set: &Set) -> Result<Vec<String>, String> {
 /// `implementation.lock` for the sources under `root`: one line per file of each set,
 /// `set version path blake3`, sets in the order of [`SETS`].
 pub fn lock(root: &Path) -> Result<String, String> {
-    let mut text =
-        String::from("# Written by `TR118_BLESS=1 cargo test --release --test implementation`; see src/implementation.rs.\n# set version file blake3\n");
+    let mut text = String::from(
+        "# Written by `TR118_BLESS=1 cargo test --release --test suite implementation::`; see src/implementation.rs.\n# set version file blake3\n",
+    );
     for set in SETS {
         for file in files(root, set)? {
             let (d, _) = crate::digest::hash_file(&root.join(&file)).map_err(|e| format!("`{file}`: {e}"))?;
@@ -141,21 +142,21 @@ impl std::fmt::Display for Drift {
         match self.locked {
             Some(v) if v == self.version => write!(
                 f,
-                "implementation `{}` changed ({files}) but its version is still {v}: if the change can alter results, bump `version` of `{}` in src/implementation.rs to {}; if it cannot (a refactor), keep it. Then record the lock with `TR118_BLESS=1 cargo test --release --test implementation`",
+                "implementation `{}` changed ({files}) but its version is still {v}: if the change can alter results, bump `version` of `{}` in src/implementation.rs to {}; if it cannot (a refactor), keep it. Then record the lock with `TR118_BLESS=1 cargo test --release --test suite implementation::`",
                 self.set,
                 self.set,
                 v + 1
             ),
             Some(v) => write!(
                 f,
-                "implementation `{}` is at version {} but implementation.lock records version {v}{}: record the lock with `TR118_BLESS=1 cargo test --release --test implementation`",
+                "implementation `{}` is at version {} but implementation.lock records version {v}{}: record the lock with `TR118_BLESS=1 cargo test --release --test suite implementation::`",
                 self.set,
                 self.version,
                 if files.is_empty() { String::new() } else { format!(" (files changed: {files})") }
             ),
             None => write!(
                 f,
-                "implementation `{}` is not in implementation.lock: record it with `TR118_BLESS=1 cargo test --release --test implementation`",
+                "implementation `{}` is not in implementation.lock: record it with `TR118_BLESS=1 cargo test --release --test suite implementation::`",
                 self.set
             ),
         }

@@ -9,7 +9,8 @@
 //! | sample counts | two per window at interval 0; `stop` equals the windows' sum; none between windows |
 //! | GPU fields | present exactly when `backend::probe::gpu_info` finds the GPU (never here) |
 //!
-//! CPU shares are process-wide, so the tests run one at a time.
+//! CPU shares and memory are process-wide, so the tests run one at a time, and in a binary of
+//! their own: in the suite's process, other tests' threads would add to what they measure.
 
 use std::hint::black_box;
 use std::sync::{Mutex, MutexGuard};

@@ -20,15 +20,13 @@
 //! | a link inside a directory output is named, dangling or outside               | `link_inside_a_directory_output_is_named` |
 //! | a link under `out/` is replaced, never written through                       | `link_under_out_is_replaced_not_followed` |
 
-mod support;
-
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::http::Server;
+use crate::support::workspace::{Make, Workspace};
 use serde_json::json;
-use support::http::Server;
-use support::workspace::{Make, Workspace};
 use tr118::digest::{Digest, Tree, TreeEntry};
 use tr118::remote::http::sha256_hex;
 use tr118::store::Manifest;
@@ -206,7 +204,7 @@ fn local_manifest_with_escaping_path_is_rebuilt_and_reported() {
     let run = ws.make_ok();
     assert!(!ws.path("escaped.txt").exists());
     assert_eq!(run.ran(), ["a"]);
-    assert!(run.record("a")["reason"].as_str().unwrap().contains("cache entry cannot be used"), "{}", run.run);
+    assert!(run.record("a").reason.as_deref().unwrap().contains("cache entry cannot be used"), "{}", run.run);
     assert_eq!(ws.read("out/a/a.txt"), b"alpha\n");
 }
 
@@ -252,7 +250,7 @@ fn edited_manifest_is_rebuilt_and_reported() {
         fsck.code(1).stdout_has("seal does not match");
         let run = ws.make_ok();
         assert_eq!(run.ran(), ["a"], "{edit}: {}", run.run);
-        assert!(run.record("a")["reason"].as_str().unwrap().contains("seal"), "{}", run.run);
+        assert!(run.record("a").reason.as_deref().unwrap().contains("seal"), "{}", run.run);
         assert_eq!(ws.read("out/a/a.txt"), b"alpha\n");
         ws.tr(&["fsck"]).code(0);
     }

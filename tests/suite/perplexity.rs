@@ -12,14 +12,13 @@
 //! The tokenizer is a word-level `tokenizer.json` written here (`t0` … `t{V-1}` → id), so the
 //! test knows the corpus's token ids without trusting the stage's tokenisation.
 
-mod support;
-
 use std::fs;
 use std::sync::OnceLock;
 
+use crate::support;
+use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
+use crate::support::workspace::Workspace;
 use serde_json::json;
-use support::reference::{self, Rng, Weights, random_weights_scaled};
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
@@ -219,8 +218,8 @@ fn an_unavailable_provider_is_degraded_with_its_reason_and_cached_as_such() {
 
     let first = ws.make_ok();
     let rec = first.record("perplexity/gpu");
-    assert_eq!(rec["status"], "degraded", "{}", first.run);
-    assert!(rec["detail"].as_str().unwrap_or("").contains("cuda"), "reason names the provider: {rec}");
+    assert_eq!(rec.status, "degraded", "{}", first.run);
+    assert!(rec.detail.as_deref().unwrap_or("").contains("cuda"), "reason names the provider: {rec:?}");
     let got = ws.json("out/perplexity/gpu/perplexity.json");
     assert_eq!(got["status"], "degraded");
     assert!(got["reason"].as_str().unwrap().contains("cuda"), "{got}");
@@ -230,9 +229,9 @@ fn an_unavailable_provider_is_degraded_with_its_reason_and_cached_as_such() {
 
     let second = ws.make_ok();
     let rec = second.record("perplexity/gpu");
-    assert_eq!(rec["cache"], "hit", "{}", second.run);
-    assert_eq!(rec["status"], "degraded", "{}", second.run);
-    assert!(rec["detail"].as_str().unwrap_or("").contains("cuda"), "{rec}");
+    assert_eq!(rec.cache, "hit", "{}", second.run);
+    assert_eq!(rec.status, "degraded", "{}", second.run);
+    assert!(rec.detail.as_deref().unwrap_or("").contains("cuda"), "{rec:?}");
 }
 
 /// Backends `ref` and `same` (fp32, one model), `half` (the fp16 export), `gpu` (cuda).
@@ -257,7 +256,7 @@ fn the_gate_passes_equal_backends_fails_a_distant_one_and_leaves_degraded_ones_u
     let (ws, lib) = workspace();
     ws.write("tr118.toml", gate_pipeline(&lib, 2, false));
     let m = ws.make_ok();
-    assert_eq!(m.record("gate")["status"], "ok", "{}", m.run);
+    assert_eq!(m.record("gate").status, "ok", "{}", m.run);
 
     let gate = ws.json("out/gate/gate.json");
     let ppl = |b: &str| ws.json(&format!("out/perplexity/{b}/perplexity.json"))["ppl"].as_f64().unwrap();
@@ -291,8 +290,8 @@ fn the_gate_passes_equal_backends_fails_a_distant_one_and_leaves_degraded_ones_u
     let m = ws.make();
     assert_eq!(m.run.code, Some(1), "{}", m.run);
     let rec = m.record("gate");
-    assert_eq!(rec["status"], "failed", "{}", m.run);
-    assert!(rec["detail"].as_str().unwrap_or("").contains("`half`"), "{rec}");
+    assert_eq!(rec.status, "failed", "{}", m.run);
+    assert!(rec.detail.as_deref().unwrap_or("").contains("`half`"), "{rec:?}");
 }
 
 #[test]
@@ -302,8 +301,8 @@ fn a_missing_reference_degrades_the_gate() {
     ws.write("tr118.toml", toml);
     let m = ws.make_ok();
     let rec = m.record("gate");
-    assert_eq!(rec["status"], "degraded", "{}", m.run);
-    assert!(rec["detail"].as_str().unwrap_or("").contains("`gpu` is degraded"), "{rec}");
+    assert_eq!(rec.status, "degraded", "{}", m.run);
+    assert!(rec.detail.as_deref().unwrap_or("").contains("`gpu` is degraded"), "{rec:?}");
     let gate = ws.json("out/gate/gate.json");
     assert!(gate["backends"].as_array().unwrap().iter().all(|r| r["pass"].is_null()), "{gate}");
 }
@@ -335,7 +334,7 @@ fn a_perplexity_that_reruns_and_scores_the_same_is_the_same_file_and_the_gate_a_
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["perplexity/gpu", "perplexity/half", "perplexity/ref", "perplexity/same"], "{}", m.run);
     assert_eq!(ws.read("out/perplexity/ref/perplexity.json"), before, "the rerun wrote other bytes");
-    assert_eq!(m.record("gate")["cache"], "hit", "the gate's inputs are the same bytes: early cutoff\n{}", m.run);
+    assert_eq!(m.record("gate").cache, "hit", "the gate's inputs are the same bytes: early cutoff\n{}", m.run);
 }
 
 #[test]

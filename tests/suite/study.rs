@@ -9,12 +9,10 @@
 //! | nothing changed: nothing reruns                              | the `--json` records: every node a hit           |
 //! | one backend edited: exactly its nodes, the gate, the stats and the report rerun | the set of nodes that ran, written out here |
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 
-use support::study::workspace;
+use crate::support::study::workspace;
 
 #[test]
 fn a_reduced_study_reports_and_an_edited_backend_reruns_only_its_own_nodes() {

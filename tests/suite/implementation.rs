@@ -10,13 +10,12 @@
 //! | a README edit is in no set                                               | `a_readme_edit_is_caught_by_no_set` |
 //! | a version bump makes exactly the dependent nodes stale, and `why` says so | `a_version_bump_stales_exactly_its_nodes` |
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-use support::study::workspace_with;
+use crate::support;
+use crate::support::study::workspace_with;
 use tr118::implementation::{self, SETS};
 
 fn repo() -> &'static Path {

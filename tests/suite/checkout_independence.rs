@@ -10,19 +10,17 @@
 //! | no output and no manifest names the workspace's absolute path         | every file under `out/` and `cache/actions/`      |
 //! | a second checkout pulling from the remote cache runs only the degraded nodes, which are never shared, and they come out byte-identical, so the gate, the statistics and the report are hits | the nodes that ran, `remote` of each record, `out/` byte for byte |
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use support::nginx::Nginx;
-use support::study::workspace as checkout;
-use support::workspace::{Make, Workspace};
+use crate::support::nginx::Nginx;
+use crate::support::study::workspace as checkout;
+use crate::support::workspace::{Make, Workspace};
 
 /// Node id → key.
 fn keys(m: &Make) -> BTreeMap<String, String> {
-    m.records.iter().map(|(id, r)| (id.clone(), r["key"].as_str().unwrap_or_else(|| panic!("`{id}` has no key: {r}")).to_string())).collect()
+    m.records.iter().map(|r| (r.id.clone(), r.key.clone().unwrap_or_else(|| panic!("`{}` has no key: {r:?}", r.id)))).collect()
 }
 
 /// Every file under `out/`, with its bytes.
@@ -103,7 +101,7 @@ fn a_second_checkout_pulling_from_the_remote_cache_reruns_only_the_degraded_node
     let a = checkout("tr118-checkout-remote-a-");
     let first = a.make_with(&["--remote-cache", &url]);
     first.run.code(0);
-    let degraded = first.ids(|r| r["status"] == "degraded");
+    let degraded = first.ids(|r| r.status == "degraded");
     assert!(!degraded.is_empty() && degraded.iter().all(|id| id.contains("/gpu")), "only the CUDA backend's nodes are degraded: {degraded:?}\n{}", first.run);
 
     let b = checkout("tr118-checkout-remote-b-");
@@ -113,8 +111,8 @@ fn a_second_checkout_pulling_from_the_remote_cache_reruns_only_the_degraded_node
     // nodes run again; the same inputs give the same degraded outputs byte for byte, and
     // everything downstream of them is the remote's entry (early cutoff).
     assert_eq!(second.ran(), degraded, "{}", second.run);
-    let remote = second.ids(|r| !r["remote"].is_null());
-    let rest: Vec<String> = second.records.keys().filter(|id| !degraded.contains(id)).cloned().collect();
+    let remote = second.ids(|r| r.remote.is_some());
+    let rest = second.ids(|r| !degraded.contains(&r.id));
     assert_eq!(remote, rest, "every node but the degraded ones comes from the remote cache\n{}", second.run);
     for id in ["accuracy", "stats", "report"] {
         assert!(remote.iter().any(|r| r == id), "`{id}` is a remote hit\n{}", second.run);

@@ -5,12 +5,11 @@
 //! `tests/fixtures/fuzz-crashes/<target>/`) are replayed through the library code each
 //! fuzz target drives.
 
-mod support;
-
 use std::path::Path;
 
+use crate::support;
+use crate::support::workspace::{Run, Workspace};
 use serde_json::{Value, json};
-use support::workspace::{Run, Workspace};
 use tr118::model::dtype::DType;
 use tr118::model::gguf::MetaValue;
 use tr118::model::write::{random_tensors, write_gguf, write_hf};

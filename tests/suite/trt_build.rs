@@ -23,14 +23,12 @@
 //! | `also_fp16` reruns the int8 plan only                              | which nodes run, the argv                           |
 //! | bad declarations are named                                         | diagnostics and failures                            |
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::support::reference::random_weights_scaled;
+use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
-use support::reference::random_weights_scaled;
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
@@ -381,7 +379,7 @@ fn without_trtexec_every_plan_is_degraded_with_the_reason_and_the_command_it_wou
     let make = ws.make_ok();
     for (id, precision) in ids().iter().zip(PRECISIONS) {
         assert_eq!(make.status(id), "degraded", "{}", make.run);
-        let detail = make.record(id)["detail"].as_str().unwrap();
+        let detail = make.record(id).detail.as_deref().unwrap();
         // `tools/` is inside the workspace: named relative to it, so the reason (in
         // `build.json`, which the report's key hashes) is the same in every checkout.
         assert_eq!(detail, "`trtexec` not found on PATH (TensorRT is not installed); looked in: tools, /usr/bin, /bin");
@@ -410,7 +408,7 @@ fn without_trtexec_every_plan_is_degraded_with_the_reason_and_the_command_it_wou
     let again = ws.make_ok();
     assert_eq!(again.hits(), [&["export".to_string()][..], &sorted_ids()].concat(), "{}", again.run);
     assert_eq!(again.status("trt_build/int8"), "degraded");
-    assert!(again.record("trt_build/int8")["detail"].as_str().unwrap().contains("`trtexec` not found"), "a hit keeps its reason");
+    assert!(again.record("trt_build/int8").detail.as_deref().unwrap().contains("`trtexec` not found"), "a hit keeps its reason");
 }
 
 #[test]
@@ -422,7 +420,7 @@ fn installing_trtexec_reruns_the_degraded_plans() {
     assert_eq!(make.ran(), sorted_ids(), "{}", make.run);
     for id in ids() {
         assert_eq!(make.status(&id), "ok", "{}", make.run);
-        assert!(make.record(&id)["reason"].as_str().unwrap().contains("environment facet `trtexec` changed <none> → trtexec "), "{}", make.run);
+        assert!(make.record(&id).reason.as_deref().unwrap().contains("environment facet `trtexec` changed <none> → trtexec "), "{}", make.run);
     }
 }
 
@@ -485,7 +483,7 @@ fn an_int8_plan_without_an_int8_layer_is_flagged_and_degraded() {
     assert_eq!(make.status("trt_build/fp32"), "ok");
     assert_eq!(make.status("trt_build/fp16"), "ok");
     assert_eq!(make.status("trt_build/int8"), "degraded", "{}", make.run);
-    assert_eq!(make.record("trt_build/int8")["detail"], "int8 requested but no layer runs in INT8");
+    assert_eq!(make.record("trt_build/int8").detail.as_deref(), Some("int8 requested but no layer runs in INT8"));
     let b = build_json(&ws, "int8");
     assert_eq!(b["status"], "degraded");
     assert_eq!(b["flags"], json!(["int8 requested but no layer runs in INT8"]));
@@ -518,7 +516,7 @@ fn no_gpu_is_a_degraded_build_not_a_failure() {
     let make = ws.make_ok();
     for (id, precision) in ids().iter().zip(PRECISIONS) {
         assert_eq!(make.status(id), "degraded", "{}", make.run);
-        assert_eq!(make.record(id)["detail"], "`trtexec` exited with status 1: no usable GPU (Cuda failure: no CUDA-capable device is detected)");
+        assert_eq!(make.record(id).detail.as_deref(), Some("`trtexec` exited with status 1: no usable GPU (Cuda failure: no CUDA-capable device is detected)"));
         let b = build_json(&ws, precision);
         assert_eq!(b["trt_version"], "10.3.0", "what trtexec printed is real");
         assert_eq!(b["plan_bytes"], Value::Null);
@@ -583,5 +581,5 @@ fn a_calibration_file_in_another_format_fails_the_int8_node() {
     let make = ws.make();
     assert_eq!(make.run.code, Some(1));
     assert_eq!(make.status("trt_build/int8"), "failed", "{}", make.run);
-    assert!(make.record("trt_build/int8")["detail"].as_str().unwrap().contains("is not a TensorRT calibration cache"), "{}", make.run);
+    assert!(make.record("trt_build/int8").detail.as_deref().unwrap().contains("is not a TensorRT calibration cache"), "{}", make.run);
 }

@@ -10,15 +10,14 @@
 //! | `cuda` where the library has no CUDA is degraded        | the record, the JSON (null numbers), the CSV      |
 //! | a `logit_diff` stage without a backend axis             | a pipeline error                                  |
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 
+use crate::support;
+use crate::support::reference::random_weights_scaled;
+use crate::support::workspace::Workspace;
 use prost::Message;
 use serde_json::Value;
-use support::reference::random_weights_scaled;
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
@@ -241,7 +240,7 @@ fn cuda_backend_without_cuda_is_degraded_with_the_reason() {
     let m = ws.make();
     assert_eq!(m.run.code, Some(0), "a degraded node is not a failure: {}", m.run.stderr);
     assert_eq!(m.status("diff/gpu"), "degraded");
-    let detail = m.records["diff/gpu"]["detail"].as_str().unwrap_or("");
+    let detail = m.record("diff/gpu").detail.as_deref().unwrap_or("");
     assert!(detail.contains("`cuda` is not available"), "{detail}");
 
     let report = ws.json("out/diff/gpu/logit_diff.json");

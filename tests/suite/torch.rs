@@ -11,15 +11,14 @@
 //!
 //! The last check needs torch: it runs with `TR118_TEST_PYTHON` or `/opt/venv-torch/bin/python`
 //! and says it skipped otherwise. The recordings are made with
-//! `TR118_TEST_PYTHON=… TR118_RECORD_DEVICE=cuda cargo test --release --test torch -- --ignored record`.
-
-mod support;
+//! `TR118_TEST_PYTHON=… TR118_RECORD_DEVICE=cuda cargo test --release --test suite torch::record -- --ignored`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use support::reference::{self, Rng};
-use support::workspace::Workspace;
+use crate::support;
+use crate::support::reference::{self, Rng};
+use crate::support::workspace::Workspace;
 use tr118::measure::RunRecord;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_hf};

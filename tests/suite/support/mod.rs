@@ -1,4 +1,4 @@
-//! Helpers shared by integration tests: `mod support;` in a test file brings them in.
+//! Helpers shared by the test modules: `use crate::support::…` in a test file brings them in.
 //!
 //! | module        | holds                                                               |
 //! |---------------|---------------------------------------------------------------------|
@@ -9,9 +9,9 @@
 //! | [`rtx`]       | TensorRT for RTX, fetched once by the default pipeline's own stages   |
 //! | [`study`]     | the reduced study: the default study's shape on a tiny random Llama   |
 //! | [`workspace`] | a throwaway workspace, the real binary run on it, its `--json` records |
-
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
+//!
+//! Beside them: the ONNX Runtime library ([`ort`]), a word-level tokenizer, a CSV reader, and
+//! small helpers for assertions on text and ids ([`sorted`], [`line_starting`], [`wait_until`]).
 
 pub mod http;
 pub mod nginx;
@@ -24,13 +24,14 @@ pub mod workspace;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use tr118::runtime::{self, Runtime};
 
 /// The ONNX Runtime library for tests: `ORT_DYLIB_PATH`, else the pinned `onnxruntime==1.31.1`
 /// that `scripts/fetch-ort.sh` fetches from PyPI once into `.tr118-dev/`. Never skipped: a
 /// test of the runtime that could pass without one would prove nothing. Located once per
-/// test binary.
+/// process.
 pub fn ort_library() -> &'static Path {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY.get_or_init(locate_ort_library)
@@ -100,4 +101,27 @@ pub fn csv_rows(text: &str) -> Result<Vec<std::collections::BTreeMap<String, Str
             Ok(header.iter().cloned().zip(r).collect())
         })
         .collect()
+}
+
+/// `ids` as owned strings, sorted: what [`workspace::Make`]'s id lists are compared with.
+pub fn sorted(ids: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The line of `text` that starts with `prefix`.
+#[track_caller]
+pub fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
+}
+
+/// Polls `cond` until it holds; panics after `secs` seconds.
+#[track_caller]
+pub fn wait_until(secs: f64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

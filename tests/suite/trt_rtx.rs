@@ -17,12 +17,11 @@
 //! | another library (its files are deps) rebuilds every plan              | which nodes run, `why`'s output                   |
 //! | no Python, or no bindings for this Python: degraded with the reason   | the records, `build.json`                         |
 
-mod support;
-
+use crate::support;
+use crate::support::onnx::{Dim, FLOAT, Graph};
+use crate::support::reference::{Rng, random_weights_scaled, tiny_gpt2, tiny_llama};
+use crate::support::workspace::Workspace;
 use serde_json::Value;
-use support::onnx::{Dim, FLOAT, Graph};
-use support::reference::{Rng, random_weights_scaled, tiny_gpt2, tiny_llama};
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{ModelConfig, RopeLayout};
@@ -122,7 +121,7 @@ fn plans_and_census(prefix: &str, cfg: &ModelConfig) -> Workspace {
     for stage in ["trt_build", "trt_build-decoder"] {
         for p in PRECISIONS {
             let node = format!("{stage}/{p}");
-            assert_eq!(make.status(&node), "ok", "{node}: {}", make.record(&node));
+            assert_eq!(make.status(&node), "ok", "{node}: {:?}", make.record(&node));
             let b = ws.json(&format!("out/{node}/build.json"));
             assert_eq!(b["builder"], "tensorrt-rtx", "{node}");
             assert_eq!(b["trt_version"], "1.7.1.116", "{node}");
@@ -337,8 +336,8 @@ fn plans_that_cannot_run_here_are_degraded_with_the_library_reason() {
     let make = ws.make_with(&["perplexity", "sweep"]);
     make.run.code(0);
     for node in ["perplexity/rtx", "sweep/rtx/generate"] {
-        assert_eq!(make.status(node), "degraded", "{node}: {}", make.record(node));
-        let detail = make.record(node)["detail"].as_str().unwrap_or_default().to_string();
+        assert_eq!(make.status(node), "degraded", "{node}: {:?}", make.record(node));
+        let detail = make.record(node).detail.as_deref().unwrap_or_default().to_string();
         eprintln!("{node}: {detail}");
         // The library's own words: no driver here (CUDA error 35), where an H200 says its
         // compute capability 9.0 is not one the plan supports.

@@ -28,16 +28,15 @@
 //! over several units; [`reference_of`] asserts the spread, so a graph that dropped a
 //! layer, a head or a rotation could not pass by comparing near-zero numbers.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::support;
+use crate::support::reference::{self, Weights, random_weights_scaled};
+use crate::support::workspace::{Run, Workspace};
 use ndarray::ArrayD;
 use serde_json::Value;
-use support::reference::{self, Weights, random_weights_scaled};
-use support::workspace::{Run, Workspace};
 use tr118::model::dtype::DType;
 use tr118::model::gguf::{GgufHeader, MetaValue};
 use tr118::model::write::{Tensor, write_gguf, write_hf};
@@ -861,7 +860,7 @@ fn check_fixed(case: &Case) -> (f64, f64) {
 
     // The variant leaves the config, and so the key, of an export without it as it was.
     let config = |node: &str| {
-        let key = made.record(node)["key"].as_str().unwrap().to_string();
+        let key = made.record(node).key.as_deref().unwrap().to_string();
         ws.json(&format!("cache/actions/{key}.json"))["stage_key"]["config"].clone()
     };
     let plain = serde_json::json!({ "variants": ["prefill", "decoder"], "precision": "fp32", "opset": 17, "external_data": "auto", "tokenizer": false });
@@ -1208,7 +1207,7 @@ fn second_make_is_a_hit_and_precision_reruns_only_export() {
     let third = ws.make_ok();
     assert_eq!(third.ran(), ["export"], "{}", third.run);
     assert_eq!(third.hits(), ["other"], "{}", third.run);
-    assert_eq!(third.record("export")["reason"], "field `precision` changed fp32 → fp16", "{}", third.run);
+    assert_eq!(third.record("export").reason.as_deref(), Some("field `precision` changed fp32 → fp16"), "{}", third.run);
     let m = ws.json("out/export/export.json");
     assert_eq!(m["variants"][0]["precision"], "fp16");
     let fp16 = digests(&m);
@@ -1218,8 +1217,8 @@ fn second_make_is_a_hit_and_precision_reruns_only_export() {
     ws.pipeline(&pipeline("fp32"));
     let fourth = ws.make_ok();
     assert_eq!(fourth.ran(), Vec::<String>::new(), "{}", fourth.run);
-    assert_eq!(fourth.record("export")["restored"], true, "the fp32 files are put back\n{}", fourth.run);
-    assert_eq!(fourth.record("other")["restored"], false, "{}", fourth.run);
+    assert!(fourth.record("export").restored, "the fp32 files are put back\n{}", fourth.run);
+    assert!(!fourth.record("other").restored, "{}", fourth.run);
     assert_eq!(digests(&ws.json("out/export/export.json")), fp32);
     assert_eq!(blake3_of(&[ws.path("out/export/prefill/model.onnx")]), fp32[0], "the fp32 model is back in out/");
 
@@ -1241,7 +1240,7 @@ fn second_make_is_a_hit_and_precision_reruns_only_export() {
 fn export_fails(ws: &Workspace) -> Run {
     let m = ws.make();
     m.run.code(1);
-    assert_eq!(m.record("export")["status"], "failed", "{}", m.run);
+    assert_eq!(m.record("export").status, "failed", "{}", m.run);
     assert_eq!(ws.files("out/export"), Vec::<String>::new(), "a failed export left files in out/export/\n{}", m.run);
     m.run
 }

@@ -9,13 +9,12 @@
 //! | a mode without its variant's dep, a misspelt scenario field | exit 2 naming the variant, the field with its line |
 //! | `stats` over a real CPU sweep and a degraded `cuda` one   | the records' own means; the degraded backend's rows: rate 1, no numbers, its reason with the count |
 
-mod support;
-
 use std::fs;
 use std::sync::OnceLock;
 
-use support::reference::{self, Rng, Weights, random_weights_scaled};
-use support::workspace::Workspace;
+use crate::support;
+use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
+use crate::support::workspace::Workspace;
 use tr118::measure::RunRecord;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
@@ -172,8 +171,8 @@ fn an_unavailable_backend_gets_a_degraded_record_per_repetition_with_its_reason(
     ws.write("tr118.toml", pipeline(&lib, backends, "[\"prefill\"]", "[\"prefill\"]", fields));
     let first = ws.make_ok();
     let rec = first.record("sweep/gpu/prefill");
-    assert_eq!(rec["status"], "degraded", "{}", first.run);
-    assert!(rec["detail"].as_str().unwrap_or("").contains("8 of 8 runs degraded"), "{rec}");
+    assert_eq!(rec.status, "degraded", "{}", first.run);
+    assert!(rec.detail.as_deref().unwrap_or("").contains("8 of 8 runs degraded"), "{rec:?}");
 
     let recs = records(&ws, "sweep/gpu/prefill");
     assert_eq!(recs.len(), 8);
@@ -188,7 +187,7 @@ fn an_unavailable_backend_gets_a_degraded_record_per_repetition_with_its_reason(
     assert_eq!(sweep["scenarios"][1]["n_degraded"], 4);
 
     let second = ws.make_ok();
-    assert_eq!(second.record("sweep/gpu/prefill")["cache"], "hit", "{}", second.run);
+    assert_eq!(second.record("sweep/gpu/prefill").cache, "hit", "{}", second.run);
     assert_eq!(second.status("sweep/gpu/prefill"), "degraded");
 }
 
@@ -308,11 +307,8 @@ fn generation_through_a_fixed_capacity_decoder_gives_the_reference_tokens() {
     assert_eq!(make.status("sweep/fixed/generate"), "degraded");
     assert_eq!(make.status("sweep/resident/generate"), "degraded");
     assert!(
-        make.record("sweep/fixed/generate")["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("16 positions in the cache and 1 new do not fit its capacity of 16"),
-        "{}",
+        make.record("sweep/fixed/generate").detail.as_deref().unwrap_or_default().contains("16 positions in the cache and 1 new do not fit its capacity of 16"),
+        "{:?}",
         make.record("sweep/fixed/generate")
     );
     assert_eq!(make.status("sweep/growing/generate"), "ok");

@@ -14,13 +14,12 @@
 //! Runs that would fill memory or hang without the limit under test are bounded here, in
 //! address space and in wall time, so that a regression fails the test instead of the machine.
 
-mod support;
-
 use std::fs::{self, File};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::workspace::{BIN, Run, Workspace};
+use crate::support::workspace::{BIN, Run, Workspace};
 
 /// `tr118 -C <root> ARGS` with at most 2 GiB of address space and `secs` of wall time; a
 /// run past its time is killed, and its exit code is `None`.
@@ -40,19 +39,19 @@ fn bounded(ws: &Workspace, args: &[&str], secs: u64) -> Run {
         .spawn()
         .expect("run tr118");
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let code = loop {
+    let (code, signal) = loop {
         if let Some(status) = child.try_wait().expect("wait for tr118") {
-            break status.code();
+            break (status.code(), status.signal());
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            break (None, None);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let read = |p| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
-    Run { args: args.join(" "), code, stdout: read(&out), stderr: read(&err) }
+    Run { args: args.join(" "), code, signal, stdout: read(&out), stderr: read(&err) }
 }
 
 /// `[axes]` with `n` axes of ten values each, and one `cmd` stage `big` over all of them,

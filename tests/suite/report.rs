@@ -20,12 +20,10 @@
 //! | editing a template reruns only the report; nothing changed hits    | the `--json` records                             |
 //! | a dep of the wrong kind, an unknown dep name                       | the error names the file; the diagnostic the dep |
 
-mod support;
-
 use std::collections::BTreeMap;
 
+use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
-use support::workspace::Workspace;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
 /// t(0.975, 4), scipy.stats.t.ppf(0.975, 4).

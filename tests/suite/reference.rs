@@ -2,9 +2,7 @@
 //! for exporters and runtimes, so it is checked against values worked out by hand here, and
 //! against its own symmetries (RoPE at position 0, GQA with duplicated heads, causality).
 
-mod support;
-
-use support::reference::{self, Weights, forward, gelu_tanh, random_weights, random_weights_scaled, rope, tiny_gpt2, tiny_llama};
+use crate::support::reference::{self, Weights, forward, gelu_tanh, random_weights, random_weights_scaled, rope, tiny_gpt2, tiny_llama};
 use tr118::model::{Arch, ModelConfig, RopeLayout};
 
 fn set(w: &mut Weights, name: &str, values: &[f32]) {

@@ -15,16 +15,15 @@
 //! the writer but the tensor-name table, and compares logits, so a layout mistake in the writer
 //! (an un-permuted Q/K, an untransposed Conv1D, a wrong `rope_theta`) changes numbers.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support;
+use crate::support::reference::{self, Weights, random_weights_scaled};
+use crate::support::workspace::Workspace;
 use ndarray::ArrayD;
 use serde_json::{Value, json};
-use support::reference::{self, Weights, random_weights_scaled};
-use support::workspace::Workspace;
 use tr118::model::dtype::{DType, decode};
 use tr118::model::write::{Tensor, encode, write_gguf, write_hf};
 use tr118::model::{Arch, Checkpoint, ModelConfig, RopeLayout};
@@ -32,7 +31,7 @@ use tr118::runtime::{Session, SessionOptions};
 
 /// Two fp32 ONNX exports of the same weights, one through `hf/`.
 const TOL_ROUND_TRIP: f64 = 1e-5;
-/// An fp32 export against the f64 reference, as in `tests/export.rs`.
+/// An fp32 export against the f64 reference, as in `tests/suite/export.rs`.
 const TOL_REFERENCE: f64 = 1e-4;
 /// PyTorch (`transformers`) against ONNX Runtime.
 const TOL_TORCH: f64 = 1e-4;

@@ -14,15 +14,14 @@
 //! | bad fields                                         | diagnostics naming the field                     |
 //! | every CSV cell                                     | never `NaN`, `None`, `inf`, `null`               |
 //!
-//! The fixture is `tests/fixtures/stats/expected.json`; `tests/stats.rs` says how it is made.
-
-mod support;
+//! The fixture is `tests/fixtures/stats/expected.json`; `tests/suite/stats.rs` says how it is made.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
+use crate::support;
+use crate::support::workspace::Workspace;
 use serde_json::Value;
-use support::workspace::Workspace;
 use tr118::measure::{Resources, RunRecord};
 
 const REL_TOL: f64 = 1e-9;
@@ -402,7 +401,7 @@ fn a_degraded_only_baseline_leaves_comparisons_without_p_and_degrades_the_node()
     let ws = workspace(&study(&fx), "baseline = \"gpu\"\n");
     let m = ws.make_ok();
     assert_eq!(m.status("stats"), "degraded", "{}", m.run);
-    assert!(m.record("stats")["detail"].as_str().unwrap().contains("`gpu` has no ok runs"), "{}", m.run);
+    assert!(m.record("stats").detail.as_deref().unwrap().contains("`gpu` has no ok runs"), "{}", m.run);
     let doc = ws.json("out/stats/stats.json");
     assert_eq!(doc["status"], "degraded");
     let rows = doc["comparisons"]["rows"].as_array().unwrap();
@@ -421,7 +420,7 @@ fn a_baseline_absent_from_the_runs_is_an_error_naming_it_and_the_backends_found(
     let ws = workspace(&study(&fx), "baseline = \"cpuu\"\n");
     let m = ws.make();
     assert_eq!(m.run.code, Some(1), "{}", m.run);
-    let detail = m.record("stats")["detail"].as_str().unwrap_or("").to_string();
+    let detail = m.record("stats").detail.as_deref().unwrap_or("").to_string();
     assert!(detail.contains("`cpuu`") && detail.contains("`cpu`, `fast`, `gpu`, `mixed`"), "{detail}");
     assert!(detail.contains("did you mean `cpu`?"), "{detail}");
 }
@@ -449,14 +448,14 @@ fn a_malformed_line_is_an_error_naming_the_file_and_the_line() {
     ws.write("data/cpu-prefill.jsonl", format!("{good}{{\"backend\": \"cpu\", \"mode\": 3}}\n"));
     let m = ws.make();
     assert_eq!(m.run.code, Some(1), "{}", m.run);
-    let detail = m.record("stats")["detail"].as_str().unwrap_or("").to_string();
+    let detail = m.record("stats").detail.as_deref().unwrap_or("").to_string();
     assert!(detail.contains("`out/sweep/cpu/prefill/runs.jsonl`:3:") && detail.contains("not a run record"), "{detail}");
 
     // An `ok` record must have a latency.
     let mut r = ok("cpu", "prefill", "short", 0, 1.0);
     r.latency_ms = None;
     ws.write("data/cpu-prefill.jsonl", format!("\n{}", jsonl(&[r])));
-    let detail = ws.make().record("stats")["detail"].as_str().unwrap_or("").to_string();
+    let detail = ws.make().record("stats").detail.as_deref().unwrap_or("").to_string();
     assert!(detail.contains("`out/sweep/cpu/prefill/runs.jsonl`:2") && detail.contains("`latency_ms`"), "{detail}");
 }
 

@@ -5,8 +5,6 @@
 //! to pip, a param that switches a dep — and, when the registries are reachable, real
 //! `pip download` and `npm pack` fetches.
 
-mod support;
-
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -15,8 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support;
+use crate::support::workspace::Workspace;
 use sha2::{Digest, Sha256};
-use support::workspace::Workspace;
 use tempfile::TempDir;
 
 /// `tr118 make --json`, for [`Workspace::tr`].

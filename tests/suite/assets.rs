@@ -3,12 +3,11 @@
 //! and npm. One workspace under `.tr118-dev/assets` is shared by every run (its cache makes
 //! the second fetch and export free; its lock makes parallel test binaries safe).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::support;
 use tr118::runtime::{Decoder, SessionOptions};
 
 const GPT2_ASSETS: &str = r#"

@@ -8,8 +8,7 @@
 //! | backend fields are checked where they are written                      | diagnostics with line and column         |
 //! | a `tensorrt` backend's calibration table is an input of exactly its nodes | which nodes rerun after an edit, `why` |
 
-mod support;
-
+use crate::support;
 use serde_json::json;
 use tr118::backend::{self, BackendError, BackendSpec};
 use tr118::export::{self, ExportOptions, Precision, Variant};

@@ -6,331 +6,31 @@
 //! Commands are `sh -c` argv arrays, so the tests need nothing but a POSIX shell.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
+use crate::support::workspace::{Record, Run, Workspace};
+use crate::support::{line_starting, sorted, wait_until};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tr118");
-
-// ---------------------------------------------------------------------------------------
-// The harness: a project builder, a run result, `make --json` records.
-// ---------------------------------------------------------------------------------------
-
-struct ProjectBuilder {
-    files: Vec<(String, String)>,
+/// A throwaway workspace with `toml` as its pipeline and no remote cache (every record of a
+/// make must say so): `let p = project(TOML); p.write("src/a", "…");`.
+fn project(toml: &str) -> Workspace {
+    let p = Workspace::new("tr118-test-").local();
+    p.pipeline(toml);
+    p
 }
 
-/// Starts a throwaway workspace: `project().pipeline(TOML).file("src/a", "…").build()`.
-fn project() -> ProjectBuilder {
-    ProjectBuilder { files: Vec::new() }
-}
-
-impl ProjectBuilder {
-    /// The pipeline, as `tr118.toml` at the workspace root.
-    fn pipeline(self, toml: &str) -> Self {
-        self.file("tr118.toml", toml)
+/// [`project`] with `files`, (path, contents), written beside the pipeline.
+fn project_files(toml: &str, files: &[(&str, &str)]) -> Workspace {
+    let p = project(toml);
+    for (rel, contents) in files {
+        p.write(rel, contents);
     }
-
-    fn file(mut self, path: &str, contents: &str) -> Self {
-        self.files.push((path.to_string(), contents.to_string()));
-        self
-    }
-
-    fn build(self) -> Project {
-        let dir = tempfile::Builder::new().prefix("tr118-test-").tempdir().expect("create a temp dir");
-        let p = Project { dir };
-        for (path, contents) in &self.files {
-            p.write(path, contents);
-        }
-        p
-    }
-}
-
-struct Project {
-    dir: TempDir,
-}
-
-impl Project {
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root().join(rel)
-    }
-
-    fn write(&self, rel: &str, contents: &str) {
-        let path = self.path(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).unwrap();
-        }
-        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    }
-
-    fn read(&self, rel: &str) -> String {
-        fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-    }
-
-    fn exists(&self, rel: &str) -> bool {
-        self.path(rel).exists()
-    }
-
-    /// Replaces the one occurrence of `from` in a file.
-    fn replace(&self, rel: &str, from: &str, to: &str) {
-        let text = self.read(rel);
-        assert_eq!(text.matches(from).count(), 1, "`{from}` must occur exactly once in {rel}:\n{text}");
-        self.write(rel, &text.replacen(from, to, 1));
-    }
-
-    /// Names of the entries of a directory, sorted; empty when it does not exist.
-    fn list(&self, rel: &str) -> Vec<String> {
-        let mut names: Vec<String> = match fs::read_dir(self.path(rel)) {
-            Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
-            Err(_) => Vec::new(),
-        };
-        names.sort();
-        names
-    }
-
-    /// Lines appended to `runs.log` by commands that record themselves (`echo $TR118_NODE >>
-    /// runs.log`), sorted; the log is emptied so the next call sees only newer runs.
-    fn take_runs(&self) -> Vec<String> {
-        let text = fs::read_to_string(self.path("runs.log")).unwrap_or_default();
-        let _ = fs::remove_file(self.path("runs.log"));
-        let mut v: Vec<String> = text.lines().map(str::to_string).collect();
-        v.sort();
-        v
-    }
-
-    /// `tr118 -C ROOT ARGS…`, not started.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("-C").arg(self.root()).args(args).stdin(Stdio::null());
-        c
-    }
-
-    /// Runs `tr118 ARGS…` to completion.
-    fn tr(&self, args: &[&str]) -> Run {
-        let out = self.command(args).output().expect("run tr118");
-        Run::from_output(args, out)
-    }
-
-    /// `tr118 make --json ARGS…`, with its records parsed.
-    fn make(&self, args: &[&str]) -> Make {
-        let mut all = vec!["make", "--json"];
-        all.extend_from_slice(args);
-        Make::parse(self.tr(&all))
-    }
-
-    /// `make` that must succeed.
-    fn make_ok(&self, args: &[&str]) -> Make {
-        let m = self.make(args);
-        m.run.code(0);
-        m
-    }
-
-    fn manifest(&self, key: &str) -> Value {
-        serde_json::from_str(&self.read(&format!("cache/actions/{key}.json"))).expect("manifest is JSON")
-    }
-
-    /// Workspace path of the cache object with hex digest `digest`.
-    fn object(&self, digest: &str) -> String {
-        format!("cache/objects/{}/{}", &digest[..2], &digest[2..])
-    }
-}
-
-struct Run {
-    args: Vec<String>,
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(args: &[&str], out: std::process::Output) -> Run {
-        Run {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            code: out.status.code(),
-            signal: out.status.signal(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Asserts the exit code.
-    #[track_caller]
-    fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, Some(want), "exit code of `tr118 {}`\n{self}", self.args.join(" "));
-        self
-    }
-
-    #[track_caller]
-    fn success(&self) -> &Run {
-        self.code(0)
-    }
-
-    #[track_caller]
-    fn stdout_has(&self, needle: &str) -> &Run {
-        assert!(self.stdout.contains(needle), "stdout of `tr118 {}` lacks {needle:?}\n{self}", self.args.join(" "));
-        self
-    }
-
-    #[track_caller]
-    fn stderr_has(&self, needle: &str) -> &Run {
-        assert!(self.stderr.contains(needle), "stderr of `tr118 {}` lacks {needle:?}\n{self}", self.args.join(" "));
-        self
-    }
-
-    #[track_caller]
-    fn stderr_lacks(&self, needle: &str) -> &Run {
-        assert!(!self.stderr.contains(needle), "stderr of `tr118 {}` has {needle:?}\n{self}", self.args.join(" "));
-        self
-    }
-
-    /// Bad input: exit 2, and a diagnostic line `tr118.toml:LINE:COL: …MESSAGE…`.
-    #[track_caller]
-    fn diag(&self, line: usize, col: usize, message: &str) -> &Run {
-        self.code(2);
-        let prefix = format!("tr118.toml:{line}:{col}: ");
-        let found = self.stderr.lines().any(|l| {
-            let l = l.strip_prefix("error: ").unwrap_or(l);
-            l.starts_with(&prefix) && l.contains(message)
-        });
-        assert!(found, "stderr of `tr118 {}` lacks a line `{prefix}…{message}…`\n{self}", self.args.join(" "));
-        self
-    }
-}
-
-impl fmt::Display for Run {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--- code {:?} signal {:?}\n--- stdout\n{}--- stderr\n{}---", self.code, self.signal, self.stdout, self.stderr)
-    }
-}
-
-/// One line of `make --json`.
-#[derive(Debug, Clone)]
-struct Record {
-    id: String,
-    key: Option<String>,
-    cache: String,
-    status: String,
-    reason: Option<String>,
-    detail: Option<String>,
-    #[allow(dead_code)]
-    duration_ms: f64,
-    restored: bool,
-}
-
-impl Record {
-    fn parse(line: &str) -> Record {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON record ({e}): {line}"));
-        let obj = v.as_object().unwrap_or_else(|| panic!("record is not an object: {line}"));
-        let fields: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-        let want: BTreeSet<&str> = ["id", "key", "cache", "status", "reason", "detail", "duration_ms", "restored", "remote"].into();
-        assert_eq!(fields, want, "record fields: {line}");
-        // No remote cache in these tests: no hit can have come from one.
-        assert!(obj["remote"].is_null(), "`remote` must be null without a remote cache: {line}");
-        let opt = |k: &str| match &obj[k] {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => panic!("`{k}` must be a string or null, got {other}: {line}"),
-        };
-        let string = |k: &str| opt(k).unwrap_or_else(|| panic!("`{k}` must be a string: {line}"));
-        let cache = string("cache");
-        assert!(["hit", "miss", "skipped"].contains(&cache.as_str()), "bad cache {cache}: {line}");
-        let status = string("status");
-        assert!(["ok", "degraded", "failed", "skipped", "pending"].contains(&status.as_str()), "bad status {status}: {line}");
-        let key = opt("key");
-        if let Some(k) = &key {
-            assert!(k.len() == 64 && k.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "bad key {k}: {line}");
-        }
-        Record {
-            id: string("id"),
-            key,
-            cache,
-            status,
-            reason: opt("reason"),
-            detail: opt("detail"),
-            duration_ms: obj["duration_ms"].as_f64().filter(|d| *d >= 0.0).unwrap_or_else(|| panic!("duration_ms: {line}")),
-            restored: obj["restored"].as_bool().unwrap_or_else(|| panic!("restored: {line}")),
-        }
-    }
-}
-
-struct Make {
-    run: Run,
-    records: Vec<Record>,
-}
-
-impl Make {
-    fn parse(run: Run) -> Make {
-        let records = run.stdout.lines().filter(|l| !l.trim().is_empty()).map(Record::parse).collect::<Vec<_>>();
-        let mut seen = BTreeSet::new();
-        for r in &records {
-            assert!(seen.insert(r.id.clone()), "two records for `{}`\n{run}", r.id);
-        }
-        Make { run, records }
-    }
-
-    /// Ids of the nodes that were executed (cache miss, not a dry run), sorted.
-    fn ran(&self) -> Vec<String> {
-        self.ids(|r| r.cache == "miss" && r.status != "pending")
-    }
-
-    fn hits(&self) -> Vec<String> {
-        self.ids(|r| r.cache == "hit")
-    }
-
-    fn ids(&self, f: impl Fn(&Record) -> bool) -> Vec<String> {
-        let mut v: Vec<String> = self.records.iter().filter(|r| f(r)).map(|r| r.id.clone()).collect();
-        v.sort();
-        v
-    }
-
-    fn all_ids(&self) -> Vec<String> {
-        self.ids(|_| true)
-    }
-
-    #[track_caller]
-    fn record(&self, id: &str) -> &Record {
-        self.records.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no record for `{id}`\n{}", self.run))
-    }
-
-    #[track_caller]
-    fn assert_ran(&self, want: &[&str]) -> &Make {
-        assert_eq!(self.ran(), sorted(want), "nodes that ran\n{}", self.run);
-        self
-    }
-}
-
-fn sorted(ids: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
-/// The line of `text` that starts with `prefix`.
-#[track_caller]
-fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
-    text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
-}
-
-/// Polls `cond` until it holds; panics after `secs` seconds.
-#[track_caller]
-fn wait_until(secs: f64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p
 }
 
 /// A `tr118` started in its own process group; the whole group is SIGKILLed when dropped, so
@@ -388,8 +88,8 @@ impl Drop for Spawned {
 }
 
 /// `[start_ns, end_ns]` from an out holding two `date +%s%N` lines.
-fn interval(p: &Project, rel: &str) -> (u128, u128) {
-    let text = p.read(rel);
+fn interval(p: &Workspace, rel: &str) -> (u128, u128) {
+    let text = p.text(rel);
     let nums: Vec<u128> = text.lines().map(|l| l.trim().parse().unwrap_or_else(|e| panic!("{rel}: {e}: {text:?}"))).collect();
     assert_eq!(nums.len(), 2, "{rel} must hold a start and an end: {text:?}");
     assert!(nums[0] <= nums[1], "{rel}: start after end");
@@ -468,8 +168,8 @@ deps = { cfg = "src/other.txt" }
 outs = { copy = "copy.txt" }
 "##;
 
-fn sources_project() -> Project {
-    project().pipeline(SOURCES).file("src/input.txt", "hello\n").file("src/other.txt", "other\n").build()
+fn sources_project() -> Workspace {
+    project_files(SOURCES, &[("src/input.txt", "hello\n"), ("src/other.txt", "other\n")])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -478,16 +178,16 @@ fn sources_project() -> Project {
 
 #[test]
 fn first_make_runs_everything_and_second_runs_nothing() {
-    let p = project().pipeline(MATRIX).build();
-    let m = p.make_ok(&[]);
+    let p = project(MATRIX);
+    let m = p.make_ok();
     m.assert_ran(MATRIX_NODES);
     for r in &m.records {
         assert_eq!(r.reason.as_deref(), Some("never built"), "{r:?}");
         assert_eq!(r.status, "ok");
     }
-    assert_eq!(p.read("out/build/cuda/plan.txt"), "model\nthreads=1\n");
-    assert_eq!(p.read("out/sweep/cpu/long/records.jsonl"), "model\nthreads=4\nlong reps=3\n");
-    let again = p.make_ok(&[]);
+    assert_eq!(p.text("out/build/cuda/plan.txt"), "model\nthreads=1\n");
+    assert_eq!(p.text("out/sweep/cpu/long/records.jsonl"), "model\nthreads=4\nlong reps=3\n");
+    let again = p.make_ok();
     again.assert_ran(&[]);
     assert_eq!(again.hits(), sorted(MATRIX_NODES));
     for r in &again.records {
@@ -498,8 +198,8 @@ fn first_make_runs_everything_and_second_runs_nothing() {
 
 #[test]
 fn param_change_reruns_only_its_branch() {
-    let p = project().pipeline(MATRIX).build();
-    p.make_ok(&[]).assert_ran(MATRIX_NODES);
+    let p = project(MATRIX);
+    p.make_ok().assert_ran(MATRIX_NODES);
     p.replace("tr118.toml", r#"{ name = "cuda", threads = 1 }"#, r#"{ name = "cuda", threads = 2 }"#);
 
     let why = p.tr(&["why", "build/cuda"]);
@@ -520,54 +220,54 @@ fn param_change_reruns_only_its_branch() {
     line_starting(&status.stdout, "stale  sweep/cuda/long: ");
     line_starting(&status.stdout, "stale  stats: ");
     // status changes nothing
-    assert_eq!(p.read("out/build/cuda/plan.txt"), "model\nthreads=1\n");
+    assert_eq!(p.text("out/build/cuda/plan.txt"), "model\nthreads=1\n");
 
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["build/cuda", "sweep/cuda/short", "sweep/cuda/long", "stats"]);
     assert_eq!(m.hits(), sorted(&["fetch", "build/cpu", "sweep/cpu/short", "sweep/cpu/long"]));
     assert!(m.record("build/cuda").reason.as_deref().unwrap().contains("param `threads` changed 1 → 2"));
-    assert_eq!(p.read("out/build/cuda/plan.txt"), "model\nthreads=2\n");
-    assert_eq!(p.read("out/build/cpu/plan.txt"), "model\nthreads=4\n");
-    let stats = p.read("out/stats/stats.csv");
+    assert_eq!(p.text("out/build/cuda/plan.txt"), "model\nthreads=2\n");
+    assert_eq!(p.text("out/build/cpu/plan.txt"), "model\nthreads=4\n");
+    let stats = p.text("out/stats/stats.csv");
     assert!(stats.contains("threads=2") && stats.contains("threads=4") && !stats.contains("threads=1"), "{stats}");
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
     p.tr(&["why", "build/cuda"]).success().stdout_has("`build/cuda` is fresh");
 }
 
 #[test]
 fn global_param_override_with_p_flag_reruns_users_of_that_param() {
-    let p = project().pipeline(MATRIX).build();
-    p.make_ok(&[]);
+    let p = project(MATRIX);
+    p.make_ok();
     let sweeps = ["sweep/cpu/short", "sweep/cpu/long", "sweep/cuda/short", "sweep/cuda/long"];
 
     // Same value as the file, given on the command line: same keys.
-    p.make_ok(&["-p", "reps=3"]).assert_ran(&[]);
+    p.make_ok_with(&["-p", "reps=3"]).assert_ran(&[]);
 
     p.tr(&["status", "-p", "reps=5"]).success().stdout_has("stale  sweep/cpu/short: param `reps` changed 3 → 5").stdout_has("fresh  build/cpu");
-    let m = p.make_ok(&["-p", "reps=5"]);
+    let m = p.make_ok_with(&["-p", "reps=5"]);
     let mut want: Vec<&str> = sweeps.to_vec();
     want.push("stats");
     m.assert_ran(&want);
     for s in sweeps {
         assert_eq!(m.record(s).reason.as_deref(), Some("param `reps` changed 3 → 5"), "{s}");
     }
-    assert_eq!(p.read("out/sweep/cuda/short/records.jsonl"), "model\nthreads=1\nshort reps=5\n");
-    p.make_ok(&["-p", "reps=5"]).assert_ran(&[]);
+    assert_eq!(p.text("out/sweep/cuda/short/records.jsonl"), "model\nthreads=1\nshort reps=5\n");
+    p.make_ok_with(&["-p", "reps=5"]).assert_ran(&[]);
 
     // Back to the file's value: its entries are still cached, so nothing runs, the files
     // under out/ are put back.
-    let back = p.make_ok(&[]);
+    let back = p.make_ok();
     back.assert_ran(&[]);
     for s in sweeps {
         assert!(back.record(s).restored, "{s} restored");
     }
     assert!(!back.record("build/cpu").restored);
-    assert_eq!(p.read("out/sweep/cuda/short/records.jsonl"), "model\nthreads=1\nshort reps=3\n");
+    assert_eq!(p.text("out/sweep/cuda/short/records.jsonl"), "model\nthreads=1\nshort reps=3\n");
 }
 
 #[test]
 fn unknown_p_param_is_bad_input_with_a_suggestion() {
-    let p = project().pipeline(MATRIX).build();
+    let p = project(MATRIX);
     p.tr(&["make", "-p", "rep=5"]).code(2).stderr_has("`-p rep=…` names no param in `[params]`").stderr_has("did you mean `reps`?");
     assert!(!p.exists("out"), "nothing ran");
     p.tr(&["status", "-p", "rep=5"]).code(2).stderr_has("did you mean `reps`?");
@@ -577,9 +277,9 @@ fn unknown_p_param_is_bad_input_with_a_suggestion() {
 #[test]
 fn editing_a_dep_reruns_its_dependents() {
     let p = sources_project();
-    p.make_ok(&[]).assert_ran(&["prep", "report", "other"]);
+    p.make_ok().assert_ran(&["prep", "report", "other"]);
     assert_eq!(p.take_runs(), sorted(&["prep", "report", "other"]));
-    assert_eq!(p.read("out/report/n.txt").trim(), "6");
+    assert_eq!(p.text("out/report/n.txt").trim(), "6");
 
     p.write("src/input.txt", "hello world\n");
     p.tr(&["why", "prep"])
@@ -587,26 +287,26 @@ fn editing_a_dep_reruns_its_dependents() {
         .stdout_has("`prep` is stale (root cause):")
         .stdout_has("input `src/input.txt` changed (")
         .stdout_has("1 downstream node rerun because of it");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["prep", "report"]);
     assert!(m.record("prep").reason.as_deref().unwrap().starts_with("input `src/input.txt` changed ("));
     assert_eq!(m.record("other").cache, "hit");
     assert_eq!(p.take_runs(), sorted(&["prep", "report"]));
-    assert_eq!(p.read("out/prep/up.txt"), "HELLO WORLD\n");
-    assert_eq!(p.read("out/report/n.txt").trim(), "12");
-    p.make_ok(&[]).assert_ran(&[]);
+    assert_eq!(p.text("out/prep/up.txt"), "HELLO WORLD\n");
+    assert_eq!(p.text("out/report/n.txt").trim(), "12");
+    p.make_ok().assert_ran(&[]);
 }
 
 #[test]
 fn touching_a_dep_without_changing_content_reruns_nothing() {
     let p = sources_project();
-    p.make_ok(&[]);
+    p.make_ok();
     p.take_runs();
     std::thread::sleep(Duration::from_millis(150));
     // New mtime and ctime, same bytes.
     p.write("src/input.txt", "hello\n");
     fs::File::options().write(true).open(p.path("src/other.txt")).unwrap().set_modified(SystemTime::now() + Duration::from_secs(3600)).unwrap();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.records.iter().all(|r| !r.restored), "nothing restored");
     assert!(p.take_runs().is_empty());
@@ -618,85 +318,85 @@ fn touching_a_dep_without_changing_content_reruns_nothing() {
 #[test]
 fn same_size_edit_with_the_old_mtime_still_reruns() {
     let p = sources_project();
-    p.make_ok(&[]);
+    p.make_ok();
     std::thread::sleep(Duration::from_millis(150));
     // A second make records the (now old enough) file in the stat cache.
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
     let mtime = fs::metadata(p.path("src/input.txt")).unwrap().modified().unwrap();
     p.write("src/input.txt", "jello\n");
     fs::File::options().write(true).open(p.path("src/input.txt")).unwrap().set_modified(mtime).unwrap();
     assert_eq!(fs::metadata(p.path("src/input.txt")).unwrap().modified().unwrap(), mtime);
-    p.make_ok(&[]).assert_ran(&["prep", "report"]);
-    assert_eq!(p.read("out/prep/up.txt"), "JELLO\n");
+    p.make_ok().assert_ran(&["prep", "report"]);
+    assert_eq!(p.text("out/prep/up.txt"), "JELLO\n");
 }
 
 #[test]
 fn dep_edited_right_after_a_make_is_still_seen() {
     // Racily clean: the file changes within the same instant its digest was taken.
     let p = sources_project();
-    p.make_ok(&[]);
+    p.make_ok();
     p.write("src/input.txt", "jello\n");
-    p.make_ok(&[]).assert_ran(&["prep", "report"]);
+    p.make_ok().assert_ran(&["prep", "report"]);
     p.write("src/input.txt", "hallo\n");
-    p.make_ok(&[]).assert_ran(&["prep", "report"]);
-    assert_eq!(p.read("out/prep/up.txt"), "HALLO\n");
+    p.make_ok().assert_ran(&["prep", "report"]);
+    assert_eq!(p.text("out/prep/up.txt"), "HALLO\n");
 }
 
 #[test]
 fn stage_version_bump_reruns_the_stage() {
-    let p = project().pipeline(CHAIN).build();
-    p.make_ok(&[]);
+    let p = project(CHAIN);
+    p.make_ok();
     p.take_runs();
     p.replace("tr118.toml", "[stages.a]\n", "[stages.a]\nversion = 1\n");
     p.tr(&["why", "a"]).success().stdout_has("`a` is stale (root cause):").stdout_has("  stage version changed 0 → 1");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     // Same output, so `b` is not rerun.
     m.assert_ran(&["a"]);
     assert_eq!(m.record("a").reason.as_deref(), Some("stage version changed 0 → 1"));
     assert_eq!(p.take_runs(), ["a"]);
 
     p.replace("tr118.toml", "[stages.b]\n", "[stages.b]\nversion = 7\n");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["b"]);
     assert_eq!(m.record("b").reason.as_deref(), Some("stage version changed 0 → 7"));
     assert_eq!(p.take_runs(), ["b"]);
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
 }
 
 #[test]
 fn upstream_rerun_with_identical_output_does_not_rerun_downstream() {
-    let p = project().pipeline(CHAIN).build();
-    p.make_ok(&[]);
+    let p = project(CHAIN);
+    p.make_ok();
     p.take_runs();
     // A different command that writes the same bytes.
     p.replace("tr118.toml", "echo a > $0", "printf 'a\\\\n' > $0");
     let why = p.tr(&["why", "a"]);
     why.success().stdout_has("field `cmd` changed");
     p.tr(&["why", "b"]).success().stdout_has("`b` is stale by cascade: upstream `a` reruns");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["a"]);
     let b = m.record("b");
     assert_eq!((b.cache.as_str(), b.status.as_str(), b.restored), ("hit", "ok", false), "{b:?}");
     assert_eq!(p.take_runs(), ["a"], "b's command did not run");
-    assert_eq!(p.read("out/a/x.txt"), "a\n");
-    assert_eq!(p.read("out/b/y.txt"), "a\nb\n");
+    assert_eq!(p.text("out/a/x.txt"), "a\n");
+    assert_eq!(p.text("out/b/y.txt"), "a\nb\n");
 
     // And an upstream change that does change the bytes reruns it.
     p.replace("tr118.toml", "printf 'a\\\\n' > $0", "echo A > $0");
-    p.make_ok(&[]).assert_ran(&["a", "b"]);
-    assert_eq!(p.read("out/b/y.txt"), "A\nb\n");
+    p.make_ok().assert_ran(&["a", "b"]);
+    assert_eq!(p.text("out/b/y.txt"), "A\nb\n");
 }
 
 #[test]
 fn pipeline_edits_outside_a_stage_rerun_nothing_and_a_new_stage_runs_alone() {
-    let p = project().pipeline(CHAIN).build();
-    p.make_ok(&[]);
-    let text = p.read("tr118.toml");
-    p.write("tr118.toml", &format!("# a comment\n\n{}\n\n", text.replace("[stages.b]", "# about b\n[stages.b]")));
-    p.make_ok(&[]).assert_ran(&[]);
-    let text = p.read("tr118.toml");
-    p.write("tr118.toml", &format!("{text}\n[stages.c]\ncmd = [\"sh\", \"-c\", \"echo c > $0\", \"{{outs.z}}\"]\nouts = {{ z = \"z.txt\" }}\n"));
-    p.make_ok(&[]).assert_ran(&["c"]);
+    let p = project(CHAIN);
+    p.make_ok();
+    let text = p.text("tr118.toml");
+    p.write("tr118.toml", format!("# a comment\n\n{}\n\n", text.replace("[stages.b]", "# about b\n[stages.b]")));
+    p.make_ok().assert_ran(&[]);
+    let text = p.text("tr118.toml");
+    p.write("tr118.toml", format!("{text}\n[stages.c]\ncmd = [\"sh\", \"-c\", \"echo c > $0\", \"{{outs.z}}\"]\nouts = {{ z = \"z.txt\" }}\n"));
+    p.make_ok().assert_ran(&["c"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -705,59 +405,58 @@ fn pipeline_edits_outside_a_stage_rerun_nothing_and_a_new_stage_runs_alone() {
 
 #[test]
 fn deleted_out_is_restored_from_cache_without_rerunning() {
-    let p = project().pipeline(CHAIN).build();
-    p.make_ok(&[]);
+    let p = project(CHAIN);
+    p.make_ok();
     p.take_runs();
 
     fs::remove_file(p.path("out/a/x.txt")).unwrap();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     let a = m.record("a");
     assert_eq!((a.cache.as_str(), a.restored), ("hit", true), "{a:?}");
     assert!(!m.record("b").restored);
-    assert_eq!(p.read("out/a/x.txt"), "a\n");
+    assert_eq!(p.text("out/a/x.txt"), "a\n");
     assert!(p.take_runs().is_empty(), "no command ran");
     m.run.stderr_lacks("restored b");
 
     // A file modified by hand (same size, so only the content tells) is put back too.
     p.write("out/b/y.txt", "x\ny\n");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.record("b").restored && !m.record("a").restored);
-    assert_eq!(p.read("out/b/y.txt"), "a\nb\n");
+    assert_eq!(p.text("out/b/y.txt"), "a\nb\n");
     assert!(p.take_runs().is_empty());
 
     // A whole out/ tree removed.
     fs::remove_dir_all(p.path("out")).unwrap();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.record("a").restored && m.record("b").restored);
-    assert_eq!(p.read("out/b/y.txt"), "a\nb\n");
-    p.make_ok(&[]).records.iter().for_each(|r| assert!(!r.restored, "{r:?}"));
+    assert_eq!(p.text("out/b/y.txt"), "a\nb\n");
+    p.make_ok().records.iter().for_each(|r| assert!(!r.restored, "{r:?}"));
 }
 
 #[test]
 fn clean_then_make_restores_everything_and_clean_all_reruns_everything() {
-    let p = project().pipeline(CHAIN).build();
-    p.make_ok(&[]);
+    let p = project(CHAIN);
+    p.make_ok();
     p.take_runs();
     p.tr(&["clean"]).success();
     assert!(!p.exists("out"));
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.records.iter().all(|r| r.restored));
-    assert_eq!(p.read("out/b/y.txt"), "a\nb\n");
+    assert_eq!(p.text("out/b/y.txt"), "a\nb\n");
     p.tr(&["clean", "--all"]).success();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["a", "b"]);
     assert_eq!(p.take_runs(), ["a", "b"]);
 }
 
 #[test]
 fn directory_outs_are_cached_and_restored() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project(
+        r##"
 [stages.gen]
 cmd = ["sh", "-c", "echo $TR118_NODE >> runs.log; mkdir -p $0/sub && echo one > $0/a.txt && echo two > $0/sub/b.txt && printf '#!/bin/sh\\necho hi\\n' > $0/run.sh && chmod +x $0/run.sh", "{outs.dir}"]
 outs = { dir = "results/" }
@@ -767,34 +466,33 @@ cmd = ["sh", "-c", "echo $TR118_NODE >> runs.log; cat $0/a.txt $0/sub/b.txt > $1
 deps = { dir = "out/gen/results" }
 outs = { cat = "cat.txt" }
 "##,
-        )
-        .build();
-    p.make_ok(&[]).assert_ran(&["gen", "use"]);
+    );
+    p.make_ok().assert_ran(&["gen", "use"]);
     p.take_runs();
     assert_eq!(p.list("out/gen/results"), ["a.txt", "run.sh", "sub"]);
-    assert_eq!(p.read("out/use/cat.txt"), "one\ntwo\n");
-    let mode = |p: &Project| fs::metadata(p.path("out/gen/results/run.sh")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(p.text("out/use/cat.txt"), "one\ntwo\n");
+    let mode = |p: &Workspace| fs::metadata(p.path("out/gen/results/run.sh")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&p), 0o755);
 
     fs::remove_dir_all(p.path("out/gen/results")).unwrap();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.record("gen").restored);
-    assert_eq!(p.read("out/gen/results/a.txt"), "one\n");
-    assert_eq!(p.read("out/gen/results/sub/b.txt"), "two\n");
-    assert_eq!(p.read("out/gen/results/run.sh"), "#!/bin/sh\necho hi\n");
+    assert_eq!(p.text("out/gen/results/a.txt"), "one\n");
+    assert_eq!(p.text("out/gen/results/sub/b.txt"), "two\n");
+    assert_eq!(p.text("out/gen/results/run.sh"), "#!/bin/sh\necho hi\n");
     assert_eq!(mode(&p), 0o755, "the executable bit is restored");
 
     // A stray file and an edited one: the directory is put back exactly.
     p.write("out/gen/results/stray.txt", "junk\n");
     p.write("out/gen/results/sub/b.txt", "TWO\n");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.record("gen").restored);
     assert_eq!(p.list("out/gen/results"), ["a.txt", "run.sh", "sub"]);
-    assert_eq!(p.read("out/gen/results/sub/b.txt"), "two\n");
+    assert_eq!(p.text("out/gen/results/sub/b.txt"), "two\n");
     assert!(p.take_runs().is_empty());
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     assert!(m.records.iter().all(|r| !r.restored && r.cache == "hit"));
 }
 
@@ -804,16 +502,14 @@ outs = { cat = "cat.txt" }
 
 #[test]
 fn failed_node_is_not_cached_and_shows_stderr_tail() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project(
+        r##"
 [stages.bad]
 cmd = ["sh", "-c", "echo partial > $0; echo 'step 1 ok'; i=1; while [ $i -le 30 ]; do echo \"line $i\" >&2; i=$((i+1)); done; echo 'boom: the GPU caught fire' >&2; exit 3", "{outs.x}"]
 outs = { x = "x.txt" }
 "##,
-        )
-        .build();
-    let m = p.make(&[]);
+    );
+    let m = p.make();
     m.run.code(1);
     let r = m.record("bad");
     assert_eq!((r.cache.as_str(), r.status.as_str()), ("miss", "failed"));
@@ -826,28 +522,27 @@ outs = { x = "x.txt" }
         .stderr_has("  | line 12")
         .stderr_lacks("  | line 11\n")
         .stderr_lacks("step 1 ok");
-    let log = p.read("cache/logs/bad.log");
+    let log = p.text("cache/logs/bad.log");
     assert!(log.contains("step 1 ok\n") && log.contains("line 1\n") && log.contains("boom: the GPU caught fire"), "{log}");
     assert!(!p.exists("out/bad/x.txt"), "a failed node's outputs are not published");
     assert!(p.list("cache/actions").is_empty(), "a failed node is not cached");
     assert!(p.list("cache/refs").is_empty());
 
-    let m = p.make(&[]);
+    let m = p.make();
     m.run.code(1);
     assert_eq!(m.ran(), ["bad"], "it reruns");
     assert_eq!(m.record("bad").status, "failed");
 
     p.replace("tr118.toml", "exit 3", "exit 0");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["bad"]);
-    assert_eq!(p.read("out/bad/x.txt"), "partial\n");
+    assert_eq!(p.text("out/bad/x.txt"), "partial\n");
 }
 
 #[test]
 fn degraded_node_is_cached_with_its_reason() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project(
+        r##"
 [stages.d]
 cmd = ["sh", "-c", "echo $TR118_NODE >> runs.log; echo result > $0; echo 'fell back to CPU: no GPU' > \"$TR118_DEGRADED_FILE\"", "{outs.x}"]
 outs = { x = "x.txt" }
@@ -857,20 +552,19 @@ cmd = ["sh", "-c", "cat $0 > $1", "{deps.x}", "{outs.y}"]
 deps = { x = "out/d/x.txt" }
 outs = { y = "y.txt" }
 "##,
-        )
-        .build();
-    let m = p.make_ok(&[]);
+    );
+    let m = p.make_ok();
     m.assert_ran(&["d", "after"]);
     let d = m.record("d");
     assert_eq!((d.cache.as_str(), d.status.as_str()), ("miss", "degraded"));
     assert_eq!(d.detail.as_deref(), Some("fell back to CPU: no GPU"));
     assert_eq!(m.record("after").status, "ok", "downstream of a degraded node runs normally");
-    assert_eq!(p.read("out/d/x.txt"), "result\n");
+    assert_eq!(p.text("out/d/x.txt"), "result\n");
     p.take_runs();
     // People see it in the summary too.
     p.tr(&["make"]).success().stderr_has("2 nodes: 0 ran, 2 fresh, 1 degraded");
 
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     let d = m.record("d");
     assert_eq!((d.cache.as_str(), d.status.as_str()), ("hit", "degraded"));
@@ -900,8 +594,8 @@ outs = { z = "z.txt" }
 
 #[test]
 fn keep_going_runs_independent_nodes_after_a_failure() {
-    let p = project().pipeline(FAILING).build();
-    let m = p.make(&["-k", "-j", "1"]);
+    let p = project(FAILING);
+    let m = p.make_with(&["-k", "-j", "1"]);
     m.run.code(1);
     assert_eq!(m.all_ids(), sorted(&["bad", "after_bad", "good"]));
     assert_eq!(m.record("bad").status, "failed");
@@ -910,10 +604,10 @@ fn keep_going_runs_independent_nodes_after_a_failure() {
     let skipped = m.record("after_bad");
     assert_eq!((skipped.cache.as_str(), skipped.status.as_str()), ("skipped", "skipped"));
     assert_eq!(skipped.detail.as_deref(), Some("upstream `bad` did not complete"));
-    assert_eq!(p.read("out/good/z.txt"), "good\n");
+    assert_eq!(p.text("out/good/z.txt"), "good\n");
     assert!(!p.exists("out/after_bad"));
     // `good` is cached: the next run only retries `bad`.
-    let m = p.make(&["-k", "-j", "1"]);
+    let m = p.make_with(&["-k", "-j", "1"]);
     m.run.code(1);
     assert_eq!(m.ran(), ["bad"]);
     assert_eq!(m.record("good").cache, "hit");
@@ -921,8 +615,8 @@ fn keep_going_runs_independent_nodes_after_a_failure() {
 
 #[test]
 fn without_keep_going_a_failure_stops_new_nodes() {
-    let p = project().pipeline(FAILING).build();
-    let m = p.make(&["-j", "1"]);
+    let p = project(FAILING);
+    let m = p.make_with(&["-j", "1"]);
     m.run.code(1);
     assert_eq!(m.all_ids(), sorted(&["bad", "after_bad", "good"]));
     assert_eq!(m.ran(), ["bad"]);
@@ -936,8 +630,8 @@ fn without_keep_going_a_failure_stops_new_nodes() {
 
 #[test]
 fn dry_run_runs_nothing() {
-    let p = project().pipeline(MATRIX).build();
-    let m = p.make_ok(&["-n"]);
+    let p = project(MATRIX);
+    let m = p.make_ok_with(&["-n"]);
     assert_eq!(m.all_ids(), sorted(MATRIX_NODES));
     for r in &m.records {
         assert_eq!((r.cache.as_str(), r.status.as_str()), ("miss", "pending"), "{r:?}");
@@ -952,14 +646,14 @@ fn dry_run_runs_nothing() {
     p.tr(&["make", "-n"]).success().stderr_has("8 of 8 nodes would run").stderr_has("would run fetch: never built");
     assert!(!p.exists("out"));
 
-    p.make_ok(&[]);
+    p.make_ok();
     p.replace("tr118.toml", "threads = 1 }", "threads = 2 }");
-    let m = p.make_ok(&["--dry-run"]);
+    let m = p.make_ok_with(&["--dry-run"]);
     assert_eq!(m.ids(|r| r.status == "pending"), sorted(&["build/cuda", "sweep/cuda/short", "sweep/cuda/long", "stats"]));
     assert_eq!(m.hits().len(), 4);
     p.tr(&["make", "-n"]).success().stderr_has("4 of 8 nodes would run");
-    assert_eq!(p.read("out/build/cuda/plan.txt"), "model\nthreads=1\n", "the dry run changed nothing");
-    p.make_ok(&[]).assert_ran(&["build/cuda", "sweep/cuda/short", "sweep/cuda/long", "stats"]);
+    assert_eq!(p.text("out/build/cuda/plan.txt"), "model\nthreads=1\n", "the dry run changed nothing");
+    p.make_ok().assert_ran(&["build/cuda", "sweep/cuda/short", "sweep/cuda/long", "stats"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -978,14 +672,14 @@ fn stamped(names: &[(&str, bool)], sleep: &str) -> String {
 
 #[test]
 fn parallel_jobs_overlap_independent_nodes() {
-    let p = project().pipeline(&stamped(&[("one", false), ("two", false)], "0.5")).build();
-    p.make_ok(&["-j", "2"]).assert_ran(&["one", "two"]);
+    let p = project(&stamped(&[("one", false), ("two", false)], "0.5"));
+    p.make_ok_with(&["-j", "2"]).assert_ran(&["one", "two"]);
     let (a, b) = (interval(&p, "out/one/t.txt"), interval(&p, "out/two/t.txt"));
     assert!(overlap(a, b), "with -j 2 the two nodes run at once: {a:?} {b:?}");
 
     // And -j 1 runs them one after the other.
-    let p = project().pipeline(&stamped(&[("one", false), ("two", false)], "0.2")).build();
-    p.make_ok(&["-j", "1"]).assert_ran(&["one", "two"]);
+    let p = project(&stamped(&[("one", false), ("two", false)], "0.2"));
+    p.make_ok_with(&["-j", "1"]).assert_ran(&["one", "two"]);
     let (a, b) = (interval(&p, "out/one/t.txt"), interval(&p, "out/two/t.txt"));
     assert!(!overlap(a, b), "with -j 1 nodes never overlap: {a:?} {b:?}");
 }
@@ -993,9 +687,9 @@ fn parallel_jobs_overlap_independent_nodes() {
 #[test]
 fn timing_nodes_run_alone() {
     let nodes = [("p1", false), ("p2", false), ("t1", true), ("p3", false), ("t2", true), ("p4", false)];
-    let p = project().pipeline(&stamped(&nodes, "0.3")).build();
+    let p = project(&stamped(&nodes, "0.3"));
     let ids: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
-    p.make_ok(&["-j", "4"]).assert_ran(&ids);
+    p.make_ok_with(&["-j", "4"]).assert_ran(&ids);
     let iv: Vec<(&str, bool, (u128, u128))> = nodes.iter().map(|(n, t)| (*n, *t, interval(&p, &format!("out/{n}/t.txt")))).collect();
     for (n, timing, a) in &iv {
         if !timing {
@@ -1013,9 +707,8 @@ fn timing_nodes_run_alone() {
 
 #[test]
 fn timing_node_on_a_device_excludes_only_that_device() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project(
+        r##"
 [stages.gpu_timing]
 cmd = ["sh", "-c", "date +%s%N > $0; sleep 0.5; date +%s%N >> $0", "{outs.t}"]
 outs = { t = "t.txt" }
@@ -1031,9 +724,8 @@ device = "cuda:0"
 cmd = ["sh", "-c", "date +%s%N > $0; sleep 0.3; date +%s%N >> $0", "{outs.t}"]
 outs = { t = "t.txt" }
 "##,
-        )
-        .build();
-    p.make_ok(&["-j", "4"]);
+    );
+    p.make_ok_with(&["-j", "4"]);
     let t = interval(&p, "out/gpu_timing/t.txt");
     let g = interval(&p, "out/gpu_other/t.txt");
     let c = interval(&p, "out/cpu_work/t.txt");
@@ -1059,7 +751,7 @@ outs = { y = "y.txt" }
 "##;
 
 fn interrupted_then_make_completes(signal: &str) {
-    let p = project().pipeline(INTERRUPTIBLE).file("hold", "").build();
+    let p = project_files(INTERRUPTIBLE, &[("hold", "")]);
     let mut cmd = p.command(&["make", "-j", "1"]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let mut running = Spawned::start(cmd);
@@ -1076,20 +768,20 @@ fn interrupted_then_make_completes(signal: &str) {
     running.kill_group("KILL");
     drop(running);
 
-    assert_eq!(p.read("out/a/x.txt"), "a\n", "`a` finished before the interruption");
+    assert_eq!(p.text("out/a/x.txt"), "a\n", "`a` finished before the interruption");
     assert!(!p.exists("out/slow/y.txt"), "no partial output is ever published");
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
     p.tr(&["status"]).success().stdout_has("fresh  a").stdout_has("stale  slow: never built");
 
     fs::remove_file(p.path("hold")).unwrap();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["slow"]);
     assert_eq!(m.record("a").cache, "hit");
-    assert_eq!(p.read("out/slow/y.txt"), "a\npartial\ndone\n");
+    assert_eq!(p.text("out/slow/y.txt"), "a\npartial\ndone\n");
     assert!(p.list("cache/tmp").is_empty(), "leftovers of the interrupted run are gone: {:?}", p.list("cache/tmp"));
     assert!(p.list("out/slow").iter().all(|n| n == "y.txt"), "no temporary files in out/: {:?}", p.list("out/slow"));
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
 }
 
 #[test]
@@ -1104,15 +796,13 @@ fn sigint_mid_run_then_make_completes() {
 
 #[test]
 fn concurrent_makes_wait_for_the_lock() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project(
+        r##"
 [stages.slow]
 cmd = ["sh", "-c", "touch started; i=0; while [ ! -f go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; echo slow > $0", "{outs.x}"]
 outs = { x = "x.txt" }
 "##,
-        )
-        .build();
+    );
     let logs = TempDir::new().unwrap();
     let first = {
         let mut c = p.command(&["make", "--json"]);
@@ -1137,32 +827,32 @@ outs = { x = "x.txt" }
     assert!(!p.exists("out/slow/x.txt"));
 
     p.write("go", "");
-    let first = Make::parse(first.wait_output(&["make", "--json"]));
+    let first = p.records(first.wait_output(&["make", "--json"]));
     first.run.code(0);
     first.assert_ran(&["slow"]);
-    let second = Make::parse(second.wait_output(&["make", "--json"]));
+    let second = p.records(second.wait_output(&["make", "--json"]));
     second.run.code(0);
     second.assert_ran(&[]);
     assert_eq!(second.record("slow").cache, "hit");
-    assert_eq!(p.read("out/slow/x.txt"), "slow\n");
-    p.make_ok(&[]).assert_ran(&[]);
-    p.make_ok(&["--no-wait"]).assert_ran(&[]);
+    assert_eq!(p.text("out/slow/x.txt"), "slow\n");
+    p.make_ok().assert_ran(&[]);
+    p.make_ok_with(&["--no-wait"]).assert_ran(&[]);
 }
 
 // ---------------------------------------------------------------------------------------
 // Bad input: exit 2, with the file, line and column.
 // ---------------------------------------------------------------------------------------
 
-fn bad(toml: &str) -> Project {
-    project().pipeline(toml).file("model.txt", "m\n").build()
+fn bad(toml: &str) -> Workspace {
+    project_files(toml, &[("model.txt", "m\n")])
 }
 
 #[test]
 fn malformed_toml_is_bad_input_with_a_position() {
     let p = bad("[stages.a]\ncmd = [\"sh\", \"-c\", \"true\"\nouts = { x = \"x\" }\n");
-    p.tr(&["make"]).diag(3, 1, "invalid TOML");
+    p.tr(&["make"]).diag_at(3, 1, "invalid TOML");
     let p = bad("[stages.a\ncmd = []\n");
-    p.tr(&["make"]).diag(1, 10, "invalid TOML");
+    p.tr(&["make"]).diag_at(1, 10, "invalid TOML");
     assert!(!p.exists("out"));
     p.tr(&["status"]).code(2);
     p.tr(&["graph"]).code(2);
@@ -1176,14 +866,14 @@ depz = { m = "model.txt" }
 outs = { x = "x.txt" }
 "##);
     let r = p.tr(&["make"]);
-    r.diag(3, 1, "unknown field `depz` in `stages.a`").stderr_has("help: did you mean `deps`?");
+    r.diag_at(3, 1, "unknown field `depz` in `stages.a`").stderr_has("help: did you mean `deps`?");
     assert!(!p.exists("out"));
 }
 
 #[test]
 fn unknown_top_level_section_is_rejected_with_a_suggestion() {
     let p = bad("[params]\nn = 1\n\n[stagez.a]\ncmd = [\"true\"]\n");
-    p.tr(&["make"]).diag(4, 2, "unknown field `stagez`").stderr_has("help: did you mean `stages`?");
+    p.tr(&["make"]).diag_at(4, 2, "unknown field `stagez`").stderr_has("help: did you mean `stages`?");
 }
 
 #[test]
@@ -1198,7 +888,7 @@ cmd = ["sh", "-c", "cat $0 > $1", "{deps.x}", "{outs.y}"]
 deps = { x = "out/a/x.txt" }
 outs = { y = "y.txt" }
 "##);
-    p.tr(&["make"]).diag(1, 9, "dependency cycle: `a` → `b` → `a`");
+    p.tr(&["make"]).diag_at(1, 9, "dependency cycle: `a` → `b` → `a`");
     p.tr(&["graph"]).code(2).stderr_has("dependency cycle");
 }
 
@@ -1209,7 +899,7 @@ cmd = ["sh", "-c", "cat $0 > $1", "{deps.m}", "{outs.x}"]
 deps = { m = "nope.txt" }
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(3, 10, "dep `nope.txt` of `a` does not exist");
+    p.tr(&["make"]).diag_at(3, 10, "dep `nope.txt` of `a` does not exist");
     // A dep on an output nobody declares, with a suggestion.
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "echo > $0", "{outs.x}"]
@@ -1220,14 +910,14 @@ cmd = ["sh", "-c", "cat $0 > $1", "{deps.x}", "{outs.y}"]
 deps = { x = "out/a/x.tx" }
 outs = { y = "y.txt" }
 "##);
-    p.tr(&["make"]).diag(7, 10, "dep `out/a/x.tx` of `b` names no stage output").stderr_has("did you mean `out/a/x.txt`?");
+    p.tr(&["make"]).diag_at(7, 10, "dep `out/a/x.tx` of `b` names no stage output").stderr_has("did you mean `out/a/x.txt`?");
     // A glob that matches nothing.
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "cat $@ > $0", "{outs.x}", "{deps.all}"]
 deps = { all = "out/*/nothing.txt" }
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(3, 10, "dep pattern `out/*/nothing.txt` of `a` matches no stage output");
+    p.tr(&["make"]).diag_at(3, 10, "dep pattern `out/*/nothing.txt` of `a` matches no stage output");
 }
 
 #[test]
@@ -1237,12 +927,12 @@ cmd = ["sh", "-c", "cat $0 > $1", "{deps.modle}", "{outs.x}"]
 deps = { model = "model.txt" }
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(2, 35, "placeholder `{deps.modle}` names no declared dep (declared: model)").stderr_has("did you mean `{deps.model}`?");
+    p.tr(&["make"]).diag_at(2, 35, "placeholder `{deps.modle}` names no declared dep (declared: model)").stderr_has("did you mean `{deps.model}`?");
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "echo > $0", "{outs.y}"]
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(2, 33, "placeholder `{outs.y}` names no declared out (declared: x)");
+    p.tr(&["make"]).diag_at(2, 33, "placeholder `{outs.y}` names no declared out (declared: x)");
 }
 
 #[test]
@@ -1285,7 +975,7 @@ matrix = ["nope"]
 cmd = ["sh", "-c", "echo > $0", "{outs.x}"]
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(2, 11, "axis `nope` is not declared under `[axes]`");
+    p.tr(&["make"]).diag_at(2, 11, "axis `nope` is not declared under `[axes]`");
 }
 
 #[test]
@@ -1309,24 +999,24 @@ fn out_path_escaping_the_workspace_is_rejected() {
 cmd = ["sh", "-c", "echo > $0", "{outs.x}"]
 outs = { x = "../x" }
 "##);
-    p.tr(&["make"]).diag(3, 10, "out `../x` escapes the workspace");
+    p.tr(&["make"]).diag_at(3, 10, "out `../x` escapes the workspace");
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "echo > $0", "{outs.x}"]
 outs = { x = "/abs" }
 "##);
-    p.tr(&["make"]).diag(3, 10, "out `/abs` is an absolute path");
+    p.tr(&["make"]).diag_at(3, 10, "out `/abs` is an absolute path");
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "echo > $0", "{outs.x}"]
 outs = { x = "a/../../x" }
 "##);
-    p.tr(&["make"]).diag(3, 10, "escapes the workspace");
+    p.tr(&["make"]).diag_at(3, 10, "escapes the workspace");
     // Deps too.
     let p = bad(r##"[stages.a]
 cmd = ["sh", "-c", "cat $0 > $1", "{deps.m}", "{outs.x}"]
 deps = { m = "../model.txt" }
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(3, 10, "dep `../model.txt` escapes the workspace");
+    p.tr(&["make"]).diag_at(3, 10, "dep `../model.txt` escapes the workspace");
     assert!(!p.root().parent().unwrap().join("x").exists());
 }
 
@@ -1337,18 +1027,18 @@ kind = "cmdd"
 cmd = ["sh", "-c", "echo > $0", "{outs.x}"]
 outs = { x = "x.txt" }
 "##);
-    p.tr(&["make"]).diag(2, 1, "unknown stage kind `cmdd`").stderr_has("help: did you mean `cmd`?");
+    p.tr(&["make"]).diag_at(2, 1, "unknown stage kind `cmdd`").stderr_has("help: did you mean `cmd`?");
 }
 
 #[test]
 fn cmd_as_a_string_is_rejected_with_the_argv_form() {
     let p = bad("[stages.a]\ncmd = \"echo hi\"\n");
-    p.tr(&["make"]).diag(2, 1, "`cmd` must be an argv list").stderr_has(r#"["sh", "-c", "echo hi"]"#);
+    p.tr(&["make"]).diag_at(2, 1, "`cmd` must be an argv list").stderr_has(r#"["sh", "-c", "echo hi"]"#);
 }
 
 #[test]
 fn unknown_make_target_suggests_a_stage() {
-    let p = project().pipeline(MATRIX).build();
+    let p = project(MATRIX);
     p.tr(&["make", "bulid"]).code(2).stderr_has("no stage or node `bulid`").stderr_has("did you mean `build`?");
     p.tr(&["status", "bulid"]).code(2).stderr_has("did you mean `build`?");
     p.tr(&["why", "build/cdua"]).code(2).stderr_has("no node `build/cdua`").stderr_has("did you mean `build/cuda`?");
@@ -1358,7 +1048,7 @@ fn unknown_make_target_suggests_a_stage() {
 
 #[test]
 fn unknown_command_line_flag_is_exit_2() {
-    let p = project().pipeline(CHAIN).build();
+    let p = project(CHAIN);
     p.tr(&["make", "--frobnicate"]).code(2);
     p.tr(&["frobnicate"]).code(2);
 }
@@ -1369,13 +1059,13 @@ fn out_not_written_names_the_out_and_the_stage() {
 cmd = ["sh", "-c", "echo hi"]
 outs = { x = "x.txt" }
 "##);
-    let m = p.make(&[]);
+    let m = p.make();
     m.run.stderr_has("`a` did not write out `x` (declared as `x.txt`)").stderr_has("tr118.toml:3:10:");
     assert_eq!(m.record("a").status, "failed");
     assert!(p.list("cache/actions").is_empty(), "not cached");
     assert_eq!(m.run.code, Some(2), "the issue asks for exit 2 (bad pipeline)\n{}", m.run);
     // Not cached: it is tried again.
-    assert_eq!(p.make(&[]).ran(), ["a"]);
+    assert_eq!(p.make().ran(), ["a"]);
 }
 
 #[test]
@@ -1384,7 +1074,7 @@ fn out_of_the_wrong_type_names_the_out_and_the_stage() {
 cmd = ["sh", "-c", "rmdir $0 && echo file > $0", "{outs.d}"]
 outs = { d = "d/" }
 "##);
-    let m = p.make(&[]);
+    let m = p.make();
     m.run.code(2).stderr_has("`a` wrote a file for out `d`, declared as a directory");
     assert!(p.list("cache/actions").is_empty());
 }
@@ -1395,8 +1085,8 @@ outs = { d = "d/" }
 
 #[test]
 fn json_output_has_one_record_per_node() {
-    let p = project().pipeline(MATRIX).build();
-    let m = p.make_ok(&[]);
+    let p = project(MATRIX);
+    let m = p.make_ok();
     // Every stdout line parsed as a record (Make::parse), one per node, nothing else.
     assert_eq!(m.records.len(), MATRIX_NODES.len(), "{}", m.run);
     assert_eq!(m.run.stdout.lines().count(), MATRIX_NODES.len());
@@ -1413,7 +1103,7 @@ fn json_output_has_one_record_per_node() {
     let pos = |id: &str| m.records.iter().position(|r| r.id == id).unwrap();
     assert!(pos("fetch") < pos("build/cpu") && pos("build/cuda") < pos("sweep/cuda/long") && pos("sweep/cpu/short") < pos("stats"));
 
-    let m = p.make_ok(&["sweep/cpu"]);
+    let m = p.make_ok_with(&["sweep/cpu"]);
     assert_eq!(m.all_ids(), sorted(&["fetch", "build/cpu", "sweep/cpu/short", "sweep/cpu/long"]));
     assert!(m.records.iter().all(|r| r.cache == "hit" && r.reason.is_none()));
 
@@ -1421,12 +1111,12 @@ fn json_output_has_one_record_per_node() {
     status.success();
     let recs: Vec<Record> = status.stdout.lines().map(Record::parse).collect();
     assert_eq!(recs.len(), MATRIX_NODES.len());
-    assert!(recs.iter().all(|r| r.cache == "hit" && r.status == "ok"));
+    assert!(recs.iter().all(|r| r.cache == "hit" && r.status == "ok" && r.remote.is_none()), "{status}");
 }
 
 #[test]
 fn graph_prints_dot_and_mermaid() {
-    let p = project().pipeline(MATRIX).build();
+    let p = project(MATRIX);
     let dot = p.tr(&["graph"]);
     dot.success();
     let out = &dot.stdout;
@@ -1473,7 +1163,7 @@ fn graph_prints_dot_and_mermaid() {
 
 #[test]
 fn graph_with_a_target_prints_only_that_part() {
-    let p = project().pipeline(MATRIX).build();
+    let p = project(MATRIX);
     let g = p.tr(&["graph", "build/cuda"]);
     g.success();
     let nodes: BTreeSet<&str> = g.stdout.lines().filter(|l| l.contains(" [label=")).map(|l| l.trim().split('"').nth(1).unwrap()).collect();
@@ -1498,18 +1188,18 @@ deps = { x = "out/a/x.txt" }
 outs = { y = "y.txt" }
 "##;
 
-fn output_digest(p: &Project, key: &str) -> String {
+fn output_digest(p: &Workspace, key: &str) -> String {
     p.manifest(key)["outputs"][0]["digest"].as_str().unwrap().to_string()
 }
 
 #[test]
 fn gc_removes_unreferenced_entries() {
-    let p = project().pipeline(PARAM_CHAIN).build();
-    let old = p.make_ok(&[]);
+    let p = project(PARAM_CHAIN);
+    let old = p.make_ok();
     let old_keys: Vec<String> = ["a", "b"].iter().map(|id| old.record(id).key.clone().unwrap()).collect();
     let old_objects: Vec<String> = old_keys.iter().map(|k| p.object(&output_digest(&p, k))).collect();
     p.replace("tr118.toml", "n = 1", "n = 2");
-    let new = p.make_ok(&[]);
+    let new = p.make_ok();
     new.assert_ran(&["a", "b"]);
     let new_keys: Vec<String> = ["a", "b"].iter().map(|id| new.record(id).key.clone().unwrap()).collect();
     let new_objects: Vec<String> = new_keys.iter().map(|k| p.object(&output_digest(&p, k))).collect();
@@ -1529,7 +1219,7 @@ fn gc_removes_unreferenced_entries() {
     for o in &new_objects {
         assert!(p.exists(o), "current object {o} kept");
     }
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.records.iter().all(|r| !r.restored));
     let status = p.tr(&["status"]);
@@ -1539,26 +1229,26 @@ fn gc_removes_unreferenced_entries() {
 
     // The old value now has to be rebuilt.
     p.replace("tr118.toml", "n = 2", "n = 1");
-    p.make_ok(&[]).assert_ran(&["a", "b"]);
+    p.make_ok().assert_ran(&["a", "b"]);
 }
 
 #[test]
 fn gc_forgets_nodes_that_left_the_pipeline() {
-    let p = project().pipeline(CHAIN).build();
-    p.make_ok(&[]);
-    let text = p.read("tr118.toml");
+    let p = project(CHAIN);
+    p.make_ok();
+    let text = p.text("tr118.toml");
     let cut = text.find("[stages.b]").unwrap();
     p.write("tr118.toml", &text[..cut]);
     p.tr(&["gc"]).success().stdout_has("removed 1 manifests").stdout_has(", 1 refs;");
     assert_eq!(p.list("cache/refs"), ["a"]);
     assert!(!p.exists("cache/logs/b.log"));
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
 }
 
 #[test]
 fn fsck_detects_and_repairs_a_flipped_byte() {
-    let p = project().pipeline(PARAM_CHAIN).build();
-    let m = p.make_ok(&[]);
+    let p = project(PARAM_CHAIN);
+    let m = p.make_ok();
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
     let a_key = m.record("a").key.clone().unwrap();
     let b_key = m.record("b").key.clone().unwrap();
@@ -1585,25 +1275,25 @@ fn fsck_detects_and_repairs_a_flipped_byte() {
     assert!(p.exists(&format!("cache/actions/{b_key}.json")));
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
 
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["a"]);
     assert_eq!(m.record("a").reason.as_deref(), Some("no cache entry for its key (the cache was cleaned or collected)"));
     assert_eq!(m.record("b").cache, "hit", "same bytes again: b is not rerun");
-    assert_eq!(p.read(&obj), "n=1\n");
+    assert_eq!(p.text(&obj), "n=1\n");
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
 }
 
 #[test]
 fn a_corrupt_object_is_never_restored_into_out() {
-    let p = project().pipeline(PARAM_CHAIN).build();
-    let m = p.make_ok(&[]);
+    let p = project(PARAM_CHAIN);
+    let m = p.make_ok();
     let digest = output_digest(&p, m.record("a").key.as_deref().unwrap());
     let path = p.path(&p.object(&digest));
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&path, "n=9\n").unwrap();
     fs::remove_file(p.path("out/a/x.txt")).unwrap();
-    let m = p.make(&[]);
-    assert_eq!(p.read("out/a/x.txt"), "n=1\n", "out/ holds what the node wrote, not the corrupt object\n{}", m.run);
+    let m = p.make();
+    assert_eq!(p.text("out/a/x.txt"), "n=1\n", "out/ holds what the node wrote, not the corrupt object\n{}", m.run);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1612,27 +1302,27 @@ fn a_corrupt_object_is_never_restored_into_out() {
 
 #[test]
 fn make_stage_target_builds_only_it_and_its_upstream() {
-    let p = project().pipeline(MATRIX).build();
-    let m = p.make_ok(&["build"]);
+    let p = project(MATRIX);
+    let m = p.make_ok_with(&["build"]);
     m.assert_ran(&["fetch", "build/cpu", "build/cuda"]);
     assert_eq!(m.records.len(), 3);
     assert!(!p.exists("out/sweep") && !p.exists("out/stats"));
     p.tr(&["status", "build"]).success().stdout_has("fresh  build/cuda");
-    let m = p.make_ok(&["stats"]);
+    let m = p.make_ok_with(&["stats"]);
     m.assert_ran(&["sweep/cpu/short", "sweep/cpu/long", "sweep/cuda/short", "sweep/cuda/long", "stats"]);
     assert_eq!(m.hits(), sorted(&["fetch", "build/cpu", "build/cuda"]));
 }
 
 #[test]
 fn node_id_prefix_target_builds_that_subtree() {
-    let p = project().pipeline(MATRIX).build();
-    let m = p.make_ok(&["sweep/cuda"]);
+    let p = project(MATRIX);
+    let m = p.make_ok_with(&["sweep/cuda"]);
     m.assert_ran(&["fetch", "build/cuda", "sweep/cuda/short", "sweep/cuda/long"]);
     assert!(!p.exists("out/build/cpu") && !p.exists("out/stats"));
-    let m = p.make_ok(&["sweep/cpu/long"]);
+    let m = p.make_ok_with(&["sweep/cpu/long"]);
     m.assert_ran(&["build/cpu", "sweep/cpu/long"]);
     assert_eq!(m.all_ids(), sorted(&["fetch", "build/cpu", "sweep/cpu/long"]));
-    let m = p.make_ok(&["sweep/cpu/", "build"]);
+    let m = p.make_ok_with(&["sweep/cpu/", "build"]);
     m.assert_ran(&["sweep/cpu/short"]);
     assert_eq!(m.all_ids(), sorted(&["fetch", "build/cpu", "build/cuda", "sweep/cpu/short", "sweep/cpu/long"]));
     // `sweep/c` is not a prefix of any id segment.
@@ -1645,23 +1335,20 @@ fn node_id_prefix_target_builds_that_subtree() {
 
 #[test]
 fn cmd_sees_its_environment_and_multi_path_deps() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project_files(
+        r##"
 [stages.a]
 cmd = ["sh", "-c", "echo \"$TR118_NODE $FOO\" > $0; test -d \"$TR118_SCRATCH\" && echo scratch >> $0; echo \"$@\" >> $0", "{outs.x}", "{deps.srcs}"]
 deps = { srcs = ["one.txt", "two.txt"] }
 outs = { x = "x.txt" }
 env = { FOO = "bar" }
 "##,
-        )
-        .file("one.txt", "1")
-        .file("two.txt", "2")
-        .build();
-    p.make_ok(&[]).assert_ran(&["a"]);
-    assert_eq!(p.read("out/a/x.txt"), "a bar\nscratch\none.txt two.txt\n");
+        &[("one.txt", "1"), ("two.txt", "2")],
+    );
+    p.make_ok().assert_ran(&["a"]);
+    assert_eq!(p.text("out/a/x.txt"), "a bar\nscratch\none.txt two.txt\n");
     p.replace("tr118.toml", r#"FOO = "bar""#, r#"FOO = "baz""#);
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["a"]);
     assert!(m.record("a").reason.as_deref().unwrap().contains("field `env.FOO` changed bar → baz"), "{:?}", m.record("a"));
 }
@@ -1674,7 +1361,7 @@ outs = { x = "x.txt" }
 timeout = 0.2
 "##);
     let t0 = Instant::now();
-    let m = p.make(&[]);
+    let m = p.make();
     m.run.code(1);
     assert!(t0.elapsed() < Duration::from_secs(3), "the timeout stopped it");
     assert_eq!(m.record("a").detail.as_deref(), Some("command timed out after 0.2 s (`timeout`)"));
@@ -1686,72 +1373,68 @@ timeout = 0.2
 
 #[test]
 fn adding_an_axis_value_runs_only_the_new_nodes_and_the_fan_in() {
-    let p = project().pipeline(MATRIX).build();
-    p.make_ok(&[]);
+    let p = project(MATRIX);
+    p.make_ok();
     p.replace("tr118.toml", r#"{ name = "cuda", threads = 1 }]"#, r#"{ name = "cuda", threads = 1 }, { name = "rocm", threads = 2 }]"#);
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&["build/rocm", "sweep/rocm/short", "sweep/rocm/long", "stats"]);
     assert!(m.record("stats").reason.as_deref().unwrap().contains("input `out/sweep/rocm/long/records.jsonl` added"), "{:?}", m.record("stats"));
-    assert!(p.read("out/stats/stats.csv").contains("threads=2"));
+    assert!(p.text("out/stats/stats.csv").contains("threads=2"));
     // And removing it again: the fan-in is back to its first key, still cached.
     p.replace("tr118.toml", r#", { name = "rocm", threads = 2 }"#, "");
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.record("stats").restored);
-    assert!(!p.read("out/stats/stats.csv").contains("threads=2"));
+    assert!(!p.text("out/stats/stats.csv").contains("threads=2"));
 }
 
 #[test]
 fn directory_dep_in_the_workspace_reruns_when_a_file_is_added() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project_files(
+        r##"
 [stages.count]
 cmd = ["sh", "-c", "ls $0 | sort > $1", "{deps.data}", "{outs.list}"]
 deps = { data = "data" }
 outs = { list = "list.txt" }
 "##,
-        )
-        .file("data/a.csv", "1\n")
-        .build();
-    p.make_ok(&[]).assert_ran(&["count"]);
-    p.make_ok(&[]).assert_ran(&[]);
+        &[("data/a.csv", "1\n")],
+    );
+    p.make_ok().assert_ran(&["count"]);
+    p.make_ok().assert_ran(&[]);
     p.write("data/sub/b.csv", "2\n");
-    p.make_ok(&[]).assert_ran(&["count"]);
-    assert_eq!(p.read("out/count/list.txt"), "a.csv\nsub\n");
+    p.make_ok().assert_ran(&["count"]);
+    assert_eq!(p.text("out/count/list.txt"), "a.csv\nsub\n");
     // Back to the first content: the first entry is still cached.
     fs::remove_dir_all(p.path("data/sub")).unwrap();
-    let m = p.make_ok(&[]);
+    let m = p.make_ok();
     m.assert_ran(&[]);
     assert!(m.record("count").restored);
-    assert_eq!(p.read("out/count/list.txt"), "a.csv\n");
+    assert_eq!(p.text("out/count/list.txt"), "a.csv\n");
     p.write("data/a.csv", "1\n");
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
     p.write("data/a.csv", "2\n");
-    p.make_ok(&[]).assert_ran(&["count"]);
+    p.make_ok().assert_ran(&["count"]);
 }
 
 #[test]
 fn a_symlink_out_is_stored_as_the_file_it_points_to() {
-    let p = project()
-        .pipeline(
-            r##"
+    let p = project_files(
+        r##"
 [stages.a]
 cmd = ["sh", "-c", "ln -s \"$(pwd)/target.txt\" $0", "{outs.x}"]
 outs = { x = "x.txt" }
 "##,
-        )
-        .file("target.txt", "data\n")
-        .build();
-    p.make_ok(&[]).assert_ran(&["a"]);
+        &[("target.txt", "data\n")],
+    );
+    p.make_ok().assert_ran(&["a"]);
     assert!(!fs::symlink_metadata(p.path("out/a/x.txt")).unwrap().file_type().is_symlink());
-    assert_eq!(p.read("out/a/x.txt"), "data\n");
+    assert_eq!(p.text("out/a/x.txt"), "data\n");
     assert!(fs::metadata(p.path("target.txt")).unwrap().permissions().mode() & 0o200 != 0, "the link's target is left writable");
     p.write("target.txt", "changed\n");
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
     fs::remove_file(p.path("out/a/x.txt")).unwrap();
-    p.make_ok(&[]).assert_ran(&[]);
-    assert_eq!(p.read("out/a/x.txt"), "data\n");
+    p.make_ok().assert_ran(&[]);
+    assert_eq!(p.text("out/a/x.txt"), "data\n");
 }
 
 #[test]
@@ -1764,7 +1447,7 @@ fn repeated_kill_9_at_arbitrary_moments_never_corrupts_the_cache() {
             "[stages.n{i}]\ncmd = [\"sh\", \"-c\", \"echo {i} > $0; {cat}; sleep 0.01\", \"{{outs.x}}\"]\n{dep}outs = {{ x = \"x.txt\" }}\n\n"
         ));
     }
-    let p = project().pipeline(&toml).build();
+    let p = project(&toml);
     let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
     for _ in 0..8 {
         // Forget some of what was built, so that every round has work to interrupt.
@@ -1784,14 +1467,14 @@ fn repeated_kill_9_at_arbitrary_moments_never_corrupts_the_cache() {
         let fsck = p.tr(&["fsck"]);
         assert_eq!(fsck.code, Some(0), "after a kill at {delay:?}\n{fsck}");
     }
-    p.make_ok(&[]);
+    p.make_ok();
     let mut want = String::new();
     for i in 0..12 {
         want = format!("{i}\n{want}");
-        assert_eq!(p.read(&format!("out/n{i}/x.txt")), want, "n{i}");
+        assert_eq!(p.text(&format!("out/n{i}/x.txt")), want, "n{i}");
         assert_eq!(p.list(&format!("out/n{i}")), ["x.txt"], "no leftovers beside the out of n{i}");
     }
     assert!(p.list("cache/tmp").is_empty());
     p.tr(&["fsck"]).success().stdout_has("cache is consistent");
-    p.make_ok(&[]).assert_ran(&[]);
+    p.make_ok().assert_ran(&[]);
 }

@@ -6,14 +6,13 @@
 //! The library comes from `ORT_DYLIB_PATH`, else `scripts/fetch-ort.sh` fetches the pinned
 //! `onnxruntime==1.31.1` from PyPI once; a test never skips for want of it.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use support::onnx::{Dim, FLOAT, Graph, INT64, attr_int, tensor_f32, tensor_i64};
-use support::reference::{self, Rng, Weights, random_weights_scaled};
+use crate::support;
+use crate::support::onnx::{Dim, FLOAT, Graph, INT64, attr_int, tensor_f32, tensor_i64};
+use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
 use tempfile::TempDir;
 use tr118::export::{self, ExportOptions, Precision, Variant};
 use tr118::model::dtype::DType;
@@ -450,7 +449,7 @@ fn a_provider_library_beside_the_runtime_is_in_the_ort_facet() {
     let digest = |bytes: &[u8]| blake3::hash(bytes).to_hex()[..12].to_string();
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["s"], "{}", m.run);
-    let reason = m.record("s")["reason"].as_str().unwrap().to_string();
+    let reason = m.record("s").reason.as_deref().unwrap().to_string();
     let named = format!("; libonnxruntime_providers_shared.so {}", digest(b"provider, first build"));
     assert!(reason.contains("environment facet `ort` changed") && reason.contains(&named), "{reason}");
     assert!(!reason.contains(&system.path().display().to_string()), "the facet names no directory: {reason}");
@@ -460,7 +459,7 @@ fn a_provider_library_beside_the_runtime_is_in_the_ort_facet() {
     fs::write(&shared, b"provider, second build").unwrap();
     let m = ws.make_ok();
     assert_eq!(m.ran(), ["s"], "{}", m.run);
-    let reason = m.record("s")["reason"].as_str().unwrap().to_string();
+    let reason = m.record("s").reason.as_deref().unwrap().to_string();
     assert!(reason.contains(&format!("{named} → ")) && reason.contains(&digest(b"provider, second build")), "{reason}");
 }
 
@@ -474,7 +473,7 @@ fn provider_names_parse_with_suggestions() {
 }
 
 /// Run on a GPU machine with `onnxruntime-gpu==1.31.1` as `ORT_DYLIB_PATH` and the CUDA 13
-/// libraries on `LD_LIBRARY_PATH`: `cargo test --test runtime -- --ignored`.
+/// libraries on `LD_LIBRARY_PATH`: `cargo test --release --test suite runtime:: -- --ignored`.
 #[test]
 #[ignore = "needs onnxruntime-gpu and a GPU"]
 fn cuda_sessions_run_on_the_gpu_and_tensorrt_is_used_or_unavailable() {
@@ -516,7 +515,7 @@ fn cuda_sessions_run_on_the_gpu_and_tensorrt_is_used_or_unavailable() {
 // and the CUDA 13 libraries (cuBLAS, cuDNN 9, cudart) on `LD_LIBRARY_PATH`, run them with:
 //
 //   ORT_DYLIB_PATH=/path/to/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 \
-//     cargo test --release --test runtime -- --ignored --nocapture gpu_
+//     cargo test --release --test suite runtime::gpu_ -- --ignored --nocapture
 //
 // Each prints what it compares and the largest difference it saw.
 // ---------------------------------------------------------------------------------------

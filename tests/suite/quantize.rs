@@ -17,15 +17,14 @@
 //! | a `decoder` dep, both schemes                            | the INT8 decoder's logits over the prompt in one step equal the INT8 prefill's (1e-4 of their std); static also token by token (its scales are fixed, dynamic ones are per step); its counts equal the prefill's |
 //! | bad input                                                | no `calibration` dep; a calibration without a needed tensor (named); one of another model; `dynamic` with a calibration |
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 
+use crate::support;
+use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
+use crate::support::workspace::Workspace;
 use prost::Message;
 use serde_json::{Value, json};
-use support::reference::{self, Rng, Weights, random_weights_scaled};
-use support::workspace::Workspace;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
 use tr118::model::{Arch, ModelConfig, RopeLayout};

@@ -15,15 +15,13 @@
 //! | a URL with credentials is an error naming where it was written     | exit code, diagnostic                            |
 //! | degraded results are never uploaded                               | the server's entries                             |
 
-mod support;
-
 use std::fs;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use crate::support::nginx::{Access, Nginx, free_port};
+use crate::support::workspace::{Make, Workspace};
 use serde_json::Value;
-use support::nginx::{Access, Nginx, free_port};
-use support::workspace::{Make, Workspace};
 
 const STUDY: &str = r#"
 [stages.a]
@@ -69,7 +67,7 @@ fn outs(ws: &Workspace) -> Vec<(String, Vec<u8>)> {
 }
 
 fn remote_hits(m: &Make) -> Vec<String> {
-    m.ids(|r| !r["remote"].is_null())
+    m.ids(|r| r.remote.is_some())
 }
 
 fn warnings(stderr: &str) -> Vec<&str> {
@@ -135,7 +133,7 @@ fn make_reads_through_the_remote_cache_and_writes_back_what_it_ran() {
     m.run.code(0).stderr_has("; cache: 0 local hits, 3 remote hits, ").stderr_has(" s saved");
     assert_eq!(m.ran(), Vec::<String>::new());
     assert_eq!(remote_hits(&m), ["a", "b", "c"]);
-    assert!(m.record("b")["remote"]["bytes_down"].as_u64().unwrap() > 0, "{}", m.run);
+    assert!(m.record("b").remote.as_ref().unwrap().bytes_down > 0, "{}", m.run);
     assert_eq!(runs(&b), Vec::<String>::new());
     assert_eq!(outs(&b), outs(&a));
 
@@ -177,7 +175,7 @@ fn flipped_byte_in_a_remote_blob_is_detected_rebuilt_and_healed() {
 
 /// The keys of a run's nodes, by id.
 fn key(m: &Make, id: &str) -> String {
-    m.record(id)["key"].as_str().unwrap().to_string()
+    m.record(id).key.as_deref().unwrap().to_string()
 }
 
 #[test]
