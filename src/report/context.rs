@@ -32,25 +32,28 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::format::{self, estimate, pct, pvalue, sig_opt};
 use super::plots::{self, Bar, BarChart, DistributionChart, Series};
 use super::{Inputs, Plot, ReportError};
+use crate::artifact::gate::Gate;
+use crate::artifact::stats::Stats;
 use crate::measure::{MODES, RunRecord};
 
 // ---------------------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------------------
 
-/// An artifact: where it is and what it holds.
+/// An artifact: where it is and what it holds, as its type where it has one.
 #[derive(Debug, Clone)]
-pub(super) struct Doc {
+pub(super) struct Doc<T = Value> {
     pub path: String,
-    pub value: Value,
+    pub value: T,
 }
 
-impl Doc {
+impl<T> Doc<T> {
     /// The node that wrote it: `out/<node id>/<file>` → `<node id>`; a file outside `out/` is
     /// named by its directory.
     fn node(&self) -> String {
@@ -61,12 +64,11 @@ impl Doc {
     }
 }
 
-/// What each kind of artifact must have for the report to read it as that kind.
+/// What each kind of artifact without a type must have for the report to read it as that
+/// kind; one with a type is checked by reading it as its type ([`read_typed`]).
 const SHAPES: &[(&str, &[&str], &str)] = &[
-    ("stats", &["summary", "comparisons", "degraded", "methods"], "a `stats` stage's `stats.json`"),
     ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
     ("perplexity", &["backend", "ppl", "uniform_ppl"], "a `perplexity` node's `perplexity.json`"),
-    ("gate", &["reference", "backends", "thresholds"], "a `gate` stage's `gate.json`"),
     ("logits", &["backend", "overall", "prompts"], "a `logit_diff` node's `logit_diff.json`"),
     ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
     ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
@@ -87,6 +89,23 @@ fn read_doc(root: &Path, dep: &str, path: &str) -> Result<Doc, ReportError> {
     Ok(Doc { path: path.to_string(), value })
 }
 
+/// Reads `path` as the artifact type `T` of `dep`, `what` naming the artifact for people.
+fn read_typed<T: DeserializeOwned>(root: &Path, dep: &str, path: &str, what: &str) -> Result<Doc<T>, ReportError> {
+    let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
+    serde_json::from_str::<Value>(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
+    let value: T = serde_json::from_str(&text).map_err(|e| ReportError::Artifact {
+        path: path.to_string(),
+        message: format!("the `{dep}` dep should be {what}, but it does not read as one: {e}"),
+    })?;
+    Ok(Doc { path: path.to_string(), value })
+}
+
+/// Every file of `dep` read as `T`; the first, the one the report uses.
+fn read_first<T: DeserializeOwned>(inputs: &Inputs, dep: &str, what: &str) -> Result<Option<Doc<T>>, ReportError> {
+    let docs = inputs.paths(dep).iter().map(|p| read_typed(&inputs.root, dep, p, what)).collect::<Result<Vec<_>, _>>()?;
+    Ok(docs.into_iter().next())
+}
+
 fn read_runs(root: &Path, path: &str) -> Result<Vec<RunRecord>, ReportError> {
     let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
     let mut out = Vec::new();
@@ -102,11 +121,11 @@ fn read_runs(root: &Path, path: &str) -> Result<Vec<RunRecord>, ReportError> {
 
 /// Every artifact the report reads.
 pub(super) struct Artifacts {
-    pub stats: Doc,
+    pub stats: Doc<Stats>,
     pub runs: Vec<RunRecord>,
     pub sweeps: Vec<Doc>,
     pub perplexity: Vec<Doc>,
-    pub gate: Option<Doc>,
+    pub gate: Option<Doc<Gate>>,
     pub logits: Vec<Doc>,
     pub exports: Vec<Doc>,
     pub quantize: Vec<Doc>,
@@ -118,7 +137,7 @@ impl Artifacts {
     pub fn read(inputs: &Inputs) -> Result<Artifacts, ReportError> {
         let root = &inputs.root;
         let docs = |dep: &str| -> Result<Vec<Doc>, ReportError> { inputs.paths(dep).iter().map(|p| read_doc(root, dep, p)).collect() };
-        let stats = docs("stats")?.into_iter().next().ok_or(ReportError::NoStats)?;
+        let stats = read_first(inputs, "stats", "a `stats` stage's `stats.json`")?.ok_or(ReportError::NoStats)?;
         let mut runs = Vec::new();
         for p in inputs.paths("runs") {
             runs.extend(read_runs(root, p)?);
@@ -134,7 +153,7 @@ impl Artifacts {
             runs,
             sweeps: docs("sweeps")?,
             perplexity,
-            gate: docs("gate")?.into_iter().next(),
+            gate: read_first(inputs, "gate", "a `gate` stage's `gate.json`")?,
             logits,
             exports: docs("export")?,
             quantize: docs("quantize")?,
@@ -158,10 +177,6 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 fn count_of(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64)
-}
-
-fn rows_of<'a>(v: &'a Value, table: &str) -> &'a [Value] {
-    v.get(table).and_then(|t| t.get("rows")).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
@@ -207,9 +222,9 @@ struct Shape {
 }
 
 impl Shape {
-    fn of(stats: &Value) -> Shape {
-        let summary = rows_of(stats, "summary").to_vec();
-        let comparisons = rows_of(stats, "comparisons").to_vec();
+    fn of(stats: &Stats) -> Shape {
+        let summary: Vec<Value> = stats.summary.rows.iter().cloned().map(Value::Object).collect();
+        let comparisons: Vec<Value> = stats.comparisons.rows.iter().cloned().map(Value::Object).collect();
         let mut backends = Vec::new();
         let mut modes = Vec::new();
         let mut scenarios: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -227,7 +242,7 @@ impl Shape {
             }
         }
         modes.sort_by_key(|m| (MODES.iter().position(|k| k == m).unwrap_or(MODES.len()), m.clone()));
-        Shape { baseline: text(stats, "baseline"), alpha: num(stats, "alpha").unwrap_or(0.05), backends, modes, scenarios, summary, comparisons }
+        Shape { baseline: stats.baseline.clone(), alpha: stats.alpha, backends, modes, scenarios, summary, comparisons }
     }
 
     fn color(&self, backend: &str) -> usize {
@@ -294,8 +309,8 @@ pub(super) fn build(inputs: &Inputs, a: &Artifacts) -> Result<(Value, Vec<Plot>)
         "tool_version": crate::VERSION,
         "baseline": shape.baseline,
         "alpha": shape.alpha,
-        "stats_status": text(&a.stats.value, "status"),
-        "stats_reason": text(&a.stats.value, "reason"),
+        "stats_status": a.stats.value.status,
+        "stats_reason": a.stats.value.reason,
         "backends": shape.backends.iter().map(|b| json!({ "name": b, "color": plots::css_color(shape.color(b)) })).collect::<Vec<_>>(),
         "abstract": summary,
         "findings": findings,
@@ -618,10 +633,9 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
     }
     // Backends without a single measurement, in every mode they were swept in or in some.
     let mut nothing: Vec<(String, Vec<String>)> = Vec::new();
-    for d in list(&a.stats.value, "degraded") {
-        let (n, total) = (count_of(d, "n_degraded").unwrap_or(0), count_of(d, "n_total").unwrap_or(0));
-        if n == total && total > 0 {
-            let (b, m) = (text(d, "backend").unwrap_or_default(), text(d, "mode").unwrap_or_default());
+    for d in &a.stats.value.degraded {
+        if d.n_degraded == d.n_total && d.n_total > 0 {
+            let (b, m) = (d.backend.clone(), d.mode.clone());
             match nothing.iter_mut().find(|(x, _)| *x == b) {
                 Some((_, modes)) => modes.push(m),
                 None => nothing.push((b, vec![m])),
@@ -638,22 +652,17 @@ fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
         out.push(format!("{b} produced no measurement in {}: every run there degraded (the reasons are under Limitations).", join_names(&modes)));
     }
     if let Some(g) = &a.gate {
-        let rows = list(&g.value, "backends");
+        let rows = &g.value.backends;
         let failed: Vec<String> = rows
             .iter()
-            .filter(|r| r["pass"] == false)
+            .filter(|r| r.pass == Some(false))
             .map(|r| {
-                let threshold = num(r, "threshold").map_or_else(|| format::UNDEFINED.to_string(), format::plain);
-                format!(
-                    "{} ({} relative PPL change {} > {threshold})",
-                    text(r, "backend").unwrap_or_default(),
-                    text(r, "precision").unwrap_or_default(),
-                    sig_opt(num(r, "rel_delta"), 3)
-                )
+                let threshold = r.threshold.map_or_else(|| format::UNDEFINED.to_string(), format::plain);
+                format!("{} ({} relative PPL change {} > {threshold})", r.backend, r.precision, sig_opt(r.rel_delta, 3))
             })
             .collect();
-        let passed = rows.iter().filter(|r| r["pass"] == true).count();
-        let reference = text(&g.value, "reference").unwrap_or_default();
+        let passed = rows.iter().filter(|r| r.pass == Some(true)).count();
+        let reference = &g.value.reference;
         if failed.is_empty() {
             out.push(format!("Accuracy gate: {} of {} pass against {reference}.", passed, plural(rows.len(), "backend", "backends")));
         } else {
@@ -754,12 +763,12 @@ fn abstract_text(shape: &Shape, a: &Artifacts) -> Vec<String> {
         None => paras.push("The statistics name no baseline, so no backend is tested against another.".into()),
     }
     if let Some(g) = &a.gate {
-        let rows = list(&g.value, "backends");
-        let pass = rows.iter().filter(|r| r["pass"] == true).count();
-        let fail = rows.iter().filter(|r| r["pass"] == false).count();
+        let rows = &g.value.backends;
+        let pass = rows.iter().filter(|r| r.pass == Some(true)).count();
+        let fail = rows.iter().filter(|r| r.pass == Some(false)).count();
         paras.push(format!(
             "Accuracy is checked by perplexity against {}: {pass} pass the gate, {fail} fail it and {} could not be checked.",
-            text(&g.value, "reference").unwrap_or_default(),
+            g.value.reference,
             rows.len() - pass - fail
         ));
     }
@@ -786,19 +795,19 @@ fn limitations(a: &Artifacts) -> Vec<Value> {
         raw.push(Limitation { area, subjects: vec![(who, detail)], reason, count, of, unit, merge });
     };
     let reason_of = |v: &Value| text(v, "reason").unwrap_or_else(|| "no reason given".into());
-    for d in list(&a.stats.value, "degraded") {
-        for r in list(d, "reasons") {
-            push("latency", text(d, "backend").unwrap_or_default(), text(d, "mode"), reason_of(r), count_of(r, "count"), count_of(d, "n_total"), "runs", true);
+    for d in &a.stats.value.degraded {
+        for r in &d.reasons {
+            push("latency", d.backend.clone(), Some(d.mode.clone()), r.reason.clone(), Some(r.count as u64), Some(d.n_total as u64), "runs", true);
         }
     }
-    if let Some(reason) = text(&a.stats.value, "reason") {
+    if let Some(reason) = a.stats.value.reason.clone() {
         push("statistics", "stats".into(), None, reason, None, None, "", false);
     }
     for d in a.perplexity.iter().filter(|d| d.value["status"] != "ok") {
         push("perplexity", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
     }
-    if let Some(g) = a.gate.as_ref().filter(|g| g.value["status"] != "ok") {
-        push("accuracy gate", "gate".into(), None, reason_of(&g.value), None, None, "", false);
+    if let Some(g) = a.gate.as_ref().filter(|g| g.value.status != "ok") {
+        push("accuracy gate", "gate".into(), None, g.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", false);
     }
     for d in a.logits.iter().filter(|d| d.value["status"] != "ok") {
         push("logits", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
@@ -853,13 +862,7 @@ fn limitations(a: &Artifacts) -> Vec<Value> {
 }
 
 fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<String>) -> Value {
-    let methods: Vec<Value> = a
-        .stats
-        .value
-        .get("methods")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| json!({ "name": k, "text": v.as_str().unwrap_or_default() })).collect())
-        .unwrap_or_default();
+    let methods: Vec<Value> = a.stats.value.methods.iter().map(|(k, v)| json!({ "name": k, "text": v })).collect();
     let mut sweeps: Vec<Value> = Vec::new();
     for s in &a.sweeps {
         let v = &s.value;
@@ -904,9 +907,8 @@ fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<String>) -> Valu
     let thresholds: Vec<Value> = a
         .gate
         .as_ref()
-        .and_then(|g| g.value.get("thresholds").and_then(Value::as_object).cloned())
-        .map(|t| {
-            let mut v: Vec<(String, Value)> = t.into_iter().collect();
+        .map(|g| {
+            let mut v: Vec<(&String, &f64)> = g.value.thresholds.iter().collect();
             v.sort_by_key(|(p, _)| precision_rank(p));
             v.into_iter().map(|(p, x)| json!({ "precision": p, "threshold": x })).collect()
         })
@@ -916,7 +918,7 @@ fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<String>) -> Valu
         "sweeps": sweeps,
         "perplexity": ppl,
         "thresholds": thresholds,
-        "gate_reference": a.gate.as_ref().and_then(|g| text(&g.value, "reference")),
+        "gate_reference": a.gate.as_ref().map(|g| &g.value.reference),
     })
 }
 
@@ -1156,34 +1158,35 @@ fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     json!({ "checkpoint": checkpoint, "exports": exports, "quantize": quantize, "trt": trt, "perplexity": perplexity, "logits": logits })
 }
 
-fn gate_section(g: &Doc) -> Value {
+fn gate_section(g: &Doc<Gate>) -> Value {
     let v = &g.value;
-    let rows: Vec<Value> = list(v, "backends")
+    let rows: Vec<Value> = v
+        .backends
         .iter()
         .map(|r| {
-            let verdict = match r.get("pass").and_then(Value::as_bool) {
+            let verdict = match r.pass {
                 Some(true) => "pass",
                 Some(false) => "FAIL",
                 None => "not checked",
             };
             json!({
-                "backend": text(r, "backend"),
-                "precision": text(r, "precision"),
-                "status": text(r, "status"),
-                "reason": text(r, "reason"),
-                "ppl": num(r, "ppl"),
-                "rel_delta": num(r, "rel_delta"),
-                "threshold": num(r, "threshold"),
+                "backend": r.backend,
+                "precision": r.precision,
+                "status": r.status,
+                "reason": r.reason,
+                "ppl": r.ppl,
+                "rel_delta": r.rel_delta,
+                "threshold": r.threshold,
                 "verdict": verdict,
             })
         })
         .collect();
     json!({
-        "reference": text(v, "reference"),
-        "reference_ppl": num(v, "reference_ppl"),
-        "status": text(v, "status"),
-        "reason": text(v, "reason"),
-        "failed": list(v, "failed"),
+        "reference": v.reference,
+        "reference_ppl": v.reference_ppl,
+        "status": v.status,
+        "reason": v.reason,
+        "failed": v.failed,
         "rows": rows,
     })
 }
