@@ -14,6 +14,7 @@
 //! | [`paths`]   | paths as results name them: relative to the workspace, never where it lives  |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
 //! | [`remote`]  | the shared cache over HTTP: read-through, write-back, push and pull, verified |
+//! | [`artifact`]| the JSON files one stage writes and another reads, one type per file shared by both |
 //! | [`stage`]   | stage kinds behind one trait: `cmd`, `fetch`, `export`, `perplexity`, `gate`, `logit_diff`, `sweep`, `stats`, `calibrate`, `quantize`, `trt_build`, `report` |
 //! | [`engine`]  | plan (fresh / stale with reasons), then run with a resource-aware scheduler  |
 //! | [`model`]   | checkpoints in: GGUF and Hugging Face safetensors, canonical tensors         |
@@ -29,6 +30,7 @@
 //! | [`report`]  | artifacts → Markdown and self-contained HTML: templates, number formats, SVG charts |
 //! | [`cli`]     | the commands behind `tr118 make|status|why|graph|gc|fsck|clean|cache`        |
 
+pub mod artifact;
 pub mod backend;
 pub mod cli;
 pub(crate) mod diag;

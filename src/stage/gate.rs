@@ -23,11 +23,11 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::output::{write_csv_rows, write_json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::artifact::gate as artifact;
 use crate::backend::PRECISIONS;
 
 pub struct Gate;
@@ -161,10 +161,10 @@ impl StageKind for Gate {
                 (Some(d), Some(t)) => Some(d <= t),
                 _ => None,
             };
-            rows.push(Row {
+            rows.push(artifact::Backend {
                 backend: name.clone(),
                 precision,
-                status: if degraded { "degraded" } else { "ok" },
+                status: if degraded { "degraded" } else { "ok" }.into(),
                 reason: degraded.then(|| v["reason"].as_str().unwrap_or("no reason given").to_string()),
                 ppl,
                 rel_delta,
@@ -180,17 +180,18 @@ impl StageKind for Gate {
         for r in &rows {
             let _ = writeln!(cx.log, "{}: ppl {:?}, rel delta {:?}, threshold {:?}, pass {:?}", r.backend, r.ppl, r.rel_delta, r.threshold, r.pass);
         }
-        let report = json!({
-            "reference": reference,
-            "reference_ppl": reference_ppl.as_ref().ok(),
-            "thresholds": thresholds,
-            "status": status,
-            "reason": reason,
-            "failed": failed,
-            "backends": rows,
-        });
-        write_json(&cx.root.join(&cx.outs["result"]), &report)?;
-        write_csv_rows(&cx.root.join(&cx.outs["csv"]), &rows.iter().map(Row::csv).collect::<Vec<_>>())?;
+        let report = artifact::Gate {
+            reference: reference.clone(),
+            reference_ppl: reference_ppl.as_ref().ok().copied(),
+            thresholds,
+            status: status.into(),
+            reason: reason.clone(),
+            failed: failed.clone(),
+            backends: rows,
+        };
+        write_json(&cx.root.join(&cx.outs["result"]), &serde_json::to_value(&report).map_err(|e| e.to_string())?)?;
+        write_csv_rows(&cx.root.join(&cx.outs["csv"]), &report.backends.iter().map(csv).collect::<Vec<_>>())?;
+        let rows = report.backends;
 
         if config["fail_on_gate"].as_bool().unwrap_or(false) && !failed.is_empty() {
             let detail: Vec<String> = rows
@@ -209,32 +210,17 @@ impl StageKind for Gate {
     }
 }
 
-/// One backend's line of the gate.
-#[derive(Debug, Serialize)]
-struct Row {
-    backend: String,
-    precision: String,
-    status: &'static str,
-    reason: Option<String>,
-    ppl: Option<f64>,
-    rel_delta: Option<f64>,
-    threshold: Option<f64>,
-    /// `None` when the backend is degraded or there is nothing to compare with.
-    pass: Option<bool>,
-}
-
-impl Row {
-    fn csv(&self) -> Vec<(&'static str, String)> {
-        let n = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
-        vec![
-            ("backend", self.backend.clone()),
-            ("precision", self.precision.clone()),
-            ("status", self.status.to_string()),
-            ("reason", self.reason.clone().unwrap_or_default()),
-            ("ppl", n(self.ppl)),
-            ("rel_delta", n(self.rel_delta)),
-            ("threshold", n(self.threshold)),
-            ("pass", self.pass.map_or(String::new(), |p| p.to_string())),
-        ]
-    }
+/// A backend's line of `gate.csv`: the fields of its `gate.json` entry.
+fn csv(r: &artifact::Backend) -> Vec<(&'static str, String)> {
+    let n = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
+    vec![
+        ("backend", r.backend.clone()),
+        ("precision", r.precision.clone()),
+        ("status", r.status.clone()),
+        ("reason", r.reason.clone().unwrap_or_default()),
+        ("ppl", n(r.ppl)),
+        ("rel_delta", n(r.rel_delta)),
+        ("threshold", n(r.threshold)),
+        ("pass", r.pass.map_or(String::new(), |p| p.to_string())),
+    ]
 }

@@ -76,6 +76,7 @@ use serde_json::{Map, Value, json};
 
 use super::output::{csv_field, write_json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::artifact::stats as artifact;
 use crate::measure::{MODES, RunRecord};
 use crate::stats::{self, Summary};
 
@@ -264,18 +265,18 @@ impl StageKind for Stats {
             );
         }
 
-        let doc = json!({
-            "status": if reason.is_some() { "degraded" } else { "ok" },
-            "reason": reason,
-            "baseline": baseline,
-            "alpha": alpha,
-            "methods": methods(),
-            "inputs": inputs,
-            "degraded": data.degraded(),
-            "summary": table_json(SUMMARY_COLUMNS, &summary),
-            "comparisons": table_json(COMPARISON_COLUMNS, &comparisons),
-        });
-        write_json(&cx.root.join(&cx.outs["stats"]), &doc)?;
+        let doc = artifact::Stats {
+            status: if reason.is_some() { "degraded" } else { "ok" }.into(),
+            reason: reason.clone(),
+            baseline,
+            alpha,
+            methods: methods(),
+            inputs,
+            degraded: data.degraded(),
+            summary: table(SUMMARY_COLUMNS, &summary),
+            comparisons: table(COMPARISON_COLUMNS, &comparisons),
+        };
+        write_json(&cx.root.join(&cx.outs["stats"]), &serde_json::to_value(&doc).map_err(|e| e.to_string())?)?;
         write_csv(&cx.root.join(&cx.outs["summary"]), SUMMARY_COLUMNS, &summary)?;
         write_csv(&cx.root.join(&cx.outs["comparisons"]), COMPARISON_COLUMNS, &comparisons)?;
         Ok(match reason {
@@ -286,20 +287,23 @@ impl StageKind for Stats {
 }
 
 /// The definitions `stats.json` carries, so a reader of the numbers need not read this code.
-fn methods() -> Value {
-    json!({
-        "std": "sample standard deviation, ddof = 1",
-        "ci95": "Student t interval of the mean: mean ± t(0.975, n − 1) · std / √n",
-        "percentiles": "linear interpolation between order statistics, Hyndman–Fan type 7 (numpy's default)",
-        "overall": "per backend × mode, the ok runs of all its scenarios pooled into one sample",
-        "resources": "mean over ok runs of each run's sampled value, over the runs that have one",
-        "degraded_rate": "degraded runs / all runs",
-        "pct_change": "100 · (backend − baseline) / baseline, of the means",
-        "welch": "Welch's unequal-variance t-test of latency, backend against baseline, two-sided; Welch–Satterthwaite df",
-        "cohens_d": "(mean_backend − mean_baseline) / pooled std, pooled std = sqrt(((n1 − 1)s1² + (n2 − 1)s2²) / (n1 + n2 − 2))",
-        "p_holm": "Holm–Bonferroni step-down adjustment over every comparison in this document",
-        "significant": "yes when p_holm ≤ alpha, no when above, n/a without a p-value",
-    })
+fn methods() -> BTreeMap<String, String> {
+    [
+        ("std", "sample standard deviation, ddof = 1"),
+        ("ci95", "Student t interval of the mean: mean ± t(0.975, n − 1) · std / √n"),
+        ("percentiles", "linear interpolation between order statistics, Hyndman–Fan type 7 (numpy's default)"),
+        ("overall", "per backend × mode, the ok runs of all its scenarios pooled into one sample"),
+        ("resources", "mean over ok runs of each run's sampled value, over the runs that have one"),
+        ("degraded_rate", "degraded runs / all runs"),
+        ("pct_change", "100 · (backend − baseline) / baseline, of the means"),
+        ("welch", "Welch's unequal-variance t-test of latency, backend against baseline, two-sided; Welch–Satterthwaite df"),
+        ("cohens_d", "(mean_backend − mean_baseline) / pooled std, pooled std = sqrt(((n1 − 1)s1² + (n2 − 1)s2²) / (n1 + n2 − 2))"),
+        ("p_holm", "Holm–Bonferroni step-down adjustment over every comparison in this document"),
+        ("significant", "yes when p_holm ≤ alpha, no when above, n/a without a p-value"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -319,7 +323,7 @@ impl Located {
     }
 }
 
-fn read_records(root: &Path, paths: &[&String]) -> Result<(Vec<Located>, Vec<Value>), String> {
+fn read_records(root: &Path, paths: &[&String]) -> Result<(Vec<Located>, Vec<artifact::Input>), String> {
     let mut records = Vec::new();
     let mut inputs = Vec::new();
     let mut seen: HashMap<(String, String, String, usize), (String, usize)> = HashMap::new();
@@ -364,7 +368,7 @@ fn read_records(root: &Path, paths: &[&String]) -> Result<(Vec<Located>, Vec<Val
             n += 1;
             records.push(Located { path: path.to_string(), line: i + 1, record });
         }
-        inputs.push(json!({ "path": path, "records": n, "ok": ok, "degraded": n - ok }));
+        inputs.push(artifact::Input { path: path.to_string(), records: n, ok, degraded: n - ok });
     }
     Ok((records, inputs))
 }
@@ -486,7 +490,7 @@ impl<'a> Data<'a> {
         rows
     }
 
-    fn degraded(&self) -> Vec<Value> {
+    fn degraded(&self) -> Vec<artifact::Degraded> {
         let mut out = Vec::new();
         for (backend, _) in &self.backends {
             for mode in &self.modes {
@@ -495,13 +499,13 @@ impl<'a> Data<'a> {
                 if reasons.is_empty() {
                     continue;
                 }
-                out.push(json!({
-                    "backend": backend,
-                    "mode": mode,
-                    "n_degraded": records.iter().filter(|r| !r.is_ok()).count(),
-                    "n_total": records.len(),
-                    "reasons": reasons.iter().map(|(reason, count)| json!({ "reason": reason, "count": count })).collect::<Vec<_>>(),
-                }));
+                out.push(artifact::Degraded {
+                    backend: backend.clone(),
+                    mode: mode.clone(),
+                    n_degraded: records.iter().filter(|r| !r.is_ok()).count(),
+                    n_total: records.len(),
+                    reasons: reasons.into_iter().map(|(reason, count)| artifact::Reason { reason, count }).collect(),
+                });
             }
         }
         out
@@ -738,18 +742,18 @@ impl Row {
     }
 }
 
-fn table_json(columns: &[&str], rows: &[Row]) -> Value {
-    let rows: Vec<Value> = rows
+fn table(columns: &[&str], rows: &[Row]) -> artifact::Table {
+    let rows: Vec<Map<String, Value>> = rows
         .iter()
         .map(|r| {
             let mut m = Map::new();
             for column in columns {
                 m.insert(column.to_string(), r.cell(column).map_or(Value::Null, Cell::json));
             }
-            Value::Object(m)
+            m
         })
         .collect();
-    json!({ "columns": columns, "rows": rows })
+    artifact::Table { columns: columns.iter().map(|c| c.to_string()).collect(), rows }
 }
 
 /// Writes the header even without rows, so an empty table still says what it would hold.

@@ -1,7 +1,8 @@
 //! The `report` stage end to end: run records written here go through the real `stats` stage;
 //! every other artifact (perplexity, gate, logits, export, calibration, quantize, TensorRT
 //! builds, sweep summaries) is a fixture written here in its kind's schema and declared as a
-//! plain-file dep of the report.
+//! plain-file dep of the report; an artifact with a type in [`tr118::artifact`] is written
+//! from that type, so the fixture cannot drift from what its stage writes.
 //!
 //! The fixture study has a baseline (`ort-cpu`), a backend that could not run at all
 //! (`ort-cuda`: every run degraded), an INT8 backend with counted coverage that fails the
@@ -18,12 +19,13 @@
 //! | the charts are there, with data                                    | one `<svg>` per chart; a dot per ok run, a bar per scenario with ok runs |
 //! | a template that does not parse, or names an undefined variable     | the failure names the template file and line     |
 //! | editing a template reruns only the report; nothing changed hits    | the `--json` records                             |
-//! | a dep of the wrong kind, an unknown dep name                       | the error names the file; the diagnostic the dep |
+//! | a dep of the wrong kind, an unknown dep name                       | the error names the file and a missing field; the diagnostic the dep |
 
 use std::collections::BTreeMap;
 
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
+use tr118::artifact::gate;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
 /// t(0.975, 4), scipy.stats.t.ppf(0.975, 4).
@@ -198,18 +200,30 @@ fn study(ws: &Workspace, report_extra: &str) {
     w("fixtures/perplexity/ort-cpu/perplexity.json", &perplexity("ort-cpu", "fp32", Some(16.9234)));
     w("fixtures/perplexity/ort-int8/perplexity.json", &perplexity("ort-int8", "int8", Some(17.7696)));
     w("fixtures/perplexity/ort-cuda/perplexity.json", &perplexity("ort-cuda", "fp32", None));
-    w(
-        "fixtures/gate.json",
-        &json!({
-            "reference": "ort-cpu", "reference_ppl": 16.9234, "thresholds": { "fp32": 0.001, "fp16": 0.005, "int8": 0.02 },
-            "status": "ok", "reason": null, "failed": ["ort-int8"],
-            "backends": [
-                { "backend": "ort-cpu", "precision": "fp32", "status": "ok", "reason": null, "ppl": 16.9234, "rel_delta": 0.0, "threshold": 0.001, "pass": true },
-                { "backend": "ort-cuda", "precision": "fp32", "status": "degraded", "reason": CUDA_REASON, "ppl": null, "rel_delta": null, "threshold": 0.001, "pass": null },
-                { "backend": "ort-int8", "precision": "int8", "status": "ok", "reason": null, "ppl": 17.7696, "rel_delta": 0.05, "threshold": 0.02, "pass": false },
-            ],
-        }),
-    );
+    let line = |backend: &str, precision: &str, ppl: Option<f64>, rel_delta: Option<f64>, threshold: f64, pass: Option<bool>| gate::Backend {
+        backend: backend.into(),
+        precision: precision.into(),
+        status: if ppl.is_some() { "ok" } else { "degraded" }.into(),
+        reason: ppl.is_none().then(|| CUDA_REASON.into()),
+        ppl,
+        rel_delta,
+        threshold: Some(threshold),
+        pass,
+    };
+    let gate = gate::Gate {
+        reference: "ort-cpu".into(),
+        reference_ppl: Some(16.9234),
+        thresholds: [("fp32", 0.001), ("fp16", 0.005), ("int8", 0.02)].into_iter().map(|(p, t)| (p.to_string(), t)).collect(),
+        status: "ok".into(),
+        reason: None,
+        failed: vec!["ort-int8".into()],
+        backends: vec![
+            line("ort-cpu", "fp32", Some(16.9234), Some(0.0), 0.001, Some(true)),
+            line("ort-cuda", "fp32", None, None, 0.001, None),
+            line("ort-int8", "int8", Some(17.7696), Some(0.05), 0.02, Some(false)),
+        ],
+    };
+    w("fixtures/gate.json", &serde_json::to_value(&gate).unwrap());
     let diff = |m: f64, x: f64, r: f64| json!({ "mean_abs_diff": m, "max_abs_diff": x, "argmax_agreement_rate": r });
     w(
         "fixtures/logits/ort-int8/logit_diff.json",
@@ -580,6 +594,7 @@ fn an_artifact_of_the_wrong_kind_or_an_unknown_dep_is_named() {
     let m = ws.make();
     m.run.code(1);
     assert!(m.run.stderr.contains("`fixtures/perplexity/ort-cpu/perplexity.json`: the `gate` dep should be a `gate` stage's `gate.json`"), "{}", m.run);
+    assert!(m.run.stderr.contains("missing field `reference`"), "{}", m.run);
 
     ws.pipeline(&toml.replace("gate = \"fixtures/perplexity/ort-cpu/perplexity.json\"", "gaet = \"fixtures/gate.json\""));
     let run = ws.tr(&["make"]);

@@ -1,0 +1,16 @@
+//! The JSON files one stage writes and another reads, as one type per file that writer and
+//! reader share (as [`crate::measure::RunRecord`] is for `runs.jsonl`): a field renamed on one
+//! side is a compile error on the other, and a file that does not read as its type is an error
+//! naming the file and the field.
+//!
+//! Every writer goes through [`serde_json::to_value`] before [`crate::stage::output::write_json`]:
+//! without serde_json's `preserve_order` a JSON object is a sorted map, so the keys of every
+//! object come out sorted, whatever the order of the fields below.
+//!
+//! | module    | file        | written by        | read by      |
+//! |-----------|-------------|-------------------|--------------|
+//! | [`stats`] | `stats.json`| the `stats` stage | the report   |
+//! | [`gate`]  | `gate.json` | the `gate` stage  | the report   |
+
+pub mod gate;
+pub mod stats;

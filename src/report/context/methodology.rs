@@ -1,0 +1,68 @@
+//! Methodology: the statistics' definitions, each sweep's harness and sampler costs, the
+//! perplexity setup and the gate's thresholds.
+
+use serde_json::{Value, json};
+
+use super::{Artifacts, MODES, Shape, count_of, list, num, precision_rank, text};
+use crate::report::format;
+
+pub(super) fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<String>) -> Value {
+    let methods: Vec<Value> = a.stats.value.methods.iter().map(|(k, v)| json!({ "name": k, "text": v })).collect();
+    let mut sweeps: Vec<Value> = Vec::new();
+    for s in &a.sweeps {
+        let v = &s.value;
+        let sampler = v.get("sampler").cloned().unwrap_or(Value::Null);
+        let harness = v.get("harness").cloned().unwrap_or(Value::Null);
+        if let Some(share) = num(&sampler, "cpu_share").filter(|x| *x > 0.05) {
+            warnings.push(format!(
+                "{} / {}: the resource sampler used {} of a core while measuring; latencies on a busy machine include it.",
+                text(v, "backend").unwrap_or_default(),
+                text(v, "mode").unwrap_or_default(),
+                format::share(Some(share))
+            ));
+        }
+        for sc in list(v, "scenarios") {
+            if sc.get("outputs_consistent") == Some(&Value::Bool(false)) {
+                warnings.push(format!(
+                    "{} / {} / {}: repetitions generated different tokens; the runs did not do the same work.",
+                    text(v, "backend").unwrap_or_default(),
+                    text(v, "mode").unwrap_or_default(),
+                    text(sc, "name").unwrap_or_default()
+                ));
+            }
+        }
+        sweeps.push(json!({
+            "backend": text(v, "backend"),
+            "mode": text(v, "mode"),
+            "status": text(v, "status"),
+            "warmup": count_of(v, "warmup"),
+            "reps": count_of(v, "reps"),
+            "sample_interval_ms": num(v, "sample_interval_ms"),
+            "scenarios": list(v, "scenarios").len(),
+            "sampler_cpu_share": num(&sampler, "cpu_share"),
+            "sampler_mean_sample_us": num(&sampler, "mean_sample_us"),
+            "harness_overhead_us": num(&harness, "overhead_per_iteration_us"),
+        }));
+    }
+    sweeps.sort_by_key(|s| (shape.color(s["backend"].as_str().unwrap_or_default()), MODES.iter().position(|m| s["mode"] == *m).unwrap_or(MODES.len())));
+    let ppl = a.perplexity.iter().find(|d| d.value["status"] == "ok").or(a.perplexity.first()).map(|d| {
+        let v = &d.value;
+        json!({ "context": count_of(v, "context"), "stride": count_of(v, "stride"), "batch": count_of(v, "batch"), "corpus_tokens": count_of(v, "corpus_tokens"), "tokens_scored": count_of(v, "tokens_scored") })
+    });
+    let thresholds: Vec<Value> = a
+        .gate
+        .as_ref()
+        .map(|g| {
+            let mut v: Vec<(&String, &f64)> = g.value.thresholds.iter().collect();
+            v.sort_by_key(|(p, _)| precision_rank(p));
+            v.into_iter().map(|(p, x)| json!({ "precision": p, "threshold": x })).collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "methods": methods,
+        "sweeps": sweeps,
+        "perplexity": ppl,
+        "thresholds": thresholds,
+        "gate_reference": a.gate.as_ref().map(|g| &g.value.reference),
+    })
+}

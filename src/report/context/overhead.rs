@@ -1,0 +1,64 @@
+//! Export and build overhead: the time and size of each export, calibration, quantization and
+//! TensorRT build.
+
+use serde_json::{Value, json};
+
+use super::{Artifacts, count_of, list, num, text};
+use crate::report::format::{self, sig_opt};
+
+pub(super) fn overhead(a: &Artifacts) -> Value {
+    let mut rows = Vec::new();
+    let mut push = |step: String, what: String, seconds: Option<f64>, size: Option<f64>, note: String| {
+        rows.push(json!({ "step": step, "what": what, "seconds": seconds, "bytes": size, "note": note }));
+    };
+    for e in &a.exports {
+        for v in list(&e.value, "variants") {
+            let size = match (num(v, "file_bytes"), num(v, "data_bytes")) {
+                (Some(f), d) => Some(f + d.unwrap_or(0.0)),
+                _ => None,
+            };
+            push(
+                "export".into(),
+                format!("{} {} ({})", e.node(), text(v, "variant").unwrap_or_default(), text(v, "precision").unwrap_or_default()),
+                num(v, "export_ms").map(|ms| ms / 1000.0),
+                size,
+                format!(
+                    "{} nodes, opset {}",
+                    count_of(v, "node_count").map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)),
+                    count_of(v, "opset").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+                ),
+            );
+        }
+    }
+    for c in &a.calibration {
+        let v = &c.value;
+        push(
+            "calibrate".into(),
+            c.node(),
+            num(v, "elapsed_s"),
+            None,
+            format!(
+                "{}, {} samples of {} tokens",
+                text(v, "method").unwrap_or_default(),
+                count_of(v, "samples").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
+                count_of(v, "seq_len").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+            ),
+        );
+    }
+    for q in &a.quantize {
+        let v = &q.value;
+        let size = num(v, "file_bytes").map(|f| f + num(v, "data_bytes").unwrap_or(0.0));
+        push("quantize".into(), q.node(), num(v, "elapsed_s"), size, format!("{} INT8", text(v, "scheme").unwrap_or_default()));
+    }
+    for t in &a.trt {
+        let v = &t.value;
+        let note = if v["plan_bytes"].is_u64() {
+            let peak = num(v, "peak_build_mib").map_or(String::new(), |m| format!(", peak memory {} MiB", sig_opt(Some(m), 3)));
+            format!("{}: builder {} s{peak}", text(v, "builder").unwrap_or_else(|| "trtexec".into()), sig_opt(num(v, "engine_build_s"), 3))
+        } else {
+            format!("not built: {}", text(v, "reason").unwrap_or_else(|| "no reason given".into()))
+        };
+        push("TensorRT build".into(), t.node(), num(v, "build_s"), num(v, "plan_bytes"), note);
+    }
+    Value::Array(rows)
+}

@@ -1,0 +1,130 @@
+//! Reading: every artifact once, each checked to be what its dep says it is — by reading it as
+//! its type ([`crate::artifact`]) where it has one, by its required keys otherwise.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{precision_rank, text};
+use crate::artifact::gate::Gate;
+use crate::artifact::stats::Stats;
+use crate::measure::RunRecord;
+use crate::report::{Inputs, ReportError};
+
+/// An artifact: where it is and what it holds, as its type where it has one.
+#[derive(Debug, Clone)]
+pub(in crate::report) struct Doc<T = Value> {
+    pub path: String,
+    pub value: T,
+}
+
+impl<T> Doc<T> {
+    /// The node that wrote it: `out/<node id>/<file>` → `<node id>`; a file outside `out/` is
+    /// named by its directory.
+    pub(super) fn node(&self) -> String {
+        let p = Path::new(&self.path);
+        let dir = p.parent().map(|d| d.to_string_lossy().replace('\\', "/")).unwrap_or_default();
+        let dir = dir.strip_prefix("out/").map(str::to_string).unwrap_or(dir);
+        if dir.is_empty() { self.path.clone() } else { dir }
+    }
+}
+
+/// What each kind of artifact without a type must have for the report to read it as that
+/// kind; one with a type is checked by reading it as its type ([`read_typed`]).
+const SHAPES: &[(&str, &[&str], &str)] = &[
+    ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
+    ("perplexity", &["backend", "ppl", "uniform_ppl"], "a `perplexity` node's `perplexity.json`"),
+    ("logits", &["backend", "overall", "prompts"], "a `logit_diff` node's `logit_diff.json`"),
+    ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
+    ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
+    ("calibration", &["method", "cache_header", "tensors"], "a `calibrate` stage's `calibration.json`"),
+    ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
+];
+
+fn read_doc(root: &Path, dep: &str, path: &str) -> Result<Doc, ReportError> {
+    let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
+    if let Some((_, keys, what)) = SHAPES.iter().find(|(d, _, _)| *d == dep) {
+        let missing: Vec<&str> = keys.iter().copied().filter(|k| value.get(k).is_none()).collect();
+        if !missing.is_empty() {
+            let list = missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            return Err(ReportError::Artifact { path: path.to_string(), message: format!("the `{dep}` dep should be {what}, but it has no {list}") });
+        }
+    }
+    Ok(Doc { path: path.to_string(), value })
+}
+
+/// Reads `path` as the artifact type `T` of `dep`, `what` naming the artifact for people.
+fn read_typed<T: DeserializeOwned>(root: &Path, dep: &str, path: &str, what: &str) -> Result<Doc<T>, ReportError> {
+    let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
+    serde_json::from_str::<Value>(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
+    let value: T = serde_json::from_str(&text).map_err(|e| ReportError::Artifact {
+        path: path.to_string(),
+        message: format!("the `{dep}` dep should be {what}, but it does not read as one: {e}"),
+    })?;
+    Ok(Doc { path: path.to_string(), value })
+}
+
+/// Every file of `dep` read as `T`; the first, the one the report uses.
+fn read_first<T: DeserializeOwned>(inputs: &Inputs, dep: &str, what: &str) -> Result<Option<Doc<T>>, ReportError> {
+    let docs = inputs.paths(dep).iter().map(|p| read_typed(&inputs.root, dep, p, what)).collect::<Result<Vec<_>, _>>()?;
+    Ok(docs.into_iter().next())
+}
+
+fn read_runs(root: &Path, path: &str) -> Result<Vec<RunRecord>, ReportError> {
+    let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let r: RunRecord = serde_json::from_str(line).map_err(|e| ReportError::Artifact {
+            path: path.to_string(),
+            message: format!("line {}: not a run record: {}", i + 1, e.to_string().rsplit_once(" at line ").map_or(e.to_string(), |(m, _)| m.to_string())),
+        })?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Every artifact the report reads.
+pub(in crate::report) struct Artifacts {
+    pub stats: Doc<Stats>,
+    pub runs: Vec<RunRecord>,
+    pub sweeps: Vec<Doc>,
+    pub perplexity: Vec<Doc>,
+    pub gate: Option<Doc<Gate>>,
+    pub logits: Vec<Doc>,
+    pub exports: Vec<Doc>,
+    pub quantize: Vec<Doc>,
+    pub calibration: Vec<Doc>,
+    pub trt: Vec<Doc>,
+}
+
+impl Artifacts {
+    pub fn read(inputs: &Inputs) -> Result<Artifacts, ReportError> {
+        let root = &inputs.root;
+        let docs = |dep: &str| -> Result<Vec<Doc>, ReportError> { inputs.paths(dep).iter().map(|p| read_doc(root, dep, p)).collect() };
+        let stats = read_first(inputs, "stats", "a `stats` stage's `stats.json`")?.ok_or(ReportError::NoStats)?;
+        let mut runs = Vec::new();
+        for p in inputs.paths("runs") {
+            runs.extend(read_runs(root, p)?);
+        }
+        let mut perplexity = docs("perplexity")?;
+        perplexity.sort_by_key(|d| text(&d.value, "backend"));
+        let mut logits = docs("logits")?;
+        logits.sort_by_key(|d| text(&d.value, "backend"));
+        let mut trt = docs("trt")?;
+        trt.sort_by_key(|d| precision_rank(&text(&d.value, "precision").unwrap_or_default()));
+        Ok(Artifacts {
+            stats,
+            runs,
+            sweeps: docs("sweeps")?,
+            perplexity,
+            gate: read_first(inputs, "gate", "a `gate` stage's `gate.json`")?,
+            logits,
+            exports: docs("export")?,
+            quantize: docs("quantize")?,
+            calibration: docs("calibration")?,
+            trt,
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! Results: per mode, the tables, the charts and the fastest backend; and the chart of degraded
+//! runs per mode.
+
+use serde_json::{Value, json};
+
+use super::{Artifacts, Shape, count_of, join_names, mode_title, num, plot_ref, plural, text};
+use crate::report::format::{self, estimate, pct, pvalue};
+use crate::report::plots::{self, Bar, BarChart, DistributionChart, Series};
+use crate::report::{Plot, ReportError};
+
+pub(super) fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>, warnings: &mut Vec<String>) -> Result<Value, ReportError> {
+    let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
+    let rows: Vec<&Value> = shape.summary.iter().filter(|r| r["mode"] == mode).collect();
+    let overall: Vec<Value> = shape.backends.iter().filter_map(|b| shape.row(b, mode, crate::stage::stats::OVERALL)).cloned().collect();
+    // A backend without one ok run in the mode would fill the detailed tables with empty rows;
+    // it keeps its line in the summary and is named under the tables instead.
+    let mut measured: Vec<String> = Vec::new();
+    let mut unmeasured: Vec<String> = Vec::new();
+    for r in &overall {
+        let b = text(r, "backend").unwrap_or_default();
+        if count_of(r, "n_ok").unwrap_or(0) > 0 { measured.push(b) } else { unmeasured.push(b) }
+    }
+    let per_scenario: Vec<Value> = scenarios.iter().flat_map(|s| measured.iter().filter_map(move |b| shape.row(b, mode, s))).cloned().collect();
+    let comparisons: Vec<Value> =
+        shape.comparisons.iter().filter(|r| r["mode"] == mode && measured.iter().any(|b| r["backend"] == b.as_str())).cloned().collect();
+    // One warning per backend and note, naming where it applies: a note repeated over every
+    // scenario says one thing.
+    let mut notes: Vec<((String, String, String), Vec<String>)> = Vec::new();
+    for c in &comparisons {
+        if let Some(note) = text(c, "note").filter(|n| !n.is_empty()) {
+            let key = (text(c, "backend").unwrap_or_default(), text(c, "baseline").unwrap_or_default(), note);
+            let at = text(c, "scenario").unwrap_or_default();
+            match notes.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(at),
+                None => notes.push((key, vec![at])),
+            }
+        }
+    }
+    for ((backend, baseline, note), at) in notes {
+        warnings.push(format!(
+            "{} / {backend} vs {baseline}, {}: {note}",
+            mode_title(mode),
+            if at.len() > 3 { plural(at.len(), "comparison", "comparisons") } else { join_names(&at) }
+        ));
+    }
+    let any = |keys: &[&str]| rows.iter().any(|r| keys.iter().any(|k| num(r, k).is_some()));
+    let has_ttft = any(&["ttft_mean_ms", "tpot_mean_ms"]);
+    let has_resources = any(&["rss_peak_mib", "cpu_util", "gpu_power_mean_w", "gpu_power_peak_w", "gpu_mem_peak_mib"]);
+    let has_gpu = any(&["gpu_power_mean_w", "gpu_power_peak_w", "gpu_mem_peak_mib"]);
+
+    let bar_series = |mean: &str, lo: &str, hi: &str| -> Vec<Series<Bar>> {
+        shape
+            .backends
+            .iter()
+            .filter(|b| scenarios.iter().any(|s| shape.row(b, mode, s).is_some_and(|r| num(r, mean).is_some())))
+            .map(|b| Series {
+                name: b.clone(),
+                color: shape.color(b),
+                values: scenarios
+                    .iter()
+                    .map(|s| {
+                        let r = shape.row(b, mode, s)?;
+                        Some(Bar { value: num(r, mean)?, lo: num(r, lo), hi: num(r, hi) })
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let title = mode_title(mode);
+    let mut section_plots = serde_json::Map::new();
+
+    let latency = bar_series("latency_mean_ms", "latency_ci95_lo_ms", "latency_ci95_hi_ms");
+    if !latency.is_empty() {
+        let t = format!("{title}: mean latency per scenario");
+        let svg = plots::bars(&BarChart {
+            title: &t,
+            x_label: "scenario",
+            y_label: "mean latency (ms), 95% CI",
+            categories: &scenarios,
+            series: &latency,
+            percent: false,
+        })?;
+        let p = Plot::new(&format!("latency-{mode}"), &t, "Bars are means over ok runs; whiskers are the Student t 95% interval of the mean.", svg);
+        section_plots.insert("latency".into(), plot_ref(&p));
+        plots.push(p);
+    }
+    let throughput = bar_series("throughput_mean", "throughput_ci95_lo", "throughput_ci95_hi");
+    if !throughput.is_empty() {
+        let t = format!("{title}: throughput per scenario");
+        let svg = plots::bars(&BarChart {
+            title: &t,
+            x_label: "scenario",
+            y_label: "throughput (tokens/s), 95% CI",
+            categories: &scenarios,
+            series: &throughput,
+            percent: false,
+        })?;
+        let p = Plot::new(&format!("throughput-{mode}"), &t, "Tokens per second (prefill: prompt tokens; generate: new tokens), mean and 95% interval.", svg);
+        section_plots.insert("throughput".into(), plot_ref(&p));
+        plots.push(p);
+    }
+    let dist: Vec<Series<Vec<f64>>> = shape
+        .backends
+        .iter()
+        .map(|b| Series {
+            name: b.clone(),
+            color: shape.color(b),
+            values: scenarios
+                .iter()
+                .map(|s| {
+                    let v: Vec<f64> =
+                        a.runs.iter().filter(|r| r.is_ok() && r.backend == *b && r.mode == mode && r.scenario == *s).filter_map(|r| r.latency_ms).collect();
+                    (!v.is_empty()).then_some(v)
+                })
+                .collect(),
+        })
+        .filter(|s| s.values.iter().any(Option::is_some))
+        .collect();
+    if !dist.is_empty() {
+        let t = format!("{title}: latency distribution per scenario");
+        let svg = plots::distribution(&DistributionChart { title: &t, x_label: "scenario", y_label: "latency (ms)", categories: &scenarios, series: &dist })?;
+        let p = Plot::new(
+            &format!("distribution-{mode}"),
+            &t,
+            "Each dot is one timed repetition; boxes span the quartiles (type 7) with the median as a bar; whiskers reach the fastest and slowest run.",
+            svg,
+        );
+        section_plots.insert("distribution".into(), plot_ref(&p));
+        plots.push(p);
+    }
+
+    Ok(json!({
+        "mode": mode,
+        "title": title,
+        "scenarios": scenario_shapes(shape, mode, &scenarios),
+        "rows": per_scenario,
+        "overall": overall,
+        "unmeasured": unmeasured,
+        "comparisons": comparisons,
+        "has_ttft": has_ttft,
+        "has_resources": has_resources,
+        "has_gpu": has_gpu,
+        "best": best(shape, mode),
+        "plots": section_plots,
+    }))
+}
+
+/// Each scenario's shape, from the first row that has it.
+fn scenario_shapes(shape: &Shape, mode: &str, scenarios: &[String]) -> Vec<Value> {
+    scenarios
+        .iter()
+        .map(|s| {
+            let r = shape.summary.iter().find(|r| r["mode"] == mode && r["scenario"] == s.as_str());
+            let field = |k: &str| r.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Null);
+            json!({ "name": s, "batch": field("batch"), "prompt_tokens": field("prompt_tokens"), "new_tokens": field("new_tokens") })
+        })
+        .collect()
+}
+
+pub(super) fn degraded_plot(shape: &Shape, plots: &mut Vec<Plot>) -> Result<Value, ReportError> {
+    if shape.modes.is_empty() || shape.backends.is_empty() {
+        return Ok(Value::Null);
+    }
+    let series: Vec<Series<Bar>> = shape
+        .backends
+        .iter()
+        .map(|b| Series {
+            name: b.clone(),
+            color: shape.color(b),
+            values: shape
+                .modes
+                .iter()
+                .map(|m| shape.row(b, m, crate::stage::stats::OVERALL).and_then(|r| num(r, "degraded_rate")).map(|v| Bar { value: v, lo: None, hi: None }))
+                .collect(),
+        })
+        .collect();
+    let t = "Degraded runs per mode";
+    let categories: Vec<String> = shape.modes.iter().map(|m| mode_title(m)).collect();
+    let svg = plots::bars(&BarChart {
+        title: t,
+        x_label: "mode",
+        y_label: "degraded runs (% of all runs)",
+        categories: &categories,
+        series: &series,
+        percent: true,
+    })?;
+    let p = Plot::new(
+        "degraded",
+        t,
+        "The share of each backend's runs in a mode that could not be measured; a missing bar is a backend without runs in that mode.",
+        svg,
+    );
+    let r = plot_ref(&p);
+    plots.push(p);
+    Ok(r)
+}
+
+/// The mode's fastest backend (see the module doc).
+pub(super) fn best(shape: &Shape, mode: &str) -> Value {
+    let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
+    let overall = crate::stage::stats::OVERALL;
+    let candidates: Vec<(&String, &Value)> =
+        shape.backends.iter().filter_map(|b| shape.row(b, mode, overall).filter(|r| Shape::ok(r)).map(|r| (b, r))).collect();
+    if candidates.is_empty() {
+        return Value::Null;
+    }
+    let covers = |b: &str| scenarios.iter().all(|s| shape.row(b, mode, s).is_some_and(Shape::ok));
+    let full: Vec<(&String, &Value)> = candidates.iter().copied().filter(|(b, _)| covers(b)).collect();
+    let like_for_like = !full.is_empty();
+    let pool = if like_for_like { full } else { candidates };
+    let lat = |r: &Value| num(r, "latency_mean_ms").unwrap_or(f64::INFINITY);
+    let Some((name, row)) = pool.iter().copied().min_by(|x, y| lat(x.1).total_cmp(&lat(y.1))) else { return Value::Null };
+    let wins = scenarios
+        .iter()
+        .filter(|s| {
+            let fastest =
+                shape.backends.iter().filter_map(|b| shape.row(b, mode, s).filter(|r| Shape::ok(r)).map(|r| (b, lat(r)))).min_by(|x, y| x.1.total_cmp(&y.1));
+            fastest.is_some_and(|(b, _)| b == name)
+        })
+        .count();
+    let is_baseline = shape.baseline.as_deref() == Some(name.as_str());
+    // Against the baseline: the best's own comparison, or when it is the baseline, the runner-up's.
+    let runner_up = pool.iter().copied().filter(|(b, _)| *b != name).min_by(|x, y| lat(x.1).total_cmp(&lat(y.1))).map(|(b, _)| b.clone());
+    let compared = if is_baseline { runner_up.clone() } else { Some(name.clone()) };
+    let comparison = compared.as_deref().and_then(|b| shape.comparison(b, mode, overall)).cloned();
+
+    let alpha = format::plain(shape.alpha);
+    let mut sentence = format!(
+        "{}: {} has the lowest mean latency, {} ms over all scenarios pooled, and is the fastest in {} of {} scenarios",
+        mode_title(mode),
+        name,
+        estimate(num(row, "latency_mean_ms"), num(row, "latency_ci95_lo_ms"), num(row, "latency_ci95_hi_ms")),
+        wins,
+        scenarios.len()
+    );
+    if let Some(c) = &comparison {
+        let verdict = match text(c, "significant").as_deref() {
+            Some("yes") => format!("significant at α = {alpha}"),
+            Some("no") => format!("not significant at α = {alpha}"),
+            _ => "no test".to_string(),
+        };
+        let other = text(c, "backend").unwrap_or_default();
+        let baseline = text(c, "baseline").unwrap_or_default();
+        let pooled = format!("{} pooled (Holm-adjusted p {}, {verdict})", pct(num(c, "latency_pct_change")), pvalue(num(c, "p_holm")));
+        // Pooled samples mix scenarios, so their spread is wide; the per-scenario tests are
+        // the like-for-like ones.
+        let per: Vec<&Value> = scenarios.iter().filter_map(|s| shape.comparison(&other, mode, s)).filter(|r| num(r, "latency_pct_change").is_some()).collect();
+        let changes: Vec<f64> = per.iter().filter_map(|r| num(r, "latency_pct_change")).collect();
+        let significant = per.iter().filter(|r| r["significant"] == "yes").count();
+        let per_text = match (changes.iter().copied().reduce(f64::min), changes.iter().copied().reduce(f64::max)) {
+            (Some(lo), Some(hi)) if changes.len() > 1 && pct(Some(lo)) == pct(Some(hi)) => {
+                format!("; per scenario {} in each, significant in {significant} of {}", pct(Some(lo)), per.len())
+            }
+            (Some(lo), Some(hi)) if changes.len() > 1 => {
+                format!("; per scenario {} to {}, significant in {significant} of {}", pct(Some(lo)), pct(Some(hi)), per.len())
+            }
+            (Some(x), _) => format!("; per scenario {}, significant in {significant} of 1", pct(Some(x))),
+            _ => String::new(),
+        };
+        if is_baseline {
+            sentence.push_str(&format!(". It is the baseline; the next fastest, {other}, changes latency by {pooled}{per_text}"));
+        } else {
+            sentence.push_str(&format!(". Against the baseline {baseline}: {pooled}{per_text}"));
+        }
+    } else if shape.baseline.is_some() && !is_baseline {
+        sentence.push_str("; no comparison with the baseline exists for it");
+    }
+    sentence.push('.');
+    if !like_for_like {
+        sentence.push_str(" No backend ran every scenario, so these pooled means cover different workloads.");
+    }
+    json!({
+        "backend": name,
+        "latency_mean_ms": num(row, "latency_mean_ms"),
+        "latency_ci95_lo_ms": num(row, "latency_ci95_lo_ms"),
+        "latency_ci95_hi_ms": num(row, "latency_ci95_hi_ms"),
+        "wins": wins,
+        "scenarios": scenarios.len(),
+        "is_baseline": is_baseline,
+        "like_for_like": like_for_like,
+        "comparison": comparison,
+        "sentence": sentence,
+    })
+}

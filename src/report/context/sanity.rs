@@ -1,0 +1,169 @@
+//! Sanity checks: the export, INT8 coverage, TensorRT plans, perplexity against a uniform model
+//! and logit differences.
+
+use serde_json::{Value, json};
+
+use super::{Artifacts, count_of, list, num, text};
+use crate::report::format::{self, sig_opt};
+
+pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
+    let mut exports = Vec::new();
+    for e in &a.exports {
+        for v in list(&e.value, "variants") {
+            exports.push(json!({
+                "node": e.node(),
+                "variant": text(v, "variant"),
+                "precision": text(v, "precision"),
+                "opset": count_of(v, "opset"),
+                "file": text(v, "file"),
+                "file_bytes": num(v, "file_bytes"),
+                "data_bytes": num(v, "data_bytes"),
+                "nodes": count_of(v, "node_count"),
+                "initializers": count_of(v, "initializer_count"),
+                "initializer_bytes": num(v, "initializer_bytes"),
+                "inputs": list(v, "inputs").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+                "outputs": list(v, "outputs").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+                "dynamic_axes": list(v, "dynamic_axes").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+                "export_ms": num(v, "export_ms"),
+                "digest": text(v, "digest").map(|d| d.chars().take(12).collect::<String>()),
+            }));
+        }
+    }
+    let checkpoint = a.exports.first().map(|e| {
+        let c = &e.value["checkpoint"];
+        let cfg = &c["config"];
+        json!({
+            "path": text(c, "path"),
+            "format": c.get("format").map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string)),
+            "arch": cfg.get("arch").map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string)),
+            "n_layer": count_of(cfg, "n_layer"),
+            "d_model": count_of(cfg, "d_model"),
+            "n_head": count_of(cfg, "n_head"),
+            "vocab_size": count_of(cfg, "vocab_size"),
+        })
+    });
+    let mut quantize = Vec::new();
+    for q in &a.quantize {
+        let v = &q.value;
+        let total = count_of(v, "matmul_total");
+        let verified = count_of(v, "verified");
+        let ort = v.get("ort").cloned().unwrap_or(Value::Null);
+        if v.get("ran_integer") == Some(&Value::Bool(false)) {
+            warnings.push(format!(
+                "{}: ONNX Runtime ran {} integer MatMul kernels for {} INT8 MatMuls; the rest multiply in float.",
+                q.node(),
+                count_of(&ort, "integer_matmul_kernels").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
+                verified.map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+            ));
+        }
+        if let (Some(qd), Some(vf)) = (count_of(v, "quantized"), verified)
+            && vf < qd
+        {
+            warnings.push(format!("{}: {qd} MatMuls were rewritten to INT8 but only {vf} read back as INT8.", q.node()));
+        }
+        let decoder = v.get("decoder").filter(|d| d.is_object()).map(|d| {
+            json!({ "matmul_total": count_of(d, "matmul_total"), "quantized": count_of(d, "quantized"), "verified": count_of(d, "verified"), "left_float": list(d, "left_float").len() })
+        });
+        quantize.push(json!({
+            "node": q.node(),
+            "scheme": text(v, "scheme"),
+            "per_channel": v.get("per_channel").and_then(Value::as_bool),
+            "activations": text(v, "activations"),
+            "weights": text(v, "weights"),
+            "matmul_total": total,
+            "quantized": count_of(v, "quantized"),
+            "verified": verified,
+            "left_float": list(v, "left_float").len(),
+            "coverage": match (verified, total) { (Some(v), Some(t)) if t > 0 => Some(v as f64 / t as f64), _ => None },
+            "ran_integer": v.get("ran_integer").and_then(Value::as_bool),
+            "integer_kernels": count_of(&ort, "integer_matmul_kernels"),
+            "float_kernels": count_of(&ort, "float_matmul_kernels"),
+            "decoder": decoder,
+            "file_bytes": num(v, "file_bytes"),
+            "data_bytes": num(v, "data_bytes"),
+        }));
+    }
+    let mut trt = Vec::new();
+    for t in &a.trt {
+        let v = &t.value;
+        let layers = v.get("layers_by_precision").cloned().unwrap_or(Value::Null);
+        if v.get("int8_verified") == Some(&Value::Bool(false)) {
+            warnings.push(format!("TensorRT {} plan: INT8 was requested but no layer runs in INT8.", text(v, "precision").unwrap_or_default()));
+        }
+        trt.push(json!({
+            "node": t.node(),
+            "precision": text(v, "precision"),
+            "status": text(v, "status"),
+            "reason": text(v, "reason"),
+            "flags": list(v, "flags").iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "),
+            "trt_version": text(v, "trt_version"),
+            "n_layers": count_of(v, "n_layers"),
+            "fp32": count_of(&layers, "fp32"),
+            "fp16": count_of(&layers, "fp16"),
+            "int8": count_of(&layers, "int8"),
+            "other": count_of(&layers, "other"),
+            "int8_verified": v.get("int8_verified").and_then(Value::as_bool),
+            "plan_bytes": num(v, "plan_bytes"),
+            "build_s": num(v, "build_s"),
+            "engine_build_s": num(v, "engine_build_s"),
+            "builder": text(v, "builder"),
+            "peak_build_mib": num(v, "peak_build_mib"),
+        }));
+    }
+    let mut perplexity = Vec::new();
+    for d in &a.perplexity {
+        let v = &d.value;
+        let (ppl, uniform) = (num(v, "ppl"), num(v, "uniform_ppl"));
+        let sane = match (ppl, uniform) {
+            (Some(p), Some(u)) => Some(p < u),
+            _ => None,
+        };
+        if sane == Some(false) {
+            warnings.push(format!(
+                "{}: perplexity {} is not below the uniform model's {} (a model that knows nothing scores its vocabulary size): its outputs are noise.",
+                text(v, "backend").unwrap_or_default(),
+                sig_opt(ppl, 4),
+                sig_opt(uniform, 4)
+            ));
+        }
+        perplexity.push(json!({
+            "backend": text(v, "backend"),
+            "precision": text(v, "precision"),
+            "provider": text(v, "provider"),
+            "status": text(v, "status"),
+            "reason": text(v, "reason"),
+            "ppl": ppl,
+            "mean_nll": num(v, "mean_nll"),
+            "uniform_ppl": uniform,
+            "vocab_size": count_of(v, "vocab_size"),
+            "tokens_scored": count_of(v, "tokens_scored"),
+            "sane": sane,
+        }));
+    }
+    let mut logits = Vec::new();
+    for d in &a.logits {
+        let v = &d.value;
+        let o = &v["overall"];
+        let (last, all) = (&o["last_token"], &o["all_positions"]);
+        if let Some(rate) = num(all, "argmax_agreement_rate").filter(|r| *r < 1.0) {
+            warnings.push(format!(
+                "{}: the top token differs from the reference's at {} of positions.",
+                text(v, "backend").unwrap_or_default(),
+                format::share(Some(1.0 - rate))
+            ));
+        }
+        logits.push(json!({
+            "backend": text(v, "backend"),
+            "status": text(v, "status"),
+            "reason": text(v, "reason"),
+            "prompts": list(v, "prompts").len(),
+            "last_mean_abs_diff": num(last, "mean_abs_diff"),
+            "last_max_abs_diff": num(last, "max_abs_diff"),
+            "last_agreement": num(last, "argmax_agreement_rate"),
+            "all_mean_abs_diff": num(all, "mean_abs_diff"),
+            "all_max_abs_diff": num(all, "max_abs_diff"),
+            "all_agreement": num(all, "argmax_agreement_rate"),
+        }));
+    }
+    json!({ "checkpoint": checkpoint, "exports": exports, "quantize": quantize, "trt": trt, "perplexity": perplexity, "logits": logits })
+}
