@@ -213,23 +213,9 @@ pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
             .build_cartesian_2d(categories_axis(n), Axis { lo: 0.0, hi: y_max, ticks: nice_ticks(0.0, y_max, 8) })
             .map_err(|x| e(x.to_string()))?;
         let categories = chart.categories;
-        // Category names are drawn below by `category_labels`: plotters can only turn text
-        // clockwise, which puts a long name across the axis.
-        let x_fmt = |_: &f64| String::new();
         let percent = chart.percent;
         let y_fmt = move |y: &f64| if percent { format!("{}%", tick_label(y * 100.0)) } else { tick_label(*y) };
-        c.configure_mesh()
-            .disable_x_mesh()
-            .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
-            .axis_style(INK)
-            .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
-            .x_label_formatter(&x_fmt)
-            .y_label_formatter(&y_fmt)
-            .x_desc(chart.x_label)
-            .y_desc(chart.y_label)
-            .axis_desc_style((FONT, DESC_SIZE).into_font().color(&INK))
-            .draw()
-            .map_err(|x| e(x.to_string()))?;
+        draw_mesh(&mut c, &y_fmt, chart.x_label, chart.y_label).map_err(&e)?;
 
         let slot = 0.8 / k as f64;
         for (j, s) in chart.series.iter().enumerate() {
@@ -290,6 +276,29 @@ impl Ranged for Axis {
     fn range(&self) -> Range<f64> {
         self.lo..self.hi
     }
+}
+
+/// The axes every chart draws alike: horizontal grid lines only, labels in the house font.
+/// The x labels are left empty: category names are drawn by `category_labels`, since
+/// plotters can only turn text clockwise, which puts a long name across the axis.
+fn draw_mesh<DB: DrawingBackend>(
+    c: &mut ChartContext<'_, DB, Cartesian2d<Axis, Axis>>,
+    y_fmt: &dyn Fn(&f64) -> String,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<(), String> {
+    c.configure_mesh()
+        .disable_x_mesh()
+        .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+        .axis_style(INK)
+        .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
+        .x_label_formatter(&|_: &f64| String::new())
+        .y_label_formatter(y_fmt)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .axis_desc_style((FONT, DESC_SIZE).into_font().color(&INK))
+        .draw()
+        .map_err(|x| x.to_string())
 }
 
 fn categories_axis(n: usize) -> Axis {
@@ -360,23 +369,9 @@ pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> 
         let y_range = Axis { lo: y_lo, hi: y_hi, ticks: if log { ticks } else { nice_ticks(y_lo, y_hi, 8) } };
         let mut c = builder.build_cartesian_2d(x_range, y_range).map_err(|x| e(x.to_string()))?;
         let categories = chart.categories;
-        // Category names are drawn below by `category_labels`: plotters can only turn text
-        // clockwise, which puts a long name across the axis.
-        let x_fmt = |_: &f64| String::new();
         let y_fmt = move |y: &f64| tick_label(if log { 10f64.powf(*y) } else { *y });
         let y_desc = if log { format!("{} (log scale)", chart.y_label) } else { chart.y_label.to_string() };
-        c.configure_mesh()
-            .disable_x_mesh()
-            .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
-            .axis_style(INK)
-            .y_label_style((FONT, LABEL_SIZE).into_font().color(&INK))
-            .x_label_formatter(&x_fmt)
-            .y_label_formatter(&y_fmt)
-            .x_desc(chart.x_label)
-            .y_desc(y_desc)
-            .axis_desc_style((FONT, DESC_SIZE).into_font().color(&INK))
-            .draw()
-            .map_err(|x| e(x.to_string()))?;
+        draw_mesh(&mut c, &y_fmt, chart.x_label, &y_desc).map_err(&e)?;
 
         let slot = 0.8 / k as f64;
         for (j, s) in chart.series.iter().enumerate() {
