@@ -69,34 +69,33 @@ pub(super) fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut
     let title = mode_title(mode);
     let mut section_plots = serde_json::Map::new();
 
-    let latency = bar_series("latency_mean_ms", "latency_ci95_lo_ms", "latency_ci95_hi_ms");
-    if !latency.is_empty() {
-        let t = format!("{title}: mean latency per scenario");
-        let svg = plots::bars(&BarChart {
-            title: &t,
-            x_label: "scenario",
-            y_label: "mean latency (ms), 95% CI",
-            categories: &scenarios,
-            series: &latency,
-            percent: false,
-        })?;
-        let p = Plot::new(&format!("latency-{mode}"), &t, "Bars are means over ok runs; whiskers are the Student t 95% interval of the mean.", svg);
-        section_plots.insert("latency".into(), plot_ref(&p));
-        plots.push(p);
-    }
-    let throughput = bar_series("throughput_mean", "throughput_ci95_lo", "throughput_ci95_hi");
-    if !throughput.is_empty() {
-        let t = format!("{title}: throughput per scenario");
-        let svg = plots::bars(&BarChart {
-            title: &t,
-            x_label: "scenario",
-            y_label: "throughput (tokens/s), 95% CI",
-            categories: &scenarios,
-            series: &throughput,
-            percent: false,
-        })?;
-        let p = Plot::new(&format!("throughput-{mode}"), &t, "Tokens per second (prefill: prompt tokens; generate: new tokens), mean and 95% interval.", svg);
-        section_plots.insert("throughput".into(), plot_ref(&p));
+    // The bar charts, in the order the section shows them: what each plots, from which
+    // summary columns (mean, interval low, interval high), and its caption.
+    let bar_charts = [
+        (
+            "latency",
+            ["latency_mean_ms", "latency_ci95_lo_ms", "latency_ci95_hi_ms"],
+            "mean latency per scenario",
+            "mean latency (ms), 95% CI",
+            "Bars are means over ok runs; whiskers are the Student t 95% interval of the mean.",
+        ),
+        (
+            "throughput",
+            ["throughput_mean", "throughput_ci95_lo", "throughput_ci95_hi"],
+            "throughput per scenario",
+            "throughput (tokens/s), 95% CI",
+            "Tokens per second (prefill: prompt tokens; generate: new tokens), mean and 95% interval.",
+        ),
+    ];
+    for (key, [mean, lo, hi], what, y_label, caption) in bar_charts {
+        let series = bar_series(mean, lo, hi);
+        if series.is_empty() {
+            continue;
+        }
+        let t = format!("{title}: {what}");
+        let svg = plots::bars(&BarChart { title: &t, x_label: "scenario", y_label, categories: &scenarios, series: &series, percent: false })?;
+        let p = Plot::new(&format!("{key}-{mode}"), &t, caption, svg);
+        section_plots.insert(key.into(), plot_ref(&p));
         plots.push(p);
     }
     let dist: Vec<Series<Vec<f64>>> = shape
