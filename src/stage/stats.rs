@@ -77,6 +77,7 @@ use serde_json::{Map, Value, json};
 use super::output::{csv_field, write_json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::artifact::stats as artifact;
+use crate::artifact::stats::OVERALL;
 use crate::measure::{MODES, RunRecord};
 use crate::stats::{self, Summary};
 
@@ -85,9 +86,6 @@ pub struct Stats;
 const FIELDS: &[&str] = &["baseline", "alpha"];
 
 const DEFAULT_ALPHA: f64 = 0.05;
-
-/// The scenario name of the pooled rows.
-pub const OVERALL: &str = "overall";
 
 pub const SUMMARY_COLUMNS: &[&str] = &[
     "backend",

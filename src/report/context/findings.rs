@@ -37,7 +37,7 @@ pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
         let ttft: Option<(&String, &Value)> = shape
             .backends
             .iter()
-            .filter_map(|b| shape.row(b, mode, crate::stage::stats::OVERALL).filter(|r| num(r, "ttft_mean_ms").is_some()).map(|r| (b, r)))
+            .filter_map(|b| shape.row(b, mode, crate::artifact::stats::OVERALL).filter(|r| num(r, "ttft_mean_ms").is_some()).map(|r| (b, r)))
             .min_by(|x, y| num(x.1, "ttft_mean_ms").unwrap_or(f64::INFINITY).total_cmp(&num(y.1, "ttft_mean_ms").unwrap_or(f64::INFINITY)));
         if let Some((b, r)) = ttft {
             out.push(format!(
@@ -59,7 +59,7 @@ pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
             }
         }
     }
-    let swept = |b: &str| shape.modes.iter().filter(|m| shape.row(b, m, crate::stage::stats::OVERALL).is_some()).count();
+    let swept = |b: &str| shape.modes.iter().filter(|m| shape.row(b, m, crate::artifact::stats::OVERALL).is_some()).count();
     let (all, some): (Vec<_>, Vec<_>) = nothing.into_iter().partition(|(b, modes)| modes.len() == swept(b));
     if !all.is_empty() {
         let names: Vec<String> = all.into_iter().map(|(b, _)| b).collect();
@@ -141,7 +141,7 @@ pub(super) fn abstract_text(shape: &Shape, a: &Artifacts) -> Vec<String> {
     let mut paras = Vec::new();
     let scenarios: BTreeSet<&String> = shape.scenarios.values().flatten().collect();
     let (mut total, mut ok) = (0u64, 0u64);
-    for r in shape.summary.iter().filter(|r| r["scenario"] == crate::stage::stats::OVERALL) {
+    for r in shape.summary.iter().filter(|r| r["scenario"] == crate::artifact::stats::OVERALL) {
         total += count_of(r, "n_total").unwrap_or(0);
         ok += count_of(r, "n_ok").unwrap_or(0);
     }

@@ -114,7 +114,7 @@ impl Shape {
                 modes.push(m.clone());
             }
             let list = scenarios.entry(m).or_default();
-            if s != crate::stage::stats::OVERALL && !list.contains(&s) {
+            if s != crate::artifact::stats::OVERALL && !list.contains(&s) {
                 list.push(s);
             }
         }

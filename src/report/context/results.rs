@@ -11,7 +11,7 @@ use crate::report::{Plot, ReportError};
 pub(super) fn mode_section(shape: &Shape, a: &Artifacts, mode: &str, plots: &mut Vec<Plot>, warnings: &mut Vec<String>) -> Result<Value, ReportError> {
     let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
     let rows: Vec<&Value> = shape.summary.iter().filter(|r| r["mode"] == mode).collect();
-    let overall: Vec<Value> = shape.backends.iter().filter_map(|b| shape.row(b, mode, crate::stage::stats::OVERALL)).cloned().collect();
+    let overall: Vec<Value> = shape.backends.iter().filter_map(|b| shape.row(b, mode, crate::artifact::stats::OVERALL)).cloned().collect();
     // A backend without one ok run in the mode would fill the detailed tables with empty rows;
     // it keeps its line in the summary and is named under the tables instead.
     let mut measured: Vec<String> = Vec::new();
@@ -169,7 +169,7 @@ pub(super) fn degraded_plot(shape: &Shape, plots: &mut Vec<Plot>) -> Result<Valu
             values: shape
                 .modes
                 .iter()
-                .map(|m| shape.row(b, m, crate::stage::stats::OVERALL).and_then(|r| num(r, "degraded_rate")).map(|v| Bar { value: v, lo: None, hi: None }))
+                .map(|m| shape.row(b, m, crate::artifact::stats::OVERALL).and_then(|r| num(r, "degraded_rate")).map(|v| Bar { value: v, lo: None, hi: None }))
                 .collect(),
         })
         .collect();
@@ -197,7 +197,7 @@ pub(super) fn degraded_plot(shape: &Shape, plots: &mut Vec<Plot>) -> Result<Valu
 /// The mode's fastest backend (see the module doc).
 pub(super) fn best(shape: &Shape, mode: &str) -> Value {
     let scenarios = shape.scenarios.get(mode).cloned().unwrap_or_default();
-    let overall = crate::stage::stats::OVERALL;
+    let overall = crate::artifact::stats::OVERALL;
     let candidates: Vec<(&String, &Value)> =
         shape.backends.iter().filter_map(|b| shape.row(b, mode, overall).filter(|r| Shape::ok(r)).map(|r| (b, r))).collect();
     if candidates.is_empty() {
