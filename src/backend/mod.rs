@@ -63,7 +63,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ndarray::{ArrayD, ArrayViewD};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::measure::workload::{self, Generation};
@@ -448,7 +448,7 @@ fn profile_shapes(min: &Option<String>, opt: &Option<String>, max: &Option<Strin
 }
 
 /// What really ran, recorded beside every result a backend produces.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capability {
     pub runtime: String,
     pub runtime_version: String,

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{BackendError, Capability};
@@ -33,7 +33,7 @@ use crate::runtime::{Provider, Session};
 const PROBE_TOKENS: usize = 4;
 
 /// One GPU as NVML describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     pub name: String,
     /// The kernel driver, e.g. `550.54.15`.

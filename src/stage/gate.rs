@@ -15,6 +15,9 @@
 //! comes out degraded, with every `pass` null. A backend over its threshold is data, not an
 //! error — the node is ok unless `fail_on_gate = true`, which fails it, naming the backends.
 //!
+//! Reads each result as [`Perplexity`]; one that does not read as one is an error naming the
+//! file and the field.
+//!
 //! Outputs `gate.json` (`reference`, `reference_ppl`, `thresholds`, `status`, `reason`,
 //! `failed`, and `backends`: one entry per result, sorted by name, with `backend`,
 //! `precision`, `status`, `reason`, `ppl`, `rel_delta`, `threshold`, `pass`) and `gate.csv`
@@ -28,6 +31,7 @@ use serde_json::{Value, json};
 use super::output::{write_csv_rows, write_json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::artifact::gate as artifact;
+use crate::artifact::perplexity::Perplexity;
 use crate::backend::PRECISIONS;
 
 pub struct Gate;
@@ -122,37 +126,33 @@ impl StageKind for Gate {
         let thresholds: BTreeMap<String, f64> =
             config["thresholds"].as_object().into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
 
-        let mut results = Vec::new();
+        let mut results: Vec<Perplexity> = Vec::new();
         for path in cx.deps.get("results").into_iter().flatten() {
             let text = std::fs::read_to_string(cx.root.join(path)).map_err(|e| format!("reading `{path}`: {e}"))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| format!("`{path}` is not JSON: {e}"))?;
-            let Some(name) = v["backend"].as_str() else {
-                return Err(format!("`{path}` is not a perplexity result: it has no `backend`"));
-            };
-            if results.iter().any(|(n, _): &(String, Value)| n == name) {
-                return Err(format!("two results for backend `{name}`; the `results` dep must match one perplexity.json per backend"));
+            serde_json::from_str::<Value>(&text).map_err(|e| format!("`{path}` is not JSON: {e}"))?;
+            let v: Perplexity = serde_json::from_str(&text).map_err(|e| format!("`{path}` is not a perplexity result: {e}"))?;
+            if results.iter().any(|r| r.backend == v.backend) {
+                return Err(format!("two results for backend `{}`; the `results` dep must match one perplexity.json per backend", v.backend));
             }
-            results.push((name.to_string(), v));
+            results.push(v);
         }
-        results.sort_by(|a, b| a.0.cmp(&b.0));
+        results.sort_by(|a, b| a.backend.cmp(&b.backend));
 
-        let reference_ppl = match results.iter().find(|(n, _)| *n == reference) {
+        let reason_of = |v: &Perplexity| v.reason.clone().unwrap_or_else(|| "no reason given".into());
+        let reference_ppl = match results.iter().find(|v| v.backend == reference) {
             None => Err(format!(
                 "the reference backend `{reference}` has no result among {}",
-                if results.is_empty() { "none".to_string() } else { results.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ") }
+                if results.is_empty() { "none".to_string() } else { results.iter().map(|v| format!("`{}`", v.backend)).collect::<Vec<_>>().join(", ") }
             )),
-            Some((_, v)) if v["status"] != "ok" => {
-                Err(format!("the reference backend `{reference}` is degraded: {}", v["reason"].as_str().unwrap_or("no reason given")))
-            }
-            Some((_, v)) => v["ppl"].as_f64().filter(|p| *p > 0.0).ok_or_else(|| format!("the reference backend `{reference}` has no perplexity")),
+            Some(v) if v.status != "ok" => Err(format!("the reference backend `{reference}` is degraded: {}", reason_of(v))),
+            Some(v) => v.ppl.filter(|p| *p > 0.0).ok_or_else(|| format!("the reference backend `{reference}` has no perplexity")),
         };
 
         let mut rows = Vec::new();
-        for (name, v) in &results {
-            let precision = v["precision"].as_str().unwrap_or("fp32").to_string();
-            let threshold = thresholds.get(&precision).copied();
-            let degraded = v["status"] != "ok";
-            let ppl = if degraded { None } else { v["ppl"].as_f64() };
+        for v in &results {
+            let threshold = thresholds.get(&v.precision).copied();
+            let degraded = v.status != "ok";
+            let ppl = if degraded { None } else { v.ppl };
             let rel_delta = match (&reference_ppl, ppl) {
                 (Ok(r), Some(p)) => Some((p - r).abs() / r),
                 _ => None,
@@ -162,10 +162,10 @@ impl StageKind for Gate {
                 _ => None,
             };
             rows.push(artifact::Backend {
-                backend: name.clone(),
-                precision,
+                backend: v.backend.clone(),
+                precision: v.precision.clone(),
                 status: if degraded { "degraded" } else { "ok" }.into(),
-                reason: degraded.then(|| v["reason"].as_str().unwrap_or("no reason given").to_string()),
+                reason: degraded.then(|| reason_of(v)),
                 ppl,
                 rel_delta,
                 threshold,

@@ -31,7 +31,8 @@
 //! each window goes unscored, as in Hugging Face's recipe. The NLL of target `t` is
 //! `−log_softmax(logits[t − 1])[token[t]]`, in f64.
 //!
-//! Outputs `perplexity.json` and `perplexity.csv` (one row of the same scalar fields):
+//! Outputs `perplexity.json` ([`crate::artifact::perplexity::Perplexity`]) and `perplexity.csv`
+//! (one row of the same scalar fields):
 //!
 //! | field            | meaning                                                                |
 //! |------------------|------------------------------------------------------------------------|
@@ -55,12 +56,12 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::corpus::strip_doc_markers;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
-use crate::backend::{self, BackendError, BackendSpec, Capability};
+use crate::artifact::perplexity::Perplexity as Report;
+use crate::backend::{self, BackendError, BackendSpec};
 
 pub struct Perplexity;
 
@@ -160,19 +161,20 @@ impl StageKind for Perplexity {
             return Err(format!("the corpus `{}` has {} token(s); perplexity needs at least 2", corpus_path.display(), ids.len()));
         }
 
-        let mut report = Report::new(&spec, &settings, ids.len());
+        let mut report = new_report(&spec, &settings, ids.len());
         let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
         let outcome = match score(&spec, &model, &library, &ids, &settings, &mut report, cx.log) {
             Ok(()) => Outcome::Ok,
             Err(BackendError::Unavailable(reason)) => {
                 let _ = writeln!(cx.log, "degraded: {reason}");
-                report.degrade(reason.clone());
+                degrade(&mut report, reason.clone());
                 Outcome::Degraded(reason)
             }
             Err(BackendError::Failed(e)) => return Err(e),
         };
+        // Straight from the struct, not through `to_value`: the keys stay in field order.
         super::output::write_json(&cx.root.join(&cx.outs["result"]), &report)?;
-        write_csv(&cx.root.join(&cx.outs["csv"]), &report.csv_row())?;
+        write_csv(&cx.root.join(&cx.outs["csv"]), &csv_row(&report))?;
         Ok(outcome)
     }
 }
@@ -213,82 +215,60 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
     out
 }
 
-/// Everything `perplexity.json` holds.
-#[derive(Debug, Serialize)]
-struct Report {
-    backend: String,
-    precision: String,
-    provider: String,
-    capability: Option<Capability>,
-    context: usize,
-    stride: usize,
-    batch: usize,
-    corpus_tokens: usize,
-    windows: Option<usize>,
-    tokens_scored: Option<usize>,
-    mean_nll: Option<f64>,
-    ppl: Option<f64>,
-    vocab_size: Option<usize>,
-    ln_vocab: Option<f64>,
-    uniform_ppl: Option<f64>,
-    status: &'static str,
-    reason: Option<String>,
+/// A report with the backend and the windowing, and no numbers yet.
+fn new_report(spec: &BackendSpec, w: &Windowing, corpus_tokens: usize) -> Report {
+    Report {
+        backend: spec.name.clone(),
+        precision: spec.precision.clone(),
+        provider: spec.provider.name().to_string(),
+        capability: None,
+        context: w.context,
+        stride: w.stride,
+        batch: w.batch,
+        corpus_tokens,
+        windows: None,
+        tokens_scored: None,
+        mean_nll: None,
+        ppl: None,
+        vocab_size: None,
+        ln_vocab: None,
+        uniform_ppl: None,
+        status: "ok".into(),
+        reason: None,
+    }
 }
 
-impl Report {
-    fn new(spec: &BackendSpec, w: &Windowing, corpus_tokens: usize) -> Report {
-        Report {
-            backend: spec.name.clone(),
-            precision: spec.precision.clone(),
-            provider: spec.provider.name().to_string(),
-            capability: None,
-            context: w.context,
-            stride: w.stride,
-            batch: w.batch,
-            corpus_tokens,
-            windows: None,
-            tokens_scored: None,
-            mean_nll: None,
-            ppl: None,
-            vocab_size: None,
-            ln_vocab: None,
-            uniform_ppl: None,
-            status: "ok",
-            reason: None,
-        }
-    }
+/// No number of a run that did not happen survives.
+fn degrade(r: &mut Report, reason: String) {
+    (r.windows, r.tokens_scored, r.vocab_size) = (None, None, None);
+    (r.mean_nll, r.ppl, r.ln_vocab, r.uniform_ppl) = (None, None, None, None);
+    r.status = "degraded".into();
+    r.reason = Some(reason);
+}
 
-    /// No number of a run that did not happen survives.
-    fn degrade(&mut self, reason: String) {
-        (self.windows, self.tokens_scored, self.vocab_size) = (None, None, None);
-        (self.mean_nll, self.ppl, self.ln_vocab, self.uniform_ppl) = (None, None, None, None);
-        self.status = "degraded";
-        self.reason = Some(reason);
-    }
-
-    fn csv_row(&self) -> Vec<(&'static str, String)> {
-        let n = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
-        let u = |v: Option<usize>| v.map_or(String::new(), |x| x.to_string());
-        vec![
-            ("backend", self.backend.clone()),
-            ("precision", self.precision.clone()),
-            ("provider", self.provider.clone()),
-            ("runtime_version", self.capability.as_ref().map_or(String::new(), |c| c.runtime_version.clone())),
-            ("context", self.context.to_string()),
-            ("stride", self.stride.to_string()),
-            ("batch", self.batch.to_string()),
-            ("corpus_tokens", self.corpus_tokens.to_string()),
-            ("windows", u(self.windows)),
-            ("tokens_scored", u(self.tokens_scored)),
-            ("mean_nll", n(self.mean_nll)),
-            ("ppl", n(self.ppl)),
-            ("vocab_size", u(self.vocab_size)),
-            ("ln_vocab", n(self.ln_vocab)),
-            ("uniform_ppl", n(self.uniform_ppl)),
-            ("status", self.status.to_string()),
-            ("reason", self.reason.clone().unwrap_or_default()),
-        ]
-    }
+/// The line of `perplexity.csv`: the scalar fields of `perplexity.json`.
+fn csv_row(r: &Report) -> Vec<(&'static str, String)> {
+    let n = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
+    let u = |v: Option<usize>| v.map_or(String::new(), |x| x.to_string());
+    vec![
+        ("backend", r.backend.clone()),
+        ("precision", r.precision.clone()),
+        ("provider", r.provider.clone()),
+        ("runtime_version", r.capability.as_ref().map_or(String::new(), |c| c.runtime_version.clone())),
+        ("context", r.context.to_string()),
+        ("stride", r.stride.to_string()),
+        ("batch", r.batch.to_string()),
+        ("corpus_tokens", r.corpus_tokens.to_string()),
+        ("windows", u(r.windows)),
+        ("tokens_scored", u(r.tokens_scored)),
+        ("mean_nll", n(r.mean_nll)),
+        ("ppl", n(r.ppl)),
+        ("vocab_size", u(r.vocab_size)),
+        ("ln_vocab", n(r.ln_vocab)),
+        ("uniform_ppl", n(r.uniform_ppl)),
+        ("status", r.status.clone()),
+        ("reason", r.reason.clone().unwrap_or_default()),
+    ]
 }
 
 /// Runs every window through the backend and fills the report's numbers.

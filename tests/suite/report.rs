@@ -26,6 +26,8 @@ use std::collections::BTreeMap;
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
 use tr118::artifact::gate;
+use tr118::artifact::perplexity::Perplexity;
+use tr118::backend::Capability;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
 /// t(0.975, 4), scipy.stats.t.ppf(0.975, 4).
@@ -108,25 +110,48 @@ fn jsonl(records: &[RunRecord]) -> String {
     records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect()
 }
 
-fn capability(provider: &str) -> Value {
-    json!({
-        "runtime": "onnxruntime", "runtime_version": "1.31.1", "library_digest": "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
-        "providers_offered": ["CPUExecutionProvider"], "provider_requested": provider,
-        "providers_assigned": { "CPUExecutionProvider": 120 }, "cpu_model": "Test CPU @ 3.0GHz", "cpu_logical_threads": 2, "threads": 2, "gpu": null
-    })
+fn capability_of(provider: &str) -> Capability {
+    Capability {
+        runtime: "onnxruntime".into(),
+        runtime_version: "1.31.1".into(),
+        library_digest: "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3".into(),
+        providers_offered: vec!["CPUExecutionProvider".into()],
+        provider_requested: provider.into(),
+        providers_assigned: [("CPUExecutionProvider".to_string(), 120)].into(),
+        cpu_model: "Test CPU @ 3.0GHz".into(),
+        cpu_logical_threads: 2,
+        threads: Some(2),
+        gpu: None,
+        worker: None,
+    }
 }
 
-fn perplexity(backend: &str, precision: &str, ppl: Option<f64>) -> Value {
+/// The capability of the artifacts still written here as JSON (sweeps, logits).
+fn capability(provider: &str) -> Value {
+    serde_json::to_value(capability_of(provider)).unwrap()
+}
+
+fn perplexity(backend: &str, precision: &str, ppl: Option<f64>) -> Perplexity {
     let ok = ppl.is_some();
-    json!({
-        "backend": backend, "precision": precision, "provider": if backend == "ort-cuda" { "cuda" } else { "cpu" },
-        "capability": if ok { capability("cpu") } else { Value::Null },
-        "context": 512, "stride": 256, "batch": 1, "corpus_tokens": 16384,
-        "windows": ok.then_some(63), "tokens_scored": ok.then_some(16383),
-        "mean_nll": ppl.map(f64::ln), "ppl": ppl, "vocab_size": ok.then_some(49152), "ln_vocab": ok.then(|| 49152f64.ln()),
-        "uniform_ppl": ok.then_some(49152.0),
-        "status": if ok { "ok" } else { "degraded" }, "reason": if ok { Value::Null } else { json!(CUDA_REASON) },
-    })
+    Perplexity {
+        backend: backend.into(),
+        precision: precision.into(),
+        provider: if backend == "ort-cuda" { "cuda" } else { "cpu" }.into(),
+        capability: ok.then(|| capability_of("cpu")),
+        context: 512,
+        stride: 256,
+        batch: 1,
+        corpus_tokens: 16384,
+        windows: ok.then_some(63),
+        tokens_scored: ok.then_some(16383),
+        mean_nll: ppl.map(f64::ln),
+        ppl,
+        vocab_size: ok.then_some(49152),
+        ln_vocab: ok.then(|| 49152f64.ln()),
+        uniform_ppl: ok.then_some(49152.0),
+        status: if ok { "ok" } else { "degraded" }.into(),
+        reason: (!ok).then(|| CUDA_REASON.into()),
+    }
 }
 
 fn sweep(backend: &str, mode: &str, ok: bool) -> Value {
@@ -197,9 +222,11 @@ fn study(ws: &Workspace, report_extra: &str) {
         ws.write(&format!("fixtures/runs/{name}.jsonl"), jsonl(records));
     }
     let w = |rel: &str, v: &Value| ws.write(rel, serde_json::to_string_pretty(v).unwrap());
-    w("fixtures/perplexity/ort-cpu/perplexity.json", &perplexity("ort-cpu", "fp32", Some(16.9234)));
-    w("fixtures/perplexity/ort-int8/perplexity.json", &perplexity("ort-int8", "int8", Some(17.7696)));
-    w("fixtures/perplexity/ort-cuda/perplexity.json", &perplexity("ort-cuda", "fp32", None));
+    // As the stage writes it: straight from the struct.
+    let ppl = |rel: &str, p: Perplexity| ws.write(rel, serde_json::to_string_pretty(&p).unwrap());
+    ppl("fixtures/perplexity/ort-cpu/perplexity.json", perplexity("ort-cpu", "fp32", Some(16.9234)));
+    ppl("fixtures/perplexity/ort-int8/perplexity.json", perplexity("ort-int8", "int8", Some(17.7696)));
+    ppl("fixtures/perplexity/ort-cuda/perplexity.json", perplexity("ort-cuda", "fp32", None));
     let line = |backend: &str, precision: &str, ppl: Option<f64>, rel_delta: Option<f64>, threshold: f64, pass: Option<bool>| gate::Backend {
         backend: backend.into(),
         precision: precision.into(),
@@ -595,6 +622,17 @@ fn an_artifact_of_the_wrong_kind_or_an_unknown_dep_is_named() {
     m.run.code(1);
     assert!(m.run.stderr.contains("`fixtures/perplexity/ort-cpu/perplexity.json`: the `gate` dep should be a `gate` stage's `gate.json`"), "{}", m.run);
     assert!(m.run.stderr.contains("missing field `reference`"), "{}", m.run);
+
+    // A perplexity dep pointed at the gate.
+    ws.pipeline(
+        &toml
+            .replace("gate = \"fixtures/perplexity/ort-cpu/perplexity.json\"", "gate = \"fixtures/gate.json\"")
+            .replace("perplexity = [\"fixtures/perplexity/ort-cpu/perplexity.json\"", "perplexity = [\"fixtures/gate.json\""),
+    );
+    let m = ws.make();
+    m.run.code(1);
+    assert!(m.run.stderr.contains("`fixtures/gate.json`: the `perplexity` dep should be a `perplexity` node's `perplexity.json`"), "{}", m.run);
+    assert!(m.run.stderr.contains("missing field `backend`"), "{}", m.run);
 
     ws.pipeline(&toml.replace("gate = \"fixtures/perplexity/ort-cpu/perplexity.json\"", "gaet = \"fixtures/gate.json\""));
     let run = ws.tr(&["make"]);

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, join_names, text};
+use super::{Artifacts, Doc, count_of, join_names, text};
+use crate::artifact::perplexity::Perplexity;
 use crate::report::format;
 
 fn distinct<I: IntoIterator<Item = Option<String>>>(it: I) -> Vec<String> {
@@ -19,7 +20,16 @@ fn distinct<I: IntoIterator<Item = Option<String>>>(it: I) -> Vec<String> {
 }
 
 pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
-    let caps: Vec<&Value> = a.sweeps.iter().chain(&a.perplexity).chain(&a.logits).filter_map(|d| d.value.get("capability").filter(|c| c.is_object())).collect();
+    let cap_of = |v: &Value| v.get("capability").filter(|c| c.is_object()).cloned();
+    // A perplexity result's capability as the JSON it was written as, to read beside the others.
+    let ppl_cap = |d: &Doc<Perplexity>| d.value.capability.as_ref().and_then(|c| serde_json::to_value(c).ok());
+    let caps: Vec<Value> = a
+        .sweeps
+        .iter()
+        .filter_map(|d| cap_of(&d.value))
+        .chain(a.perplexity.iter().filter_map(ppl_cap))
+        .chain(a.logits.iter().filter_map(|d| cap_of(&d.value)))
+        .collect();
     let runs = &a.runs;
     let os = distinct(runs.iter().map(|r| Some(r.env.os.clone())));
     let hosts = distinct(runs.iter().map(|r| Some(r.env.host.clone())));
@@ -61,10 +71,13 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     ];
     let mut backends: Vec<Value> = Vec::new();
     let mut seen = BTreeSet::new();
-    for d in a.sweeps.iter().chain(&a.perplexity) {
-        let v = &d.value;
-        let Some(name) = text(v, "backend") else { continue };
-        let Some(cap) = v.get("capability").filter(|c| c.is_object()) else { continue };
+    // (backend, capability, provider as declared) of every sweep, then every perplexity result.
+    let sweeps = a.sweeps.iter().map(|d| (text(&d.value, "backend"), cap_of(&d.value), text(&d.value, "provider")));
+    let perplexity = a.perplexity.iter().map(|d| (Some(d.value.backend.clone()), ppl_cap(d), Some(d.value.provider.clone())));
+    for (name, cap, provider) in sweeps.chain(perplexity) {
+        let Some(name) = name else { continue };
+        let Some(cap) = cap else { continue };
+        let cap = &cap;
         if !seen.insert(name.clone()) {
             continue;
         }
@@ -72,7 +85,7 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
             cap.get("providers_assigned").and_then(Value::as_object).map(|m| m.iter().map(|(k, n)| format!("{k}: {n}")).collect()).unwrap_or_default();
         backends.push(json!({
             "backend": name,
-            "provider": text(cap, "provider_requested").or_else(|| text(v, "provider")),
+            "provider": text(cap, "provider_requested").or(provider),
             "ran_on": if assigned.is_empty() { format::UNDEFINED.to_string() } else { assigned.join(", ") },
             "threads": count_of(cap, "threads"),
             "runtime_version": text(cap, "runtime_version"),

@@ -39,8 +39,8 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
     if let Some(reason) = a.stats.value.reason.clone() {
         push("statistics", "stats".into(), None, reason, None, None, "", false);
     }
-    for d in a.perplexity.iter().filter(|d| d.value["status"] != "ok") {
-        push("perplexity", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
+    for d in a.perplexity.iter().filter(|d| d.value.status != "ok") {
+        push("perplexity", d.value.backend.clone(), None, d.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", true);
     }
     if let Some(g) = a.gate.as_ref().filter(|g| g.value.status != "ok") {
         push("accuracy gate", "gate".into(), None, g.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", false);

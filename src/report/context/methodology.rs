@@ -45,9 +45,9 @@ pub(super) fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<Strin
         }));
     }
     sweeps.sort_by_key(|s| (shape.color(s["backend"].as_str().unwrap_or_default()), MODES.iter().position(|m| s["mode"] == *m).unwrap_or(MODES.len())));
-    let ppl = a.perplexity.iter().find(|d| d.value["status"] == "ok").or(a.perplexity.first()).map(|d| {
+    let ppl = a.perplexity.iter().find(|d| d.value.status == "ok").or(a.perplexity.first()).map(|d| {
         let v = &d.value;
-        json!({ "context": count_of(v, "context"), "stride": count_of(v, "stride"), "batch": count_of(v, "batch"), "corpus_tokens": count_of(v, "corpus_tokens"), "tokens_scored": count_of(v, "tokens_scored") })
+        json!({ "context": v.context, "stride": v.stride, "batch": v.batch, "corpus_tokens": v.corpus_tokens, "tokens_scored": v.tokens_scored })
     });
     let thresholds: Vec<Value> = a
         .gate

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{precision_rank, text};
 use crate::artifact::gate::Gate;
+use crate::artifact::perplexity::Perplexity;
 use crate::artifact::stats::Stats;
 use crate::measure::RunRecord;
 use crate::report::{Inputs, ReportError};
@@ -34,7 +35,6 @@ impl<T> Doc<T> {
 /// kind; one with a type is checked by reading it as its type ([`read_typed`]).
 const SHAPES: &[(&str, &[&str], &str)] = &[
     ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
-    ("perplexity", &["backend", "ppl", "uniform_ppl"], "a `perplexity` node's `perplexity.json`"),
     ("logits", &["backend", "overall", "prompts"], "a `logit_diff` node's `logit_diff.json`"),
     ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
     ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
@@ -90,7 +90,7 @@ pub(in crate::report) struct Artifacts {
     pub stats: Doc<Stats>,
     pub runs: Vec<RunRecord>,
     pub sweeps: Vec<Doc>,
-    pub perplexity: Vec<Doc>,
+    pub perplexity: Vec<Doc<Perplexity>>,
     pub gate: Option<Doc<Gate>>,
     pub logits: Vec<Doc>,
     pub exports: Vec<Doc>,
@@ -108,8 +108,12 @@ impl Artifacts {
         for p in inputs.paths("runs") {
             runs.extend(read_runs(root, p)?);
         }
-        let mut perplexity = docs("perplexity")?;
-        perplexity.sort_by_key(|d| text(&d.value, "backend"));
+        let mut perplexity = inputs
+            .paths("perplexity")
+            .iter()
+            .map(|p| read_typed::<Perplexity>(root, "perplexity", p, "a `perplexity` node's `perplexity.json`"))
+            .collect::<Result<Vec<_>, _>>()?;
+        perplexity.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
         let mut logits = docs("logits")?;
         logits.sort_by_key(|d| text(&d.value, "backend"));
         let mut trt = docs("trt")?;

@@ -111,9 +111,10 @@ pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
         }));
     }
     let mut perplexity = Vec::new();
+    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
     for d in &a.perplexity {
         let v = &d.value;
-        let (ppl, uniform) = (num(v, "ppl"), num(v, "uniform_ppl"));
+        let (ppl, uniform) = (finite(v.ppl), finite(v.uniform_ppl));
         let sane = match (ppl, uniform) {
             (Some(p), Some(u)) => Some(p < u),
             _ => None,
@@ -121,22 +122,22 @@ pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
         if sane == Some(false) {
             warnings.push(format!(
                 "{}: perplexity {} is not below the uniform model's {} (a model that knows nothing scores its vocabulary size): its outputs are noise.",
-                text(v, "backend").unwrap_or_default(),
+                v.backend,
                 sig_opt(ppl, 4),
                 sig_opt(uniform, 4)
             ));
         }
         perplexity.push(json!({
-            "backend": text(v, "backend"),
-            "precision": text(v, "precision"),
-            "provider": text(v, "provider"),
-            "status": text(v, "status"),
-            "reason": text(v, "reason"),
+            "backend": v.backend,
+            "precision": v.precision,
+            "provider": v.provider,
+            "status": v.status,
+            "reason": v.reason,
             "ppl": ppl,
-            "mean_nll": num(v, "mean_nll"),
+            "mean_nll": finite(v.mean_nll),
             "uniform_ppl": uniform,
-            "vocab_size": count_of(v, "vocab_size"),
-            "tokens_scored": count_of(v, "tokens_scored"),
+            "vocab_size": v.vocab_size,
+            "tokens_scored": v.tokens_scored,
             "sane": sane,
         }));
     }
