@@ -16,7 +16,7 @@
 //! an empty cell; the templates say next to each table what the mark means there.
 
 /// The mark of a number that does not exist.
-pub const UNDEFINED: &str = "—";
+pub(crate) const UNDEFINED: &str = "—";
 
 /// Decimals that show `digits` significant digits of `x` (0 for `x` = 0).
 fn decimals(x: f64, digits: usize) -> usize {
@@ -28,7 +28,7 @@ fn decimals(x: f64, digits: usize) -> usize {
 }
 
 /// `x` with `digits` significant digits (see the module doc).
-pub fn sig(x: f64, digits: usize) -> String {
+pub(crate) fn sig(x: f64, digits: usize) -> String {
     if !x.is_finite() {
         return UNDEFINED.to_string();
     }
@@ -46,24 +46,24 @@ pub fn sig(x: f64, digits: usize) -> String {
 }
 
 /// [`sig`] of an optional number.
-pub fn sig_opt(x: Option<f64>, digits: usize) -> String {
+pub(crate) fn sig_opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| UNDEFINED.to_string(), |x| sig(x, digits))
 }
 
 /// Decimals for a mean with the interval `[lo, hi]`: two significant digits of the half-width.
-pub fn interval_decimals(lo: f64, hi: f64) -> Option<usize> {
+pub(crate) fn interval_decimals(lo: f64, hi: f64) -> Option<usize> {
     let half = (hi - lo).abs() / 2.0;
     (half.is_finite() && half > 0.0).then(|| decimals(half, 2).min(9))
 }
 
 /// A configured value as written, in its shortest exact form: `0.05`, `0.001`.
-pub fn plain(x: f64) -> String {
+pub(crate) fn plain(x: f64) -> String {
     if x.is_finite() { format!("{x}") } else { UNDEFINED.to_string() }
 }
 
 /// `mean [lo, hi]` (see the module doc); the mean alone, four significant digits, without an
 /// interval.
-pub fn estimate(mean: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
+pub(crate) fn estimate(mean: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
     let Some(mean) = mean.filter(|m| m.is_finite()) else { return UNDEFINED.to_string() };
     match (lo, hi) {
         (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && mean.abs() < 1e6 && mean.abs() >= 1e-3 => match interval_decimals(lo, hi) {
@@ -76,7 +76,7 @@ pub fn estimate(mean: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
 }
 
 /// The interval alone, `[lo, hi]`, with the decimals [`estimate`] gives it.
-pub fn interval(lo: Option<f64>, hi: Option<f64>) -> String {
+pub(crate) fn interval(lo: Option<f64>, hi: Option<f64>) -> String {
     match (lo.filter(|x| x.is_finite()), hi.filter(|x| x.is_finite())) {
         (Some(lo), Some(hi)) => match interval_decimals(lo, hi) {
             Some(d) if lo.abs().max(hi.abs()) < 1e6 => format!("[{lo:.d$}, {hi:.d$}]"),
@@ -87,7 +87,7 @@ pub fn interval(lo: Option<f64>, hi: Option<f64>) -> String {
 }
 
 /// A signed percentage with one decimal: `+12.3%`.
-pub fn pct(x: Option<f64>) -> String {
+pub(crate) fn pct(x: Option<f64>) -> String {
     match x.filter(|x| x.is_finite()) {
         Some(x) => {
             let text = format!("{x:+.1}%");
@@ -99,7 +99,7 @@ pub fn pct(x: Option<f64>) -> String {
 }
 
 /// A p-value: three significant digits, scientific below 0.001.
-pub fn pvalue(p: Option<f64>) -> String {
+pub(crate) fn pvalue(p: Option<f64>) -> String {
     match p.filter(|p| p.is_finite()) {
         Some(0.0) => "< 1e-300".to_string(),
         Some(p) if p < 1e-3 => format!("{p:.1e}"),
@@ -109,7 +109,7 @@ pub fn pvalue(p: Option<f64>) -> String {
 }
 
 /// An integer with digits grouped by three: `16,384`.
-pub fn count(n: i64) -> String {
+pub(crate) fn count(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
     if n < 0 {
@@ -125,7 +125,7 @@ pub fn count(n: i64) -> String {
 }
 
 /// A size in binary units: `512 B`, `1.23 MiB`.
-pub fn bytes(n: f64) -> String {
+pub(crate) fn bytes(n: f64) -> String {
     if !n.is_finite() || n < 0.0 {
         return UNDEFINED.to_string();
     }
@@ -146,7 +146,7 @@ pub fn bytes(n: f64) -> String {
 }
 
 /// A fraction as a percentage with three significant digits: `0.125` → `12.5%`.
-pub fn share(x: Option<f64>) -> String {
+pub(crate) fn share(x: Option<f64>) -> String {
     match x.filter(|x| x.is_finite()) {
         Some(0.0) => "0%".to_string(),
         Some(x) => {

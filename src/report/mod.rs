@@ -66,20 +66,20 @@ use minijinja::value::Value as JinjaValue;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
-pub mod context;
-pub mod format;
-pub mod plots;
+pub(crate) mod context;
+pub(crate) mod format;
+pub(crate) mod plots;
 
 /// The repository's templates, built in for workspaces that declare none.
-pub const BUILTIN_MD: &str = include_str!("../../templates/report.md.j2");
-pub const BUILTIN_HTML: &str = include_str!("../../templates/report.html.j2");
+pub(crate) const BUILTIN_MD: &str = include_str!("../../templates/report.md.j2");
+pub(crate) const BUILTIN_HTML: &str = include_str!("../../templates/report.html.j2");
 
 /// The two templates a report renders.
-pub const MD_TEMPLATE: &str = "report.md.j2";
-pub const HTML_TEMPLATE: &str = "report.html.j2";
+pub(crate) const MD_TEMPLATE: &str = "report.md.j2";
+pub(crate) const HTML_TEMPLATE: &str = "report.html.j2";
 
 /// Digest of the built-in templates, for the key of a stage that uses them.
-pub fn builtin_digest() -> String {
+pub(crate) fn builtin_digest() -> String {
     let mut bytes = BUILTIN_MD.as_bytes().to_vec();
     bytes.push(0);
     bytes.extend_from_slice(BUILTIN_HTML.as_bytes());
@@ -87,7 +87,7 @@ pub fn builtin_digest() -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReportError {
+pub(crate) enum ReportError {
     #[error("reading `{path}`: {message}")]
     Read { path: String, message: String },
     #[error("`{path}`: {message}")]
@@ -105,7 +105,7 @@ pub enum ReportError {
 
 impl ReportError {
     /// minijinja's view of where the error is (source lines around it), for the log.
-    pub fn detail(&self) -> Option<&str> {
+    pub(crate) fn detail(&self) -> Option<&str> {
         match self {
             ReportError::Template { detail, .. } if !detail.is_empty() => Some(detail),
             _ => None,
@@ -114,7 +114,7 @@ impl ReportError {
 }
 
 /// What a report is made from: the stage's deps by name, workspace-relative.
-pub struct Inputs {
+pub(crate) struct Inputs {
     pub root: PathBuf,
     pub node: String,
     pub title: String,
@@ -122,14 +122,14 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    pub fn paths(&self, dep: &str) -> &[String] {
+    pub(crate) fn paths(&self, dep: &str) -> &[String] {
         self.deps.get(dep).map_or(&[], Vec::as_slice)
     }
 }
 
 /// A chart: its id, where the Markdown finds it, and the markup.
 #[derive(Debug, Clone)]
-pub struct Plot {
+pub(crate) struct Plot {
     pub id: String,
     pub title: String,
     /// Relative to the report: `plots/<id>.svg`.
@@ -145,7 +145,7 @@ impl Plot {
 }
 
 /// A rendered report.
-pub struct Rendered {
+pub(crate) struct Rendered {
     pub markdown: String,
     pub html: String,
     pub context: Value,
@@ -311,7 +311,7 @@ fn inline_html(text: &str) -> String {
 }
 
 /// Reads the artifacts and renders both templates.
-pub fn render(inputs: &Inputs) -> Result<Rendered, ReportError> {
+pub(crate) fn render(inputs: &Inputs) -> Result<Rendered, ReportError> {
     let sources = template_sources(inputs)?;
     let env = environment(&sources)?;
     let artifacts = context::Artifacts::read(inputs)?;

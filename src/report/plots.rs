@@ -25,7 +25,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::format;
 
 /// Categorical palette (Tableau 10): distinguishable, and readable by most colour-blind readers.
-pub const PALETTE: [(u8, u8, u8); 10] = [
+pub(crate) const PALETTE: [(u8, u8, u8); 10] = [
     (0x4e, 0x79, 0xa7),
     (0xf2, 0x8e, 0x2b),
     (0xe1, 0x57, 0x59),
@@ -39,7 +39,7 @@ pub const PALETTE: [(u8, u8, u8); 10] = [
 ];
 
 /// Max / min of a distribution beyond which its axis is logarithmic.
-pub const LOG_SPAN: f64 = 30.0;
+pub(crate) const LOG_SPAN: f64 = 30.0;
 
 const FONT: &str = "sans-serif";
 const WIDTH: u32 = 960;
@@ -53,14 +53,14 @@ const INK: RGBColor = RGBColor(0x33, 0x33, 0x33);
 
 #[derive(Debug, thiserror::Error)]
 #[error("drawing the chart `{chart}`: {message}")]
-pub struct PlotError {
+pub(crate) struct PlotError {
     pub chart: String,
     pub message: String,
 }
 
 /// One bar: a value and, where it has one, its 95 % interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bar {
+pub(crate) struct Bar {
     pub value: f64,
     pub lo: Option<f64>,
     pub hi: Option<f64>,
@@ -68,7 +68,7 @@ pub struct Bar {
 
 /// A named series, one entry per category (`None`: nothing to draw there).
 #[derive(Debug, Clone)]
-pub struct Series<T> {
+pub(crate) struct Series<T> {
     pub name: String,
     /// Index into [`PALETTE`] (wrapping).
     pub color: usize,
@@ -76,7 +76,7 @@ pub struct Series<T> {
 }
 
 /// A grouped bar chart: categories along x, one bar per series in each.
-pub struct BarChart<'a> {
+pub(crate) struct BarChart<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
     pub y_label: &'a str,
@@ -87,7 +87,7 @@ pub struct BarChart<'a> {
 }
 
 /// A distribution chart: categories along x, one box per series in each, from raw samples.
-pub struct DistributionChart<'a> {
+pub(crate) struct DistributionChart<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
     pub y_label: &'a str,
@@ -101,7 +101,7 @@ fn color(i: usize) -> RGBColor {
 }
 
 /// The CSS colour of series index `i`, for legends drawn outside a chart.
-pub fn css_color(i: usize) -> String {
+pub(crate) fn css_color(i: usize) -> String {
     let (r, g, b) = PALETTE[i % PALETTE.len()];
     format!("#{r:02x}{g:02x}{b:02x}")
 }
@@ -175,7 +175,7 @@ fn x_labels_fit(categories: &[String], plot_width: u32) -> bool {
 }
 
 /// The grouped bar chart `chart` as an SVG document.
-pub fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
+pub(crate) fn bars(chart: &BarChart<'_>) -> Result<String, PlotError> {
     let e = fail(chart.title);
     let names: Vec<&str> = chart.series.iter().map(|s| s.name.as_str()).collect();
     let legend_w = legend_width(&names);
@@ -329,7 +329,7 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// The distribution chart `chart` as an SVG document.
-pub fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> {
+pub(crate) fn distribution(chart: &DistributionChart<'_>) -> Result<String, PlotError> {
     let e = fail(chart.title);
     let names: Vec<&str> = chart.series.iter().map(|s| s.name.as_str()).collect();
     let legend_w = legend_width(&names);

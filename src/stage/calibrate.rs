@@ -67,13 +67,13 @@ use crate::onnx::edit::Model;
 use crate::quant::calibrate::{self, Calibration, Method};
 use crate::quant::observe;
 
-pub struct Calibrate;
+pub(crate) struct Calibrate;
 
 const FIELDS: &[&str] = &["method", "percentile", "samples", "seq_len", "seed", "strip", "trt_version"];
 const METHODS: [&str; 3] = ["minmax", "percentile", "entropy"];
 
-pub const JSON_OUT: &str = "calibration.json";
-pub const CACHE_OUT: &str = "calibration.cache";
+pub(crate) const JSON_OUT: &str = "calibration.json";
+pub(crate) const CACHE_OUT: &str = "calibration.cache";
 
 /// SplitMix64: a seeded, portable stream for choosing sample windows.
 struct SplitMix64(u64);
@@ -104,7 +104,7 @@ impl SplitMix64 {
 }
 
 /// The first token of each of `samples` windows of `seq_len` over `n` tokens.
-pub fn sample_starts(n: usize, seq_len: usize, samples: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn sample_starts(n: usize, seq_len: usize, samples: usize, seed: u64) -> Vec<usize> {
     let mut rng = SplitMix64(seed);
     (0..samples).map(|_| rng.below_or_equal((n - seq_len) as u64) as usize).collect()
 }

@@ -27,7 +27,7 @@ use crate::pipeline;
 use crate::pipeline::limits::MAX_TIMEOUT_SECS;
 use crate::pipeline::template::{self, Lookup};
 
-pub struct Cmd;
+pub(crate) struct Cmd;
 
 /// Strings are already templates; a number or boolean becomes one (no braces to escape).
 fn template_escape(s: &str, is_template: bool) -> String {

@@ -4,7 +4,7 @@
 
 /// The text without the `<doc …>` and `</doc>` lines of a Wikipedia extract; the other lines
 /// are kept as they are, newlines included.
-pub fn strip_doc_markers(text: &str) -> String {
+pub(crate) fn strip_doc_markers(text: &str) -> String {
     text.split_inclusive('\n').filter(|l| !(l.starts_with("<doc") || l.starts_with("</doc"))).collect()
 }
 

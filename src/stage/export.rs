@@ -50,7 +50,7 @@ use crate::model::gguf::GgufHeader;
 use crate::model::{Checkpoint, Format};
 use crate::tokenizer::{self, GgufVocab};
 
-pub struct Export;
+pub(crate) struct Export;
 
 const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "tokenizer", "max_length"];
 

@@ -93,7 +93,7 @@ use crate::diag;
 use crate::digest::hex;
 use crate::pipeline::template::{self, Lookup};
 
-pub struct Fetch;
+pub(crate) struct Fetch;
 
 const SOURCES: &[&str] = &["pypi", "npm", "url", "path"];
 
@@ -576,7 +576,7 @@ impl StageKind for Fetch {
 }
 
 /// The environment variable listing the distdir's directories.
-pub const DISTDIR_ENV: &str = "TR118_DISTDIR";
+pub(crate) const DISTDIR_ENV: &str = "TR118_DISTDIR";
 
 /// One out a node writes: what goes in it and where it came from.
 struct Want {

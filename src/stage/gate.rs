@@ -34,12 +34,12 @@ use crate::artifact::gate as artifact;
 use crate::artifact::perplexity::Perplexity;
 use crate::backend::PRECISIONS;
 
-pub struct Gate;
+pub(crate) struct Gate;
 
 const FIELDS: &[&str] = &["reference", "thresholds", "fail_on_gate"];
 
 /// Relative PPL deltas allowed by default, by precision.
-pub const DEFAULT_THRESHOLDS: &[(&str, f64)] = &[("fp32", 1e-3), ("fp16", 5e-3), ("int8", 2e-2)];
+pub(crate) const DEFAULT_THRESHOLDS: &[(&str, f64)] = &[("fp32", 1e-3), ("fp16", 5e-3), ("int8", 2e-2)];
 
 impl StageKind for Gate {
     fn name(&self) -> &'static str {

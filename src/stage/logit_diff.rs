@@ -55,12 +55,12 @@ use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::backend::{self, BackendError, BackendSpec, Capability};
 use crate::runtime::{self, SessionOptions};
 
-pub struct LogitDiff;
+pub(crate) struct LogitDiff;
 
 const FIELDS: &[&str] = &["prompts"];
 
 /// Prompts when the stage names none: short, plain English, different in shape.
-pub const DEFAULT_PROMPTS: [&str; 4] =
+pub(crate) const DEFAULT_PROMPTS: [&str; 4] =
     ["The capital of France is", "Once upon a time, there was a little girl who", "def fibonacci(n):", "The quick brown fox jumps over the lazy dog because"];
 
 const REQUIRED_DEPS: &[(&str, &str)] = &[

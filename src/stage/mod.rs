@@ -10,20 +10,20 @@ use serde_json::Value;
 
 use crate::pipeline::NodeSpec;
 
-pub mod calibrate;
-pub mod cmd;
-pub mod corpus;
-pub mod export;
-pub mod fetch;
-pub mod gate;
-pub mod logit_diff;
-pub mod output;
-pub mod perplexity;
-pub mod quantize;
-pub mod report;
-pub mod stats;
-pub mod sweep;
-pub mod trt_build;
+pub(crate) mod calibrate;
+pub(crate) mod cmd;
+pub(crate) mod corpus;
+pub(crate) mod export;
+pub(crate) mod fetch;
+pub(crate) mod gate;
+pub(crate) mod logit_diff;
+pub(crate) mod output;
+pub(crate) mod perplexity;
+pub(crate) mod quantize;
+pub(crate) mod report;
+pub(crate) mod stats;
+pub(crate) mod sweep;
+pub(crate) mod trt_build;
 
 /// What a kind sees of one node when it validates the node's kind-specific fields.
 pub struct LowerCx<'a> {
@@ -59,7 +59,7 @@ impl LowerError {
 
 /// A positive integer field of a stage table, or `default` when absent; a bad value is
 /// reported at the field.
-pub fn positive_field(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>, errors: &mut Vec<LowerError>) -> Option<u64> {
+pub(crate) fn positive_field(f: &serde_json::Map<String, Value>, name: &str, default: Option<u64>, errors: &mut Vec<LowerError>) -> Option<u64> {
     match f.get(name) {
         None => default,
         Some(v) => match v.as_u64() {
@@ -73,7 +73,7 @@ pub fn positive_field(f: &serde_json::Map<String, Value>, name: &str, default: O
 }
 
 /// A boolean field of a stage table, or `default` when absent.
-pub fn bool_field(f: &serde_json::Map<String, Value>, name: &str, default: bool, errors: &mut Vec<LowerError>) -> bool {
+pub(crate) fn bool_field(f: &serde_json::Map<String, Value>, name: &str, default: bool, errors: &mut Vec<LowerError>) -> bool {
     match f.get(name) {
         None => default,
         Some(Value::Bool(b)) => *b,
@@ -147,14 +147,14 @@ pub trait StageKind: Send + Sync + 'static {
 /// The implementation sets of a node that runs its `backend` matrix value: the backend
 /// dispatch and the set of the code that runs the backend's runtime
 /// ([`crate::backend::Runtime::implementation_set`]; `onnxruntime` when it names none).
-pub fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
+pub(crate) fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
     let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str).unwrap_or("onnxruntime");
     ["backend", crate::backend::Runtime::from_name(runtime).map_or("onnxruntime", crate::backend::Runtime::implementation_set)]
 }
 
 /// The backend a per-backend node runs: its `backend` matrix value, validated. Problems are
 /// reported at the stage's `matrix`, naming the backend and the field.
-pub fn backend_of(cx: &LowerCx<'_>, kind: &str) -> Result<crate::backend::BackendSpec, Vec<LowerError>> {
+pub(crate) fn backend_of(cx: &LowerCx<'_>, kind: &str) -> Result<crate::backend::BackendSpec, Vec<LowerError>> {
     let Some(v) = cx.matrix.get("backend") else {
         return Err(vec![LowerError {
             field: vec!["matrix".into()],
@@ -176,7 +176,7 @@ pub fn backend_of(cx: &LowerCx<'_>, kind: &str) -> Result<crate::backend::Backen
 
 /// The ONNX file a `model` dep names: the file itself, or `model.onnx` / `prefill/model.onnx`
 /// below a directory (an `export` stage's variant directory or its whole output).
-pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
+pub(crate) fn onnx_file(path: &Path) -> Result<PathBuf, String> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
@@ -191,7 +191,7 @@ pub fn onnx_file(path: &Path) -> Result<PathBuf, String> {
 /// The model a backend runs from a dep: the ONNX file for ONNX Runtime ([`onnx_file`]); for
 /// torch the dep itself, the Hugging Face directory its worker loads, and for TensorRT for RTX
 /// the `trt_build` node's directory (both checked when the backend opens).
-pub fn backend_model(spec: &crate::backend::BackendSpec, path: &Path) -> Result<PathBuf, String> {
+pub(crate) fn backend_model(spec: &crate::backend::BackendSpec, path: &Path) -> Result<PathBuf, String> {
     if spec.runtime == crate::backend::Runtime::OnnxRuntime { onnx_file(path) } else { Ok(path.to_path_buf()) }
 }
 
@@ -211,10 +211,10 @@ static REGISTRY: &[&dyn StageKind] = &[
 ];
 
 /// Every registered kind.
-pub fn registry() -> &'static [&'static dyn StageKind] {
+pub(crate) fn registry() -> &'static [&'static dyn StageKind] {
     REGISTRY
 }
 
-pub fn lookup(name: &str) -> Option<&'static dyn StageKind> {
+pub(crate) fn lookup(name: &str) -> Option<&'static dyn StageKind> {
     REGISTRY.iter().copied().find(|k| k.name() == name)
 }

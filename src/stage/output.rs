@@ -6,19 +6,19 @@ use std::path::Path;
 use serde::Serialize;
 
 /// Writes `value` as pretty JSON with a trailing newline.
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
     bytes.push(b'\n');
     std::fs::write(path, bytes).map_err(|e| format!("writing `{}`: {e}", path.display()))
 }
 
 /// A CSV field, quoted when it needs to be.
-pub fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// Writes a header and one line per row; every row has the same columns.
-pub fn write_csv_rows(path: &Path, rows: &[Vec<(&'static str, String)>]) -> Result<(), String> {
+pub(crate) fn write_csv_rows(path: &Path, rows: &[Vec<(&'static str, String)>]) -> Result<(), String> {
     let mut text = String::new();
     if let Some(first) = rows.first() {
         text.push_str(&first.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(","));

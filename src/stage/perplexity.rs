@@ -63,13 +63,13 @@ use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::artifact::perplexity::Perplexity as Report;
 use crate::backend::{self, BackendError, BackendSpec};
 
-pub struct Perplexity;
+pub(crate) struct Perplexity;
 
 const FIELDS: &[&str] = &["context", "stride", "max_tokens", "strip", "batch"];
 
 /// The file names of the kind's implied outputs.
-pub const JSON_OUT: &str = "perplexity.json";
-pub const CSV_OUT: &str = "perplexity.csv";
+pub(crate) const JSON_OUT: &str = "perplexity.json";
+pub(crate) const CSV_OUT: &str = "perplexity.csv";
 
 impl StageKind for Perplexity {
     fn name(&self) -> &'static str {
@@ -181,7 +181,7 @@ impl StageKind for Perplexity {
 
 /// How a corpus is cut into windows.
 #[derive(Debug, Clone, Copy)]
-pub struct Windowing {
+pub(crate) struct Windowing {
     pub context: usize,
     pub stride: usize,
     pub batch: usize,
@@ -190,14 +190,14 @@ pub struct Windowing {
 /// One window: the tokens `begin..end` go through the model; targets `first_target..end`
 /// are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
+pub(crate) struct Window {
     pub begin: usize,
     pub end: usize,
     pub first_target: usize,
 }
 
 /// The windows over `n` tokens (see the module docs).
-pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
+pub(crate) fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
     let mut out = Vec::new();
     let mut prev_end = 0;
     let mut begin = 0;

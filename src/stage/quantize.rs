@@ -77,13 +77,13 @@ use crate::quant::calibrate::Calibration;
 use crate::quant::rewrite::{self, FloatOp, Options, QuantizedOp, Scheme, Written};
 use crate::quant::{self, OrtKernels};
 
-pub struct Quantize;
+pub(crate) struct Quantize;
 
 const FIELDS: &[&str] = &["scheme", "per_channel", "exclude"];
 
-pub const JSON_OUT: &str = "quantize.json";
-pub const MODEL_DIR: &str = "prefill";
-pub const DECODER_DIR: &str = "decoder";
+pub(crate) const JSON_OUT: &str = "quantize.json";
+pub(crate) const MODEL_DIR: &str = "prefill";
+pub(crate) const DECODER_DIR: &str = "decoder";
 
 #[derive(Serialize)]
 struct CalibrationRef {

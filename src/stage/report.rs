@@ -56,17 +56,18 @@ use serde_json::{Value, json};
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::report::{self, Inputs};
 
-pub struct Report;
+pub(crate) struct Report;
 
 const FIELDS: &[&str] = &["title"];
 
 /// The deps a report reads; any other name is a mistake.
-pub const DEPS: &[&str] = &["stats", "runs", "sweeps", "perplexity", "gate", "logits", "export", "calibration", "quantize", "trt", "templates", "pipeline"];
+pub(crate) const DEPS: &[&str] =
+    &["stats", "runs", "sweeps", "perplexity", "gate", "logits", "export", "calibration", "quantize", "trt", "templates", "pipeline"];
 
 /// Deps that name one file each.
 const SINGLE: &[&str] = &["stats", "gate", "pipeline"];
 
-pub const DEFAULT_TITLE: &str = "LLM inference benchmark study";
+pub(crate) const DEFAULT_TITLE: &str = "LLM inference benchmark study";
 
 impl StageKind for Report {
     fn name(&self) -> &'static str {

@@ -81,13 +81,13 @@ use crate::artifact::stats::OVERALL;
 use crate::measure::{MODES, RunRecord};
 use crate::stats::{self, Summary};
 
-pub struct Stats;
+pub(crate) struct Stats;
 
 const FIELDS: &[&str] = &["baseline", "alpha"];
 
 const DEFAULT_ALPHA: f64 = 0.05;
 
-pub const SUMMARY_COLUMNS: &[&str] = &[
+pub(crate) const SUMMARY_COLUMNS: &[&str] = &[
     "backend",
     "provider",
     "precision",
@@ -126,7 +126,7 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "reasons",
 ];
 
-pub const COMPARISON_COLUMNS: &[&str] = &[
+pub(crate) const COMPARISON_COLUMNS: &[&str] = &[
     "mode",
     "scenario",
     "backend",

@@ -64,17 +64,17 @@ use crate::measure::sampler::{Sampler, SamplerConfig, SamplerOverhead};
 use crate::measure::{MODES, RunEnv, RunRecord};
 use crate::runtime::Provider;
 
-pub struct Sweep;
+pub(crate) struct Sweep;
 
 const FIELDS: &[&str] = &["mode", "scenarios", "warmup", "reps", "sample_interval_ms"];
 const SCENARIO_FIELDS: &[&str] = &["name", "batch", "prompt_tokens", "new_tokens"];
 
-pub const RUNS_OUT: &str = "runs.jsonl";
-pub const SUMMARY_OUT: &str = "sweep.json";
+pub(crate) const RUNS_OUT: &str = "runs.jsonl";
+pub(crate) const SUMMARY_OUT: &str = "sweep.json";
 
 /// One scenario: a batch of prompts and how many tokens to generate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     pub name: String,
     pub batch: usize,
     pub prompt_tokens: usize,
@@ -82,7 +82,7 @@ pub struct Scenario {
 }
 
 /// The study's scenarios (see the module doc).
-pub fn default_scenarios() -> Vec<Scenario> {
+pub(crate) fn default_scenarios() -> Vec<Scenario> {
     [("single_micro", 1, 8), ("single_short", 1, 11), ("single_medium", 1, 19), ("single_long", 1, 27), ("batch_short", 4, 11), ("batch_medium", 4, 19)]
         .into_iter()
         .map(|(name, batch, prompt_tokens)| Scenario { name: name.into(), batch, prompt_tokens, new_tokens: 8 })

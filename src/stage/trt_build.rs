@@ -144,28 +144,28 @@ use crate::backend::PRECISIONS;
 use crate::onnx::signature;
 use crate::trt::{self, BuildCommand, ByPrecision, Int8Layers, OutputType, PlanPrecision, Profile, ShapeSpecs};
 
-pub struct TrtBuild;
+pub(crate) struct TrtBuild;
 
 const FIELDS: &[&str] = &["builder", "precision", "profiles", "also_fp16", "tf32", "workspace_mib", "timing_cache"];
 
 /// The builders a stage can name; the first is the default.
-pub const BUILDERS: &[&str] = &["trtexec", "tensorrt-rtx"];
+pub(crate) const BUILDERS: &[&str] = &["trtexec", "tensorrt-rtx"];
 
 /// Fields only `trtexec` reads: TensorRT for RTX takes precision from the graph and tunes no
 /// kernels at build time.
 const TRTEXEC_ONLY: &[&str] = &["also_fp16", "tf32", "timing_cache"];
 
 /// Facets a `trt_build` stage must declare (see the module docs).
-pub const REQUIRED_FACETS: &[&str] = &["gpu", "trtexec"];
+pub(crate) const REQUIRED_FACETS: &[&str] = &["gpu", "trtexec"];
 
 /// The timing cache's directory when the stage names none.
-pub const DEFAULT_TIMING_CACHE: &str = "cache/trt-timing";
+pub(crate) const DEFAULT_TIMING_CACHE: &str = "cache/trt-timing";
 
 /// The flag of an int8 plan without an INT8 layer.
-pub const INT8_UNVERIFIED: &str = "int8 requested but no layer runs in INT8";
+pub(crate) const INT8_UNVERIFIED: &str = "int8 requested but no layer runs in INT8";
 
 /// The flag of an fp16 plan without an FP16 layer.
-pub const FP16_UNVERIFIED: &str = "fp16 requested but no layer runs in FP16";
+pub(crate) const FP16_UNVERIFIED: &str = "fp16 requested but no layer runs in FP16";
 
 /// Lines of `trtexec`'s output quoted in a failure.
 const TAIL_LINES: usize = 20;

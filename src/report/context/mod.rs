@@ -73,7 +73,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 /// A mode's name for people.
-pub fn mode_title(mode: &str) -> String {
+pub(crate) fn mode_title(mode: &str) -> String {
     match mode {
         "prefill" => "Prefill".into(),
         "generate" => "Generate (KV cache)".into(),

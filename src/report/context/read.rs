@@ -100,7 +100,7 @@ pub(in crate::report) struct Artifacts {
 }
 
 impl Artifacts {
-    pub fn read(inputs: &Inputs) -> Result<Artifacts, ReportError> {
+    pub(crate) fn read(inputs: &Inputs) -> Result<Artifacts, ReportError> {
         let root = &inputs.root;
         let docs = |dep: &str| -> Result<Vec<Doc>, ReportError> { inputs.paths(dep).iter().map(|p| read_doc(root, dep, p)).collect() };
         let stats = read_first(inputs, "stats", "a `stats` stage's `stats.json`")?.ok_or(ReportError::NoStats)?;
