@@ -363,7 +363,7 @@ impl Workspace {
             roots.into_iter().filter(|(i, _)| !summary.records.iter().any(|r| r.remote.is_some() && r.id == self.graph.id(*i))).collect();
         print_roots(&self.graph, &roots, rerun_by_cascade, &|l| eprintln!("{l}"));
         for f in &summary.failures {
-            eprintln!("error: `{}` failed: {}", f.node, f.message);
+            eprintln!("error: `{}` failed: {}", f.node, f.error);
             let rel = f.log.strip_prefix(self.store.root()).unwrap_or(&f.log);
             eprintln!("  log: {}", rel.display());
             for line in tail(&f.log, 20) {
@@ -371,7 +371,7 @@ impl Workspace {
             }
         }
         Ok(match () {
-            _ if summary.failures.iter().any(|f| f.input) => 2,
+            _ if summary.failures.iter().any(|f| f.error.is_input()) => 2,
             _ if failed > 0 => 1,
             _ => 0,
         })

@@ -47,7 +47,7 @@ impl Plan {
     /// Stale nodes with a cause of their own (not only an upstream rerun).
     pub(crate) fn roots(&self) -> impl Iterator<Item = (usize, &[StaleReason])> {
         self.selected.iter().filter_map(|&i| match self.state(i) {
-            State::Stale { reasons, .. } if !reasons.iter().all(StaleReason::is_cascade) => Some((i, reasons.as_slice())),
+            State::Stale { reasons, .. } if !self.is_cascade(i) => Some((i, reasons.as_slice())),
             _ => None,
         })
     }

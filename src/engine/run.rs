@@ -54,12 +54,9 @@ pub(crate) struct Summary {
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
     pub node: String,
-    pub message: String,
+    pub error: NodeError,
     /// The run's combined stdout/stderr, kept for reading.
     pub log: PathBuf,
-    /// The node ran but did not do what the pipeline declares (an out not written): the
-    /// pipeline or the command is wrong, which is bad input rather than a failed run.
-    pub input: bool,
 }
 
 impl Summary {
@@ -181,14 +178,9 @@ pub(crate) fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan
                                 }
                                 // Not the cache's fault (a full disk, a permission): the node fails.
                                 phase[i] = Phase::Failed;
-                                let message = e.to_string();
-                                summary.failures.push(Failure {
-                                    node: nodes[i].id.clone(),
-                                    message: message.clone(),
-                                    log: store.log_path(&nodes[i].id),
-                                    input: false,
-                                });
-                                summary.records.push(NodeRecord::failed(&nodes[i].id, &key, Cache::Hit, None, message, 0.0));
+                                let error = NodeError::Failed(e.to_string());
+                                summary.records.push(NodeRecord::failed(&nodes[i].id, &key, Cache::Hit, None, error.to_string(), 0.0));
+                                summary.failures.push(Failure { node: nodes[i].id.clone(), error, log: store.log_path(&nodes[i].id) });
                                 reporter.finished(summary.records.last().expect("just pushed"));
                                 if !opts.keep_going {
                                     stopping = true;
@@ -319,8 +311,8 @@ pub(crate) fn run(graph: &Graph, store: &Store, stat: &mut StatCache, plan: Plan
                 Err(e) => {
                     phase[i] = Phase::Failed;
                     let log = store.log_path(&nodes[i].id);
-                    summary.failures.push(Failure { node: nodes[i].id.clone(), message: e.to_string(), log, input: e.is_input() });
                     summary.records.push(NodeRecord::failed(&nodes[i].id, &key, Cache::Miss, Some(&reasons), e.to_string(), done.ms));
+                    summary.failures.push(Failure { node: nodes[i].id.clone(), error: e, log });
                     if !opts.keep_going {
                         stopping = true;
                     }
@@ -352,14 +344,13 @@ fn warn_unnamed_machines(unnamed: &[&str], reporter: &Reporter) {
     if unnamed.is_empty() {
         return;
     }
-    let named: Vec<String> = unnamed.iter().take(3).map(|id| format!("`{id}`")).collect();
     let more = if unnamed.len() > 3 { ", …" } else { "" };
     let one = unnamed.len() == 1;
     reporter.line(&format!(
         "warning: {} timing node{} uploaded ({}{more}) declare{} none of the facets `cpu`, `gpu`, `host`: every machine using this remote cache reuses {} measurements; declare the machine in `facets` to keep them apart",
         unnamed.len(),
         if one { "" } else { "s" },
-        named.join(", "),
+        crate::diag::ticked(unnamed.iter().take(3)),
         if one { "s" } else { "" },
         if one { "its" } else { "their" },
     ));
