@@ -135,16 +135,19 @@ const FIELDS: &[&str] = &[
     "io_binding",
 ];
 
-/// What runs a backend's models, as a backend's `runtime` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What runs a backend's models, as a backend's `runtime` names it (and as it serialises).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
-    #[serde(rename = "onnxruntime")]
     OnnxRuntime,
-    #[serde(rename = "torch")]
     Torch,
     /// TensorRT for RTX plans, run by the torch worker's TensorRT helper.
-    #[serde(rename = "tensorrt-rtx")]
     TensorRtRtx,
+}
+
+impl Serialize for Runtime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 impl Runtime {
@@ -188,16 +191,18 @@ const TORCH_COMPILE_MODES: &[&str] = &["default", "reduce-overhead", "max-autotu
 /// so they are part of every key that holds it.
 pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
     let Some(t) = v.as_object() else { return Vec::new() };
-    let runtime = t.get("runtime").and_then(Value::as_str);
-    let torch = runtime == Some("torch");
+    // An unknown runtime is an error when the backend is parsed; here it derives nothing more
+    // than ONNX Runtime would.
+    let runtime = t.get("runtime").and_then(Value::as_str).and_then(Runtime::from_name).unwrap_or(Runtime::OnnxRuntime);
+    let torch = runtime == Runtime::Torch;
     // A TensorRT for RTX plan runs in the torch worker, on a GPU the plan may not support.
     let worker_facets: &[&str] = match runtime {
-        Some("torch") => &["torch"],
-        Some("tensorrt-rtx") => &["torch", "gpu"],
-        _ => &[],
+        Runtime::Torch => &["torch"],
+        Runtime::TensorRtRtx => &["torch", "gpu"],
+        Runtime::OnnxRuntime => &[],
     };
     let mut out = Vec::new();
-    if let Some(model) = t.get("model").and_then(Value::as_str).filter(|_| runtime != Some("tensorrt-rtx")) {
+    if let Some(model) = t.get("model").and_then(Value::as_str).filter(|_| runtime != Runtime::TensorRtRtx) {
         let model = model.trim_end_matches('/');
         for variant in ["prefill", "decoder"] {
             if !t.contains_key(variant) {

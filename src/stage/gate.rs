@@ -142,7 +142,7 @@ impl StageKind for Gate {
         let reference_ppl = match results.iter().find(|v| v.backend == reference) {
             None => Err(format!(
                 "the reference backend `{reference}` has no result among {}",
-                if results.is_empty() { "none".to_string() } else { results.iter().map(|v| format!("`{}`", v.backend)).collect::<Vec<_>>().join(", ") }
+                if results.is_empty() { "none".to_string() } else { crate::diag::ticked(results.iter().map(|v| &v.backend)) }
             )),
             Some(v) if v.status != "ok" => Err(format!("the reference backend `{reference}` is degraded: {}", reason_of(v))),
             Some(v) => v.ppl.filter(|p| *p > 0.0).ok_or_else(|| format!("the reference backend `{reference}` has no perplexity")),

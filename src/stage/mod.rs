@@ -148,8 +148,8 @@ pub trait StageKind: Send + Sync + 'static {
 /// dispatch and the set of the code that runs the backend's runtime
 /// ([`crate::backend::Runtime::implementation_set`]; `onnxruntime` when it names none).
 pub(crate) fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
-    let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str).unwrap_or("onnxruntime");
-    ["backend", crate::backend::Runtime::from_name(runtime).map_or("onnxruntime", crate::backend::Runtime::implementation_set)]
+    let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str).and_then(crate::backend::Runtime::from_name);
+    ["backend", runtime.unwrap_or(crate::backend::Runtime::OnnxRuntime).implementation_set()]
 }
 
 /// The backend a per-backend node runs: its `backend` matrix value, validated. Problems are

@@ -42,13 +42,19 @@ const SHAPES: &[(&str, &[&str], &str)] = &[
     ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
 ];
 
-fn read_doc(root: &Path, dep: &str, path: &str) -> Result<Doc, ReportError> {
+/// The text of `path` and its JSON, or why it cannot be read as JSON.
+fn read_json(root: &Path, path: &str) -> Result<(String, Value), ReportError> {
     let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
+    let value = serde_json::from_str(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
+    Ok((text, value))
+}
+
+fn read_doc(root: &Path, dep: &str, path: &str) -> Result<Doc, ReportError> {
+    let (_, value) = read_json(root, path)?;
     if let Some((_, keys, what)) = SHAPES.iter().find(|(d, _, _)| *d == dep) {
         let missing: Vec<&str> = keys.iter().copied().filter(|k| value.get(k).is_none()).collect();
         if !missing.is_empty() {
-            let list = missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            let list = crate::diag::ticked(&missing);
             return Err(ReportError::Artifact { path: path.to_string(), message: format!("the `{dep}` dep should be {what}, but it has no {list}") });
         }
     }
@@ -57,8 +63,8 @@ fn read_doc(root: &Path, dep: &str, path: &str) -> Result<Doc, ReportError> {
 
 /// Reads `path` as the artifact type `T` of `dep`, `what` naming the artifact for people.
 fn read_typed<T: DeserializeOwned>(root: &Path, dep: &str, path: &str, what: &str) -> Result<Doc<T>, ReportError> {
-    let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
-    serde_json::from_str::<Value>(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
+    // Read as JSON first, so that a file that is not JSON at all says so.
+    let (text, _) = read_json(root, path)?;
     let value: T = serde_json::from_str(&text).map_err(|e| ReportError::Artifact {
         path: path.to_string(),
         message: format!("the `{dep}` dep should be {what}, but it does not read as one: {e}"),
@@ -66,10 +72,14 @@ fn read_typed<T: DeserializeOwned>(root: &Path, dep: &str, path: &str, what: &st
     Ok(Doc { path: path.to_string(), value })
 }
 
+/// Every file of `dep` read as `T`.
+fn read_all<T: DeserializeOwned>(inputs: &Inputs, dep: &str, what: &str) -> Result<Vec<Doc<T>>, ReportError> {
+    inputs.paths(dep).iter().map(|p| read_typed(&inputs.root, dep, p, what)).collect()
+}
+
 /// Every file of `dep` read as `T`; the first, the one the report uses.
 fn read_first<T: DeserializeOwned>(inputs: &Inputs, dep: &str, what: &str) -> Result<Option<Doc<T>>, ReportError> {
-    let docs = inputs.paths(dep).iter().map(|p| read_typed(&inputs.root, dep, p, what)).collect::<Result<Vec<_>, _>>()?;
-    Ok(docs.into_iter().next())
+    Ok(read_all(inputs, dep, what)?.into_iter().next())
 }
 
 fn read_runs(root: &Path, path: &str) -> Result<Vec<RunRecord>, ReportError> {
@@ -108,11 +118,7 @@ impl Artifacts {
         for p in inputs.paths("runs") {
             runs.extend(read_runs(root, p)?);
         }
-        let mut perplexity = inputs
-            .paths("perplexity")
-            .iter()
-            .map(|p| read_typed::<Perplexity>(root, "perplexity", p, "a `perplexity` node's `perplexity.json`"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut perplexity: Vec<Doc<Perplexity>> = read_all(inputs, "perplexity", "a `perplexity` node's `perplexity.json`")?;
         perplexity.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
         let mut logits = docs("logits")?;
         logits.sort_by_key(|d| text(&d.value, "backend"));
