@@ -295,7 +295,7 @@ fn save_stat(store: &Store, stat: &mut StatCache) -> Result<()> {
 impl Workspace {
     fn load(root: &Path, file: &Path, params: &ParamArgs) -> Result<Workspace> {
         let overrides = parse_params(params)?;
-        let pipeline = Pipeline::load(file, &overrides).map_err(|d| Fail::Input(d.to_string()))?;
+        let pipeline = Pipeline::load(file, &overrides, crate::stage::registry()).map_err(|d| Fail::Input(d.to_string()))?;
         let graph = Graph::build(pipeline, root).map_err(|d| Fail::Input(d.to_string()))?;
         Ok(Workspace { graph, store: Store::at(root) })
     }

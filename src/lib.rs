@@ -56,5 +56,10 @@ pub mod store;
 pub mod tokenizer;
 pub mod trt;
 
+/// Every stage kind this build knows, for [`pipeline::Pipeline::load`].
+pub fn stage_kinds() -> &'static [&'static dyn pipeline::kind::StageKind] {
+    stage::registry()
+}
+
 /// The tool's version, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

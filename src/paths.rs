@@ -83,9 +83,38 @@ fn replace_root(text: &str, root: &str) -> String {
     out
 }
 
+/// A declared path must stay inside the workspace: relative, no `..`, no empty parts.
+pub(crate) fn check_rel_path(p: &str, what: &str) -> Result<(), String> {
+    let trimmed = p.strip_suffix('/').unwrap_or(p);
+    if trimmed.is_empty() {
+        return Err(format!("{what} path is empty"));
+    }
+    if p.starts_with('/') || p.starts_with('\\') || (p.len() > 1 && p.as_bytes()[1] == b':') {
+        return Err(format!("{what} `{p}` is an absolute path; paths are relative to the workspace root"));
+    }
+    if trimmed.split('/').any(|c| c == "..") {
+        return Err(format!("{what} `{p}` escapes the workspace (`..`)"));
+    }
+    if trimmed.split('/').any(|c| c.is_empty() || c == ".") {
+        return Err(format!("{what} `{p}` has an empty or `.` component; write it as a plain relative path"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rel_paths_that_escape_are_rejected() {
+        assert!(check_rel_path("a/b.txt", "out").is_ok());
+        assert!(check_rel_path("dir/", "out").is_ok());
+        assert!(check_rel_path("../x", "out").unwrap_err().contains("escapes"));
+        assert!(check_rel_path("a/../../x", "out").unwrap_err().contains("escapes"));
+        assert!(check_rel_path("/etc/passwd", "out").unwrap_err().contains("absolute"));
+        assert!(check_rel_path("", "out").is_err());
+        assert!(check_rel_path("a//b", "out").is_err());
+    }
 
     #[test]
     fn the_root_and_paths_below_it_become_relative_and_lookalikes_stay() {

@@ -9,7 +9,7 @@ fn main() {
     afl::fuzz_nohook!(|data: &[u8]| {
         let path = tr118_fuzz::write_fresh("pipeline", "tr118.toml", data);
         let root = path.parent().expect("a file in a directory");
-        match Pipeline::load(&path, &[]) {
+        match Pipeline::load(&path, &[], tr118::stage_kinds()) {
             Ok(pipeline) => match Graph::build(pipeline, root) {
                 Ok(graph) => {
                     let _ = graph.to_dot(&graph.order);

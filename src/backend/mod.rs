@@ -211,7 +211,8 @@ pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
             }
         }
     }
-    let mut facets: Vec<Value> = t.get("facets").and_then(Value::as_array).cloned().unwrap_or_default();
+    // A `facets` that is not a list is an error of the backend's; it is left as written.
+    let Some(mut facets) = t.get("facets").map_or(Some(Vec::new()), |f| f.as_array().cloned()) else { return out };
     let before = facets.len();
     for f in worker_facets {
         if !facets.iter().any(|x| x == f) {
@@ -318,7 +319,7 @@ impl BackendSpec {
             }
         }
         if let Some(table) = s("trt_int8_calibration_table")
-            && let Err(e) = crate::pipeline::check_rel_path(&table, "`trt_int8_calibration_table`")
+            && let Err(e) = crate::paths::check_rel_path(&table, "`trt_int8_calibration_table`")
         {
             // It is an input of the backend's nodes (see `implied_deps`): a workspace path.
             errors.push(("trt_int8_calibration_table".into(), e));

@@ -188,7 +188,7 @@ mod tests {
         .concat();
         let file = dir.join("tr118.toml");
         std::fs::write(&file, toml).unwrap();
-        let pipeline = Pipeline::load(&file, &[]).unwrap_or_else(|d| panic!("{d}"));
+        let pipeline = Pipeline::load(&file, &[], crate::stage::registry()).unwrap_or_else(|d| panic!("{d}"));
         Graph::build(pipeline, dir).unwrap_or_else(|d| panic!("{d}"))
     }
 

@@ -21,23 +21,28 @@
 //! timing = true
 //! ```
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::backend::BackendSpec;
 use crate::diag::{self, Diagnostic, Diagnostics};
 use crate::digest::Digest;
 use crate::facets;
-use crate::stage::{self, LowerCx, StageKind};
+use crate::paths::check_rel_path;
 
 pub mod fields;
+pub mod kind;
 pub mod limits;
 pub mod source;
 pub mod template;
 
 use fields::{Fields, to_json};
+use kind::{LowerCx, StageKind};
 use limits::{Limits, NodeBudget};
 use source::{FieldPath, Source};
 use template::Lookup;
@@ -63,6 +68,10 @@ pub struct NodeSpec {
     pub kind: &'static dyn StageKind,
     /// Axis name → the full value (a table value keeps all its fields).
     pub matrix: BTreeMap<String, Value>,
+    /// The `backend` matrix value as a backend, validated where the pipeline was loaded;
+    /// `None` when the node has no such value or it is not a valid backend (then only kinds
+    /// that run no backend accept the node).
+    pub backend: Option<Arc<BackendSpec>>,
     /// The stage's params, resolved, plus every global param the stage refers to.
     pub params: BTreeMap<String, Value>,
     /// What the kind made of its own fields; enters the key.
@@ -136,8 +145,9 @@ struct RawPipeline {
 const COMMON_FIELDS: &[&str] = &["kind", "desc", "matrix", "deps", "outs", "params", "version", "timing", "device", "facets"];
 
 impl Pipeline {
-    /// Reads and validates `file`, with `-p name=value` overrides applied to global params.
-    pub fn load(file: &Path, overrides: &[(String, String)]) -> Result<Pipeline, Diagnostics> {
+    /// Reads and validates `file`, with `-p name=value` overrides applied to global params; a
+    /// stage's `kind` names one of `kinds`, which validates the stage's own fields.
+    pub fn load(file: &Path, overrides: &[(String, String)], kinds: &[&'static dyn StageKind]) -> Result<Pipeline, Diagnostics> {
         let one = |message: String, help: Option<String>| Diagnostics(vec![Diagnostic { file: file.to_path_buf(), line: 0, column: 0, message, help }]);
         let text = read_limited(file).map_err(|(message, help)| one(message, help))?;
         let digest = Digest::of_bytes(text.as_bytes());
@@ -157,7 +167,7 @@ impl Pipeline {
                 Some("add one, e.g. `[stages.hello]` with `cmd = [\"echo\", \"hello\"]`; or pass another pipeline with `-f FILE`".to_string()),
             ));
         }
-        let cache = raw.cache.as_ref().map(|t| crate::remote::section(t, &src, &mut diags)).unwrap_or_default();
+        let cache = raw.cache.as_ref().map(|t| cache_section(t, &src, &mut diags)).unwrap_or_default();
         let mut params: BTreeMap<String, Value> = raw.params.iter().map(|(k, v)| (k.clone(), to_json(v))).collect();
         for (name, value) in overrides {
             match params.get_mut(name) {
@@ -185,20 +195,20 @@ impl Pipeline {
             if axes.contains_key("backend") {
                 diags.push(src.diag(&path, "`[[backends]]` and `[axes] backend` both declare the axis `backend`; keep one", None));
             } else if let Some(mut values) = axis_values(backends, &path, &src, &mut diags) {
-                // Checked here, where they are written, rather than in every stage that runs them.
-                for (i, v) in values.iter().enumerate() {
-                    for (field, message) in crate::backend::BackendSpec::from_value(&v.value).err().unwrap_or_default() {
-                        let mut at = vec!["backends".to_string(), i.to_string()];
-                        if !field.is_empty() {
-                            at.push(field);
-                        }
-                        diags.push(src.diag(&at, format!("backend `{}`: {message}", v.id), None));
-                    }
-                }
                 for v in &mut values {
                     let derived = crate::backend::derived_fields(&v.value);
                     if let Some(table) = v.value.as_object_mut() {
                         table.extend(derived);
+                    }
+                }
+                // Checked here, where they are written; the nodes that run them share the result.
+                for (i, v) in values.iter().enumerate() {
+                    for (field, message) in v.backend().as_ref().err().into_iter().flatten() {
+                        let mut at = vec!["backends".to_string(), i.to_string()];
+                        if !field.is_empty() {
+                            at.push(field.clone());
+                        }
+                        diags.push(src.diag(&at, format!("backend `{}`: {message}", v.id), None));
                     }
                 }
                 axes.insert("backend".to_string(), values);
@@ -219,7 +229,7 @@ impl Pipeline {
                 continue;
             };
             stages.push(name.clone());
-            let cx = StageCx { name, path, src: &src, globals: &params, axes: &axes };
+            let cx = StageCx { name, path, src: &src, globals: &params, axes: &axes, kinds };
             nodes.extend(cx.lower(table, &mut budget, &mut diags));
         }
 
@@ -233,6 +243,24 @@ impl Pipeline {
         let diags = unique;
         if diags.is_empty() { Ok(Pipeline { file: file.to_path_buf(), digest, params, stages, nodes, source: src, cache }) } else { Err(Diagnostics(diags)) }
     }
+}
+
+/// Lowers `[cache]`, reporting unknown fields and a bad `remote` at their line and column.
+fn cache_section(table: &toml::Table, src: &Source, diags: &mut Vec<Diagnostic>) -> crate::remote::Section {
+    let path: FieldPath = vec!["cache".to_string()];
+    let mut f = Fields::new(table, path, src, diags);
+    let remote = f.string("remote");
+    let read_only = f.boolean("read_only");
+    let remote = remote.filter(|url| match crate::remote::check_url(url, "cache.remote") {
+        Ok(_) => true,
+        Err(e) => {
+            let p = f.child("remote");
+            f.error(&p, e.to_string(), e.help());
+            false
+        }
+    });
+    f.finish();
+    crate::remote::Section { remote, read_only }
 }
 
 /// The pipeline's text, read no further than [`limits::MAX_FILE_BYTES`]: `-f /dev/zero` must
@@ -279,6 +307,17 @@ fn is_id_segment(s: &str) -> bool {
 struct AxisValue {
     id: String,
     value: Value,
+    /// The value read as a backend, once, the first time a node's `backend` axis holds it.
+    backend: OnceCell<ParsedBackend>,
+}
+
+/// A `backend` axis value, validated: the backend, or its problems as `(field, message)`.
+type ParsedBackend = Result<Arc<BackendSpec>, Vec<(String, String)>>;
+
+impl AxisValue {
+    fn backend(&self) -> &ParsedBackend {
+        self.backend.get_or_init(|| BackendSpec::from_value(&self.value).map(Arc::new))
+    }
 }
 
 fn axis_values(value: &toml::Value, path: &FieldPath, src: &Source, diags: &mut Vec<Diagnostic>) -> Option<Vec<AxisValue>> {
@@ -317,7 +356,7 @@ fn axis_values(value: &toml::Value, path: &FieldPath, src: &Source, diags: &mut 
             diags.push(src.diag(&p, format!("axis value `{id}` appears twice"), None));
             continue;
         }
-        out.push(AxisValue { id, value: to_json(item) });
+        out.push(AxisValue { id, value: to_json(item), backend: OnceCell::new() });
     }
     Some(out)
 }
@@ -328,6 +367,7 @@ struct StageCx<'a> {
     src: &'a Source,
     globals: &'a BTreeMap<String, Value>,
     axes: &'a BTreeMap<String, Vec<AxisValue>>,
+    kinds: &'a [&'static dyn StageKind],
 }
 
 /// A stage's declarations, shared by all its nodes.
@@ -360,11 +400,11 @@ impl StageCx<'_> {
         let before = diags.len();
         let mut f = Fields::new(table, self.path.clone(), self.src, diags);
         let kind_name = f.string("kind").unwrap_or_else(|| "cmd".to_string());
-        let kind = stage::lookup(&kind_name);
+        let kind = self.kinds.iter().copied().find(|k| k.name() == kind_name);
         if kind.is_none() {
             let p = f.child("kind");
-            let help = diag::suggest(&kind_name, stage::registry().iter().map(|k| k.name()))
-                .or_else(|| Some(format!("known kinds: {}", stage::registry().iter().map(|k| format!("`{}`", k.name())).collect::<Vec<_>>().join(", "))));
+            let help = diag::suggest(&kind_name, self.kinds.iter().map(|k| k.name()))
+                .or_else(|| Some(format!("known kinds: {}", self.kinds.iter().map(|k| format!("`{}`", k.name())).collect::<Vec<_>>().join(", "))));
             f.error(&p, format!("unknown stage kind `{kind_name}`"), help);
         }
         f.string("desc");
@@ -528,6 +568,7 @@ impl StageCx<'_> {
             id.push_str(&v.id);
         }
         let before = diags.len();
+        let backend = combo.iter().find(|(axis, _)| *axis == "backend").map(|(_, v)| v.backend());
         let matrix: BTreeMap<String, Value> = combo.iter().map(|(axis, v)| (axis.to_string(), v.value.clone())).collect();
         let mut r = Resolver { node: &id, stage: self.name, matrix, globals: self.globals, stage_params: None, used: BTreeSet::new() };
         let resolve = |r: &mut Resolver<'_>, v: &toml::Value, path: &FieldPath, pass: Pass, diags: &mut Vec<Diagnostic>| {
@@ -631,7 +672,14 @@ impl StageCx<'_> {
         let config = match &decl.lowered {
             // Nodes of one stage usually lower the very same fields: do it once.
             Some((f, d, o, c)) if *f == fields && *d == dep_names && *o == out_names && !kind.reads_matrix() => Ok(c.clone()),
-            _ => kind.lower(&LowerCx { node: &id, fields: &fields, deps: &dep_names, outs: &out_names, matrix: &r.matrix }),
+            _ => kind.lower(&LowerCx {
+                node: &id,
+                fields: &fields,
+                deps: &dep_names,
+                outs: &out_names,
+                matrix: &r.matrix,
+                backend: backend.map(|b| b.as_ref().map(|spec| &**spec).map_err(Vec::as_slice)),
+            }),
         };
         let config = match config {
             Ok(c) => {
@@ -680,6 +728,7 @@ impl StageCx<'_> {
             stage: self.name.to_string(),
             kind,
             matrix,
+            backend: backend.and_then(|b| b.as_ref().ok().cloned()),
             params: all_params,
             config,
             deps: node_deps,
@@ -709,24 +758,6 @@ fn product(axes: &[(String, Vec<AxisValue>)]) -> Vec<Vec<(&str, &AxisValue)>> {
             .collect();
     }
     out
-}
-
-/// A declared path must stay inside the workspace: relative, no `..`, no empty parts.
-pub fn check_rel_path(p: &str, what: &str) -> Result<(), String> {
-    let trimmed = p.strip_suffix('/').unwrap_or(p);
-    if trimmed.is_empty() {
-        return Err(format!("{what} path is empty"));
-    }
-    if p.starts_with('/') || p.starts_with('\\') || (p.len() > 1 && p.as_bytes()[1] == b':') {
-        return Err(format!("{what} `{p}` is an absolute path; paths are relative to the workspace root"));
-    }
-    if trimmed.split('/').any(|c| c == "..") {
-        return Err(format!("{what} `{p}` escapes the workspace (`..`)"));
-    }
-    if trimmed.split('/').any(|c| c.is_empty() || c == ".") {
-        return Err(format!("{what} `{p}` has an empty or `.` component; write it as a plain relative path"));
-    }
-    Ok(())
 }
 
 /// How far load-time resolution goes.
@@ -864,17 +895,6 @@ fn field(base: &Value, rest: &[String], full: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rel_paths_that_escape_are_rejected() {
-        assert!(check_rel_path("a/b.txt", "out").is_ok());
-        assert!(check_rel_path("dir/", "out").is_ok());
-        assert!(check_rel_path("../x", "out").unwrap_err().contains("escapes"));
-        assert!(check_rel_path("a/../../x", "out").unwrap_err().contains("escapes"));
-        assert!(check_rel_path("/etc/passwd", "out").unwrap_err().contains("absolute"));
-        assert!(check_rel_path("", "out").is_err());
-        assert!(check_rel_path("a//b", "out").is_err());
-    }
 
     #[test]
     fn serde_unknown_field_gets_a_suggestion() {

@@ -107,10 +107,6 @@ pub use entry::Fetch;
 pub use http::Auth;
 pub use upload::Gate;
 
-use crate::diag::Diagnostic;
-use crate::pipeline::fields::Fields;
-use crate::pipeline::source::{FieldPath, Source};
-
 pub const ENV_URL: &str = "TR118_REMOTE_CACHE";
 pub const ENV_TOKEN: &str = "TR118_REMOTE_CACHE_TOKEN";
 pub const ENV_USER: &str = "TR118_REMOTE_CACHE_USER";
@@ -127,24 +123,6 @@ pub struct Section {
     /// `remote`, a valid URL without credentials, as written.
     pub remote: Option<String>,
     pub read_only: Option<bool>,
-}
-
-/// Lowers `[cache]`, reporting unknown fields and a bad `remote` at their line and column.
-pub fn section(table: &toml::Table, src: &Source, diags: &mut Vec<Diagnostic>) -> Section {
-    let path: FieldPath = vec!["cache".to_string()];
-    let mut f = Fields::new(table, path, src, diags);
-    let remote = f.string("remote");
-    let read_only = f.boolean("read_only");
-    let remote = remote.filter(|url| match check_url(url, "cache.remote") {
-        Ok(_) => true,
-        Err(e) => {
-            let p = f.child("remote");
-            f.error(&p, e.to_string(), e.help());
-            false
-        }
-    });
-    f.finish();
-    Section { remote, read_only }
 }
 
 /// Where the remote cache is and how it may be used, once the pipeline, the environment and

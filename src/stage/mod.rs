@@ -1,14 +1,15 @@
-//! Stage kinds: the registry behind one trait. The engine knows nothing about what a stage
-//! does; it asks its kind to validate the stage's own fields ([`StageKind::lower`]) and to
-//! run one node ([`StageKind::run`]) with its inputs in place and its outputs to write.
+//! Stage kinds: one implementation of [`StageKind`] per kind, and the registry of them. The
+//! engine knows nothing about what a stage does; it asks its kind to validate the stage's own
+//! fields ([`StageKind::lower`]) and to run one node ([`StageKind::run`]) with its inputs in
+//! place and its outputs to write. The trait is the pipeline's ([`crate::pipeline::kind`]):
+//! the loader validates through it and is handed [`registry`] by its caller.
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::pipeline::NodeSpec;
+pub(crate) use crate::pipeline::kind::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 
 pub(crate) mod calibrate;
 pub(crate) mod cmd;
@@ -24,38 +25,6 @@ pub(crate) mod report;
 pub(crate) mod stats;
 pub(crate) mod sweep;
 pub(crate) mod trt_build;
-
-/// What a kind sees of one node when it validates the node's kind-specific fields.
-pub struct LowerCx<'a> {
-    pub node: &'a str,
-    /// The stage's kind-specific fields, with load-time placeholders resolved.
-    pub fields: &'a serde_json::Map<String, Value>,
-    pub deps: &'a [String],
-    pub outs: &'a [String],
-    /// The node's matrix values (a `backend` axis value is the backend's whole declaration).
-    pub matrix: &'a BTreeMap<String, Value>,
-}
-
-/// A problem with one kind-specific field.
-#[derive(Debug)]
-pub struct LowerError {
-    /// The field, as a path below the stage table (`["cmd", "2"]`).
-    pub field: Vec<String>,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl LowerError {
-    /// A problem with the field at `field`, a path below the stage table.
-    pub fn at(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
-        LowerError { field, message, help }
-    }
-
-    /// A problem with the top-level field `field`.
-    pub fn on(field: &str, message: String, help: Option<String>) -> LowerError {
-        LowerError { field: vec![field.to_string()], message, help }
-    }
-}
 
 /// A positive integer field of a stage table, or `default` when absent; a bad value is
 /// reported at the field.
@@ -84,66 +53,6 @@ pub(crate) fn bool_field(f: &serde_json::Map<String, Value>, name: &str, default
     }
 }
 
-/// How a node that ran to completion came out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// Completed, but could not do what was asked (no GPU, a provider missing); cached with
-    /// its reason, never passed off as a real result.
-    Degraded(String),
-}
-
-/// What a kind gets to run one node.
-pub struct RunCx<'a> {
-    pub node: &'a NodeSpec,
-    /// The workspace root; every path below is relative to it and commands run in it.
-    pub root: &'a Path,
-    /// Dep name → paths of the inputs, each materialised and verified.
-    pub deps: &'a BTreeMap<String, Vec<String>>,
-    /// Out name → where the node must write that output (a fresh staging path).
-    pub outs: &'a BTreeMap<String, PathBuf>,
-    /// A scratch directory private to this run, removed afterwards.
-    pub scratch: &'a Path,
-    pub log: &'a mut File,
-}
-
-/// One kind of stage. Implementations are stateless; one static instance each.
-pub trait StageKind: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    /// The implementation sets ([`crate::implementation::SETS`]) whose code makes this
-    /// node's results; their versions enter its key. Besides the kind's own set and the
-    /// shared `stage` set, a node that runs a backend names its runtime's set only.
-    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str>;
-    /// The kind-specific fields a stage table of this kind may have.
-    fn fields(&self) -> &'static [&'static str];
-    /// Whether the kind's fields keep `{matrix.*}` and `{params.*}` as placeholders, to be
-    /// resolved at run time from the node's matrix and params. A kind whose fields are
-    /// templates (like `cmd`'s argv) says yes, so a changed param shows up in `why` as the
-    /// param, not as every argument it was spliced into.
-    fn keeps_placeholders(&self) -> bool {
-        false
-    }
-    /// Whether [`Self::lower`] looks at the node's matrix values, so that it must run for
-    /// every node rather than once per stage.
-    fn reads_matrix(&self) -> bool {
-        false
-    }
-    /// Whether every node of the kind is a measurement, to run alone on its device (as a
-    /// stage's `timing = true` asks).
-    fn timing(&self) -> bool {
-        false
-    }
-    /// Outputs the kind always writes, given its config: `(name, path)`, a trailing `/`
-    /// for a directory. They are declared for the node beside any `outs` of the stage.
-    fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
-        Vec::new()
-    }
-    /// Validates one node's kind-specific fields into the config that enters its key.
-    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>>;
-    /// Runs one node. `Err` is a failure: nothing is cached.
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
-}
-
 /// The implementation sets of a node that runs its `backend` matrix value: the backend
 /// dispatch and the set of the code that runs the backend's runtime
 /// ([`crate::backend::Runtime::implementation_set`]; `onnxruntime` when it names none).
@@ -152,20 +61,20 @@ pub(crate) fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
     ["backend", runtime.unwrap_or(crate::backend::Runtime::OnnxRuntime).implementation_set()]
 }
 
-/// The backend a per-backend node runs: its `backend` matrix value, validated. Problems are
-/// reported at the stage's `matrix`, naming the backend and the field.
-pub(crate) fn backend_of(cx: &LowerCx<'_>, kind: &str) -> Result<crate::backend::BackendSpec, Vec<LowerError>> {
-    let Some(v) = cx.matrix.get("backend") else {
+/// The backend a per-backend node runs: its `backend` matrix value, as the pipeline validated
+/// it. Problems are reported at the stage's `matrix`, naming the backend and the field.
+pub(crate) fn backend_of<'a>(cx: &LowerCx<'a>, kind: &str) -> Result<&'a crate::backend::BackendSpec, Vec<LowerError>> {
+    let Some(parsed) = cx.backend else {
         return Err(vec![LowerError {
             field: vec!["matrix".into()],
             message: format!("a `{kind}` stage runs once per backend, but its node has no `backend` axis"),
             help: Some("declare `[[backends]]` and add `matrix = [\"backend\"]` to the stage".into()),
         }]);
     };
-    crate::backend::BackendSpec::from_value(v).map_err(|problems| {
-        let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+    parsed.map_err(|problems| {
+        let name = cx.matrix.get("backend").and_then(|v| v.get("name")).and_then(Value::as_str).unwrap_or("?");
         problems
-            .into_iter()
+            .iter()
             .map(|(field, message)| {
                 let at = if field.is_empty() { String::new() } else { format!(", field `{field}`") };
                 LowerError { field: vec!["matrix".into()], message: format!("backend `{name}`{at}: {message}"), help: None }
@@ -213,8 +122,4 @@ static REGISTRY: &[&dyn StageKind] = &[
 /// Every registered kind.
 pub(crate) fn registry() -> &'static [&'static dyn StageKind] {
     REGISTRY
-}
-
-pub(crate) fn lookup(name: &str) -> Option<&'static dyn StageKind> {
-    REGISTRY.iter().copied().find(|k| k.name() == name)
 }

@@ -138,9 +138,7 @@ impl StageKind for Perplexity {
             stride: c["stride"].as_u64().unwrap_or(512) as usize,
             batch: c["batch"].as_u64().unwrap_or(1) as usize,
         };
-        let backend_value = cx.node.matrix.get("backend").ok_or("the node has no `backend` matrix value")?;
-        let spec = BackendSpec::from_value(backend_value)
-            .map_err(|e| e.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
+        let spec = cx.node.backend.clone().ok_or("the node has no valid `backend` matrix value")?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
         let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;

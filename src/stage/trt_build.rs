@@ -245,7 +245,7 @@ fn timing_cache_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerErr
             return None;
         }
     };
-    if let Err(e) = crate::pipeline::check_rel_path(&dir, "timing_cache") {
+    if let Err(e) = crate::paths::check_rel_path(&dir, "timing_cache") {
         errors.push(LowerError::at(field, e, None));
         return None;
     }

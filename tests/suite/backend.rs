@@ -80,6 +80,31 @@ fn backend_declarations_are_checked_where_they_are_written() {
     assert!(stderr.contains("tr118.toml:7:1: backend `b`: unknown execution provider `rocm`"), "{stderr}");
 }
 
+/// A `backend` axis declared under `[axes]` is a plain axis a `cmd` stage may use; a stage
+/// kind that runs backends finds its values are not backends and says so at its `matrix`. A
+/// torch backend whose `facets` is not a list is told so, not given the worker's facets.
+#[test]
+fn a_backend_axis_of_plain_values_is_refused_by_the_kinds_that_run_backends() {
+    let run = |pipeline: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tr118.toml"), pipeline).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tr118")).arg("-C").arg(dir.path()).arg("graph").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let axis = "[axes]\nbackend = [\"cpu\", \"cuda\"]\n\n";
+    let (code, stderr) = run(&format!("{axis}[stages.s]\nmatrix = [\"backend\"]\ncmd = [\"echo\", \"{{matrix.backend}}\"]\n"));
+    assert_eq!(code, Some(0), "a cmd stage takes any axis named `backend`: {stderr}");
+    let ppl = "[stages.p]\nkind = \"perplexity\"\nmatrix = [\"backend\"]\ndeps = { model = \"m.onnx\", tokenizer = \"t.json\", corpus = \"c.txt\" }\n";
+    let (code, stderr) = run(&format!("{axis}{ppl}"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("tr118.toml:6:1: backend `?`: a backend is a table with a `name`"), "{stderr}");
+
+    let torch = "[[backends]]\nname = \"t\"\nruntime = \"torch\"\nfacets = \"torch\"\n\n";
+    let (code, stderr) = run(&format!("{torch}{ppl}"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("backend `t`") && stderr.contains("facets"), "{stderr}");
+}
+
 /// Backends of which one reads a calibration table (`trt-int8`), one that names it without
 /// reading it (a CPU backend: only TensorRT reads the table) and one without; a stage per
 /// backend that only echoes the backend's name.

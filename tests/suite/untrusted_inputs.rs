@@ -168,7 +168,7 @@ fn replay(target: &str, bytes: &[u8], dir: &Path) -> bool {
     match target {
         "pipeline_toml" => {
             let path = file("tr118.toml", bytes);
-            match tr118::pipeline::Pipeline::load(&path, &[]) {
+            match tr118::pipeline::Pipeline::load(&path, &[], tr118::stage_kinds()) {
                 Ok(p) => tr118::graph::Graph::build(p, dir).map(|g| (g.to_dot(&g.order), g.to_mermaid(&g.order))).is_ok(),
                 Err(d) => d.to_string().is_empty(),
             }
