@@ -3,7 +3,7 @@
 //! `--no-wait`, or `fsck` found damage, or `cache push|pull` could not reach the remote
 //! cache), 2 bad input or usage.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -355,12 +355,13 @@ impl Workspace {
                 parts.push(format!("{n} {what}"));
             }
         }
-        let rerun_by_cascade = summary.records.iter().filter(|r| r.cache == Cache::Miss && cascaded.iter().any(|&i| self.graph.id(i) == r.id)).count();
+        let cascaded: HashSet<&str> = cascaded.iter().map(|&i| self.graph.id(i)).collect();
+        let rerun_by_cascade = summary.records.iter().filter(|r| r.cache == Cache::Miss && cascaded.contains(r.id.as_str())).count();
         let traffic = remote.map_or(String::new(), |r| format!("; cache: {}", cache_traffic(&summary, r)));
         eprintln!("{} nodes: {} in {:.2}s{traffic}", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64());
         // A root the remote cache provided did not rerun after all.
-        let roots: Vec<(usize, String)> =
-            roots.into_iter().filter(|(i, _)| !summary.records.iter().any(|r| r.remote.is_some() && r.id == self.graph.id(*i))).collect();
+        let restored: HashSet<&str> = summary.records.iter().filter(|r| r.remote.is_some()).map(|r| r.id.as_str()).collect();
+        let roots: Vec<(usize, String)> = roots.into_iter().filter(|(i, _)| !restored.contains(self.graph.id(*i))).collect();
         print_roots(&self.graph, &roots, rerun_by_cascade, &|l| eprintln!("{l}"));
         for f in &summary.failures {
             eprintln!("error: `{}` failed: {}", f.node, f.error);

@@ -249,7 +249,28 @@ fn segment_match(p: &[u8], x: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
+
+    /// The graph of `toml` in a fresh workspace holding `files`, or the diagnostics' text.
+    fn build(toml: &str, files: &[&str]) -> Result<Graph, String> {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let file = dir.path().join("tr118.toml");
+        std::fs::write(&file, toml).unwrap();
+        let pipeline = Pipeline::load(&file, &[], crate::stage::registry()).map_err(|d| d.to_string())?;
+        Graph::build(pipeline, dir.path()).map_err(|d| d.to_string())
+    }
+
+    /// A `cmd` stage writing `o.txt`, with `deps` as written inside a table.
+    fn stage(name: &str, deps: &str) -> String {
+        format!("[stages.{name}]\ncmd = [\"true\"]\ndeps = {{ {deps} }}\nouts = {{ o = \"o.txt\" }}\n")
+    }
+
+    fn ids(g: &Graph, nodes: &[usize]) -> Vec<String> {
+        nodes.iter().map(|&i| g.id(i).to_string()).collect()
+    }
 
     #[test]
     fn star_matches_one_segment() {
@@ -258,5 +279,76 @@ mod tests {
         assert!(glob_match("out/sweep/*/*/r.jsonl", "out/sweep/cpu/short/r.jsonl"));
         assert!(glob_match("out/s*/x", "out/sweep/x"));
         assert!(!glob_match("out/s*x/x", "out/sweep/x"));
+    }
+
+    /// Upstream before downstream; among nodes ready together, the one declared first (the
+    /// stages are declared `z b a m`, an order no sort would give).
+    #[test]
+    fn the_order_is_topological_and_ties_keep_declaration_order() {
+        let toml = [stage("z", "i = \"out/b/o.txt\""), stage("b", ""), stage("a", ""), stage("m", "x = \"out/a/o.txt\", y = \"out/z/o.txt\"")].concat();
+        let g = build(&toml, &[]).unwrap();
+        assert_eq!(ids(&g, &[0, 1, 2, 3]), ["z", "b", "a", "m"]);
+        assert_eq!(ids(&g, &g.order), ["b", "z", "a", "m"]);
+        assert_eq!(ids(&g, &g.upstream[3]), ["z", "a"]);
+        assert_eq!(ids(&g, &g.downstream[1]), ["z"]);
+    }
+
+    #[test]
+    fn a_star_dep_takes_every_matching_output_and_each_producer_once() {
+        let toml = format!(
+            "[axes]\nb = [\"cpu\", \"gpu\"]\n\n[stages.sweep]\nmatrix = [\"b\"]\ncmd = [\"true\"]\nouts = {{ r = \"r.jsonl\", s = \"s.json\" }}\n\n{}",
+            stage("stats", "runs = \"out/sweep/*/r.jsonl\", all = \"out/sweep/*/*\"")
+        );
+        let g = build(&toml, &[]).unwrap();
+        let stats = g.order[2];
+        assert_eq!(g.id(stats), "stats");
+        let paths: Vec<&str> = g.inputs[stats].iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["out/sweep/cpu/r.jsonl", "out/sweep/gpu/r.jsonl", "out/sweep/cpu/r.jsonl", "out/sweep/cpu/s.json", "out/sweep/gpu/r.jsonl", "out/sweep/gpu/s.json"]);
+        assert_eq!(ids(&g, &g.upstream[stats]), ["sweep/cpu", "sweep/gpu"]);
+    }
+
+    #[test]
+    fn deps_that_resolve_to_nothing_are_errors_at_their_field() {
+        let e = build(&stage("a", "i = \"out/x/*.txt\""), &[]).err().unwrap();
+        assert!(e.contains("dep pattern `out/x/*.txt` of `a` matches no stage output"), "{e}");
+        let e = build(&[stage("a", ""), stage("b", "i = \"out/a/0.txt\"")].concat(), &[]).err().unwrap();
+        assert!(e.contains("dep `out/a/0.txt` of `b` names no stage output") && e.contains("did you mean `out/a/o.txt`?"), "{e}");
+        let e = build(&stage("a", "i = \"data.txt\""), &[]).err().unwrap();
+        assert!(e.contains("dep `data.txt` of `a` does not exist"), "{e}");
+        let g = build(&stage("a", "i = \"data.txt\""), &["data.txt"]).unwrap();
+        assert_eq!(g.inputs[0][0].origin, Origin::Source);
+    }
+
+    #[test]
+    fn a_cycle_is_one_error_that_walks_it() {
+        let toml = [stage("a", "i = \"out/c/o.txt\""), stage("b", "i = \"out/a/o.txt\""), stage("c", "i = \"out/b/o.txt\""), stage("d", "")].concat();
+        let e = build(&toml, &[]).err().unwrap();
+        assert!(e.contains("dependency cycle: `a` → `b` → `c` → `a`"), "{e}");
+    }
+
+    #[test]
+    fn a_target_selects_its_nodes_and_everything_upstream_in_order() {
+        let toml = format!(
+            "[axes]\nb = [\"cpu\", \"gpu\"]\n\n{}[stages.sweep]\nmatrix = [\"b\"]\ncmd = [\"true\"]\ndeps = {{ m = \"out/export/o.txt\" }}\nouts = {{ r = \"r.txt\" }}\n\n{}",
+            [stage("fetch", ""), stage("export", "f = \"out/fetch/o.txt\""), stage("lint", "")].concat(),
+            stage("stats", "r = \"out/sweep/*/r.txt\"")
+        );
+        let g = build(&toml, &[]).unwrap();
+        let select = |t: &[&str]| g.select(&t.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map(|s| ids(&g, &s));
+        assert_eq!(select(&[]).unwrap().len(), 6);
+        assert_eq!(select(&["export"]).unwrap(), ["fetch", "export"]);
+        assert_eq!(select(&["sweep/gpu"]).unwrap(), ["fetch", "export", "sweep/gpu"]);
+        assert_eq!(select(&["sweep/"]).unwrap(), ["fetch", "export", "sweep/cpu", "sweep/gpu"]);
+        assert_eq!(select(&["lint", "export"]).unwrap(), ["fetch", "export", "lint"]);
+        let e = select(&["sweeep"]).unwrap_err();
+        assert!(e.contains("no stage or node `sweeep`") && e.contains("did you mean `sweep`?"), "{e}");
+    }
+
+    #[test]
+    fn dot_and_mermaid_show_only_edges_between_selected_nodes() {
+        let g = build(&[stage("a", ""), stage("b", "i = \"out/a/o.txt\""), stage("c", "i = \"out/b/o.txt\"")].concat(), &[]).unwrap();
+        let dot = g.to_dot(&[1, 2]);
+        assert!(dot.contains("\"b\" -> \"c\";") && !dot.contains("\"a\" ->") && !dot.contains("\"a\" ["), "{dot}");
+        assert_eq!(g.to_mermaid(&[0, 1]), "flowchart LR\n  n0[\"a\"]\n  n1[\"b\"]\n  n0 --> n1\n");
     }
 }
