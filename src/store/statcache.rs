@@ -127,3 +127,68 @@ impl StatCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets the file's mtime `secs` seconds into the past, out of the racy window.
+    fn backdate(path: &Path, secs: u64) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(secs)).unwrap();
+    }
+
+    #[test]
+    fn a_file_written_just_now_is_hashed_every_time_until_its_mtime_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "one").unwrap();
+        let mut cache = StatCache::load(&dir.path().join("stat.json"));
+        let (d, size) = cache.file_digest(dir.path(), "a").unwrap();
+        assert_eq!((d, size), digest::hash_file(&dir.path().join("a")).unwrap());
+        let meta = std::fs::metadata(dir.path().join("a")).unwrap();
+        assert_eq!(cache.lookup("a", &meta), None, "racily clean: not recorded");
+
+        backdate(&dir.path().join("a"), 10);
+        cache.file_digest(dir.path(), "a").unwrap();
+        let meta = std::fs::metadata(dir.path().join("a")).unwrap();
+        assert_eq!(cache.lookup("a", &meta), Some(d));
+    }
+
+    /// Same size, the mtime put back as it was: the ctime still moved, so the content is read.
+    #[test]
+    fn a_rewrite_that_keeps_size_and_mtime_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        std::fs::write(&path, "one").unwrap();
+        backdate(&path, 60);
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut cache = StatCache::load(&dir.path().join("stat.json"));
+        let (old, _) = cache.file_digest(dir.path(), "a").unwrap();
+
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "two").unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        let (new, _) = cache.file_digest(dir.path(), "a").unwrap();
+        assert_ne!(old, new);
+        assert_eq!(new, digest::hash_file(&path).unwrap().0);
+    }
+
+    #[test]
+    fn entries_survive_a_save_and_a_bad_file_is_an_empty_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, file) = (dir.path().join("a"), dir.path().join("stat.json"));
+        std::fs::write(&path, "one").unwrap();
+        backdate(&path, 10);
+        let mut cache = StatCache::load(&file);
+        let (d, _) = cache.file_digest(dir.path(), "a").unwrap();
+        cache.save(|p, bytes| std::fs::write(p, bytes)).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let mut again = StatCache::load(&file);
+        assert_eq!(again.lookup("a", &meta), Some(d));
+        again.forget("a");
+        assert_eq!(again.lookup("a", &meta), None);
+
+        std::fs::write(&file, "{ not json").unwrap();
+        assert_eq!(StatCache::load(&file).lookup("a", &meta), None);
+    }
+}
