@@ -303,7 +303,17 @@ mod tests {
         let stats = g.order[2];
         assert_eq!(g.id(stats), "stats");
         let paths: Vec<&str> = g.inputs[stats].iter().map(|i| i.path.as_str()).collect();
-        assert_eq!(paths, ["out/sweep/cpu/r.jsonl", "out/sweep/gpu/r.jsonl", "out/sweep/cpu/r.jsonl", "out/sweep/cpu/s.json", "out/sweep/gpu/r.jsonl", "out/sweep/gpu/s.json"]);
+        assert_eq!(
+            paths,
+            [
+                "out/sweep/cpu/r.jsonl",
+                "out/sweep/gpu/r.jsonl",
+                "out/sweep/cpu/r.jsonl",
+                "out/sweep/cpu/s.json",
+                "out/sweep/gpu/r.jsonl",
+                "out/sweep/gpu/s.json"
+            ]
+        );
         assert_eq!(ids(&g, &g.upstream[stats]), ["sweep/cpu", "sweep/gpu"]);
     }
 

@@ -33,7 +33,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::support;
-use crate::support::reference::{self, Weights, random_weights_scaled};
+use crate::support::reference::{self, Weights, gpt2, random_weights_scaled};
 use crate::support::workspace::{Run, Workspace};
 use ndarray::ArrayD;
 use serde_json::Value;
@@ -81,22 +81,7 @@ fn export_pipeline(checkpoint: &str, fields: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 fn gpt2_config() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: 64,
-        n_layer: 2,
-        n_head: 2,
-        n_kv_head: 2,
-        d_model: 16,
-        d_ff: 64,
-        n_ctx: 16,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_layout: RopeLayout::Half,
-        tied_embeddings: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    gpt2(64, 2, 16, 16)
 }
 
 /// 4 query heads over 2 key/value heads of size 8.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support;
-use crate::support::reference::{self, Weights, random_weights_scaled};
+use crate::support::reference::{self, Weights, gpt2, random_weights_scaled};
 use crate::support::workspace::Workspace;
 use ndarray::ArrayD;
 use serde_json::{Value, json};
@@ -63,22 +63,7 @@ fn llama_config() -> ModelConfig {
 }
 
 fn gpt2_config() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: 64,
-        n_layer: 2,
-        n_head: 2,
-        n_kv_head: 2,
-        d_model: 16,
-        d_ff: 64,
-        n_ctx: 16,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_layout: RopeLayout::Half,
-        tied_embeddings: false,
-        bos_token_id: Some(0),
-        eos_token_id: Some(0),
-    }
+    ModelConfig { tied_embeddings: false, bos_token_id: Some(0), eos_token_id: Some(0), ..gpt2(64, 2, 16, 16) }
 }
 
 /// A model, its weights as the reference sees them, and how its checkpoint is written.

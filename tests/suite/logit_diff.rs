@@ -14,13 +14,13 @@ use std::fs;
 use std::path::Path;
 
 use crate::support;
-use crate::support::reference::random_weights_scaled;
+use crate::support::reference::{gpt2, random_weights_scaled};
 use crate::support::workspace::Workspace;
 use prost::Message;
 use serde_json::Value;
+use tr118::model::ModelConfig;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
-use tr118::model::{Arch, ModelConfig, RopeLayout};
 use tr118::runtime::SessionOptions;
 
 /// Words of the tokenizer, id = position; everything else is `[UNK]` (0).
@@ -28,22 +28,7 @@ const WORDS: &[&str] = &["[UNK]", "the", "capital", "of", "france", "is", "a", "
 const PROMPTS: [&str; 3] = ["the capital of france is", "a cat sat on the mat", "the dog ran far away and the cat sat"];
 
 fn config() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: 64,
-        n_layer: 2,
-        n_head: 2,
-        n_kv_head: 2,
-        d_model: 16,
-        d_ff: 64,
-        n_ctx: 32,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_layout: RopeLayout::Half,
-        tied_embeddings: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    gpt2(64, 2, 16, 32)
 }
 
 /// A word-level tokenizer.json whose vocabulary is the model's: [`WORDS`], then filler.

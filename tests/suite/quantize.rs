@@ -27,7 +27,7 @@ use prost::Message;
 use serde_json::{Value, json};
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
-use tr118::model::{Arch, ModelConfig, RopeLayout};
+use tr118::model::{ModelConfig, RopeLayout};
 use tr118::runtime::SessionOptions;
 
 const SAMPLES: usize = 6;
@@ -52,22 +52,7 @@ const PROMPTS: usize = 40;
 // ---------------------------------------------------------------------------------------
 
 fn gpt2() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: 64,
-        n_layer: 2,
-        n_head: 2,
-        n_kv_head: 2,
-        d_model: 16,
-        d_ff: 64,
-        n_ctx: 64,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_layout: RopeLayout::Half,
-        tied_embeddings: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    support::reference::gpt2(64, 2, 16, 64)
 }
 
 fn corpus_ids(vocab: usize) -> Vec<u32> {

@@ -26,12 +26,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::support::reference::random_weights_scaled;
+use crate::support::reference::{gpt2, random_weights_scaled};
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
+use tr118::model::ModelConfig;
 use tr118::model::dtype::DType;
 use tr118::model::write::{Tensor, write_gguf};
-use tr118::model::{Arch, ModelConfig, RopeLayout};
 use tr118::onnx::signature::{SigDim, TensorSig};
 use tr118::trt::{self, BuildCommand, DataType, PlanPrecision, Profile};
 
@@ -190,22 +190,7 @@ fn an_output_no_layer_writes_has_no_type() {
 // ---------------------------------------------------------------------------------------
 
 fn config() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: 64,
-        n_layer: 1,
-        n_head: 2,
-        n_kv_head: 2,
-        d_model: 16,
-        d_ff: 64,
-        n_ctx: 32,
-        norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_layout: RopeLayout::Half,
-        tied_embeddings: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    gpt2(64, 1, 16, 32)
 }
 
 /// The calibration cache the int8 node reads, in TensorRT's format.

@@ -357,17 +357,17 @@ pub fn random_weights_scaled(cfg: &ModelConfig, seed: u64, std: f64) -> Weights 
     w
 }
 
-/// A GPT-2 of 2 layers, 2 heads, d = 8: small enough to read, big enough to have structure.
-pub fn tiny_gpt2() -> ModelConfig {
+/// A tied GPT-2 of 2 heads and a 4× MLP: the shape of every GPT-2 the tests build.
+pub fn gpt2(vocab_size: usize, n_layer: usize, d_model: usize, n_ctx: usize) -> ModelConfig {
     ModelConfig {
         arch: Arch::Gpt2,
-        vocab_size: 17,
-        n_layer: 2,
+        vocab_size,
+        n_layer,
         n_head: 2,
         n_kv_head: 2,
-        d_model: 8,
-        d_ff: 32,
-        n_ctx: 16,
+        d_model,
+        d_ff: 4 * d_model,
+        n_ctx,
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_layout: RopeLayout::Half,
@@ -375,6 +375,11 @@ pub fn tiny_gpt2() -> ModelConfig {
         bos_token_id: None,
         eos_token_id: None,
     }
+}
+
+/// A GPT-2 of 2 layers, 2 heads, d = 8: small enough to read, big enough to have structure.
+pub fn tiny_gpt2() -> ModelConfig {
+    gpt2(17, 2, 8, 16)
 }
 
 /// A Llama of 2 layers, 4 query heads sharing 2 key/value heads, head size 4.
