@@ -66,11 +66,14 @@ use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::measure::workload::{self, Generation};
 use crate::runtime::{self, Decoder, KvCache, OptLevel, PreparedInputs, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
 
 pub mod probe;
+pub(crate) mod software;
 pub mod torch;
+pub mod workload;
+
+use workload::Generation;
 
 pub use probe::{GpuInfo, cpu_logical_threads, gpu_info};
 

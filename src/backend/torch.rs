@@ -26,8 +26,8 @@ use std::time::Duration;
 use ndarray::{ArrayD, ArrayViewD};
 use serde_json::{Map, Value, json};
 
+use super::workload::Generation;
 use super::{Backend, BackendError, BackendSpec, Capability, KvCache, Prepared, probe};
-use crate::measure::workload::Generation;
 use crate::runtime::Provider;
 
 /// The worker program, as shipped in the repository.
