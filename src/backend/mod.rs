@@ -517,13 +517,56 @@ impl From<RuntimeError> for BackendError {
     }
 }
 
-/// The inputs of one prefill, built before a timed run.
-pub enum Prepared {
-    /// ONNX Runtime values.
+/// The inputs of one prefill, built before a timed run by the backend that runs them
+/// ([`Backend::prefill_inputs`]). What is inside is that backend's business: ONNX Runtime
+/// values (bound to the device or not) for [`OrtBackend`], token ids for a backend that
+/// builds its tensors itself ([`TokenIds`]).
+pub struct Prepared(Inputs);
+
+enum Inputs {
     Ort(PreparedInputs),
-    /// Token ids for a backend that builds its tensors itself (the torch worker builds them
-    /// on its device before its clock starts).
-    Ids { ids: Vec<i64>, mask: Vec<i64>, batch: usize, seq: usize },
+    Ids(TokenIds),
+}
+
+/// A prefill's token ids, as a backend that builds its own tensors keeps them until its run
+/// (the torch worker builds them on its device before its clock starts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenIds {
+    /// `batch × seq`, row-major.
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Prepared {
+    pub fn from_ids(ids: TokenIds) -> Prepared {
+        Prepared(Inputs::Ids(ids))
+    }
+
+    /// The token ids, when these inputs are ids rather than a runtime's values.
+    pub fn token_ids(&self) -> Option<&TokenIds> {
+        match &self.0 {
+            Inputs::Ids(ids) => Some(ids),
+            Inputs::Ort(_) => None,
+        }
+    }
+}
+
+/// A decoder's key/value cache over a run of decode steps: made by [`Backend::new_cache`],
+/// handed back to the same backend's steps, opaque to everyone else. Only ONNX Runtime
+/// decodes step by step here; a torch backend keeps its cache in its worker.
+pub struct DecodeCache(Cache);
+
+enum Cache {
+    Ort(KvCache),
+}
+
+impl DecodeCache {
+    fn ort(&mut self) -> &mut KvCache {
+        let Cache::Ort(cache) = &mut self.0;
+        cache
+    }
 }
 
 /// An opened backend over one model: a prefill model (ids → logits) or a decoder with a
@@ -535,18 +578,18 @@ pub trait Backend {
     /// decoder model this is one step from an empty cache, which computes the same thing.
     fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError>;
     /// An empty key/value cache for `batch` sequences (decoder models only).
-    fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError>;
+    fn new_cache(&self, batch: usize) -> Result<DecodeCache, BackendError>;
     /// Appends `new_len` tokens per sequence to `cache` and returns their logits
     /// `[batch, new_len, vocab]` (decoder models only).
-    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
+    fn decode_step(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
         let mut logits = None;
         self.decode_step_with(cache, ids, new_len, &mut |view| logits = Some(view.to_owned()))?;
         Ok(logits.expect("decode_step_with calls back once on success"))
     }
     /// [`Self::decode_step`], handing `f` the logits in place instead of a copy.
-    fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
+    fn decode_step_with(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
     /// A greedy step: each row's argmax of its last logits into `next` (cleared first).
-    fn decode_step_greedy(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
+    fn decode_step_greedy(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
         self.decode_step_with(cache, ids, new_len, &mut |logits| runtime::last_argmax(logits, next))
     }
     /// The inputs of a prefill, built before a timed run (prefill models only).
@@ -619,24 +662,24 @@ impl Backend for OrtBackend {
         }
     }
 
-    fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError> {
+    fn new_cache(&self, batch: usize) -> Result<DecodeCache, BackendError> {
         match &self.model {
-            Model::Decoder(d) => Ok(d.empty_cache(batch)?),
+            Model::Decoder(d) => Ok(DecodeCache(Cache::Ort(d.empty_cache(batch)?))),
             Model::Prefill(_) => Err(not_a_decoder()),
         }
     }
 
-    fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
+    fn decode_step_with(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
         match &mut self.model {
-            Model::Decoder(d) => Ok(d.step_with(cache, ids, new_len, f)?),
+            Model::Decoder(d) => Ok(d.step_with(cache.ort(), ids, new_len, f)?),
             Model::Prefill(_) => Err(not_a_decoder()),
         }
     }
 
     /// Through [`Decoder::step_greedy`]: on a resident cache only the ids cross to the host.
-    fn decode_step_greedy(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
+    fn decode_step_greedy(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
         match &mut self.model {
-            Model::Decoder(d) => Ok(d.step_greedy(cache, ids, new_len, next)?),
+            Model::Decoder(d) => Ok(d.step_greedy(cache.ort(), ids, new_len, next)?),
             Model::Prefill(_) => Err(not_a_decoder()),
         }
     }
@@ -644,17 +687,17 @@ impl Backend for OrtBackend {
     fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
         match &self.model {
             // On an accelerator the inputs are bound (uploaded) here, before any clock.
-            Model::Prefill(s) if s.io_binding() => Ok(Prepared::Ort(s.prefill_inputs_on_device(ids, mask, batch, seq)?)),
-            Model::Prefill(s) => Ok(Prepared::Ort(s.prefill_inputs(ids, mask, batch, seq)?)),
+            Model::Prefill(s) if s.io_binding() => Ok(Prepared(Inputs::Ort(s.prefill_inputs_on_device(ids, mask, batch, seq)?))),
+            Model::Prefill(s) => Ok(Prepared(Inputs::Ort(s.prefill_inputs(ids, mask, batch, seq)?))),
             Model::Decoder(_) => Err(not_a_prefill()),
         }
     }
 
     fn timed_prefill(&mut self, inputs: &Prepared) -> Result<Duration, BackendError> {
-        match (&mut self.model, inputs) {
+        match (&mut self.model, &inputs.0) {
             // Up to the logits on the device, synchronised: nothing is copied back inside the
             // clock, as torch times a forward pass.
-            (Model::Prefill(s), Prepared::Ort(inputs)) if s.io_binding() => {
+            (Model::Prefill(s), Inputs::Ort(inputs)) if s.io_binding() => {
                 let start = std::time::Instant::now();
                 s.run_prepared_on_device(inputs)?;
                 Ok(start.elapsed())
@@ -664,9 +707,9 @@ impl Backend for OrtBackend {
     }
 
     fn run_prefill_inputs(&mut self, inputs: &Prepared, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
-        match (&mut self.model, inputs) {
-            (Model::Prefill(s), Prepared::Ort(inputs)) => Ok(s.run_prepared(inputs, f)?),
-            (Model::Prefill(s), Prepared::Ids { ids, mask, batch, seq }) => Ok(s.run_prepared(&s.prefill_inputs(ids, mask, *batch, *seq)?, f)?),
+        match (&mut self.model, &inputs.0) {
+            (Model::Prefill(s), Inputs::Ort(inputs)) => Ok(s.run_prepared(inputs, f)?),
+            (Model::Prefill(s), Inputs::Ids(TokenIds { ids, mask, batch, seq })) => Ok(s.run_prepared(&s.prefill_inputs(ids, mask, *batch, *seq)?, f)?),
             (Model::Decoder(_), _) => Err(not_a_prefill()),
         }
     }
