@@ -11,8 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tr118::backend::{self, BackendSpec};
-use tr118::measure::workload;
+use tr118::backend::{self, BackendSpec, workload};
 use tr118::runtime;
 
 fn main() -> anyhow::Result<()> {

@@ -24,6 +24,12 @@
 //! CUDA's (`CUDA_VISIBLE_DEVICES` renumbers one and not the other), and a node built on a
 //! machine of eight H200s is the node built on one. `trtexec` is the binary's digest, never
 //! its path, so that a cache is shared by machines that install TensorRT in different places.
+//!
+//! This module names facets, checks them and says what their values mean; it knows no
+//! runtime. The three that name software (`ort`, `trtexec`, `torch`) are read by
+//! [`crate::backend::software`], which knows ONNX Runtime, TensorRT and the torch worker and
+//! which the reader of a facet hands in ([`Software`]): the arrow runs from the backends to
+//! the facets, never back.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -56,27 +62,33 @@ pub(crate) fn check_name(name: &str) -> Result<(), FacetError> {
     }
     Err(FacetError {
         message: format!("unknown facet `{name}`"),
-        help: diag::suggest(name, KNOWN.iter().copied()).or_else(|| Some(format!("facets are {}, or `env:NAME`", crate::diag::ticked(KNOWN.iter())))),
+        help: diag::suggest(name, KNOWN.iter().copied()).or_else(|| Some(format!("facets are {}, or `env:NAME`", diag::ticked(KNOWN.iter())))),
     })
 }
 
-/// The current value of a facet; machine facts are read once per process.
-pub(crate) fn value(name: &str) -> String {
+/// Reads the facets that name software a backend runs (`ort`, `trtexec`, `torch`): only the
+/// modules that run it know how, and they depend on this one, so whoever reads facets hands
+/// [`crate::backend::software::read_facet`] in.
+pub(crate) type Software = fn(&str) -> String;
+
+/// The current value of a facet, the software ones read by `software`; machine facts are read
+/// once per process.
+pub(crate) fn value(name: &str, software: Software) -> String {
     if let Some(var) = name.strip_prefix("env:") {
         return std::env::var(var).unwrap_or_else(|_| "<unset>".to_string());
     }
     static CACHE: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    cache.entry(name.to_string()).or_insert_with(|| read(name)).clone()
+    cache.entry(name.to_string()).or_insert_with(|| read(name, software)).clone()
 }
 
 /// The values of `names`, by name.
-pub(crate) fn values(names: &[String]) -> BTreeMap<String, String> {
-    names.iter().map(|n| (n.clone(), value(n))).collect()
+pub(crate) fn values(names: &[String], software: Software) -> BTreeMap<String, String> {
+    names.iter().map(|n| (n.clone(), value(n, software))).collect()
 }
 
-fn read(name: &str) -> String {
+fn read(name: &str, software: Software) -> String {
     match name {
         "cpu" => cpu_model(),
         "cpus" => std::thread::available_parallelism().map_or(1, |n| n.get()).to_string(),
@@ -85,37 +97,10 @@ fn read(name: &str) -> String {
             format!("{} {}", std::env::consts::OS, release.trim()).trim().to_string()
         }
         "arch" => std::env::consts::ARCH.to_string(),
-        "ort" => match crate::runtime::probe(None) {
-            Ok(info) => {
-                let mut v = format!("{} {}", info.version, info.digest.short());
-                for (name, digest) in crate::runtime::provider_libraries(&info.path) {
-                    v.push_str(&format!("; {name} {}", digest.map_or_else(|| "<unreadable>".to_string(), |d| d.short())));
-                }
-                v
-            }
-            // The reason is for people (`tr118 make` says it); the key only needs to know.
-            Err(_) => "<none>".to_string(),
-        },
         "gpu" => gpu(),
-        "trtexec" => match crate::trt::locate().ok().and_then(|p| crate::digest::hash_file(&p).ok()) {
-            Some((digest, _)) => format!("trtexec {}", digest.short()),
-            None => "<none>".to_string(),
-        },
-        "torch" => torch(),
+        "ort" | "trtexec" | "torch" => software(name),
         "host" => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "<unknown>".to_string()),
         _ => "<unknown>".to_string(),
-    }
-}
-
-/// The `torch` facet: package metadata only, which takes milliseconds where importing torch
-/// takes seconds.
-fn torch() -> String {
-    const PROBE: &str = "import platform\nfrom importlib import metadata\ndef v(n):\n    try:\n        return metadata.version(n)\n    except Exception:\n        return '<none>'\nprint(f'python {platform.python_version()}; torch {v(\"torch\")}; transformers {v(\"transformers\")}')";
-    let python = crate::backend::torch::python();
-    match std::process::Command::new(&python).args(["-c", PROBE]).stderr(std::process::Stdio::null()).output() {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        // A key holds this: a virtual environment inside the workspace is named relative to it.
-        _ => format!("<no python: {}>", crate::paths::relative_text(&python)),
     }
 }
 
@@ -157,18 +142,6 @@ mod tests {
         assert_eq!(gpu_value(std::slice::from_ref(&h200), Some("550.54.15")), "NVIDIA H200; driver 550.54.15");
         assert_eq!(gpu_value(&[h200.clone(), h200.clone()], Some("550.54.15")), "NVIDIA H200; driver 550.54.15");
         assert_eq!(gpu_value(&[h200, a100], None), "NVIDIA A100-SXM4-80GB, NVIDIA H200; driver <unknown>");
-    }
-
-    #[test]
-    fn the_gpu_facet_agrees_with_nvml() {
-        // Independent of the facet's code path: the backend probe reads device 0 through NVML.
-        match crate::backend::gpu_info(0) {
-            None => assert_eq!(value("gpu"), "<none>"),
-            Some(info) => {
-                let v = value("gpu");
-                assert!(v.contains(&info.name) && v.ends_with(&format!("driver {}", info.driver_version)), "{v} vs {info:?}");
-            }
-        }
     }
 
     #[test]

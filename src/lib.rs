@@ -24,7 +24,7 @@
 //! | [`quant`]   | INT8: calibration statistics, TensorRT's cache, QDQ and dynamic rewrites, coverage counts |
 //! | [`runtime`] | ONNX Runtime: library probe, sessions, prefill and decode steps, providers   |
 //! | [`trt`]     | TensorRT through `trtexec`: locating it, build command lines, layer census   |
-//! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime, no fallback  |
+//! | [`backend`] | backends as declared (`[[backends]]`), opened over ONNX Runtime or torch, no fallback; the timing loops that drive them |
 //! | [`measure`] | run records of timed repetitions, the resource sampler beside them            |
 //! | [`stats`]   | summaries (mean, Student t CI95, percentiles), Welch's t, Cohen's d, Holm     |
 //! | [`report`]  | artifacts → Markdown and self-contained HTML: templates, number formats, SVG charts |

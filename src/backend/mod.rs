@@ -57,6 +57,15 @@
 //! Opening also probes what really runs ([`probe`]): one tiny prefill under ONNX Runtime's
 //! profiler fills [`Capability::providers_assigned`], and a requested accelerator that ran no
 //! node is [`Capability::degradation`], for the stage to report the same way.
+//!
+//! | module       | holds                                                                   |
+//! |--------------|-------------------------------------------------------------------------|
+//! | here         | [`BackendSpec`], the [`Backend`] trait and its backend-neutral [`Prepared`] inputs and [`DecodeCache`], [`open`] |
+//! | `ort`        | the `onnxruntime` runtime: a session or a decoder; the only code that looks inside those two |
+//! | [`torch`]    | the `torch` and `tensorrt-rtx` runtimes: a Python worker that times itself |
+//! | [`probe`]    | what really ran (ONNX Runtime's profile), the GPU and CPU facts beside it |
+//! | [`workload`] | the timing loops that drive a backend, one per sweep mode               |
+//! | `software`   | the facets that name a backend's software (`ort`, `trtexec`, `torch`)  |
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,11 +75,15 @@ use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::measure::workload::{self, Generation};
-use crate::runtime::{self, Decoder, KvCache, OptLevel, PreparedInputs, Provider, RuntimeError, Session, SessionOptions, TrtOptions};
+use crate::runtime::{self, KvCache, OptLevel, PreparedInputs, Provider, RuntimeError, SessionOptions, TrtOptions};
 
+mod ort;
 pub mod probe;
+pub(crate) mod software;
 pub mod torch;
+pub mod workload;
+
+use workload::Generation;
 
 pub use probe::{GpuInfo, cpu_logical_threads, gpu_info};
 
@@ -515,13 +528,49 @@ impl From<RuntimeError> for BackendError {
     }
 }
 
-/// The inputs of one prefill, built before a timed run.
-pub enum Prepared {
-    /// ONNX Runtime values.
+/// The inputs of one prefill, built before a timed run by the backend that runs them
+/// ([`Backend::prefill_inputs`]). What is inside is that backend's business: ONNX Runtime
+/// values (bound to the device or not) for ONNX Runtime's backend, token ids for a backend that
+/// builds its tensors itself ([`TokenIds`]).
+pub struct Prepared(Inputs);
+
+enum Inputs {
     Ort(PreparedInputs),
-    /// Token ids for a backend that builds its tensors itself (the torch worker builds them
-    /// on its device before its clock starts).
-    Ids { ids: Vec<i64>, mask: Vec<i64>, batch: usize, seq: usize },
+    Ids(TokenIds),
+}
+
+/// A prefill's token ids, as a backend that builds its own tensors keeps them until its run
+/// (the torch worker builds them on its device before its clock starts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenIds {
+    /// `batch × seq`, row-major.
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Prepared {
+    pub fn from_ids(ids: TokenIds) -> Prepared {
+        Prepared(Inputs::Ids(ids))
+    }
+
+    /// The token ids, when these inputs are ids rather than a runtime's values.
+    pub fn token_ids(&self) -> Option<&TokenIds> {
+        match &self.0 {
+            Inputs::Ids(ids) => Some(ids),
+            Inputs::Ort(_) => None,
+        }
+    }
+}
+
+/// A decoder's key/value cache over a run of decode steps: made by [`Backend::new_cache`],
+/// handed back to the same backend's steps, opaque to everyone else. Only ONNX Runtime
+/// decodes step by step here; a torch backend keeps its cache in its worker.
+pub struct DecodeCache(Cache);
+
+enum Cache {
+    Ort(KvCache),
 }
 
 /// An opened backend over one model: a prefill model (ids → logits) or a decoder with a
@@ -533,18 +582,18 @@ pub trait Backend {
     /// decoder model this is one step from an empty cache, which computes the same thing.
     fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError>;
     /// An empty key/value cache for `batch` sequences (decoder models only).
-    fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError>;
+    fn new_cache(&self, batch: usize) -> Result<DecodeCache, BackendError>;
     /// Appends `new_len` tokens per sequence to `cache` and returns their logits
     /// `[batch, new_len, vocab]` (decoder models only).
-    fn decode_step(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
+    fn decode_step(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize) -> Result<ArrayD<f32>, BackendError> {
         let mut logits = None;
         self.decode_step_with(cache, ids, new_len, &mut |view| logits = Some(view.to_owned()))?;
         Ok(logits.expect("decode_step_with calls back once on success"))
     }
     /// [`Self::decode_step`], handing `f` the logits in place instead of a copy.
-    fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
+    fn decode_step_with(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError>;
     /// A greedy step: each row's argmax of its last logits into `next` (cleared first).
-    fn decode_step_greedy(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
+    fn decode_step_greedy(&mut self, cache: &mut DecodeCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
         self.decode_step_with(cache, ids, new_len, &mut |logits| runtime::last_argmax(logits, next))
     }
     /// The inputs of a prefill, built before a timed run (prefill models only).
@@ -573,141 +622,15 @@ pub trait Backend {
     }
 }
 
-// One per backend, made once: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-enum Model {
-    Prefill(Session),
-    Decoder(Decoder),
-}
-
-/// ONNX Runtime with the backend's provider and options.
-pub struct OrtBackend {
-    spec: BackendSpec,
-    capability: Capability,
-    model: Model,
-}
-
-fn not_a_prefill() -> BackendError {
-    BackendError::Failed("the model has key/value cache inputs: a timed prefill runs the `prefill` export".into())
-}
-
-fn not_a_decoder() -> BackendError {
-    BackendError::Failed("the model has no key/value cache inputs: decode steps need the `decoder` export".into())
-}
-
-impl Backend for OrtBackend {
-    fn spec(&self) -> &BackendSpec {
-        &self.spec
-    }
-
-    fn capability(&self) -> &Capability {
-        &self.capability
-    }
-
-    fn prefill(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<ArrayD<f32>, BackendError> {
-        match &mut self.model {
-            Model::Prefill(s) => Ok(s.run_prefill(ids, mask, batch, seq)?),
-            Model::Decoder(d) => {
-                if mask.iter().any(|&m| m != 1) {
-                    return Err(BackendError::Failed("a padded prefill needs the `prefill` export".into()));
-                }
-                let mut cache = d.empty_cache(batch)?;
-                Ok(d.step(&mut cache, ids, seq)?)
-            }
-        }
-    }
-
-    fn new_cache(&self, batch: usize) -> Result<KvCache, BackendError> {
-        match &self.model {
-            Model::Decoder(d) => Ok(d.empty_cache(batch)?),
-            Model::Prefill(_) => Err(not_a_decoder()),
-        }
-    }
-
-    fn decode_step_with(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
-        match &mut self.model {
-            Model::Decoder(d) => Ok(d.step_with(cache, ids, new_len, f)?),
-            Model::Prefill(_) => Err(not_a_decoder()),
-        }
-    }
-
-    /// Through [`Decoder::step_greedy`]: on a resident cache only the ids cross to the host.
-    fn decode_step_greedy(&mut self, cache: &mut KvCache, ids: &[i64], new_len: usize, next: &mut Vec<i64>) -> Result<(), BackendError> {
-        match &mut self.model {
-            Model::Decoder(d) => Ok(d.step_greedy(cache, ids, new_len, next)?),
-            Model::Prefill(_) => Err(not_a_decoder()),
-        }
-    }
-
-    fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
-        match &self.model {
-            // On an accelerator the inputs are bound (uploaded) here, before any clock.
-            Model::Prefill(s) if s.io_binding() => Ok(Prepared::Ort(s.prefill_inputs_on_device(ids, mask, batch, seq)?)),
-            Model::Prefill(s) => Ok(Prepared::Ort(s.prefill_inputs(ids, mask, batch, seq)?)),
-            Model::Decoder(_) => Err(not_a_prefill()),
-        }
-    }
-
-    fn timed_prefill(&mut self, inputs: &Prepared) -> Result<Duration, BackendError> {
-        match (&mut self.model, inputs) {
-            // Up to the logits on the device, synchronised: nothing is copied back inside the
-            // clock, as torch times a forward pass.
-            (Model::Prefill(s), Prepared::Ort(inputs)) if s.io_binding() => {
-                let start = std::time::Instant::now();
-                s.run_prepared_on_device(inputs)?;
-                Ok(start.elapsed())
-            }
-            _ => workload::prefill(self, inputs),
-        }
-    }
-
-    fn run_prefill_inputs(&mut self, inputs: &Prepared, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
-        match (&mut self.model, inputs) {
-            (Model::Prefill(s), Prepared::Ort(inputs)) => Ok(s.run_prepared(inputs, f)?),
-            (Model::Prefill(s), Prepared::Ids { ids, mask, batch, seq }) => Ok(s.run_prepared(&s.prefill_inputs(ids, mask, *batch, *seq)?, f)?),
-            (Model::Decoder(_), _) => Err(not_a_prefill()),
-        }
-    }
-}
-
 /// Opens `spec` over `model`: for ONNX Runtime a model file, opened with the library at
-/// `library` and probed (below); for torch the Hugging Face directory its worker loads
+/// `library` and probed ([`ort::open`]); for torch the Hugging Face directory its worker loads
 /// ([`torch::open`]; `library` is not used).
 pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
     match spec.runtime {
         Runtime::Torch => torch::open(spec, model),
         Runtime::TensorRtRtx => torch::open_plan(spec, model),
-        Runtime::OnnxRuntime => open_ort(spec, model, library),
+        Runtime::OnnxRuntime => ort::open(spec, model, library),
     }
-}
-
-/// Opens `spec` over the model file `model` (a prefill model: ids → logits) with the ONNX
-/// Runtime library at `library`, and probes it: the session's first run is one tiny prefill
-/// under the profiler, which fills [`Capability::providers_assigned`]. A requested accelerator
-/// that ran nothing is not an error here; [`Capability::degradation`] says so.
-fn open_ort(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn Backend>, BackendError> {
-    let rt = runtime::init(Some(library))?;
-    let info = rt.info();
-    let dir = probe::scratch_dir("probe")?;
-    let probed = rt.profiled_session(model, &spec.session_options(), &dir.join("profile")).map_err(BackendError::from).and_then(|mut session| {
-        if session.input("past_key_values.0.key").is_some() {
-            let mut decoder = Decoder::new(session)?;
-            probe::decoder_providers_assigned(&mut decoder).map(|assigned| (Model::Decoder(decoder), assigned))
-        } else {
-            probe::providers_assigned(&mut session).map(|assigned| (Model::Prefill(session), assigned))
-        }
-    });
-    probe::remove_scratch_dir(&dir);
-    let (model, providers_assigned) = probed?;
-    let capability = Capability {
-        runtime: "onnxruntime".into(),
-        runtime_version: info.version.clone(),
-        library_digest: info.digest.to_hex(),
-        providers_offered: info.providers.clone(),
-        providers_assigned,
-        ..Capability::machine(spec)
-    };
-    Ok(Box::new(OrtBackend { spec: spec.clone(), capability, model }))
 }
 
 /// What `spec` really runs on here: [`open`]'s probe, without keeping the session.

@@ -3,31 +3,23 @@
 //! A session that opens with the CUDA provider registered can still run every node on the
 //! CPU: ONNX Runtime's partitioner gives the CPU whatever the accelerator does not claim, and
 //! says so only in its logs. So the probe runs one tiny prefill with ONNX Runtime's profiler on
-//! and counts, per execution provider, the nodes whose kernels ran there. The profile is a
-//! Chrome-trace JSON array; each node that runs leaves an event
-//!
-//! ```json
-//! { "cat": "Node", "name": "/h.0/attn/MatMul_kernel_time",
-//!   "args": { "op_name": "MatMul", "provider": "CPUExecutionProvider", … } }
-//! ```
-//!
-//! and the count is of distinct node names per `args.provider`. A requested accelerator that
+//! and counts, per execution provider, the distinct nodes with an event there
+//! ([`crate::runtime::profile::nodes_per_provider`], where the profile's format is). A
+//! requested accelerator that
 //! got no node at all is a degradation ([`Capability::degradation`]): the results are real
 //! CPU numbers under an accelerator's label.
 //!
 //! GPU facts come from NVML through `nvml-wrapper`, which loads `libnvidia-ml` at run time:
 //! without a driver (or a GPU) there is simply no [`GpuInfo`], never an error.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{BackendError, Capability};
-use crate::runtime::Decoder;
-use crate::runtime::{Provider, Session};
+use crate::runtime::{Decoder, Provider, Session, profile};
 
 /// The tokens of the probe's prefill: id 0 is in every vocabulary.
 const PROBE_TOKENS: usize = 4;
@@ -85,23 +77,7 @@ fn end_and_parse(session: &mut Session, run: Result<(), crate::runtime::RuntimeE
     let profile = profile?;
     let text = std::fs::read_to_string(&profile).map_err(|e| BackendError::Failed(format!("reading the profile `{}`: {e}", profile.display())))?;
     let _ = std::fs::remove_file(&profile);
-    parse_profile(&text).map_err(|e| BackendError::Failed(format!("the profile `{}`: {e}", profile.display())))
-}
-
-/// Provider → distinct nodes with a kernel event there, from ONNX Runtime's profile JSON.
-pub fn parse_profile(text: &str) -> Result<BTreeMap<String, usize>, String> {
-    let events: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let events = events.as_array().ok_or("not a JSON array of trace events")?;
-    let mut nodes: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for ev in events {
-        if ev["cat"].as_str() != Some("Node") {
-            continue;
-        }
-        let (Some(name), Some(provider)) = (ev["name"].as_str(), ev["args"]["provider"].as_str()) else { continue };
-        let node = name.strip_suffix("_kernel_time").unwrap_or(name);
-        nodes.entry(provider.to_string()).or_default().insert(node);
-    }
-    Ok(nodes.into_iter().map(|(p, n)| (p, n.len())).collect())
+    profile::nodes_per_provider(&text).map_err(|e| BackendError::Failed(format!("the profile `{}`: {e}", profile.display())))
 }
 
 /// A fresh directory for one profile, below the system's temporary directory.
@@ -142,25 +118,6 @@ impl Capability {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn profile_counts_distinct_nodes_per_provider() {
-        let text = r#"[
-            {"cat":"Session","name":"model_run","args":{}},
-            {"cat":"Node","name":"a_fence_before","args":{"op_name":"MatMul"}},
-            {"cat":"Node","name":"a_kernel_time","args":{"op_name":"MatMul","provider":"CUDAExecutionProvider"}},
-            {"cat":"Node","name":"b_kernel_time","args":{"op_name":"Shape","provider":"CPUExecutionProvider"}},
-            {"cat":"Node","name":"c_kernel_time","args":{"op_name":"Add","provider":"CUDAExecutionProvider"}}
-        ]"#;
-        let got = parse_profile(text).unwrap();
-        assert_eq!(got, BTreeMap::from([("CPUExecutionProvider".to_string(), 1), ("CUDAExecutionProvider".to_string(), 2)]));
-    }
-
-    #[test]
-    fn profile_that_is_not_an_array_is_an_error() {
-        assert!(parse_profile("{}").is_err());
-        assert!(parse_profile("nope").is_err());
-    }
 
     fn capability(requested: &str, assigned: &[(&str, usize)]) -> Capability {
         Capability {

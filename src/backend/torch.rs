@@ -26,8 +26,8 @@ use std::time::Duration;
 use ndarray::{ArrayD, ArrayViewD};
 use serde_json::{Map, Value, json};
 
-use super::{Backend, BackendError, BackendSpec, Capability, KvCache, Prepared, probe};
-use crate::measure::workload::Generation;
+use super::workload::Generation;
+use super::{Backend, BackendError, BackendSpec, Capability, DecodeCache, Prepared, TokenIds, probe};
 use crate::runtime::Provider;
 
 /// The worker program, as shipped in the repository.
@@ -395,6 +395,11 @@ fn check_prefill(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<
     Ok(())
 }
 
+/// The ids of inputs a torch backend prepared; ONNX Runtime values are an error.
+fn token_ids(inputs: &Prepared) -> Result<&TokenIds, BackendError> {
+    inputs.token_ids().ok_or_else(|| BackendError::Failed("a torch backend was handed ONNX Runtime inputs".into()))
+}
+
 fn no_cache() -> BackendError {
     BackendError::Failed("a torch backend keeps its key/value cache in its worker: it runs whole generations, not single steps".into())
 }
@@ -413,23 +418,27 @@ impl Backend for TorchBackend {
         self.logits(req)
     }
 
-    fn new_cache(&self, _batch: usize) -> Result<KvCache, BackendError> {
+    fn new_cache(&self, _batch: usize) -> Result<DecodeCache, BackendError> {
         Err(no_cache())
     }
 
-    fn decode_step_with(&mut self, _cache: &mut KvCache, _ids: &[i64], _new_len: usize, _f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
+    fn decode_step_with(
+        &mut self,
+        _cache: &mut DecodeCache,
+        _ids: &[i64],
+        _new_len: usize,
+        _f: &mut dyn FnMut(ArrayViewD<'_, f32>),
+    ) -> Result<(), BackendError> {
         Err(no_cache())
     }
 
     fn prefill_inputs(&self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Prepared, BackendError> {
         check_prefill(ids, mask, batch, seq)?;
-        Ok(Prepared::Ids { ids: ids.to_vec(), mask: mask.to_vec(), batch, seq })
+        Ok(Prepared::from_ids(TokenIds { ids: ids.to_vec(), mask: mask.to_vec(), batch, seq }))
     }
 
     fn run_prefill_inputs(&mut self, inputs: &Prepared, f: &mut dyn FnMut(ArrayViewD<'_, f32>)) -> Result<(), BackendError> {
-        let Prepared::Ids { ids, mask, batch, seq } = inputs else {
-            return Err(BackendError::Failed("a torch backend was handed ONNX Runtime inputs".into()));
-        };
+        let TokenIds { ids, mask, batch, seq } = token_ids(inputs)?;
         let logits = self.prefill(ids, mask, *batch, *seq)?;
         f(logits.view());
         Ok(())
@@ -441,9 +450,7 @@ impl Backend for TorchBackend {
     }
 
     fn timed_prefill(&mut self, inputs: &Prepared) -> Result<Duration, BackendError> {
-        let Prepared::Ids { ids, mask, batch, seq } = inputs else {
-            return Err(BackendError::Failed("a torch backend was handed ONNX Runtime inputs".into()));
-        };
+        let TokenIds { ids, mask, batch, seq } = token_ids(inputs)?;
         let req = self.prefill_request(ids, mask, *batch, *seq)?;
         let resp = self.worker.call("prefill", req)?;
         secs(&resp, "latency_s")

@@ -57,7 +57,7 @@ pub(crate) fn stage_key<'m>(
         inputs,
         outs: node.outs.iter().map(|o| if o.dir { format!("{}/", o.path) } else { o.path.clone() }).collect(),
         device: node.device.clone(),
-        facets: crate::facets::values(&node.facets),
+        facets: crate::facets::values(&node.facets, crate::backend::software::read_facet),
     })
 }
 

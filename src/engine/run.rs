@@ -524,8 +524,11 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
         Outcome::Ok => (Status::Ok, None),
         Outcome::Degraded(r) => (Status::Degraded, Some(r)),
     };
-    let env =
-        ["os", "cpu", "host"].iter().map(|f| (f.to_string(), facets::value(f))).chain([("tool".to_string(), format!("tr118 {}", crate::VERSION))]).collect();
+    let env = ["os", "cpu", "host"]
+        .iter()
+        .map(|f| (f.to_string(), facets::value(f, crate::backend::software::read_facet)))
+        .chain([("tool".to_string(), format!("tr118 {}", crate::VERSION))])
+        .collect();
     let manifest = Manifest {
         schema: crate::store::manifest::SCHEMA,
         node: node.id.clone(),

@@ -24,7 +24,6 @@
 use serde::{Deserialize, Serialize};
 
 pub mod sampler;
-pub mod workload;
 
 /// How a sweep drives the model.
 pub const MODES: &[&str] = &["prefill", "generate", "generate_uncached"];

@@ -10,13 +10,13 @@
 //! The `calibrate` and `quantize` stage kinds ([`crate::stage::calibrate`],
 //! [`crate::stage::quantize`]) drive these. Nothing here trusts itself: a quantized model's
 //! INT8 coverage is counted by reading the written file back ([`rewrite::verify`]) and by
-//! asking ONNX Runtime which kernels ran ([`ort_kernels`]).
+//! asking ONNX Runtime which kernels ran ([`ort_kernels`], through
+//! [`crate::runtime::profile::kernels_per_op`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::onnx::edit::EditError;
 use crate::runtime::{Runtime, RuntimeError, SessionOptions};
@@ -90,7 +90,7 @@ pub fn ort_kernels(rt: &Runtime, model: &Path, profile_dir: &Path) -> Result<Ort
     run?;
     let text = std::fs::read_to_string(&profile).map_err(|e| QuantError::Other(format!("reading the profile `{}`: {e}", profile.display())))?;
     let _ = std::fs::remove_file(&profile);
-    let kernels = kernel_counts(&text).map_err(|e| QuantError::Other(format!("the profile `{}`: {e}", profile.display())))?;
+    let kernels = crate::runtime::profile::kernels_per_op(&text).map_err(|e| QuantError::Other(format!("the profile `{}`: {e}", profile.display())))?;
     let count = |set: &[&str]| kernels.iter().filter(|(k, _)| set.contains(&k.as_str())).map(|(_, n)| n).sum();
     Ok(OrtKernels {
         runtime_version: rt.info().version.clone(),
@@ -100,38 +100,4 @@ pub fn ort_kernels(rt: &Runtime, model: &Path, profile_dir: &Path) -> Result<Ort
         float_matmul_kernels: count(FLOAT_MATMUL_KERNELS),
         kernels,
     })
-}
-
-/// Op type → distinct nodes with a kernel event, from ONNX Runtime's profile (a Chrome
-/// trace: `{"cat": "Node", "name": "<node>_kernel_time", "args": {"op_name": …}}`).
-pub fn kernel_counts(profile: &str) -> Result<BTreeMap<String, usize>, String> {
-    let events: Value = serde_json::from_str(profile).map_err(|e| format!("not JSON: {e}"))?;
-    let events = events.as_array().ok_or("not a JSON array of trace events")?;
-    let mut nodes: BTreeMap<String, std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for ev in events {
-        if ev["cat"].as_str() != Some("Node") {
-            continue;
-        }
-        let (Some(name), Some(op)) = (ev["name"].as_str(), ev["args"]["op_name"].as_str()) else { continue };
-        let Some(node) = name.strip_suffix("_kernel_time") else { continue };
-        nodes.entry(op.to_string()).or_default().insert(node);
-    }
-    Ok(nodes.into_iter().map(|(op, n)| (op, n.len())).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kernels_are_counted_once_per_node() {
-        let profile = r#"[
-            {"cat": "Session", "name": "model_run"},
-            {"cat": "Node", "name": "a_kernel_time", "args": {"op_name": "MatMulIntegerToFloat"}},
-            {"cat": "Node", "name": "a_kernel_time", "args": {"op_name": "MatMulIntegerToFloat"}},
-            {"cat": "Node", "name": "a_fence_before", "args": {"op_name": "MatMulIntegerToFloat"}},
-            {"cat": "Node", "name": "b_kernel_time", "args": {"op_name": "MatMul"}}
-        ]"#;
-        let k = super::kernel_counts(profile).unwrap();
-        assert_eq!(k["MatMulIntegerToFloat"], 1);
-        assert_eq!(k["MatMul"], 1);
-    }
 }

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 mod decoder;
 mod library;
+pub mod profile;
 mod session;
 
 pub use decoder::{Decoder, KvCache};

@@ -470,8 +470,8 @@ impl RunRecord {
 fn run_env(cap: Option<&Capability>) -> RunEnv {
     RunEnv {
         cpu: crate::facets::cpu_model(),
-        os: crate::facets::value("os"),
-        host: crate::facets::value("host"),
+        os: crate::facets::value("os", backend::software::read_facet),
+        host: crate::facets::value("host", backend::software::read_facet),
         runtime: cap.map_or_else(|| "onnxruntime".into(), |c| c.runtime.clone()),
         runtime_version: cap.map_or_else(String::new, |c| c.runtime_version.clone()),
         gpu: cap.and_then(|c| c.gpu.as_ref()).map(|g| g.name.clone()),

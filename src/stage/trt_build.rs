@@ -391,9 +391,10 @@ impl StageKind for TrtBuild {
                 PlanPrecision::Int8 { calibration, also_fp16: settings.also_fp16 }
             }
         };
-        let gpu = crate::facets::value("gpu");
+        let gpu = crate::facets::value("gpu", crate::backend::software::read_facet);
         let timing_cache = settings.timing_cache.as_ref().map(|dir| {
-            let tag = crate::digest::Digest::of_bytes(format!("{gpu}\n{}", crate::facets::value("trtexec")).as_bytes()).short();
+            let tag =
+                crate::digest::Digest::of_bytes(format!("{gpu}\n{}", crate::facets::value("trtexec", crate::backend::software::read_facet)).as_bytes()).short();
             Path::new(dir).join(format!("{}-{tag}.timing", cx.node.id.replace('/', "~")))
         });
         let plan_dir = cx.outs["plan"].clone();

@@ -8,10 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::{Backend, BackendError, Prepared};
 use crate::runtime::last_argmax;
-
-use crate::backend::Prepared;
-use crate::backend::{Backend, BackendError};
 
 /// One timed greedy generation.
 #[derive(Debug, Clone)]
