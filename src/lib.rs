@@ -12,6 +12,7 @@
 //! | [`implementation`] | which source files make which results; their versions, checked against `implementation.lock` |
 //! | [`facets`]  | environment facets a stage may declare (CPU model, OS, GPU, env variables)   |
 //! | [`paths`]   | paths as results name them: relative to the workspace, never where it lives  |
+//! | [`python`]  | the Python interpreter the torch worker and TensorRT for RTX's helper run in |
 //! | [`store`]   | the cache: objects, action manifests, refs, stat cache, lock, gc, fsck       |
 //! | [`remote`]  | the shared cache over HTTP: read-through, write-back, push and pull, verified |
 //! | [`artifact`]| the JSON files one stage writes and another reads, one type per file shared by both |
@@ -46,6 +47,7 @@ pub mod model;
 pub mod onnx;
 pub(crate) mod paths;
 pub mod pipeline;
+pub(crate) mod python;
 pub mod quant;
 pub mod remote;
 pub(crate) mod report;

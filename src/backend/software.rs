@@ -30,7 +30,7 @@ pub(crate) fn read_facet(name: &str) -> String {
 /// takes seconds.
 fn torch() -> String {
     const PROBE: &str = "import platform\nfrom importlib import metadata\ndef v(n):\n    try:\n        return metadata.version(n)\n    except Exception:\n        return '<none>'\nprint(f'python {platform.python_version()}; torch {v(\"torch\")}; transformers {v(\"transformers\")}')";
-    let python = super::torch::python();
+    let python = crate::python::interpreter();
     match std::process::Command::new(&python).args(["-c", PROBE]).stderr(std::process::Stdio::null()).output() {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         // A key holds this: a virtual environment inside the workspace is named relative to it.

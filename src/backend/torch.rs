@@ -34,18 +34,11 @@ use crate::runtime::Provider;
 pub const WORKER_SOURCE: &str = include_str!("../../python/tr118_worker.py");
 /// The protocol version this side speaks; `hello` must answer the same.
 pub const PROTOCOL: u64 = 1;
-/// The Python that runs the worker, when set; else `python3`.
-pub const PYTHON_ENV: &str = "TR118_PYTHON";
 /// A file to append the exchange to (`> request`, `< answer`, one line each).
 pub const RECORD_ENV: &str = "TR118_TORCH_RECORD";
 const STDERR_LINES: usize = 40;
 /// Lines of the worker's stderr quoted in an error.
 const STDERR_IN_ERRORS: usize = 3;
-
-/// The Python interpreter the worker runs under.
-pub fn python() -> String {
-    std::env::var(PYTHON_ENV).ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into())
-}
 
 /// A running worker process.
 pub struct Worker {
@@ -67,15 +60,16 @@ impl Worker {
         // `load_plan` imports TensorRT for RTX's helper from beside the worker.
         let helper = scratch.join(crate::trt::rtx::HELPER_NAME);
         std::fs::write(&helper, crate::trt::rtx::HELPER_SOURCE).map_err(|e| BackendError::Failed(format!("writing `{}`: {e}", helper.display())))?;
-        let python = python();
+        let python = crate::python::interpreter();
         let spawned = Command::new(&python).arg("-u").arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 probe::remove_scratch_dir(&scratch);
                 return Err(BackendError::Unavailable(format!(
-                    "cannot start the torch worker with `{}`: {e}; set {PYTHON_ENV} to a Python with torch and transformers",
-                    crate::paths::relative_text(&python)
+                    "cannot start the torch worker with `{}`: {e}; set {} to a Python with torch and transformers",
+                    crate::paths::relative_text(&python),
+                    crate::python::ENV
                 )));
             }
         };

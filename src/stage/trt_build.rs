@@ -683,7 +683,7 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         profiles: trt::rtx::profile_dims(&shapes)?,
         workspace_mib: settings.workspace_mib,
     };
-    let python = crate::backend::torch::python();
+    let python = crate::python::interpreter();
     let mut report = Report {
         builder: "tensorrt-rtx",
         precision: settings.precision.clone(),

@@ -112,7 +112,7 @@ pub fn build(python: &str, request: &BuildRequest, scratch: &Path, dir: &Path, l
             HelperError::Unavailable(format!(
                 "cannot start TensorRT for RTX's helper with `{}`: {e}; set {} to a Python 3.11 or 3.12",
                 crate::paths::relative_text(python),
-                crate::backend::torch::PYTHON_ENV
+                crate::python::ENV
             ))
         })?;
     let output = String::from_utf8_lossy(&std::fs::read(&output_path).unwrap_or_default()).into_owned();
