@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub struct Digest(pub [u8; 32]);
 
 /// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -34,7 +34,7 @@ impl Digest {
         s
     }
 
-    pub fn from_hex(hex: &str) -> Option<Self> {
+    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
         if hex.len() != 64 {
             return None;
         }
@@ -48,7 +48,7 @@ impl Digest {
     }
 
     /// The first 12 hex characters, for people.
-    pub fn short(&self) -> String {
+    pub(crate) fn short(&self) -> String {
         self.to_hex()[..12].to_string()
     }
 }
@@ -157,7 +157,7 @@ impl Tree {
 /// Whether `path` is a plain relative name that stays inside the directory it is joined to:
 /// `/`-separated components, none empty, `.` or `..`, no leading `/`, no backslash, no
 /// control character. Returns why not, as the end of a sentence.
-pub fn check_relative(path: &str) -> Result<(), String> {
+pub(crate) fn check_relative(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("an empty path".into());
     }
@@ -174,7 +174,7 @@ pub fn check_relative(path: &str) -> Result<(), String> {
 }
 
 /// Every regular file under `dir`, relative and sorted. Symlinks are followed for files.
-pub fn list_files(dir: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn list_files(dir: &Path) -> io::Result<Vec<String>> {
     fn walk(base: &Path, rel: &str, out: &mut Vec<String>) -> io::Result<()> {
         let here = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
         for entry in fs::read_dir(&here)? {
@@ -196,13 +196,13 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<String>> {
 }
 
 #[cfg(unix)]
-pub fn is_executable(meta: &fs::Metadata) -> bool {
+pub(crate) fn is_executable(meta: &fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     meta.permissions().mode() & 0o111 != 0
 }
 
 #[cfg(not(unix))]
-pub fn is_executable(_meta: &fs::Metadata) -> bool {
+pub(crate) fn is_executable(_meta: &fs::Metadata) -> bool {
     false
 }
 

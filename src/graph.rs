@@ -118,13 +118,13 @@ impl Graph {
         Ok(Graph { pipeline, inputs, upstream, downstream, order })
     }
 
-    pub fn id(&self, i: usize) -> &str {
+    pub(crate) fn id(&self, i: usize) -> &str {
         &self.pipeline.nodes[i].id
     }
 
     /// The nodes `targets` name, with everything upstream of them, in topological order.
     /// A target is a node id, a stage name, or an id prefix (`sweep/onnxruntime-cpu`).
-    pub fn select(&self, targets: &[String]) -> Result<Vec<usize>, String> {
+    pub(crate) fn select(&self, targets: &[String]) -> Result<Vec<usize>, String> {
         if targets.is_empty() {
             return Ok(self.order.clone());
         }
@@ -233,7 +233,7 @@ fn cycle_error(pipeline: &Pipeline, g: &DiGraph<usize, ()>, upstream: &[Vec<usiz
 }
 
 /// `*` matches within one path segment; everything else literally.
-pub fn glob_match(pattern: &str, path: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, path: &str) -> bool {
     let ps: Vec<&str> = pattern.split('/').collect();
     let xs: Vec<&str> = path.split('/').collect();
     ps.len() == xs.len() && ps.iter().zip(&xs).all(|(p, x)| segment_match(p.as_bytes(), x.as_bytes()))

@@ -75,14 +75,14 @@ pub const SETS: &[Set] = &[
 /// # Panics
 /// When no set has that name: kinds name sets by literals from [`SETS`], and the tests check
 /// every kind against the table.
-pub fn set(name: &str) -> &'static Set {
+pub(crate) fn set(name: &str) -> &'static Set {
     SETS.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no implementation set `{name}`"))
 }
 
 /// The version of the set called `name` that enters keys. `TR118_TEST_IMPLEMENTATION`
 /// (`set=version,…`) overrides it: the test suite's way to show which nodes a version bump
 /// reruns without rebuilding the binary.
-pub fn version(name: &str) -> u32 {
+pub(crate) fn version(name: &str) -> u32 {
     static OVERRIDES: std::sync::OnceLock<Vec<(String, u32)>> = std::sync::OnceLock::new();
     let overrides = OVERRIDES.get_or_init(|| {
         std::env::var("TR118_TEST_IMPLEMENTATION")

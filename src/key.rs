@@ -61,14 +61,14 @@ impl StageKey {
 
     /// The canonical JSON of the key: fields and object keys sorted at every level, so the
     /// bytes do not depend on declaration order or on serde_json's `preserve_order`.
-    pub fn canonical(&self) -> Vec<u8> {
+    pub(crate) fn canonical(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
         write_canonical(&serde_json::to_value(self).expect("a key always serialises"), &mut out);
         out
     }
 
     /// Every field that differs from `old`, as reasons with both values.
-    pub fn compare(&self, old: &StageKey) -> Vec<StaleReason> {
+    pub(crate) fn compare(&self, old: &StageKey) -> Vec<StaleReason> {
         let mut r = Vec::new();
         if self.kind != old.kind {
             r.push(StaleReason::KindChanged { old: old.kind.clone(), new: self.kind.clone() });
@@ -140,7 +140,7 @@ fn diff_value(path: &str, old: &Value, new: &Value, make: &mut dyn FnMut(String,
 /// turns it into a sentence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
-pub enum StaleReason {
+pub(crate) enum StaleReason {
     NeverBuilt,
     /// The key is the one last built, but its cache entry is gone.
     CacheEntryMissing,
@@ -213,7 +213,7 @@ pub enum StaleReason {
 
 impl StaleReason {
     /// A cascade is caused by another node; everything else is a root cause.
-    pub fn is_cascade(&self) -> bool {
+    pub(crate) fn is_cascade(&self) -> bool {
         matches!(self, StaleReason::Upstream { .. })
     }
 }

@@ -91,7 +91,7 @@ pub fn summarize(xs: &[f64]) -> Option<Summary> {
 
 /// The `q`-quantile (`0 ≤ q ≤ 1`) of an ascending, non-empty sample by linear interpolation
 /// (Hyndman–Fan type 7, numpy's default).
-pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     let h = (sorted.len() - 1) as f64 * q;
     let lo = h.floor() as usize;
     let frac = h - lo as f64;
@@ -183,7 +183,7 @@ pub fn pct_change(baseline: f64, x: f64) -> Option<f64> {
 }
 
 /// The arithmetic mean of a non-empty slice.
-pub fn mean(xs: &[f64]) -> f64 {
+pub(crate) fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 

@@ -131,7 +131,7 @@ pub fn gpt2_tokenizer_json(encoder_json: &str, vocab_bpe: &str) -> Result<String
 
 /// The tokenizer keys of a GGUF header, as plain values.
 #[derive(Debug, Clone, Default)]
-pub struct GgufVocab {
+pub(crate) struct GgufVocab {
     /// `tokenizer.ggml.model`: `gpt2` for byte-level BPE.
     pub model: String,
     /// `tokenizer.ggml.pre`; `None` when the key is missing (llama.cpp then uses `default`).
@@ -154,7 +154,7 @@ pub struct GgufVocab {
 /// Control tokens (and BOS/EOS) become special added tokens, user-defined ones ordinary
 /// added tokens, so that both are matched whole in the text before the pre-tokenizer runs,
 /// as llama.cpp does.
-pub fn gguf_tokenizer_json(vocab: &GgufVocab, expected_vocab: Option<usize>) -> Result<String, TokenizerError> {
+pub(crate) fn gguf_tokenizer_json(vocab: &GgufVocab, expected_vocab: Option<usize>) -> Result<String, TokenizerError> {
     let bad = |what: &str, message: String| TokenizerError::Vocab { what: what.to_string(), message };
     if vocab.model != "gpt2" {
         return Err(TokenizerError::UnsupportedModel { model: vocab.model.clone() });

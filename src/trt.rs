@@ -66,7 +66,7 @@
 //! is invisible to this census, and a plan whose INT8 work is all inside one reads as having
 //! no INT8 layer.
 
-pub mod rtx;
+pub(crate) mod rtx;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -79,16 +79,16 @@ use serde_json::Value;
 use crate::onnx::signature::{SigDim, TensorSig};
 
 /// The environment variable that points at `trtexec`.
-pub const TRTEXEC_ENV: &str = "TRTEXEC";
+pub(crate) const TRTEXEC_ENV: &str = "TRTEXEC";
 
 /// At most this many INT8 layer names are listed; the count is always complete.
-pub const MAX_LISTED_LAYERS: usize = 50;
+pub(crate) const MAX_LISTED_LAYERS: usize = 50;
 
 /// Why `trtexec` cannot be run.
 /// A degraded node's reason, in its `build.json` and in the report: directories and paths
 /// inside the workspace (a virtual environment's `bin/` on `PATH`) are named relative to it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotFound {
+pub(crate) enum NotFound {
     #[error("`{program}`{from_env} not found on PATH (TensorRT is not installed); looked in: {}", searched_list(.searched))]
     NotOnPath { program: String, from_env: FromEnv, searched: Vec<PathBuf> },
     #[error("`TRTEXEC` names `{}`, which is not an executable file; set it to the absolute path of `trtexec` or unset it", crate::paths::shown(std::path::Path::new(.value)))]
@@ -97,7 +97,7 @@ pub enum NotFound {
 
 /// Whether the program name came from `TRTEXEC`; displays as a note when it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FromEnv(pub bool);
+pub(crate) struct FromEnv(pub bool);
 
 impl fmt::Display for FromEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,12 +117,12 @@ fn is_executable_file(p: &Path) -> bool {
 }
 
 /// `trtexec` as this process's environment finds it.
-pub fn locate() -> Result<PathBuf, NotFound> {
+pub(crate) fn locate() -> Result<PathBuf, NotFound> {
     locate_with(std::env::var_os(TRTEXEC_ENV).as_deref(), std::env::var_os("PATH").as_deref())
 }
 
 /// [`locate`] with the values of `TRTEXEC` and `PATH` given.
-pub fn locate_with(trtexec: Option<&OsStr>, path: Option<&OsStr>) -> Result<PathBuf, NotFound> {
+pub(crate) fn locate_with(trtexec: Option<&OsStr>, path: Option<&OsStr>) -> Result<PathBuf, NotFound> {
     let from_env = trtexec.filter(|v| !v.is_empty());
     let program = from_env.map_or_else(|| "trtexec".to_string(), |v| v.to_string_lossy().into_owned());
     if from_env.is_some() && program.contains('/') {
@@ -176,7 +176,7 @@ pub enum PlanPrecision {
 }
 
 impl PlanPrecision {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             PlanPrecision::Fp32 => "fp32",
             PlanPrecision::Fp16 => "fp16",
@@ -250,7 +250,7 @@ pub fn profile_shapes(inputs: &[TensorSig], profiles: &[Profile]) -> Result<Vec<
 
 /// Parses a shape spec (`name:1x2,other:3`) into names and sizes, as `trtexec` and ONNX
 /// Runtime's TensorRT provider read it.
-pub fn parse_shape_spec(spec: &str) -> Result<Vec<(String, Vec<u64>)>, String> {
+pub(crate) fn parse_shape_spec(spec: &str) -> Result<Vec<(String, Vec<u64>)>, String> {
     let mut out = Vec::new();
     for part in spec.split(',') {
         let Some((name, dims)) = part.rsplit_once(':') else {
@@ -321,7 +321,7 @@ impl BuildCommand {
 }
 
 /// TensorRT's version as `trtexec` prints it (see the module docs).
-pub fn parse_version(log: &str) -> Option<String> {
+pub(crate) fn parse_version(log: &str) -> Option<String> {
     for line in log.lines() {
         if let Some((_, rest)) = line.split_once("TensorRT version: ") {
             let v = rest.split_whitespace().next().unwrap_or("");
@@ -343,7 +343,7 @@ pub fn parse_version(log: &str) -> Option<String> {
 }
 
 /// The builder's own build time, `Engine built in N sec.`, in seconds.
-pub fn parse_engine_build_seconds(log: &str) -> Option<f64> {
+pub(crate) fn parse_engine_build_seconds(log: &str) -> Option<f64> {
     log.lines().find_map(|l| {
         let (_, rest) = l.split_once("Engine built in ")?;
         rest.split_whitespace().next()?.parse().ok()
@@ -354,7 +354,7 @@ pub fn parse_engine_build_seconds(log: &str) -> Option<f64> {
 const NO_GPU: &[&str] = &["no cuda-capable device", "cudaerrornodevice", "cuda initialization failure", "cuda driver version is insufficient"];
 
 /// The first line of `log` saying there is no usable GPU, if any.
-pub fn no_gpu_line(log: &str) -> Option<&str> {
+pub(crate) fn no_gpu_line(log: &str) -> Option<&str> {
     let says_so = |l: &&str| {
         let lower = l.to_lowercase();
         NO_GPU.iter().any(|p| lower.contains(p))
@@ -363,7 +363,7 @@ pub fn no_gpu_line(log: &str) -> Option<&str> {
 }
 
 /// The last `n` lines of `log`.
-pub fn tail(log: &str, n: usize) -> String {
+pub(crate) fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -379,7 +379,7 @@ pub enum DataType {
 }
 
 impl DataType {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             DataType::Int8 => "int8",
             DataType::Fp16 => "fp16",
@@ -390,7 +390,7 @@ impl DataType {
 }
 
 /// The type a `Format/Datatype` string describes (see the module docs).
-pub fn datatype_of(format: &str) -> DataType {
+pub(crate) fn datatype_of(format: &str) -> DataType {
     let lower = format.to_lowercase();
     let words: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric()).collect();
     if words.contains(&"int8") {
@@ -413,7 +413,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn dtype(&self) -> DataType {
+    pub(crate) fn dtype(&self) -> DataType {
         self.format.as_deref().map_or(DataType::Other, datatype_of)
     }
 }
@@ -429,7 +429,7 @@ pub struct Layer {
 
 impl Layer {
     /// The narrowest of int8 < fp16 < fp32 among the inputs, else among the outputs, else other.
-    pub fn precision(&self) -> DataType {
+    pub(crate) fn precision(&self) -> DataType {
         let narrowest = |ts: &[TensorInfo]| ts.iter().map(TensorInfo::dtype).filter(|d| *d != DataType::Other).min();
         narrowest(&self.inputs).or_else(|| narrowest(&self.outputs)).unwrap_or(DataType::Other)
     }
@@ -549,7 +549,7 @@ pub fn summarise(info: &LayerInfo, outputs: &[String]) -> LayerSummary {
 }
 
 /// Checks that `path` starts like a TensorRT calibration cache: `TRT-<version>-<calibrator>`.
-pub fn check_calibration_cache(path: &Path) -> Result<String, String> {
+pub(crate) fn check_calibration_cache(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read calibration cache `{}`: {e}", path.display()))?;
     let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     let first = String::from_utf8_lossy(first).trim().to_string();

@@ -80,12 +80,12 @@ use crate::runtime::{self, KvCache, OptLevel, PreparedInputs, Provider, RuntimeE
 mod ort;
 pub mod probe;
 pub(crate) mod software;
-pub mod torch;
+pub(crate) mod torch;
 pub mod workload;
 
 use workload::Generation;
 
-pub use probe::{GpuInfo, cpu_logical_threads, gpu_info};
+pub(crate) use probe::{GpuInfo, cpu_logical_threads, gpu_info};
 
 /// A backend as declared, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -164,9 +164,9 @@ impl Serialize for Runtime {
 }
 
 impl Runtime {
-    pub const ALL: [Runtime; 3] = [Runtime::OnnxRuntime, Runtime::Torch, Runtime::TensorRtRtx];
+    pub(crate) const ALL: [Runtime; 3] = [Runtime::OnnxRuntime, Runtime::Torch, Runtime::TensorRtRtx];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Runtime::OnnxRuntime => "onnxruntime",
             Runtime::Torch => "torch",
@@ -174,7 +174,7 @@ impl Runtime {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Runtime> {
+    pub(crate) fn from_name(name: &str) -> Option<Runtime> {
         Runtime::ALL.into_iter().find(|r| r.name() == name)
     }
 
@@ -182,7 +182,7 @@ impl Runtime {
     /// runtime's models, and so enters the keys of the nodes that run them. TensorRT for RTX
     /// plans run in the torch worker's helper (`python/tr118_trt.py`, `src/trt/rtx.rs`),
     /// which the `torch` set holds.
-    pub fn implementation_set(self) -> &'static str {
+    pub(crate) fn implementation_set(self) -> &'static str {
         match self {
             Runtime::OnnxRuntime => "onnxruntime",
             Runtime::Torch | Runtime::TensorRtRtx => "torch",
@@ -202,7 +202,7 @@ const TORCH_COMPILE_MODES: &[&str] = &["default", "reduce-overhead", "max-autotu
 /// Runtime; `{model}/hf` for both on torch, whose worker loads the export's Hugging Face
 /// directory), and the facet `torch` for torch backends. They are part of the backend's value,
 /// so they are part of every key that holds it.
-pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
+pub(crate) fn derived_fields(v: &Value) -> Vec<(String, Value)> {
     let Some(t) = v.as_object() else { return Vec::new() };
     // An unknown runtime is an error when the backend is parsed; here it derives nothing more
     // than ONNX Runtime would.
@@ -242,7 +242,7 @@ pub fn derived_fields(v: &Value) -> Vec<(String, Value)> {
 /// calibration table of a `tensorrt` backend (the only provider that reads it). Every node
 /// whose `backend` is this one gets them as deps, beside those its stage declares, so their
 /// digests are in its key and editing the table reruns exactly the nodes that read it.
-pub fn implied_deps(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn implied_deps(v: &Value) -> Vec<(String, String)> {
     let Some(t) = v.as_object() else { return Vec::new() };
     if t.get("provider").and_then(Value::as_str) != Some("tensorrt") {
         return Vec::new();
@@ -251,9 +251,9 @@ pub fn implied_deps(v: &Value) -> Vec<(String, String)> {
 }
 
 /// The name under which a node gets its backend's calibration table ([`implied_deps`]).
-pub const CALIBRATION_TABLE_DEP: &str = "trt_int8_calibration_table";
+pub(crate) const CALIBRATION_TABLE_DEP: &str = "trt_int8_calibration_table";
 
-pub const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
+pub(crate) const PRECISIONS: &[&str] = &["fp32", "fp16", "int8"];
 
 impl BackendSpec {
     /// Validates a `[[backends]]` table (as JSON). Errors are `(field, message)`.
@@ -411,7 +411,7 @@ impl BackendSpec {
         }
     }
 
-    pub fn session_options(&self) -> SessionOptions {
+    pub(crate) fn session_options(&self) -> SessionOptions {
         SessionOptions {
             providers: vec![self.provider],
             intra_threads: self.threads,
@@ -542,7 +542,7 @@ enum Inputs {
 /// A prefill's token ids, as a backend that builds its own tensors keeps them until its run
 /// (the torch worker builds them on its device before its clock starts).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TokenIds {
+pub(crate) struct TokenIds {
     /// `batch × seq`, row-major.
     pub ids: Vec<i64>,
     pub mask: Vec<i64>,
@@ -551,12 +551,12 @@ pub struct TokenIds {
 }
 
 impl Prepared {
-    pub fn from_ids(ids: TokenIds) -> Prepared {
+    pub(crate) fn from_ids(ids: TokenIds) -> Prepared {
         Prepared(Inputs::Ids(ids))
     }
 
     /// The token ids, when these inputs are ids rather than a runtime's values.
-    pub fn token_ids(&self) -> Option<&TokenIds> {
+    pub(crate) fn token_ids(&self) -> Option<&TokenIds> {
         match &self.0 {
             Inputs::Ids(ids) => Some(ids),
             Inputs::Ort(_) => None,
@@ -634,12 +634,12 @@ pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
 }
 
 /// What `spec` really runs on here: [`open`]'s probe, without keeping the session.
-pub fn probe_capability(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Capability, BackendError> {
+pub(crate) fn probe_capability(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Capability, BackendError> {
     open(spec, model, library).map(|b| b.capability().clone())
 }
 
 /// The ONNX Runtime library a stage uses: its `runtime` dep, else `ORT_DYLIB_PATH`.
-pub fn library(dep: Option<&Path>) -> Result<PathBuf, BackendError> {
+pub(crate) fn library(dep: Option<&Path>) -> Result<PathBuf, BackendError> {
     match dep {
         Some(p) => Ok(p.to_path_buf()),
         None => runtime::library_path(None).map_err(|e| BackendError::Failed(e.to_string())),

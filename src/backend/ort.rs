@@ -19,7 +19,7 @@ enum Model {
 }
 
 /// ONNX Runtime with the backend's provider and options.
-pub struct OrtBackend {
+pub(crate) struct OrtBackend {
     spec: BackendSpec,
     capability: Capability,
     model: Model,

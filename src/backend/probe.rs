@@ -50,7 +50,7 @@ pub fn gpu_info(device: u32) -> Option<GpuInfo> {
 }
 
 /// Logical CPUs this process may run on.
-pub fn cpu_logical_threads() -> usize {
+pub(crate) fn cpu_logical_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
@@ -97,7 +97,7 @@ pub(super) fn remove_scratch_dir(dir: &Path) {
 impl Capability {
     /// Why the results of this backend are not what its label says: the requested
     /// accelerator ran no node. `None` for the CPU, and for an accelerator that ran any.
-    pub fn degradation(&self) -> Option<String> {
+    pub(crate) fn degradation(&self) -> Option<String> {
         // A torch worker answers for its own device when it loads (an unavailable device is
         // an error there); there is no partitioner to place work elsewhere.
         if self.runtime != "onnxruntime" {

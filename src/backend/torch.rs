@@ -31,17 +31,17 @@ use super::{Backend, BackendError, BackendSpec, Capability, DecodeCache, Prepare
 use crate::runtime::Provider;
 
 /// The worker program, as shipped in the repository.
-pub const WORKER_SOURCE: &str = include_str!("../../python/tr118_worker.py");
+pub(crate) const WORKER_SOURCE: &str = include_str!("../../python/tr118_worker.py");
 /// The protocol version this side speaks; `hello` must answer the same.
-pub const PROTOCOL: u64 = 1;
+pub(crate) const PROTOCOL: u64 = 1;
 /// A file to append the exchange to (`> request`, `< answer`, one line each).
-pub const RECORD_ENV: &str = "TR118_TORCH_RECORD";
+pub(crate) const RECORD_ENV: &str = "TR118_TORCH_RECORD";
 const STDERR_LINES: usize = 40;
 /// Lines of the worker's stderr quoted in an error.
 const STDERR_IN_ERRORS: usize = 3;
 
 /// A running worker process.
-pub struct Worker {
+pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -53,7 +53,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker under [`python`]. A Python that cannot be started is `Unavailable`.
-    pub fn start() -> Result<Worker, BackendError> {
+    pub(crate) fn start() -> Result<Worker, BackendError> {
         let scratch = probe::scratch_dir("torch")?;
         let script = scratch.join("tr118_worker.py");
         std::fs::write(&script, WORKER_SOURCE).map_err(|e| BackendError::Failed(format!("writing `{}`: {e}", script.display())))?;
@@ -100,13 +100,13 @@ impl Worker {
         Ok(Worker { child, stdin, stdout: BufReader::new(stdout), stderr: tail, next_id: 1, scratch, record })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The last `n` lines the worker wrote to stderr that are not progress bars or warnings
     /// (a reason is read in a report's table: the traceback's end is what says why).
-    pub fn stderr_tail(&self, n: usize) -> String {
+    pub(crate) fn stderr_tail(&self, n: usize) -> String {
         let lines = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
         let useful: Vec<&String> = lines
             .iter()
@@ -118,7 +118,7 @@ impl Worker {
     /// Sends one request and reads its answer. `ok: false` with `unavailable` is
     /// [`BackendError::Unavailable`]; with `error`, or a worker that exits or answers out of
     /// turn, [`BackendError::Failed`].
-    pub fn call(&mut self, op: &str, mut req: Map<String, Value>) -> Result<Map<String, Value>, BackendError> {
+    pub(crate) fn call(&mut self, op: &str, mut req: Map<String, Value>) -> Result<Map<String, Value>, BackendError> {
         let id = self.next_id;
         self.next_id += 1;
         req.insert("id".into(), json!(id));
@@ -203,7 +203,7 @@ impl Drop for Worker {
 }
 
 /// A torch backend: a worker with the model loaded.
-pub struct TorchBackend {
+pub(crate) struct TorchBackend {
     spec: BackendSpec,
     capability: Capability,
     worker: Worker,
@@ -211,7 +211,7 @@ pub struct TorchBackend {
 
 /// Starts a worker, checks its protocol and loads `model` (a Hugging Face directory) as
 /// `spec` says.
-pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
+pub(crate) fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
     if !model.join("config.json").is_file() {
         return Err(BackendError::Failed(format!(
             "`{}` is not a Hugging Face model directory (no `config.json`): torch backends run an export's `hf` variant (`variants = [\"prefill\", \"decoder\", \"hf\"]`)",
@@ -269,7 +269,7 @@ pub fn open(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, Backen
 /// needed): a machine with no usable GPU, or a GPU the plan is not for, is `Unavailable` with
 /// the library's own words; a plan from another version of the library is an error. Only then
 /// does it load the plan, with torch's CUDA tensors as its buffers.
-pub fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
+pub(crate) fn open_plan(spec: &BackendSpec, model: &Path) -> Result<Box<dyn Backend>, BackendError> {
     let plan = if model.is_file() {
         model.to_path_buf()
     } else if model.join("model.plan").is_file() {

@@ -27,7 +27,7 @@ fn wrong_shape(batch: usize, got: usize) -> BackendError {
 }
 
 /// One forward pass over prepared inputs: the latency of a prefill.
-pub fn prefill<B: Backend + ?Sized>(backend: &mut B, inputs: &Prepared) -> Result<Duration, BackendError> {
+pub(crate) fn prefill<B: Backend + ?Sized>(backend: &mut B, inputs: &Prepared) -> Result<Duration, BackendError> {
     let start = Instant::now();
     backend.run_prefill_inputs(inputs, &mut |_| {})?;
     Ok(start.elapsed())
@@ -60,7 +60,7 @@ pub fn generate_cached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], bat
 
 /// Greedy generation without a cache (a `prefill` model): every new token is a full forward
 /// pass over the prompt and everything generated so far — the original study's method.
-pub fn generate_uncached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], batch: usize, new_tokens: usize) -> Result<Generation, BackendError> {
+pub(crate) fn generate_uncached<B: Backend + ?Sized>(backend: &mut B, prompt: &[i64], batch: usize, new_tokens: usize) -> Result<Generation, BackendError> {
     let prompt_len = prompt.len() / batch.max(1);
     let mut seqs = prompt.to_vec();
     let mut next = Vec::with_capacity(batch);

@@ -141,7 +141,7 @@ enum Lengths {
 }
 
 /// Builds the `decoder_fixed` of `ck` (see the module doc).
-pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) -> Result<Built<'a>, ModelError> {
+pub(crate) fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, max_length: usize) -> Result<Built<'a>, ModelError> {
     let c = &ck.config;
     let (hd, heads, kv) = (c.head_dim(), c.n_head, c.n_kv_head);
     let fp16 = opts.precision == Precision::Fp16;

@@ -25,13 +25,13 @@ use crate::model::dtype::DType;
 use crate::model::write::{HfLayout, hf_architecture, write_hf_with};
 
 /// The variant's name in a pipeline and in `export.json`.
-pub const VARIANT: &str = "hf";
+pub(crate) const VARIANT: &str = "hf";
 
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// One file of the directory.
 #[derive(Debug, Clone, Serialize)]
-pub struct HfFile {
+pub(crate) struct HfFile {
     pub name: String,
     pub bytes: u64,
 }
@@ -39,7 +39,7 @@ pub struct HfFile {
 /// What `export.json` records about the directory, with the fields the ONNX variants share
 /// named as theirs are.
 #[derive(Debug, Clone, Serialize)]
-pub struct HfReport {
+pub(crate) struct HfReport {
     /// Always [`VARIANT`].
     pub variant: &'static str,
     /// The export's precision: which values the float32 tensors hold (see the module doc).
@@ -62,7 +62,7 @@ pub struct HfReport {
 }
 
 /// Writes `ck` as a Hugging Face directory `dir`, with a copy of `tokenizer` if given.
-pub fn export_hf(ck: &Checkpoint, precision: Precision, tokenizer: Option<&Path>, dir: &Path) -> Result<HfReport, ExportError> {
+pub(crate) fn export_hf(ck: &Checkpoint, precision: Precision, tokenizer: Option<&Path>, dir: &Path) -> Result<HfReport, ExportError> {
     let t0 = Instant::now();
     let c = &ck.config;
     let tensors = c.expected_tensors();

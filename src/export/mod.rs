@@ -56,9 +56,9 @@ use serde::Serialize;
 use crate::model::{Checkpoint, ModelError};
 use crate::onnx::{self, WriteOptions};
 
-pub mod fused;
-pub mod hf;
-pub mod transformer;
+pub(crate) mod fused;
+pub(crate) mod hf;
+pub(crate) mod transformer;
 
 use transformer::Cache;
 
@@ -72,7 +72,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub fn parse(s: &str) -> Option<Variant> {
+    pub(crate) fn parse(s: &str) -> Option<Variant> {
         match s {
             "prefill" => Some(Variant::Prefill),
             "decoder" => Some(Variant::Decoder),
@@ -98,7 +98,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub fn parse(s: &str) -> Option<Precision> {
+    pub(crate) fn parse(s: &str) -> Option<Precision> {
         match s {
             "fp32" => Some(Precision::Fp32),
             "fp16" => Some(Precision::Fp16),
@@ -120,7 +120,7 @@ pub struct ExportOptions {
 
 /// The largest default capacity of `decoder_fixed`: two buffers of a long-context model's
 /// full context would take more memory than a benchmark needs.
-pub const DEFAULT_MAX_LENGTH: usize = 4096;
+pub(crate) const DEFAULT_MAX_LENGTH: usize = 4096;
 
 /// What the study's report tabulates about one exported model.
 #[derive(Debug, Clone, Serialize)]

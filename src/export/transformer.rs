@@ -7,7 +7,7 @@ use crate::onnx::{self, Dim, FLOAT, FLOAT16, Graph, INT64, attr_f, attr_i, attr_
 use super::{ExportOptions, Precision};
 
 /// The graph and what the export manifest says about its interface.
-pub struct Built<'a> {
+pub(crate) struct Built<'a> {
     pub graph: Graph<'a>,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
@@ -16,7 +16,7 @@ pub struct Built<'a> {
 
 /// The KV cache of a variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cache {
+pub(crate) enum Cache {
     /// `prefill`: no cache.
     None,
     /// `decoder`: the past, then the new tokens, concatenated.
@@ -39,7 +39,7 @@ pub(super) enum Layout {
 }
 
 /// Little-endian bytes of `v`, as ONNX `raw_data` wants them.
-pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() * 4);
     for chunk in v.chunks(4096) {
         for x in chunk {
@@ -253,7 +253,7 @@ impl<'a> Builder<'_, 'a> {
 }
 
 /// Builds the graph of one variant, whose cache is `cache`.
-pub fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Result<Built<'a>, ModelError> {
+pub(crate) fn build<'a>(ck: &'a Checkpoint, opts: &ExportOptions, cache: Cache) -> Result<Built<'a>, ModelError> {
     if let Cache::Fixed { max_length } = cache {
         return super::fused::build(ck, opts, max_length);
     }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub mod sampler;
 
 /// How a sweep drives the model.
-pub const MODES: &[&str] = &["prefill", "generate", "generate_uncached"];
+pub(crate) const MODES: &[&str] = &["prefill", "generate", "generate_uncached"];
 
 /// One measured repetition: a line of a sweep's `runs.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +57,7 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.status == "ok"
     }
 }

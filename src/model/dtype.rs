@@ -27,7 +27,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             DType::F32 => "F32",
             DType::F16 => "F16",
@@ -39,7 +39,7 @@ impl DType {
     }
 
     /// Elements per block (1 for the float types).
-    pub fn block_len(self) -> usize {
+    pub(crate) fn block_len(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
@@ -47,7 +47,7 @@ impl DType {
     }
 
     /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
+    pub(crate) fn block_bytes(self) -> usize {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
@@ -59,7 +59,7 @@ impl DType {
 
     /// The bytes `n` elements occupy; an error when `n` is not a whole number of blocks or
     /// the size overflows.
-    pub fn nbytes(self, n: usize) -> Result<usize, String> {
+    pub(crate) fn nbytes(self, n: usize) -> Result<usize, String> {
         let bl = self.block_len();
         if !n.is_multiple_of(bl) {
             return Err(format!("{n} elements is not a whole number of {} blocks of {bl}", self.name()));
@@ -68,7 +68,7 @@ impl DType {
     }
 
     /// GGML's type id (`enum ggml_type`).
-    pub fn ggml_type(self) -> u32 {
+    pub(crate) fn ggml_type(self) -> u32 {
         match self {
             DType::F32 => 0,
             DType::F16 => 1,
@@ -80,7 +80,7 @@ impl DType {
     }
 
     /// The supported type with GGML id `id`, if any.
-    pub fn from_ggml_type(id: u32) -> Option<DType> {
+    pub(crate) fn from_ggml_type(id: u32) -> Option<DType> {
         Some(match id {
             0 => DType::F32,
             1 => DType::F16,
@@ -94,7 +94,7 @@ impl DType {
 }
 
 /// The name of GGML type `id`, for messages about types this crate does not decode.
-pub fn ggml_type_name(id: u32) -> Option<&'static str> {
+pub(crate) fn ggml_type_name(id: u32) -> Option<&'static str> {
     Some(match id {
         0 => "F32",
         1 => "F16",

@@ -45,7 +45,7 @@ pub enum MetaValue {
 
 impl MetaValue {
     /// GGUF's `gguf_metadata_value_type` for this value.
-    pub fn type_id(&self) -> u32 {
+    pub(crate) fn type_id(&self) -> u32 {
         match self {
             MetaValue::U8(_) => 0,
             MetaValue::I8(_) => 1,
@@ -63,7 +63,7 @@ impl MetaValue {
         }
     }
 
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             MetaValue::U8(_) => "uint8",
             MetaValue::I8(_) => "int8",
@@ -82,7 +82,7 @@ impl MetaValue {
     }
 
     /// Any integer type holding a non-negative value.
-    pub fn as_u64(&self) -> Option<u64> {
+    pub(crate) fn as_u64(&self) -> Option<u64> {
         match *self {
             MetaValue::U8(v) => Some(v.into()),
             MetaValue::U16(v) => Some(v.into()),
@@ -97,7 +97,7 @@ impl MetaValue {
     }
 
     /// Any integer type.
-    pub fn as_i64(&self) -> Option<i64> {
+    pub(crate) fn as_i64(&self) -> Option<i64> {
         match *self {
             MetaValue::I8(v) => Some(v.into()),
             MetaValue::I16(v) => Some(v.into()),
@@ -108,7 +108,7 @@ impl MetaValue {
     }
 
     /// Any numeric type, converted.
-    pub fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match *self {
             MetaValue::F32(v) => Some(v.into()),
             MetaValue::F64(v) => Some(v),
@@ -116,21 +116,21 @@ impl MetaValue {
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             MetaValue::String(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_bool(&self) -> Option<bool> {
+    pub(crate) fn as_bool(&self) -> Option<bool> {
         match *self {
             MetaValue::Bool(b) => Some(b),
             _ => None,
         }
     }
 
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
+    pub(crate) fn as_array(&self) -> Option<&[MetaValue]> {
         match self {
             MetaValue::Array(a) => Some(a),
             _ => None,
@@ -152,7 +152,7 @@ pub struct GgufTensorInfo {
 
 impl GgufTensorInfo {
     /// Row-major shape (outermost first).
-    pub fn shape(&self) -> Vec<usize> {
+    pub(crate) fn shape(&self) -> Vec<usize> {
         self.ne.iter().rev().map(|&n| n as usize).collect()
     }
 
@@ -176,7 +176,7 @@ pub struct GgufHeader {
 
 impl GgufHeader {
     /// Reads the header of the GGUF file at `path`.
-    pub fn read(path: &Path) -> Result<GgufHeader, ModelError> {
+    pub(crate) fn read(path: &Path) -> Result<GgufHeader, ModelError> {
         let map = map_file(path)?;
         GgufHeader::parse(&map).map_err(|message| ModelError::Format { path: path.to_path_buf(), message })
     }
@@ -279,31 +279,31 @@ impl GgufHeader {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+    pub(crate) fn get(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.get(key)
     }
 
-    pub fn get_str(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get_str(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(MetaValue::as_str)
     }
 
-    pub fn get_u64(&self, key: &str) -> Option<u64> {
+    pub(crate) fn get_u64(&self, key: &str) -> Option<u64> {
         self.get(key).and_then(MetaValue::as_u64)
     }
 
-    pub fn get_f32(&self, key: &str) -> Option<f32> {
+    pub(crate) fn get_f32(&self, key: &str) -> Option<f32> {
         self.get(key).and_then(MetaValue::as_f64).map(|v| v as f32)
     }
 
-    pub fn get_bool(&self, key: &str) -> Option<bool> {
+    pub(crate) fn get_bool(&self, key: &str) -> Option<bool> {
         self.get(key).and_then(MetaValue::as_bool)
     }
 
-    pub fn get_array(&self, key: &str) -> Option<&[MetaValue]> {
+    pub(crate) fn get_array(&self, key: &str) -> Option<&[MetaValue]> {
         self.get(key).and_then(MetaValue::as_array)
     }
 
-    pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+    pub(crate) fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
@@ -391,7 +391,7 @@ enum ConfigError {
 
 /// Opens a GGUF checkpoint: its config from the metadata, its tensors under their own
 /// (already canonical) names.
-pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
+pub(crate) fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     let map = map_file(path)?;
     let format = |message: String| ModelError::Format { path: path.to_path_buf(), message };
     let header = GgufHeader::parse(&map).map_err(format)?;

@@ -96,7 +96,7 @@ const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
 /// Opens a Hugging Face checkpoint directory, or the `config.json` in one.
-pub fn open(path: &Path) -> Result<Checkpoint, ModelError> {
+pub(crate) fn open(path: &Path) -> Result<Checkpoint, ModelError> {
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
     let config_path = dir.join(CONFIG);
     let (config, keys) = read_config(&config_path)?;

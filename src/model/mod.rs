@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod dtype;
 pub mod gguf;
-pub mod hf;
+pub(crate) mod hf;
 pub mod safetensors;
 pub mod write;
 
@@ -189,7 +189,7 @@ impl Checkpoint {
         if path.is_dir() || path.file_name().is_some_and(|n| n == "config.json") { hf::open(path) } else { gguf::open(path) }
     }
 
-    pub fn tensor(&self, name: &str) -> Option<&TensorRef> {
+    pub(crate) fn tensor(&self, name: &str) -> Option<&TensorRef> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
@@ -214,7 +214,7 @@ impl Checkpoint {
     }
 
     /// Checks that every expected tensor is present with its shape; called by the readers.
-    pub fn validate(&self) -> Result<(), ModelError> {
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
         for (name, shape) in self.config.expected_tensors() {
             match self.tensor(&name) {
                 None => {
@@ -311,7 +311,7 @@ pub(crate) fn check_config(c: &ModelConfig, n_tensors: usize, keys: &ConfigKeys)
 }
 
 /// `rows × cols` row-major → `cols × rows` row-major, in cache-sized tiles.
-pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut out = vec![0.0; v.len()];
     for r0 in (0..rows).step_by(TILE) {
@@ -332,7 +332,7 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// llama.cpp's converter (`permute` in `convert_hf_to_gguf.py`) reshapes a head's rows as
 /// `[2, hd/2]` and swaps the two axes, so Hugging Face row `s·hd/2 + i` (`s` ∈ {0, 1}) becomes
 /// GGUF row `2i + s`. The inverse takes GGUF rows `0, 2, 4, …` then `1, 3, 5, …`.
-pub fn rope_row_order(hd: usize) -> Vec<usize> {
+pub(crate) fn rope_row_order(hd: usize) -> Vec<usize> {
     (0..hd / 2).map(|i| 2 * i).chain((0..hd / 2).map(|i| 2 * i + 1)).collect()
 }
 
@@ -340,7 +340,7 @@ pub fn rope_row_order(hd: usize) -> Vec<usize> {
 /// its rows put back in the half layout, head by head (see [`rope_row_order`]). Attention
 /// scores are unchanged when Q and K rows move together, so the model computes the same
 /// function with half-layout RoPE.
-pub fn interleaved_to_half_rows(v: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn interleaved_to_half_rows(v: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     let hd = v.len() / (heads * cols).max(1);
     let order = rope_row_order(hd);
     let mut out = Vec::with_capacity(v.len());

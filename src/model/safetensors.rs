@@ -28,7 +28,7 @@ pub struct SafeTensor {
 
 impl SafeTensor {
     /// The decodable element type, if this is one.
-    pub fn decodable(&self) -> Option<DType> {
+    pub(crate) fn decodable(&self) -> Option<DType> {
         match self.dtype.as_str() {
             "F32" => Some(DType::F32),
             "F16" => Some(DType::F16),
@@ -39,7 +39,7 @@ impl SafeTensor {
 }
 
 /// A memory-mapped safetensors file and its parsed header.
-pub struct SafetensorsFile {
+pub(crate) struct SafetensorsFile {
     pub path: PathBuf,
     pub map: memmap2::Mmap,
     /// By name.
@@ -70,7 +70,7 @@ fn element_bytes(dtype: &str) -> Option<usize> {
 }
 
 impl SafetensorsFile {
-    pub fn open(path: &Path) -> Result<SafetensorsFile, ModelError> {
+    pub(crate) fn open(path: &Path) -> Result<SafetensorsFile, ModelError> {
         let map = super::gguf::map_file(path)?;
         let (tensors, metadata) = parse(&map).map_err(|message| ModelError::Format { path: path.to_path_buf(), message })?;
         Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors, metadata })

@@ -252,7 +252,7 @@ pub fn write_hf(dir: &Path, config: &ModelConfig, tensors: &[Tensor], dtype: DTy
 
 /// How [`write_hf_with`] lays a checkpoint out.
 #[derive(Debug, Clone, Copy)]
-pub struct HfLayout {
+pub(crate) struct HfLayout {
     /// F32, F16 or BF16.
     pub dtype: DType,
     /// 1: one `model.safetensors`; more: `model-0000i-of-0000n.safetensors` and an index.
@@ -273,7 +273,7 @@ pub struct HfLayout {
 /// Q and K rows of a Llama whose `rope_layout` is interleaved (a GGUF's) are put back in the
 /// half layout Hugging Face rotates ([`super::interleaved_to_half_rows`]), since `config.json`
 /// has no way to say otherwise.
-pub fn write_hf_with(
+pub(crate) fn write_hf_with(
     dir: &Path,
     config: &ModelConfig,
     tensors: &[(String, Vec<usize>)],
@@ -417,7 +417,7 @@ enum Data {
 }
 
 /// The `transformers` class a Hugging Face checkpoint of `arch` is loaded as.
-pub fn hf_architecture(arch: Arch) -> &'static str {
+pub(crate) fn hf_architecture(arch: Arch) -> &'static str {
     match arch {
         Arch::Gpt2 => "GPT2LMHeadModel",
         Arch::Llama => "LlamaForCausalLM",

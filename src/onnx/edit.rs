@@ -39,9 +39,9 @@ use super::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use super::{FLOAT, FLOAT16};
 
 /// ONNX `DataType` codes beyond the ones the exporter writes.
-pub const UINT8: i32 = 2;
-pub const INT8: i32 = 3;
-pub const INT32: i32 = 6;
+pub(crate) const UINT8: i32 = 2;
+pub(crate) const INT8: i32 = 3;
+pub(crate) const INT32: i32 = 6;
 
 /// Tensors at least this large go to the external data file when there is one (the
 /// exporter's rule: smaller ones must stay readable during shape inference).
@@ -91,16 +91,16 @@ impl Model {
         self.proto.graph.as_ref().expect("load checks the graph")
     }
 
-    pub fn graph_mut(&mut self) -> &mut GraphProto {
+    pub(crate) fn graph_mut(&mut self) -> &mut GraphProto {
         self.proto.graph.as_mut().expect("load checks the graph")
     }
 
     /// The directory external data locations are relative to.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
 
-    pub fn initializer(&self, name: &str) -> Option<&TensorProto> {
+    pub(crate) fn initializer(&self, name: &str) -> Option<&TensorProto> {
         self.graph().initializer.iter().find(|t| t.name.as_deref() == Some(name))
     }
 
@@ -109,7 +109,7 @@ impl Model {
     }
 
     /// The raw little-endian bytes of `t`, from the file or its external data.
-    pub fn tensor_bytes(&self, t: &TensorProto) -> Result<Vec<u8>, EditError> {
+    pub(crate) fn tensor_bytes(&self, t: &TensorProto) -> Result<Vec<u8>, EditError> {
         match external_ref(t).map_err(|m| self.tensor_error(t, m))? {
             None => match &t.raw_data {
                 Some(b) => Ok(b.clone()),
@@ -178,12 +178,12 @@ impl Model {
 
 /// Elements of a tensor: the product of its dims (1 for a scalar); `usize::MAX` when the
 /// product overflows, which no tensor's data can match.
-pub fn element_count(t: &TensorProto) -> usize {
+pub(crate) fn element_count(t: &TensorProto) -> usize {
     t.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d.max(0) as usize)).unwrap_or(usize::MAX)
 }
 
 /// Bytes per element of the data types tr118 writes.
-pub fn element_size(data_type: i32) -> Option<usize> {
+pub(crate) fn element_size(data_type: i32) -> Option<usize> {
     match data_type {
         FLOAT | INT32 => Some(4),
         FLOAT16 => Some(2),
@@ -224,7 +224,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
 /// Writes `proto` to `dest` with its external data left where `source_dir` has it: each
 /// external file is hard-linked (or, across file systems, copied) into `dest`'s directory
 /// under the same name.
-pub fn save_sharing_data(proto: &ModelProto, dest: &Path, source: &Model) -> Result<(), EditError> {
+pub(crate) fn save_sharing_data(proto: &ModelProto, dest: &Path, source: &Model) -> Result<(), EditError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     for location in source.external_files()? {
         let (from, to) = (source.dir().join(&location), dir.join(&location));

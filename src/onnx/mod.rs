@@ -24,13 +24,13 @@ pub mod signature;
 use proto::*;
 
 pub const FLOAT: i32 = 1;
-pub const INT32: i32 = 6;
+pub(crate) const INT32: i32 = 6;
 pub const INT64: i32 = 7;
 pub const BOOL: i32 = 9;
 pub const FLOAT16: i32 = 10;
 
 /// Makes an initializer's bytes when the writer reaches it.
-pub type Producer<'a> = Box<dyn FnOnce() -> Result<Vec<u8>, String> + 'a>;
+pub(crate) type Producer<'a> = Box<dyn FnOnce() -> Result<Vec<u8>, String> + 'a>;
 
 struct Initializer<'a> {
     name: String,
@@ -47,7 +47,7 @@ pub enum Dim {
     Param(String),
 }
 
-pub fn dyn_dim(name: &str) -> Dim {
+pub(crate) fn dyn_dim(name: &str) -> Dim {
     Dim::Param(name.to_string())
 }
 
@@ -64,7 +64,7 @@ pub struct Graph<'a> {
 }
 
 /// ONNX Runtime's contrib operators (GroupQueryAttention, SkipSimplifiedLayerNormalization…).
-pub const MS_DOMAIN: &str = "com.microsoft";
+pub(crate) const MS_DOMAIN: &str = "com.microsoft";
 
 fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
@@ -90,11 +90,11 @@ pub fn attr_f(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: Some(name.into()), f: Some(v), r#type: Some(1), ..Default::default() }
 }
 
-pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+pub(crate) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto { name: Some(name.into()), ints: v.to_vec(), r#type: Some(7), ..Default::default() }
 }
 
-pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
+pub(crate) fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto { name: Some(name.into()), t: Some(t), r#type: Some(4), ..Default::default() }
 }
 
@@ -113,7 +113,7 @@ impl<'a> Graph<'a> {
     }
 
     /// A new value name for an output named with [`Self::op_into`] or [`Self::op_ms`].
-    pub fn name(&mut self, hint: &str) -> String {
+    pub(crate) fn name(&mut self, hint: &str) -> String {
         self.fresh(hint)
     }
 
@@ -123,7 +123,7 @@ impl<'a> Graph<'a> {
     }
 
     /// Adds a node with one output, named after the op; returns the output's name.
-    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub(crate) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         let out = self.fresh(op);
         self.op_into(op, inputs, &[&out], attrs);
         out
@@ -144,14 +144,14 @@ impl<'a> Graph<'a> {
 
     /// Adds a node of ONNX Runtime's `com.microsoft` domain with the given output names (an
     /// empty name leaves an optional output out).
-    pub fn op_ms(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) {
+    pub(crate) fn op_ms(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) {
         self.op_into(op, inputs, outputs, attrs);
         self.nodes.last_mut().expect("just added").domain = Some(MS_DOMAIN.into());
         self.uses_ms = true;
     }
 
     /// Adds a node with `n` outputs; returns their names.
-    pub fn op_n(&mut self, op: &str, inputs: &[&str], n: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
+    pub(crate) fn op_n(&mut self, op: &str, inputs: &[&str], n: usize, attrs: Vec<AttributeProto>) -> Vec<String> {
         let outs: Vec<String> = (0..n).map(|_| self.fresh(op)).collect();
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.op_into(op, inputs, &refs, attrs);
@@ -172,34 +172,34 @@ impl<'a> Graph<'a> {
         name.to_string()
     }
 
-    pub fn const_i64(&mut self, values: &[i64]) -> String {
+    pub(crate) fn const_i64(&mut self, values: &[i64]) -> String {
         let name = self.fresh("const_i64");
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.init(&name, &[values.len() as i64], INT64, Box::new(move || Ok(bytes)))
     }
 
-    pub fn scalar_i64(&mut self, v: i64) -> String {
+    pub(crate) fn scalar_i64(&mut self, v: i64) -> String {
         let name = self.fresh("scalar_i64");
         self.init(&name, &[], INT64, Box::new(move || Ok(v.to_le_bytes().to_vec())))
     }
 
-    pub fn scalar_f32(&mut self, v: f32) -> String {
+    pub(crate) fn scalar_f32(&mut self, v: f32) -> String {
         let name = self.fresh("scalar_f32");
         self.init(&name, &[], FLOAT, Box::new(move || Ok(v.to_le_bytes().to_vec())))
     }
 
-    pub fn scalar_f16(&mut self, v: f32) -> String {
+    pub(crate) fn scalar_f16(&mut self, v: f32) -> String {
         let name = self.fresh("scalar_f16");
         self.init(&name, &[], FLOAT16, Box::new(move || Ok(half::f16::from_f32(v).to_le_bytes().to_vec())))
     }
 
-    pub fn const_f32(&mut self, values: Vec<f32>) -> String {
+    pub(crate) fn const_f32(&mut self, values: Vec<f32>) -> String {
         let name = self.fresh("const_f32");
         let n = values.len() as i64;
         self.init(&name, &[n], FLOAT, Box::new(move || Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())))
     }
 
-    pub fn node_count(&self) -> usize {
+    pub(crate) fn node_count(&self) -> usize {
         self.nodes.len()
     }
 }
@@ -225,10 +225,10 @@ pub struct WriteSummary {
 }
 
 /// Protobuf's 2 GiB message limit: beyond it, weights must go to external data.
-pub const PROTOBUF_LIMIT: u64 = 2 * 1024 * 1024 * 1024 - 1;
+pub(crate) const PROTOBUF_LIMIT: u64 = 2 * 1024 * 1024 * 1024 - 1;
 
 /// Total bytes of the graph's initializers.
-pub fn initializer_bytes(g: &Graph<'_>) -> u64 {
+pub(crate) fn initializer_bytes(g: &Graph<'_>) -> u64 {
     g.inits.iter().map(|i| i.nbytes as u64).sum()
 }
 

@@ -51,8 +51,8 @@ pub struct GraphProto {
 }
 
 /// The graph field numbers, for the streaming writer.
-pub const GRAPH_FIELD: u32 = 7;
-pub const INITIALIZER_FIELD: u32 = 5;
+pub(crate) const GRAPH_FIELD: u32 = 7;
+pub(crate) const INITIALIZER_FIELD: u32 = 5;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NodeProto {

@@ -23,7 +23,7 @@ pub enum SigDim {
 }
 
 impl SigDim {
-    pub fn is_dynamic(&self) -> bool {
+    pub(crate) fn is_dynamic(&self) -> bool {
         !matches!(self, SigDim::Fixed(_))
     }
 }
@@ -49,7 +49,7 @@ pub struct TensorSig {
 
 impl TensorSig {
     /// Whether any dimension is decided per run.
-    pub fn is_dynamic(&self) -> bool {
+    pub(crate) fn is_dynamic(&self) -> bool {
         self.dims.iter().any(SigDim::is_dynamic)
     }
 }
@@ -102,7 +102,7 @@ fn tensor_sig(v: &ValueInfoProto) -> TensorSig {
 }
 
 /// Decodes the signature from a model's bytes.
-pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Signature, SignatureError> {
+pub(crate) fn from_bytes(bytes: &[u8], path: &Path) -> Result<Signature, SignatureError> {
     let decode = |message: String| SignatureError::Decode { path: path.to_path_buf(), message };
     let model = ModelIo::decode(bytes).map_err(|e| decode(e.to_string()))?;
     let graph = model.graph.ok_or_else(|| decode("it has no graph".into()))?;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::source::{FieldPath, Source};
 use crate::diag::{self, Diagnostic};
 
-pub struct Fields<'a, 'd> {
+pub(crate) struct Fields<'a, 'd> {
     table: &'a toml::Table,
     pub path: FieldPath,
     known: Vec<&'a str>,
@@ -15,22 +15,22 @@ pub struct Fields<'a, 'd> {
 }
 
 impl<'a, 'd> Fields<'a, 'd> {
-    pub fn new(table: &'a toml::Table, path: FieldPath, src: &'d Source, diags: &'d mut Vec<Diagnostic>) -> Self {
+    pub(crate) fn new(table: &'a toml::Table, path: FieldPath, src: &'d Source, diags: &'d mut Vec<Diagnostic>) -> Self {
         Fields { table, path, known: Vec::new(), src, diags }
     }
 
-    pub fn child(&self, name: &str) -> FieldPath {
+    pub(crate) fn child(&self, name: &str) -> FieldPath {
         let mut p = self.path.clone();
         p.push(name.to_string());
         p
     }
 
-    pub fn error(&mut self, path: &[String], message: impl Into<String>, help: Option<String>) {
+    pub(crate) fn error(&mut self, path: &[String], message: impl Into<String>, help: Option<String>) {
         self.diags.push(self.src.diag(path, message, help));
     }
 
     /// Marks `name` as a field this table may have and returns its value.
-    pub fn get(&mut self, name: &'a str) -> Option<&'a toml::Value> {
+    pub(crate) fn get(&mut self, name: &'a str) -> Option<&'a toml::Value> {
         self.known.push(name);
         self.table.get(name)
     }
@@ -45,28 +45,28 @@ impl<'a, 'd> Fields<'a, 'd> {
         out
     }
 
-    pub fn string(&mut self, name: &'a str) -> Option<String> {
+    pub(crate) fn string(&mut self, name: &'a str) -> Option<String> {
         self.typed(name, "a string", |v| v.as_str().map(str::to_string))
     }
 
-    pub fn boolean(&mut self, name: &'a str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, name: &'a str) -> Option<bool> {
         self.typed(name, "a boolean", toml::Value::as_bool)
     }
 
-    pub fn uint(&mut self, name: &'a str) -> Option<u32> {
+    pub(crate) fn uint(&mut self, name: &'a str) -> Option<u32> {
         self.typed(name, "a non-negative integer", |v| v.as_integer().and_then(|i| u32::try_from(i).ok()))
     }
 
-    pub fn table(&mut self, name: &'a str) -> Option<&'a toml::Table> {
+    pub(crate) fn table(&mut self, name: &'a str) -> Option<&'a toml::Table> {
         self.typed(name, "a table", toml::Value::as_table)
     }
 
-    pub fn string_list(&mut self, name: &'a str) -> Option<Vec<String>> {
+    pub(crate) fn string_list(&mut self, name: &'a str) -> Option<Vec<String>> {
         self.typed(name, "a list of strings", |v| v.as_array()?.iter().map(|x| x.as_str().map(str::to_string)).collect())
     }
 
     /// Reports every field that no `get` asked for.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         for key in self.table.keys() {
             if !self.known.contains(&key.as_str()) {
                 let mut p = self.path.clone();
@@ -80,7 +80,7 @@ impl<'a, 'd> Fields<'a, 'd> {
 }
 
 /// A TOML value as JSON, the form keys and configs are kept in.
-pub fn to_json(v: &toml::Value) -> Value {
+pub(crate) fn to_json(v: &toml::Value) -> Value {
     match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),

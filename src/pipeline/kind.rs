@@ -36,12 +36,12 @@ pub struct LowerError {
 
 impl LowerError {
     /// A problem with the field at `field`, a path below the stage table.
-    pub fn at(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
+    pub(crate) fn at(field: Vec<String>, message: String, help: Option<String>) -> LowerError {
         LowerError { field, message, help }
     }
 
     /// A problem with the top-level field `field`.
-    pub fn on(field: &str, message: String, help: Option<String>) -> LowerError {
+    pub(crate) fn on(field: &str, message: String, help: Option<String>) -> LowerError {
         LowerError { field: vec![field.to_string()], message, help }
     }
 }

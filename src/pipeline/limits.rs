@@ -17,18 +17,18 @@ use super::source::{FieldPath, Source};
 use crate::diag::Diagnostic;
 
 /// The most bytes read from a pipeline file; a larger file (or `/dev/zero`) is refused.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Nodes a pipeline may expand to unless `[limits] max_nodes` says otherwise. A node costs a
 /// few kilobytes while loading and planning, so this is a few hundred megabytes at most.
-pub const DEFAULT_MAX_NODES: u64 = 100_000;
+pub(crate) const DEFAULT_MAX_NODES: u64 = 100_000;
 
 /// The longest `timeout` a `cmd` stage may ask for, in seconds.
-pub const MAX_TIMEOUT_SECS: f64 = 30.0 * 24.0 * 3600.0;
+pub(crate) const MAX_TIMEOUT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
 /// The `[limits]` table, validated.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_nodes: u64,
 }
 
@@ -41,7 +41,7 @@ impl Default for Limits {
 impl Limits {
     /// Reads `[limits]`; an unknown field or a bad value is reported at its position and
     /// the default kept.
-    pub fn from_table(table: Option<&toml::Table>, src: &Source, diags: &mut Vec<Diagnostic>) -> Limits {
+    pub(crate) fn from_table(table: Option<&toml::Table>, src: &Source, diags: &mut Vec<Diagnostic>) -> Limits {
         let mut limits = Limits::default();
         let Some(table) = table else { return limits };
         let mut f = Fields::new(table, vec!["limits".to_string()], src, diags);
@@ -60,24 +60,24 @@ impl Limits {
 }
 
 /// Nodes a matrix expands to: the product of its axes' lengths, `None` past `u64::MAX`.
-pub fn node_count(axis_lengths: impl IntoIterator<Item = usize>) -> Option<u64> {
+pub(crate) fn node_count(axis_lengths: impl IntoIterator<Item = usize>) -> Option<u64> {
     axis_lengths.into_iter().try_fold(1u64, |n, len| n.checked_mul(u64::try_from(len).ok()?))
 }
 
 /// What is left of the node limit as stages are expanded one after another.
-pub struct NodeBudget {
+pub(crate) struct NodeBudget {
     pub limit: u64,
     pub used: u64,
 }
 
 impl NodeBudget {
-    pub fn new(limits: &Limits) -> NodeBudget {
+    pub(crate) fn new(limits: &Limits) -> NodeBudget {
         NodeBudget { limit: limits.max_nodes, used: 0 }
     }
 
     /// Takes the nodes of stage `stage`, whose axes have `lengths` values, or says why not,
     /// at `at`. A refused stage takes nothing, so the stages after it are judged on their own.
-    pub fn take(&mut self, stage: &str, lengths: &[usize], at: &FieldPath, src: &Source) -> Result<(), Diagnostic> {
+    pub(crate) fn take(&mut self, stage: &str, lengths: &[usize], at: &FieldPath, src: &Source) -> Result<(), Diagnostic> {
         let count = node_count(lengths.iter().copied());
         let shape = if lengths.len() > 1 { format!(" ({})", lengths.iter().map(usize::to_string).collect::<Vec<_>>().join(" × ")) } else { String::new() };
         let limit = self.limit;

@@ -35,11 +35,11 @@ use crate::digest::Digest;
 use crate::facets;
 use crate::paths::check_rel_path;
 
-pub mod fields;
-pub mod kind;
-pub mod limits;
-pub mod source;
-pub mod template;
+pub(crate) mod fields;
+pub(crate) mod kind;
+pub(crate) mod limits;
+pub(crate) mod source;
+pub(crate) mod template;
 
 use fields::{Fields, to_json};
 use kind::{LowerCx, StageKind};
@@ -109,14 +109,14 @@ pub struct OutSpec {
 
 impl NodeSpec {
     /// Where an output of this node is materialised, relative to the workspace.
-    pub fn out_path(&self, out: &OutSpec) -> String {
+    pub(crate) fn out_path(&self, out: &OutSpec) -> String {
         format!("out/{}/{}", self.id, out.path)
     }
 
     /// Whether this node's results may be reused on a machine other than the one that made
     /// them without mixing machines up: anything but a timing node, or a timing node whose
     /// key names the machine.
-    pub fn names_its_machine(&self) -> bool {
+    pub(crate) fn names_its_machine(&self) -> bool {
         !self.timing || crate::facets::name_a_machine(&self.facets)
     }
 }
@@ -785,7 +785,7 @@ struct Resolver<'a> {
 
 /// `{matrix.AXIS}` or `{matrix.AXIS.FIELD…}` against a node's matrix values; a table value
 /// stands for its `name`.
-pub fn matrix_lookup(matrix: &BTreeMap<String, Value>, stage: &str, name: &[String]) -> Result<Value, String> {
+pub(crate) fn matrix_lookup(matrix: &BTreeMap<String, Value>, stage: &str, name: &[String]) -> Result<Value, String> {
     let full = name.join(".");
     let Some(v) = matrix.get(&name[1]) else {
         let help = diag::suggest(&name[1], matrix.keys().map(String::as_str)).map_or(String::new(), |h| format!("; {h}"));
@@ -798,7 +798,7 @@ pub fn matrix_lookup(matrix: &BTreeMap<String, Value>, stage: &str, name: &[Stri
 }
 
 /// `{params.NAME…}` against a node's resolved params; `None` when there is no such param.
-pub fn params_lookup(params: &BTreeMap<String, Value>, name: &[String]) -> Option<Result<Value, String>> {
+pub(crate) fn params_lookup(params: &BTreeMap<String, Value>, name: &[String]) -> Option<Result<Value, String>> {
     params.get(&name[1]).map(|v| field(v, &name[2..], &name.join(".")))
 }
 

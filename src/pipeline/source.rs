@@ -10,7 +10,7 @@ use toml::de::{DeTable, DeValue};
 use crate::diag::{self, Diagnostic};
 
 /// A path into the TOML document: `["stages", "build", "outs", "0"]`.
-pub type FieldPath = Vec<String>;
+pub(crate) type FieldPath = Vec<String>;
 
 pub struct Source {
     pub file: PathBuf,
@@ -21,7 +21,7 @@ pub struct Source {
 
 impl Source {
     /// Parses `text` for positions; a syntax error comes back as a diagnostic.
-    pub fn new(file: &Path, text: String) -> Result<Self, Diagnostic> {
+    pub(crate) fn new(file: &Path, text: String) -> Result<Self, Diagnostic> {
         let mut spans = HashMap::new();
         match DeTable::parse(&text) {
             Ok(root) => index_table(root.get_ref(), &mut Vec::new(), &mut spans),
@@ -34,7 +34,7 @@ impl Source {
     }
 
     /// A diagnostic at `path`, or at its nearest ancestor that has a position.
-    pub fn diag(&self, path: &[String], message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    pub(crate) fn diag(&self, path: &[String], message: impl Into<String>, help: Option<String>) -> Diagnostic {
         let mut p = path.to_vec();
         let (line, column) = loop {
             if let Some(span) = self.spans.get(&p) {
@@ -48,7 +48,7 @@ impl Source {
     }
 
     /// A diagnostic at a byte offset (serde errors carry one).
-    pub fn diag_at(&self, offset: Option<usize>, message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    pub(crate) fn diag_at(&self, offset: Option<usize>, message: impl Into<String>, help: Option<String>) -> Diagnostic {
         let (line, column) = offset.map_or((0, 0), |o| diag::line_col(&self.text, o));
         Diagnostic { file: self.file.clone(), line, column, message: message.into(), help }
     }

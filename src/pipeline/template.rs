@@ -56,7 +56,7 @@ fn parse(s: &str) -> Result<Vec<Piece>, String> {
 }
 
 /// What a lookup says about one placeholder.
-pub enum Lookup {
+pub(crate) enum Lookup {
     Value(Value),
     /// Leave the placeholder in place for a later pass.
     Keep,
@@ -78,7 +78,7 @@ fn scalar_text(v: &Value) -> Option<String> {
 }
 
 /// The names of the placeholders in `s`, as dotted strings.
-pub fn placeholders(s: &str) -> Result<Vec<String>, String> {
+pub(crate) fn placeholders(s: &str) -> Result<Vec<String>, String> {
     Ok(parse(s)?
         .into_iter()
         .filter_map(|p| match p {
@@ -92,7 +92,7 @@ pub fn placeholders(s: &str) -> Result<Vec<String>, String> {
 /// value's own type (a number stays a number); otherwise values are spliced in as text.
 /// Kept placeholders stay, so the result is a template again (literal braces re-escaped),
 /// unless `final_pass` is set, in which case the result is plain text.
-pub fn resolve(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup, final_pass: bool) -> Result<Value, String> {
+pub(crate) fn resolve(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup, final_pass: bool) -> Result<Value, String> {
     let pieces = parse(s)?;
     if let [Piece::Var(name)] = pieces.as_slice() {
         match lookup(name) {
@@ -121,7 +121,7 @@ pub fn resolve(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup, final_pass:
 
 /// Resolves the placeholders of a string into one or more arguments: an argument that is
 /// exactly one placeholder naming a list becomes one argument per element.
-pub fn resolve_args(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup) -> Result<Vec<String>, String> {
+pub(crate) fn resolve_args(s: &str, lookup: &mut dyn FnMut(&[String]) -> Lookup) -> Result<Vec<String>, String> {
     match resolve(s, lookup, true)? {
         Value::Array(items) => items.iter().map(|v| scalar_text(v).ok_or_else(|| format!("`{s}` expands to a nested {}", kind(v)))).collect(),
         v => Ok(vec![scalar_text(&v).ok_or_else(|| format!("`{s}` expands to a {}, not text", kind(&v)))?]),

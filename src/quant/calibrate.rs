@@ -89,15 +89,15 @@ use serde::{Deserialize, Serialize};
 /// Histogram bins over `[0, absmax]`.
 pub const BINS: usize = 2048;
 /// Magnitudes an INT8 value can take (0..=127).
-pub const LEVELS: usize = 128;
+pub(crate) const LEVELS: usize = 128;
 /// The fewest bins entropy calibration keeps.
-pub const START_BIN: usize = 128;
+pub(crate) const START_BIN: usize = 128;
 /// The smallest `amax`: keeps every scale a positive normal float.
-pub const MIN_AMAX: f32 = 1e-6;
+pub(crate) const MIN_AMAX: f32 = 1e-6;
 
 /// How an INT8 range is chosen from the statistics.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Method {
+pub(crate) enum Method {
     MinMax,
     /// The percentile of `|x|`, in percent (`99.99`).
     Percentile(f64),
@@ -105,7 +105,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Method::MinMax => "minmax",
             Method::Percentile(_) => "percentile",
@@ -113,12 +113,12 @@ impl Method {
         }
     }
 
-    pub fn needs_histogram(self) -> bool {
+    pub(crate) fn needs_histogram(self) -> bool {
         !matches!(self, Method::MinMax)
     }
 
     /// The TensorRT calibrator algorithm the cache header names.
-    pub fn trt_algorithm(self) -> &'static str {
+    pub(crate) fn trt_algorithm(self) -> &'static str {
         match self {
             Method::MinMax => "MinMaxCalibration",
             Method::Percentile(_) => "LegacyCalibration",
@@ -129,7 +129,7 @@ impl Method {
 
 /// Running statistics of one tensor.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub min: f32,
     pub max: f32,
     pub elements: u64,
@@ -144,7 +144,7 @@ impl Default for Stats {
 
 impl Stats {
     /// Adds one sample's values. Errors with the first non-finite value's index.
-    pub fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a f32>) -> Result<(), usize> {
+    pub(crate) fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a f32>) -> Result<(), usize> {
         let (mut lo, mut hi, mut n) = (self.min, self.max, 0u64);
         for (i, &v) in values.into_iter().enumerate() {
             if !v.is_finite() {
@@ -160,7 +160,7 @@ impl Stats {
         Ok(())
     }
 
-    pub fn absmax(&self) -> f32 {
+    pub(crate) fn absmax(&self) -> f32 {
         if self.elements == 0 { 0.0 } else { self.min.abs().max(self.max.abs()) }
     }
 }
@@ -173,15 +173,15 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(range: f32) -> Histogram {
+    pub(crate) fn new(range: f32) -> Histogram {
         Histogram { range, counts: vec![0; BINS] }
     }
 
-    pub fn bin_width(&self) -> f64 {
+    pub(crate) fn bin_width(&self) -> f64 {
         f64::from(self.range) / BINS as f64
     }
 
-    pub fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a f32>) {
+    pub(crate) fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a f32>) {
         let last = BINS - 1;
         if self.range <= 0.0 {
             let n = values.into_iter().count() as u64;
@@ -253,7 +253,7 @@ pub fn entropy_amax(h: &Histogram) -> (f32, usize, f64) {
 
 /// The percentile method's `amax`: the upper edge of the first bin where the cumulative
 /// share of values reaches `percent`.
-pub fn percentile_amax(h: &Histogram, percent: f64) -> f32 {
+pub(crate) fn percentile_amax(h: &Histogram, percent: f64) -> f32 {
     let total: u64 = h.counts.iter().sum();
     if total == 0 {
         return 0.0;
@@ -270,12 +270,12 @@ pub fn percentile_amax(h: &Histogram, percent: f64) -> f32 {
 }
 
 /// `amax / 127`, with `amax` raised to [`MIN_AMAX`].
-pub fn scale_of(amax: f32) -> f32 {
+pub(crate) fn scale_of(amax: f32) -> f32 {
     amax.max(MIN_AMAX) / 127.0
 }
 
 /// TensorRT's `NV_TENSORRT_VERSION` of `"MAJOR.MINOR.PATCH"` (see the module doc).
-pub fn trt_version_code(version: &str) -> Result<u32, String> {
+pub(crate) fn trt_version_code(version: &str) -> Result<u32, String> {
     let parts: Vec<&str> = version.split('.').collect();
     let nums: Vec<u32> = parts.iter().map(|p| p.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| format!("`{version}` is not `MAJOR.MINOR.PATCH`"))?;
     let [major, minor, patch] = nums[..] else {
@@ -293,17 +293,17 @@ pub fn trt_version_code(version: &str) -> Result<u32, String> {
 }
 
 /// The cache's first line.
-pub fn cache_header(version_code: u32, algorithm: &str) -> String {
+pub(crate) fn cache_header(version_code: u32, algorithm: &str) -> String {
     format!("TRT-{version_code}-{algorithm}")
 }
 
 /// The hex of a scale as the cache writes it.
-pub fn scale_hex(scale: f32) -> String {
+pub(crate) fn scale_hex(scale: f32) -> String {
     format!("{:08x}", scale.to_bits())
 }
 
 /// The whole cache file: the header, then `name: hex` per tensor, in the given order.
-pub fn cache_text(header: &str, entries: &[(String, f32)]) -> String {
+pub(crate) fn cache_text(header: &str, entries: &[(String, f32)]) -> String {
     let mut s = String::with_capacity(32 * (entries.len() + 1));
     s.push_str(header);
     s.push('\n');
@@ -318,7 +318,7 @@ pub fn cache_text(header: &str, entries: &[(String, f32)]) -> String {
 
 /// A cache file read back.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Cache {
+pub(crate) struct Cache {
     pub header: String,
     pub version_code: u32,
     pub algorithm: String,
@@ -326,7 +326,7 @@ pub struct Cache {
 }
 
 /// Parses a TensorRT calibration cache; errors name the line.
-pub fn parse_cache(text: &str) -> Result<Cache, String> {
+pub(crate) fn parse_cache(text: &str) -> Result<Cache, String> {
     let mut lines = text.lines();
     let header = lines.next().ok_or("the cache is empty")?.trim_end().to_string();
     let rest = header.strip_prefix("TRT-").ok_or_else(|| format!("line 1: `{header}` does not start with `TRT-`"))?;
@@ -404,7 +404,7 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    pub fn tensor(&self, name: &str) -> Option<&TensorCalibration> {
+    pub(crate) fn tensor(&self, name: &str) -> Option<&TensorCalibration> {
         self.tensors.iter().find(|t| t.name == name)
     }
 }

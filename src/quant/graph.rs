@@ -50,21 +50,21 @@ pub struct Weight {
 
 impl Site {
     /// The op's first input (A) when it is an activation.
-    pub fn activation_a(&self) -> Option<&str> {
+    pub(crate) fn activation_a(&self) -> Option<&str> {
         self.activations.iter().find(|(i, _)| *i == 0).map(|(_, t)| t.as_str())
     }
 }
 
-pub fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+pub(crate) fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     node.attribute.iter().find(|a| a.name.as_deref() == Some(name))
 }
 
-pub fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
     attr(node, name).and_then(|a| a.i)
 }
 
 /// Every tensor whose value does not depend on the graph's inputs.
-pub fn constant_tensors(graph: &GraphProto) -> HashSet<String> {
+pub(crate) fn constant_tensors(graph: &GraphProto) -> HashSet<String> {
     let mut constant: HashSet<String> = graph.initializer.iter().filter_map(|t| t.name.clone()).collect();
     // Nodes are topologically sorted in a valid model, so one pass settles every tensor.
     for node in &graph.node {
@@ -78,7 +78,7 @@ pub fn constant_tensors(graph: &GraphProto) -> HashSet<String> {
 }
 
 /// Tensor → the index of the node that produces it.
-pub fn producers(graph: &GraphProto) -> HashMap<&str, usize> {
+pub(crate) fn producers(graph: &GraphProto) -> HashMap<&str, usize> {
     let mut out = HashMap::new();
     for (i, node) in graph.node.iter().enumerate() {
         for o in &node.output {
@@ -88,7 +88,7 @@ pub fn producers(graph: &GraphProto) -> HashMap<&str, usize> {
     out
 }
 
-pub fn node_name(node: &NodeProto, index: usize) -> String {
+pub(crate) fn node_name(node: &NodeProto, index: usize) -> String {
     match node.name.as_deref() {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => format!("{}_{index}", node.op_type.as_deref().unwrap_or("node")),
@@ -134,7 +134,7 @@ pub fn sites(model: &Model) -> Vec<Site> {
 
 /// The first MatMul/Gemm that computes in float16 — its weight a float16 initializer reached
 /// without a `Cast` to float — by name; `None` for a model that multiplies in float32.
-pub fn float16_matmul(model: &Model) -> Option<String> {
+pub(crate) fn float16_matmul(model: &Model) -> Option<String> {
     let graph = model.graph();
     let is_cast = |name: &String| graph.node.iter().enumerate().any(|(i, n)| n.op_type.as_deref() == Some("Cast") && node_name(n, i) == *name);
     sites(model).into_iter().find_map(|site| {
@@ -185,14 +185,14 @@ fn resolve_weight(model: &Model, producer: &HashMap<&str, usize>, tensor: &str, 
 }
 
 /// The weight's `[k, n]` values, row-major.
-pub fn weight_values(model: &Model, w: &Weight) -> Result<Vec<f32>, String> {
+pub(crate) fn weight_values(model: &Model, w: &Weight) -> Result<Vec<f32>, String> {
     let t = model.initializer(&w.initializer).ok_or_else(|| format!("no initializer `{}`", w.initializer))?;
     let v = model.f32_values(t).map_err(|e| e.to_string())?;
     Ok(if w.transposed { crate::model::transpose(&v, w.n, w.k) } else { v })
 }
 
 /// `*` matches any run of characters, `?` any one; everything else itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     // Classic two-pointer match with backtracking to the last `*`.
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);

@@ -23,7 +23,7 @@ use crate::runtime::{Runtime, RuntimeError, SessionOptions};
 
 pub mod calibrate;
 pub mod graph;
-pub mod observe;
+pub(crate) mod observe;
 pub mod rewrite;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +59,13 @@ pub enum QuantError {
 }
 
 /// Kernels ONNX Runtime runs for integer matrix products.
-pub const INTEGER_MATMUL_KERNELS: &[&str] = &["MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm"];
+pub(crate) const INTEGER_MATMUL_KERNELS: &[&str] = &["MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm"];
 /// Kernels for float ones.
-pub const FLOAT_MATMUL_KERNELS: &[&str] = &["MatMul", "Gemm", "FusedMatMul", "FusedGemm"];
+pub(crate) const FLOAT_MATMUL_KERNELS: &[&str] = &["MatMul", "Gemm", "FusedMatMul", "FusedGemm"];
 
 /// What ONNX Runtime ran for one prefill of a model: kernels by op, after its own fusions.
 #[derive(Debug, Clone, Serialize)]
-pub struct OrtKernels {
+pub(crate) struct OrtKernels {
     pub runtime_version: String,
     pub opt_level: String,
     /// The prefill's tokens (id 0, batch 1).
@@ -81,7 +81,7 @@ pub struct OrtKernels {
 /// Runs one short prefill of `model` on the CPU under ONNX Runtime's profiler, with its
 /// default optimisations, and counts the kernels that ran. `profile_dir` receives the
 /// profile (removed afterwards).
-pub fn ort_kernels(rt: &Runtime, model: &Path, profile_dir: &Path) -> Result<OrtKernels, QuantError> {
+pub(crate) fn ort_kernels(rt: &Runtime, model: &Path, profile_dir: &Path) -> Result<OrtKernels, QuantError> {
     const TOKENS: usize = 4;
     let options = SessionOptions { intra_threads: Some(1), ..SessionOptions::default() };
     let mut session = rt.profiled_session(model, &options, &profile_dir.join("kernels"))?;

@@ -22,13 +22,13 @@ use crate::runtime::{Feed, Runtime, SessionOptions, TensorData};
 
 /// A tensor calibration observes and the ops that read it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub name: String,
     pub consumers: Vec<Consumer>,
 }
 
 /// The activation inputs of every MatMul/Gemm, in the order the graph first uses them.
-pub fn observed_tensors(model: &Model) -> Vec<Observed> {
+pub(crate) fn observed_tensors(model: &Model) -> Vec<Observed> {
     let mut out: Vec<Observed> = Vec::new();
     for site in graph::sites(model) {
         let weight = site.weight.as_ref().ok().map(|w| w.initializer.clone());
@@ -44,7 +44,7 @@ pub fn observed_tensors(model: &Model) -> Vec<Observed> {
 }
 
 /// Writes `model` with `tensors` added as graph outputs to `dest` (see the module doc).
-pub fn observing_copy(model: &Model, tensors: &[Observed], dest: &Path) -> Result<(), QuantError> {
+pub(crate) fn observing_copy(model: &Model, tensors: &[Observed], dest: &Path) -> Result<(), QuantError> {
     let mut proto = model.proto.clone();
     let g = proto.graph.as_mut().expect("load checks the graph");
     for t in tensors {
@@ -69,7 +69,7 @@ type Visit<'a> = dyn FnMut(usize, Vec<&ndarray::ArrayD<f32>>) -> Result<(), Quan
 /// Runs the observing copy at `copy` over `samples` (token ids, batch 1 each) and turns the
 /// statistics into one [`TensorCalibration`] per tensor. Histogram methods run every sample
 /// twice (see [`super::calibrate`]).
-pub fn calibrate(
+pub(crate) fn calibrate(
     rt: &Runtime,
     copy: &Path,
     tensors: &[Observed],

@@ -82,7 +82,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub fn parse(s: &str) -> Option<Scheme> {
+    pub(crate) fn parse(s: &str) -> Option<Scheme> {
         match s {
             "static" => Some(Scheme::Static),
             "dynamic" => Some(Scheme::Dynamic),
@@ -90,7 +90,7 @@ impl Scheme {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scheme::Static => "static",
             Scheme::Dynamic => "dynamic",
@@ -194,7 +194,7 @@ fn f32_tensor(name: &str, dims: Vec<i64>, v: &[f32]) -> TensorProto {
 }
 
 /// Symmetric int8 of a `[k, n]` matrix: values and one scale per column (or one in all).
-pub fn quantize_weight(values: &[f32], k: usize, n: usize, per_channel: bool) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn quantize_weight(values: &[f32], k: usize, n: usize, per_channel: bool) -> (Vec<i8>, Vec<f32>) {
     let mut amax = vec![0f32; if per_channel { n } else { 1 }];
     for (i, &v) in values.iter().enumerate() {
         let c = if per_channel { i % n } else { 0 };

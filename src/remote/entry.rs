@@ -12,7 +12,7 @@ use super::http::HttpError;
 use crate::digest::Digest;
 use crate::store::{Manifest, Status, Store};
 
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct Entry {
@@ -31,7 +31,7 @@ pub(super) struct Blob {
 
 /// What looking a key up on the server came to.
 #[derive(Debug)]
-pub enum Fetch {
+pub(crate) enum Fetch {
     /// The entry verified and is now in the local store, with its objects.
     Hit { manifest: Box<Manifest>, bytes: u64 },
     /// The server has no entry for the key.
@@ -53,7 +53,7 @@ pub(super) struct Needed {
 
 /// The largest directory listing or log an entry may bring: neither has a size recorded
 /// anywhere but in the entry, which is what is being checked.
-pub const MAX_UNRECORDED: u64 = 256 << 20;
+pub(crate) const MAX_UNRECORDED: u64 = 256 << 20;
 
 /// The blobs `m` references at the top: its outputs (a directory's listing) and its log.
 pub(super) fn top_level(m: &Manifest) -> Vec<Needed> {
@@ -113,7 +113,7 @@ impl Remote {
     /// Looks `key` up on the server and, if its entry verifies, takes the entry and every
     /// object it needs into `store`. Objects come first and the manifest last, as the store
     /// writes them, so an interrupted fetch leaves at most unreferenced objects behind.
-    pub fn fetch(&self, store: &Store, node: &str, key: &Digest) -> Fetch {
+    pub(crate) fn fetch(&self, store: &Store, node: &str, key: &Digest) -> Fetch {
         if self.down().is_some() {
             return Fetch::Unavailable;
         }

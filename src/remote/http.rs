@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 use crate::digest::hex;
 
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The slowest transfer rate the total timeout allows for, in bytes per second.
 const MIN_RATE: u64 = 1 << 20;
@@ -35,7 +35,7 @@ const MAX_ENTRY: u64 = 64 << 20;
 
 /// How the client proves who it is.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// `Authorization: Bearer <token>`.
     Bearer(String),
     /// `Authorization: Basic <base64(user:password)>`.
@@ -65,7 +65,7 @@ impl Auth {
 
 /// Why a request did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// The server, or the way to it: the remote cannot be used.
     #[error("{method} {url}: {cause}")]
     Remote { method: &'static str, url: String, cause: String },
@@ -82,13 +82,13 @@ enum Attempt {
 }
 
 /// A blob written to a file as it arrived, with both digests of what was written.
-pub struct Downloaded {
+pub(crate) struct Downloaded {
     pub sha256: String,
     pub blake3: Digest,
     pub size: u64,
 }
 
-pub struct Client {
+pub(crate) struct Client {
     agent: ureq::Agent,
     base: String,
     auth: Option<String>,
@@ -97,7 +97,7 @@ pub struct Client {
 
 impl Client {
     /// A client for the cache at `base` (no trailing `/`).
-    pub fn new(base: &str, auth: Option<&Auth>, timeout: Duration) -> Client {
+    pub(crate) fn new(base: &str, auth: Option<&Auth>, timeout: Duration) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
             .timeout_per_read(Some(timeout))
@@ -154,7 +154,7 @@ impl Client {
     }
 
     /// GET of a small document: `None` when the server has no such path.
-    pub fn get_entry(&self, path: &str) -> Result<Option<Vec<u8>>, HttpError> {
+    pub(crate) fn get_entry(&self, path: &str) -> Result<Option<Vec<u8>>, HttpError> {
         self.retrying("GET", path, |url| {
             let mut resp = self.request("GET", url, 0).call().map_err(transport)?;
             match resp.status().as_u16() {
@@ -172,7 +172,7 @@ impl Client {
     /// GET of a blob of `size` bytes into a new file `dest`, hashed as it is written: `None`
     /// when the server has no such path. A body longer than `size` is cut off after one byte
     /// more.
-    pub fn get_blob(&self, path: &str, size: u64, dest: &Path) -> Result<Option<Downloaded>, HttpError> {
+    pub(crate) fn get_blob(&self, path: &str, size: u64, dest: &Path) -> Result<Option<Downloaded>, HttpError> {
         self.retrying("GET", path, |url| {
             let resp = self.request("GET", url, size).call().map_err(transport)?;
             match resp.status().as_u16() {
@@ -189,7 +189,7 @@ impl Client {
     }
 
     /// HEAD: whether the server has `path`.
-    pub fn exists(&self, path: &str) -> Result<bool, HttpError> {
+    pub(crate) fn exists(&self, path: &str) -> Result<bool, HttpError> {
         self.retrying("HEAD", path, |url| {
             let resp = self.request("HEAD", url, 0).call().map_err(transport)?;
             match resp.status().as_u16() {
@@ -201,12 +201,12 @@ impl Client {
     }
 
     /// PUT of `bytes` to `path`.
-    pub fn put_bytes(&self, path: &str, bytes: &[u8]) -> Result<(), HttpError> {
+    pub(crate) fn put_bytes(&self, path: &str, bytes: &[u8]) -> Result<(), HttpError> {
         self.retrying("PUT", path, |url| self.put(url, bytes.len() as u64, bytes))
     }
 
     /// PUT of the file at `file` to `path`, streamed.
-    pub fn put_file(&self, path: &str, file: &Path) -> Result<(), HttpError> {
+    pub(crate) fn put_file(&self, path: &str, file: &Path) -> Result<(), HttpError> {
         self.retrying("PUT", path, |url| {
             let f = File::open(file).map_err(|e| Attempt::Fatal(format!("cannot open `{}`: {e}", file.display())))?;
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -282,7 +282,7 @@ fn copy_hashing(mut reader: impl Read, dest: &Path) -> Result<Downloaded, Attemp
 }
 
 /// SHA-256 and blake3 of a file, read once.
-pub fn hash_both(path: &Path) -> io::Result<(String, Digest, u64)> {
+pub(crate) fn hash_both(path: &Path) -> io::Result<(String, Digest, u64)> {
     let mut file = File::open(path)?;
     let mut sha = Sha256::new();
     let mut b3 = blake3::Hasher::new();

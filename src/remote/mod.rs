@@ -101,21 +101,21 @@ use std::time::Duration;
 
 pub mod entry;
 pub mod http;
-pub mod upload;
+pub(crate) mod upload;
 
-pub use entry::Fetch;
-pub use http::Auth;
-pub use upload::Gate;
+pub(crate) use entry::Fetch;
+pub(crate) use http::Auth;
+pub(crate) use upload::Gate;
 
-pub const ENV_URL: &str = "TR118_REMOTE_CACHE";
-pub const ENV_TOKEN: &str = "TR118_REMOTE_CACHE_TOKEN";
-pub const ENV_USER: &str = "TR118_REMOTE_CACHE_USER";
-pub const ENV_PASSWORD: &str = "TR118_REMOTE_CACHE_PASSWORD";
-pub const ENV_TIMEOUT: &str = "TR118_REMOTE_CACHE_TIMEOUT";
-pub const ENV_MAX_BLOB: &str = "TR118_REMOTE_CACHE_MAX_BLOB";
+pub(crate) const ENV_URL: &str = "TR118_REMOTE_CACHE";
+pub(crate) const ENV_TOKEN: &str = "TR118_REMOTE_CACHE_TOKEN";
+pub(crate) const ENV_USER: &str = "TR118_REMOTE_CACHE_USER";
+pub(crate) const ENV_PASSWORD: &str = "TR118_REMOTE_CACHE_PASSWORD";
+pub(crate) const ENV_TIMEOUT: &str = "TR118_REMOTE_CACHE_TIMEOUT";
+pub(crate) const ENV_MAX_BLOB: &str = "TR118_REMOTE_CACHE_MAX_BLOB";
 
 /// The largest blob taken from a remote unless `TR118_REMOTE_CACHE_MAX_BLOB` says otherwise.
-pub const DEFAULT_MAX_BLOB: u64 = 64 << 30;
+pub(crate) const DEFAULT_MAX_BLOB: u64 = 64 << 30;
 
 /// `[cache]` of a pipeline file, checked.
 #[derive(Debug, Clone, Default)]
@@ -128,7 +128,7 @@ pub struct Section {
 /// Where the remote cache is and how it may be used, once the pipeline, the environment and
 /// the command line are combined.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Without a trailing `/`.
     pub url: String,
     pub read_only: bool,
@@ -140,7 +140,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("`{field}` `{url}` is not a usable cache URL: {why}")]
     BadUrl { field: String, url: String, why: String },
     #[error("`{field}` holds credentials (`user:password@`); URLs end up in logs and pipeline files, secrets must not")]
@@ -156,7 +156,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub fn help(&self) -> Option<String> {
+    pub(crate) fn help(&self) -> Option<String> {
         match self {
             ConfigError::BadUrl { .. } => Some("e.g. `http://127.0.0.1:8080/tr118` or `https://cache.example.com`".into()),
             ConfigError::Credentials { .. } => {
@@ -173,7 +173,7 @@ impl ConfigError {
 }
 
 /// Checks a cache URL written as `field`; returns it without a trailing `/`.
-pub fn check_url(url: &str, field: &str) -> Result<String, ConfigError> {
+pub(crate) fn check_url(url: &str, field: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| ConfigError::BadUrl { field: field.into(), url: url.into(), why: why.into() };
     // Before parsing, so that a URL the parser refuses is still never echoed with a secret.
     let authority = url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
@@ -201,7 +201,7 @@ pub fn check_url(url: &str, field: &str) -> Result<String, ConfigError> {
 
 /// The remote cache's settings, or `None` when none is configured. `cli_url` and
 /// `cli_read_only` are the command line's; `env` reads the environment.
-pub fn resolve(
+pub(crate) fn resolve(
     section: &Section,
     cli_url: Option<&str>,
     cli_read_only: Option<bool>,
@@ -254,7 +254,7 @@ fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// One remote cache for one run of tr118: its client, whether it is down, what it moved.
-pub struct Remote {
+pub(crate) struct Remote {
     settings: Settings,
     client: http::Client,
     /// Why the remote was given up on, once it was.
@@ -268,7 +268,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(settings: Settings) -> Remote {
+    pub(crate) fn new(settings: Settings) -> Remote {
         let client = http::Client::new(&settings.url, settings.auth.as_ref(), settings.timeout);
         Remote {
             settings,
@@ -282,34 +282,34 @@ impl Remote {
         }
     }
 
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.settings.url
     }
 
-    pub fn read_only(&self) -> bool {
+    pub(crate) fn read_only(&self) -> bool {
         self.settings.read_only
     }
 
     /// Why the remote was given up on in this run, if it was.
-    pub fn down(&self) -> Option<&str> {
+    pub(crate) fn down(&self) -> Option<&str> {
         self.down.get().map(String::as_str)
     }
 
     /// Warnings for people, each once, in the order they arose; `warning: ` is the caller's.
-    pub fn take_warnings(&self) -> Vec<String> {
+    pub(crate) fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn bytes_down(&self) -> u64 {
+    pub(crate) fn bytes_down(&self) -> u64 {
         self.bytes_down.load(Ordering::Relaxed)
     }
 
-    pub fn bytes_up(&self) -> u64 {
+    pub(crate) fn bytes_up(&self) -> u64 {
         self.bytes_up.load(Ordering::Relaxed)
     }
 
     /// Entries (manifests with their blobs) uploaded.
-    pub fn entries_up(&self) -> u64 {
+    pub(crate) fn entries_up(&self) -> u64 {
         self.entries_up.load(Ordering::Relaxed)
     }
 

@@ -17,18 +17,18 @@ use crate::store::{Manifest, Status, Store};
 
 /// How many uploads run at once: enough to hide a round trip, few enough to leave the
 /// machine to the build.
-pub const THREADS: usize = 4;
+pub(crate) const THREADS: usize = 4;
 
 /// Lets uploads run, or holds them while a timing node runs.
 #[derive(Default)]
-pub struct Gate {
+pub(crate) struct Gate {
     /// Closed, and how many uploads are between [`Gate::enter`] and the drop of its pass.
     state: Mutex<(bool, usize)>,
     changed: Condvar,
 }
 
 /// Held by an upload while it works.
-pub struct Pass<'g>(&'g Gate);
+pub(crate) struct Pass<'g>(&'g Gate);
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
@@ -40,7 +40,7 @@ impl Drop for Pass<'_> {
 
 impl Gate {
     /// Waits until the gate is open and takes a pass.
-    pub fn enter(&self) -> Pass<'_> {
+    pub(crate) fn enter(&self) -> Pass<'_> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while s.0 {
             s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -50,7 +50,7 @@ impl Gate {
     }
 
     /// Closes the gate and waits until no upload holds a pass.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.0 = true;
         while s.1 > 0 {
@@ -58,7 +58,7 @@ impl Gate {
         }
     }
 
-    pub fn open(&self) {
+    pub(crate) fn open(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.0 = false;
         self.changed.notify_all();
@@ -67,7 +67,12 @@ impl Gate {
 
 /// Starts [`THREADS`] upload threads in `scope`; they upload every manifest sent on the
 /// returned channel and end once it is dropped and drained.
-pub fn spawn<'scope, 'env>(scope: &'scope std::thread::Scope<'scope, 'env>, remote: &'env Remote, store: &'env Store, gate: &'env Gate) -> Sender<Manifest> {
+pub(crate) fn spawn<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    remote: &'env Remote,
+    store: &'env Store,
+    gate: &'env Gate,
+) -> Sender<Manifest> {
     let (tx, rx) = mpsc::channel::<Manifest>();
     let rx: Arc<Mutex<Receiver<Manifest>>> = Arc::new(Mutex::new(rx));
     for _ in 0..THREADS {
@@ -88,7 +93,7 @@ pub fn spawn<'scope, 'env>(scope: &'scope std::thread::Scope<'scope, 'env>, remo
 impl Remote {
     /// Uploads `m` with the blobs it references, unless the remote is read-only or down,
     /// or `m` is not `ok`. Problems become warnings: an upload never fails a build.
-    pub fn upload(&self, store: &Store, m: &Manifest, gate: &Gate) {
+    pub(crate) fn upload(&self, store: &Store, m: &Manifest, gate: &Gate) {
         if self.read_only() || self.down().is_some() || m.status != Status::Ok {
             return;
         }
@@ -157,7 +162,7 @@ impl Remote {
     }
 
     /// Uploads every manifest of `manifests` with [`THREADS`] threads, for `cache push`.
-    pub fn upload_all(&self, store: &Store, manifests: Vec<Manifest>) {
+    pub(crate) fn upload_all(&self, store: &Store, manifests: Vec<Manifest>) {
         let gate = Gate::default();
         std::thread::scope(|scope| {
             let tx = spawn(scope, self, store, &gate);

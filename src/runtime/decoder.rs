@@ -330,7 +330,7 @@ impl Decoder {
         &self.session
     }
 
-    pub fn session_mut(&mut self) -> &mut Session {
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
         &mut self.session
     }
 

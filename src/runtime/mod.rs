@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 mod decoder;
 mod library;
-pub mod profile;
+pub(crate) mod profile;
 mod session;
 
 pub use decoder::{Decoder, KvCache};
@@ -56,7 +56,7 @@ pub use session::{DeviceTensor, Dim, Feed, IoSpec, PreparedInputs, Session, Sess
 
 /// The argmax of the last position of each sequence of `logits` (`[batch, len, vocab]`), into
 /// `out` (cleared first).
-pub fn last_argmax(logits: ndarray::ArrayViewD<'_, f32>, out: &mut Vec<i64>) {
+pub(crate) fn last_argmax(logits: ndarray::ArrayViewD<'_, f32>, out: &mut Vec<i64>) {
     out.clear();
     if logits.ndim() != 3 || logits.shape()[1] == 0 {
         return;
@@ -89,10 +89,10 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub const ALL: [Provider; 3] = [Provider::Cpu, Provider::Cuda, Provider::TensorRt];
+    pub(crate) const ALL: [Provider; 3] = [Provider::Cpu, Provider::Cuda, Provider::TensorRt];
 
     /// The name in pipelines and reports.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Provider::Cpu => "cpu",
             Provider::Cuda => "cuda",
@@ -153,7 +153,7 @@ pub enum OptLevel {
 impl OptLevel {
     pub const ALL: [OptLevel; 5] = [OptLevel::Disable, OptLevel::Basic, OptLevel::Extended, OptLevel::Layout, OptLevel::All];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             OptLevel::Disable => "disable",
             OptLevel::Basic => "basic",

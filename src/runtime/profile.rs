@@ -34,12 +34,12 @@ enum Events {
 }
 
 /// Execution provider → distinct nodes with an event there.
-pub fn nodes_per_provider(profile: &str) -> Result<BTreeMap<String, usize>, String> {
+pub(crate) fn nodes_per_provider(profile: &str) -> Result<BTreeMap<String, usize>, String> {
     count_nodes(profile, "provider", Events::All)
 }
 
 /// Op type → distinct nodes whose kernel ran (a `<node>_kernel_time` event).
-pub fn kernels_per_op(profile: &str) -> Result<BTreeMap<String, usize>, String> {
+pub(crate) fn kernels_per_op(profile: &str) -> Result<BTreeMap<String, usize>, String> {
     count_nodes(profile, "op_name", Events::KernelTime)
 }
 

@@ -344,7 +344,7 @@ impl Runtime {
     /// [`Self::session`] with ONNX Runtime's profiler on: every run until
     /// [`Session::end_profiling`] is recorded, node by node, in a JSON file whose name starts
     /// with `prefix` (ONNX Runtime appends a timestamp and `.json`).
-    pub fn profiled_session(&self, model: &Path, options: &SessionOptions, prefix: &Path) -> Result<Session, RuntimeError> {
+    pub(crate) fn profiled_session(&self, model: &Path, options: &SessionOptions, prefix: &Path) -> Result<Session, RuntimeError> {
         self.open_session(model, options, Some(prefix))
     }
 
@@ -508,13 +508,13 @@ fn tensorrt_provider(device: i32, trt: &TrtOptions) -> TensorRT {
 }
 
 impl Session {
-    pub fn model(&self) -> &Path {
+    pub(crate) fn model(&self) -> &Path {
         &self.model
     }
 
     /// Stops the profiler of a [`Runtime::profiled_session`] and returns the profile's path.
     /// Later runs are not profiled.
-    pub fn end_profiling(&mut self) -> Result<PathBuf, RuntimeError> {
+    pub(crate) fn end_profiling(&mut self) -> Result<PathBuf, RuntimeError> {
         self.inner
             .end_profiling()
             .map(PathBuf::from)

@@ -11,7 +11,7 @@ use super::{Manifest, Store};
 use crate::digest::{self, Digest};
 
 #[derive(Debug, Default, Serialize)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     pub manifests_removed: usize,
     pub objects_removed: usize,
     pub bytes_freed: u64,
@@ -21,7 +21,7 @@ pub struct GcReport {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct FsckReport {
+pub(crate) struct FsckReport {
     pub objects_checked: usize,
     pub manifests_checked: usize,
     /// Objects whose content does not hash to their name.
@@ -32,7 +32,7 @@ pub struct FsckReport {
 }
 
 impl FsckReport {
-    pub fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         self.corrupt_objects.is_empty() && self.bad_manifests.is_empty()
     }
 }
@@ -86,7 +86,7 @@ fn live_objects(store: &Store, m: &Manifest, live: &mut BTreeSet<Digest>) {
 
 /// Removes every manifest whose key is not in `keep_keys`, every ref of a node not in
 /// `keep_nodes`, and every object no kept manifest needs.
-pub fn gc(store: &Store, keep_keys: &BTreeSet<Digest>, keep_nodes: &BTreeSet<String>, dry_run: bool) -> io::Result<GcReport> {
+pub(crate) fn gc(store: &Store, keep_keys: &BTreeSet<Digest>, keep_nodes: &BTreeSet<String>, dry_run: bool) -> io::Result<GcReport> {
     let mut report = GcReport::default();
     let mut live = BTreeSet::new();
     for key in manifest_keys(store)? {
@@ -179,7 +179,7 @@ fn check_manifest(store: &Store, key: &Digest, corrupt: &BTreeSet<Digest>) -> Op
 /// Re-hashes every object and re-derives every manifest's claims ([`check_manifest`]).
 /// With `repair`, corrupt objects and the manifests that can no longer be used are
 /// removed, so the next `make` rebuilds them.
-pub fn fsck(store: &Store, repair: bool) -> io::Result<FsckReport> {
+pub(crate) fn fsck(store: &Store, repair: bool) -> io::Result<FsckReport> {
     let mut report = FsckReport { repaired: repair, ..Default::default() };
     let objects = object_files(store)?;
     report.objects_checked = objects.len();

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::key::StageKey;
 
-pub const SCHEMA: u32 = 2;
+pub(crate) const SCHEMA: u32 = 2;
 
 /// Keeps seals of one layout apart from any other blake3 use.
 const SEAL_DOMAIN: &[u8] = b"tr118-manifest-seal-v1\0";
@@ -72,7 +72,7 @@ pub struct ActionResult {
 
 impl ActionResult {
     /// Checks that this result was sealed for `key` and not edited since.
-    pub fn verify(&self, key: &Digest) -> Result<(), String> {
+    pub(crate) fn verify(&self, key: &Digest) -> Result<(), String> {
         if self.key != *key {
             return Err(format!("it is filed under key {} but records key {}", key.short(), self.key.short()));
         }
@@ -93,7 +93,7 @@ struct Sealed<'a> {
 }
 
 /// The seal of a result: blake3 over the canonical JSON of what it claims.
-pub fn seal(key: &Digest, status: Status, reason: &Option<String>, outputs: &[OutputRecord], log: &Option<Digest>) -> Digest {
+pub(crate) fn seal(key: &Digest, status: Status, reason: &Option<String>, outputs: &[OutputRecord], log: &Option<Digest>) -> Digest {
     let mut h = blake3::Hasher::new();
     h.update(SEAL_DOMAIN);
     h.update(&serde_json::to_vec(&Sealed { key, status, reason, outputs, log }).expect("a result always serialises"));
@@ -103,7 +103,7 @@ pub fn seal(key: &Digest, status: Status, reason: &Option<String>, outputs: &[Ou
 /// Checks a recorded output list against the outputs a stage key declares (`declared`:
 /// paths, with a trailing `/` for a directory): the same paths, each once, each a plain
 /// relative name. Returns why not.
-pub fn check_outputs(outputs: &[OutputRecord], declared: &[String]) -> Result<(), String> {
+pub(crate) fn check_outputs(outputs: &[OutputRecord], declared: &[String]) -> Result<(), String> {
     let mut want: Vec<&str> = declared.iter().map(String::as_str).collect();
     for o in outputs {
         crate::digest::check_relative(&o.path).map_err(|why| format!("output `{}` is {why}", o.path.escape_debug()))?;
@@ -153,7 +153,7 @@ impl Manifest {
     /// Everything that can be checked of a manifest without its objects: its key is the
     /// digest of its stage key and the one asked for, its seal matches, and its outputs are
     /// the ones the stage key declares.
-    pub fn verify(&self, key: &Digest) -> Result<(), String> {
+    pub(crate) fn verify(&self, key: &Digest) -> Result<(), String> {
         if self.key != *key {
             return Err(format!("its manifest is for key {}, not for the key {} it is stored under", self.key.short(), key.short()));
         }

@@ -33,13 +33,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::{self, Digest, Tree, TreeEntry};
 
-pub mod maintenance;
-pub mod manifest;
-pub mod statcache;
+pub(crate) mod maintenance;
+pub(crate) mod manifest;
+pub(crate) mod statcache;
 
 pub use manifest::{ActionResult, Manifest, OutputRecord, Status};
 
-pub struct Store {
+pub(crate) struct Store {
     /// The workspace root (relative paths below are joined to it).
     root: PathBuf,
     dir: PathBuf,
@@ -48,7 +48,7 @@ pub struct Store {
 }
 
 /// Holds the cache lock until dropped (or until the process dies: the kernel releases it).
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     _file: File,
 }
 
@@ -56,12 +56,12 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// The cache of the workspace at `root`, as it is: readers need nothing created.
-    pub fn at(root: &Path) -> Store {
+    pub(crate) fn at(root: &Path) -> Store {
         Store { root: root.to_path_buf(), dir: root.join("cache"), canonical_root: OnceLock::new() }
     }
 
     /// The cache of the workspace at `root`, created if needed, for writers.
-    pub fn open(root: &Path) -> io::Result<Store> {
+    pub(crate) fn open(root: &Path) -> io::Result<Store> {
         let store = Store::at(root);
         for sub in ["objects", "actions", "refs", "logs", "tmp"] {
             let dir = store.dir.join(sub);
@@ -73,17 +73,17 @@ impl Store {
         Ok(store)
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Takes the cache lock. With `wait`, blocks after calling `on_wait` with the holder's
     /// pid; without, returns `Ok(Err(pid))` when another process holds it.
-    pub fn lock(&self, wait: bool, on_wait: impl FnOnce(Option<u32>)) -> io::Result<Result<LockGuard, Option<u32>>> {
+    pub(crate) fn lock(&self, wait: bool, on_wait: impl FnOnce(Option<u32>)) -> io::Result<Result<LockGuard, Option<u32>>> {
         let path = self.dir.join("lock");
         let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         match file.try_lock() {
@@ -104,7 +104,7 @@ impl Store {
     }
 
     /// Removes leftovers of interrupted runs. Only the lock holder may call this.
-    pub fn clear_tmp(&self) -> io::Result<()> {
+    pub(crate) fn clear_tmp(&self) -> io::Result<()> {
         let tmp = self.dir.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -113,14 +113,14 @@ impl Store {
     }
 
     /// A fresh path under `cache/tmp/`, unique within and across processes.
-    pub fn tmp_path(&self, hint: &str) -> PathBuf {
+    pub(crate) fn tmp_path(&self, hint: &str) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let safe: String = hint.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
         self.dir.join("tmp").join(format!("{}-{n}-{safe}", std::process::id()))
     }
 
     /// Writes `bytes` to `path` atomically: temp file, fsync, rename.
-    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.replace(path, bytes, true)
     }
 
@@ -141,23 +141,23 @@ impl Store {
         fs::rename(&tmp, path)
     }
 
-    pub fn object_path(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn object_path(&self, d: &Digest) -> PathBuf {
         let hex = d.to_hex();
         self.dir.join("objects").join(&hex[..2]).join(&hex[2..])
     }
 
-    pub fn has_object(&self, d: &Digest) -> bool {
+    pub(crate) fn has_object(&self, d: &Digest) -> bool {
         self.object_path(d).exists()
     }
 
     /// Stores bytes as an object.
-    pub fn put_bytes(&self, bytes: &[u8]) -> io::Result<Digest> {
+    pub(crate) fn put_bytes(&self, bytes: &[u8]) -> io::Result<Digest> {
         self.put_bytes_with(bytes, true)
     }
 
     /// Stores a node's log: not fsynced, since a log lost with the machine is not worth a
     /// millisecond on every node (fsck reports it, and `--repair` rebuilds the node).
-    pub fn put_log(&self, bytes: &[u8]) -> io::Result<Digest> {
+    pub(crate) fn put_log(&self, bytes: &[u8]) -> io::Result<Digest> {
         self.put_bytes_with(bytes, false)
     }
 
@@ -256,7 +256,7 @@ impl Store {
     /// Moves a file staged under `cache/tmp/` into the object store as object `d`: fsynced,
     /// made read-only, renamed into place. The caller has hashed it while writing it (a
     /// download from the remote cache), so it is not hashed again here.
-    pub fn adopt_object(&self, staged: &Path, d: &Digest) -> io::Result<()> {
+    pub(crate) fn adopt_object(&self, staged: &Path, d: &Digest) -> io::Result<()> {
         let dest = self.object_path(d);
         File::open(staged)?.sync_data()?;
         fs::create_dir_all(dest.parent().expect("objects have a parent"))?;
@@ -265,7 +265,7 @@ impl Store {
     }
 
     /// Stores a staged output (file or directory), consuming it.
-    pub fn put_output(&self, name: &str, path: &str, staged: &Path) -> io::Result<OutputRecord> {
+    pub(crate) fn put_output(&self, name: &str, path: &str, staged: &Path) -> io::Result<OutputRecord> {
         let meta = fs::symlink_metadata(staged)?;
         if meta.file_type().is_symlink() {
             // The output itself is a link: only a file inside the workspace is taken.
@@ -288,7 +288,7 @@ impl Store {
 
     /// The tree listing of a directory output, verified: it hashes to `d` and lists plain
     /// relative names only (an [`ObjectError`] otherwise).
-    pub fn tree(&self, d: &Digest) -> io::Result<Tree> {
+    pub(crate) fn tree(&self, d: &Digest) -> io::Result<Tree> {
         let bytes = fs::read(self.object_path(d)).map_err(|e| object_io(d, e))?;
         if Digest::of_bytes(&bytes) != *d {
             return Err(ObjectError::Corrupt(*d).into());
@@ -298,7 +298,7 @@ impl Store {
 
     /// What keeps an output from being restored, if anything: an object it needs is absent,
     /// or its directory listing does not verify.
-    pub fn output_problem(&self, out: &OutputRecord) -> Option<ObjectError> {
+    pub(crate) fn output_problem(&self, out: &OutputRecord) -> Option<ObjectError> {
         if !out.dir {
             return (!self.has_object(&out.digest)).then_some(ObjectError::Missing(out.digest));
         }
@@ -315,7 +315,7 @@ impl Store {
 
     /// The manifest for `key`, verified ([`Manifest::verify`]); `Ok(None)` when there is
     /// none, `Err` (`InvalidData`) when it is unreadable or does not verify.
-    pub fn manifest(&self, key: &Digest) -> io::Result<Option<Manifest>> {
+    pub(crate) fn manifest(&self, key: &Digest) -> io::Result<Option<Manifest>> {
         let m: Option<Manifest> = self.read_manifest(key)?;
         match m {
             Some(m) => m.verify(key).map(|()| Some(m)).map_err(|why| invalid_manifest(key, why)),
@@ -326,7 +326,7 @@ impl Store {
     /// The result recorded for `key`, without parsing its stage key; verified against the
     /// key and its seal ([`ActionResult::verify`]). Whether its outputs are the declared
     /// ones is the caller's to check, against the node.
-    pub fn action_result(&self, key: &Digest) -> io::Result<Option<ActionResult>> {
+    pub(crate) fn action_result(&self, key: &Digest) -> io::Result<Option<ActionResult>> {
         let r: Option<ActionResult> = self.read_manifest(key)?;
         match r {
             Some(r) => r.verify(key).map(|()| Some(r)).map_err(|why| invalid_manifest(key, why)),
@@ -344,7 +344,7 @@ impl Store {
         }
     }
 
-    pub fn write_manifest(&self, m: &Manifest) -> io::Result<()> {
+    pub(crate) fn write_manifest(&self, m: &Manifest) -> io::Result<()> {
         let bytes = serde_json::to_vec(m).map_err(io::Error::other)?;
         self.write_atomic(&self.manifest_path(&m.key), &bytes)
     }
@@ -354,17 +354,17 @@ impl Store {
     }
 
     /// The key `node` was last built with.
-    pub fn read_ref(&self, node: &str) -> Option<Digest> {
+    pub(crate) fn read_ref(&self, node: &str) -> Option<Digest> {
         fs::read_to_string(self.ref_path(node)).ok().and_then(|s| Digest::from_hex(s.trim()))
     }
 
     /// Refs only serve `why` and `gc` (a lost one means "never built" in an explanation), so
     /// they are not fsynced.
-    pub fn write_ref(&self, node: &str, key: &Digest) -> io::Result<()> {
+    pub(crate) fn write_ref(&self, node: &str, key: &Digest) -> io::Result<()> {
         self.replace(&self.ref_path(node), key.to_hex().as_bytes(), false)
     }
 
-    pub fn log_path(&self, node: &str) -> PathBuf {
+    pub(crate) fn log_path(&self, node: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{}.log", node.replace('/', "~")))
     }
 
@@ -374,7 +374,7 @@ impl Store {
     ///
     /// With `verify`, each copy is re-hashed: an object that no longer matches its name fails
     /// with a [`CorruptObject`] error (and is never left in `out/`).
-    pub fn materialize(&self, out: &OutputRecord, dest: &Path, verify: bool) -> io::Result<()> {
+    pub(crate) fn materialize(&self, out: &OutputRecord, dest: &Path, verify: bool) -> io::Result<()> {
         let parent = dest.parent().expect("outputs live under out/");
         self.clear_way(dest)?;
         fs::create_dir_all(parent)?;
@@ -440,7 +440,7 @@ impl Store {
 
 /// What is wrong with an object the store was asked for.
 #[derive(Debug, Clone)]
-pub enum ObjectError {
+pub(crate) enum ObjectError {
     /// Its content no longer hashes to its name.
     Corrupt(Digest),
     /// It is not in the store (collected, repaired away, or never there).
@@ -470,11 +470,11 @@ impl From<ObjectError> for io::Error {
 
 impl ObjectError {
     /// The object problem an I/O error is about, if it is one.
-    pub fn of(e: &io::Error) -> Option<&ObjectError> {
+    pub(crate) fn of(e: &io::Error) -> Option<&ObjectError> {
         e.get_ref().and_then(|x| x.downcast_ref::<ObjectError>())
     }
 
-    pub fn digest(&self) -> Digest {
+    pub(crate) fn digest(&self) -> Digest {
         match self {
             ObjectError::Corrupt(d) | ObjectError::Missing(d) | ObjectError::BadListing(d, _) => *d,
         }
@@ -491,7 +491,7 @@ fn invalid_manifest(key: &Digest, why: String) -> io::Error {
 
 impl Store {
     /// Removes an object found corrupt, so the node that needs it is rebuilt.
-    pub fn discard(&self, d: &Digest) -> io::Result<()> {
+    pub(crate) fn discard(&self, d: &Digest) -> io::Result<()> {
         match fs::remove_file(self.object_path(d)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -499,7 +499,7 @@ impl Store {
     }
 }
 
-pub fn remove_any(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),

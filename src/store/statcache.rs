@@ -27,7 +27,7 @@ struct Entry {
     digest: Digest,
 }
 
-pub struct StatCache {
+pub(crate) struct StatCache {
     file: PathBuf,
     entries: HashMap<String, Entry>,
     dirty: bool,
@@ -48,20 +48,20 @@ fn stamp(meta: &Metadata) -> (i128, i128, u64) {
 
 impl StatCache {
     /// Loads the cache; a missing or unreadable file is an empty cache, never an error.
-    pub fn load(file: &Path) -> StatCache {
+    pub(crate) fn load(file: &Path) -> StatCache {
         let entries = std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         StatCache { file: file.to_path_buf(), entries, dirty: false }
     }
 
     /// The digest recorded for `rel` if the file still has the recorded stat.
-    pub fn lookup(&self, rel: &str, meta: &Metadata) -> Option<Digest> {
+    pub(crate) fn lookup(&self, rel: &str, meta: &Metadata) -> Option<Digest> {
         let e = self.entries.get(rel)?;
         let (mtime, ctime, ino) = stamp(meta);
         (e.size == meta.len() && e.mtime == mtime && e.ctime == ctime && e.ino == ino).then_some(e.digest)
     }
 
     /// Records `digest` for `rel` unless its mtime is too recent to be trusted.
-    pub fn record(&mut self, rel: &str, meta: &Metadata, digest: Digest) {
+    pub(crate) fn record(&mut self, rel: &str, meta: &Metadata, digest: Digest) {
         let racy = meta.modified().ok().is_none_or(|m| SystemTime::now().duration_since(m).map_or(true, |age| age < RACY_WINDOW));
         if racy {
             if self.entries.remove(rel).is_some() {
@@ -78,13 +78,13 @@ impl StatCache {
     }
 
     /// Digest of the file at `root/rel`, from the cache when its stat is unchanged.
-    pub fn file_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
+    pub(crate) fn file_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
         let meta = std::fs::metadata(root.join(rel))?;
         self.file_digest_with(root, rel, &meta)
     }
 
     /// [`Self::file_digest`] for a caller that already has the file's metadata.
-    pub fn file_digest_with(&mut self, root: &Path, rel: &str, meta: &Metadata) -> io::Result<(Digest, u64)> {
+    pub(crate) fn file_digest_with(&mut self, root: &Path, rel: &str, meta: &Metadata) -> io::Result<(Digest, u64)> {
         if let Some(d) = self.lookup(rel, meta) {
             return Ok((d, meta.len()));
         }
@@ -94,7 +94,7 @@ impl StatCache {
     }
 
     /// Digest of a file or a directory tree (see [`digest::Tree`]).
-    pub fn path_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
+    pub(crate) fn path_digest(&mut self, root: &Path, rel: &str) -> io::Result<(Digest, u64)> {
         let path = root.join(rel);
         if !std::fs::metadata(&path)?.is_dir() {
             return self.file_digest(root, rel);
@@ -110,14 +110,14 @@ impl StatCache {
         Ok((tree.digest(), tree.size()))
     }
 
-    pub fn forget(&mut self, rel: &str) {
+    pub(crate) fn forget(&mut self, rel: &str) {
         if self.entries.remove(rel).is_some() {
             self.dirty = true;
         }
     }
 
     /// Writes the cache back if anything changed. Callers hold the store's lock.
-    pub fn save(&mut self, write: impl FnOnce(&Path, &[u8]) -> io::Result<()>) -> io::Result<()> {
+    pub(crate) fn save(&mut self, write: impl FnOnce(&Path, &[u8]) -> io::Result<()>) -> io::Result<()> {
         if !self.dirty {
             return Ok(());
         }

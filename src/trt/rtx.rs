@@ -28,15 +28,15 @@ use serde_json::Value;
 use super::{ShapeSpecs, parse_shape_spec};
 
 /// The helper program, as shipped in the repository.
-pub const HELPER_SOURCE: &str = include_str!("../../python/tr118_trt.py");
+pub(crate) const HELPER_SOURCE: &str = include_str!("../../python/tr118_trt.py");
 /// The helper's file name, in the scratch directory and in commands shown to people.
-pub const HELPER_NAME: &str = "tr118_trt.py";
+pub(crate) const HELPER_NAME: &str = "tr118_trt.py";
 /// Lines of the helper's output quoted in a failure.
 const TAIL_LINES: usize = 20;
 
 /// What the helper is asked to build.
 #[derive(Debug, Clone, Serialize)]
-pub struct BuildRequest {
+pub(crate) struct BuildRequest {
     /// The directory of `libtensorrt_rtx.so.1` and `libtensorrt_onnxparser_rtx.so.1`.
     pub library: PathBuf,
     /// The bindings modules, one per Python version; the helper imports the one its Python can.
@@ -52,7 +52,7 @@ pub struct BuildRequest {
 
 /// What a build answered.
 #[derive(Debug, Clone, Deserialize)]
-pub struct BuildAnswer {
+pub(crate) struct BuildAnswer {
     /// `major.minor.patch.build`, as the library reports it.
     pub version: Option<String>,
     pub parse_s: f64,
@@ -67,7 +67,7 @@ pub struct BuildAnswer {
 
 /// Why the helper gave no answer to use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HelperError {
+pub(crate) enum HelperError {
     /// This machine cannot do it; a degraded result.
     #[error("{0}")]
     Unavailable(String),
@@ -80,10 +80,10 @@ pub enum HelperError {
 }
 
 /// One optimisation profile: each input's min, opt and max shape.
-pub type ProfileDims = BTreeMap<String, [Vec<u64>; 3]>;
+pub(crate) type ProfileDims = BTreeMap<String, [Vec<u64>; 3]>;
 
 /// Shape specs (`input_ids:1x1,attention_mask:1x1`) as the helper's profile tables.
-pub fn profile_dims(shapes: &[ShapeSpecs]) -> Result<Vec<ProfileDims>, String> {
+pub(crate) fn profile_dims(shapes: &[ShapeSpecs]) -> Result<Vec<ProfileDims>, String> {
     shapes
         .iter()
         .map(|s| {
@@ -94,7 +94,7 @@ pub fn profile_dims(shapes: &[ShapeSpecs]) -> Result<Vec<ProfileDims>, String> {
 }
 
 /// Builds a plan: runs the helper on `request` in `dir`, its output appended to `log`.
-pub fn build(python: &str, request: &BuildRequest, scratch: &Path, dir: &Path, log: &mut File) -> Result<BuildAnswer, HelperError> {
+pub(crate) fn build(python: &str, request: &BuildRequest, scratch: &Path, dir: &Path, log: &mut File) -> Result<BuildAnswer, HelperError> {
     let op = "build";
     let failed = |what: &str, e: std::io::Error| HelperError::Failed(format!("{what}: {e}"));
     let script = scratch.join(HELPER_NAME);
