@@ -58,7 +58,7 @@ pub const SETS: &[Set] = &[
     Set { name: "trt_build", version: 3, files: &["src/stage/trt_build.rs", "src/trt.rs", "src/trt", "python/tr118_trt.py", "src/onnx"] },
     Set { name: "perplexity", version: 1, files: &["src/stage/perplexity.rs", "src/artifact/perplexity.rs"] },
     Set { name: "gate", version: 1, files: &["src/stage/gate.rs", "src/artifact/gate.rs", "src/artifact/perplexity.rs"] },
-    Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs"] },
+    Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs", "src/artifact/logit_diff.rs"] },
     Set { name: "sweep", version: 1, files: &["src/stage/sweep.rs", "src/measure"] },
     Set { name: "stats", version: 1, files: &["src/stage/stats.rs", "src/artifact/stats.rs", "src/stats.rs", "src/measure/mod.rs"] },
     Set { name: "report", version: 3, files: &["src/stage/report.rs", "src/report", "src/artifact"] },

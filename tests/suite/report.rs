@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
 use tr118::artifact::gate;
+use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
 use tr118::backend::Capability;
 use tr118::measure::{Resources, RunEnv, RunRecord};
@@ -251,19 +252,26 @@ fn study(ws: &Workspace, report_extra: &str) {
         ],
     };
     w("fixtures/gate.json", &serde_json::to_value(&gate).unwrap());
-    let diff = |m: f64, x: f64, r: f64| json!({ "mean_abs_diff": m, "max_abs_diff": x, "argmax_agreement_rate": r });
-    w(
-        "fixtures/logits/ort-int8/logit_diff.json",
-        &json!({ "backend": "ort-int8", "status": "ok", "reason": null, "model": "m", "reference": {}, "capability": capability("cpu"),
-                 "prompts": [{ "prompt": "The capital of France is", "tokens": 5 }],
-                 "overall": { "last_token": diff(0.0123, 0.25, 1.0), "all_positions": diff(0.0101, 0.61, 0.9375) } }),
-    );
-    let none = json!({ "mean_abs_diff": null, "max_abs_diff": null, "argmax_agreement_rate": null });
-    w(
-        "fixtures/logits/ort-cuda/logit_diff.json",
-        &json!({ "backend": "ort-cuda", "status": "degraded", "reason": CUDA_REASON, "model": "m", "reference": {}, "capability": null,
-                 "prompts": [], "overall": { "last_token": none, "all_positions": none } }),
-    );
+    let diff = |m: f64, x: f64, r: f64| logit_diff::Diff { mean_abs_diff: Some(m), max_abs_diff: Some(x), argmax_agreement_rate: Some(r) };
+    let logits = |backend: &str, ok: bool| logit_diff::LogitDiff {
+        backend: backend.into(),
+        backend_spec: json!({ "name": backend }),
+        status: if ok { "ok" } else { "degraded" }.into(),
+        reason: (!ok).then(|| CUDA_REASON.into()),
+        model: "m".into(),
+        reference: logit_diff::Reference { model: "r".into(), provider: "cpu".into() },
+        capability: ok.then(|| capability_of("cpu")),
+        prompts: if ok { vec![logit_diff::PromptDiff::empty("The capital of France is", 5)] } else { vec![] },
+        overall: if ok {
+            logit_diff::Overall { last_token: diff(0.0123, 0.25, 1.0), all_positions: diff(0.0101, 0.61, 0.9375) }
+        } else {
+            logit_diff::Overall::default()
+        },
+    };
+    // As the stage writes it: straight from the struct.
+    let logit = |rel: &str, d: logit_diff::LogitDiff| ws.write(rel, serde_json::to_string_pretty(&d).unwrap());
+    logit("fixtures/logits/ort-int8/logit_diff.json", logits("ort-int8", true));
+    logit("fixtures/logits/ort-cuda/logit_diff.json", logits("ort-cuda", false));
     let variant = |v: &str, ms: f64, bytes: u64| {
         json!({ "variant": v, "precision": "fp32", "file": format!("out/export/{v}/model.onnx"), "opset": 17, "export_ms": ms, "file_bytes": bytes, "data_bytes": 0,
                 "external_data": false, "initializer_count": 272, "initializer_bytes": 538_000_000u64, "node_count": 1850,

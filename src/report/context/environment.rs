@@ -28,7 +28,7 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
         .iter()
         .filter_map(|d| cap_of(&d.value))
         .chain(a.perplexity.iter().filter_map(ppl_cap))
-        .chain(a.logits.iter().filter_map(|d| cap_of(&d.value)))
+        .chain(a.logits.iter().filter_map(|d| d.value.capability.as_ref().and_then(|c| serde_json::to_value(c).ok())))
         .collect();
     let runs = &a.runs;
     let os = distinct(runs.iter().map(|r| Some(r.env.os.clone())));

@@ -45,8 +45,8 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
     if let Some(g) = a.gate.as_ref().filter(|g| g.value.status != "ok") {
         push("accuracy gate", "gate".into(), None, g.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", false);
     }
-    for d in a.logits.iter().filter(|d| d.value["status"] != "ok") {
-        push("logits", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
+    for d in a.logits.iter().filter(|d| d.value.status != "ok") {
+        push("logits", d.value.backend.clone(), None, d.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", true);
     }
     for t in &a.trt {
         let plan = format!("{} plan", text(&t.value, "precision").unwrap_or_default());

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{precision_rank, text};
 use crate::artifact::gate::Gate;
+use crate::artifact::logit_diff::LogitDiff;
 use crate::artifact::perplexity::Perplexity;
 use crate::artifact::stats::Stats;
 use crate::measure::RunRecord;
@@ -35,7 +36,6 @@ impl<T> Doc<T> {
 /// kind; one with a type is checked by reading it as its type ([`read_typed`]).
 const SHAPES: &[(&str, &[&str], &str)] = &[
     ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
-    ("logits", &["backend", "overall", "prompts"], "a `logit_diff` node's `logit_diff.json`"),
     ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
     ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
     ("calibration", &["method", "cache_header", "tensors"], "a `calibrate` stage's `calibration.json`"),
@@ -102,7 +102,7 @@ pub(in crate::report) struct Artifacts {
     pub sweeps: Vec<Doc>,
     pub perplexity: Vec<Doc<Perplexity>>,
     pub gate: Option<Doc<Gate>>,
-    pub logits: Vec<Doc>,
+    pub logits: Vec<Doc<LogitDiff>>,
     pub exports: Vec<Doc>,
     pub quantize: Vec<Doc>,
     pub calibration: Vec<Doc>,
@@ -120,8 +120,8 @@ impl Artifacts {
         }
         let mut perplexity: Vec<Doc<Perplexity>> = read_all(inputs, "perplexity", "a `perplexity` node's `perplexity.json`")?;
         perplexity.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
-        let mut logits = docs("logits")?;
-        logits.sort_by_key(|d| text(&d.value, "backend"));
+        let mut logits: Vec<Doc<LogitDiff>> = read_all(inputs, "logits", "a `logit_diff` node's `logit_diff.json`")?;
+        logits.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
         let mut trt = docs("trt")?;
         trt.sort_by_key(|d| precision_rank(&text(&d.value, "precision").unwrap_or_default()));
         Ok(Artifacts {

@@ -144,26 +144,21 @@ pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     let mut logits = Vec::new();
     for d in &a.logits {
         let v = &d.value;
-        let o = &v["overall"];
-        let (last, all) = (&o["last_token"], &o["all_positions"]);
-        if let Some(rate) = num(all, "argmax_agreement_rate").filter(|r| *r < 1.0) {
-            warnings.push(format!(
-                "{}: the top token differs from the reference's at {} of positions.",
-                text(v, "backend").unwrap_or_default(),
-                format::share(Some(1.0 - rate))
-            ));
+        let (last, all) = (&v.overall.last_token, &v.overall.all_positions);
+        if let Some(rate) = finite(all.argmax_agreement_rate).filter(|r| *r < 1.0) {
+            warnings.push(format!("{}: the top token differs from the reference's at {} of positions.", v.backend, format::share(Some(1.0 - rate))));
         }
         logits.push(json!({
-            "backend": text(v, "backend"),
-            "status": text(v, "status"),
-            "reason": text(v, "reason"),
-            "prompts": list(v, "prompts").len(),
-            "last_mean_abs_diff": num(last, "mean_abs_diff"),
-            "last_max_abs_diff": num(last, "max_abs_diff"),
-            "last_agreement": num(last, "argmax_agreement_rate"),
-            "all_mean_abs_diff": num(all, "mean_abs_diff"),
-            "all_max_abs_diff": num(all, "max_abs_diff"),
-            "all_agreement": num(all, "argmax_agreement_rate"),
+            "backend": v.backend,
+            "status": v.status,
+            "reason": v.reason,
+            "prompts": v.prompts.len(),
+            "last_mean_abs_diff": finite(last.mean_abs_diff),
+            "last_max_abs_diff": finite(last.max_abs_diff),
+            "last_agreement": finite(last.argmax_agreement_rate),
+            "all_mean_abs_diff": finite(all.mean_abs_diff),
+            "all_max_abs_diff": finite(all.max_abs_diff),
+            "all_agreement": finite(all.argmax_agreement_rate),
         }));
     }
     json!({ "checkpoint": checkpoint, "exports": exports, "quantize": quantize, "trt": trt, "perplexity": perplexity, "logits": logits })
