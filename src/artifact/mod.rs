@@ -5,9 +5,9 @@
 //!
 //! Most writers go through [`serde_json::to_value`] before writing: without serde_json's
 //! `preserve_order` a JSON object is a sorted map, so the keys of every object come out sorted,
-//! whatever the order of the fields. `perplexity.json` and `logit_diff.json` have always been
-//! written straight from their structs, keys in field order; they still are, so their bytes are
-//! unchanged (see [`perplexity`]). Each module says which way its file is written.
+//! whatever the order of the fields. `perplexity.json`, `logit_diff.json` and `calibration.json`
+//! have always been written straight from their structs, keys in field order; they still are,
+//! so their bytes are unchanged (see [`perplexity`]). Each module says which way its file is written.
 //!
 //! | module         | file              | written by             | read by                      |
 //! |----------------|-------------------|------------------------|------------------------------|
@@ -15,7 +15,9 @@
 //! | [`gate`]       | `gate.json`       | the `gate` stage       | the report                   |
 //! | [`perplexity`] | `perplexity.json` | the `perplexity` stage | the `gate` stage, the report |
 //! | [`logit_diff`] | `logit_diff.json` | the `logit_diff` stage | the report                   |
+//! | [`calibration`] | `calibration.json` | the `calibrate` stage | the `quantize` stage, the report |
 
+pub mod calibration;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
+use tr118::artifact::calibration;
 use tr118::artifact::gate;
 use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
@@ -283,10 +284,25 @@ fn study(ws: &Workspace, report_extra: &str) {
         &json!({ "checkpoint": { "path": "out/model/model.gguf", "format": "gguf", "config": { "arch": "llama", "vocab_size": 49152, "n_layer": 30, "n_head": 9, "d_model": 576 } },
                  "tool": "tr118 0.1.0", "variants": [variant("prefill", 1234.5, 540_000_000), variant("decoder", 1500.0, 541_000_000)], "tokenizer": "embedded in the GGUF" }),
     );
-    w(
-        "fixtures/calibrate/calibration.json",
-        &json!({ "method": "percentile", "percentile": 99.999, "samples": 32, "seq_len": 256, "cache_header": "TRT-8601-EntropyCalibration2", "tensors": [], "runtime_version": "1.31.1", "elapsed_s": 41.2 }),
-    );
+    let calibration = calibration::Calibration {
+        method: "percentile".into(),
+        percentile: Some(99.999),
+        bins: Some(2048),
+        levels: 128,
+        samples: 32,
+        seq_len: 256,
+        seed: 0,
+        corpus_tokens: 16384,
+        sample_starts: vec![0; 32],
+        model_file: "model.onnx".into(),
+        model_digest: "cd".into(),
+        runtime_version: "1.31.1".into(),
+        cache_header: "TRT-8601-EntropyCalibration2".into(),
+        elapsed_s: 41.2,
+        tensors: vec![],
+    };
+    // As the stage writes it: straight from the struct.
+    ws.write("fixtures/calibrate/calibration.json", serde_json::to_string_pretty(&calibration).unwrap());
     w("fixtures/quantize-static/quantize.json", &quantize());
     w("fixtures/trt_build/fp16/build.json", &trt_build("fp16", false));
     w("fixtures/trt_build/int8/build.json", &trt_build("int8", true));

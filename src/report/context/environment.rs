@@ -44,7 +44,7 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
             .map(|r| Some(r.env.runtime_version.clone()))
             .chain(caps.iter().map(|c| text(c, "runtime_version")))
             .chain(a.quantize.iter().map(|q| q.value.get("ort").and_then(|o| text(o, "runtime_version"))))
-            .chain(a.calibration.iter().map(|c| text(&c.value, "runtime_version"))),
+            .chain(a.calibration.iter().map(|c| Some(c.value.runtime_version.clone()))),
     );
     let trt = distinct(a.trt.iter().map(|t| text(&t.value, "trt_version")));
     let trt_gpu = distinct(a.trt.iter().map(|t| text(&t.value, "gpu")));

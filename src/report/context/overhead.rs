@@ -35,14 +35,9 @@ pub(super) fn overhead(a: &Artifacts) -> Value {
         push(
             "calibrate".into(),
             c.node(),
-            num(v, "elapsed_s"),
+            Some(v.elapsed_s).filter(|s| s.is_finite()),
             None,
-            format!(
-                "{}, {} samples of {} tokens",
-                text(v, "method").unwrap_or_default(),
-                count_of(v, "samples").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
-                count_of(v, "seq_len").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
-            ),
+            format!("{}, {} samples of {} tokens", v.method, v.samples, v.seq_len),
         );
     }
     for q in &a.quantize {

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{precision_rank, text};
+use crate::artifact::calibration::Calibration;
 use crate::artifact::gate::Gate;
 use crate::artifact::logit_diff::LogitDiff;
 use crate::artifact::perplexity::Perplexity;
@@ -38,7 +39,6 @@ const SHAPES: &[(&str, &[&str], &str)] = &[
     ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
     ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
     ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
-    ("calibration", &["method", "cache_header", "tensors"], "a `calibrate` stage's `calibration.json`"),
     ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
 ];
 
@@ -105,7 +105,7 @@ pub(in crate::report) struct Artifacts {
     pub logits: Vec<Doc<LogitDiff>>,
     pub exports: Vec<Doc>,
     pub quantize: Vec<Doc>,
-    pub calibration: Vec<Doc>,
+    pub calibration: Vec<Doc<Calibration>>,
     pub trt: Vec<Doc>,
 }
 
@@ -133,7 +133,7 @@ impl Artifacts {
             logits,
             exports: docs("export")?,
             quantize: docs("quantize")?,
-            calibration: docs("calibration")?,
+            calibration: read_all(inputs, "calibration", "a `calibrate` stage's `calibration.json`")?,
             trt,
         })
     }
