@@ -5,8 +5,8 @@
 //!
 //! Most writers go through [`serde_json::to_value`] before writing: without serde_json's
 //! `preserve_order` a JSON object is a sorted map, so the keys of every object come out sorted,
-//! whatever the order of the fields. `perplexity.json`, `logit_diff.json` and `calibration.json`
-//! have always been written straight from their structs, keys in field order; they still are,
+//! whatever the order of the fields. `perplexity.json`, `logit_diff.json`, `calibration.json` and
+//! `quantize.json` have always been written straight from their structs, keys in field order; they still are,
 //! so their bytes are unchanged (see [`perplexity`]). Each module says which way its file is written.
 //!
 //! | module         | file              | written by             | read by                      |
@@ -16,9 +16,11 @@
 //! | [`perplexity`] | `perplexity.json` | the `perplexity` stage | the `gate` stage, the report |
 //! | [`logit_diff`] | `logit_diff.json` | the `logit_diff` stage | the report                   |
 //! | [`calibration`] | `calibration.json` | the `calibrate` stage | the `quantize` stage, the report |
+//! | [`quantize`]   | `quantize.json`   | the `quantize` stage   | the report                   |
 
 pub mod calibration;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;
+pub mod quantize;
 pub mod stats;

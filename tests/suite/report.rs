@@ -29,6 +29,7 @@ use tr118::artifact::calibration;
 use tr118::artifact::gate;
 use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
+use tr118::artifact::quantize;
 use tr118::backend::Capability;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
@@ -189,20 +190,55 @@ fn trt_build(precision: &str, built: bool) -> Value {
     })
 }
 
-fn quantize() -> Value {
-    let left: Vec<Value> = (0..30)
-        .map(|i| json!({ "name": format!("blk.{i}.ffn_down"), "op": "MatMul", "output": format!("h{i}"), "reason": "excluded by `*ffn_down*`" }))
+fn quantize() -> quantize::Quantize {
+    let left: Vec<quantize::FloatOp> = (0..30)
+        .map(|i| quantize::FloatOp {
+            name: format!("blk.{i}.ffn_down"),
+            op: "MatMul".into(),
+            output: format!("h{i}"),
+            reason: "excluded by `*ffn_down*`".into(),
+        })
         .collect();
-    json!({
-        "scheme": "static", "per_channel": true, "exclude": ["*ffn_down*"], "activations": "int8 per tensor, from the calibration", "weights": "int8 per channel",
-        "matmul_total": 211, "quantized": 181, "verified": 181, "ops": [], "left_float": left,
-        "decoder": { "source_digest": "ab", "matmul_total": 211, "quantized": 181, "verified": 181, "left_float": [], "file_bytes": 1, "data_bytes": 0 },
-        "written": { "ops": {}, "int8_initializers": 181, "int8_initializer_bytes": 100, "float_matmuls": 30, "verified": 181 },
-        "ran_integer": true,
-        "ort": { "runtime_version": "1.31.1", "opt_level": "all", "tokens": 4, "kernels": {}, "integer_matmul_kernels": 181, "float_matmul_kernels": 30 },
-        "calibration": { "method": "percentile", "cache_header": "TRT-8601-EntropyCalibration2", "model_digest": "cd" },
-        "source_digest": "ef", "file_bytes": 150_000_000u64, "data_bytes": 0,
-    })
+    quantize::Quantize {
+        scheme: quantize::Scheme::Static,
+        per_channel: true,
+        exclude: vec!["*ffn_down*".into()],
+        activations: "int8 per tensor, from the calibration".into(),
+        weights: "int8 per channel".into(),
+        matmul_total: 211,
+        quantized: 181,
+        verified: 181,
+        ops: vec![],
+        left_float: left,
+        decoder: Some(quantize::Decoder {
+            source_digest: "ab".into(),
+            matmul_total: 211,
+            quantized: 181,
+            verified: 181,
+            left_float: vec![],
+            file_bytes: 1,
+            data_bytes: 0,
+        }),
+        elapsed_s: 12.5,
+        written: quantize::Written { ops: BTreeMap::new(), int8_initializers: 181, int8_initializer_bytes: 100, float_matmuls: 30, verified: 181 },
+        ran_integer: true,
+        ort: quantize::Ort {
+            runtime_version: "1.31.1".into(),
+            opt_level: "all".into(),
+            tokens: 4,
+            kernels: BTreeMap::new(),
+            integer_matmul_kernels: 181,
+            float_matmul_kernels: 30,
+        },
+        calibration: Some(quantize::CalibrationRef {
+            method: "percentile".into(),
+            cache_header: "TRT-8601-EntropyCalibration2".into(),
+            model_digest: "cd".into(),
+        }),
+        source_digest: "ef".into(),
+        file_bytes: 150_000_000,
+        data_bytes: 0,
+    }
 }
 
 /// Writes every fixture and the pipeline; `extra` is appended to the report's deps.
@@ -303,7 +339,8 @@ fn study(ws: &Workspace, report_extra: &str) {
     };
     // As the stage writes it: straight from the struct.
     ws.write("fixtures/calibrate/calibration.json", serde_json::to_string_pretty(&calibration).unwrap());
-    w("fixtures/quantize-static/quantize.json", &quantize());
+    // As the stage writes it: straight from the struct.
+    ws.write("fixtures/quantize-static/quantize.json", serde_json::to_string_pretty(&quantize()).unwrap());
     w("fixtures/trt_build/fp16/build.json", &trt_build("fp16", false));
     w("fixtures/trt_build/int8/build.json", &trt_build("int8", true));
     w("fixtures/sweep/ort-cpu/prefill/sweep.json", &sweep("ort-cpu", "prefill", true));

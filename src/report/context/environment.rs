@@ -43,7 +43,7 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
             .filter(|r| r.env.runtime == "onnxruntime" || r.env.runtime.is_empty())
             .map(|r| Some(r.env.runtime_version.clone()))
             .chain(caps.iter().map(|c| text(c, "runtime_version")))
-            .chain(a.quantize.iter().map(|q| q.value.get("ort").and_then(|o| text(o, "runtime_version"))))
+            .chain(a.quantize.iter().map(|q| Some(q.value.ort.runtime_version.clone())))
             .chain(a.calibration.iter().map(|c| Some(c.value.runtime_version.clone()))),
     );
     let trt = distinct(a.trt.iter().map(|t| text(&t.value, "trt_version")));

@@ -93,12 +93,12 @@ pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
     }
     for q in &a.quantize {
         let v = &q.value;
-        let (total, verified) = (count_of(v, "matmul_total").unwrap_or(0), count_of(v, "verified").unwrap_or(0));
-        let ran = v.get("ran_integer").and_then(Value::as_bool);
+        let (total, verified) = (v.matmul_total, v.verified);
+        let ran = Some(v.ran_integer);
         let share = if total > 0 { format::share(Some(verified as f64 / total as f64)) } else { format::UNDEFINED.into() };
         out.push(format!(
             "INT8 {} ({}): {verified} of {total} MatMuls are INT8 in the written model ({share}); {}.",
-            text(v, "scheme").unwrap_or_default(),
+            v.scheme.name(),
             q.node(),
             match ran {
                 Some(true) => "ONNX Runtime ran every one of them with an integer kernel".to_string(),

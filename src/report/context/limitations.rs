@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, list, text};
+use super::{Artifacts, list, text};
 
 /// One degraded thing: what, where, why and how many.
 struct Limitation {
@@ -59,13 +59,13 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
     }
     for q in &a.quantize {
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-        for op in list(&q.value, "left_float") {
-            *reasons.entry(reason_of(op)).or_default() += 1;
+        for op in &q.value.left_float {
+            *reasons.entry(op.reason.clone()).or_default() += 1;
         }
         // Each model's coverage is its own: counts of two models do not add up to anything.
         for (reason, n) in reasons {
-            let who = format!("{} ({})", q.node(), text(&q.value, "scheme").unwrap_or_default());
-            push("INT8", who, None, format!("left in float: {reason}"), Some(n), count_of(&q.value, "matmul_total"), "MatMuls", false);
+            let who = format!("{} ({})", q.node(), q.value.scheme.name());
+            push("INT8", who, None, format!("left in float: {reason}"), Some(n), Some(q.value.matmul_total as u64), "MatMuls", false);
         }
     }
 

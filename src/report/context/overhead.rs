@@ -42,8 +42,8 @@ pub(super) fn overhead(a: &Artifacts) -> Value {
     }
     for q in &a.quantize {
         let v = &q.value;
-        let size = num(v, "file_bytes").map(|f| f + num(v, "data_bytes").unwrap_or(0.0));
-        push("quantize".into(), q.node(), num(v, "elapsed_s"), size, format!("{} INT8", text(v, "scheme").unwrap_or_default()));
+        let size = Some(v.file_bytes as f64 + v.data_bytes as f64);
+        push("quantize".into(), q.node(), Some(v.elapsed_s).filter(|s| s.is_finite()), size, format!("{} INT8", v.scheme.name()));
     }
     for t in &a.trt {
         let v = &t.value;

@@ -11,6 +11,7 @@ use crate::artifact::calibration::Calibration;
 use crate::artifact::gate::Gate;
 use crate::artifact::logit_diff::LogitDiff;
 use crate::artifact::perplexity::Perplexity;
+use crate::artifact::quantize::Quantize;
 use crate::artifact::stats::Stats;
 use crate::measure::RunRecord;
 use crate::report::{Inputs, ReportError};
@@ -38,7 +39,6 @@ impl<T> Doc<T> {
 const SHAPES: &[(&str, &[&str], &str)] = &[
     ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
     ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
-    ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
     ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
 ];
 
@@ -104,7 +104,7 @@ pub(in crate::report) struct Artifacts {
     pub gate: Option<Doc<Gate>>,
     pub logits: Vec<Doc<LogitDiff>>,
     pub exports: Vec<Doc>,
-    pub quantize: Vec<Doc>,
+    pub quantize: Vec<Doc<Quantize>>,
     pub calibration: Vec<Doc<Calibration>>,
     pub trt: Vec<Doc>,
 }
@@ -132,7 +132,7 @@ impl Artifacts {
             gate: read_first(inputs, "gate", "a `gate` stage's `gate.json`")?,
             logits,
             exports: docs("export")?,
-            quantize: docs("quantize")?,
+            quantize: read_all(inputs, "quantize", "a `quantize` stage's `quantize.json`")?,
             calibration: read_all(inputs, "calibration", "a `calibrate` stage's `calibration.json`")?,
             trt,
         })

@@ -45,42 +45,38 @@ pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     let mut quantize = Vec::new();
     for q in &a.quantize {
         let v = &q.value;
-        let total = count_of(v, "matmul_total");
-        let verified = count_of(v, "verified");
-        let ort = v.get("ort").cloned().unwrap_or(Value::Null);
-        if v.get("ran_integer") == Some(&Value::Bool(false)) {
+        let (total, verified) = (v.matmul_total, v.verified);
+        if !v.ran_integer {
             warnings.push(format!(
-                "{}: ONNX Runtime ran {} integer MatMul kernels for {} INT8 MatMuls; the rest multiply in float.",
+                "{}: ONNX Runtime ran {} integer MatMul kernels for {verified} INT8 MatMuls; the rest multiply in float.",
                 q.node(),
-                count_of(&ort, "integer_matmul_kernels").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
-                verified.map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+                v.ort.integer_matmul_kernels
             ));
         }
-        if let (Some(qd), Some(vf)) = (count_of(v, "quantized"), verified)
-            && vf < qd
-        {
-            warnings.push(format!("{}: {qd} MatMuls were rewritten to INT8 but only {vf} read back as INT8.", q.node()));
+        if verified < v.quantized {
+            warnings.push(format!("{}: {} MatMuls were rewritten to INT8 but only {verified} read back as INT8.", q.node(), v.quantized));
         }
-        let decoder = v.get("decoder").filter(|d| d.is_object()).map(|d| {
-            json!({ "matmul_total": count_of(d, "matmul_total"), "quantized": count_of(d, "quantized"), "verified": count_of(d, "verified"), "left_float": list(d, "left_float").len() })
-        });
+        let decoder = v
+            .decoder
+            .as_ref()
+            .map(|d| json!({ "matmul_total": d.matmul_total, "quantized": d.quantized, "verified": d.verified, "left_float": d.left_float.len() }));
         quantize.push(json!({
             "node": q.node(),
-            "scheme": text(v, "scheme"),
-            "per_channel": v.get("per_channel").and_then(Value::as_bool),
-            "activations": text(v, "activations"),
-            "weights": text(v, "weights"),
+            "scheme": v.scheme.name(),
+            "per_channel": v.per_channel,
+            "activations": v.activations,
+            "weights": v.weights,
             "matmul_total": total,
-            "quantized": count_of(v, "quantized"),
+            "quantized": v.quantized,
             "verified": verified,
-            "left_float": list(v, "left_float").len(),
-            "coverage": match (verified, total) { (Some(v), Some(t)) if t > 0 => Some(v as f64 / t as f64), _ => None },
-            "ran_integer": v.get("ran_integer").and_then(Value::as_bool),
-            "integer_kernels": count_of(&ort, "integer_matmul_kernels"),
-            "float_kernels": count_of(&ort, "float_matmul_kernels"),
+            "left_float": v.left_float.len(),
+            "coverage": (total > 0).then(|| verified as f64 / total as f64),
+            "ran_integer": v.ran_integer,
+            "integer_kernels": v.ort.integer_matmul_kernels,
+            "float_kernels": v.ort.float_matmul_kernels,
             "decoder": decoder,
-            "file_bytes": num(v, "file_bytes"),
-            "data_bytes": num(v, "data_bytes"),
+            "file_bytes": v.file_bytes as f64,
+            "data_bytes": v.data_bytes as f64,
         }));
     }
     let mut trt = Vec::new();
