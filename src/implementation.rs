@@ -51,7 +51,7 @@ pub const SETS: &[Set] = &[
     Set { name: "stage", version: 1, files: &["src/stage/mod.rs", "src/stage/output.rs", "src/stage/corpus.rs"] },
     Set { name: "cmd", version: 1, files: &["src/stage/cmd.rs"] },
     Set { name: "fetch", version: 1, files: &["src/stage/fetch.rs"] },
-    Set { name: "export", version: 4, files: &["src/stage/export.rs", "src/export", "src/model", "src/onnx"] },
+    Set { name: "export", version: 4, files: &["src/stage/export.rs", "src/artifact/export.rs", "src/export", "src/model", "src/onnx"] },
     Set { name: "tokenizer", version: 1, files: &["src/tokenizer.rs"] },
     Set { name: "calibrate", version: 1, files: &["src/stage/calibrate.rs", "src/quant", "src/artifact/calibration.rs"] },
     Set { name: "quantize", version: 1, files: &["src/stage/quantize.rs", "src/quant", "src/onnx", "src/artifact/calibration.rs", "src/artifact/quantize.rs"] },

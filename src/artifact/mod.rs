@@ -16,9 +16,11 @@
 //! | [`perplexity`] | `perplexity.json` | the `perplexity` stage | the `gate` stage, the report |
 //! | [`logit_diff`] | `logit_diff.json` | the `logit_diff` stage | the report                   |
 //! | [`calibration`] | `calibration.json` | the `calibrate` stage | the `quantize` stage, the report |
+//! | [`export`]     | `export.json`     | the `export` stage     | the report                   |
 //! | [`quantize`]   | `quantize.json`   | the `quantize` stage   | the report                   |
 
 pub mod calibration;
+pub mod export;
 pub mod gate;
 pub mod logit_diff;
 pub mod perplexity;

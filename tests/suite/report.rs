@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
 use tr118::artifact::calibration;
+use tr118::artifact::export;
 use tr118::artifact::gate;
 use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
@@ -309,17 +310,49 @@ fn study(ws: &Workspace, report_extra: &str) {
     let logit = |rel: &str, d: logit_diff::LogitDiff| ws.write(rel, serde_json::to_string_pretty(&d).unwrap());
     logit("fixtures/logits/ort-int8/logit_diff.json", logits("ort-int8", true));
     logit("fixtures/logits/ort-cuda/logit_diff.json", logits("ort-cuda", false));
-    let variant = |v: &str, ms: f64, bytes: u64| {
-        json!({ "variant": v, "precision": "fp32", "file": format!("out/export/{v}/model.onnx"), "opset": 17, "export_ms": ms, "file_bytes": bytes, "data_bytes": 0,
-                "external_data": false, "initializer_count": 272, "initializer_bytes": 538_000_000u64, "node_count": 1850,
-                "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"], "dynamic_axes": ["batch", "sequence"],
-                "digest": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" })
+    let variant = |v: tr118::export::Variant, ms: f64, bytes: u64| {
+        export::Variant::Onnx(export::ExportReport {
+            variant: v,
+            precision: tr118::export::Precision::Fp32,
+            file: format!("out/export/{}/model.onnx", v.name()),
+            opset: 17,
+            export_ms: ms,
+            file_bytes: bytes,
+            data_bytes: 0,
+            external_data: false,
+            initializer_count: 272,
+            initializer_bytes: 538_000_000,
+            node_count: 1850,
+            inputs: vec!["input_ids".into(), "attention_mask".into()],
+            outputs: vec!["logits".into()],
+            dynamic_axes: vec!["batch".into(), "sequence".into()],
+            max_length: None,
+            digest: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        })
     };
-    w(
-        "fixtures/export/export.json",
-        &json!({ "checkpoint": { "path": "out/model/model.gguf", "format": "gguf", "config": { "arch": "llama", "vocab_size": 49152, "n_layer": 30, "n_head": 9, "d_model": 576 } },
-                 "tool": "tr118 0.1.0", "variants": [variant("prefill", 1234.5, 540_000_000), variant("decoder", 1500.0, 541_000_000)], "tokenizer": "embedded in the GGUF" }),
-    );
+    let config = tr118::model::ModelConfig {
+        arch: tr118::model::Arch::Llama,
+        vocab_size: 49152,
+        n_layer: 30,
+        n_head: 9,
+        n_kv_head: 3,
+        d_model: 576,
+        d_ff: 1536,
+        n_ctx: 2048,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_layout: tr118::model::RopeLayout::Interleaved,
+        tied_embeddings: true,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    };
+    let manifest = export::Export {
+        checkpoint: export::Checkpoint { path: "out/model/model.gguf".into(), format: tr118::model::Format::Gguf, config },
+        tool: "tr118 0.1.0".into(),
+        variants: vec![variant(tr118::export::Variant::Prefill, 1234.5, 540_000_000), variant(tr118::export::Variant::Decoder, 1500.0, 541_000_000)],
+        tokenizer: Some("embedded in the GGUF".into()),
+    };
+    w("fixtures/export/export.json", &serde_json::to_value(&manifest).unwrap());
     let calibration = calibration::Calibration {
         method: "percentile".into(),
         percentile: Some(99.999),

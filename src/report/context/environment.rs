@@ -48,7 +48,7 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     );
     let trt = distinct(a.trt.iter().map(|t| text(&t.value, "trt_version")));
     let trt_gpu = distinct(a.trt.iter().map(|t| text(&t.value, "gpu")));
-    let tools = distinct(a.exports.iter().map(|e| text(&e.value, "tool")));
+    let tools = distinct(a.exports.iter().map(|e| Some(e.value.tool.clone())));
     if hosts.len() > 1 || cpu.len() > 1 {
         warnings.push(format!(
             "The runs come from more than one machine ({}); latencies of different machines are not comparable.",

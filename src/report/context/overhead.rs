@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, list, num, text};
+use super::{Artifacts, Variant, num, text};
 use crate::report::format::{self, sig_opt};
 
 pub(super) fn overhead(a: &Artifacts) -> Value {
@@ -12,20 +12,16 @@ pub(super) fn overhead(a: &Artifacts) -> Value {
         rows.push(json!({ "step": step, "what": what, "seconds": seconds, "bytes": size, "note": note }));
     };
     for e in &a.exports {
-        for v in list(&e.value, "variants") {
-            let size = match (num(v, "file_bytes"), num(v, "data_bytes")) {
-                (Some(f), d) => Some(f + d.unwrap_or(0.0)),
-                _ => None,
-            };
+        for v in e.value.variants.iter().map(Variant::of) {
             push(
                 "export".into(),
-                format!("{} {} ({})", e.node(), text(v, "variant").unwrap_or_default(), text(v, "precision").unwrap_or_default()),
-                num(v, "export_ms").map(|ms| ms / 1000.0),
-                size,
+                format!("{} {} ({})", e.node(), v.variant, v.precision),
+                v.export_ms.map(|ms| ms / 1000.0),
+                Some(v.file_bytes + v.data_bytes.unwrap_or(0.0)),
                 format!(
                     "{} nodes, opset {}",
-                    count_of(v, "node_count").map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)),
-                    count_of(v, "opset").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+                    v.node_count.map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)),
+                    v.opset.map_or(format::UNDEFINED.to_string(), |n| n.to_string())
                 ),
             );
         }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{precision_rank, text};
 use crate::artifact::calibration::Calibration;
+use crate::artifact::export::Export;
 use crate::artifact::gate::Gate;
 use crate::artifact::logit_diff::LogitDiff;
 use crate::artifact::perplexity::Perplexity;
@@ -38,7 +39,6 @@ impl<T> Doc<T> {
 /// kind; one with a type is checked by reading it as its type ([`read_typed`]).
 const SHAPES: &[(&str, &[&str], &str)] = &[
     ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
-    ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
     ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
 ];
 
@@ -103,7 +103,7 @@ pub(in crate::report) struct Artifacts {
     pub perplexity: Vec<Doc<Perplexity>>,
     pub gate: Option<Doc<Gate>>,
     pub logits: Vec<Doc<LogitDiff>>,
-    pub exports: Vec<Doc>,
+    pub exports: Vec<Doc<Export>>,
     pub quantize: Vec<Doc<Quantize>>,
     pub calibration: Vec<Doc<Calibration>>,
     pub trt: Vec<Doc>,
@@ -131,7 +131,7 @@ impl Artifacts {
             perplexity,
             gate: read_first(inputs, "gate", "a `gate` stage's `gate.json`")?,
             logits,
-            exports: docs("export")?,
+            exports: read_all(inputs, "export", "an `export` stage's `export.json`")?,
             quantize: read_all(inputs, "quantize", "a `quantize` stage's `quantize.json`")?,
             calibration: read_all(inputs, "calibration", "a `calibrate` stage's `calibration.json`")?,
             trt,

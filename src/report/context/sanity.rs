@@ -3,43 +3,42 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, list, num, text};
+use super::{Artifacts, Variant, count_of, list, num, text};
 use crate::report::format::{self, sig_opt};
 
 pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     let mut exports = Vec::new();
     for e in &a.exports {
-        for v in list(&e.value, "variants") {
+        for v in e.value.variants.iter().map(Variant::of) {
             exports.push(json!({
                 "node": e.node(),
-                "variant": text(v, "variant"),
-                "precision": text(v, "precision"),
-                "opset": count_of(v, "opset"),
-                "file": text(v, "file"),
-                "file_bytes": num(v, "file_bytes"),
-                "data_bytes": num(v, "data_bytes"),
-                "nodes": count_of(v, "node_count"),
-                "initializers": count_of(v, "initializer_count"),
-                "initializer_bytes": num(v, "initializer_bytes"),
-                "inputs": list(v, "inputs").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-                "outputs": list(v, "outputs").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-                "dynamic_axes": list(v, "dynamic_axes").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-                "export_ms": num(v, "export_ms"),
-                "digest": text(v, "digest").map(|d| d.chars().take(12).collect::<String>()),
+                "variant": v.variant,
+                "precision": v.precision,
+                "opset": v.opset,
+                "file": v.file,
+                "file_bytes": v.file_bytes,
+                "data_bytes": v.data_bytes,
+                "nodes": v.node_count,
+                "initializers": v.initializer_count,
+                "initializer_bytes": v.initializer_bytes,
+                "inputs": v.inputs.join(", "),
+                "outputs": v.outputs.join(", "),
+                "dynamic_axes": v.dynamic_axes.join(", "),
+                "export_ms": v.export_ms,
+                "digest": v.digest.chars().take(12).collect::<String>(),
             }));
         }
     }
     let checkpoint = a.exports.first().map(|e| {
-        let c = &e.value["checkpoint"];
-        let cfg = &c["config"];
+        let c = &e.value.checkpoint;
         json!({
-            "path": text(c, "path"),
-            "format": c.get("format").map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string)),
-            "arch": cfg.get("arch").map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string)),
-            "n_layer": count_of(cfg, "n_layer"),
-            "d_model": count_of(cfg, "d_model"),
-            "n_head": count_of(cfg, "n_head"),
-            "vocab_size": count_of(cfg, "vocab_size"),
+            "path": c.path,
+            "format": c.format,
+            "arch": c.config.arch,
+            "n_layer": c.config.n_layer,
+            "d_model": c.config.d_model,
+            "n_head": c.config.n_head,
+            "vocab_size": c.config.vocab_size,
         })
     });
     let mut quantize = Vec::new();
