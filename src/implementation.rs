@@ -55,7 +55,11 @@ pub const SETS: &[Set] = &[
     Set { name: "tokenizer", version: 1, files: &["src/tokenizer.rs"] },
     Set { name: "calibrate", version: 1, files: &["src/stage/calibrate.rs", "src/quant", "src/artifact/calibration.rs"] },
     Set { name: "quantize", version: 1, files: &["src/stage/quantize.rs", "src/quant", "src/onnx", "src/artifact/calibration.rs", "src/artifact/quantize.rs"] },
-    Set { name: "trt_build", version: 3, files: &["src/stage/trt_build.rs", "src/trt.rs", "src/trt", "python/tr118_trt.py", "src/onnx"] },
+    Set {
+        name: "trt_build",
+        version: 3,
+        files: &["src/stage/trt_build.rs", "src/artifact/trt_build.rs", "src/trt.rs", "src/trt", "python/tr118_trt.py", "src/onnx"],
+    },
     Set { name: "perplexity", version: 1, files: &["src/stage/perplexity.rs", "src/artifact/perplexity.rs"] },
     Set { name: "gate", version: 1, files: &["src/stage/gate.rs", "src/artifact/gate.rs", "src/artifact/perplexity.rs"] },
     Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs", "src/artifact/logit_diff.rs"] },

@@ -5,8 +5,8 @@
 //!
 //! Most writers go through [`serde_json::to_value`] before writing: without serde_json's
 //! `preserve_order` a JSON object is a sorted map, so the keys of every object come out sorted,
-//! whatever the order of the fields. `perplexity.json`, `logit_diff.json`, `calibration.json` and
-//! `quantize.json` have always been written straight from their structs, keys in field order; they still are,
+//! whatever the order of the fields. `perplexity.json`, `logit_diff.json`, `calibration.json`,
+//! `quantize.json` and `build.json` have always been written straight from their structs, keys in field order; they still are,
 //! so their bytes are unchanged (see [`perplexity`]). Each module says which way its file is written.
 //!
 //! | module         | file              | written by             | read by                      |
@@ -18,6 +18,7 @@
 //! | [`calibration`] | `calibration.json` | the `calibrate` stage | the `quantize` stage, the report |
 //! | [`export`]     | `export.json`     | the `export` stage     | the report                   |
 //! | [`quantize`]   | `quantize.json`   | the `quantize` stage   | the report                   |
+//! | [`trt_build`]  | `build.json`      | the `trt_build` stage (either builder) | the report   |
 
 pub mod calibration;
 pub mod export;
@@ -26,3 +27,4 @@ pub mod logit_diff;
 pub mod perplexity;
 pub mod quantize;
 pub mod stats;
+pub mod trt_build;

@@ -31,6 +31,7 @@ use tr118::artifact::gate;
 use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
 use tr118::artifact::quantize;
+use tr118::artifact::trt_build;
 use tr118::backend::Capability;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
@@ -177,18 +178,47 @@ fn sweep(backend: &str, mode: &str, ok: bool) -> Value {
     })
 }
 
-fn trt_build(precision: &str, built: bool) -> Value {
-    json!({
-        "precision": precision, "status": if built { "ok" } else { "degraded" }, "reason": if built { Value::Null } else { json!(TRT_REASON) },
-        "flags": [], "command": ["trtexec", "--onnx=out/export/prefill/model.onnx"], "trtexec": if built { json!("/opt/tensorrt/bin/trtexec") } else { Value::Null },
-        "trt_version": if built { json!("10.3.0") } else { Value::Null }, "gpu": "<none>", "model": "out/export/prefill/model.onnx",
-        "calibration": if precision == "int8" { json!("out/calibrate/calibration.cache") } else { Value::Null },
-        "dynamic_inputs": {}, "profiles": [], "shapes": [], "also_fp16": false, "tf32": true, "workspace_mib": Value::Null, "timing_cache": Value::Null,
-        "build_s": if built { json!(95.3) } else { Value::Null }, "engine_build_s": if built { json!(88.1) } else { Value::Null },
-        "plan_bytes": if built { json!(180_000_000u64) } else { Value::Null }, "n_layers": if built { json!(175) } else { Value::Null },
-        "layers_by_precision": if built { json!({ "fp32": 10, "fp16": 40, "int8": 120, "other": 5 }) } else { Value::Null },
-        "int8_layers": Value::Null, "output_dtypes": Value::Null, "int8_verified": if built { json!(true) } else { Value::Null },
-    })
+fn trt_build(precision: &str, built: bool) -> trt_build::TrtBuild {
+    trt_build::TrtBuild {
+        builder: "trtexec".into(),
+        precision: precision.into(),
+        status: if built { "ok" } else { "degraded" }.into(),
+        reason: (!built).then(|| TRT_REASON.into()),
+        flags: vec![],
+        command: vec!["trtexec".into(), "--onnx=out/export/prefill/model.onnx".into()],
+        trtexec: built.then(|| "/opt/tensorrt/bin/trtexec".into()),
+        library: None,
+        library_digest: None,
+        bindings: vec![],
+        python: None,
+        trt_version: built.then(|| "10.3.0".into()),
+        gpu: "<none>".into(),
+        model: "out/export/prefill/model.onnx".into(),
+        calibration: (precision == "int8").then(|| "out/calibrate/calibration.cache".into()),
+        dynamic_inputs: BTreeMap::new(),
+        profiles: vec![],
+        shapes: vec![],
+        also_fp16: false,
+        tf32: true,
+        workspace_mib: None,
+        timing_cache: None,
+        built: if built {
+            trt_build::Built {
+                build_s: Some(95.3),
+                engine_build_s: Some(88.1),
+                peak_build_mib: None,
+                plan_bytes: Some(180_000_000),
+                n_layers: Some(175),
+                layers_by_precision: Some(trt_build::ByPrecision { fp32: 10, fp16: 40, int8: 120, other: 5 }),
+                int8_layers: None,
+                output_dtypes: None,
+                int8_verified: Some(true),
+                fp16_verified: None,
+            }
+        } else {
+            trt_build::Built::default()
+        },
+    }
 }
 
 fn quantize() -> quantize::Quantize {
@@ -374,8 +404,10 @@ fn study(ws: &Workspace, report_extra: &str) {
     ws.write("fixtures/calibrate/calibration.json", serde_json::to_string_pretty(&calibration).unwrap());
     // As the stage writes it: straight from the struct.
     ws.write("fixtures/quantize-static/quantize.json", serde_json::to_string_pretty(&quantize()).unwrap());
-    w("fixtures/trt_build/fp16/build.json", &trt_build("fp16", false));
-    w("fixtures/trt_build/int8/build.json", &trt_build("int8", true));
+    // As the stage writes it: straight from the struct.
+    let trt = |rel: &str, b: trt_build::TrtBuild| ws.write(rel, serde_json::to_string_pretty(&b).unwrap());
+    trt("fixtures/trt_build/fp16/build.json", trt_build("fp16", false));
+    trt("fixtures/trt_build/int8/build.json", trt_build("int8", true));
     w("fixtures/sweep/ort-cpu/prefill/sweep.json", &sweep("ort-cpu", "prefill", true));
     w("fixtures/sweep/ort-cpu/generate/sweep.json", &sweep("ort-cpu", "generate", true));
     w("fixtures/sweep/ort-cuda/prefill/sweep.json", &sweep("ort-cuda", "prefill", false));

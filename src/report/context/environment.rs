@@ -46,8 +46,8 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
             .chain(a.quantize.iter().map(|q| Some(q.value.ort.runtime_version.clone())))
             .chain(a.calibration.iter().map(|c| Some(c.value.runtime_version.clone()))),
     );
-    let trt = distinct(a.trt.iter().map(|t| text(&t.value, "trt_version")));
-    let trt_gpu = distinct(a.trt.iter().map(|t| text(&t.value, "gpu")));
+    let trt = distinct(a.trt.iter().map(|t| t.value.trt_version.clone()));
+    let trt_gpu = distinct(a.trt.iter().map(|t| Some(t.value.gpu.clone())));
     let tools = distinct(a.exports.iter().map(|e| Some(e.value.tool.clone())));
     if hosts.len() > 1 || cpu.len() > 1 {
         warnings.push(format!(

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::results::best;
-use super::{Artifacts, Shape, count_of, join_names, list, mode_title, num, plural, text};
+use super::{Artifacts, Shape, count_of, join_names, mode_title, num, plural};
 use crate::report::format::{self, estimate, sig_opt};
 
 pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
@@ -110,20 +110,20 @@ pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
     let mut unbuilt: Vec<(String, Vec<String>)> = Vec::new();
     for t in &a.trt {
         let v = &t.value;
-        let p = text(v, "precision").unwrap_or_default();
-        if v["status"] == "ok" {
-            let layers = v.get("layers_by_precision").cloned().unwrap_or(Value::Null);
+        let p = v.precision.clone();
+        if v.status == "ok" {
+            let layers = v.built.layers_by_precision.clone().unwrap_or_default();
             out.push(format!(
                 "TensorRT {p} plan ({}): built, {} layers ({} INT8, {} FP16, {} FP32){}.",
                 t.node(),
-                count_of(v, "n_layers").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
-                count_of(&layers, "int8").unwrap_or(0),
-                count_of(&layers, "fp16").unwrap_or(0),
-                count_of(&layers, "fp32").unwrap_or(0),
-                list(v, "flags").iter().filter_map(Value::as_str).map(|f| format!("; flagged: {f}")).collect::<String>()
+                v.built.n_layers.map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
+                layers.int8,
+                layers.fp16,
+                layers.fp32,
+                v.flags.iter().map(|f| format!("; flagged: {f}")).collect::<String>()
             ));
         } else {
-            let reason = text(v, "reason").unwrap_or_else(|| "no reason given".into());
+            let reason = v.reason.clone().unwrap_or_else(|| "no reason given".into());
             match unbuilt.iter_mut().find(|(r, _)| *r == reason) {
                 Some((_, ps)) => ps.push(p),
                 None => unbuilt.push((reason, vec![p])),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, list, text};
+use super::Artifacts;
 
 /// One degraded thing: what, where, why and how many.
 struct Limitation {
@@ -30,7 +30,6 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
     let mut push = |area, who: String, detail: Option<String>, reason: String, count, of, unit, merge| {
         raw.push(Limitation { area, subjects: vec![(who, detail)], reason, count, of, unit, merge });
     };
-    let reason_of = |v: &Value| text(v, "reason").unwrap_or_else(|| "no reason given".into());
     for d in &a.stats.value.degraded {
         for r in &d.reasons {
             push("latency", d.backend.clone(), Some(d.mode.clone()), r.reason.clone(), Some(r.count as u64), Some(d.n_total as u64), "runs", true);
@@ -49,12 +48,12 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
         push("logits", d.value.backend.clone(), None, d.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", true);
     }
     for t in &a.trt {
-        let plan = format!("{} plan", text(&t.value, "precision").unwrap_or_default());
-        if t.value["status"] != "ok" {
-            push("TensorRT", plan.clone(), None, reason_of(&t.value), None, None, "", true);
+        let plan = format!("{} plan", t.value.precision);
+        if t.value.status != "ok" {
+            push("TensorRT", plan.clone(), None, t.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", true);
         }
-        for f in list(&t.value, "flags").iter().filter_map(Value::as_str) {
-            push("TensorRT", plan.clone(), None, f.to_string(), None, None, "", true);
+        for f in &t.value.flags {
+            push("TensorRT", plan.clone(), None, f.clone(), None, None, "", true);
         }
     }
     for q in &a.quantize {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, Variant, num, text};
+use super::{Artifacts, Variant};
 use crate::report::format::{self, sig_opt};
 
 pub(super) fn overhead(a: &Artifacts) -> Value {
@@ -42,14 +42,15 @@ pub(super) fn overhead(a: &Artifacts) -> Value {
         push("quantize".into(), q.node(), Some(v.elapsed_s).filter(|s| s.is_finite()), size, format!("{} INT8", v.scheme.name()));
     }
     for t in &a.trt {
-        let v = &t.value;
-        let note = if v["plan_bytes"].is_u64() {
-            let peak = num(v, "peak_build_mib").map_or(String::new(), |m| format!(", peak memory {} MiB", sig_opt(Some(m), 3)));
-            format!("{}: builder {} s{peak}", text(v, "builder").unwrap_or_else(|| "trtexec".into()), sig_opt(num(v, "engine_build_s"), 3))
+        let (v, b) = (&t.value, &t.value.built);
+        let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
+        let note = if b.plan_bytes.is_some() {
+            let peak = finite(b.peak_build_mib).map_or(String::new(), |m| format!(", peak memory {} MiB", sig_opt(Some(m), 3)));
+            format!("{}: builder {} s{peak}", v.builder, sig_opt(finite(b.engine_build_s), 3))
         } else {
-            format!("not built: {}", text(v, "reason").unwrap_or_else(|| "no reason given".into()))
+            format!("not built: {}", v.reason.clone().unwrap_or_else(|| "no reason given".into()))
         };
-        push("TensorRT build".into(), t.node(), num(v, "build_s"), num(v, "plan_bytes"), note);
+        push("TensorRT build".into(), t.node(), finite(b.build_s), b.plan_bytes.map(|n| n as f64), note);
     }
     Value::Array(rows)
 }

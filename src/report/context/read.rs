@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{precision_rank, text};
+use super::precision_rank;
 use crate::artifact::calibration::Calibration;
 use crate::artifact::export::Export;
 use crate::artifact::gate::Gate;
@@ -14,6 +14,7 @@ use crate::artifact::logit_diff::LogitDiff;
 use crate::artifact::perplexity::Perplexity;
 use crate::artifact::quantize::Quantize;
 use crate::artifact::stats::Stats;
+use crate::artifact::trt_build::TrtBuild;
 use crate::measure::RunRecord;
 use crate::report::{Inputs, ReportError};
 
@@ -37,10 +38,7 @@ impl<T> Doc<T> {
 
 /// What each kind of artifact without a type must have for the report to read it as that
 /// kind; one with a type is checked by reading it as its type ([`read_typed`]).
-const SHAPES: &[(&str, &[&str], &str)] = &[
-    ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
-    ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
-];
+const SHAPES: &[(&str, &[&str], &str)] = &[("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`")];
 
 /// The text of `path` and its JSON, or why it cannot be read as JSON.
 fn read_json(root: &Path, path: &str) -> Result<(String, Value), ReportError> {
@@ -106,7 +104,7 @@ pub(in crate::report) struct Artifacts {
     pub exports: Vec<Doc<Export>>,
     pub quantize: Vec<Doc<Quantize>>,
     pub calibration: Vec<Doc<Calibration>>,
-    pub trt: Vec<Doc>,
+    pub trt: Vec<Doc<TrtBuild>>,
 }
 
 impl Artifacts {
@@ -122,8 +120,8 @@ impl Artifacts {
         perplexity.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
         let mut logits: Vec<Doc<LogitDiff>> = read_all(inputs, "logits", "a `logit_diff` node's `logit_diff.json`")?;
         logits.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
-        let mut trt = docs("trt")?;
-        trt.sort_by_key(|d| precision_rank(&text(&d.value, "precision").unwrap_or_default()));
+        let mut trt: Vec<Doc<TrtBuild>> = read_all(inputs, "trt", "a `trt_build` node's `build.json`")?;
+        trt.sort_by_key(|d| precision_rank(&d.value.precision));
         Ok(Artifacts {
             stats,
             runs,

@@ -3,10 +3,11 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, Variant, count_of, list, num, text};
+use super::{Artifacts, Variant};
 use crate::report::format::{self, sig_opt};
 
 pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
+    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
     let mut exports = Vec::new();
     for e in &a.exports {
         for v in e.value.variants.iter().map(Variant::of) {
@@ -80,33 +81,32 @@ pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     }
     let mut trt = Vec::new();
     for t in &a.trt {
-        let v = &t.value;
-        let layers = v.get("layers_by_precision").cloned().unwrap_or(Value::Null);
-        if v.get("int8_verified") == Some(&Value::Bool(false)) {
-            warnings.push(format!("TensorRT {} plan: INT8 was requested but no layer runs in INT8.", text(v, "precision").unwrap_or_default()));
+        let (v, b) = (&t.value, &t.value.built);
+        let layers = b.layers_by_precision.as_ref();
+        if b.int8_verified == Some(false) {
+            warnings.push(format!("TensorRT {} plan: INT8 was requested but no layer runs in INT8.", v.precision));
         }
         trt.push(json!({
             "node": t.node(),
-            "precision": text(v, "precision"),
-            "status": text(v, "status"),
-            "reason": text(v, "reason"),
-            "flags": list(v, "flags").iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "),
-            "trt_version": text(v, "trt_version"),
-            "n_layers": count_of(v, "n_layers"),
-            "fp32": count_of(&layers, "fp32"),
-            "fp16": count_of(&layers, "fp16"),
-            "int8": count_of(&layers, "int8"),
-            "other": count_of(&layers, "other"),
-            "int8_verified": v.get("int8_verified").and_then(Value::as_bool),
-            "plan_bytes": num(v, "plan_bytes"),
-            "build_s": num(v, "build_s"),
-            "engine_build_s": num(v, "engine_build_s"),
-            "builder": text(v, "builder"),
-            "peak_build_mib": num(v, "peak_build_mib"),
+            "precision": v.precision,
+            "status": v.status,
+            "reason": v.reason,
+            "flags": v.flags.join("; "),
+            "trt_version": v.trt_version,
+            "n_layers": b.n_layers,
+            "fp32": layers.map(|l| l.fp32),
+            "fp16": layers.map(|l| l.fp16),
+            "int8": layers.map(|l| l.int8),
+            "other": layers.map(|l| l.other),
+            "int8_verified": b.int8_verified,
+            "plan_bytes": b.plan_bytes.map(|n| n as f64),
+            "build_s": finite(b.build_s),
+            "engine_build_s": finite(b.engine_build_s),
+            "builder": v.builder,
+            "peak_build_mib": finite(b.peak_build_mib),
         }));
     }
     let mut perplexity = Vec::new();
-    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
     for d in &a.perplexity {
         let v = &d.value;
         let (ppl, uniform) = (finite(v.ppl), finite(v.uniform_ppl));
