@@ -63,7 +63,7 @@ pub const SETS: &[Set] = &[
     Set { name: "perplexity", version: 1, files: &["src/stage/perplexity.rs", "src/artifact/perplexity.rs"] },
     Set { name: "gate", version: 1, files: &["src/stage/gate.rs", "src/artifact/gate.rs", "src/artifact/perplexity.rs"] },
     Set { name: "logit_diff", version: 1, files: &["src/stage/logit_diff.rs", "src/artifact/logit_diff.rs"] },
-    Set { name: "sweep", version: 1, files: &["src/stage/sweep.rs", "src/measure"] },
+    Set { name: "sweep", version: 1, files: &["src/stage/sweep.rs", "src/artifact/sweep.rs", "src/measure"] },
     Set { name: "stats", version: 1, files: &["src/stage/stats.rs", "src/artifact/stats.rs", "src/stats.rs", "src/measure/mod.rs"] },
     Set { name: "report", version: 3, files: &["src/stage/report.rs", "src/report", "src/artifact"] },
     Set { name: "templates", version: 2, files: &["templates/report.md.j2", "templates/report.html.j2"] },

@@ -6,7 +6,7 @@
 //! Most writers go through [`serde_json::to_value`] before writing: without serde_json's
 //! `preserve_order` a JSON object is a sorted map, so the keys of every object come out sorted,
 //! whatever the order of the fields. `perplexity.json`, `logit_diff.json`, `calibration.json`,
-//! `quantize.json` and `build.json` have always been written straight from their structs, keys in field order; they still are,
+//! `quantize.json`, `build.json` and `sweep.json` have always been written straight from their structs, keys in field order; they still are,
 //! so their bytes are unchanged (see [`perplexity`]). Each module says which way its file is written.
 //!
 //! | module         | file              | written by             | read by                      |
@@ -19,6 +19,7 @@
 //! | [`export`]     | `export.json`     | the `export` stage     | the report                   |
 //! | [`quantize`]   | `quantize.json`   | the `quantize` stage   | the report                   |
 //! | [`trt_build`]  | `build.json`      | the `trt_build` stage (either builder) | the report   |
+//! | [`sweep`]      | `sweep.json`      | the `sweep` stage      | the report                   |
 
 pub mod calibration;
 pub mod export;
@@ -27,4 +28,5 @@ pub mod logit_diff;
 pub mod perplexity;
 pub mod quantize;
 pub mod stats;
+pub mod sweep;
 pub mod trt_build;

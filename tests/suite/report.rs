@@ -31,8 +31,10 @@ use tr118::artifact::gate;
 use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
 use tr118::artifact::quantize;
+use tr118::artifact::sweep;
 use tr118::artifact::trt_build;
 use tr118::backend::Capability;
+use tr118::measure::sampler::SamplerOverhead;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
 /// t(0.975, 4), scipy.stats.t.ppf(0.975, 4).
@@ -131,11 +133,6 @@ fn capability_of(provider: &str) -> Capability {
     }
 }
 
-/// The capability of the artifacts still written here as JSON (sweeps, logits).
-fn capability(provider: &str) -> Value {
-    serde_json::to_value(capability_of(provider)).unwrap()
-}
-
 fn perplexity(backend: &str, precision: &str, ppl: Option<f64>) -> Perplexity {
     let ok = ppl.is_some();
     Perplexity {
@@ -159,23 +156,45 @@ fn perplexity(backend: &str, precision: &str, ppl: Option<f64>) -> Perplexity {
     }
 }
 
-fn sweep(backend: &str, mode: &str, ok: bool) -> Value {
-    let scenarios: Vec<Value> = ["short", "long"]
+fn sweep(backend: &str, mode: &str, ok: bool) -> sweep::Sweep {
+    let scenarios: Vec<sweep::ScenarioSummary> = ["short", "long"]
         .iter()
         .map(|s| {
             let (batch, prompt) = shape(s);
-            json!({ "name": s, "batch": batch, "prompt_tokens": prompt, "new_tokens": 8, "n_ok": if ok { 5 } else { 0 }, "n_degraded": if ok { 0 } else { 5 },
-                    "mean_latency_ms": Value::Null, "output_ids": Value::Null, "outputs_consistent": if mode == "generate" && ok { json!(true) } else { Value::Null } })
+            sweep::ScenarioSummary {
+                scenario: sweep::Scenario { name: s.to_string(), batch, prompt_tokens: prompt, new_tokens: 8 },
+                n_ok: if ok { 5 } else { 0 },
+                n_degraded: if ok { 0 } else { 5 },
+                mean_latency_ms: None,
+                output_ids: None,
+                outputs_consistent: (mode == "generate" && ok).then_some(true),
+            }
         })
         .collect();
-    json!({
-        "backend": backend, "provider": if backend == "ort-cuda" { "cuda" } else { "cpu" }, "precision": if backend == "ort-int8" { "int8" } else { "fp32" },
-        "mode": mode, "model": "out/export/prefill/model.onnx", "capability": if ok { capability("cpu") } else { Value::Null },
-        "warmup": 3, "reps": 5, "sample_interval_ms": 10, "scenarios": scenarios,
-        "sampler": if ok { json!({ "interval_ms": 10.0, "samples": 40, "cpu_time_ms": 1.2, "wall_ms": 400.0, "cpu_share": 0.003, "mean_sample_us": 15.0, "gpu": false }) } else { Value::Null },
-        "harness": if ok { json!({ "iterations": 10, "loop_ms": 300.0, "measured_ms": 299.0, "overhead_per_iteration_us": 12.5 }) } else { Value::Null },
-        "status": if ok { "ok" } else { "degraded" }, "reason": if ok { Value::Null } else { json!(format!("10 of 10 runs degraded: {CUDA_REASON}")) },
-    })
+    sweep::Sweep {
+        backend: backend.into(),
+        provider: if backend == "ort-cuda" { "cuda" } else { "cpu" }.into(),
+        precision: if backend == "ort-int8" { "int8" } else { "fp32" }.into(),
+        mode: mode.into(),
+        model: "out/export/prefill/model.onnx".into(),
+        capability: ok.then(|| capability_of("cpu")),
+        warmup: 3,
+        reps: 5,
+        sample_interval_ms: 10,
+        scenarios,
+        sampler: ok.then(|| SamplerOverhead {
+            interval_ms: 10.0,
+            samples: 40,
+            cpu_time_ms: 1.2,
+            wall_ms: 400.0,
+            cpu_share: 0.003,
+            mean_sample_us: 15.0,
+            ..SamplerOverhead::default()
+        }),
+        harness: ok.then_some(sweep::Harness { iterations: 10, loop_ms: 300.0, measured_ms: 299.0, overhead_per_iteration_us: 12.5 }),
+        status: if ok { "ok" } else { "degraded" }.into(),
+        reason: (!ok).then(|| format!("10 of 10 runs degraded: {CUDA_REASON}")),
+    }
 }
 
 fn trt_build(precision: &str, built: bool) -> trt_build::TrtBuild {
@@ -408,9 +427,11 @@ fn study(ws: &Workspace, report_extra: &str) {
     let trt = |rel: &str, b: trt_build::TrtBuild| ws.write(rel, serde_json::to_string_pretty(&b).unwrap());
     trt("fixtures/trt_build/fp16/build.json", trt_build("fp16", false));
     trt("fixtures/trt_build/int8/build.json", trt_build("int8", true));
-    w("fixtures/sweep/ort-cpu/prefill/sweep.json", &sweep("ort-cpu", "prefill", true));
-    w("fixtures/sweep/ort-cpu/generate/sweep.json", &sweep("ort-cpu", "generate", true));
-    w("fixtures/sweep/ort-cuda/prefill/sweep.json", &sweep("ort-cuda", "prefill", false));
+    // As the stage writes it: straight from the struct.
+    let sw = |rel: &str, s: sweep::Sweep| ws.write(rel, serde_json::to_string_pretty(&s).unwrap());
+    sw("fixtures/sweep/ort-cpu/prefill/sweep.json", sweep("ort-cpu", "prefill", true));
+    sw("fixtures/sweep/ort-cpu/generate/sweep.json", sweep("ort-cpu", "generate", true));
+    sw("fixtures/sweep/ort-cuda/prefill/sweep.json", sweep("ort-cuda", "prefill", false));
 
     let runs: Vec<String> = by_file.keys().map(|k| format!("\"fixtures/runs/{k}.jsonl\"")).collect();
     ws.pipeline(&format!(

@@ -145,8 +145,8 @@ pub(super) fn abstract_text(shape: &Shape, a: &Artifacts) -> Vec<String> {
         total += count_of(r, "n_total").unwrap_or(0);
         ok += count_of(r, "n_ok").unwrap_or(0);
     }
-    let reps: BTreeSet<u64> = a.sweeps.iter().filter_map(|s| count_of(&s.value, "reps")).collect();
-    let warmup: BTreeSet<u64> = a.sweeps.iter().filter_map(|s| count_of(&s.value, "warmup")).collect();
+    let reps: BTreeSet<u64> = a.sweeps.iter().map(|s| s.value.reps as u64).collect();
+    let warmup: BTreeSet<u64> = a.sweeps.iter().map(|s| s.value.warmup as u64).collect();
     let range = |set: &BTreeSet<u64>| match (set.first(), set.last()) {
         (Some(a), Some(b)) if a == b => Some(a.to_string()),
         (Some(a), Some(b)) => Some(format!("{a} to {b}")),

@@ -121,10 +121,6 @@ fn count_of(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64)
 }
 
-fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
 fn join_names<S: AsRef<str>>(names: &[S]) -> String {
     match names.len() {
         0 => String::new(),
