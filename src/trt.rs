@@ -73,7 +73,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::onnx::signature::{SigDim, TensorSig};
@@ -186,12 +186,12 @@ impl PlanPrecision {
 }
 
 /// One optimisation profile: dimension name → `[min, opt, max]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile(pub BTreeMap<String, [u64; 3]>);
 
 /// One profile as shape specs, `input_ids:1x1,attention_mask:1x1` — the syntax of `trtexec`'s
 /// `--minShapes` and of ONNX Runtime's `trt_profile_min_shapes` alike.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShapeSpecs {
     pub min: String,
     pub opt: String,
@@ -369,7 +369,7 @@ pub(crate) fn tail(log: &str, n: usize) -> String {
 }
 
 /// A tensor's element type, as far as a precision census cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataType {
     Int8,
@@ -483,7 +483,7 @@ pub fn parse_layer_info(text: &str) -> Result<LayerInfo, TrtError> {
 }
 
 /// Layers counted by precision.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ByPrecision {
     pub fp32: usize,
     pub fp16: usize,
@@ -492,7 +492,7 @@ pub struct ByPrecision {
 }
 
 /// The INT8 layers of a plan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Int8Layers {
     pub count: usize,
     /// The first [`MAX_LISTED_LAYERS`] names, in plan order.
@@ -502,7 +502,7 @@ pub struct Int8Layers {
 }
 
 /// How a network output leaves the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputType {
     pub dtype: DataType,
     pub format: Option<String>,

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ExportError, Precision};
 use crate::model::Checkpoint;
@@ -30,18 +30,18 @@ pub(crate) const VARIANT: &str = "hf";
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// One file of the directory.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct HfFile {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfFile {
     pub name: String,
     pub bytes: u64,
 }
 
 /// What `export.json` records about the directory, with the fields the ONNX variants share
 /// named as theirs are.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct HfReport {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfReport {
     /// Always [`VARIANT`].
-    pub variant: &'static str,
+    pub variant: String,
     /// The export's precision: which values the float32 tensors hold (see the module doc).
     pub precision: Precision,
     /// The weights file.
@@ -95,7 +95,7 @@ pub(crate) fn export_hf(ck: &Checkpoint, precision: Precision, tokenizer: Option
         files.push(HfFile { name, bytes });
     }
     Ok(HfReport {
-        variant: VARIANT,
+        variant: VARIANT.into(),
         precision,
         file: "model.safetensors".into(),
         file_bytes: files.iter().map(|f| f.bytes).sum(),

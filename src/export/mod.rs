@@ -51,7 +51,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Checkpoint, ModelError};
 use crate::onnx::{self, WriteOptions};
@@ -62,7 +62,7 @@ pub(crate) mod transformer;
 
 use transformer::Cache;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
     Prefill,
@@ -90,7 +90,7 @@ impl Variant {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
@@ -123,7 +123,7 @@ pub struct ExportOptions {
 pub(crate) const DEFAULT_MAX_LENGTH: usize = 4096;
 
 /// What the study's report tabulates about one exported model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportReport {
     pub variant: Variant,
     pub precision: Precision,

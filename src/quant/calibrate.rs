@@ -84,8 +84,6 @@
 //! per-tensor min/max and a plain `calibration.cache` of `name value` lines holding the range
 //! itself, not the hex scale. tr118 writes only TensorRT's native format.
 
-use serde::{Deserialize, Serialize};
-
 /// Histogram bins over `[0, absmax]`.
 pub const BINS: usize = 2048;
 /// Magnitudes an INT8 value can take (0..=127).
@@ -345,69 +343,7 @@ pub(crate) fn parse_cache(text: &str) -> Result<Cache, String> {
     Ok(Cache { header, version_code, algorithm, entries })
 }
 
-/// One consumer of an observed tensor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Consumer {
-    pub node: String,
-    pub op: String,
-    /// Which input of the node the tensor is.
-    pub input: usize,
-    /// The node's weight initializer, when its other input is one.
-    pub weight: Option<String>,
-}
-
-/// One tensor of `calibration.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TensorCalibration {
-    pub name: String,
-    pub consumers: Vec<Consumer>,
-    pub min: f32,
-    pub max: f32,
-    pub absmax: f32,
-    /// The chosen range: values beyond `±amax` saturate.
-    pub amax: f32,
-    /// `amax / 127`.
-    pub scale: f32,
-    /// The scale as the cache writes it.
-    pub scale_hex: String,
-    pub method: String,
-    /// Samples the tensor was seen in.
-    pub samples: usize,
-    pub elements: u64,
-    /// Entropy: bins kept and the divergence there. Null for the other methods.
-    pub entropy_bins: Option<usize>,
-    pub entropy_kl: Option<f64>,
-}
-
-/// `calibration.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
-    pub method: String,
-    pub percentile: Option<f64>,
-    /// Histogram bins (null for `minmax`) and INT8 magnitude levels.
-    pub bins: Option<usize>,
-    pub levels: usize,
-    pub samples: usize,
-    pub seq_len: usize,
-    pub seed: u64,
-    pub corpus_tokens: usize,
-    /// The first token of each sample window, in the order they ran.
-    pub sample_starts: Vec<usize>,
-    /// The model's file name and digest ([`crate::onnx::edit::Model::digest`]).
-    pub model_file: String,
-    pub model_digest: String,
-    pub runtime_version: String,
-    pub cache_header: String,
-    pub elapsed_s: f64,
-    /// In the order the graph first uses them.
-    pub tensors: Vec<TensorCalibration>,
-}
-
-impl Calibration {
-    pub(crate) fn tensor(&self, name: &str) -> Option<&TensorCalibration> {
-        self.tensors.iter().find(|t| t.name == name)
-    }
-}
+pub use crate::artifact::calibration::{Calibration, Consumer, TensorCalibration};
 
 #[cfg(test)]
 mod tests {

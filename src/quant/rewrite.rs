@@ -65,7 +65,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::QuantError;
 use super::calibrate::Calibration;
@@ -74,7 +74,7 @@ use crate::onnx::edit::{INT8, Model, UINT8, element_count};
 use crate::onnx::proto::{AttributeProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::{FLOAT, attr_i};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     Static,
@@ -107,7 +107,7 @@ pub struct Options {
 }
 
 /// A MatMul/Gemm the rewrite quantized.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QuantizedOp {
     pub name: String,
     pub op: String,
@@ -125,7 +125,7 @@ pub struct QuantizedOp {
 }
 
 /// A MatMul/Gemm left in float, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FloatOp {
     pub name: String,
     pub op: String,
@@ -444,7 +444,7 @@ fn remove_dead(g: &mut crate::onnx::proto::GraphProto, via: &HashSet<String>, we
 }
 
 /// What the written graph holds, counted from the file.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Written {
     /// Op type → nodes.
     pub ops: BTreeMap<String, usize>,

@@ -60,7 +60,8 @@
 use std::io::Write;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
 use crate::onnx::edit::Model;
@@ -74,6 +75,20 @@ const METHODS: [&str; 3] = ["minmax", "percentile", "entropy"];
 
 pub(crate) const JSON_OUT: &str = "calibration.json";
 pub(crate) const CACHE_OUT: &str = "calibration.cache";
+
+/// The lowered config, every default filled in.
+#[derive(Debug, Serialize, Deserialize)]
+struct Config {
+    /// One of [`METHODS`].
+    method: String,
+    /// Set for `percentile` only, null otherwise.
+    percentile: Option<f64>,
+    samples: u64,
+    seq_len: u64,
+    seed: u64,
+    strip: bool,
+    trt_version: String,
+}
 
 /// SplitMix64: a seeded, portable stream for choosing sample windows.
 struct SplitMix64(u64);
@@ -193,9 +208,7 @@ impl StageKind for Calibrate {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(
-            json!({ "method": method, "percentile": percentile, "samples": samples, "seq_len": seq_len, "seed": seed, "strip": strip, "trt_version": trt_version }),
-        )
+        Ok(serde_json::to_value(Config { method, percentile, samples, seq_len, seed, strip, trt_version }).expect("a config is JSON"))
     }
 
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
@@ -203,23 +216,22 @@ impl StageKind for Calibrate {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
-        let c = &cx.node.config;
-        let method = match c["method"].as_str().unwrap_or("entropy") {
-            "minmax" => Method::MinMax,
-            "percentile" => Method::Percentile(c["percentile"].as_f64().unwrap_or(99.99)),
+        let c = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
+        let method = match (c.method.as_str(), c.percentile) {
+            ("minmax", _) => Method::MinMax,
+            ("percentile", Some(p)) => Method::Percentile(p),
+            ("percentile", None) => return Err("the lowered config has `method = \"percentile\"` and no `percentile`".into()),
             _ => Method::Entropy,
         };
-        let samples = c["samples"].as_u64().unwrap_or(64) as usize;
-        let seq_len = c["seq_len"].as_u64().unwrap_or(256) as usize;
-        let seed = c["seed"].as_u64().unwrap_or(0);
-        let version_code = calibrate::trt_version_code(c["trt_version"].as_str().unwrap_or("8.6.1"))?;
+        let (samples, seq_len, seed) = (c.samples as usize, c.seq_len as usize, c.seed);
+        let version_code = calibrate::trt_version_code(&c.trt_version)?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let model_path = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
         let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
         let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
 
         let text = std::fs::read_to_string(&corpus_path).map_err(|e| format!("reading corpus `{}`: {e}", corpus_path.display()))?;
-        let text = if c["strip"].as_bool().unwrap_or(true) { super::corpus::strip_doc_markers(&text) } else { text };
+        let text = if c.strip { super::corpus::strip_doc_markers(&text) } else { text };
         let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
         tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
         let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;

@@ -42,9 +42,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::artifact::export as artifact;
 use crate::export::{self, ExportOptions, Precision, Variant};
 use crate::model::gguf::GgufHeader;
 use crate::model::{Checkpoint, Format};
@@ -57,6 +59,36 @@ const FIELDS: &[&str] = &["variants", "precision", "opset", "external_data", "to
 /// Every variant a pipeline may ask for: the ONNX ones of [`Variant`], then the Hugging Face
 /// directory.
 const VARIANTS: &[&str] = &["prefill", "decoder", "decoder_fixed", export::hf::VARIANT];
+
+/// The lowered config, every default filled in.
+#[derive(Debug, Serialize, Deserialize)]
+struct Config {
+    /// Names of [`VARIANTS`], in the stage's order.
+    variants: Vec<String>,
+    precision: Precision,
+    opset: i64,
+    external_data: ExternalData,
+    /// Whether to write `tokenizer.json`.
+    tokenizer: bool,
+    /// Present only when `variants` lists `decoder_fixed`, and then null when unset (the
+    /// model's context length): absent and null are different keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_length: Option<Option<u64>>,
+}
+
+/// `external_data`: `true`, `false`, or `"auto"` (the exporter decides by size).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ExternalData {
+    Set(bool),
+    Auto(Auto),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Auto {
+    Auto,
+}
 
 /// `"a", "b", "c"`.
 fn quoted(names: &[&str]) -> String {
@@ -96,9 +128,10 @@ impl StageKind for Export {
                 errors.push(LowerError { field, message: format!("variant `{v}` is listed twice"), help: None });
             }
         }
-        let precision = f.get("precision").and_then(Value::as_str).unwrap_or("fp32").to_string();
-        if Precision::parse(&precision).is_none() {
-            errors.push(LowerError::on("precision", format!("unknown precision `{precision}`"), Some("`fp32` or `fp16`".into())));
+        let name = f.get("precision").and_then(Value::as_str).unwrap_or("fp32");
+        let precision = Precision::parse(name);
+        if precision.is_none() {
+            errors.push(LowerError::on("precision", format!("unknown precision `{name}`"), Some("`fp32` or `fp16`".into())));
         }
         let opset = match f.get("opset") {
             None => 17,
@@ -111,12 +144,12 @@ impl StageKind for Export {
             },
         };
         let external = match f.get("external_data") {
-            None => Value::String("auto".into()),
-            Some(Value::Bool(b)) => Value::Bool(*b),
-            Some(Value::String(s)) if s == "auto" => Value::String("auto".into()),
+            None => ExternalData::Auto(Auto::Auto),
+            Some(Value::Bool(b)) => ExternalData::Set(*b),
+            Some(Value::String(s)) if s == "auto" => ExternalData::Auto(Auto::Auto),
             Some(v) => {
                 errors.push(LowerError::on("external_data", format!("`external_data` must be true, false or \"auto\", found {v}"), None));
-                Value::Null
+                ExternalData::Auto(Auto::Auto)
             }
         };
         let tokenizer = super::bool_field(f, "tokenizer", true, &mut errors);
@@ -136,20 +169,17 @@ impl StageKind for Export {
                 help: Some("deps = { checkpoint = \"out/fetch-model/model.gguf\" }".into()),
             });
         }
-        if !errors.is_empty() {
+        let Some(precision) = precision.filter(|_| errors.is_empty()) else {
             return Err(errors);
-        }
-        let mut config = json!({ "variants": variants, "precision": precision, "opset": opset, "external_data": external, "tokenizer": tokenizer });
-        if fixed {
-            config["max_length"] = json!(max_length);
-        }
-        Ok(config)
+        };
+        let config = Config { variants, precision, opset, external_data: external, tokenizer, max_length: fixed.then_some(max_length) };
+        Ok(serde_json::to_value(config).expect("a config is JSON"))
     }
 
     fn implied_outs(&self, config: &Value) -> Vec<(String, String)> {
-        let mut outs: Vec<(String, String)> =
-            config["variants"].as_array().into_iter().flatten().filter_map(Value::as_str).map(|v| (v.to_string(), format!("{v}/"))).collect();
-        if config["tokenizer"].as_bool().unwrap_or(true) {
+        let Ok(config) = Config::deserialize(config) else { return Vec::new() };
+        let mut outs: Vec<(String, String)> = config.variants.iter().map(|v| (v.clone(), format!("{v}/"))).collect();
+        if config.tokenizer {
             outs.push(("tokenizer".into(), "tokenizer.json".into()));
         }
         outs.push(("manifest".into(), "export.json".into()));
@@ -157,12 +187,15 @@ impl StageKind for Export {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
-        let config = &cx.node.config;
+        let config = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
         let ck_path = cx.deps.get("checkpoint").and_then(|p| p.first()).ok_or("no `checkpoint` dep")?;
         let ck = Checkpoint::open(&cx.root.join(ck_path)).map_err(|e| e.to_string())?;
         let _ = writeln!(cx.log, "checkpoint `{ck_path}`: {:?} {:?}, {} layers, d={}", ck.format, ck.config.arch, ck.config.n_layer, ck.config.d_model);
-        let precision = Precision::parse(config["precision"].as_str().unwrap_or("fp32")).unwrap_or(Precision::Fp32);
-        let external = config["external_data"].as_bool();
+        let precision = config.precision;
+        let external = match config.external_data {
+            ExternalData::Set(b) => Some(b),
+            ExternalData::Auto(_) => None,
+        };
         // The tokenizer first: the `hf` directory takes a copy of it.
         let tokenizer_path = cx.outs.get("tokenizer").map(|dest| cx.root.join(dest));
         let tokenizer = match &tokenizer_path {
@@ -170,34 +203,36 @@ impl StageKind for Export {
             None => None,
         };
         let mut reports = Vec::new();
-        for v in config["variants"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for v in config.variants.iter().map(String::as_str) {
             let dir = cx.root.join(&cx.outs[v]);
             let report = if v == export::hf::VARIANT {
                 let report = export::hf::export_hf(&ck, precision, tokenizer_path.as_deref(), &dir).map_err(|e| e.to_string())?;
                 let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes, report.export_ms);
-                serde_json::to_value(report)
+                artifact::Variant::Hf(report)
             } else {
                 let variant = Variant::parse(v).ok_or_else(|| format!("unknown variant `{v}`"))?;
                 let opts = ExportOptions {
                     variant,
                     precision,
-                    opset: config["opset"].as_i64().unwrap_or(17),
+                    opset: config.opset,
                     external_data: external,
-                    max_length: config["max_length"].as_u64().map(|n| n as usize),
+                    max_length: config.max_length.flatten().map(|n| n as usize),
                 };
                 let report = export::export(&ck, &opts, &dir.join("model.onnx")).map_err(|e| e.to_string())?;
                 let _ = writeln!(cx.log, "{v}: {} bytes in {:.0} ms", report.file_bytes + report.data_bytes, report.export_ms);
-                serde_json::to_value(report)
+                artifact::Variant::Onnx(report)
             };
-            reports.push(report.map_err(|e| e.to_string())?);
+            reports.push(report);
         }
-        let manifest = json!({
-            "checkpoint": { "path": ck_path, "format": ck.format, "config": ck.config },
-            "tool": format!("tr118 {}", crate::VERSION),
-            "variants": reports,
-            "tokenizer": tokenizer,
-        });
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        let manifest = artifact::Export {
+            checkpoint: artifact::Checkpoint { path: ck_path.clone(), format: ck.format, config: ck.config.clone() },
+            tool: format!("tr118 {}", crate::VERSION),
+            variants: reports,
+            tokenizer,
+        };
+        // Through a JSON value, so every object's keys are sorted, as they always were.
+        let value = serde_json::to_value(&manifest).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec_pretty(&value).map_err(|e| e.to_string())?;
         std::fs::write(cx.root.join(&cx.outs["manifest"]), bytes).map_err(|e| format!("writing export.json: {e}"))?;
         Ok(Outcome::Ok)
     }

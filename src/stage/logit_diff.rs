@@ -48,16 +48,24 @@ use std::io::Write;
 use std::path::Path;
 
 use ndarray::ArrayD;
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
-use crate::backend::{self, BackendError, BackendSpec, Capability};
+use crate::artifact::logit_diff::{self as artifact, Diff, LastToken, Overall, PromptDiff, Reference};
+use crate::backend::{self, BackendError, BackendSpec};
 use crate::runtime::{self, SessionOptions};
 
 pub(crate) struct LogitDiff;
 
 const FIELDS: &[&str] = &["prompts"];
+
+/// The lowered config: the matrix's backend as declared, and the prompts, the defaults filled in.
+#[derive(Debug, Serialize, Deserialize)]
+struct Config {
+    backend: Value,
+    prompts: Vec<String>,
+}
 
 /// Prompts when the stage names none: short, plain English, different in shape.
 pub(crate) const DEFAULT_PROMPTS: [&str; 4] =
@@ -134,7 +142,7 @@ impl StageKind for LogitDiff {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(json!({ "backend": backend, "prompts": prompts }))
+        Ok(serde_json::to_value(Config { backend, prompts }).expect("a config is JSON"))
     }
 
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
@@ -142,10 +150,9 @@ impl StageKind for LogitDiff {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
-        let config = &cx.node.config;
-        let spec = BackendSpec::from_value(&config["backend"])
+        let Config { backend, prompts } = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
+        let spec = BackendSpec::from_value(&backend)
             .map_err(|errs| errs.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
-        let prompts: Vec<String> = config["prompts"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
         let reference_model = super::onnx_file(&dep("reference_model").ok_or("no `reference_model` dep")?)?;
@@ -164,13 +171,13 @@ impl StageKind for LogitDiff {
         }
 
         let rel = |p: &Path| p.strip_prefix(cx.root).unwrap_or(p).display().to_string();
-        let mut report = Report {
+        let mut report = artifact::LogitDiff {
             backend: spec.name.clone(),
             backend_spec: spec.clone(),
-            status: "ok",
+            status: "ok".into(),
             reason: None,
             model: rel(&model),
-            reference: json!({ "model": rel(&reference_model), "provider": "cpu" }),
+            reference: Reference { model: rel(&reference_model), provider: "cpu".into() },
             capability: None,
             prompts: prompts.iter().zip(&encoded).map(|(p, ids)| PromptDiff::empty(p, ids.len())).collect(),
             overall: Overall::default(),
@@ -202,64 +209,15 @@ impl StageKind for LogitDiff {
         };
         if let Outcome::Degraded(reason) = &outcome {
             let _ = writeln!(cx.log, "degraded: {reason}");
-            report.status = "degraded";
+            report.status = "degraded".into();
             report.reason = Some(reason.clone());
         }
 
         let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(cx.root.join(&cx.outs["report"]), bytes).map_err(|e| format!("writing logit_diff.json: {e}"))?;
-        std::fs::write(cx.root.join(&cx.outs["table"]), report.csv()).map_err(|e| format!("writing logit_diff.csv: {e}"))?;
+        std::fs::write(cx.root.join(&cx.outs["table"]), csv(&report)).map_err(|e| format!("writing logit_diff.csv: {e}"))?;
         Ok(outcome)
     }
-}
-
-#[derive(Serialize)]
-struct Report {
-    backend: String,
-    backend_spec: BackendSpec,
-    status: &'static str,
-    reason: Option<String>,
-    model: String,
-    reference: Value,
-    capability: Option<Capability>,
-    prompts: Vec<PromptDiff>,
-    overall: Overall,
-}
-
-/// Differences over a set of logits; `None` where the backend did not run.
-#[derive(Debug, Clone, Default, Serialize)]
-struct Diff {
-    mean_abs_diff: Option<f64>,
-    max_abs_diff: Option<f64>,
-    argmax_agreement_rate: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-struct LastToken {
-    #[serde(flatten)]
-    diff: Diff,
-    argmax: Option<usize>,
-    reference_argmax: Option<usize>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct PromptDiff {
-    prompt: String,
-    tokens: usize,
-    last_token: LastToken,
-    all_positions: Diff,
-}
-
-impl PromptDiff {
-    fn empty(prompt: &str, tokens: usize) -> PromptDiff {
-        PromptDiff { prompt: prompt.to_string(), tokens, last_token: LastToken::default(), all_positions: Diff::default() }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-struct Overall {
-    last_token: Diff,
-    all_positions: Diff,
 }
 
 /// Running sums over every prompt.
@@ -367,32 +325,31 @@ fn compare(prompt: &str, got: &ArrayD<f32>, want: &ArrayD<f32>, totals: &mut Tot
     })
 }
 
-impl Report {
-    fn csv(&self) -> String {
-        let mut out = String::from(
-            "backend,prompt,tokens,last_mean_abs_diff,last_max_abs_diff,last_argmax_agreement_rate,all_mean_abs_diff,all_max_abs_diff,all_argmax_agreement_rate\n",
-        );
-        let num = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
-        let row = |out: &mut String, prompt: &str, tokens: String, last: &Diff, all: &Diff| {
-            out.push_str(&format!(
-                "{},{},{tokens},{},{},{},{},{},{}\n",
-                super::output::csv_field(&self.backend),
-                super::output::csv_field(prompt),
-                num(last.mean_abs_diff),
-                num(last.max_abs_diff),
-                num(last.argmax_agreement_rate),
-                num(all.mean_abs_diff),
-                num(all.max_abs_diff),
-                num(all.argmax_agreement_rate)
-            ));
-        };
-        for p in &self.prompts {
-            row(&mut out, &p.prompt, p.tokens.to_string(), &p.last_token.diff, &p.all_positions);
-        }
-        let tokens: usize = self.prompts.iter().map(|p| p.tokens).sum();
-        row(&mut out, "overall", tokens.to_string(), &self.overall.last_token, &self.overall.all_positions);
-        out
+/// `logit_diff.csv`.
+fn csv(report: &artifact::LogitDiff<BackendSpec>) -> String {
+    let mut out = String::from(
+        "backend,prompt,tokens,last_mean_abs_diff,last_max_abs_diff,last_argmax_agreement_rate,all_mean_abs_diff,all_max_abs_diff,all_argmax_agreement_rate\n",
+    );
+    let num = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
+    let row = |out: &mut String, prompt: &str, tokens: String, last: &Diff, all: &Diff| {
+        out.push_str(&format!(
+            "{},{},{tokens},{},{},{},{},{},{}\n",
+            super::output::csv_field(&report.backend),
+            super::output::csv_field(prompt),
+            num(last.mean_abs_diff),
+            num(last.max_abs_diff),
+            num(last.argmax_agreement_rate),
+            num(all.mean_abs_diff),
+            num(all.max_abs_diff),
+            num(all.argmax_agreement_rate)
+        ));
+    };
+    for p in &report.prompts {
+        row(&mut out, &p.prompt, p.tokens.to_string(), &p.last_token.diff, &p.all_positions);
     }
+    let tokens: usize = report.prompts.iter().map(|p| p.tokens).sum();
+    row(&mut out, "overall", tokens.to_string(), &report.overall.last_token, &report.overall.all_positions);
+    out
 }
 
 #[cfg(test)]

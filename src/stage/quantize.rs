@@ -68,14 +68,15 @@
 
 use std::io::Write;
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::artifact::quantize::{self as artifact, CalibrationRef};
 use crate::onnx::edit::{self, Model};
+use crate::quant;
 use crate::quant::calibrate::Calibration;
-use crate::quant::rewrite::{self, FloatOp, Options, QuantizedOp, Scheme, Written};
-use crate::quant::{self, OrtKernels};
+use crate::quant::rewrite::{self, Options, Scheme};
 
 pub(crate) struct Quantize;
 
@@ -85,37 +86,14 @@ pub(crate) const JSON_OUT: &str = "quantize.json";
 pub(crate) const MODEL_DIR: &str = "prefill";
 pub(crate) const DECODER_DIR: &str = "decoder";
 
-#[derive(Serialize)]
-struct CalibrationRef {
-    method: String,
-    cache_header: String,
-    model_digest: String,
-}
-
-/// Everything `quantize.json` holds.
-#[derive(Serialize)]
-struct Report {
+/// The lowered config.
+#[derive(Debug, Serialize, Deserialize)]
+struct Config {
     scheme: Scheme,
     per_channel: bool,
     exclude: Vec<String>,
-    activations: String,
-    weights: String,
-    matmul_total: usize,
-    quantized: usize,
-    verified: usize,
-    ops: Vec<QuantizedOp>,
-    left_float: Vec<FloatOp>,
-    /// The decoder's rewrite, when the stage has a `decoder` dep.
-    decoder: Option<DecoderReport>,
-    /// Wall time of the node: rewrites, writes, read-backs and the ONNX Runtime check.
-    elapsed_s: f64,
-    written: Written,
-    ran_integer: bool,
-    ort: OrtKernels,
-    calibration: Option<CalibrationRef>,
-    source_digest: String,
-    file_bytes: u64,
-    data_bytes: u64,
+    /// Whether the stage has a `decoder` dep (and so a `decoder/` output).
+    decoder: bool,
 }
 
 impl StageKind for Quantize {
@@ -135,16 +113,16 @@ impl StageKind for Quantize {
         let mut errors = Vec::new();
         let f = cx.fields;
         let scheme = match f.get("scheme") {
-            Some(Value::String(s)) if Scheme::parse(s).is_some() => s.clone(),
+            Some(Value::String(s)) if Scheme::parse(s).is_some() => Scheme::parse(s),
             None => {
                 errors.push(LowerError::on("scheme", "a `quantize` stage needs `scheme = \"static\"` or `\"dynamic\"`".into(), None));
-                String::new()
+                None
             }
             Some(v) => {
                 let help = v.as_str().and_then(|s| crate::diag::suggest(s, ["static", "dynamic"])).or(Some("`static` or `dynamic`".into()));
                 let shown = v.as_str().map_or_else(|| v.to_string(), |s| format!("`{s}`"));
                 errors.push(LowerError::on("scheme", format!("unknown scheme {shown}"), help));
-                String::new()
+                None
             }
         };
         let per_channel = super::bool_field(f, "per_channel", true, &mut errors);
@@ -178,29 +156,29 @@ impl StageKind for Quantize {
             });
         }
         let has_calibration = cx.deps.iter().any(|d| d == "calibration");
-        match scheme.as_str() {
-            "static" if !has_calibration => errors.push(LowerError {
+        match scheme.map(Scheme::name) {
+            Some("static") if !has_calibration => errors.push(LowerError {
                 field: vec!["deps".into()],
                 message: "`scheme = \"static\"` needs a dep named `calibration` (a `calibrate` stage's `calibration.json`)".into(),
                 help: Some("deps = { model = \"out/export/prefill\", calibration = \"out/calibrate/calibration.json\" }".into()),
             }),
-            "dynamic" if has_calibration => errors.push(LowerError {
+            Some("dynamic") if has_calibration => errors.push(LowerError {
                 field: vec!["deps".into()],
                 message: "`scheme = \"dynamic\"` quantizes activations at run time and reads no calibration".into(),
                 help: Some("remove the `calibration` dep: it would only rerun this node when the calibration changes".into()),
             }),
             _ => {}
         }
-        if !errors.is_empty() {
+        let Some(scheme) = scheme.filter(|_| errors.is_empty()) else {
             return Err(errors);
-        }
+        };
         let decoder = cx.deps.iter().any(|d| d == "decoder");
-        Ok(json!({ "scheme": scheme, "per_channel": per_channel, "exclude": exclude, "decoder": decoder }))
+        Ok(serde_json::to_value(Config { scheme, per_channel, exclude, decoder }).expect("a config is JSON"))
     }
 
     fn implied_outs(&self, config: &Value) -> Vec<(String, String)> {
         let mut outs = vec![("model".into(), format!("{MODEL_DIR}/")), ("report".into(), JSON_OUT.into())];
-        if config["decoder"].as_bool().unwrap_or(false) {
+        if Config::deserialize(config).is_ok_and(|c| c.decoder) {
             outs.push(("decoder".into(), format!("{DECODER_DIR}/")));
         }
         outs
@@ -208,13 +186,8 @@ impl StageKind for Quantize {
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         let started = std::time::Instant::now();
-        let c = &cx.node.config;
-        let scheme = Scheme::parse(c["scheme"].as_str().unwrap_or("")).ok_or("the node has no valid `scheme`")?;
-        let opts = Options {
-            scheme,
-            per_channel: c["per_channel"].as_bool().unwrap_or(true),
-            exclude: c["exclude"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect(),
-        };
+        let Config { scheme, per_channel, exclude, decoder: _ } = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
+        let opts = Options { scheme, per_channel, exclude };
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let model_path = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
         let model = Model::load(&model_path).map_err(|e| e.to_string())?;
@@ -288,7 +261,7 @@ impl StageKind for Quantize {
         };
 
         let (activations, weights) = describe(scheme, opts.per_channel);
-        let report = Report {
+        let report = artifact::Quantize {
             scheme,
             per_channel: opts.per_channel,
             exclude: opts.exclude.clone(),
@@ -301,7 +274,7 @@ impl StageKind for Quantize {
             left_float: rewrite.left_float,
             ran_integer: ort.integer_matmul_kernels == written.verified,
             written,
-            ort,
+            ort: ort.into(),
             calibration: calibration.map(|c| CalibrationRef { method: c.method, cache_header: c.cache_header, model_digest: c.model_digest }),
             source_digest,
             file_bytes: saved.onnx_bytes,
@@ -314,18 +287,6 @@ impl StageKind for Quantize {
     }
 }
 
-/// What `quantize.json` says of the decoder.
-#[derive(Serialize)]
-struct DecoderReport {
-    source_digest: String,
-    matmul_total: usize,
-    quantized: usize,
-    verified: usize,
-    left_float: Vec<FloatOp>,
-    file_bytes: u64,
-    data_bytes: u64,
-}
-
 /// Applies the prefill's rewrite to the decoder at `path`, writing `dir/model.onnx`. A static
 /// decoder's activation scales are the prefill's, matched by weight initializer (module doc).
 fn quantize_decoder(
@@ -335,7 +296,7 @@ fn quantize_decoder(
     calibration: Option<&Calibration>,
     dir: &std::path::Path,
     log: &mut std::fs::File,
-) -> Result<DecoderReport, String> {
+) -> Result<artifact::Decoder, String> {
     let source = super::onnx_file(path)?;
     let model = Model::load(&source).map_err(|e| e.to_string())?;
     let calibration = calibration.map(|cal| rekey_by_weight(cal, prefill, &model));
@@ -352,7 +313,7 @@ fn quantize_decoder(
         rewrite.matmul_total,
         written.verified
     );
-    Ok(DecoderReport {
+    Ok(artifact::Decoder {
         source_digest: model.digest().map_err(|e| e.to_string())?,
         matmul_total: rewrite.matmul_total,
         quantized: rewrite.quantized.len(),

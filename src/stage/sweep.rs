@@ -53,14 +53,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::corpus::strip_doc_markers;
 use super::output::write_json;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+pub(crate) use crate::artifact::sweep::Scenario;
+use crate::artifact::sweep::{Harness, ScenarioSummary, Sweep as SweepSummary};
 use crate::backend::{self, Backend, BackendError, BackendSpec, Capability, Prepared};
-use crate::measure::sampler::{Sampler, SamplerConfig, SamplerOverhead};
+use crate::measure::sampler::{Sampler, SamplerConfig};
 use crate::measure::{MODES, RunEnv, RunRecord};
 use crate::runtime::Provider;
 
@@ -71,15 +73,6 @@ const SCENARIO_FIELDS: &[&str] = &["name", "batch", "prompt_tokens", "new_tokens
 
 pub(crate) const RUNS_OUT: &str = "runs.jsonl";
 pub(crate) const SUMMARY_OUT: &str = "sweep.json";
-
-/// One scenario: a batch of prompts and how many tokens to generate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct Scenario {
-    pub name: String,
-    pub batch: usize,
-    pub prompt_tokens: usize,
-    pub new_tokens: usize,
-}
 
 /// The study's scenarios (see the module doc).
 pub(crate) fn default_scenarios() -> Vec<Scenario> {
@@ -219,7 +212,7 @@ impl StageKind for Sweep {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(json!({ "mode": mode, "scenarios": scenarios, "warmup": warmup, "reps": reps, "sample_interval_ms": interval }))
+        Ok(serde_json::to_value(Config { mode, scenarios, warmup, reps, sample_interval_ms: interval }).expect("a config is JSON"))
     }
 
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
@@ -281,7 +274,7 @@ impl StageKind for Sweep {
             Outcome::Degraded(format!("{degraded} of {} runs degraded: {first}", records.len()))
         };
         if let Outcome::Degraded(reason) = &outcome {
-            sweep.status = "degraded";
+            sweep.status = "degraded".into();
             sweep.reason = Some(reason.clone());
             let _ = writeln!(cx.log, "degraded: {reason}");
         }
@@ -290,7 +283,17 @@ impl StageKind for Sweep {
     }
 }
 
-/// A node's lowered config.
+/// The lowered config, every default filled in.
+#[derive(Debug, Serialize, Deserialize)]
+struct Config {
+    mode: String,
+    scenarios: Vec<Scenario>,
+    warmup: u64,
+    reps: u64,
+    sample_interval_ms: u64,
+}
+
+/// A node's lowered config, read back.
 struct Settings {
     mode: String,
     scenarios: Vec<Scenario>,
@@ -301,24 +304,8 @@ struct Settings {
 
 impl Settings {
     fn from_config(c: &Value) -> Result<Settings, String> {
-        let scenarios = c["scenarios"]
-            .as_array()
-            .ok_or("the config has no scenarios")?
-            .iter()
-            .map(|s| Scenario {
-                name: s["name"].as_str().unwrap_or_default().to_string(),
-                batch: s["batch"].as_u64().unwrap_or(1) as usize,
-                prompt_tokens: s["prompt_tokens"].as_u64().unwrap_or(1) as usize,
-                new_tokens: s["new_tokens"].as_u64().unwrap_or(1) as usize,
-            })
-            .collect();
-        Ok(Settings {
-            mode: c["mode"].as_str().unwrap_or("prefill").to_string(),
-            scenarios,
-            warmup: c["warmup"].as_u64().unwrap_or(3) as usize,
-            reps: c["reps"].as_u64().unwrap_or(5) as usize,
-            sample_interval: Duration::from_millis(c["sample_interval_ms"].as_u64().unwrap_or(10)),
-        })
+        let Config { mode, scenarios, warmup, reps, sample_interval_ms } = Config::deserialize(c).map_err(|e| format!("the lowered config: {e}"))?;
+        Ok(Settings { mode, scenarios, warmup: warmup as usize, reps: reps as usize, sample_interval: Duration::from_millis(sample_interval_ms) })
     }
 }
 
@@ -355,51 +342,6 @@ fn prompt_tokens(tokenizer: &Path, corpus: &Path, n: usize) -> Result<Vec<i64>, 
     }
 }
 
-/// `sweep.json`.
-#[derive(Debug, Serialize)]
-struct SweepSummary {
-    backend: String,
-    provider: String,
-    precision: String,
-    mode: String,
-    model: String,
-    capability: Option<Capability>,
-    warmup: usize,
-    reps: usize,
-    sample_interval_ms: u64,
-    scenarios: Vec<ScenarioSummary>,
-    sampler: Option<SamplerOverhead>,
-    harness: Option<Harness>,
-    status: &'static str,
-    reason: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct ScenarioSummary {
-    #[serde(flatten)]
-    scenario: Scenario,
-    n_ok: usize,
-    n_degraded: usize,
-    mean_latency_ms: Option<f64>,
-    /// Generate modes: the ids the first ok repetition generated, one row per sequence.
-    output_ids: Option<Vec<Vec<i64>>>,
-    /// Generate modes: whether every ok repetition generated the same ids.
-    outputs_consistent: Option<bool>,
-}
-
-/// What the loop around the measurements cost.
-#[derive(Debug, Serialize)]
-struct Harness {
-    /// Timed repetitions that ran.
-    iterations: usize,
-    /// Wall time of the timed repetitions' loop, sampling and bookkeeping included.
-    loop_ms: f64,
-    /// The part of it inside the clocks.
-    measured_ms: f64,
-    /// `(loop − measured) / iterations`.
-    overhead_per_iteration_us: f64,
-}
-
 impl SweepSummary {
     fn new(spec: &BackendSpec, s: &Settings, model: &Path, root: &Path) -> SweepSummary {
         SweepSummary {
@@ -415,7 +357,7 @@ impl SweepSummary {
             scenarios: Vec::new(),
             sampler: None,
             harness: None,
-            status: "ok",
+            status: "ok".into(),
             reason: None,
         }
     }

@@ -135,16 +135,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::output::write_json;
 use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use crate::artifact::trt_build::{Built, TrtBuild as Report};
 use crate::backend::PRECISIONS;
 use crate::onnx::signature;
-use crate::trt::{self, BuildCommand, ByPrecision, Int8Layers, OutputType, PlanPrecision, Profile, ShapeSpecs};
+use crate::trt::{self, BuildCommand, PlanPrecision, Profile, ShapeSpecs};
 
 pub(crate) struct TrtBuild;
+
+/// The lowered config: TensorRT for RTX's, or `trtexec`'s (which names no builder).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Config {
+    Rtx(RtxConfig),
+    Trtexec(TrtexecConfig),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RtxConfig {
+    builder: Rtx,
+    precision: String,
+    profiles: Vec<Profile>,
+    workspace_mib: Option<u64>,
+}
+
+/// `builder = "tensorrt-rtx"`, the only builder a config names.
+#[derive(Debug, Serialize, Deserialize)]
+enum Rtx {
+    #[serde(rename = "tensorrt-rtx")]
+    TensorRtRtx,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TrtexecConfig {
+    precision: String,
+    profiles: Vec<Profile>,
+    tf32: bool,
+    workspace_mib: Option<u64>,
+    timing_cache: Option<String>,
+    /// int8 only: an fp32 node must not rerun when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    also_fp16: Option<bool>,
+}
 
 const FIELDS: &[&str] = &["builder", "precision", "profiles", "also_fp16", "tf32", "workspace_mib", "timing_cache"];
 
@@ -346,21 +382,14 @@ impl StageKind for TrtBuild {
         if !errors.is_empty() {
             return Err(errors);
         }
-        if rtx {
-            return Ok(json!({ "builder": builder, "precision": precision, "profiles": profiles, "workspace_mib": workspace_mib }));
-        }
-        let mut config = json!({
-            "precision": precision,
-            "profiles": profiles,
-            "tf32": tf32,
-            "workspace_mib": workspace_mib,
-            "timing_cache": timing_cache,
-        });
-        // Only an int8 build reads it: an fp32 node must not rerun when it changes.
-        if precision == "int8" {
-            config["also_fp16"] = json!(also_fp16);
-        }
-        Ok(config)
+        let config = if rtx {
+            Config::Rtx(RtxConfig { builder: Rtx::TensorRtRtx, precision, profiles, workspace_mib })
+        } else {
+            // Only an int8 build reads `also_fp16`: an fp32 node must not rerun when it changes.
+            let also_fp16 = (precision == "int8").then_some(also_fp16);
+            Config::Trtexec(TrtexecConfig { precision, profiles, tf32, workspace_mib, timing_cache, also_fp16 })
+        };
+        Ok(serde_json::to_value(config).expect("a config is JSON"))
     }
 
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
@@ -368,8 +397,11 @@ impl StageKind for TrtBuild {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
-        if cx.node.config["builder"] == "tensorrt-rtx" {
-            return run_rtx(cx);
+        let config = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
+        let rtx = matches!(config, Config::Rtx(_));
+        let settings = Settings::from(config);
+        if rtx {
+            return run_rtx(cx, settings);
         }
         let missing: Vec<&str> = REQUIRED_FACETS.iter().copied().filter(|f| !cx.node.facets.iter().any(|x| x == f)).collect();
         if !missing.is_empty() {
@@ -378,7 +410,6 @@ impl StageKind for TrtBuild {
                 crate::diag::ticked(missing.iter())
             ));
         }
-        let settings = Settings::from_config(&cx.node.config)?;
         let root = cx.root;
         let (model, sig, shapes) = model_of(cx, &settings)?;
         let precision = match settings.precision.as_str() {
@@ -413,9 +444,9 @@ impl StageKind for TrtBuild {
         let shown = BuildCommand { plan: shown_plan.join("model.plan"), layers: shown_plan.join("layers.json"), ..command.clone() };
 
         let mut report = Report {
-            builder: "trtexec",
+            builder: "trtexec".into(),
             precision: settings.precision.clone(),
-            status: "ok",
+            status: "ok".into(),
             reason: None,
             flags: Vec::new(),
             command: std::iter::once("trtexec".to_string()).chain(shown.args()).collect(),
@@ -447,7 +478,7 @@ impl StageKind for TrtBuild {
             Err(not_found) => {
                 let reason = not_found.to_string();
                 let _ = writeln!(cx.log, "degraded: {reason}\nwould run: {}", report.command.join(" "));
-                return report.degraded(reason, &result_path);
+                return degraded(report, reason, &result_path);
             }
         };
         report.trtexec = Some(crate::paths::shown(&program));
@@ -466,7 +497,7 @@ impl StageKind for TrtBuild {
         if !status.success() {
             let code = status.code().map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
             if let Some(line) = trt::no_gpu_line(&output) {
-                return report.degraded(format!("`trtexec` exited with {code}: no usable GPU ({line})"), &result_path);
+                return degraded(report, format!("`trtexec` exited with {code}: no usable GPU ({line})"), &result_path);
             }
             return Err(format!("`trtexec` exited with {code}; the last lines of its output:\n{}", trt::tail(&output, TAIL_LINES)));
         }
@@ -482,7 +513,7 @@ impl StageKind for TrtBuild {
             })?
             .len();
         let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-        report.census(plan_bytes, root, &command.layers, &outputs, false).map_err(|e| format!("`trtexec` exited 0 but {e}"))?;
+        census(&mut report, plan_bytes, root, &command.layers, &outputs, false).map_err(|e| format!("`trtexec` exited 0 but {e}"))?;
         report.built.build_s = Some(elapsed);
         report.built.engine_build_s = trt::parse_engine_build_seconds(&output);
         let _ = writeln!(
@@ -491,7 +522,7 @@ impl StageKind for TrtBuild {
             report.built.n_layers.unwrap_or(0),
             report.trt_version.as_deref().unwrap_or("(version not printed)")
         );
-        report.finish(&result_path)
+        finish(report, &result_path)
     }
 }
 
@@ -505,21 +536,18 @@ struct Settings {
     timing_cache: Option<String>,
 }
 
-impl Settings {
-    fn from_config(c: &Value) -> Result<Settings, String> {
-        let profiles = c["profiles"]
-            .as_array()
-            .map(|ps| ps.iter().map(|p| serde_json::from_value::<BTreeMap<String, [u64; 3]>>(p.clone()).map(Profile)).collect::<Result<Vec<_>, _>>())
-            .unwrap_or(Ok(Vec::new()))
-            .map_err(|e| format!("the node's profiles do not read back: {e}"))?;
-        Ok(Settings {
-            precision: c["precision"].as_str().unwrap_or("fp32").to_string(),
-            profiles,
-            also_fp16: c["also_fp16"].as_bool().unwrap_or(false),
-            tf32: c["tf32"].as_bool().unwrap_or(true),
-            workspace_mib: c["workspace_mib"].as_u64(),
-            timing_cache: c["timing_cache"].as_str().map(str::to_string),
-        })
+impl From<Config> for Settings {
+    fn from(c: Config) -> Settings {
+        match c {
+            // TensorRT for RTX has no `trtexec` settings; these are what `trtexec` would default to.
+            Config::Rtx(RtxConfig { builder: _, precision, profiles, workspace_mib }) => {
+                Settings { precision, profiles, also_fp16: false, tf32: true, workspace_mib, timing_cache: None }
+            }
+            // `also_fp16` is absent but for int8, and off then.
+            Config::Trtexec(TrtexecConfig { precision, profiles, tf32, workspace_mib, timing_cache, also_fp16 }) => {
+                Settings { precision, profiles, also_fp16: also_fp16.unwrap_or(false), tf32, workspace_mib, timing_cache }
+            }
+        }
     }
 }
 
@@ -540,90 +568,44 @@ fn run_logged(program: &Path, args: &[String], dir: &Path, log: &Path) -> Result
     Ok((status, start.elapsed().as_secs_f64()))
 }
 
-/// Everything `build.json` holds (see the module docs).
-#[derive(Debug, Serialize)]
-struct Report {
-    builder: &'static str,
-    precision: String,
-    status: &'static str,
-    reason: Option<String>,
-    flags: Vec<String>,
-    command: Vec<String>,
-    trtexec: Option<String>,
-    library: Option<String>,
-    /// TensorRT for RTX: blake3 of `libtensorrt_rtx.so.1`, and the bindings offered to the helper.
-    library_digest: Option<String>,
-    bindings: Vec<String>,
-    python: Option<String>,
-    trt_version: Option<String>,
-    gpu: String,
-    model: String,
-    calibration: Option<String>,
-    dynamic_inputs: BTreeMap<String, Vec<String>>,
-    profiles: Vec<Profile>,
-    shapes: Vec<ShapeSpecs>,
-    also_fp16: bool,
-    tf32: bool,
-    workspace_mib: Option<u64>,
-    timing_cache: Option<String>,
-    #[serde(flatten)]
-    built: Built,
+/// Writing `build.json`.
+/// Writes the report of a node that cannot build here, and says so.
+fn degraded(mut report: Report, reason: String, path: &Path) -> Result<Outcome, String> {
+    report.status = "degraded".into();
+    report.reason = Some(reason.clone());
+    write_json(path, &report)?;
+    Ok(Outcome::Degraded(reason))
 }
 
-/// What a plan that was built measures; every field null until then.
-#[derive(Debug, Default, Serialize)]
-struct Built {
-    build_s: Option<f64>,
-    engine_build_s: Option<f64>,
-    peak_build_mib: Option<f64>,
-    plan_bytes: Option<u64>,
-    n_layers: Option<usize>,
-    layers_by_precision: Option<ByPrecision>,
-    int8_layers: Option<Int8Layers>,
-    output_dtypes: Option<BTreeMap<String, Option<OutputType>>>,
-    int8_verified: Option<bool>,
-    fp16_verified: Option<bool>,
+/// Records a built plan's size and census (the layer information at `layers`, relative to
+/// `root`); `check_fp16` also flags an fp16 plan without an FP16 layer.
+fn census(report: &mut Report, plan_bytes: u64, root: &Path, layers: &Path, outputs: &[String], check_fp16: bool) -> Result<(), String> {
+    let text = std::fs::read_to_string(root.join(layers)).map_err(|e| format!("its layer information `{}` cannot be read: {e}", layers.display()))?;
+    let info = trt::parse_layer_info(&text).map_err(|e| format!("`{}`: {e}", layers.display()))?;
+    let summary = trt::summarise(&info, outputs);
+    let b = &mut report.built;
+    b.plan_bytes = Some(plan_bytes);
+    b.n_layers = Some(summary.n_layers);
+    b.int8_verified = (report.precision == "int8").then_some(summary.int8_layers.count > 0);
+    b.fp16_verified = (check_fp16 && report.precision == "fp16").then_some(summary.layers_by_precision.fp16 > 0);
+    b.layers_by_precision = Some(summary.layers_by_precision);
+    b.int8_layers = Some(summary.int8_layers);
+    b.output_dtypes = Some(summary.output_dtypes);
+    Ok(())
 }
 
-impl Report {
-    /// Writes the report of a node that cannot build here, and says so.
-    fn degraded(mut self, reason: String, path: &Path) -> Result<Outcome, String> {
-        self.status = "degraded";
-        self.reason = Some(reason.clone());
-        write_json(path, &self)?;
-        Ok(Outcome::Degraded(reason))
-    }
-
-    /// Records a built plan's size and census (the layer information at `layers`, relative to
-    /// `root`); `check_fp16` also flags an fp16 plan without an FP16 layer.
-    fn census(&mut self, plan_bytes: u64, root: &Path, layers: &Path, outputs: &[String], check_fp16: bool) -> Result<(), String> {
-        let text = std::fs::read_to_string(root.join(layers)).map_err(|e| format!("its layer information `{}` cannot be read: {e}", layers.display()))?;
-        let info = trt::parse_layer_info(&text).map_err(|e| format!("`{}`: {e}", layers.display()))?;
-        let summary = trt::summarise(&info, outputs);
-        let b = &mut self.built;
-        b.plan_bytes = Some(plan_bytes);
-        b.n_layers = Some(summary.n_layers);
-        b.int8_verified = (self.precision == "int8").then_some(summary.int8_layers.count > 0);
-        b.fp16_verified = (check_fp16 && self.precision == "fp16").then_some(summary.layers_by_precision.fp16 > 0);
-        b.layers_by_precision = Some(summary.layers_by_precision);
-        b.int8_layers = Some(summary.int8_layers);
-        b.output_dtypes = Some(summary.output_dtypes);
-        Ok(())
-    }
-
-    /// Writes the report of a built plan: degraded when it is not the plan asked for.
-    fn finish(mut self, path: &Path) -> Result<Outcome, String> {
-        for (unverified, flag) in [(self.built.int8_verified == Some(false), INT8_UNVERIFIED), (self.built.fp16_verified == Some(false), FP16_UNVERIFIED)] {
-            if unverified {
-                self.flags.push(flag.into());
-            }
+/// Writes the report of a built plan: degraded when it is not the plan asked for.
+fn finish(mut report: Report, path: &Path) -> Result<Outcome, String> {
+    for (unverified, flag) in [(report.built.int8_verified == Some(false), INT8_UNVERIFIED), (report.built.fp16_verified == Some(false), FP16_UNVERIFIED)] {
+        if unverified {
+            report.flags.push(flag.into());
         }
-        match self.flags.first().cloned() {
-            Some(flag) => self.degraded(flag, path),
-            None => {
-                write_json(path, &self)?;
-                Ok(Outcome::Ok)
-            }
+    }
+    match report.flags.first().cloned() {
+        Some(flag) => degraded(report, flag, path),
+        None => {
+            write_json(path, &report)?;
+            Ok(Outcome::Ok)
         }
     }
 }
@@ -665,8 +647,7 @@ fn library_dir(cx: &RunCx<'_>) -> Result<PathBuf, String> {
 }
 
 /// A plan built by TensorRT for RTX through the helper ([`crate::trt::rtx`]).
-fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
-    let settings = Settings::from_config(&cx.node.config)?;
+fn run_rtx(cx: &mut RunCx<'_>, settings: Settings) -> Result<Outcome, String> {
     let root = cx.root;
     let (model, sig, shapes) = model_of(cx, &settings)?;
     let library = library_dir(cx)?;
@@ -685,9 +666,9 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
     };
     let python = crate::python::interpreter();
     let mut report = Report {
-        builder: "tensorrt-rtx",
+        builder: "tensorrt-rtx".into(),
         precision: settings.precision.clone(),
-        status: "ok",
+        status: "ok".into(),
         reason: None,
         flags: Vec::new(),
         command: vec![crate::paths::relative_text(&python), trt::rtx::HELPER_NAME.into(), "build".into(), "request.json".into()],
@@ -716,7 +697,7 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         Ok(a) => a,
         Err(trt::rtx::HelperError::Unavailable(reason)) => {
             let _ = writeln!(cx.log, "degraded: {reason}");
-            return report.degraded(reason, &result_path);
+            return degraded(report, reason, &result_path);
         }
         Err(trt::rtx::HelperError::BadInput(e)) => return Err(format!("`{}`: {e}", model.display())),
         Err(trt::rtx::HelperError::Failed(e)) => return Err(e),
@@ -727,7 +708,7 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
     let plan_bytes =
         std::fs::metadata(&request.plan).map_err(|e| format!("the builder reported a plan but `{}` cannot be read: {e}", request.plan.display()))?.len();
     let outputs: Vec<String> = sig.outputs.iter().map(|o| o.name.clone()).collect();
-    report.census(plan_bytes, root, &plan_dir.join("layers.json"), &outputs, true).map_err(|e| format!("the builder made a plan but {e}"))?;
+    census(&mut report, plan_bytes, root, &plan_dir.join("layers.json"), &outputs, true).map_err(|e| format!("the builder made a plan but {e}"))?;
     report.built.build_s = Some(elapsed);
     report.built.engine_build_s = answer.engine_build_s.or(Some(answer.build_s));
     report.built.peak_build_mib = Some(answer.peak_rss_mib);
@@ -739,5 +720,5 @@ fn run_rtx(cx: &mut RunCx<'_>) -> Result<Outcome, String> {
         answer.peak_rss_mib,
         answer.version.as_deref().unwrap_or("(version not reported)")
     );
-    report.finish(&result_path)
+    finish(report, &result_path)
 }

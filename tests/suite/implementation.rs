@@ -199,5 +199,8 @@ fn a_version_bump_stales_exactly_its_nodes() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&why.stdout);
-    assert!(text.contains("implementation of `sweep` changed (version 1 → 7: src/stage/sweep.rs, src/measure, src/backend/workload.rs)"), "{text}");
+    assert!(
+        text.contains("implementation of `sweep` changed (version 1 → 7: src/stage/sweep.rs, src/artifact/sweep.rs, src/measure, src/backend/workload.rs)"),
+        "{text}"
+    );
 }

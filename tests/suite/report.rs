@@ -25,9 +25,16 @@ use std::collections::BTreeMap;
 
 use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
+use tr118::artifact::calibration;
+use tr118::artifact::export;
 use tr118::artifact::gate;
+use tr118::artifact::logit_diff;
 use tr118::artifact::perplexity::Perplexity;
+use tr118::artifact::quantize;
+use tr118::artifact::sweep;
+use tr118::artifact::trt_build;
 use tr118::backend::Capability;
+use tr118::measure::sampler::SamplerOverhead;
 use tr118::measure::{Resources, RunEnv, RunRecord};
 
 /// t(0.975, 4), scipy.stats.t.ppf(0.975, 4).
@@ -126,11 +133,6 @@ fn capability_of(provider: &str) -> Capability {
     }
 }
 
-/// The capability of the artifacts still written here as JSON (sweeps, logits).
-fn capability(provider: &str) -> Value {
-    serde_json::to_value(capability_of(provider)).unwrap()
-}
-
 fn perplexity(backend: &str, precision: &str, ppl: Option<f64>) -> Perplexity {
     let ok = ppl.is_some();
     Perplexity {
@@ -154,53 +156,139 @@ fn perplexity(backend: &str, precision: &str, ppl: Option<f64>) -> Perplexity {
     }
 }
 
-fn sweep(backend: &str, mode: &str, ok: bool) -> Value {
-    let scenarios: Vec<Value> = ["short", "long"]
+fn sweep(backend: &str, mode: &str, ok: bool) -> sweep::Sweep {
+    let scenarios: Vec<sweep::ScenarioSummary> = ["short", "long"]
         .iter()
         .map(|s| {
             let (batch, prompt) = shape(s);
-            json!({ "name": s, "batch": batch, "prompt_tokens": prompt, "new_tokens": 8, "n_ok": if ok { 5 } else { 0 }, "n_degraded": if ok { 0 } else { 5 },
-                    "mean_latency_ms": Value::Null, "output_ids": Value::Null, "outputs_consistent": if mode == "generate" && ok { json!(true) } else { Value::Null } })
+            sweep::ScenarioSummary {
+                scenario: sweep::Scenario { name: s.to_string(), batch, prompt_tokens: prompt, new_tokens: 8 },
+                n_ok: if ok { 5 } else { 0 },
+                n_degraded: if ok { 0 } else { 5 },
+                mean_latency_ms: None,
+                output_ids: None,
+                outputs_consistent: (mode == "generate" && ok).then_some(true),
+            }
         })
         .collect();
-    json!({
-        "backend": backend, "provider": if backend == "ort-cuda" { "cuda" } else { "cpu" }, "precision": if backend == "ort-int8" { "int8" } else { "fp32" },
-        "mode": mode, "model": "out/export/prefill/model.onnx", "capability": if ok { capability("cpu") } else { Value::Null },
-        "warmup": 3, "reps": 5, "sample_interval_ms": 10, "scenarios": scenarios,
-        "sampler": if ok { json!({ "interval_ms": 10.0, "samples": 40, "cpu_time_ms": 1.2, "wall_ms": 400.0, "cpu_share": 0.003, "mean_sample_us": 15.0, "gpu": false }) } else { Value::Null },
-        "harness": if ok { json!({ "iterations": 10, "loop_ms": 300.0, "measured_ms": 299.0, "overhead_per_iteration_us": 12.5 }) } else { Value::Null },
-        "status": if ok { "ok" } else { "degraded" }, "reason": if ok { Value::Null } else { json!(format!("10 of 10 runs degraded: {CUDA_REASON}")) },
-    })
+    sweep::Sweep {
+        backend: backend.into(),
+        provider: if backend == "ort-cuda" { "cuda" } else { "cpu" }.into(),
+        precision: if backend == "ort-int8" { "int8" } else { "fp32" }.into(),
+        mode: mode.into(),
+        model: "out/export/prefill/model.onnx".into(),
+        capability: ok.then(|| capability_of("cpu")),
+        warmup: 3,
+        reps: 5,
+        sample_interval_ms: 10,
+        scenarios,
+        sampler: ok.then(|| SamplerOverhead {
+            interval_ms: 10.0,
+            samples: 40,
+            cpu_time_ms: 1.2,
+            wall_ms: 400.0,
+            cpu_share: 0.003,
+            mean_sample_us: 15.0,
+            ..SamplerOverhead::default()
+        }),
+        harness: ok.then_some(sweep::Harness { iterations: 10, loop_ms: 300.0, measured_ms: 299.0, overhead_per_iteration_us: 12.5 }),
+        status: if ok { "ok" } else { "degraded" }.into(),
+        reason: (!ok).then(|| format!("10 of 10 runs degraded: {CUDA_REASON}")),
+    }
 }
 
-fn trt_build(precision: &str, built: bool) -> Value {
-    json!({
-        "precision": precision, "status": if built { "ok" } else { "degraded" }, "reason": if built { Value::Null } else { json!(TRT_REASON) },
-        "flags": [], "command": ["trtexec", "--onnx=out/export/prefill/model.onnx"], "trtexec": if built { json!("/opt/tensorrt/bin/trtexec") } else { Value::Null },
-        "trt_version": if built { json!("10.3.0") } else { Value::Null }, "gpu": "<none>", "model": "out/export/prefill/model.onnx",
-        "calibration": if precision == "int8" { json!("out/calibrate/calibration.cache") } else { Value::Null },
-        "dynamic_inputs": {}, "profiles": [], "shapes": [], "also_fp16": false, "tf32": true, "workspace_mib": Value::Null, "timing_cache": Value::Null,
-        "build_s": if built { json!(95.3) } else { Value::Null }, "engine_build_s": if built { json!(88.1) } else { Value::Null },
-        "plan_bytes": if built { json!(180_000_000u64) } else { Value::Null }, "n_layers": if built { json!(175) } else { Value::Null },
-        "layers_by_precision": if built { json!({ "fp32": 10, "fp16": 40, "int8": 120, "other": 5 }) } else { Value::Null },
-        "int8_layers": Value::Null, "output_dtypes": Value::Null, "int8_verified": if built { json!(true) } else { Value::Null },
-    })
+fn trt_build(precision: &str, built: bool) -> trt_build::TrtBuild {
+    trt_build::TrtBuild {
+        builder: "trtexec".into(),
+        precision: precision.into(),
+        status: if built { "ok" } else { "degraded" }.into(),
+        reason: (!built).then(|| TRT_REASON.into()),
+        flags: vec![],
+        command: vec!["trtexec".into(), "--onnx=out/export/prefill/model.onnx".into()],
+        trtexec: built.then(|| "/opt/tensorrt/bin/trtexec".into()),
+        library: None,
+        library_digest: None,
+        bindings: vec![],
+        python: None,
+        trt_version: built.then(|| "10.3.0".into()),
+        gpu: "<none>".into(),
+        model: "out/export/prefill/model.onnx".into(),
+        calibration: (precision == "int8").then(|| "out/calibrate/calibration.cache".into()),
+        dynamic_inputs: BTreeMap::new(),
+        profiles: vec![],
+        shapes: vec![],
+        also_fp16: false,
+        tf32: true,
+        workspace_mib: None,
+        timing_cache: None,
+        built: if built {
+            trt_build::Built {
+                build_s: Some(95.3),
+                engine_build_s: Some(88.1),
+                peak_build_mib: None,
+                plan_bytes: Some(180_000_000),
+                n_layers: Some(175),
+                layers_by_precision: Some(trt_build::ByPrecision { fp32: 10, fp16: 40, int8: 120, other: 5 }),
+                int8_layers: None,
+                output_dtypes: None,
+                int8_verified: Some(true),
+                fp16_verified: None,
+            }
+        } else {
+            trt_build::Built::default()
+        },
+    }
 }
 
-fn quantize() -> Value {
-    let left: Vec<Value> = (0..30)
-        .map(|i| json!({ "name": format!("blk.{i}.ffn_down"), "op": "MatMul", "output": format!("h{i}"), "reason": "excluded by `*ffn_down*`" }))
+fn quantize() -> quantize::Quantize {
+    let left: Vec<quantize::FloatOp> = (0..30)
+        .map(|i| quantize::FloatOp {
+            name: format!("blk.{i}.ffn_down"),
+            op: "MatMul".into(),
+            output: format!("h{i}"),
+            reason: "excluded by `*ffn_down*`".into(),
+        })
         .collect();
-    json!({
-        "scheme": "static", "per_channel": true, "exclude": ["*ffn_down*"], "activations": "int8 per tensor, from the calibration", "weights": "int8 per channel",
-        "matmul_total": 211, "quantized": 181, "verified": 181, "ops": [], "left_float": left,
-        "decoder": { "source_digest": "ab", "matmul_total": 211, "quantized": 181, "verified": 181, "left_float": [], "file_bytes": 1, "data_bytes": 0 },
-        "written": { "ops": {}, "int8_initializers": 181, "int8_initializer_bytes": 100, "float_matmuls": 30, "verified": 181 },
-        "ran_integer": true,
-        "ort": { "runtime_version": "1.31.1", "opt_level": "all", "tokens": 4, "kernels": {}, "integer_matmul_kernels": 181, "float_matmul_kernels": 30 },
-        "calibration": { "method": "percentile", "cache_header": "TRT-8601-EntropyCalibration2", "model_digest": "cd" },
-        "source_digest": "ef", "file_bytes": 150_000_000u64, "data_bytes": 0,
-    })
+    quantize::Quantize {
+        scheme: quantize::Scheme::Static,
+        per_channel: true,
+        exclude: vec!["*ffn_down*".into()],
+        activations: "int8 per tensor, from the calibration".into(),
+        weights: "int8 per channel".into(),
+        matmul_total: 211,
+        quantized: 181,
+        verified: 181,
+        ops: vec![],
+        left_float: left,
+        decoder: Some(quantize::Decoder {
+            source_digest: "ab".into(),
+            matmul_total: 211,
+            quantized: 181,
+            verified: 181,
+            left_float: vec![],
+            file_bytes: 1,
+            data_bytes: 0,
+        }),
+        elapsed_s: 12.5,
+        written: quantize::Written { ops: BTreeMap::new(), int8_initializers: 181, int8_initializer_bytes: 100, float_matmuls: 30, verified: 181 },
+        ran_integer: true,
+        ort: quantize::Ort {
+            runtime_version: "1.31.1".into(),
+            opt_level: "all".into(),
+            tokens: 4,
+            kernels: BTreeMap::new(),
+            integer_matmul_kernels: 181,
+            float_matmul_kernels: 30,
+        },
+        calibration: Some(quantize::CalibrationRef {
+            method: "percentile".into(),
+            cache_header: "TRT-8601-EntropyCalibration2".into(),
+            model_digest: "cd".into(),
+        }),
+        source_digest: "ef".into(),
+        file_bytes: 150_000_000,
+        data_bytes: 0,
+    }
 }
 
 /// Writes every fixture and the pipeline; `extra` is appended to the report's deps.
@@ -251,40 +339,99 @@ fn study(ws: &Workspace, report_extra: &str) {
         ],
     };
     w("fixtures/gate.json", &serde_json::to_value(&gate).unwrap());
-    let diff = |m: f64, x: f64, r: f64| json!({ "mean_abs_diff": m, "max_abs_diff": x, "argmax_agreement_rate": r });
-    w(
-        "fixtures/logits/ort-int8/logit_diff.json",
-        &json!({ "backend": "ort-int8", "status": "ok", "reason": null, "model": "m", "reference": {}, "capability": capability("cpu"),
-                 "prompts": [{ "prompt": "The capital of France is", "tokens": 5 }],
-                 "overall": { "last_token": diff(0.0123, 0.25, 1.0), "all_positions": diff(0.0101, 0.61, 0.9375) } }),
-    );
-    let none = json!({ "mean_abs_diff": null, "max_abs_diff": null, "argmax_agreement_rate": null });
-    w(
-        "fixtures/logits/ort-cuda/logit_diff.json",
-        &json!({ "backend": "ort-cuda", "status": "degraded", "reason": CUDA_REASON, "model": "m", "reference": {}, "capability": null,
-                 "prompts": [], "overall": { "last_token": none, "all_positions": none } }),
-    );
-    let variant = |v: &str, ms: f64, bytes: u64| {
-        json!({ "variant": v, "precision": "fp32", "file": format!("out/export/{v}/model.onnx"), "opset": 17, "export_ms": ms, "file_bytes": bytes, "data_bytes": 0,
-                "external_data": false, "initializer_count": 272, "initializer_bytes": 538_000_000u64, "node_count": 1850,
-                "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"], "dynamic_axes": ["batch", "sequence"],
-                "digest": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" })
+    let diff = |m: f64, x: f64, r: f64| logit_diff::Diff { mean_abs_diff: Some(m), max_abs_diff: Some(x), argmax_agreement_rate: Some(r) };
+    let logits = |backend: &str, ok: bool| logit_diff::LogitDiff {
+        backend: backend.into(),
+        backend_spec: json!({ "name": backend }),
+        status: if ok { "ok" } else { "degraded" }.into(),
+        reason: (!ok).then(|| CUDA_REASON.into()),
+        model: "m".into(),
+        reference: logit_diff::Reference { model: "r".into(), provider: "cpu".into() },
+        capability: ok.then(|| capability_of("cpu")),
+        prompts: if ok { vec![logit_diff::PromptDiff::empty("The capital of France is", 5)] } else { vec![] },
+        overall: if ok {
+            logit_diff::Overall { last_token: diff(0.0123, 0.25, 1.0), all_positions: diff(0.0101, 0.61, 0.9375) }
+        } else {
+            logit_diff::Overall::default()
+        },
     };
-    w(
-        "fixtures/export/export.json",
-        &json!({ "checkpoint": { "path": "out/model/model.gguf", "format": "gguf", "config": { "arch": "llama", "vocab_size": 49152, "n_layer": 30, "n_head": 9, "d_model": 576 } },
-                 "tool": "tr118 0.1.0", "variants": [variant("prefill", 1234.5, 540_000_000), variant("decoder", 1500.0, 541_000_000)], "tokenizer": "embedded in the GGUF" }),
-    );
-    w(
-        "fixtures/calibrate/calibration.json",
-        &json!({ "method": "percentile", "percentile": 99.999, "samples": 32, "seq_len": 256, "cache_header": "TRT-8601-EntropyCalibration2", "tensors": [], "runtime_version": "1.31.1", "elapsed_s": 41.2 }),
-    );
-    w("fixtures/quantize-static/quantize.json", &quantize());
-    w("fixtures/trt_build/fp16/build.json", &trt_build("fp16", false));
-    w("fixtures/trt_build/int8/build.json", &trt_build("int8", true));
-    w("fixtures/sweep/ort-cpu/prefill/sweep.json", &sweep("ort-cpu", "prefill", true));
-    w("fixtures/sweep/ort-cpu/generate/sweep.json", &sweep("ort-cpu", "generate", true));
-    w("fixtures/sweep/ort-cuda/prefill/sweep.json", &sweep("ort-cuda", "prefill", false));
+    // As the stage writes it: straight from the struct.
+    let logit = |rel: &str, d: logit_diff::LogitDiff| ws.write(rel, serde_json::to_string_pretty(&d).unwrap());
+    logit("fixtures/logits/ort-int8/logit_diff.json", logits("ort-int8", true));
+    logit("fixtures/logits/ort-cuda/logit_diff.json", logits("ort-cuda", false));
+    let variant = |v: tr118::export::Variant, ms: f64, bytes: u64| {
+        export::Variant::Onnx(export::ExportReport {
+            variant: v,
+            precision: tr118::export::Precision::Fp32,
+            file: format!("out/export/{}/model.onnx", v.name()),
+            opset: 17,
+            export_ms: ms,
+            file_bytes: bytes,
+            data_bytes: 0,
+            external_data: false,
+            initializer_count: 272,
+            initializer_bytes: 538_000_000,
+            node_count: 1850,
+            inputs: vec!["input_ids".into(), "attention_mask".into()],
+            outputs: vec!["logits".into()],
+            dynamic_axes: vec!["batch".into(), "sequence".into()],
+            max_length: None,
+            digest: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        })
+    };
+    let config = tr118::model::ModelConfig {
+        arch: tr118::model::Arch::Llama,
+        vocab_size: 49152,
+        n_layer: 30,
+        n_head: 9,
+        n_kv_head: 3,
+        d_model: 576,
+        d_ff: 1536,
+        n_ctx: 2048,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_layout: tr118::model::RopeLayout::Interleaved,
+        tied_embeddings: true,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    };
+    let manifest = export::Export {
+        checkpoint: export::Checkpoint { path: "out/model/model.gguf".into(), format: tr118::model::Format::Gguf, config },
+        tool: "tr118 0.1.0".into(),
+        variants: vec![variant(tr118::export::Variant::Prefill, 1234.5, 540_000_000), variant(tr118::export::Variant::Decoder, 1500.0, 541_000_000)],
+        tokenizer: Some("embedded in the GGUF".into()),
+    };
+    w("fixtures/export/export.json", &serde_json::to_value(&manifest).unwrap());
+    let calibration = calibration::Calibration {
+        method: "percentile".into(),
+        percentile: Some(99.999),
+        bins: Some(2048),
+        levels: 128,
+        samples: 32,
+        seq_len: 256,
+        seed: 0,
+        corpus_tokens: 16384,
+        sample_starts: vec![0; 32],
+        model_file: "model.onnx".into(),
+        model_digest: "cd".into(),
+        runtime_version: "1.31.1".into(),
+        cache_header: "TRT-8601-EntropyCalibration2".into(),
+        elapsed_s: 41.2,
+        tensors: vec![],
+    };
+    // As the stage writes it: straight from the struct.
+    ws.write("fixtures/calibrate/calibration.json", serde_json::to_string_pretty(&calibration).unwrap());
+    // As the stage writes it: straight from the struct.
+    ws.write("fixtures/quantize-static/quantize.json", serde_json::to_string_pretty(&quantize()).unwrap());
+    // As the stage writes it: straight from the struct.
+    let trt = |rel: &str, b: trt_build::TrtBuild| ws.write(rel, serde_json::to_string_pretty(&b).unwrap());
+    trt("fixtures/trt_build/fp16/build.json", trt_build("fp16", false));
+    trt("fixtures/trt_build/int8/build.json", trt_build("int8", true));
+    // As the stage writes it: straight from the struct.
+    let sw = |rel: &str, s: sweep::Sweep| ws.write(rel, serde_json::to_string_pretty(&s).unwrap());
+    sw("fixtures/sweep/ort-cpu/prefill/sweep.json", sweep("ort-cpu", "prefill", true));
+    sw("fixtures/sweep/ort-cpu/generate/sweep.json", sweep("ort-cpu", "generate", true));
+    sw("fixtures/sweep/ort-cuda/prefill/sweep.json", sweep("ort-cuda", "prefill", false));
 
     let runs: Vec<String> = by_file.keys().map(|k| format!("\"fixtures/runs/{k}.jsonl\"")).collect();
     ws.pipeline(&format!(

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, Doc, count_of, join_names, text};
-use crate::artifact::perplexity::Perplexity;
+use super::{Artifacts, count_of, join_names, text};
+use crate::backend::Capability;
 use crate::report::format;
 
 fn distinct<I: IntoIterator<Item = Option<String>>>(it: I) -> Vec<String> {
@@ -20,15 +20,14 @@ fn distinct<I: IntoIterator<Item = Option<String>>>(it: I) -> Vec<String> {
 }
 
 pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
-    let cap_of = |v: &Value| v.get("capability").filter(|c| c.is_object()).cloned();
-    // A perplexity result's capability as the JSON it was written as, to read beside the others.
-    let ppl_cap = |d: &Doc<Perplexity>| d.value.capability.as_ref().and_then(|c| serde_json::to_value(c).ok());
+    // A capability as the JSON it was written as, to read every artifact's alike.
+    let cap_of = |c: &Option<Capability>| c.as_ref().and_then(|c| serde_json::to_value(c).ok());
     let caps: Vec<Value> = a
         .sweeps
         .iter()
-        .filter_map(|d| cap_of(&d.value))
-        .chain(a.perplexity.iter().filter_map(ppl_cap))
-        .chain(a.logits.iter().filter_map(|d| cap_of(&d.value)))
+        .filter_map(|d| cap_of(&d.value.capability))
+        .chain(a.perplexity.iter().filter_map(|d| cap_of(&d.value.capability)))
+        .chain(a.logits.iter().filter_map(|d| cap_of(&d.value.capability)))
         .collect();
     let runs = &a.runs;
     let os = distinct(runs.iter().map(|r| Some(r.env.os.clone())));
@@ -43,12 +42,12 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
             .filter(|r| r.env.runtime == "onnxruntime" || r.env.runtime.is_empty())
             .map(|r| Some(r.env.runtime_version.clone()))
             .chain(caps.iter().map(|c| text(c, "runtime_version")))
-            .chain(a.quantize.iter().map(|q| q.value.get("ort").and_then(|o| text(o, "runtime_version"))))
-            .chain(a.calibration.iter().map(|c| text(&c.value, "runtime_version"))),
+            .chain(a.quantize.iter().map(|q| Some(q.value.ort.runtime_version.clone())))
+            .chain(a.calibration.iter().map(|c| Some(c.value.runtime_version.clone()))),
     );
-    let trt = distinct(a.trt.iter().map(|t| text(&t.value, "trt_version")));
-    let trt_gpu = distinct(a.trt.iter().map(|t| text(&t.value, "gpu")));
-    let tools = distinct(a.exports.iter().map(|e| text(&e.value, "tool")));
+    let trt = distinct(a.trt.iter().map(|t| t.value.trt_version.clone()));
+    let trt_gpu = distinct(a.trt.iter().map(|t| Some(t.value.gpu.clone())));
+    let tools = distinct(a.exports.iter().map(|e| Some(e.value.tool.clone())));
     if hosts.len() > 1 || cpu.len() > 1 {
         warnings.push(format!(
             "The runs come from more than one machine ({}); latencies of different machines are not comparable.",
@@ -72,8 +71,8 @@ pub(super) fn environment(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     let mut backends: Vec<Value> = Vec::new();
     let mut seen = BTreeSet::new();
     // (backend, capability, provider as declared) of every sweep, then every perplexity result.
-    let sweeps = a.sweeps.iter().map(|d| (text(&d.value, "backend"), cap_of(&d.value), text(&d.value, "provider")));
-    let perplexity = a.perplexity.iter().map(|d| (Some(d.value.backend.clone()), ppl_cap(d), Some(d.value.provider.clone())));
+    let sweeps = a.sweeps.iter().map(|d| (Some(d.value.backend.clone()), cap_of(&d.value.capability), Some(d.value.provider.clone())));
+    let perplexity = a.perplexity.iter().map(|d| (Some(d.value.backend.clone()), cap_of(&d.value.capability), Some(d.value.provider.clone())));
     for (name, cap, provider) in sweeps.chain(perplexity) {
         let Some(name) = name else { continue };
         let Some(cap) = cap else { continue };

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::results::best;
-use super::{Artifacts, Shape, count_of, join_names, list, mode_title, num, plural, text};
+use super::{Artifacts, Shape, count_of, join_names, mode_title, num, plural};
 use crate::report::format::{self, estimate, sig_opt};
 
 pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
@@ -93,12 +93,12 @@ pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
     }
     for q in &a.quantize {
         let v = &q.value;
-        let (total, verified) = (count_of(v, "matmul_total").unwrap_or(0), count_of(v, "verified").unwrap_or(0));
-        let ran = v.get("ran_integer").and_then(Value::as_bool);
+        let (total, verified) = (v.matmul_total, v.verified);
+        let ran = Some(v.ran_integer);
         let share = if total > 0 { format::share(Some(verified as f64 / total as f64)) } else { format::UNDEFINED.into() };
         out.push(format!(
             "INT8 {} ({}): {verified} of {total} MatMuls are INT8 in the written model ({share}); {}.",
-            text(v, "scheme").unwrap_or_default(),
+            v.scheme.name(),
             q.node(),
             match ran {
                 Some(true) => "ONNX Runtime ran every one of them with an integer kernel".to_string(),
@@ -110,20 +110,20 @@ pub(super) fn findings(shape: &Shape, a: &Artifacts) -> Vec<String> {
     let mut unbuilt: Vec<(String, Vec<String>)> = Vec::new();
     for t in &a.trt {
         let v = &t.value;
-        let p = text(v, "precision").unwrap_or_default();
-        if v["status"] == "ok" {
-            let layers = v.get("layers_by_precision").cloned().unwrap_or(Value::Null);
+        let p = v.precision.clone();
+        if v.status == "ok" {
+            let layers = v.built.layers_by_precision.clone().unwrap_or_default();
             out.push(format!(
                 "TensorRT {p} plan ({}): built, {} layers ({} INT8, {} FP16, {} FP32){}.",
                 t.node(),
-                count_of(v, "n_layers").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
-                count_of(&layers, "int8").unwrap_or(0),
-                count_of(&layers, "fp16").unwrap_or(0),
-                count_of(&layers, "fp32").unwrap_or(0),
-                list(v, "flags").iter().filter_map(Value::as_str).map(|f| format!("; flagged: {f}")).collect::<String>()
+                v.built.n_layers.map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
+                layers.int8,
+                layers.fp16,
+                layers.fp32,
+                v.flags.iter().map(|f| format!("; flagged: {f}")).collect::<String>()
             ));
         } else {
-            let reason = text(v, "reason").unwrap_or_else(|| "no reason given".into());
+            let reason = v.reason.clone().unwrap_or_else(|| "no reason given".into());
             match unbuilt.iter_mut().find(|(r, _)| *r == reason) {
                 Some((_, ps)) => ps.push(p),
                 None => unbuilt.push((reason, vec![p])),
@@ -145,8 +145,8 @@ pub(super) fn abstract_text(shape: &Shape, a: &Artifacts) -> Vec<String> {
         total += count_of(r, "n_total").unwrap_or(0);
         ok += count_of(r, "n_ok").unwrap_or(0);
     }
-    let reps: BTreeSet<u64> = a.sweeps.iter().filter_map(|s| count_of(&s.value, "reps")).collect();
-    let warmup: BTreeSet<u64> = a.sweeps.iter().filter_map(|s| count_of(&s.value, "warmup")).collect();
+    let reps: BTreeSet<u64> = a.sweeps.iter().map(|s| s.value.reps as u64).collect();
+    let warmup: BTreeSet<u64> = a.sweeps.iter().map(|s| s.value.warmup as u64).collect();
     let range = |set: &BTreeSet<u64>| match (set.first(), set.last()) {
         (Some(a), Some(b)) if a == b => Some(a.to_string()),
         (Some(a), Some(b)) => Some(format!("{a} to {b}")),

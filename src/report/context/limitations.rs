@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, list, text};
+use super::Artifacts;
 
 /// One degraded thing: what, where, why and how many.
 struct Limitation {
@@ -30,7 +30,6 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
     let mut push = |area, who: String, detail: Option<String>, reason: String, count, of, unit, merge| {
         raw.push(Limitation { area, subjects: vec![(who, detail)], reason, count, of, unit, merge });
     };
-    let reason_of = |v: &Value| text(v, "reason").unwrap_or_else(|| "no reason given".into());
     for d in &a.stats.value.degraded {
         for r in &d.reasons {
             push("latency", d.backend.clone(), Some(d.mode.clone()), r.reason.clone(), Some(r.count as u64), Some(d.n_total as u64), "runs", true);
@@ -45,27 +44,27 @@ pub(super) fn limitations(a: &Artifacts) -> Vec<Value> {
     if let Some(g) = a.gate.as_ref().filter(|g| g.value.status != "ok") {
         push("accuracy gate", "gate".into(), None, g.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", false);
     }
-    for d in a.logits.iter().filter(|d| d.value["status"] != "ok") {
-        push("logits", text(&d.value, "backend").unwrap_or_default(), None, reason_of(&d.value), None, None, "", true);
+    for d in a.logits.iter().filter(|d| d.value.status != "ok") {
+        push("logits", d.value.backend.clone(), None, d.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", true);
     }
     for t in &a.trt {
-        let plan = format!("{} plan", text(&t.value, "precision").unwrap_or_default());
-        if t.value["status"] != "ok" {
-            push("TensorRT", plan.clone(), None, reason_of(&t.value), None, None, "", true);
+        let plan = format!("{} plan", t.value.precision);
+        if t.value.status != "ok" {
+            push("TensorRT", plan.clone(), None, t.value.reason.clone().unwrap_or_else(|| "no reason given".into()), None, None, "", true);
         }
-        for f in list(&t.value, "flags").iter().filter_map(Value::as_str) {
-            push("TensorRT", plan.clone(), None, f.to_string(), None, None, "", true);
+        for f in &t.value.flags {
+            push("TensorRT", plan.clone(), None, f.clone(), None, None, "", true);
         }
     }
     for q in &a.quantize {
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-        for op in list(&q.value, "left_float") {
-            *reasons.entry(reason_of(op)).or_default() += 1;
+        for op in &q.value.left_float {
+            *reasons.entry(op.reason.clone()).or_default() += 1;
         }
         // Each model's coverage is its own: counts of two models do not add up to anything.
         for (reason, n) in reasons {
-            let who = format!("{} ({})", q.node(), text(&q.value, "scheme").unwrap_or_default());
-            push("INT8", who, None, format!("left in float: {reason}"), Some(n), count_of(&q.value, "matmul_total"), "MatMuls", false);
+            let who = format!("{} ({})", q.node(), q.value.scheme.name());
+            push("INT8", who, None, format!("left in float: {reason}"), Some(n), Some(q.value.matmul_total as u64), "MatMuls", false);
         }
     }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, MODES, Shape, count_of, list, num, precision_rank, text};
+use super::{Artifacts, MODES, Shape, precision_rank};
 use crate::report::format;
 
 pub(super) fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<String>) -> Value {
@@ -11,37 +11,31 @@ pub(super) fn methodology(shape: &Shape, a: &Artifacts, warnings: &mut Vec<Strin
     let mut sweeps: Vec<Value> = Vec::new();
     for s in &a.sweeps {
         let v = &s.value;
-        let sampler = v.get("sampler").cloned().unwrap_or(Value::Null);
-        let harness = v.get("harness").cloned().unwrap_or(Value::Null);
-        if let Some(share) = num(&sampler, "cpu_share").filter(|x| *x > 0.05) {
+        let finite = |x: f64| Some(x).filter(|x| x.is_finite());
+        let cpu_share = v.sampler.as_ref().and_then(|s| finite(s.cpu_share));
+        if let Some(share) = cpu_share.filter(|x| *x > 0.05) {
             warnings.push(format!(
                 "{} / {}: the resource sampler used {} of a core while measuring; latencies on a busy machine include it.",
-                text(v, "backend").unwrap_or_default(),
-                text(v, "mode").unwrap_or_default(),
+                v.backend,
+                v.mode,
                 format::share(Some(share))
             ));
         }
-        for sc in list(v, "scenarios") {
-            if sc.get("outputs_consistent") == Some(&Value::Bool(false)) {
-                warnings.push(format!(
-                    "{} / {} / {}: repetitions generated different tokens; the runs did not do the same work.",
-                    text(v, "backend").unwrap_or_default(),
-                    text(v, "mode").unwrap_or_default(),
-                    text(sc, "name").unwrap_or_default()
-                ));
-            }
+        for sc in v.scenarios.iter().filter(|sc| sc.outputs_consistent == Some(false)) {
+            warnings
+                .push(format!("{} / {} / {}: repetitions generated different tokens; the runs did not do the same work.", v.backend, v.mode, sc.scenario.name));
         }
         sweeps.push(json!({
-            "backend": text(v, "backend"),
-            "mode": text(v, "mode"),
-            "status": text(v, "status"),
-            "warmup": count_of(v, "warmup"),
-            "reps": count_of(v, "reps"),
-            "sample_interval_ms": num(v, "sample_interval_ms"),
-            "scenarios": list(v, "scenarios").len(),
-            "sampler_cpu_share": num(&sampler, "cpu_share"),
-            "sampler_mean_sample_us": num(&sampler, "mean_sample_us"),
-            "harness_overhead_us": num(&harness, "overhead_per_iteration_us"),
+            "backend": v.backend,
+            "mode": v.mode,
+            "status": v.status,
+            "warmup": v.warmup,
+            "reps": v.reps,
+            "sample_interval_ms": v.sample_interval_ms as f64,
+            "scenarios": v.scenarios.len(),
+            "sampler_cpu_share": cpu_share,
+            "sampler_mean_sample_us": v.sampler.as_ref().and_then(|s| finite(s.mean_sample_us)),
+            "harness_overhead_us": v.harness.as_ref().and_then(|h| finite(h.overhead_per_iteration_us)),
         }));
     }
     sweeps.sort_by_key(|s| (shape.color(s["backend"].as_str().unwrap_or_default()), MODES.iter().position(|m| s["mode"] == *m).unwrap_or(MODES.len())));

@@ -40,6 +40,71 @@ use crate::artifact::stats::Stats;
 use crate::measure::MODES;
 pub(super) use read::{Artifacts, Doc};
 
+/// One exported variant as the report shows it, an ONNX model or the `hf` directory alike: what
+/// the kind does not have is `None` (or empty).
+struct Variant<'a> {
+    variant: &'a str,
+    precision: &'static str,
+    opset: Option<i64>,
+    file: &'a str,
+    file_bytes: f64,
+    data_bytes: Option<f64>,
+    node_count: Option<usize>,
+    initializer_count: Option<usize>,
+    initializer_bytes: Option<f64>,
+    inputs: &'a [String],
+    outputs: &'a [String],
+    dynamic_axes: &'a [String],
+    export_ms: Option<f64>,
+    digest: &'a str,
+}
+
+impl<'a> Variant<'a> {
+    fn of(v: &'a crate::artifact::export::Variant) -> Variant<'a> {
+        use crate::artifact::export::Variant as V;
+        use crate::export::Precision;
+        let precision = |p: Precision| match p {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        };
+        let ms = |ms: f64| Some(ms).filter(|x| x.is_finite());
+        match v {
+            V::Onnx(r) => Variant {
+                variant: r.variant.name(),
+                precision: precision(r.precision),
+                opset: Some(r.opset),
+                file: &r.file,
+                file_bytes: r.file_bytes as f64,
+                data_bytes: Some(r.data_bytes as f64),
+                node_count: Some(r.node_count),
+                initializer_count: Some(r.initializer_count),
+                initializer_bytes: Some(r.initializer_bytes as f64),
+                inputs: &r.inputs,
+                outputs: &r.outputs,
+                dynamic_axes: &r.dynamic_axes,
+                export_ms: ms(r.export_ms),
+                digest: &r.digest,
+            },
+            V::Hf(r) => Variant {
+                variant: &r.variant,
+                precision: precision(r.precision),
+                opset: None,
+                file: &r.file,
+                file_bytes: r.file_bytes as f64,
+                data_bytes: None,
+                node_count: None,
+                initializer_count: None,
+                initializer_bytes: None,
+                inputs: &[],
+                outputs: &[],
+                dynamic_axes: &[],
+                export_ms: ms(r.export_ms),
+                digest: &r.digest,
+            },
+        }
+    }
+}
+
 fn precision_rank(p: &str) -> usize {
     ["fp32", "fp16", "int8"].iter().position(|x| *x == p).unwrap_or(3)
 }
@@ -54,10 +119,6 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 fn count_of(v: &Value, key: &str) -> Option<u64> {
     v.get(key).and_then(Value::as_u64)
-}
-
-fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 fn join_names<S: AsRef<str>>(names: &[S]) -> String {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, list, num, text};
+use super::{Artifacts, Variant};
 use crate::report::format::{self, sig_opt};
 
 pub(super) fn overhead(a: &Artifacts) -> Value {
@@ -12,20 +12,16 @@ pub(super) fn overhead(a: &Artifacts) -> Value {
         rows.push(json!({ "step": step, "what": what, "seconds": seconds, "bytes": size, "note": note }));
     };
     for e in &a.exports {
-        for v in list(&e.value, "variants") {
-            let size = match (num(v, "file_bytes"), num(v, "data_bytes")) {
-                (Some(f), d) => Some(f + d.unwrap_or(0.0)),
-                _ => None,
-            };
+        for v in e.value.variants.iter().map(Variant::of) {
             push(
                 "export".into(),
-                format!("{} {} ({})", e.node(), text(v, "variant").unwrap_or_default(), text(v, "precision").unwrap_or_default()),
-                num(v, "export_ms").map(|ms| ms / 1000.0),
-                size,
+                format!("{} {} ({})", e.node(), v.variant, v.precision),
+                v.export_ms.map(|ms| ms / 1000.0),
+                Some(v.file_bytes + v.data_bytes.unwrap_or(0.0)),
                 format!(
                     "{} nodes, opset {}",
-                    count_of(v, "node_count").map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)),
-                    count_of(v, "opset").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+                    v.node_count.map_or(format::UNDEFINED.to_string(), |n| format::count(n as i64)),
+                    v.opset.map_or(format::UNDEFINED.to_string(), |n| n.to_string())
                 ),
             );
         }
@@ -35,30 +31,26 @@ pub(super) fn overhead(a: &Artifacts) -> Value {
         push(
             "calibrate".into(),
             c.node(),
-            num(v, "elapsed_s"),
+            Some(v.elapsed_s).filter(|s| s.is_finite()),
             None,
-            format!(
-                "{}, {} samples of {} tokens",
-                text(v, "method").unwrap_or_default(),
-                count_of(v, "samples").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
-                count_of(v, "seq_len").map_or(format::UNDEFINED.to_string(), |n| n.to_string())
-            ),
+            format!("{}, {} samples of {} tokens", v.method, v.samples, v.seq_len),
         );
     }
     for q in &a.quantize {
         let v = &q.value;
-        let size = num(v, "file_bytes").map(|f| f + num(v, "data_bytes").unwrap_or(0.0));
-        push("quantize".into(), q.node(), num(v, "elapsed_s"), size, format!("{} INT8", text(v, "scheme").unwrap_or_default()));
+        let size = Some(v.file_bytes as f64 + v.data_bytes as f64);
+        push("quantize".into(), q.node(), Some(v.elapsed_s).filter(|s| s.is_finite()), size, format!("{} INT8", v.scheme.name()));
     }
     for t in &a.trt {
-        let v = &t.value;
-        let note = if v["plan_bytes"].is_u64() {
-            let peak = num(v, "peak_build_mib").map_or(String::new(), |m| format!(", peak memory {} MiB", sig_opt(Some(m), 3)));
-            format!("{}: builder {} s{peak}", text(v, "builder").unwrap_or_else(|| "trtexec".into()), sig_opt(num(v, "engine_build_s"), 3))
+        let (v, b) = (&t.value, &t.value.built);
+        let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
+        let note = if b.plan_bytes.is_some() {
+            let peak = finite(b.peak_build_mib).map_or(String::new(), |m| format!(", peak memory {} MiB", sig_opt(Some(m), 3)));
+            format!("{}: builder {} s{peak}", v.builder, sig_opt(finite(b.engine_build_s), 3))
         } else {
-            format!("not built: {}", text(v, "reason").unwrap_or_else(|| "no reason given".into()))
+            format!("not built: {}", v.reason.clone().unwrap_or_else(|| "no reason given".into()))
         };
-        push("TensorRT build".into(), t.node(), num(v, "build_s"), num(v, "plan_bytes"), note);
+        push("TensorRT build".into(), t.node(), finite(b.build_s), b.plan_bytes.map(|n| n as f64), note);
     }
     Value::Array(rows)
 }

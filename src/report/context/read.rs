@@ -1,21 +1,27 @@
-//! Reading: every artifact once, each checked to be what its dep says it is — by reading it as
-//! its type ([`crate::artifact`]) where it has one, by its required keys otherwise.
+//! Reading: every artifact once, each checked to be what its dep says it is by reading it as
+//! its type ([`crate::artifact`]).
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{precision_rank, text};
+use super::precision_rank;
+use crate::artifact::calibration::Calibration;
+use crate::artifact::export::Export;
 use crate::artifact::gate::Gate;
+use crate::artifact::logit_diff::LogitDiff;
 use crate::artifact::perplexity::Perplexity;
+use crate::artifact::quantize::Quantize;
 use crate::artifact::stats::Stats;
+use crate::artifact::sweep::Sweep;
+use crate::artifact::trt_build::TrtBuild;
 use crate::measure::RunRecord;
 use crate::report::{Inputs, ReportError};
 
-/// An artifact: where it is and what it holds, as its type where it has one.
+/// An artifact: where it is and what it holds, as its type.
 #[derive(Debug, Clone)]
-pub(in crate::report) struct Doc<T = Value> {
+pub(in crate::report) struct Doc<T> {
     pub path: String,
     pub value: T,
 }
@@ -31,34 +37,11 @@ impl<T> Doc<T> {
     }
 }
 
-/// What each kind of artifact without a type must have for the report to read it as that
-/// kind; one with a type is checked by reading it as its type ([`read_typed`]).
-const SHAPES: &[(&str, &[&str], &str)] = &[
-    ("sweeps", &["backend", "mode", "scenarios"], "a `sweep` node's `sweep.json`"),
-    ("logits", &["backend", "overall", "prompts"], "a `logit_diff` node's `logit_diff.json`"),
-    ("export", &["variants", "checkpoint"], "an `export` stage's `export.json`"),
-    ("quantize", &["scheme", "matmul_total", "quantized", "verified"], "a `quantize` stage's `quantize.json`"),
-    ("calibration", &["method", "cache_header", "tensors"], "a `calibrate` stage's `calibration.json`"),
-    ("trt", &["precision", "status", "layers_by_precision"], "a `trt_build` node's `build.json`"),
-];
-
 /// The text of `path` and its JSON, or why it cannot be read as JSON.
 fn read_json(root: &Path, path: &str) -> Result<(String, Value), ReportError> {
     let text = std::fs::read_to_string(root.join(path)).map_err(|e| ReportError::Read { path: path.to_string(), message: e.to_string() })?;
     let value = serde_json::from_str(&text).map_err(|e| ReportError::Artifact { path: path.to_string(), message: format!("not JSON: {e}") })?;
     Ok((text, value))
-}
-
-fn read_doc(root: &Path, dep: &str, path: &str) -> Result<Doc, ReportError> {
-    let (_, value) = read_json(root, path)?;
-    if let Some((_, keys, what)) = SHAPES.iter().find(|(d, _, _)| *d == dep) {
-        let missing: Vec<&str> = keys.iter().copied().filter(|k| value.get(k).is_none()).collect();
-        if !missing.is_empty() {
-            let list = crate::diag::ticked(&missing);
-            return Err(ReportError::Artifact { path: path.to_string(), message: format!("the `{dep}` dep should be {what}, but it has no {list}") });
-        }
-    }
-    Ok(Doc { path: path.to_string(), value })
 }
 
 /// Reads `path` as the artifact type `T` of `dep`, `what` naming the artifact for people.
@@ -99,20 +82,19 @@ fn read_runs(root: &Path, path: &str) -> Result<Vec<RunRecord>, ReportError> {
 pub(in crate::report) struct Artifacts {
     pub stats: Doc<Stats>,
     pub runs: Vec<RunRecord>,
-    pub sweeps: Vec<Doc>,
+    pub sweeps: Vec<Doc<Sweep>>,
     pub perplexity: Vec<Doc<Perplexity>>,
     pub gate: Option<Doc<Gate>>,
-    pub logits: Vec<Doc>,
-    pub exports: Vec<Doc>,
-    pub quantize: Vec<Doc>,
-    pub calibration: Vec<Doc>,
-    pub trt: Vec<Doc>,
+    pub logits: Vec<Doc<LogitDiff>>,
+    pub exports: Vec<Doc<Export>>,
+    pub quantize: Vec<Doc<Quantize>>,
+    pub calibration: Vec<Doc<Calibration>>,
+    pub trt: Vec<Doc<TrtBuild>>,
 }
 
 impl Artifacts {
     pub(crate) fn read(inputs: &Inputs) -> Result<Artifacts, ReportError> {
         let root = &inputs.root;
-        let docs = |dep: &str| -> Result<Vec<Doc>, ReportError> { inputs.paths(dep).iter().map(|p| read_doc(root, dep, p)).collect() };
         let stats = read_first(inputs, "stats", "a `stats` stage's `stats.json`")?.ok_or(ReportError::NoStats)?;
         let mut runs = Vec::new();
         for p in inputs.paths("runs") {
@@ -120,20 +102,20 @@ impl Artifacts {
         }
         let mut perplexity: Vec<Doc<Perplexity>> = read_all(inputs, "perplexity", "a `perplexity` node's `perplexity.json`")?;
         perplexity.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
-        let mut logits = docs("logits")?;
-        logits.sort_by_key(|d| text(&d.value, "backend"));
-        let mut trt = docs("trt")?;
-        trt.sort_by_key(|d| precision_rank(&text(&d.value, "precision").unwrap_or_default()));
+        let mut logits: Vec<Doc<LogitDiff>> = read_all(inputs, "logits", "a `logit_diff` node's `logit_diff.json`")?;
+        logits.sort_by(|a, b| a.value.backend.cmp(&b.value.backend));
+        let mut trt: Vec<Doc<TrtBuild>> = read_all(inputs, "trt", "a `trt_build` node's `build.json`")?;
+        trt.sort_by_key(|d| precision_rank(&d.value.precision));
         Ok(Artifacts {
             stats,
             runs,
-            sweeps: docs("sweeps")?,
+            sweeps: read_all(inputs, "sweeps", "a `sweep` node's `sweep.json`")?,
             perplexity,
             gate: read_first(inputs, "gate", "a `gate` stage's `gate.json`")?,
             logits,
-            exports: docs("export")?,
-            quantize: docs("quantize")?,
-            calibration: docs("calibration")?,
+            exports: read_all(inputs, "export", "an `export` stage's `export.json`")?,
+            quantize: read_all(inputs, "quantize", "a `quantize` stage's `quantize.json`")?,
+            calibration: read_all(inputs, "calibration", "a `calibrate` stage's `calibration.json`")?,
             trt,
         })
     }

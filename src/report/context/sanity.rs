@@ -3,115 +3,110 @@
 
 use serde_json::{Value, json};
 
-use super::{Artifacts, count_of, list, num, text};
+use super::{Artifacts, Variant};
 use crate::report::format::{self, sig_opt};
 
 pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
+    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
     let mut exports = Vec::new();
     for e in &a.exports {
-        for v in list(&e.value, "variants") {
+        for v in e.value.variants.iter().map(Variant::of) {
             exports.push(json!({
                 "node": e.node(),
-                "variant": text(v, "variant"),
-                "precision": text(v, "precision"),
-                "opset": count_of(v, "opset"),
-                "file": text(v, "file"),
-                "file_bytes": num(v, "file_bytes"),
-                "data_bytes": num(v, "data_bytes"),
-                "nodes": count_of(v, "node_count"),
-                "initializers": count_of(v, "initializer_count"),
-                "initializer_bytes": num(v, "initializer_bytes"),
-                "inputs": list(v, "inputs").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-                "outputs": list(v, "outputs").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-                "dynamic_axes": list(v, "dynamic_axes").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-                "export_ms": num(v, "export_ms"),
-                "digest": text(v, "digest").map(|d| d.chars().take(12).collect::<String>()),
+                "variant": v.variant,
+                "precision": v.precision,
+                "opset": v.opset,
+                "file": v.file,
+                "file_bytes": v.file_bytes,
+                "data_bytes": v.data_bytes,
+                "nodes": v.node_count,
+                "initializers": v.initializer_count,
+                "initializer_bytes": v.initializer_bytes,
+                "inputs": v.inputs.join(", "),
+                "outputs": v.outputs.join(", "),
+                "dynamic_axes": v.dynamic_axes.join(", "),
+                "export_ms": v.export_ms,
+                "digest": v.digest.chars().take(12).collect::<String>(),
             }));
         }
     }
     let checkpoint = a.exports.first().map(|e| {
-        let c = &e.value["checkpoint"];
-        let cfg = &c["config"];
+        let c = &e.value.checkpoint;
         json!({
-            "path": text(c, "path"),
-            "format": c.get("format").map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string)),
-            "arch": cfg.get("arch").map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string)),
-            "n_layer": count_of(cfg, "n_layer"),
-            "d_model": count_of(cfg, "d_model"),
-            "n_head": count_of(cfg, "n_head"),
-            "vocab_size": count_of(cfg, "vocab_size"),
+            "path": c.path,
+            "format": c.format,
+            "arch": c.config.arch,
+            "n_layer": c.config.n_layer,
+            "d_model": c.config.d_model,
+            "n_head": c.config.n_head,
+            "vocab_size": c.config.vocab_size,
         })
     });
     let mut quantize = Vec::new();
     for q in &a.quantize {
         let v = &q.value;
-        let total = count_of(v, "matmul_total");
-        let verified = count_of(v, "verified");
-        let ort = v.get("ort").cloned().unwrap_or(Value::Null);
-        if v.get("ran_integer") == Some(&Value::Bool(false)) {
+        let (total, verified) = (v.matmul_total, v.verified);
+        if !v.ran_integer {
             warnings.push(format!(
-                "{}: ONNX Runtime ran {} integer MatMul kernels for {} INT8 MatMuls; the rest multiply in float.",
+                "{}: ONNX Runtime ran {} integer MatMul kernels for {verified} INT8 MatMuls; the rest multiply in float.",
                 q.node(),
-                count_of(&ort, "integer_matmul_kernels").map_or(format::UNDEFINED.to_string(), |n| n.to_string()),
-                verified.map_or(format::UNDEFINED.to_string(), |n| n.to_string())
+                v.ort.integer_matmul_kernels
             ));
         }
-        if let (Some(qd), Some(vf)) = (count_of(v, "quantized"), verified)
-            && vf < qd
-        {
-            warnings.push(format!("{}: {qd} MatMuls were rewritten to INT8 but only {vf} read back as INT8.", q.node()));
+        if verified < v.quantized {
+            warnings.push(format!("{}: {} MatMuls were rewritten to INT8 but only {verified} read back as INT8.", q.node(), v.quantized));
         }
-        let decoder = v.get("decoder").filter(|d| d.is_object()).map(|d| {
-            json!({ "matmul_total": count_of(d, "matmul_total"), "quantized": count_of(d, "quantized"), "verified": count_of(d, "verified"), "left_float": list(d, "left_float").len() })
-        });
+        let decoder = v
+            .decoder
+            .as_ref()
+            .map(|d| json!({ "matmul_total": d.matmul_total, "quantized": d.quantized, "verified": d.verified, "left_float": d.left_float.len() }));
         quantize.push(json!({
             "node": q.node(),
-            "scheme": text(v, "scheme"),
-            "per_channel": v.get("per_channel").and_then(Value::as_bool),
-            "activations": text(v, "activations"),
-            "weights": text(v, "weights"),
+            "scheme": v.scheme.name(),
+            "per_channel": v.per_channel,
+            "activations": v.activations,
+            "weights": v.weights,
             "matmul_total": total,
-            "quantized": count_of(v, "quantized"),
+            "quantized": v.quantized,
             "verified": verified,
-            "left_float": list(v, "left_float").len(),
-            "coverage": match (verified, total) { (Some(v), Some(t)) if t > 0 => Some(v as f64 / t as f64), _ => None },
-            "ran_integer": v.get("ran_integer").and_then(Value::as_bool),
-            "integer_kernels": count_of(&ort, "integer_matmul_kernels"),
-            "float_kernels": count_of(&ort, "float_matmul_kernels"),
+            "left_float": v.left_float.len(),
+            "coverage": (total > 0).then(|| verified as f64 / total as f64),
+            "ran_integer": v.ran_integer,
+            "integer_kernels": v.ort.integer_matmul_kernels,
+            "float_kernels": v.ort.float_matmul_kernels,
             "decoder": decoder,
-            "file_bytes": num(v, "file_bytes"),
-            "data_bytes": num(v, "data_bytes"),
+            "file_bytes": v.file_bytes as f64,
+            "data_bytes": v.data_bytes as f64,
         }));
     }
     let mut trt = Vec::new();
     for t in &a.trt {
-        let v = &t.value;
-        let layers = v.get("layers_by_precision").cloned().unwrap_or(Value::Null);
-        if v.get("int8_verified") == Some(&Value::Bool(false)) {
-            warnings.push(format!("TensorRT {} plan: INT8 was requested but no layer runs in INT8.", text(v, "precision").unwrap_or_default()));
+        let (v, b) = (&t.value, &t.value.built);
+        let layers = b.layers_by_precision.as_ref();
+        if b.int8_verified == Some(false) {
+            warnings.push(format!("TensorRT {} plan: INT8 was requested but no layer runs in INT8.", v.precision));
         }
         trt.push(json!({
             "node": t.node(),
-            "precision": text(v, "precision"),
-            "status": text(v, "status"),
-            "reason": text(v, "reason"),
-            "flags": list(v, "flags").iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "),
-            "trt_version": text(v, "trt_version"),
-            "n_layers": count_of(v, "n_layers"),
-            "fp32": count_of(&layers, "fp32"),
-            "fp16": count_of(&layers, "fp16"),
-            "int8": count_of(&layers, "int8"),
-            "other": count_of(&layers, "other"),
-            "int8_verified": v.get("int8_verified").and_then(Value::as_bool),
-            "plan_bytes": num(v, "plan_bytes"),
-            "build_s": num(v, "build_s"),
-            "engine_build_s": num(v, "engine_build_s"),
-            "builder": text(v, "builder"),
-            "peak_build_mib": num(v, "peak_build_mib"),
+            "precision": v.precision,
+            "status": v.status,
+            "reason": v.reason,
+            "flags": v.flags.join("; "),
+            "trt_version": v.trt_version,
+            "n_layers": b.n_layers,
+            "fp32": layers.map(|l| l.fp32),
+            "fp16": layers.map(|l| l.fp16),
+            "int8": layers.map(|l| l.int8),
+            "other": layers.map(|l| l.other),
+            "int8_verified": b.int8_verified,
+            "plan_bytes": b.plan_bytes.map(|n| n as f64),
+            "build_s": finite(b.build_s),
+            "engine_build_s": finite(b.engine_build_s),
+            "builder": v.builder,
+            "peak_build_mib": finite(b.peak_build_mib),
         }));
     }
     let mut perplexity = Vec::new();
-    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
     for d in &a.perplexity {
         let v = &d.value;
         let (ppl, uniform) = (finite(v.ppl), finite(v.uniform_ppl));
@@ -144,26 +139,21 @@ pub(super) fn sanity(a: &Artifacts, warnings: &mut Vec<String>) -> Value {
     let mut logits = Vec::new();
     for d in &a.logits {
         let v = &d.value;
-        let o = &v["overall"];
-        let (last, all) = (&o["last_token"], &o["all_positions"]);
-        if let Some(rate) = num(all, "argmax_agreement_rate").filter(|r| *r < 1.0) {
-            warnings.push(format!(
-                "{}: the top token differs from the reference's at {} of positions.",
-                text(v, "backend").unwrap_or_default(),
-                format::share(Some(1.0 - rate))
-            ));
+        let (last, all) = (&v.overall.last_token, &v.overall.all_positions);
+        if let Some(rate) = finite(all.argmax_agreement_rate).filter(|r| *r < 1.0) {
+            warnings.push(format!("{}: the top token differs from the reference's at {} of positions.", v.backend, format::share(Some(1.0 - rate))));
         }
         logits.push(json!({
-            "backend": text(v, "backend"),
-            "status": text(v, "status"),
-            "reason": text(v, "reason"),
-            "prompts": list(v, "prompts").len(),
-            "last_mean_abs_diff": num(last, "mean_abs_diff"),
-            "last_max_abs_diff": num(last, "max_abs_diff"),
-            "last_agreement": num(last, "argmax_agreement_rate"),
-            "all_mean_abs_diff": num(all, "mean_abs_diff"),
-            "all_max_abs_diff": num(all, "max_abs_diff"),
-            "all_agreement": num(all, "argmax_agreement_rate"),
+            "backend": v.backend,
+            "status": v.status,
+            "reason": v.reason,
+            "prompts": v.prompts.len(),
+            "last_mean_abs_diff": finite(last.mean_abs_diff),
+            "last_max_abs_diff": finite(last.max_abs_diff),
+            "last_agreement": finite(last.argmax_agreement_rate),
+            "all_mean_abs_diff": finite(all.mean_abs_diff),
+            "all_max_abs_diff": finite(all.max_abs_diff),
+            "all_agreement": finite(all.argmax_agreement_rate),
         }));
     }
     json!({ "checkpoint": checkpoint, "exports": exports, "quantize": quantize, "trt": trt, "perplexity": perplexity, "logits": logits })

@@ -1,0 +1,86 @@
+//! `quantize.json`: what the `quantize` stage ([`crate::stage::quantize`]) writes and the
+//! report reads.
+//!
+//! Like `perplexity.json`, it is written straight from the struct, so its keys come out in the
+//! order of the fields below (and of [`QuantizedOp`], [`FloatOp`] and [`Written`], the rewrite's
+//! own records).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::quant::rewrite::{FloatOp, QuantizedOp, Scheme, Written};
+
+/// `quantize.json`: one INT8 rewrite of a prefill model (and of its decoder, if any).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quantize {
+    pub scheme: Scheme,
+    pub per_channel: bool,
+    /// Name patterns left in float.
+    pub exclude: Vec<String>,
+    /// How activations and weights are quantized, in words.
+    pub activations: String,
+    pub weights: String,
+    /// MatMul/Gemm nodes of the source, those rewritten, and those found rewritten in the
+    /// written file.
+    pub matmul_total: usize,
+    pub quantized: usize,
+    pub verified: usize,
+    pub ops: Vec<QuantizedOp>,
+    pub left_float: Vec<FloatOp>,
+    /// The decoder's rewrite, when the stage has a `decoder` dep.
+    pub decoder: Option<Decoder>,
+    /// Wall time of the node: rewrites, writes, read-backs and the ONNX Runtime check.
+    pub elapsed_s: f64,
+    pub written: Written,
+    /// Whether ONNX Runtime ran an integer kernel for every verified op.
+    pub ran_integer: bool,
+    pub ort: Ort,
+    /// The calibration a `static` rewrite took its scales from.
+    pub calibration: Option<CalibrationRef>,
+    pub source_digest: String,
+    pub file_bytes: u64,
+    pub data_bytes: u64,
+}
+
+/// What the decoder's rewrite did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decoder {
+    pub source_digest: String,
+    pub matmul_total: usize,
+    pub quantized: usize,
+    pub verified: usize,
+    pub left_float: Vec<FloatOp>,
+    pub file_bytes: u64,
+    pub data_bytes: u64,
+}
+
+/// What ONNX Runtime ran for one prefill of the written model: [`crate::quant::OrtKernels`] as
+/// the file holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ort {
+    pub runtime_version: String,
+    pub opt_level: String,
+    /// The prefill's tokens.
+    pub tokens: usize,
+    /// Op type of each kernel that ran → distinct nodes.
+    pub kernels: BTreeMap<String, usize>,
+    pub integer_matmul_kernels: usize,
+    pub float_matmul_kernels: usize,
+}
+
+impl From<crate::quant::OrtKernels> for Ort {
+    fn from(k: crate::quant::OrtKernels) -> Ort {
+        // Every field named: one added to `OrtKernels` does not compile until it is here too.
+        let crate::quant::OrtKernels { runtime_version, opt_level, tokens, kernels, integer_matmul_kernels, float_matmul_kernels } = k;
+        Ort { runtime_version, opt_level, tokens, kernels, integer_matmul_kernels, float_matmul_kernels }
+    }
+}
+
+/// The calibration a `static` rewrite read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalibrationRef {
+    pub method: String,
+    pub cache_header: String,
+    pub model_digest: String,
+}
