@@ -175,16 +175,6 @@ pub enum PlanPrecision {
     },
 }
 
-impl PlanPrecision {
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            PlanPrecision::Fp32 => "fp32",
-            PlanPrecision::Fp16 => "fp16",
-            PlanPrecision::Int8 { .. } => "int8",
-        }
-    }
-}
-
 /// One optimisation profile: dimension name → `[min, opt, max]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile(pub BTreeMap<String, [u64; 3]>);
@@ -376,17 +366,6 @@ pub enum DataType {
     Fp16,
     Fp32,
     Other,
-}
-
-impl DataType {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            DataType::Int8 => "int8",
-            DataType::Fp16 => "fp16",
-            DataType::Fp32 => "fp32",
-            DataType::Other => "other",
-        }
-    }
 }
 
 /// The type a `Format/Datatype` string describes (see the module docs).

@@ -633,11 +633,6 @@ pub fn open(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Box<dyn 
     }
 }
 
-/// What `spec` really runs on here: [`open`]'s probe, without keeping the session.
-pub(crate) fn probe_capability(spec: &BackendSpec, model: &Path, library: &Path) -> Result<Capability, BackendError> {
-    open(spec, model, library).map(|b| b.capability().clone())
-}
-
 /// The ONNX Runtime library a stage uses: its `runtime` dep, else `ORT_DYLIB_PATH`.
 pub(crate) fn library(dep: Option<&Path>) -> Result<PathBuf, BackendError> {
     match dep {

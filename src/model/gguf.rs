@@ -123,6 +123,7 @@ impl MetaValue {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn as_bool(&self) -> Option<bool> {
         match *self {
             MetaValue::Bool(b) => Some(b),
@@ -175,12 +176,6 @@ pub struct GgufHeader {
 }
 
 impl GgufHeader {
-    /// Reads the header of the GGUF file at `path`.
-    pub(crate) fn read(path: &Path) -> Result<GgufHeader, ModelError> {
-        let map = map_file(path)?;
-        GgufHeader::parse(&map).map_err(|message| ModelError::Format { path: path.to_path_buf(), message })
-    }
-
     /// Parses a whole file's bytes (only the header is read; tensor data is bounds-checked).
     pub fn parse(bytes: &[u8]) -> Result<GgufHeader, String> {
         let mut r = Reader { bytes, pos: 0 };
@@ -291,10 +286,12 @@ impl GgufHeader {
         self.get(key).and_then(MetaValue::as_u64)
     }
 
+    #[cfg(test)]
     pub(crate) fn get_f32(&self, key: &str) -> Option<f32> {
         self.get(key).and_then(MetaValue::as_f64).map(|v| v as f32)
     }
 
+    #[cfg(test)]
     pub(crate) fn get_bool(&self, key: &str) -> Option<bool> {
         self.get(key).and_then(MetaValue::as_bool)
     }

@@ -44,8 +44,6 @@ pub(crate) struct SafetensorsFile {
     pub map: memmap2::Mmap,
     /// By name.
     pub tensors: BTreeMap<String, SafeTensor>,
-    /// `__metadata__`, if any.
-    pub metadata: BTreeMap<String, String>,
 }
 
 /// Raw header entry, as serde reads it.
@@ -72,8 +70,8 @@ fn element_bytes(dtype: &str) -> Option<usize> {
 impl SafetensorsFile {
     pub(crate) fn open(path: &Path) -> Result<SafetensorsFile, ModelError> {
         let map = super::gguf::map_file(path)?;
-        let (tensors, metadata) = parse(&map).map_err(|message| ModelError::Format { path: path.to_path_buf(), message })?;
-        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors, metadata })
+        let (tensors, _metadata) = parse(&map).map_err(|message| ModelError::Format { path: path.to_path_buf(), message })?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors })
     }
 }
 

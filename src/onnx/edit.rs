@@ -41,7 +41,6 @@ use super::{FLOAT, FLOAT16};
 /// ONNX `DataType` codes beyond the ones the exporter writes.
 pub(crate) const UINT8: i32 = 2;
 pub(crate) const INT8: i32 = 3;
-pub(crate) const INT32: i32 = 6;
 
 /// Tensors at least this large go to the external data file when there is one (the
 /// exporter's rule: smaller ones must stay readable during shape inference).
@@ -89,10 +88,6 @@ impl Model {
 
     pub fn graph(&self) -> &GraphProto {
         self.proto.graph.as_ref().expect("load checks the graph")
-    }
-
-    pub(crate) fn graph_mut(&mut self) -> &mut GraphProto {
-        self.proto.graph.as_mut().expect("load checks the graph")
     }
 
     /// The directory external data locations are relative to.
@@ -180,17 +175,6 @@ impl Model {
 /// product overflows, which no tensor's data can match.
 pub(crate) fn element_count(t: &TensorProto) -> usize {
     t.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d.max(0) as usize)).unwrap_or(usize::MAX)
-}
-
-/// Bytes per element of the data types tr118 writes.
-pub(crate) fn element_size(data_type: i32) -> Option<usize> {
-    match data_type {
-        FLOAT | INT32 => Some(4),
-        FLOAT16 => Some(2),
-        INT8 | UINT8 | super::BOOL => Some(1),
-        super::INT64 => Some(8),
-        _ => None,
-    }
 }
 
 #[derive(Debug)]

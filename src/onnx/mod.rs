@@ -94,10 +94,6 @@ pub(crate) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto { name: Some(name.into()), ints: v.to_vec(), r#type: Some(7), ..Default::default() }
 }
 
-pub(crate) fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), t: Some(t), r#type: Some(4), ..Default::default() }
-}
-
 impl<'a> Graph<'a> {
     pub fn new(name: &str) -> Self {
         Graph { name: name.into(), nodes: Vec::new(), inputs: Vec::new(), outputs: Vec::new(), inits: Vec::new(), counter: 0, uses_ms: false }
@@ -197,10 +193,6 @@ impl<'a> Graph<'a> {
         let name = self.fresh("const_f32");
         let n = values.len() as i64;
         self.init(&name, &[n], FLOAT, Box::new(move || Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())))
-    }
-
-    pub(crate) fn node_count(&self) -> usize {
-        self.nodes.len()
     }
 }
 

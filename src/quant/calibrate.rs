@@ -314,35 +314,6 @@ pub(crate) fn cache_text(header: &str, entries: &[(String, f32)]) -> String {
     s
 }
 
-/// A cache file read back.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Cache {
-    pub header: String,
-    pub version_code: u32,
-    pub algorithm: String,
-    pub entries: Vec<(String, f32)>,
-}
-
-/// Parses a TensorRT calibration cache; errors name the line.
-pub(crate) fn parse_cache(text: &str) -> Result<Cache, String> {
-    let mut lines = text.lines();
-    let header = lines.next().ok_or("the cache is empty")?.trim_end().to_string();
-    let rest = header.strip_prefix("TRT-").ok_or_else(|| format!("line 1: `{header}` does not start with `TRT-`"))?;
-    let (version, algorithm) = rest.split_once('-').ok_or_else(|| format!("line 1: `{header}` is not `TRT-<version>-<algorithm>`"))?;
-    let version_code = version.parse::<u32>().map_err(|_| format!("line 1: version `{version}` is not a number"))?;
-    let algorithm = algorithm.to_string();
-    let mut entries = Vec::new();
-    for (i, line) in lines.enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (name, hex) = line.rsplit_once(": ").ok_or_else(|| format!("line {}: `{line}` is not `<tensor>: <hex>`", i + 2))?;
-        let bits = u32::from_str_radix(hex.trim(), 16).map_err(|_| format!("line {}: `{hex}` is not a hex float32", i + 2))?;
-        entries.push((name.to_string(), f32::from_bits(bits)));
-    }
-    Ok(Cache { header, version_code, algorithm, entries })
-}
-
 pub use crate::artifact::calibration::{Calibration, Consumer, TensorCalibration};
 
 #[cfg(test)]

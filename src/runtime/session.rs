@@ -508,10 +508,6 @@ fn tensorrt_provider(device: i32, trt: &TrtOptions) -> TensorRT {
 }
 
 impl Session {
-    pub(crate) fn model(&self) -> &Path {
-        &self.model
-    }
-
     /// Stops the profiler of a [`Runtime::profiled_session`] and returns the profile's path.
     /// Later runs are not profiled.
     pub(crate) fn end_profiling(&mut self) -> Result<PathBuf, RuntimeError> {

@@ -473,12 +473,6 @@ impl ObjectError {
     pub(crate) fn of(e: &io::Error) -> Option<&ObjectError> {
         e.get_ref().and_then(|x| x.downcast_ref::<ObjectError>())
     }
-
-    pub(crate) fn digest(&self) -> Digest {
-        match self {
-            ObjectError::Corrupt(d) | ObjectError::Missing(d) | ObjectError::BadListing(d, _) => *d,
-        }
-    }
 }
 
 fn object_io(d: &Digest, e: io::Error) -> io::Error {

@@ -110,12 +110,6 @@ impl StatCache {
         Ok((tree.digest(), tree.size()))
     }
 
-    pub(crate) fn forget(&mut self, rel: &str) {
-        if self.entries.remove(rel).is_some() {
-            self.dirty = true;
-        }
-    }
-
     /// Writes the cache back if anything changed. Callers hold the store's lock.
     pub(crate) fn save(&mut self, write: impl FnOnce(&Path, &[u8]) -> io::Result<()>) -> io::Result<()> {
         if !self.dirty {
@@ -183,10 +177,8 @@ mod tests {
         let (d, _) = cache.file_digest(dir.path(), "a").unwrap();
         cache.save(|p, bytes| std::fs::write(p, bytes)).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
-        let mut again = StatCache::load(&file);
+        let again = StatCache::load(&file);
         assert_eq!(again.lookup("a", &meta), Some(d));
-        again.forget("a");
-        assert_eq!(again.lookup("a", &meta), None);
 
         std::fs::write(&file, "{ not json").unwrap();
         assert_eq!(StatCache::load(&file).lookup("a", &meta), None);

@@ -55,12 +55,10 @@ pub(crate) struct BuildRequest {
 pub(crate) struct BuildAnswer {
     /// `major.minor.patch.build`, as the library reports it.
     pub version: Option<String>,
-    pub parse_s: f64,
     /// `build_serialized_network`'s wall time.
     pub build_s: f64,
     /// The builder's own figure (`Engine generation completed in N seconds`).
     pub engine_build_s: Option<f64>,
-    pub plan_bytes: u64,
     /// The helper process's peak resident memory: parsing and building.
     pub peak_rss_mib: f64,
 }
