@@ -502,7 +502,8 @@ fn execute_in(graph: &Graph, store: &Store, i: usize, key: Digest, stage_key: St
     }
     let started_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let t0 = Instant::now();
-    let outcome = node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(NodeError::Failed)?;
+    let outcome =
+        node.kind.run(&mut RunCx { node, root, deps: &deps, outs: &outs, scratch: &scratch, log: &mut log }).map_err(|e| NodeError::Failed(e.to_string()))?;
     let duration_ms = millis(t0);
 
     let mut outputs: Vec<OutputRecord> = Vec::new();

@@ -69,32 +69,70 @@ pub struct RunCx<'a> {
     pub log: &'a mut File,
 }
 
-/// One kind of stage. Implementations are stateless; one static instance each.
-pub trait StageKind: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    /// The implementation sets ([`crate::implementation::SETS`]) whose code makes this
-    /// node's results; their versions enter its key. Besides the kind's own set and the
-    /// shared `stage` set, a node that runs a backend names its runtime's set only.
-    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str>;
+/// Why a node's run failed; nothing of it is cached. One message each, which the engine prints
+/// after "`node` failed:".
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// A dep the kind reads is not among the node's inputs (lowering checks that the stage
+    /// declares it; a pattern may still match nothing).
+    #[error("no `{0}` dep")]
+    NoDep(String),
+    /// The node's `backend` matrix value is missing or did not validate; lowering refuses
+    /// such nodes for the kinds that run backends.
+    #[error("the node has no valid `backend` matrix value")]
+    NoBackend,
+    /// Reading, writing or creating a file or directory failed.
+    #[error("{doing} `{}`: {source}", crate::paths::shown(path))]
+    Io { doing: &'static str, path: PathBuf, source: std::io::Error },
+    /// Anything else, in the kind's own words.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StageError {
+    /// A failed file operation: `doing` is what was being done (`reading corpus`).
+    pub fn io(doing: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StageError {
+        let path = path.into();
+        move |source| StageError::Io { doing, path, source }
+    }
+}
+
+impl From<String> for StageError {
+    fn from(message: String) -> StageError {
+        StageError::Other(message)
+    }
+}
+
+impl From<&str> for StageError {
+    fn from(message: &str) -> StageError {
+        StageError::Other(message.to_string())
+    }
+}
+
+/// One kind of stage, as its implementation writes it: what the kind is, as constants, and what
+/// it does, as methods. Implementations are stateless, one static instance each; the loader and
+/// the engine hold them as [`StageKind`] objects.
+pub trait Kind: Send + Sync + 'static {
+    /// The name a stage table's `kind` gives.
+    const NAME: &'static str;
     /// The kind-specific fields a stage table of this kind may have.
-    fn fields(&self) -> &'static [&'static str];
+    const FIELDS: &'static [&'static str];
     /// Whether the kind's fields keep `{matrix.*}` and `{params.*}` as placeholders, to be
     /// resolved at run time from the node's matrix and params. A kind whose fields are
     /// templates (like `cmd`'s argv) says yes, so a changed param shows up in `why` as the
     /// param, not as every argument it was spliced into.
-    fn keeps_placeholders(&self) -> bool {
-        false
-    }
+    const KEEPS_PLACEHOLDERS: bool = false;
     /// Whether [`Self::lower`] looks at the node's matrix values, so that it must run for
     /// every node rather than once per stage.
-    fn reads_matrix(&self) -> bool {
-        false
-    }
+    const READS_MATRIX: bool = false;
     /// Whether every node of the kind is a measurement, to run alone on its device (as a
     /// stage's `timing = true` asks).
-    fn timing(&self) -> bool {
-        false
-    }
+    const TIMING: bool = false;
+
+    /// The implementation sets ([`crate::implementation::SETS`]) whose code makes this
+    /// node's results; their versions enter its key. Besides the kind's own set and the
+    /// shared `stage` set, a node that runs a backend names its runtime's set only.
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str>;
     /// Outputs the kind always writes, given its config: `(name, path)`, a trailing `/`
     /// for a directory. They are declared for the node beside any `outs` of the stage.
     fn implied_outs(&self, _config: &Value) -> Vec<(String, String)> {
@@ -103,5 +141,49 @@ pub trait StageKind: Send + Sync + 'static {
     /// Validates one node's kind-specific fields into the config that enters its key.
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>>;
     /// Runs one node. `Err` is a failure: nothing is cached.
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String>;
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError>;
+}
+
+/// A [`Kind`] as an object: its constants as methods, so that kinds of every type can sit in
+/// one registry and on every [`NodeSpec`].
+pub trait StageKind: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn fields(&self) -> &'static [&'static str];
+    fn keeps_placeholders(&self) -> bool;
+    fn reads_matrix(&self) -> bool;
+    fn timing(&self) -> bool;
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str>;
+    fn implied_outs(&self, config: &Value) -> Vec<(String, String)>;
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>>;
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError>;
+}
+
+impl<K: Kind> StageKind for K {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn fields(&self) -> &'static [&'static str] {
+        K::FIELDS
+    }
+    fn keeps_placeholders(&self) -> bool {
+        K::KEEPS_PLACEHOLDERS
+    }
+    fn reads_matrix(&self) -> bool {
+        K::READS_MATRIX
+    }
+    fn timing(&self) -> bool {
+        K::TIMING
+    }
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str> {
+        Kind::implementation(self, node)
+    }
+    fn implied_outs(&self, config: &Value) -> Vec<(String, String)> {
+        Kind::implied_outs(self, config)
+    }
+    fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
+        Kind::lower(self, cx)
+    }
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
+        Kind::run(self, cx)
+    }
 }

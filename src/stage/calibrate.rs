@@ -63,8 +63,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::onnx::edit::Model;
+use crate::pipeline::NodeSpec;
 use crate::quant::calibrate::{self, Calibration, Method};
 use crate::quant::observe;
 
@@ -124,17 +125,12 @@ pub(crate) fn sample_starts(n: usize, seq_len: usize, samples: usize, seed: u64)
     (0..samples).map(|_| rng.below_or_equal((n - seq_len) as u64) as usize).collect()
 }
 
-impl StageKind for Calibrate {
-    fn name(&self) -> &'static str {
-        "calibrate"
-    }
+impl Kind for Calibrate {
+    const NAME: &'static str = "calibrate";
+    const FIELDS: &'static [&'static str] = FIELDS;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "calibrate", "tokenizer", "onnxruntime"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -215,7 +211,7 @@ impl StageKind for Calibrate {
         vec![("calibration".into(), JSON_OUT.into()), ("cache".into(), CACHE_OUT.into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let c = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
         let method = match (c.method.as_str(), c.percentile) {
             ("minmax", _) => Method::MinMax,
@@ -226,11 +222,11 @@ impl StageKind for Calibrate {
         let (samples, seq_len, seed) = (c.samples as usize, c.seq_len as usize, c.seed);
         let version_code = calibrate::trt_version_code(&c.trt_version)?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model_path = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
-        let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
-        let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
+        let model_path = super::onnx_file(&dep("model").ok_or_else(|| StageError::NoDep("model".into()))?)?;
+        let tokenizer_path = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
+        let corpus_path = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
 
-        let text = std::fs::read_to_string(&corpus_path).map_err(|e| format!("reading corpus `{}`: {e}", corpus_path.display()))?;
+        let text = std::fs::read_to_string(&corpus_path).map_err(StageError::io("reading corpus", &corpus_path))?;
         let text = if c.strip { super::corpus::strip_doc_markers(&text) } else { text };
         let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
         tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
@@ -241,7 +237,8 @@ impl StageKind for Calibrate {
                 "the corpus `{}` has {} tokens, fewer than `seq_len` ({seq_len}): use a longer corpus or a shorter `seq_len`",
                 corpus_path.display(),
                 ids.len()
-            ));
+            )
+            .into());
         }
         let starts = sample_starts(ids.len(), seq_len, samples, seed);
         let windows: Vec<Vec<i64>> = starts.iter().map(|&s| ids[s..s + seq_len].iter().map(|&t| i64::from(t)).collect()).collect();
@@ -250,10 +247,10 @@ impl StageKind for Calibrate {
         let model = Model::load(&model_path).map_err(|e| e.to_string())?;
         let tensors = observe::observed_tensors(&model);
         if tensors.is_empty() {
-            return Err(format!("`{}` has no MatMul/Gemm with an activation input: nothing to calibrate", model_path.display()));
+            return Err(format!("`{}` has no MatMul/Gemm with an activation input: nothing to calibrate", model_path.display()).into());
         }
         let copy = cx.scratch.join("observe").join("model.onnx");
-        std::fs::create_dir_all(copy.parent().expect("a file in a directory")).map_err(|e| format!("creating `{}`: {e}", copy.display()))?;
+        std::fs::create_dir_all(copy.parent().expect("a file in a directory")).map_err(StageError::io("creating", &copy))?;
         observe::observing_copy(&model, &tensors, &copy).map_err(|e| e.to_string())?;
         let _ = writeln!(cx.log, "observing {} tensors (inputs of MatMul/Gemm) of `{}`", tensors.len(), model_path.display());
 
@@ -285,7 +282,7 @@ impl StageKind for Calibrate {
         };
         let entries: Vec<(String, f32)> = record.tensors.iter().map(|t| (t.name.clone(), t.scale)).collect();
         let cache_path = cx.root.join(&cx.outs["cache"]);
-        std::fs::write(&cache_path, calibrate::cache_text(&header, &entries)).map_err(|e| format!("writing `{}`: {e}", cache_path.display()))?;
+        std::fs::write(&cache_path, calibrate::cache_text(&header, &entries)).map_err(StageError::io("writing", &cache_path))?;
         super::output::write_json(&cx.root.join(&cx.outs["calibration"]), &record)?;
         let _ = writeln!(cx.log, "{} tensors calibrated ({}) in {elapsed_s:.2}s; cache header `{header}`", record.tensors.len(), method.name());
         Ok(Outcome::Ok)

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::diag;
 use crate::pipeline;
+use crate::pipeline::NodeSpec;
 use crate::pipeline::limits::MAX_TIMEOUT_SECS;
 use crate::pipeline::template::{self, Lookup};
 
@@ -34,21 +35,13 @@ fn template_escape(s: &str, is_template: bool) -> String {
     if is_template { s.to_string() } else { s.replace('{', "{{").replace('}', "}}") }
 }
 
-impl StageKind for Cmd {
-    fn name(&self) -> &'static str {
-        "cmd"
-    }
+impl Kind for Cmd {
+    const NAME: &'static str = "cmd";
+    const FIELDS: &'static [&'static str] = &["cmd", "env", "timeout"];
+    const KEEPS_PLACEHOLDERS: bool = true;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "cmd"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        &["cmd", "env", "timeout"]
-    }
-
-    fn keeps_placeholders(&self) -> bool {
-        true
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -158,7 +151,7 @@ impl StageKind for Cmd {
         Ok(Value::Object(config))
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let config = &cx.node.config;
         let node = cx.node;
         let mut lookup = |name: &[String]| -> Lookup {
@@ -223,7 +216,7 @@ impl StageKind for Cmd {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return Err(format!("command timed out after {secs} s (`timeout`)"));
+                        return Err(format!("command timed out after {secs} s (`timeout`)").into());
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -231,8 +224,8 @@ impl StageKind for Cmd {
         };
         if !status.success() {
             return Err(match status.code() {
-                Some(code) => format!("command exited with status {code}"),
-                None => format!("command was killed ({status})"),
+                Some(code) => format!("command exited with status {code}").into(),
+                None => format!("command was killed ({status})").into(),
             });
         }
         let mut reason = String::new();

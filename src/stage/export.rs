@@ -45,11 +45,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::export as artifact;
 use crate::export::{self, ExportOptions, Precision, Variant};
 use crate::model::gguf::GgufHeader;
 use crate::model::{Checkpoint, Format};
+use crate::pipeline::NodeSpec;
 use crate::tokenizer::{self, GgufVocab};
 
 pub(crate) struct Export;
@@ -95,17 +96,12 @@ fn quoted(names: &[&str]) -> String {
     names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
 }
 
-impl StageKind for Export {
-    fn name(&self) -> &'static str {
-        "export"
-    }
+impl Kind for Export {
+    const NAME: &'static str = "export";
+    const FIELDS: &'static [&'static str] = FIELDS;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "export", "tokenizer"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -186,9 +182,9 @@ impl StageKind for Export {
         outs
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let config = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
-        let ck_path = cx.deps.get("checkpoint").and_then(|p| p.first()).ok_or("no `checkpoint` dep")?;
+        let ck_path = cx.deps.get("checkpoint").and_then(|p| p.first()).ok_or_else(|| StageError::NoDep("checkpoint".into()))?;
         let ck = Checkpoint::open(&cx.root.join(ck_path)).map_err(|e| e.to_string())?;
         let _ = writeln!(cx.log, "checkpoint `{ck_path}`: {:?} {:?}, {} layers, d={}", ck.format, ck.config.arch, ck.config.n_layer, ck.config.d_model);
         let precision = config.precision;

@@ -88,9 +88,10 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::diag;
 use crate::digest::hex;
+use crate::pipeline::NodeSpec;
 use crate::pipeline::template::{self, Lookup};
 
 pub(crate) struct Fetch;
@@ -267,17 +268,12 @@ fn check_platform(v: &str) -> Result<String, String> {
     }
 }
 
-impl StageKind for Fetch {
-    fn name(&self) -> &'static str {
-        "fetch"
-    }
+impl Kind for Fetch {
+    const NAME: &'static str = "fetch";
+    const FIELDS: &'static [&'static str] = &["pypi", "npm", "url", "path", "member", "sha256", "python", "platform"];
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "fetch"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        &["pypi", "npm", "url", "path", "member", "sha256", "python", "platform"]
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -487,7 +483,7 @@ impl StageKind for Fetch {
         if errors.is_empty() { Ok(Value::Object(config)) } else { Err(errors) }
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let config = &cx.node.config;
         let text = |k: &str| config.get(k).and_then(Value::as_str);
         let mut wants = wants(cx)?;
@@ -506,7 +502,7 @@ impl StageKind for Fetch {
 
         // Absolute, because the registry clients run in the workspace root, not here.
         let download = std::path::absolute(cx.scratch.join("download")).map_err(|e| format!("cannot resolve the scratch directory: {e}"))?;
-        fs::create_dir_all(&download).map_err(|e| format!("cannot create `{}`: {e}", download.display()))?;
+        fs::create_dir_all(&download).map_err(StageError::io("cannot create", &download))?;
         let has_member = wants.iter().any(|w| w.member.is_some());
 
         // The file fetched, and how to name where it came from; with no `member` it is
@@ -549,7 +545,7 @@ impl StageKind for Fetch {
             let p = resolve_path(p, cx.deps)?;
             let abs = if Path::new(&p).is_absolute() { PathBuf::from(&p) } else { cx.root.join(&p) };
             if !abs.is_file() {
-                return Err(offline_help(format!("`path` `{p}` is not a file")));
+                return Err(offline_help(format!("`path` `{p}` is not a file")).into());
             }
             (abs, format!("path `{p}`"))
         } else {
@@ -564,7 +560,7 @@ impl StageKind for Fetch {
             extract(&fetched, &pairs)?
         } else {
             let w = &wants[todo[0]];
-            vec![copy_hashing(&mut File::open(&fetched).map_err(|e| format!("cannot open `{}`: {e}", fetched.display()))?, &w.dest)?]
+            vec![copy_hashing(&mut File::open(&fetched).map_err(StageError::io("cannot open", &fetched))?, &w.dest)?]
         };
         for (&i, got) in todo.iter().zip(results) {
             let w = &mut wants[i];
@@ -711,11 +707,11 @@ fn offline_help(e: String, wants: &[Want], dirs: &[PathBuf]) -> String {
 
 /// Logs every out's digest and origin and checks each against its pin; every mismatch is
 /// reported, with both digests.
-fn finish(log: &mut File, wants: &[Want]) -> Result<Outcome, String> {
+fn finish(log: &mut File, wants: &[Want]) -> Result<Outcome, StageError> {
     let mut mismatches = Vec::new();
     for w in wants {
         let Some((digest, size)) = &w.got else {
-            return Err(format!("{} was not written (a bug in `fetch`)", w.what()));
+            return Err(format!("{} was not written (a bug in `fetch`)", w.what()).into());
         };
         let _ = writeln!(log, "{}: {size} bytes, sha256 {digest}, from {}", w.what(), w.from.as_deref().unwrap_or("?"));
         if let Some(want) = &w.sha256
@@ -727,7 +723,7 @@ fn finish(log: &mut File, wants: &[Want]) -> Result<Outcome, String> {
     if mismatches.is_empty() {
         Ok(Outcome::Ok)
     } else {
-        Err(format!("{}\nif the new content is the one you want, pin the actual digest in `sha256`", mismatches.join("\n")))
+        Err(format!("{}\nif the new content is the one you want, pin the actual digest in `sha256`", mismatches.join("\n")).into())
     }
 }
 

@@ -29,10 +29,11 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use super::output::{write_csv_rows, write_json};
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::gate as artifact;
 use crate::artifact::perplexity::Perplexity;
 use crate::backend::PRECISIONS;
+use crate::pipeline::NodeSpec;
 
 pub(crate) struct Gate;
 
@@ -41,17 +42,12 @@ const FIELDS: &[&str] = &["reference", "thresholds", "fail_on_gate"];
 /// Relative PPL deltas allowed by default, by precision.
 pub(crate) const DEFAULT_THRESHOLDS: &[(&str, f64)] = &[("fp32", 1e-3), ("fp16", 5e-3), ("int8", 2e-2)];
 
-impl StageKind for Gate {
-    fn name(&self) -> &'static str {
-        "gate"
-    }
+impl Kind for Gate {
+    const NAME: &'static str = "gate";
+    const FIELDS: &'static [&'static str] = FIELDS;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "gate"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -120,7 +116,7 @@ impl StageKind for Gate {
         vec![("result".into(), "gate.json".into()), ("csv".into(), "gate.csv".into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let config = &cx.node.config;
         let reference = config["reference"].as_str().unwrap_or_default().to_string();
         let thresholds: BTreeMap<String, f64> =
@@ -132,7 +128,7 @@ impl StageKind for Gate {
             serde_json::from_str::<Value>(&text).map_err(|e| format!("`{path}` is not JSON: {e}"))?;
             let v: Perplexity = serde_json::from_str(&text).map_err(|e| format!("`{path}` is not a perplexity result: {e}"))?;
             if results.iter().any(|r| r.backend == v.backend) {
-                return Err(format!("two results for backend `{}`; the `results` dep must match one perplexity.json per backend", v.backend));
+                return Err(format!("two results for backend `{}`; the `results` dep must match one perplexity.json per backend", v.backend).into());
             }
             results.push(v);
         }
@@ -201,7 +197,7 @@ impl StageKind for Gate {
                     format!("`{}` ({}: rel delta {:.3e} > {:.0e})", r.backend, r.precision, r.rel_delta.unwrap_or(f64::NAN), r.threshold.unwrap_or(f64::NAN))
                 })
                 .collect();
-            return Err(format!("gate failed against `{reference}`: {}", detail.join(", ")));
+            return Err(format!("gate failed against `{reference}`: {}", detail.join(", ")).into());
         }
         Ok(match reason {
             Some(r) => Outcome::Degraded(r),

@@ -51,9 +51,10 @@ use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::logit_diff::{self as artifact, Diff, LastToken, Overall, PromptDiff, Reference};
 use crate::backend::{self, BackendError, BackendSpec};
+use crate::pipeline::NodeSpec;
 use crate::runtime::{self, SessionOptions};
 
 pub(crate) struct LogitDiff;
@@ -77,23 +78,15 @@ const REQUIRED_DEPS: &[(&str, &str)] = &[
     ("tokenizer", "a tokenizer.json"),
 ];
 
-impl StageKind for LogitDiff {
-    fn name(&self) -> &'static str {
-        "logit_diff"
-    }
+impl Kind for LogitDiff {
+    const NAME: &'static str = "logit_diff";
+    const FIELDS: &'static [&'static str] = FIELDS;
+    const READS_MATRIX: bool = true;
 
-    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str> {
         let mut sets = vec!["stage", "logit_diff", "tokenizer"];
         sets.extend(super::backend_sets(node));
         sets
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
-    }
-
-    fn reads_matrix(&self) -> bool {
-        true
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -149,14 +142,14 @@ impl StageKind for LogitDiff {
         vec![("report".into(), "logit_diff.json".into()), ("table".into(), "logit_diff.csv".into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
-        let Config { backend, prompts } = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
-        let spec = BackendSpec::from_value(&backend)
-            .map_err(|errs| errs.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
+        // The config holds the backend for the key; the node holds it validated.
+        let Config { prompts, .. } = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
+        let spec = BackendSpec::clone(cx.node.backend.as_deref().ok_or(StageError::NoBackend)?);
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
-        let reference_model = super::onnx_file(&dep("reference_model").ok_or("no `reference_model` dep")?)?;
-        let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
+        let model = super::backend_model(&spec, &dep("model").ok_or_else(|| StageError::NoDep("model".into()))?)?;
+        let reference_model = super::onnx_file(&dep("reference_model").ok_or_else(|| StageError::NoDep("reference_model".into()))?)?;
+        let tokenizer_path = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
         let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
 
         let tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
@@ -165,7 +158,7 @@ impl StageKind for LogitDiff {
             let enc = tokenizer.encode(p.as_str(), true).map_err(|e| format!("tokenising {p:?} with `{}`: {e}", tokenizer_path.display()))?;
             let ids: Vec<i64> = enc.get_ids().iter().map(|&id| i64::from(id)).collect();
             if ids.is_empty() {
-                return Err(format!("prompt {p:?} has no tokens under `{}`", tokenizer_path.display()));
+                return Err(format!("prompt {p:?} has no tokens under `{}`", tokenizer_path.display()).into());
             }
             encoded.push(ids);
         }
@@ -185,7 +178,7 @@ impl StageKind for LogitDiff {
 
         let outcome = match backend::open(&spec, &model, &library) {
             Err(BackendError::Unavailable(reason)) => Outcome::Degraded(reason),
-            Err(BackendError::Failed(e)) => return Err(e),
+            Err(BackendError::Failed(e)) => return Err(e.into()),
             Ok(mut b) => {
                 report.capability = Some(b.capability().clone());
                 let _ = writeln!(cx.log, "backend `{}`: providers assigned {:?}", spec.name, b.capability().providers_assigned);

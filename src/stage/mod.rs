@@ -1,4 +1,4 @@
-//! Stage kinds: one implementation of [`StageKind`] per kind, and the registry of them. The
+//! Stage kinds: one implementation of [`Kind`] per kind, and the registry of them. The
 //! engine knows nothing about what a stage does; it asks its kind to validate the stage's own
 //! fields ([`StageKind::lower`]) and to run one node ([`StageKind::run`]) with its inputs in
 //! place and its outputs to write. The trait is the pipeline's ([`crate::pipeline::kind`]):
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::pipeline::NodeSpec;
-pub(crate) use crate::pipeline::kind::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+pub(crate) use crate::pipeline::kind::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError, StageKind};
 
 pub(crate) mod calibrate;
 pub(crate) mod cmd;

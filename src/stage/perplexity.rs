@@ -59,9 +59,10 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::corpus::strip_doc_markers;
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::perplexity::Perplexity as Report;
 use crate::backend::{self, BackendError, BackendSpec};
+use crate::pipeline::NodeSpec;
 
 pub(crate) struct Perplexity;
 
@@ -71,23 +72,15 @@ const FIELDS: &[&str] = &["context", "stride", "max_tokens", "strip", "batch"];
 pub(crate) const JSON_OUT: &str = "perplexity.json";
 pub(crate) const CSV_OUT: &str = "perplexity.csv";
 
-impl StageKind for Perplexity {
-    fn name(&self) -> &'static str {
-        "perplexity"
-    }
+impl Kind for Perplexity {
+    const NAME: &'static str = "perplexity";
+    const FIELDS: &'static [&'static str] = FIELDS;
+    const READS_MATRIX: bool = true;
 
-    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str> {
         let mut sets = vec!["stage", "perplexity", "tokenizer"];
         sets.extend(super::backend_sets(node));
         sets
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
-    }
-
-    fn reads_matrix(&self) -> bool {
-        true
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -131,20 +124,20 @@ impl StageKind for Perplexity {
         vec![("result".into(), JSON_OUT.into()), ("csv".into(), CSV_OUT.into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let c = &cx.node.config;
         let settings = Windowing {
             context: c["context"].as_u64().unwrap_or(1024) as usize,
             stride: c["stride"].as_u64().unwrap_or(512) as usize,
             batch: c["batch"].as_u64().unwrap_or(1) as usize,
         };
-        let spec = cx.node.backend.clone().ok_or("the node has no valid `backend` matrix value")?;
+        let spec = cx.node.backend.clone().ok_or(StageError::NoBackend)?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model = super::backend_model(&spec, &dep("model").ok_or("no `model` dep")?)?;
-        let tokenizer_path = dep("tokenizer").ok_or("no `tokenizer` dep")?;
-        let corpus_path = dep("corpus").ok_or("no `corpus` dep")?;
+        let model = super::backend_model(&spec, &dep("model").ok_or_else(|| StageError::NoDep("model".into()))?)?;
+        let tokenizer_path = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
+        let corpus_path = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
 
-        let text = std::fs::read_to_string(&corpus_path).map_err(|e| format!("reading corpus `{}`: {e}", corpus_path.display()))?;
+        let text = std::fs::read_to_string(&corpus_path).map_err(StageError::io("reading corpus", &corpus_path))?;
         let text = if c["strip"].as_bool().unwrap_or(true) { strip_doc_markers(&text) } else { text };
         let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
         // A truncation setting in the file would silently cut the corpus.
@@ -156,7 +149,7 @@ impl StageKind for Perplexity {
         }
         let _ = writeln!(cx.log, "corpus `{}`: {} tokens; context {}, stride {}", corpus_path.display(), ids.len(), settings.context, settings.stride);
         if ids.len() < 2 {
-            return Err(format!("the corpus `{}` has {} token(s); perplexity needs at least 2", corpus_path.display(), ids.len()));
+            return Err(format!("the corpus `{}` has {} token(s); perplexity needs at least 2", corpus_path.display(), ids.len()).into());
         }
 
         let mut report = new_report(&spec, &settings, ids.len());
@@ -168,7 +161,7 @@ impl StageKind for Perplexity {
                 degrade(&mut report, reason.clone());
                 Outcome::Degraded(reason)
             }
-            Err(BackendError::Failed(e)) => return Err(e),
+            Err(BackendError::Failed(e)) => return Err(e.into()),
         };
         // Straight from the struct, not through `to_value`: the keys stay in field order.
         super::output::write_json(&cx.root.join(&cx.outs["result"]), &report)?;

@@ -71,9 +71,10 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::quantize::{self as artifact, CalibrationRef};
 use crate::onnx::edit::{self, Model};
+use crate::pipeline::NodeSpec;
 use crate::quant;
 use crate::quant::calibrate::Calibration;
 use crate::quant::rewrite::{self, Options, Scheme};
@@ -96,17 +97,12 @@ struct Config {
     decoder: bool,
 }
 
-impl StageKind for Quantize {
-    fn name(&self) -> &'static str {
-        "quantize"
-    }
+impl Kind for Quantize {
+    const NAME: &'static str = "quantize";
+    const FIELDS: &'static [&'static str] = FIELDS;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "quantize", "onnxruntime"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -184,25 +180,26 @@ impl StageKind for Quantize {
         outs
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let started = std::time::Instant::now();
         let Config { scheme, per_channel, exclude, decoder: _ } = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
         let opts = Options { scheme, per_channel, exclude };
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
-        let model_path = super::onnx_file(&dep("model").ok_or("no `model` dep")?)?;
+        let model_path = super::onnx_file(&dep("model").ok_or_else(|| StageError::NoDep("model".into()))?)?;
         let model = Model::load(&model_path).map_err(|e| e.to_string())?;
         // Quantised activations are float32 in and out (`QuantizeLinear`, `DynamicQuantizeLinear`).
         if let Some(name) = quant::graph::float16_matmul(&model) {
             return Err(format!(
                 "`{}` computes in float16 (`{name}` multiplies a float16 weight): INT8 quantization starts from a float32 model; quantize the fp32 export",
                 crate::paths::shown(&model_path)
-            ));
+            )
+            .into());
         }
         let source_digest = model.digest().map_err(|e| e.to_string())?;
 
         let calibration: Option<Calibration> = match dep("calibration") {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("reading calibration `{}`: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path).map_err(StageError::io("reading calibration", &path))?;
                 let cal: Calibration =
                     serde_json::from_str(&text).map_err(|e| format!("calibration `{}` is not a `calibrate` stage's calibration.json: {e}", path.display()))?;
                 if cal.model_digest != source_digest {
@@ -212,7 +209,7 @@ impl StageKind for Quantize {
                         short(&cal.model_digest),
                         short(&source_digest),
                         model_path.display()
-                    ));
+                    ).into());
                 }
                 Some(cal)
             }
@@ -247,7 +244,7 @@ impl StageKind for Quantize {
         let library = crate::backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
         let rt = crate::runtime::init(Some(&library)).map_err(|e| e.to_string())?;
         let profile_dir = cx.scratch.join("profile");
-        std::fs::create_dir_all(&profile_dir).map_err(|e| format!("creating `{}`: {e}", profile_dir.display()))?;
+        std::fs::create_dir_all(&profile_dir).map_err(StageError::io("creating", &profile_dir))?;
         let ort = quant::ort_kernels(rt, &dest, &profile_dir).map_err(|e| format!("running the quantized model in ONNX Runtime: {e}"))?;
         let _ = writeln!(
             cx.log,

@@ -53,7 +53,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
+use crate::pipeline::NodeSpec;
 use crate::report::{self, Inputs};
 
 pub(crate) struct Report;
@@ -69,18 +70,13 @@ const SINGLE: &[&str] = &["stats", "gate", "pipeline"];
 
 pub(crate) const DEFAULT_TITLE: &str = "LLM inference benchmark study";
 
-impl StageKind for Report {
-    fn name(&self) -> &'static str {
-        "report"
-    }
+impl Kind for Report {
+    const NAME: &'static str = "report";
+    const FIELDS: &'static [&'static str] = FIELDS;
 
-    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str> {
         // The built-in templates make the report only when the stage names none of its own.
         if node.deps.iter().any(|d| d.name == "templates") { vec!["stage", "report"] } else { vec!["stage", "report", "templates"] }
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -125,14 +121,14 @@ impl StageKind for Report {
         ]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let start = Instant::now();
         for dep in SINGLE {
             if let Some(paths) = cx.deps.get(*dep)
                 && paths.len() > 1
             {
                 let list = crate::diag::ticked(paths.iter());
-                return Err(format!("the `{dep}` dep must name one file, but it matched {list}"));
+                return Err(format!("the `{dep}` dep must name one file, but it matched {list}").into());
             }
         }
         let deps: BTreeMap<String, Vec<String>> = cx.deps.clone();
@@ -159,10 +155,10 @@ impl StageKind for Report {
         context.push(b'\n');
         write("context", &context)?;
         let plots = cx.root.join(&cx.outs["plots"]);
-        std::fs::create_dir_all(&plots).map_err(|e| format!("creating `{}`: {e}", plots.display()))?;
+        std::fs::create_dir_all(&plots).map_err(StageError::io("creating", &plots))?;
         for p in &rendered.plots {
             let path = plots.join(format!("{}.svg", p.id));
-            std::fs::write(&path, &p.svg).map_err(|e| format!("writing `{}`: {e}", path.display()))?;
+            std::fs::write(&path, &p.svg).map_err(StageError::io("writing", &path))?;
         }
         let _ = writeln!(
             cx.log,

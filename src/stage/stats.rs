@@ -75,10 +75,11 @@ use std::path::Path;
 use serde_json::{Map, Value, json};
 
 use super::output::{csv_field, write_json};
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::stats as artifact;
 use crate::artifact::stats::OVERALL;
 use crate::measure::{MODES, RunRecord};
+use crate::pipeline::NodeSpec;
 use crate::stats::{self, Summary};
 
 pub(crate) struct Stats;
@@ -148,17 +149,12 @@ pub(crate) const COMPARISON_COLUMNS: &[&str] = &[
     "note",
 ];
 
-impl StageKind for Stats {
-    fn name(&self) -> &'static str {
-        "stats"
-    }
+impl Kind for Stats {
+    const NAME: &'static str = "stats";
+    const FIELDS: &'static [&'static str] = FIELDS;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "stats"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -202,7 +198,7 @@ impl StageKind for Stats {
         vec![("stats".into(), "stats.json".into()), ("summary".into(), "summary.csv".into()), ("comparisons".into(), "comparisons.csv".into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let config = &cx.node.config;
         let baseline = config["baseline"].as_str().map(str::to_string);
         let alpha = config["alpha"].as_f64().unwrap_or(DEFAULT_ALPHA);
@@ -210,7 +206,7 @@ impl StageKind for Stats {
         let paths: Vec<&String> = cx.deps.get("runs").into_iter().flatten().collect();
         let (records, inputs) = read_records(cx.root, &paths)?;
         if records.is_empty() {
-            return Err(format!("the `runs` inputs hold no run records: {}", crate::diag::ticked(paths.iter())));
+            return Err(format!("the `runs` inputs hold no run records: {}", crate::diag::ticked(paths.iter())).into());
         }
         let data = Data::group(&records, baseline.as_deref())?;
         if let Some(b) = &baseline
@@ -218,7 +214,7 @@ impl StageKind for Stats {
         {
             let found: Vec<String> = data.backends.iter().map(|(n, _)| format!("`{n}`")).collect();
             let help = crate::diag::suggest(b, data.backends.iter().map(|(n, _)| n.as_str())).map(|s| format!("; {s}")).unwrap_or_default();
-            return Err(format!("the baseline backend `{b}` has no run records; the runs hold {}{help}", found.join(", ")));
+            return Err(format!("the baseline backend `{b}` has no run records; the runs hold {}{help}", found.join(", ")).into());
         }
 
         let summary = data.summary_rows();

@@ -58,12 +58,13 @@ use serde_json::Value;
 
 use super::corpus::strip_doc_markers;
 use super::output::write_json;
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 pub(crate) use crate::artifact::sweep::Scenario;
 use crate::artifact::sweep::{Harness, ScenarioSummary, Sweep as SweepSummary};
 use crate::backend::{self, Backend, BackendError, BackendSpec, Capability, Prepared};
 use crate::measure::sampler::{Sampler, SamplerConfig};
 use crate::measure::{MODES, RunEnv, RunRecord};
+use crate::pipeline::NodeSpec;
 use crate::runtime::Provider;
 
 pub(crate) struct Sweep;
@@ -148,27 +149,16 @@ fn scenarios(v: Option<&Value>, errors: &mut Vec<LowerError>) -> Vec<Scenario> {
     out
 }
 
-impl StageKind for Sweep {
-    fn name(&self) -> &'static str {
-        "sweep"
-    }
+impl Kind for Sweep {
+    const NAME: &'static str = "sweep";
+    const FIELDS: &'static [&'static str] = FIELDS;
+    const READS_MATRIX: bool = true;
+    const TIMING: bool = true;
 
-    fn implementation(&self, node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, node: &NodeSpec) -> Vec<&'static str> {
         let mut sets = vec!["stage", "sweep", "tokenizer"];
         sets.extend(super::backend_sets(node));
         sets
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
-    }
-
-    fn reads_matrix(&self) -> bool {
-        true
-    }
-
-    fn timing(&self) -> bool {
-        true
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -219,18 +209,16 @@ impl StageKind for Sweep {
         vec![("runs".into(), RUNS_OUT.into()), ("summary".into(), SUMMARY_OUT.into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let c = &cx.node.config;
         let settings: Settings = Settings::from_config(c)?;
-        let backend_value = cx.node.matrix.get("backend").ok_or("the node has no `backend` matrix value")?;
-        let spec = BackendSpec::from_value(backend_value)
-            .map_err(|e| e.into_iter().map(|(f, m)| format!("backend field `{f}`: {m}")).collect::<Vec<_>>().join("; "))?;
+        let spec = cx.node.backend.clone().ok_or(StageError::NoBackend)?;
         let dep = |name: &str| cx.deps.get(name).and_then(|p| p.first()).map(|p| cx.root.join(p));
         let variant = variant_of(&settings.mode);
-        let model = super::backend_model(&spec, &dep(variant).ok_or_else(|| format!("no `{variant}` dep"))?)?;
+        let model = super::backend_model(&spec, &dep(variant).ok_or_else(|| StageError::NoDep(variant.into()))?)?;
         let longest = settings.scenarios.iter().map(|s| s.batch * s.prompt_tokens).max().unwrap_or(0);
-        let corpus = dep("corpus").ok_or("no `corpus` dep")?;
-        let tokens = prompt_tokens(&dep("tokenizer").ok_or("no `tokenizer` dep")?, &corpus, longest)?;
+        let corpus = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
+        let tokens = prompt_tokens(&dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?, &corpus, longest)?;
         let library = backend::library(dep("runtime").as_deref()).map_err(|e| e.to_string())?;
         let _ = writeln!(
             cx.log,
@@ -245,7 +233,7 @@ impl StageKind for Sweep {
 
         let mut sweep = SweepSummary::new(&spec, &settings, &model, cx.root);
         let records = match backend::open(&spec, &model, &library) {
-            Err(BackendError::Failed(e)) => return Err(e),
+            Err(BackendError::Failed(e)) => return Err(e.into()),
             Err(BackendError::Unavailable(reason)) => sweep.unavailable(&spec, &settings, reason),
             Ok(mut b) => {
                 check_variant(b.as_ref(), &settings.mode, &model)?;
@@ -265,7 +253,7 @@ impl StageKind for Sweep {
             lines.push('\n');
         }
         let runs = cx.root.join(&cx.outs["runs"]);
-        std::fs::write(&runs, lines).map_err(|e| format!("writing `{}`: {e}", runs.display()))?;
+        std::fs::write(&runs, lines).map_err(StageError::io("writing", &runs))?;
         let degraded = records.iter().filter(|r| !r.is_ok()).count();
         let outcome = if degraded == 0 {
             Outcome::Ok

@@ -139,10 +139,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::output::write_json;
-use super::{LowerCx, LowerError, Outcome, RunCx, StageKind};
+use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::trt_build::{Built, TrtBuild as Report};
 use crate::backend::PRECISIONS;
 use crate::onnx::signature;
+use crate::pipeline::NodeSpec;
 use crate::trt::{self, BuildCommand, PlanPrecision, Profile, ShapeSpecs};
 
 pub(crate) struct TrtBuild;
@@ -294,21 +295,13 @@ fn timing_cache_of(f: &serde_json::Map<String, Value>, errors: &mut Vec<LowerErr
     Some(dir)
 }
 
-impl StageKind for TrtBuild {
-    fn name(&self) -> &'static str {
-        "trt_build"
-    }
+impl Kind for TrtBuild {
+    const NAME: &'static str = "trt_build";
+    const FIELDS: &'static [&'static str] = FIELDS;
+    const READS_MATRIX: bool = true;
 
-    fn implementation(&self, _node: &crate::pipeline::NodeSpec) -> Vec<&'static str> {
+    fn implementation(&self, _node: &NodeSpec) -> Vec<&'static str> {
         ["stage", "trt_build"].into()
-    }
-
-    fn fields(&self) -> &'static [&'static str] {
-        FIELDS
-    }
-
-    fn reads_matrix(&self) -> bool {
-        true
     }
 
     fn lower(&self, cx: &LowerCx<'_>) -> Result<Value, Vec<LowerError>> {
@@ -396,7 +389,7 @@ impl StageKind for TrtBuild {
         vec![("result".into(), "build.json".into()), ("plan".into(), "plan/".into())]
     }
 
-    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, String> {
+    fn run(&self, cx: &mut RunCx<'_>) -> Result<Outcome, StageError> {
         let config = Config::deserialize(&cx.node.config).map_err(|e| format!("the lowered config: {e}"))?;
         let rtx = matches!(config, Config::Rtx(_));
         let settings = Settings::from(config);
@@ -408,7 +401,7 @@ impl StageKind for TrtBuild {
             return Err(format!(
                 "a `trt_build` stage must declare `facets = [\"gpu\", \"trtexec\"]` (missing: {}): a plan is made for one GPU and one TensorRT, and a result degraded for want of TensorRT must not stay cached once it is installed",
                 crate::diag::ticked(missing.iter())
-            ));
+            ).into());
         }
         let root = cx.root;
         let (model, sig, shapes) = model_of(cx, &settings)?;
@@ -499,7 +492,7 @@ impl StageKind for TrtBuild {
             if let Some(line) = trt::no_gpu_line(&output) {
                 return degraded(report, format!("`trtexec` exited with {code}: no usable GPU ({line})"), &result_path);
             }
-            return Err(format!("`trtexec` exited with {code}; the last lines of its output:\n{}", trt::tail(&output, TAIL_LINES)));
+            return Err(format!("`trtexec` exited with {code}; the last lines of its output:\n{}", trt::tail(&output, TAIL_LINES)).into());
         }
 
         let plan_path = root.join(&command.plan);
@@ -570,7 +563,7 @@ fn run_logged(program: &Path, args: &[String], dir: &Path, log: &Path) -> Result
 
 /// Writing `build.json`.
 /// Writes the report of a node that cannot build here, and says so.
-fn degraded(mut report: Report, reason: String, path: &Path) -> Result<Outcome, String> {
+fn degraded(mut report: Report, reason: String, path: &Path) -> Result<Outcome, StageError> {
     report.status = "degraded".into();
     report.reason = Some(reason.clone());
     write_json(path, &report)?;
@@ -595,7 +588,7 @@ fn census(report: &mut Report, plan_bytes: u64, root: &Path, layers: &Path, outp
 }
 
 /// Writes the report of a built plan: degraded when it is not the plan asked for.
-fn finish(mut report: Report, path: &Path) -> Result<Outcome, String> {
+fn finish(mut report: Report, path: &Path) -> Result<Outcome, StageError> {
     for (unverified, flag) in [(report.built.int8_verified == Some(false), INT8_UNVERIFIED), (report.built.fp16_verified == Some(false), FP16_UNVERIFIED)] {
         if unverified {
             report.flags.push(flag.into());
@@ -647,14 +640,14 @@ fn library_dir(cx: &RunCx<'_>) -> Result<PathBuf, String> {
 }
 
 /// A plan built by TensorRT for RTX through the helper ([`crate::trt::rtx`]).
-fn run_rtx(cx: &mut RunCx<'_>, settings: Settings) -> Result<Outcome, String> {
+fn run_rtx(cx: &mut RunCx<'_>, settings: Settings) -> Result<Outcome, StageError> {
     let root = cx.root;
     let (model, sig, shapes) = model_of(cx, &settings)?;
     let library = library_dir(cx)?;
     let bindings: Vec<PathBuf> = cx.deps.get("bindings").into_iter().flatten().map(PathBuf::from).collect();
 
     let plan_dir = cx.outs["plan"].clone();
-    std::fs::create_dir_all(root.join(&plan_dir)).map_err(|e| format!("cannot create `{}`: {e}", plan_dir.display()))?;
+    std::fs::create_dir_all(root.join(&plan_dir)).map_err(StageError::io("cannot create", &plan_dir))?;
     let request = trt::rtx::BuildRequest {
         library: root.join(&library),
         bindings: bindings.iter().map(|b| root.join(b)).collect(),
@@ -699,8 +692,8 @@ fn run_rtx(cx: &mut RunCx<'_>, settings: Settings) -> Result<Outcome, String> {
             let _ = writeln!(cx.log, "degraded: {reason}");
             return degraded(report, reason, &result_path);
         }
-        Err(trt::rtx::HelperError::BadInput(e)) => return Err(format!("`{}`: {e}", model.display())),
-        Err(trt::rtx::HelperError::Failed(e)) => return Err(e),
+        Err(trt::rtx::HelperError::BadInput(e)) => return Err(format!("`{}`: {e}", model.display()).into()),
+        Err(trt::rtx::HelperError::Failed(e)) => return Err(e.into()),
     };
     let elapsed = start.elapsed().as_secs_f64();
     report.trt_version = answer.version.clone();
