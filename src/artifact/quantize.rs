@@ -5,10 +5,9 @@
 //! order of the fields below (and of [`QuantizedOp`], [`FloatOp`] and [`Written`], the rewrite's
 //! own records).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+pub use crate::quant::OrtKernels;
 pub use crate::quant::rewrite::{FloatOp, QuantizedOp, Scheme, Written};
 
 /// `quantize.json`: one INT8 rewrite of a prefill model (and of its decoder, if any).
@@ -35,7 +34,7 @@ pub struct Quantize {
     pub written: Written,
     /// Whether ONNX Runtime ran an integer kernel for every verified op.
     pub ran_integer: bool,
-    pub ort: Ort,
+    pub ort: OrtKernels,
     /// The calibration a `static` rewrite took its scales from.
     pub calibration: Option<CalibrationRef>,
     pub source_digest: String,
@@ -53,28 +52,6 @@ pub struct Decoder {
     pub left_float: Vec<FloatOp>,
     pub file_bytes: u64,
     pub data_bytes: u64,
-}
-
-/// What ONNX Runtime ran for one prefill of the written model: [`crate::quant::OrtKernels`] as
-/// the file holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Ort {
-    pub runtime_version: String,
-    pub opt_level: String,
-    /// The prefill's tokens.
-    pub tokens: usize,
-    /// Op type of each kernel that ran → distinct nodes.
-    pub kernels: BTreeMap<String, usize>,
-    pub integer_matmul_kernels: usize,
-    pub float_matmul_kernels: usize,
-}
-
-impl From<crate::quant::OrtKernels> for Ort {
-    fn from(k: crate::quant::OrtKernels) -> Ort {
-        // Every field named: one added to `OrtKernels` does not compile until it is here too.
-        let crate::quant::OrtKernels { runtime_version, opt_level, tokens, kernels, integer_matmul_kernels, float_matmul_kernels } = k;
-        Ort { runtime_version, opt_level, tokens, kernels, integer_matmul_kernels, float_matmul_kernels }
-    }
 }
 
 /// The calibration a `static` rewrite read.

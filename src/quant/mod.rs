@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::onnx::edit::EditError;
 use crate::runtime::{Runtime, RuntimeError, SessionOptions};
@@ -64,8 +64,8 @@ pub(crate) const INTEGER_MATMUL_KERNELS: &[&str] = &["MatMulInteger", "MatMulInt
 pub(crate) const FLOAT_MATMUL_KERNELS: &[&str] = &["MatMul", "Gemm", "FusedMatMul", "FusedGemm"];
 
 /// What ONNX Runtime ran for one prefill of a model: kernels by op, after its own fusions.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct OrtKernels {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrtKernels {
     pub runtime_version: String,
     pub opt_level: String,
     /// The prefill's tokens (id 0, batch 1).

@@ -271,7 +271,7 @@ impl Kind for Quantize {
             left_float: rewrite.left_float,
             ran_integer: ort.integer_matmul_kernels == written.verified,
             written,
-            ort: ort.into(),
+            ort,
             calibration: calibration.map(|c| CalibrationRef { method: c.method, cache_header: c.cache_header, model_digest: c.model_digest }),
             source_digest,
             file_bytes: saved.onnx_bytes,

@@ -272,7 +272,7 @@ fn quantize() -> quantize::Quantize {
         elapsed_s: 12.5,
         written: quantize::Written { ops: BTreeMap::new(), int8_initializers: 181, int8_initializer_bytes: 100, float_matmuls: 30, verified: 181 },
         ran_integer: true,
-        ort: quantize::Ort {
+        ort: quantize::OrtKernels {
             runtime_version: "1.31.1".into(),
             opt_level: "all".into(),
             tokens: 4,

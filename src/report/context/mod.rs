@@ -270,3 +270,25 @@ pub(super) fn build(inputs: &Inputs, a: &Artifacts) -> Result<(Value, Vec<Plot>)
 fn plot_ref(p: &Plot) -> Value {
     json!({ "id": p.id, "title": p.title, "file": p.file, "caption": p.caption })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_join_with_commas_and_a_final_and() {
+        assert_eq!(join_names::<&str>(&[]), "");
+        assert_eq!(join_names(&["a"]), "a");
+        assert_eq!(join_names(&["a", "b"]), "a and b");
+        assert_eq!(join_names(&["a", "b", "c"]), "a, b and c");
+    }
+
+    #[test]
+    fn precisions_rank_fp32_fp16_int8_then_the_rest() {
+        let mut ps = ["int8", "bf16", "fp32", "fp16"];
+        ps.sort_by_key(|p| precision_rank(p));
+        assert_eq!(ps, ["fp32", "fp16", "int8", "bf16"]);
+        assert_eq!(plural(1, "scenario", "scenarios"), "1 scenario");
+        assert_eq!(plural(2, "scenario", "scenarios"), "2 scenarios");
+    }
+}

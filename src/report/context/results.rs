@@ -281,3 +281,67 @@ pub(super) fn best(shape: &Shape, mode: &str) -> Value {
         "sentence": sentence,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::stats::OVERALL;
+
+    /// A summary row; `None` is a backend that ran nothing in that scenario.
+    fn row(backend: &str, scenario: &str, mean: Option<f64>) -> Value {
+        json!({ "backend": backend, "mode": "prefill", "scenario": scenario, "n_ok": if mean.is_some() { 5 } else { 0 }, "latency_mean_ms": mean })
+    }
+
+    fn shape(rows: Vec<Value>) -> Shape {
+        Shape {
+            baseline: Some("cpu".into()),
+            alpha: 0.05,
+            backends: vec!["cpu".into(), "fast".into(), "partial".into()],
+            modes: vec!["prefill".into()],
+            scenarios: [("prefill".to_string(), vec!["a".to_string(), "b".to_string()])].into(),
+            summary: rows,
+            comparisons: Vec::new(),
+        }
+    }
+
+    /// The fastest pooled mean wins only among backends that ran every scenario; a backend
+    /// faster on what it ran but missing a scenario is not the like-for-like best. Wins count
+    /// the scenarios where a backend is the fastest of all that ran them.
+    #[test]
+    fn the_best_ran_every_scenario_and_wins_count_per_scenario() {
+        let rows = vec![
+            row("cpu", "a", Some(10.0)),
+            row("cpu", "b", Some(30.0)),
+            row("cpu", OVERALL, Some(20.0)),
+            row("fast", "a", Some(12.0)),
+            row("fast", "b", Some(14.0)),
+            row("fast", OVERALL, Some(13.0)),
+            row("partial", "a", Some(1.0)),
+            row("partial", "b", None),
+            row("partial", OVERALL, Some(1.0)),
+        ];
+        let got = best(&shape(rows), "prefill");
+        assert_eq!(got["backend"], "fast");
+        assert_eq!(got["wins"], 1, "`partial` is fastest in `a`, `fast` in `b`");
+        assert_eq!(got["like_for_like"], true);
+        assert!(got["sentence"].as_str().unwrap().ends_with("; no comparison with the baseline exists for it."), "{got}");
+    }
+
+    /// With no backend covering every scenario, the pooled means are compared anyway and the
+    /// sentence says they cover different workloads.
+    #[test]
+    fn without_full_coverage_the_best_says_its_means_are_not_like_for_like() {
+        let rows = vec![
+            row("cpu", "a", Some(10.0)),
+            row("cpu", "b", None),
+            row("cpu", OVERALL, Some(10.0)),
+            row("partial", "a", None),
+            row("partial", "b", Some(4.0)),
+            row("partial", OVERALL, Some(4.0)),
+        ];
+        let got = best(&shape(rows), "prefill");
+        assert_eq!((got["backend"].as_str(), got["like_for_like"].as_bool()), (Some("partial"), Some(false)));
+        assert!(got["sentence"].as_str().unwrap().contains("cover different workloads"), "{got}");
+        assert_eq!(best(&shape(vec![row("cpu", OVERALL, None)]), "prefill"), Value::Null);
+    }
+}
