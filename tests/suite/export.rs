@@ -121,14 +121,7 @@ impl Case {
 
     /// The weights as writer tensors, in the architecture's order.
     fn tensors(&self) -> Vec<Tensor> {
-        self.cfg
-            .expected_tensors()
-            .into_iter()
-            .map(|(name, shape)| {
-                let data = self.weights[&name].1.clone();
-                Tensor { name, shape, data }
-            })
-            .collect()
+        reference::writer_tensors(&self.cfg, &self.weights)
     }
 
     fn param_count(&self) -> u64 {

@@ -98,7 +98,7 @@ impl Case {
     }
 
     fn tensors(&self) -> Vec<Tensor> {
-        self.cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: self.weights[&name].1.clone(), name, shape }).collect()
+        reference::writer_tensors(&self.cfg, &self.weights)
     }
 
     fn write(&self, ws: &Workspace) {

@@ -20,7 +20,7 @@ use prost::Message;
 use serde_json::Value;
 use tr118::model::ModelConfig;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::runtime::SessionOptions;
 
 /// Words of the tokenizer, id = position; everything else is `[UNK]` (0).
@@ -64,14 +64,7 @@ fn workspace(stages: &str) -> Workspace {
     let ws = Workspace::new("tr118-logit-diff-").env("ORT_DYLIB_PATH", support::ort_library());
     let cfg = config();
     let weights = random_weights_scaled(&cfg, 30, 0.25);
-    let tensors: Vec<Tensor> = cfg
-        .expected_tensors()
-        .into_iter()
-        .map(|(name, shape)| {
-            let data = weights[&name].1.clone();
-            Tensor { name, shape, data }
-        })
-        .collect();
+    let tensors = crate::support::reference::writer_tensors(&cfg, &weights);
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).expect("write model.gguf");
     fs::write(ws.path("tokenizer.json"), tokenizer_json(cfg.vocab_size)).expect("write tokenizer.json");
     let exports = r#"

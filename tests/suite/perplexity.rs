@@ -20,7 +20,7 @@ use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
 use crate::support::workspace::Workspace;
 use serde_json::json;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::model::{Arch, ModelConfig, RopeLayout};
 
 /// Mean NLL of the stage against the f64 reference.
@@ -76,14 +76,7 @@ fn corpus_text(ids: &[u32]) -> String {
 fn workspace() -> (Workspace, String) {
     let ws = Workspace::new("tr118-ppl-");
     let cfg = config();
-    let tensors: Vec<Tensor> = cfg
-        .expected_tensors()
-        .into_iter()
-        .map(|(name, shape)| {
-            let data = weights()[&name].1.clone();
-            Tensor { name, shape, data }
-        })
-        .collect();
+    let tensors = reference::writer_tensors(&cfg, weights());
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     ws.write("corpus.txt", corpus_text(&corpus_ids()));

@@ -26,7 +26,7 @@ use crate::support::workspace::Workspace;
 use prost::Message;
 use serde_json::{Value, json};
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::model::{ModelConfig, RopeLayout};
 use tr118::runtime::SessionOptions;
 
@@ -64,7 +64,7 @@ fn corpus_ids(vocab: usize) -> Vec<u32> {
 /// export stage (prefill, external data so every path that resolves it is exercised).
 fn workspace(cfg: &ModelConfig, w: &Weights) -> Workspace {
     let ws = Workspace::new("tr118-quantize-");
-    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: w[&name].1.clone(), name, shape }).collect();
+    let tensors = reference::writer_tensors(cfg, w);
     write_gguf(&ws.path("model.gguf"), cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     let words: Vec<String> = corpus_ids(cfg.vocab_size).iter().map(|i| format!("t{i}")).collect();

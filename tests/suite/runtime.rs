@@ -16,7 +16,7 @@ use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
 use tempfile::TempDir;
 use tr118::export::{self, ExportOptions, Precision, Variant};
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor as GgufTensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::model::{Checkpoint, ModelConfig, RopeLayout};
 use tr118::runtime::{self, Decoder, Feed, IoSpec, KvCache, Provider, Runtime, RuntimeError, SessionOptions, TensorData};
 
@@ -538,8 +538,7 @@ fn export_llama(dir: &TempDir, variant: Variant) -> PathBuf {
 fn export_model(dir: &TempDir, cfg: &ModelConfig, weights: &Weights, variant: Variant, precision: Precision) -> PathBuf {
     let gguf = dir.path().join("model.gguf");
     if !gguf.is_file() {
-        let tensors: Vec<GgufTensor> =
-            cfg.expected_tensors().into_iter().map(|(name, shape)| GgufTensor { data: weights[&name].1.clone(), name, shape }).collect();
+        let tensors = reference::writer_tensors(cfg, weights);
         write_gguf(&gguf, cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     }
     let ck = Checkpoint::open(&gguf).unwrap_or_else(|e| panic!("{e}"));

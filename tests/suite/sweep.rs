@@ -17,7 +17,7 @@ use crate::support::reference::{self, Rng, Weights, random_weights_scaled};
 use crate::support::workspace::Workspace;
 use tr118::measure::RunRecord;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::model::{ModelConfig, RopeLayout};
 
 fn config() -> ModelConfig {
@@ -41,7 +41,7 @@ fn corpus_ids() -> Vec<u32> {
 fn workspace() -> (Workspace, String) {
     let ws = Workspace::new("tr118-sweep-");
     let cfg = config();
-    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: weights()[&name].1.clone(), name, shape }).collect();
+    let tensors = reference::writer_tensors(&cfg, weights());
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     let words: Vec<String> = corpus_ids().iter().map(|i| format!("t{i}")).collect();

@@ -21,7 +21,7 @@ use crate::support::reference::{self, Rng};
 use crate::support::workspace::Workspace;
 use tr118::measure::RunRecord;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_hf};
+use tr118::model::write::write_hf;
 use tr118::model::{ModelConfig, RopeLayout};
 
 fn config() -> ModelConfig {
@@ -41,7 +41,7 @@ fn workspace(prefix: &str) -> (Workspace, String) {
     let ws = Workspace::new(prefix);
     let cfg = config();
     let w = reference::random_weights_scaled(&cfg, 11, 0.5);
-    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: w[&name].1.clone(), name, shape }).collect();
+    let tensors = reference::writer_tensors(&cfg, &w);
     write_hf(&ws.path("model-hf"), &cfg, &tensors, DType::F32, 1).unwrap_or_else(|e| panic!("write hf: {e}"));
     ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     let words: Vec<String> = corpus_ids().iter().map(|i| format!("t{i}")).collect();

@@ -31,7 +31,7 @@ use crate::support::workspace::Workspace;
 use serde_json::{Value, json};
 use tr118::model::ModelConfig;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::onnx::signature::{SigDim, TensorSig};
 use tr118::trt::{self, BuildCommand, DataType, PlanPrecision, Profile};
 
@@ -226,14 +226,7 @@ fn workspace(pipeline: &str) -> Workspace {
     let ws = ws.env("PATH", format!("{}:/usr/bin:/bin", tools.display())).env("TRTEXEC", "");
     let cfg = config();
     let weights = random_weights_scaled(&cfg, 11, 0.25);
-    let tensors: Vec<Tensor> = cfg
-        .expected_tensors()
-        .into_iter()
-        .map(|(name, shape)| {
-            let data = weights[&name].1.clone();
-            Tensor { name, shape, data }
-        })
-        .collect();
+    let tensors = crate::support::reference::writer_tensors(&cfg, &weights);
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).expect("write model.gguf");
     ws.write("calibration.cache", CALIBRATION);
     ws.pipeline(pipeline);

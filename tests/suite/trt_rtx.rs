@@ -23,7 +23,7 @@ use crate::support::reference::{Rng, random_weights_scaled, tiny_gpt2, tiny_llam
 use crate::support::workspace::Workspace;
 use serde_json::Value;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 use tr118::model::{ModelConfig, RopeLayout};
 
 const PRECISIONS: [&str; 3] = ["fp32", "fp16", "int8"];
@@ -87,7 +87,7 @@ profiles = [{{ batch = [1, 1, 2], sequence = [1, 1, 16], past_sequence = [0, 4, 
 fn workspace(prefix: &str, cfg: &ModelConfig, extra: &str) -> Workspace {
     let ws = Workspace::new(prefix).env("TR118_DISTDIR", support::rtx::distdir());
     let w = random_weights_scaled(cfg, 5, 0.5);
-    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: w[&name].1.clone(), name, shape }).collect();
+    let tensors = crate::support::reference::writer_tensors(cfg, &w);
     write_gguf(&ws.path("model.gguf"), cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", support::word_tokenizer_json(cfg.vocab_size));
     let mut rng = Rng::new(3);

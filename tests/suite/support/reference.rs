@@ -357,6 +357,11 @@ pub fn random_weights_scaled(cfg: &ModelConfig, seed: u64, std: f64) -> Weights 
     w
 }
 
+/// `w` as the GGUF writer's tensors, in the architecture's order.
+pub fn writer_tensors(cfg: &ModelConfig, w: &Weights) -> Vec<tr118::model::write::Tensor> {
+    cfg.expected_tensors().into_iter().map(|(name, shape)| tr118::model::write::Tensor { data: w[&name].1.clone(), name, shape }).collect()
+}
+
 /// A tied GPT-2 of 2 heads and a 4× MLP: the shape of every GPT-2 the tests build.
 pub fn gpt2(vocab_size: usize, n_layer: usize, d_model: usize, n_ctx: usize) -> ModelConfig {
     ModelConfig {

@@ -9,7 +9,7 @@ use super::reference::{Rng, random_weights_scaled, tiny_llama};
 use super::workspace::Workspace;
 use tr118::model::RopeLayout;
 use tr118::model::dtype::DType;
-use tr118::model::write::{Tensor, write_gguf};
+use tr118::model::write::write_gguf;
 
 pub const BACKENDS: &str = r#"
 [[backends]]
@@ -95,7 +95,7 @@ pub fn workspace_with(prefix: &str, extra: &str) -> Workspace {
     let ws = Workspace::new(prefix);
     let cfg = tiny_llama(RopeLayout::Interleaved);
     let w = random_weights_scaled(&cfg, 3, 0.5);
-    let tensors: Vec<Tensor> = cfg.expected_tensors().into_iter().map(|(name, shape)| Tensor { data: w[&name].1.clone(), name, shape }).collect();
+    let tensors = super::reference::writer_tensors(&cfg, &w);
     write_gguf(&ws.path("model.gguf"), &cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
     ws.write("tokenizer.json", super::word_tokenizer_json(cfg.vocab_size));
     let mut rng = Rng::new(9);
