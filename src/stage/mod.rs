@@ -55,10 +55,11 @@ pub(crate) fn bool_field(f: &serde_json::Map<String, Value>, name: &str, default
 
 /// The implementation sets of a node that runs its `backend` matrix value: the backend
 /// dispatch and the set of the code that runs the backend's runtime
-/// ([`crate::backend::Runtime::implementation_set`]; `onnxruntime` when it names none).
+/// ([`crate::backend::Runtime::implementation_set`]), read from the backend the pipeline
+/// validated (`onnxruntime` for a node without one, which lowering refuses anyway).
 pub(crate) fn backend_sets(node: &NodeSpec) -> [&'static str; 2] {
-    let runtime = node.matrix.get("backend").and_then(|b| b.get("runtime")).and_then(Value::as_str).and_then(crate::backend::Runtime::from_name);
-    ["backend", runtime.unwrap_or(crate::backend::Runtime::OnnxRuntime).implementation_set()]
+    let runtime = node.backend.as_ref().map_or(crate::backend::Runtime::OnnxRuntime, |b| b.runtime);
+    ["backend", runtime.implementation_set()]
 }
 
 /// The backend a per-backend node runs: its `backend` matrix value, as the pipeline validated
