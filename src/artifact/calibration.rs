@@ -38,6 +38,11 @@ pub struct TensorCalibration {
     /// Entropy: bins kept and the divergence there. Null for the other methods.
     pub entropy_bins: Option<usize>,
     pub entropy_kl: Option<f64>,
+    /// `max |x|` of each channel (the last axis) over every sample, for a tensor that feeds a
+    /// weight: what SmoothQuant's migration ([`crate::quant::smooth`]) divides by. Empty for
+    /// the others.
+    #[serde(default)]
+    pub channel_absmax: Vec<f32>,
 }
 
 /// `calibration.json`.

@@ -9,12 +9,29 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::quant::OrtKernels;
 pub use crate::quant::rewrite::{FloatOp, QuantizedOp, Scheme, Written};
+pub use crate::quant::sensitivity::{Ranked, Sensitivity, Step};
+pub use crate::quant::smooth::{Smoothed, Unsmoothed};
+
+/// SmoothQuant's migration of the float model before quantization.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Smooth {
+    pub alpha: f32,
+    pub smoothed: Vec<Smoothed>,
+    pub unsmoothed: Vec<Unsmoothed>,
+    /// Max |Δ| of the migrated fp32 model's logits against the source's, in ONNX Runtime.
+    pub max_logit_diff: f32,
+    /// The source's largest |logit| over the same tokens: the scale the difference is judged by.
+    pub max_abs_logit: f32,
+    pub check_tokens: usize,
+}
 
 /// `quantize.json`: one INT8 rewrite of a prefill model (and of its decoder, if any).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quantize {
     pub scheme: Scheme,
     pub per_channel: bool,
+    /// Dynamic: one activation scale per token instead of per tensor.
+    pub per_token: bool,
     /// Name patterns left in float.
     pub exclude: Vec<String>,
     /// How activations and weights are quantized, in words.
@@ -37,6 +54,10 @@ pub struct Quantize {
     pub ort: OrtKernels,
     /// The calibration a `static` rewrite took its scales from.
     pub calibration: Option<CalibrationRef>,
+    /// SmoothQuant's migration, when `smooth_alpha` is set.
+    pub smooth: Option<Smooth>,
+    /// The sensitivity pass, when `sensitivity` is set: its ranking and the ops it left float.
+    pub sensitivity: Option<Sensitivity>,
     pub source_digest: String,
     pub file_bytes: u64,
     pub data_bytes: u64,

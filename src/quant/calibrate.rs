@@ -132,11 +132,13 @@ pub(crate) struct Stats {
     pub max: f32,
     pub elements: u64,
     pub samples: usize,
+    /// `max |x|` of each channel (the last axis), for tensors that feed a weight.
+    pub channels: Vec<f32>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, elements: 0, samples: 0 }
+        Stats { min: f32::INFINITY, max: f32::NEG_INFINITY, elements: 0, samples: 0, channels: Vec::new() }
     }
 }
 
@@ -156,6 +158,21 @@ impl Stats {
         self.elements += n;
         self.samples += 1;
         Ok(())
+    }
+
+    /// Folds one sample's `|x|` into the per-channel maxima over its last axis (`width`
+    /// channels). Call after [`Stats::add`], which rejects non-finite values.
+    pub(crate) fn add_channels<'a>(&mut self, values: impl IntoIterator<Item = &'a f32>, width: usize) {
+        if width == 0 {
+            return;
+        }
+        if self.channels.len() != width {
+            self.channels = vec![0.0; width];
+        }
+        for (i, &v) in values.into_iter().enumerate() {
+            let c = &mut self.channels[i % width];
+            *c = c.max(v.abs());
+        }
     }
 
     pub(crate) fn absmax(&self) -> f32 {

@@ -25,6 +25,8 @@ pub mod calibrate;
 pub mod graph;
 pub(crate) mod observe;
 pub mod rewrite;
+pub mod sensitivity;
+pub mod smooth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {

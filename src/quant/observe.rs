@@ -115,9 +115,14 @@ pub(crate) fn calibrate(
     };
 
     let mut stats = vec![Stats::default(); tensors.len()];
+    let feeds_weight: Vec<bool> = tensors.iter().map(|t| t.consumers.iter().any(|c| c.weight.is_some())).collect();
     pass(&mut |s, arrays| {
-        stats.par_iter_mut().zip(arrays.par_iter()).zip(names.par_iter()).try_for_each(|((st, a), name)| {
-            st.add(a.iter()).map_err(|i| QuantError::NonFinite { tensor: name.to_string(), value: a.iter().nth(i).copied().unwrap_or(f32::NAN), sample: s })
+        stats.par_iter_mut().zip(arrays.par_iter()).zip(names.par_iter()).zip(feeds_weight.par_iter()).try_for_each(|(((st, a), name), &channels)| {
+            st.add(a.iter()).map_err(|i| QuantError::NonFinite { tensor: name.to_string(), value: a.iter().nth(i).copied().unwrap_or(f32::NAN), sample: s })?;
+            if channels {
+                st.add_channels(a.iter(), a.shape().last().copied().unwrap_or(0));
+            }
+            Ok(())
         })
     })?;
     let _ = writeln!(log, "pass 1: min/max of {} tensors over {} samples", tensors.len(), samples.len());
@@ -160,6 +165,7 @@ pub(crate) fn calibrate(
                 elements: st.elements,
                 entropy_bins,
                 entropy_kl: entropy_kl.filter(|k| k.is_finite()),
+                channel_absmax: st.channels.clone(),
             }
         })
         .collect();

@@ -48,6 +48,31 @@
 //! computed per run; weights are as for `static`. A `Gemm`'s `alpha` is folded into `s_w` and
 //! its `C` added after, times `beta`.
 //!
+//! ### `per_token`
+//!
+//! One range per row of A (a token) instead of one per tensor, from standard ops around the
+//! same fused kernel:
+//!
+//! ```text
+//! r = max(ReduceMax(|A|, axis −1), 1e-8)                         ([…, 1], once per activation)
+//! A' = A · (127 / r) + 128                                        (every row within [1, 255])
+//! A' ─ DynamicQuantizeLinear ─ MatMulInteger ─ Cast ─ Mul(s_a' · s_w) ─ Add(−128 · Σ_k W) ─ Mul(r / 127) ─ Y
+//! ```
+//!
+//! Each row spans the whole 8-bit range, so a token with an outlier channel no longer
+//! coarsens every other token's grid. The shift by 128 puts `DynamicQuantizeLinear`'s range
+//! at `[0, 255]`: rows in `[−127, 127]` as they are would make its zero point 127.5, a
+//! rounding tie that one float evaluation order breaks up and another down, a whole step
+//! apart. `−128 · Σ_k W[k, n]` (of the dequantized weight) takes the shift back out, as a
+//! constant `Add` that ONNX Runtime fuses into the kernel as its bias.
+//!
+//! Why not a per-row scale straight into `MatMulIntegerToFloat`: that kernel reads A's scale
+//! as one number, and ONNX Runtime 1.31's fusion of `MatMulInteger → Cast → Mul(Mul(s_a,
+//! s_w))` into it does not check that the scale is one: a per-row `s_a` fused that way
+//! silently takes the first token's scale for every row (found by comparing optimisation
+//! levels against a naive forward). Unfused, `MatMulInteger` with int8 A ran 3.5× slower than
+//! fp32 here. The form above keeps every scale the fused kernel sees a scalar.
+//!
 //! ## What stays float
 //!
 //! MatMuls whose inputs are both activations (attention), whose weight is not an initializer
@@ -104,6 +129,11 @@ pub struct Options {
     pub per_channel: bool,
     /// Glob patterns over node names, output names and weight initializer names.
     pub exclude: Vec<String>,
+    /// Dynamic only: one symmetric int8 scale per token (row of A) instead of one per tensor.
+    pub per_token: bool,
+    /// When set, only these MatMul/Gemm nodes (by name) are quantized and every other one is
+    /// left float without a recorded reason: the sensitivity pass's one-op models.
+    pub only: Option<HashSet<String>>,
 }
 
 /// A MatMul/Gemm the rewrite quantized.
@@ -193,6 +223,45 @@ fn f32_tensor(name: &str, dims: Vec<i64>, v: &[f32]) -> TensorProto {
     tensor(name, dims, FLOAT, v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
+/// The rows of activation `a` (`[…, K]`) brought to one range, in standard ops:
+/// `r = max(max_k |a|, 1e-8)` per row (`[…, 1]`), `a · (127 / r) + 128` (every row within
+/// `[1, 255]`, its largest magnitude at 1 or 255) and the factor `r / 127` that scales a
+/// product of it back. Returns `(shifted, factor)`.
+fn normalize_rows(names: &mut Names, inits: &mut Vec<TensorProto>, pre: &mut Vec<NodeProto>, a: &str, opset: i64) -> (String, String) {
+    let c = |names: &mut Names, inits: &mut Vec<TensorProto>, what: &str, v: f32| {
+        let n = names.fresh(format!("{a}_per_token_{what}"));
+        inits.push(f32_tensor(&n, vec![], &[v]));
+        n
+    };
+    let (eps, levels) = (c(names, inits, "epsilon", 1e-8), c(names, inits, "levels", 127.0));
+    let mut step = |names: &mut Names, op: &str, what: &str, inputs: &[&str], attrs: Vec<AttributeProto>| {
+        let out = names.fresh(format!("{a}_per_token_{what}"));
+        pre.push(node(names.fresh(format!("{a}_per_token_{what}_{op}")), op, inputs, &[&out], attrs));
+        out
+    };
+    let abs = step(names, "Abs", "abs", &[a], vec![]);
+    let amax = if opset >= 18 {
+        let axes = names.fresh(format!("{a}_per_token_axes"));
+        inits.push(tensor(&axes, vec![1], crate::onnx::INT64, (-1i64).to_le_bytes().to_vec()));
+        step(names, "ReduceMax", "amax", &[&abs, &axes], vec![attr_i("keepdims", 1)])
+    } else {
+        step(names, "ReduceMax", "amax", &[&abs], vec![crate::onnx::attr_ints("axes", &[-1]), attr_i("keepdims", 1)])
+    };
+    let range = step(names, "Max", "range", &[&amax, &eps], vec![]);
+    let inverse = step(names, "Div", "inverse", &[&levels, &range], vec![]);
+    let normalized = step(names, "Mul", "normalized", &[a, &inverse], vec![]);
+    let shift = c(names, inits, "shift", SHIFT);
+    let shifted = step(names, "Add", "shifted", &[&normalized, &shift], vec![]);
+    let factor = step(names, "Div", "factor", &[&range, &levels], vec![]);
+    (shifted, factor)
+}
+
+/// What per-token rows are shifted by: `[−127, 127]` becomes `[1, 255]`, so
+/// `DynamicQuantizeLinear`'s range starts at 0 and its zero point is exactly 0. (Rows in
+/// `[−127, 127]` as they are would put the zero point at 127.5, a rounding tie that one
+/// float evaluation order breaks up and another down, a whole step apart.)
+const SHIFT: f32 = 128.0;
+
 /// Symmetric int8 of a `[k, n]` matrix: values and one scale per column (or one in all).
 pub(crate) fn quantize_weight(values: &[f32], k: usize, n: usize, per_channel: bool) -> (Vec<i8>, Vec<f32>) {
     let mut amax = vec![0f32; if per_channel { n } else { 1 }];
@@ -219,6 +288,8 @@ struct QuantWeight {
     int8: String,
     scale: String,
     zero_point: String,
+    /// `Σ_k q[k, n] · s[n]` per column: the dequantized weight's column sums.
+    column_sums: Vec<f32>,
     /// Ops that use it so far.
     uses: usize,
 }
@@ -263,6 +334,10 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
             matched.insert(p.as_str());
         }
         let float = |reason: String| FloatOp { name: site.name.clone(), op: site.op.clone(), output: site.output.clone(), reason };
+        if opts.only.as_ref().is_some_and(|only| !only.contains(&site.name)) {
+            left_float.push(float("not in the sensitivity pass's set".into()));
+            continue;
+        }
         match (&site.weight, hit) {
             (Err(reason), _) => left_float.push(float(reason.clone())),
             (Ok(_), Some(p)) => left_float.push(float(format!("excluded by `exclude` pattern `{p}`"))),
@@ -298,6 +373,8 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
     let mut via: HashSet<String> = HashSet::new();
     let mut old_weights: HashSet<String> = HashSet::new();
     let graph = model.graph();
+    // Per-token: each activation quantized once, `(int8 tensor, per-row scale)`.
+    let mut per_token: HashMap<String, (String, String)> = HashMap::new();
 
     for (site, w) in &plan {
         let a = site.activation_a().expect("planned sites have an activation A").to_string();
@@ -313,7 +390,10 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
             new_inits.push(tensor(&int8, vec![w.k as i64, w.n as i64], INT8, q.iter().map(|&v| v as u8).collect()));
             new_inits.push(f32_tensor(&scale, dims.clone(), &s));
             new_inits.push(tensor(&zero_point, dims, INT8, vec![0u8; s.len()]));
-            weights.insert(key.clone(), QuantWeight { int8, scale, zero_point, uses: 0 });
+            let column_sums = (0..w.n)
+                .map(|c| (0..w.k).map(|r| f64::from(q[r * w.n + c]) * f64::from(s[if opts.per_channel { c } else { 0 }])).sum::<f64>() as f32)
+                .collect();
+            weights.insert(key.clone(), QuantWeight { int8, scale, zero_point, column_sums, uses: 0 });
         }
         let qw = weights.get_mut(&key).expect("made above");
         via.extend(w.via.iter().cloned());
@@ -347,9 +427,24 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
             }
             Scheme::Dynamic => {
                 let p = &site.name;
+                // Per token: the rows brought to one range first (shared by the ops reading
+                // `a`), quantized per tensor, and the product scaled back row by row.
+                let (input, rows) = if opts.per_token {
+                    let (normalized, factor) = match per_token.get(&a) {
+                        Some(made) => made.clone(),
+                        None => {
+                            let made = normalize_rows(&mut names, &mut new_inits, &mut pre, &a, opset);
+                            per_token.insert(a.clone(), made.clone());
+                            made
+                        }
+                    };
+                    (normalized, Some(factor))
+                } else {
+                    (a.clone(), None)
+                };
                 let (aq, asc, azp) =
                     (names.fresh(format!("{p}_input_uint8")), names.fresh(format!("{p}_input_scale")), names.fresh(format!("{p}_input_zero_point")));
-                pre.push(node(names.fresh(format!("{p}_DynamicQuantizeLinear")), "DynamicQuantizeLinear", &[&a], &[&aq, &asc, &azp], vec![]));
+                pre.push(node(names.fresh(format!("{p}_DynamicQuantizeLinear")), "DynamicQuantizeLinear", &[&input], &[&aq, &asc, &azp], vec![]));
                 let int32 = names.fresh(format!("{p}_int32"));
                 let mut nodes =
                     vec![node(names.fresh(format!("{p}_MatMulInteger")), "MatMulInteger", &[&aq, &qw.int8, &azp, &qw.zero_point], &[&int32], vec![])];
@@ -367,11 +462,25 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
                     new_inits.push(f32_tensor(&name, t.dims.clone(), &s));
                     name
                 };
-                let scale = names.fresh(format!("{p}_scale"));
-                nodes.push(node(names.fresh(format!("{p}_scale_Mul")), "Mul", &[&asc, &w_scale], &[&scale], vec![]));
                 let c = original.input.get(2).filter(|c| !c.is_empty() && site.op == "Gemm").cloned();
                 let product = if c.is_some() { names.fresh(format!("{p}_product")) } else { site.output.clone() };
-                nodes.push(node(names.fresh(format!("{p}_output_Mul")), "Mul", &[&as_float, &scale], &[&product], vec![]));
+                let scale = names.fresh(format!("{p}_scale"));
+                nodes.push(node(names.fresh(format!("{p}_scale_Mul")), "Mul", &[&asc, &w_scale], &[&scale], vec![]));
+                match rows {
+                    Some(factor) => {
+                        // (a_n + 128) · W − 128 · Σ_k W[k, ·] = a_n · W; the correction is a
+                        // constant `Add`, which ONNX Runtime fuses into the product as its bias.
+                        let shifted = names.fresh(format!("{p}_shifted_product"));
+                        nodes.push(node(names.fresh(format!("{p}_output_Mul")), "Mul", &[&as_float, &scale], &[&shifted], vec![]));
+                        let correction = names.fresh(format!("{p}_shift_correction"));
+                        let values: Vec<f32> = qw.column_sums.iter().map(|c| -SHIFT * alpha * c).collect();
+                        new_inits.push(f32_tensor(&correction, vec![values.len() as i64], &values));
+                        let normalized = names.fresh(format!("{p}_normalized_product"));
+                        nodes.push(node(names.fresh(format!("{p}_shift_Add")), "Add", &[&shifted, &correction], &[&normalized], vec![]));
+                        nodes.push(node(names.fresh(format!("{p}_rows_Mul")), "Mul", &[&normalized, &factor], &[&product], vec![]));
+                    }
+                    None => nodes.push(node(names.fresh(format!("{p}_output_Mul")), "Mul", &[&as_float, &scale], &[&product], vec![])),
+                }
                 if let Some(c) = c {
                     let beta = attr(original, "beta").and_then(|x| x.f).unwrap_or(1.0);
                     let bias = if beta == 1.0 {
@@ -487,8 +596,16 @@ pub fn verify(back: &Model, scheme: Scheme, rewrite: &mut Rewrite) -> Written {
             }),
             Scheme::Dynamic => {
                 let end = made_by(&op.output, "Add").and_then(|add| made_by(&add.input[0], "Mul")).or_else(|| made_by(&op.output, "Mul"));
+                // Per token the product is `Mul(Add(Mul(Cast, scale), correction), row factor)`.
+                let end = end.map(|mul| made_by(&mul.input[0], "Add").and_then(|add| made_by(&add.input[0], "Mul")).unwrap_or(mul));
                 end.and_then(|mul| made_by(&mul.input[0], "Cast")).and_then(|cast| made_by(&cast.input[0], "MatMulInteger")).is_some_and(|mi| {
-                    int8_init(&mi.input[1], op.k, op.n) && made_by(&mi.input[0], "DynamicQuantizeLinear").is_some_and(|d| d.input[0] == op.activation)
+                    // Per token, `DynamicQuantizeLinear` reads `Mul(activation, 127 / row range)`.
+                    let reads_activation = |d: &NodeProto| {
+                        d.input[0] == op.activation
+                            || made_by(&d.input[0], "Add").and_then(|add| made_by(&add.input[0], "Mul")).is_some_and(|m| m.input[0] == op.activation)
+                    };
+                    let per_tensor = || made_by(&mi.input[0], "DynamicQuantizeLinear").is_some_and(reads_activation);
+                    int8_init(&mi.input[1], op.k, op.n) && per_tensor()
                 })
             }
         };

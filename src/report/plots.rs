@@ -95,6 +95,27 @@ pub(crate) struct DistributionChart<'a> {
     pub series: &'a [Series<Vec<f64>>],
 }
 
+/// One labelled point of a trade-off chart.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Point {
+    pub label: String,
+    pub x: f64,
+    /// A fraction, shown as a percentage.
+    pub y: f64,
+    /// Drawn filled; hollow otherwise.
+    pub pass: bool,
+}
+
+/// A scatter of labelled points: a speed-up along x (1 marked), a relative change along y,
+/// and a dashed line where `y` may not go beyond.
+pub(crate) struct TradeoffChart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub points: &'a [Point],
+    pub threshold: Option<f64>,
+}
+
 fn color(i: usize) -> RGBColor {
     let (r, g, b) = PALETTE[i % PALETTE.len()];
     RGBColor(r, g, b)
@@ -412,6 +433,67 @@ pub(crate) fn distribution(chart: &DistributionChart<'_>) -> Result<String, Plot
         category_labels(&root, &anchors, categories, fits).map_err(&e)?;
         let entries: Vec<(&str, usize)> = chart.series.iter().map(|s| (s.name.as_str(), s.color)).collect();
         legend(&side, &entries, 48).map_err(&e)?;
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    Ok(finish(svg, chart.title))
+}
+
+/// The trade-off chart `chart` as an SVG document.
+pub(crate) fn tradeoff(chart: &TradeoffChart<'_>) -> Result<String, PlotError> {
+    let e = fail(chart.title);
+    let xs = chart.points.iter().map(|p| p.x).chain([1.0]);
+    let (x_lo, x_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let pad = ((x_hi - x_lo) * 0.1).max(0.05);
+    let (x_lo, x_hi) = ((x_lo - pad).max(0.0), x_hi + pad * 2.5);
+    let ys = chart.points.iter().map(|p| p.y).chain([0.0]).chain(chart.threshold);
+    let (y_lo, y_hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let pad = ((y_hi - y_lo) * 0.1).max(0.002);
+    let (y_lo, y_hi) = (y_lo - pad, y_hi + pad);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT + 60)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let mut c = ChartBuilder::on(&root)
+            .caption(chart.title, (FONT, TITLE_SIZE).into_font().color(&INK))
+            .margin(12)
+            .x_label_area_size(56)
+            .y_label_area_size(68)
+            .build_cartesian_2d(Axis { lo: x_lo, hi: x_hi, ticks: nice_ticks(x_lo, x_hi, 8) }, Axis { lo: y_lo, hi: y_hi, ticks: nice_ticks(y_lo, y_hi, 8) })
+            .map_err(|x| e(x.to_string()))?;
+        c.configure_mesh()
+            .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+            .axis_style(INK)
+            .label_style((FONT, LABEL_SIZE).into_font().color(&INK))
+            .x_label_formatter(&|x: &f64| format!("{}×", tick_label(*x)))
+            .y_label_formatter(&|y: &f64| format!("{}%", tick_label(y * 100.0)))
+            .x_desc(chart.x_label)
+            .y_desc(chart.y_label)
+            .axis_desc_style((FONT, DESC_SIZE).into_font().color(&INK))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        let line = |c: &mut ChartContext<'_, _, _>, from: (f64, f64), to: (f64, f64), dashed: bool| -> Result<(), PlotError> {
+            let n = if dashed { 40 } else { 1 };
+            for i in 0..n {
+                if dashed && i % 2 == 1 {
+                    continue;
+                }
+                let at = |f: f64| (from.0 + (to.0 - from.0) * f, from.1 + (to.1 - from.1) * f);
+                let seg = vec![at(i as f64 / n as f64), at((i + 1) as f64 / n as f64)];
+                c.draw_series(std::iter::once(PathElement::new(seg, INK.stroke_width(1)))).map_err(|x| e(x.to_string()))?;
+            }
+            Ok(())
+        };
+        line(&mut c, (1.0, y_lo), (1.0, y_hi), false)?;
+        if let Some(t) = chart.threshold {
+            line(&mut c, (x_lo, t), (x_hi, t), true)?;
+        }
+        for (i, p) in chart.points.iter().enumerate() {
+            let ink = color(i);
+            let style = if p.pass { ink.filled() } else { ink.stroke_width(2) };
+            c.draw_series(std::iter::once(Circle::new((p.x, p.y), 6, style))).map_err(|x| e(x.to_string()))?;
+            let font = (FONT, LABEL_SIZE).into_font().color(&INK).pos(Pos::new(HPos::Left, VPos::Center));
+            c.draw_series(std::iter::once(Text::new(p.label.clone(), (p.x, p.y), font))).map_err(|x| e(x.to_string()))?;
+        }
         root.present().map_err(|x| e(x.to_string()))?;
     }
     Ok(finish(svg, chart.title))

@@ -91,6 +91,17 @@ struct Config {
     trt_version: String,
 }
 
+/// The token ids of the text at `corpus` (its document markers stripped with `strip`), whole,
+/// without truncation.
+pub(crate) fn corpus_ids(corpus: &std::path::Path, tokenizer: &std::path::Path, strip: bool) -> Result<Vec<u32>, StageError> {
+    let text = std::fs::read_to_string(corpus).map_err(StageError::io("reading corpus", corpus))?;
+    let text = if strip { super::corpus::strip_doc_markers(&text) } else { text };
+    let mut tokenizer = crate::tokenizer::load_tokenizer_json(tokenizer).map_err(|e| e.to_string())?;
+    tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
+    let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;
+    Ok(encoding.get_ids().to_vec())
+}
+
 /// SplitMix64: a seeded, portable stream for choosing sample windows.
 struct SplitMix64(u64);
 
@@ -226,12 +237,8 @@ impl Kind for Calibrate {
         let tokenizer_path = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
         let corpus_path = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
 
-        let text = std::fs::read_to_string(&corpus_path).map_err(StageError::io("reading corpus", &corpus_path))?;
-        let text = if c.strip { super::corpus::strip_doc_markers(&text) } else { text };
-        let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
-        tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
-        let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;
-        let ids = encoding.get_ids();
+        let ids = corpus_ids(&corpus_path, &tokenizer_path, c.strip)?;
+        let ids = ids.as_slice();
         if ids.len() < seq_len {
             return Err(format!(
                 "the corpus `{}` has {} tokens, fewer than `seq_len` ({seq_len}): use a longer corpus or a shorter `seq_len`",

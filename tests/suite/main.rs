@@ -20,6 +20,7 @@ mod export_hf;
 mod fetch;
 mod hostile_cache;
 mod implementation;
+mod int8_recipes;
 mod limits;
 mod logit_diff;
 mod perplexity;

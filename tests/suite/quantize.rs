@@ -40,29 +40,29 @@ const CORPUS_TOKENS: usize = 200;
 const INT8_VS_FP32: f64 = 0.5;
 /// ONNX Runtime's INT8 logits against the naive fake-quantized forward, as a share of how far
 /// the fake-quantized forward is from fp32 (about 1e-6 when they agree).
-const INT8_VS_FAKE_QUANT: f64 = 1e-3;
+pub(super) const INT8_VS_FAKE_QUANT: f64 = 1e-3;
 /// Prompts compared with the fake-quantized forward. ONNX Runtime's f32 activations and the
 /// naive f64 ones differ by ~1e-7, so now and then a value sits on the other side of a
 /// rounding boundary and one prompt moves by one quantization step (1 of 40 here, for each
 /// scheme); a wrong scale, axis or zero point would move every prompt. So 90% must agree.
-const PROMPTS: usize = 40;
+pub(super) const PROMPTS: usize = 40;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-fn gpt2() -> ModelConfig {
+pub(super) fn gpt2() -> ModelConfig {
     support::reference::gpt2(64, 2, 16, 64)
 }
 
-fn corpus_ids(vocab: usize) -> Vec<u32> {
+pub(super) fn corpus_ids(vocab: usize) -> Vec<u32> {
     let mut rng = Rng::new(118);
     (0..CORPUS_TOKENS).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
 /// A workspace with `model.gguf`, `tokenizer.json`, `corpus.txt`, `lib/<ort>`, and the
 /// export stage (prefill, external data so every path that resolves it is exercised).
-fn workspace(cfg: &ModelConfig, w: &Weights) -> Workspace {
+pub(super) fn workspace(cfg: &ModelConfig, w: &Weights) -> Workspace {
     let ws = Workspace::new("tr118-quantize-");
     let tensors = reference::writer_tensors(cfg, w);
     write_gguf(&ws.path("model.gguf"), cfg, &tensors, |_| DType::F32, &[]).unwrap_or_else(|e| panic!("write gguf: {e}"));
@@ -74,7 +74,7 @@ fn workspace(cfg: &ModelConfig, w: &Weights) -> Workspace {
     ws
 }
 
-const EXPORT: &str = r#"
+pub(super) const EXPORT: &str = r#"
 [stages.export]
 kind = "export"
 deps = { checkpoint = "model.gguf" }
@@ -83,7 +83,7 @@ tokenizer = false
 external_data = true
 "#;
 
-fn calibrate_stage(name: &str, fields: &str) -> String {
+pub(super) fn calibrate_stage(name: &str, fields: &str) -> String {
     format!(
         "[stages.{name}]\nkind = \"calibrate\"\n\
          deps = {{ model = \"out/export/prefill\", tokenizer = \"tokenizer.json\", corpus = \"corpus.txt\", runtime = \"lib/libonnxruntime.so\" }}\n\
@@ -91,7 +91,7 @@ fn calibrate_stage(name: &str, fields: &str) -> String {
     )
 }
 
-fn quantize_stage(name: &str, scheme: &str, calibration: Option<&str>, fields: &str) -> String {
+pub(super) fn quantize_stage(name: &str, scheme: &str, calibration: Option<&str>, fields: &str) -> String {
     let cal = calibration.map_or(String::new(), |c| format!(", calibration = \"{c}\""));
     format!(
         "[stages.{name}]\nkind = \"quantize\"\n\
@@ -100,7 +100,7 @@ fn quantize_stage(name: &str, scheme: &str, calibration: Option<&str>, fields: &
     )
 }
 
-fn f(v: &Value) -> f64 {
+pub(super) fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
@@ -110,7 +110,7 @@ fn f(v: &Value) -> f64 {
 
 /// Which activation a MatMul input is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Role {
+pub(super) enum Role {
     Ln1(usize),
     QScaled(usize),
     K(usize),
@@ -125,7 +125,7 @@ enum Role {
 impl Role {
     /// The graph's order: per layer the qkv input, the score MatMul's two inputs, the context
     /// MatMul's two, the output projection's, the MLP's two; then the final norm.
-    fn all(layers: usize) -> Vec<Role> {
+    pub(super) fn all(layers: usize) -> Vec<Role> {
         let mut out = Vec::new();
         for l in 0..layers {
             out.extend([Role::Ln1(l), Role::QScaled(l), Role::K(l), Role::Probs(l), Role::V(l), Role::Ctx(l), Role::Ln2(l), Role::Gelu(l)]);
@@ -135,7 +135,7 @@ impl Role {
     }
 
     /// `(weight of the consuming op, input index)` as `calibration.json` must list it.
-    fn consumer(self) -> (Option<String>, usize) {
+    pub(super) fn consumer(self) -> (Option<String>, usize) {
         match self {
             Role::Ln1(l) => (Some(format!("blk.{l}.attn_qkv.weight")), 0),
             Role::Ctx(l) => (Some(format!("blk.{l}.attn_output.weight")), 0),
@@ -158,12 +158,16 @@ impl Role {
 }
 
 /// How the forward treats the inputs of weight MatMuls.
-enum Quant<'a> {
+pub(super) enum Quant<'a> {
     Float,
     /// Symmetric int8 with these scales.
     Static(&'a BTreeMap<Role, f32>),
     /// `DynamicQuantizeLinear`: uint8 with a zero point from the tensor's own range.
     Dynamic,
+    /// `DynamicQuantizeLinear` at this one input, the others float.
+    DynamicOnly(Role),
+    /// Per token: rows brought to one range, then `DynamicQuantizeLinear` (see `fake_per_token`).
+    PerToken,
 }
 
 /// `round half to even(x / s)` clamped to int8, times `s`; in f32 as `QuantizeLinear` computes.
@@ -172,7 +176,7 @@ fn fake_static(x: f64, s: f32) -> f64 {
 }
 
 /// `DynamicQuantizeLinear` then dequantization, over a whole tensor, in f32 as the op computes.
-fn fake_dynamic(rows: &mut [Vec<f64>]) {
+pub(super) fn fake_dynamic(rows: &mut [Vec<f64>]) {
     let (mut lo, mut hi) = (0f32, 0f32);
     for v in rows.iter().flatten() {
         lo = lo.min(*v as f32);
@@ -189,8 +193,25 @@ fn fake_dynamic(rows: &mut [Vec<f64>]) {
     }
 }
 
+/// Per-token dynamic quantization as the rewrite computes it, in f32: each row scaled to a
+/// largest magnitude of 127 (`· 127 / r`, `r = max(max |x|, 1e-8)`) and shifted by 128 into
+/// `[1, 255]`, the whole tensor through `DynamicQuantizeLinear`, the shift taken off and each
+/// row scaled back by `r / 127`.
+fn fake_per_token(rows: &mut [Vec<f64>]) {
+    let ranges: Vec<f32> = rows.iter().map(|r| r.iter().fold(0f32, |m, v| m.max((*v as f32).abs())).max(1e-8)).collect();
+    for (r, &range) in rows.iter_mut().zip(&ranges) {
+        let inverse = 127.0f32 / range;
+        r.iter_mut().for_each(|v| *v = f64::from((*v as f32) * inverse + 128.0));
+    }
+    fake_dynamic(rows);
+    for (r, &range) in rows.iter_mut().zip(&ranges) {
+        let factor = f64::from(range / 127.0);
+        r.iter_mut().for_each(|v| *v = (*v - 128.0) * factor);
+    }
+}
+
 /// Symmetric int8 of each row (an output channel) of a `[out, in]` weight, dequantized.
-fn fake_weight(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(super) fn fake_weight(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; values.len()];
     for r in 0..rows {
         let row = &values[r * cols..(r + 1) * cols];
@@ -204,7 +225,7 @@ fn fake_weight(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// The weights of every quantized MatMul fake-quantized; the embeddings' lookup keeps floats.
-fn fake_weights(cfg: &ModelConfig, w: &Weights) -> Weights {
+pub(super) fn fake_weights(cfg: &ModelConfig, w: &Weights) -> Weights {
     let mut q = w.clone();
     for (name, (shape, values)) in w {
         let matmul =
@@ -218,8 +239,8 @@ fn fake_weights(cfg: &ModelConfig, w: &Weights) -> Weights {
     q
 }
 
-struct Forward {
-    logits: Vec<Vec<f64>>,
+pub(super) struct Forward {
+    pub(super) logits: Vec<Vec<f64>>,
     observed: BTreeMap<Role, Vec<f64>>,
 }
 
@@ -227,7 +248,7 @@ struct Forward {
 /// `lm_head`) when quantizing. Loops are written out, index by index, as in
 /// `support::reference`.
 #[allow(clippy::needless_range_loop)]
-fn forward(cfg: &ModelConfig, w: &Weights, wq: Option<&Weights>, quant: &Quant<'_>, tokens: &[u32]) -> Forward {
+pub(super) fn forward(cfg: &ModelConfig, w: &Weights, wq: Option<&Weights>, quant: &Quant<'_>, tokens: &[u32]) -> Forward {
     let (d, heads, hd, seq) = (cfg.d_model, cfg.n_head, cfg.d_model / cfg.n_head, tokens.len());
     let eps = f64::from(cfg.norm_eps);
     let get = |name: &str| &w[name].1;
@@ -239,6 +260,9 @@ fn forward(cfg: &ModelConfig, w: &Weights, wq: Option<&Weights>, quant: &Quant<'
             Quant::Float => {}
             Quant::Static(scales) => rows.iter_mut().flatten().for_each(|v| *v = fake_static(*v, scales[&role])),
             Quant::Dynamic => fake_dynamic(rows),
+            Quant::DynamicOnly(only) if *only == role => fake_dynamic(rows),
+            Quant::DynamicOnly(_) => {}
+            Quant::PerToken => fake_per_token(rows),
         }
     };
     let linear = |x: &[Vec<f64>], name: &str, bias: &str, rows: usize, cols: usize| -> Vec<Vec<f64>> {
@@ -509,7 +533,7 @@ fn the_entropy_search_matches_a_naive_kl_on_synthetic_histograms() {
 // ---------------------------------------------------------------------------------------
 
 /// Logits `[seq][vocab]` of one prompt through ONNX Runtime.
-fn ort_logits(model: &std::path::Path, ids: &[u32]) -> Vec<Vec<f64>> {
+pub(super) fn ort_logits(model: &std::path::Path, ids: &[u32]) -> Vec<Vec<f64>> {
     let mut s = support::ort().session(model, &SessionOptions::default()).unwrap_or_else(|e| panic!("open {}: {e}", model.display()));
     let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let logits = s.run_prefill(&ids, &vec![1; ids.len()], 1, ids.len()).unwrap_or_else(|e| panic!("run {}: {e}", model.display()));
@@ -517,18 +541,18 @@ fn ort_logits(model: &std::path::Path, ids: &[u32]) -> Vec<Vec<f64>> {
     (0..ids.len()).map(|t| (0..vocab).map(|v| f64::from(logits[[0, t, v]])).collect()).collect()
 }
 
-fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+pub(super) fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-fn std_dev(a: &[Vec<f64>]) -> f64 {
+pub(super) fn std_dev(a: &[Vec<f64>]) -> f64 {
     let n = a.iter().map(Vec::len).sum::<usize>() as f64;
     let mean = a.iter().flatten().sum::<f64>() / n;
     (a.iter().flatten().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt()
 }
 
 /// An initializer's raw bytes, inline or from the external data file beside `model`.
-fn initializer_bytes(model: &std::path::Path, t: &tr118::onnx::proto::TensorProto) -> Vec<u8> {
+pub(super) fn initializer_bytes(model: &std::path::Path, t: &tr118::onnx::proto::TensorProto) -> Vec<u8> {
     if let Some(raw) = &t.raw_data {
         return raw.clone();
     }
@@ -860,6 +884,7 @@ fn a_gemm_with_transposed_weight_alpha_and_beta_computes_its_fake_quantized_prod
         elements: x.len() as u64,
         entropy_bins: None,
         entropy_kl: None,
+        channel_absmax: vec![],
     };
     let cal = Calibration {
         method: "minmax".into(),
@@ -898,7 +923,7 @@ fn a_gemm_with_transposed_weight_alpha_and_beta_computes_its_fake_quantized_prod
         .collect();
     let model = tr118::onnx::edit::Model::load(&path).unwrap();
     for scheme in [Scheme::Static, Scheme::Dynamic] {
-        let opts = Options { scheme, per_channel: true, exclude: vec![] };
+        let opts = Options { scheme, per_channel: true, exclude: vec![], per_token: false, only: None };
         let (proto, mut rewrite) = quantize(&model, &opts, Some(&cal)).unwrap();
         assert_eq!((rewrite.matmul_total, rewrite.quantized.len()), (1, 1), "{scheme:?}");
         let out = dir.path().join(format!("{scheme:?}.onnx"));

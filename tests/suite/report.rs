@@ -252,6 +252,9 @@ fn quantize() -> quantize::Quantize {
     quantize::Quantize {
         scheme: quantize::Scheme::Static,
         per_channel: true,
+        per_token: false,
+        smooth: None,
+        sensitivity: None,
         exclude: vec!["*ffn_down*".into()],
         activations: "int8 per tensor, from the calibration".into(),
         weights: "int8 per channel".into(),

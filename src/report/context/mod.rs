@@ -15,12 +15,14 @@
 //! | [`sanity`] | export, INT8 coverage, TensorRT plans, perplexity, logits |
 //! | [`results`] | per mode: tables, charts, the fastest backend |
 //! | [`accuracy`] | the accuracy gate |
+//! | [`int8`] | the INT8 recipes: recipe, perplexity change, prefill speed-up, their chart |
 //! | [`overhead`] | export and build times and sizes |
 //! | [`reproducibility`] | the command and every artifact's digest |
 
 mod accuracy;
 mod environment;
 mod findings;
+mod int8;
 mod limitations;
 mod methodology;
 mod overhead;
@@ -220,6 +222,7 @@ pub(super) fn build(inputs: &Inputs, a: &Artifacts) -> Result<(Value, Vec<Plot>)
     let environment = environment::environment(a, &mut warnings);
     let methodology = methodology::methodology(&shape, a, &mut warnings);
     let gate = a.gate.as_ref().map(accuracy::gate_section);
+    let int8 = int8::int8_section(a, &mut plots)?;
     let overhead = overhead::overhead(a);
     let limitations = limitations::limitations(a);
     let findings = findings::findings(&shape, a);
@@ -260,6 +263,7 @@ pub(super) fn build(inputs: &Inputs, a: &Artifacts) -> Result<(Value, Vec<Plot>)
         "modes": modes,
         "degraded_plot": degraded_plot,
         "gate": gate,
+        "int8": int8,
         "overhead": overhead,
         "warnings": warnings,
         "reproducibility": reproducibility::reproducibility(inputs)?,
