@@ -76,7 +76,9 @@ struct LogProbs {
     values: Vec<f32>,
 }
 
-/// Mean NLL of each window's next tokens and, against `reference`, the mean KL.
+/// Mean NLL of each window's next tokens and, against `reference`, the mean KL. Each window
+/// runs alone (batch 1, as the gate's perplexity runs): a dynamic scale is the whole input
+/// tensor's, so windows batched together would share one and score another model.
 fn evaluate(rt: &Runtime, model: &Path, windows: &[Vec<i64>], reference: Option<&[LogProbs]>) -> Result<(f64, f64, Vec<LogProbs>), QuantError> {
     let mut session = rt.session(model, &SessionOptions::default())?;
     let (mut nll, mut kl, mut n) = (0f64, 0f64, 0usize);
