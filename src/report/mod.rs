@@ -55,6 +55,7 @@
 //! | `modes`        | per mode: `overall` (the stats' pooled rows, every backend), `rows` (per scenario) and `comparisons` of the backends with an ok run in the mode, `unmeasured` (the others), `scenarios`, `best`, `plots`, `has_ttft`, `has_resources`, `has_gpu` |
 //! | `degraded_plot`, `modes[].plots.*` | `{id, title, file, caption}`; the markup is `svg[id]`          |
 //! | `gate`         | `reference`, `reference_ppl`, `status`, `reason`, `rows` (with `verdict`) |
+//! | `int8`         | the INT8 recipes, when a sweep ran a `quantize` node's model: `reference`, `threshold`, `rows` (`backend`, `node`, `recipe`, `quantized`, `matmul_total`, `ppl`, `rel_delta`, `verdict`, `speedup` with `speedup_min`/`speedup_max` over `scenarios`), `plot` (PPL change against prefill speed-up) |
 //! | `overhead`     | `{step, what, seconds, bytes, note}` for exports, calibration, quantization, TensorRT builds, perplexity |
 //! | `warnings`     | sentences: comparison notes, inconsistent generations, top-token disagreements, INT8 not run as INT8, a perplexity at or above the uniform model's, more than one machine |
 //! | `reproducibility` | `command`, `pipeline` (`{path, digest}`), `tool_version`, `artifacts` (`{dep, path, digest, bytes}`; a directory's digest is its listing's, as the cache computes it) |

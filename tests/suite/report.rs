@@ -17,6 +17,7 @@
 //! | every degraded reason with its count                               | the degraded records written                     |
 //! | the HTML is well formed and self-contained                         | a tag-balance checker here; no external reference |
 //! | the charts are there, with data                                    | one `<svg>` per chart; a dot per ok run, a bar per scenario with ok runs |
+//! | the INT8 recipes: recipe, coverage, PPL change, prefill speed-up    | the geometric mean of the per-scenario latency ratios computed here; one labelled point per INT8 backend in the trade-off chart |
 //! | a template that does not parse, or names an undefined variable     | the failure names the template file and line     |
 //! | editing a template reruns only the report; nothing changed hits    | the `--json` records                             |
 //! | a dep of the wrong kind, an unknown dep name                       | the error names the file and a missing field; the diagnostic the dep |
@@ -68,6 +69,11 @@ fn latencies() -> Vec<(&'static str, &'static str, &'static str, [f64; 5])> {
         ("ort-int8", "generate", "short", [60.0, 61.0, 59.0, 60.5, 59.5]),
         ("ort-int8", "generate", "long", [120.0, 123.0, 117.0, 121.0, 119.0]),
     ]
+}
+
+/// The mean of a fixture's five latencies, as a sweep summary holds it.
+fn mean_latency(backend: &str, mode: &str, scenario: &str) -> Option<f64> {
+    latencies().into_iter().find(|(b, m, s, _)| *b == backend && *m == mode && *s == scenario).map(|(_, _, _, l)| l.iter().sum::<f64>() / 5.0)
 }
 
 fn shape(scenario: &str) -> (usize, usize) {
@@ -165,7 +171,7 @@ fn sweep(backend: &str, mode: &str, ok: bool) -> sweep::Sweep {
                 scenario: sweep::Scenario { name: s.to_string(), batch, prompt_tokens: prompt, new_tokens: 8 },
                 n_ok: if ok { 5 } else { 0 },
                 n_degraded: if ok { 0 } else { 5 },
-                mean_latency_ms: None,
+                mean_latency_ms: mean_latency(backend, mode, s).filter(|_| ok),
                 output_ids: None,
                 outputs_consistent: (mode == "generate" && ok).then_some(true),
             }
@@ -176,7 +182,7 @@ fn sweep(backend: &str, mode: &str, ok: bool) -> sweep::Sweep {
         provider: if backend == "ort-cuda" { "cuda" } else { "cpu" }.into(),
         precision: if backend == "ort-int8" { "int8" } else { "fp32" }.into(),
         mode: mode.into(),
-        model: "out/export/prefill/model.onnx".into(),
+        model: if backend == "ort-int8" { "fixtures/quantize-static/prefill/model.onnx" } else { "out/export/prefill/model.onnx" }.into(),
         capability: ok.then(|| capability_of("cpu")),
         warmup: 3,
         reps: 5,
@@ -435,6 +441,7 @@ fn study(ws: &Workspace, report_extra: &str) {
     sw("fixtures/sweep/ort-cpu/prefill/sweep.json", sweep("ort-cpu", "prefill", true));
     sw("fixtures/sweep/ort-cpu/generate/sweep.json", sweep("ort-cpu", "generate", true));
     sw("fixtures/sweep/ort-cuda/prefill/sweep.json", sweep("ort-cuda", "prefill", false));
+    sw("fixtures/sweep/ort-int8/prefill/sweep.json", sweep("ort-int8", "prefill", true));
 
     let runs: Vec<String> = by_file.keys().map(|k| format!("\"fixtures/runs/{k}.jsonl\"")).collect();
     ws.pipeline(&format!(
@@ -448,7 +455,7 @@ baseline = "ort-cpu"
 kind = "report"
 title = "Fixture study"
 deps = {{ stats = "out/stats/stats.json", runs = [{runs}],
-         sweeps = ["fixtures/sweep/ort-cpu/prefill/sweep.json", "fixtures/sweep/ort-cpu/generate/sweep.json", "fixtures/sweep/ort-cuda/prefill/sweep.json"],
+         sweeps = ["fixtures/sweep/ort-cpu/prefill/sweep.json", "fixtures/sweep/ort-cpu/generate/sweep.json", "fixtures/sweep/ort-cuda/prefill/sweep.json", "fixtures/sweep/ort-int8/prefill/sweep.json"],
          perplexity = ["fixtures/perplexity/ort-cpu/perplexity.json", "fixtures/perplexity/ort-int8/perplexity.json", "fixtures/perplexity/ort-cuda/perplexity.json"],
          gate = "fixtures/gate.json",
          logits = ["fixtures/logits/ort-int8/logit_diff.json", "fixtures/logits/ort-cuda/logit_diff.json"],
@@ -627,6 +634,21 @@ fn a_study_renders_every_section_with_the_fixture_numbers_and_no_undefined_words
     }
     assert_eq!(estimate_text(&[10.0, 10.2, 9.8, 10.1, 9.9]), "10.00 [9.80, 10.20]");
 
+    // The INT8 recipes: the sweep of ort-int8 ran the quantize-static model; its speed-up is
+    // the geometric mean over scenarios of ort-cpu's mean prefill latency over its own.
+    let ratios: Vec<f64> =
+        ["short", "long"].iter().map(|s| mean_latency("ort-cpu", "prefill", s).unwrap() / mean_latency("ort-int8", "prefill", s).unwrap()).collect();
+    let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / 2.0).exp();
+    let (lo, hi) = (ratios[0].min(ratios[1]), ratios[0].max(ratios[1]));
+    let recipe_row =
+        format!("| ort-int8 | static, per-tensor activations; float: `*ffn_down*` | 181 of 211 | 17.77 | 0.0500 | **FAIL** | {geo:.2}× | {lo:.2}–{hi:.2}× |");
+    assert!(md.contains("\n### INT8 recipes\n"), "report.md lacks the INT8 recipes");
+    assert!(md.contains(&recipe_row), "report.md lacks {recipe_row}");
+    assert!(html.contains(&format!("{geo:.2}×")), "report.html lacks the speed-up {geo:.2}");
+    let tradeoff = svg_titled(&html, "INT8 recipes: perplexity change against prefill speed-up over ort-cpu");
+    assert_eq!(tradeoff.matches("<circle").count(), 1, "one point per INT8 backend");
+    assert!(tradeoff.contains("ort-int8"), "the point is labelled: {tradeoff}");
+
     // Perplexity, gate, coverage, layers, sizes: the fixture's numbers.
     for needle in [
         "| ort-cpu | fp32 | ok | 16.92 |",
@@ -678,8 +700,8 @@ fn a_study_renders_every_section_with_the_fixture_numbers_and_no_undefined_words
         assert!(!html.contains(external), "report.html refers outside itself: {external}");
     }
     let charts = svgs(&html);
-    assert_eq!(charts.len(), 7, "a degraded-rate chart, then latency, throughput and distribution per mode");
-    assert_eq!(elements.iter().filter(|e| *e == "svg").count(), 7);
+    assert_eq!(charts.len(), 8, "a degraded-rate chart, latency, throughput and distribution per mode, the INT8 trade-off");
+    assert_eq!(elements.iter().filter(|e| *e == "svg").count(), 8);
     for svg in &charts {
         assert!(svg.contains("<title>"), "a chart without a title");
         assert!(svg.contains("<text"), "a chart without labels");
@@ -703,7 +725,7 @@ fn a_study_renders_every_section_with_the_fixture_numbers_and_no_undefined_words
 
     // The Markdown's charts are files beside it.
     let plots = ws.files("out/report/plots");
-    assert_eq!(plots.len(), 7, "{plots:?}");
+    assert_eq!(plots.len(), 8, "{plots:?}");
     for p in &plots {
         assert!(md.contains(&format!("(plots/{p})")), "report.md does not show {p}");
     }

@@ -117,7 +117,7 @@ pub(super) fn int8_section(a: &Artifacts, plots: &mut Vec<Plot>) -> Result<Optio
             threshold,
         })?;
         let p = Plot::new(
-            "int8_tradeoff",
+            "int8-tradeoff",
             &title,
             "Each INT8 backend: its perplexity change against the reference (the gate's number) and its prefill speed-up. Below the dashed line passes the INT8 gate; filled points pass it.",
             svg,
