@@ -104,6 +104,8 @@ pub(crate) struct Point {
     pub y: f64,
     /// Drawn filled; hollow otherwise.
     pub pass: bool,
+    /// Index into [`PALETTE`] (wrapping): the backend's colour elsewhere in the report.
+    pub color: usize,
 }
 
 /// A scatter of labelled points: a speed-up along x (1 marked), a relative change along y,
@@ -487,12 +489,12 @@ pub(crate) fn tradeoff(chart: &TradeoffChart<'_>) -> Result<String, PlotError> {
         if let Some(t) = chart.threshold {
             line(&mut c, (x_lo, t), (x_hi, t), true)?;
         }
-        for (i, p) in chart.points.iter().enumerate() {
-            let ink = color(i);
+        for p in chart.points {
+            let ink = color(p.color);
             let style = if p.pass { ink.filled() } else { ink.stroke_width(2) };
-            c.draw_series(std::iter::once(Circle::new((p.x, p.y), 6, style))).map_err(|x| e(x.to_string()))?;
             let font = (FONT, LABEL_SIZE).into_font().color(&INK).pos(Pos::new(HPos::Left, VPos::Center));
-            c.draw_series(std::iter::once(Text::new(p.label.clone(), (p.x, p.y), font))).map_err(|x| e(x.to_string()))?;
+            let mark = EmptyElement::at((p.x, p.y)) + Circle::new((0, 0), 6, style) + Text::new(p.label.clone(), (10, 0), font);
+            c.draw_series(std::iter::once(mark)).map_err(|x| e(x.to_string()))?;
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }

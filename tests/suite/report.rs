@@ -648,6 +648,7 @@ fn a_study_renders_every_section_with_the_fixture_numbers_and_no_undefined_words
     let tradeoff = svg_titled(&html, "INT8 recipes: perplexity change against prefill speed-up over ort-cpu");
     assert_eq!(tradeoff.matches("<circle").count(), 1, "one point per INT8 backend");
     assert!(tradeoff.contains("ort-int8"), "the point is labelled: {tradeoff}");
+    assert!(tradeoff.contains(&format!("stroke=\"{INT8_COLOR}\"")), "the point has ort-int8's colour: {tradeoff}");
 
     // Perplexity, gate, coverage, layers, sizes: the fixture's numbers.
     for needle in [

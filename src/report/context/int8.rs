@@ -59,7 +59,7 @@ fn speedups(reference: &Sweep, s: &Sweep) -> Vec<(String, f64)> {
         .collect()
 }
 
-pub(super) fn int8_section(a: &Artifacts, plots: &mut Vec<Plot>) -> Result<Option<Value>, ReportError> {
+pub(super) fn int8_section(shape: &super::Shape, a: &Artifacts, plots: &mut Vec<Plot>) -> Result<Option<Value>, ReportError> {
     let Some(gate) = a.gate.as_ref().map(|g| &g.value) else { return Ok(None) };
     let reference = gate.reference.clone();
     let reference_sweep = prefill_sweep(a, &reference);
@@ -83,7 +83,7 @@ pub(super) fn int8_section(a: &Artifacts, plots: &mut Vec<Plot>) -> Result<Optio
         let hi = per_scenario.iter().map(|(_, x)| *x).reduce(f64::max);
         let rel = g.and_then(|g| g.rel_delta);
         if let (Some(x), Some(y)) = (geo, rel) {
-            points.push(plots::Point { label: s.backend.clone(), x, y, pass: g.and_then(|g| g.pass) == Some(true) });
+            points.push(plots::Point { label: s.backend.clone(), x, y, pass: g.and_then(|g| g.pass) == Some(true), color: shape.color(&s.backend) });
         }
         rows.push(json!({
             "backend": s.backend,

@@ -222,7 +222,7 @@ pub(super) fn build(inputs: &Inputs, a: &Artifacts) -> Result<(Value, Vec<Plot>)
     let environment = environment::environment(a, &mut warnings);
     let methodology = methodology::methodology(&shape, a, &mut warnings);
     let gate = a.gate.as_ref().map(accuracy::gate_section);
-    let int8 = int8::int8_section(a, &mut plots)?;
+    let int8 = int8::int8_section(&shape, a, &mut plots)?;
     let overhead = overhead::overhead(a);
     let limitations = limitations::limitations(a);
     let findings = findings::findings(&shape, a);
