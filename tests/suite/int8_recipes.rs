@@ -7,9 +7,10 @@
 //! | smoothing leaves the fp32 model's function unchanged   | the naive f64 forward of the original weights (Llama and GPT-2): max |Δ logit| ≤ 1e-4 |
 //! | the factors follow the paper                           | `γ'_j = γ_j · max_n |W[n, j]|^(1−α) / max|X_j|^α` computed here from the checkpoint and the calibration's channel maxima (1e-5) |
 //! | what is smoothed and why not                           | Llama: both norms of each layer, the SwiGLU product, the final norm; the attention output is not (made by a `Reshape`). GPT-2: both LayerNorms; not the GELU output, nor the tied head |
-//! | per-token dynamic activations                          | a naive forward with each token's row quantized to int8 here: 90% of prompts within 1e-3 of its distance from fp32 |
+//! | per-token dynamic activations                          | a naive forward quantizing each token's row here (scaled to ±127, shifted, `DynamicQuantizeLinear`, scaled back): 90% of prompts within 1e-3 of its distance from fp32 (all agree to ~4e-7) |
 //! | the sensitivity ranking                                | a brute force here: each weight MatMul quantized alone in the naive forward, KL(float ‖ quantized) over the same windows; same order, values within 10% |
 //! | the search                                             | the fewest float ops that meet the target: `k` meets, `k − 1` misses, and the written model leaves exactly those float |
+//! | a `decoder` dep with smoothing and per-token activations | the decoder holds the prefill's migrated weights (bit-equal, not the checkpoint's) and its one-step logits equal the prefill's (1e-4 of their std) |
 //! | bad recipes                                            | `smooth_alpha` outside (0, 1], without a calibration; `per_token` with `static`; an unknown `sensitivity` key (with a suggestion); `sensitivity` without a corpus or a target |
 
 use serde_json::Value;
@@ -278,4 +279,38 @@ fn bad_recipes_are_clear_errors() {
         run.stderr_has(message);
         assert_ne!(run.code, Some(0), "{stage}");
     }
+}
+
+#[test]
+fn a_smoothed_per_token_decoder_takes_the_prefills_migration_and_computes_its_logits() {
+    let cfg = reference::tiny_llama(RopeLayout::Interleaved);
+    let w = random_weights_scaled(&cfg, 9, 0.25);
+    let ws = q::workspace(&cfg, &w);
+    let both = q::EXPORT.replace("variants = [\"prefill\"]", "variants = [\"prefill\", \"decoder\"]");
+    let stage = q::quantize_stage("recipe", "dynamic", Some("out/calibrate/calibration.json"), "per_token = true\nsmooth_alpha = 0.5")
+        .replace("deps = { model = \"out/export/prefill\",", "deps = { model = \"out/export/prefill\", decoder = \"out/export/decoder\",");
+    ws.pipeline(&format!("{both}\n{}\n{stage}", q::calibrate_stage("calibrate", "method = \"minmax\"")));
+    ws.make_ok();
+    let r = ws.json("out/recipe/quantize.json");
+    assert_eq!(r["decoder"]["quantized"], r["quantized"], "{r}");
+    assert_eq!(r["decoder"]["verified"], r["quantized"], "{r}");
+    // The decoder holds the prefill's migrated weights, not the checkpoint's.
+    for name in ["blk.0.attn_norm.weight", "blk.1.ffn_norm.weight"] {
+        let prefill = written_initializer(&ws.path("out/recipe/prefill/model.onnx"), name);
+        let decoder = written_initializer(&ws.path("out/recipe/decoder/model.onnx"), name);
+        assert_eq!(prefill, decoder, "{name}");
+        assert_ne!(decoder, w[name].1, "{name} was migrated");
+    }
+    // The prompt in one step: the same rows as the prefill, so the same per-token ranges.
+    let ids = q::corpus_ids(cfg.vocab_size);
+    let prefill = q::ort_logits(&ws.path("out/recipe/prefill/model.onnx"), &ids[..9]);
+    let session = crate::support::ort().session(&ws.path("out/recipe/decoder/model.onnx"), &tr118::runtime::SessionOptions::default()).unwrap();
+    let mut decoder = tr118::runtime::Decoder::new(session).unwrap();
+    let prompt: Vec<i64> = ids[..9].iter().map(|&i| i64::from(i)).collect();
+    let mut cache = decoder.empty_cache(1).unwrap();
+    let logits = decoder.step(&mut cache, &prompt, 9).unwrap();
+    let rows: Vec<Vec<f64>> =
+        logits.outer_iter().flat_map(|b| b.outer_iter().map(|r| r.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>()).collect::<Vec<_>>()).collect();
+    let diff = q::max_abs_diff(&rows, &prefill);
+    assert!(diff <= 1e-4 * q::std_dev(&prefill), "one 9-token decoder step differs from the prefill by {diff}");
 }
