@@ -65,12 +65,7 @@ pub const SETS: &[Set] = &[
             "src/artifact/calibration.rs",
         ],
     },
-    // The sensitivity pass samples and tokenizes its windows as `calibrate` does.
-    Set {
-        name: "quantize",
-        version: 2,
-        files: &["src/stage/quantize.rs", "src/stage/calibrate.rs", "src/quant", "src/onnx", "src/artifact/calibration.rs", "src/artifact/quantize.rs"],
-    },
+    Set { name: "quantize", version: 3, files: &["src/stage/quantize.rs", "src/quant", "src/onnx", "src/artifact/calibration.rs", "src/artifact/quantize.rs"] },
     Set {
         name: "trt_build",
         version: 3,

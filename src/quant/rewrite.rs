@@ -129,7 +129,8 @@ pub struct Options {
     pub per_channel: bool,
     /// Glob patterns over node names, output names and weight initializer names.
     pub exclude: Vec<String>,
-    /// Dynamic only: one symmetric int8 scale per token (row of A) instead of one per tensor.
+    /// Dynamic only: one 8-bit range per token (row of A) instead of one per tensor (see
+    /// `per_token` in the module doc).
     pub per_token: bool,
     /// When set, only these MatMul/Gemm nodes (by name) are quantized and every other one is
     /// left float without a recorded reason: the sensitivity pass's one-op models.
@@ -373,7 +374,7 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
     let mut via: HashSet<String> = HashSet::new();
     let mut old_weights: HashSet<String> = HashSet::new();
     let graph = model.graph();
-    // Per-token: each activation quantized once, `(int8 tensor, per-row scale)`.
+    // Per token: each activation's rows normalized once, `(shifted rows, row factor)`.
     let mut per_token: HashMap<String, (String, String)> = HashMap::new();
 
     for (site, w) in &plan {
@@ -466,20 +467,17 @@ pub fn quantize(model: &Model, opts: &Options, calibration: Option<&Calibration>
                 let product = if c.is_some() { names.fresh(format!("{p}_product")) } else { site.output.clone() };
                 let scale = names.fresh(format!("{p}_scale"));
                 nodes.push(node(names.fresh(format!("{p}_scale_Mul")), "Mul", &[&asc, &w_scale], &[&scale], vec![]));
-                match rows {
-                    Some(factor) => {
-                        // (a_n + 128) · W − 128 · Σ_k W[k, ·] = a_n · W; the correction is a
-                        // constant `Add`, which ONNX Runtime fuses into the product as its bias.
-                        let shifted = names.fresh(format!("{p}_shifted_product"));
-                        nodes.push(node(names.fresh(format!("{p}_output_Mul")), "Mul", &[&as_float, &scale], &[&shifted], vec![]));
-                        let correction = names.fresh(format!("{p}_shift_correction"));
-                        let values: Vec<f32> = qw.column_sums.iter().map(|c| -SHIFT * alpha * c).collect();
-                        new_inits.push(f32_tensor(&correction, vec![values.len() as i64], &values));
-                        let normalized = names.fresh(format!("{p}_normalized_product"));
-                        nodes.push(node(names.fresh(format!("{p}_shift_Add")), "Add", &[&shifted, &correction], &[&normalized], vec![]));
-                        nodes.push(node(names.fresh(format!("{p}_rows_Mul")), "Mul", &[&normalized, &factor], &[&product], vec![]));
-                    }
-                    None => nodes.push(node(names.fresh(format!("{p}_output_Mul")), "Mul", &[&as_float, &scale], &[&product], vec![])),
+                let scaled = if rows.is_some() { names.fresh(format!("{p}_shifted_product")) } else { product.clone() };
+                nodes.push(node(names.fresh(format!("{p}_output_Mul")), "Mul", &[&as_float, &scale], &[&scaled], vec![]));
+                if let Some(factor) = rows {
+                    // (a_n + 128) · W − 128 · Σ_k W[k, ·] = a_n · W; the correction is a
+                    // constant `Add`, which ONNX Runtime fuses into the product as its bias.
+                    let correction = names.fresh(format!("{p}_shift_correction"));
+                    let values: Vec<f32> = qw.column_sums.iter().map(|c| -SHIFT * alpha * c).collect();
+                    new_inits.push(f32_tensor(&correction, vec![values.len() as i64], &values));
+                    let normalized = names.fresh(format!("{p}_normalized_product"));
+                    nodes.push(node(names.fresh(format!("{p}_shift_Add")), "Add", &[&scaled, &correction], &[&normalized], vec![]));
+                    nodes.push(node(names.fresh(format!("{p}_rows_Mul")), "Mul", &[&normalized, &factor], &[&product], vec![]));
                 }
                 if let Some(c) = c {
                     let beta = attr(original, "beta").and_then(|x| x.f).unwrap_or(1.0);
@@ -599,13 +597,12 @@ pub fn verify(back: &Model, scheme: Scheme, rewrite: &mut Rewrite) -> Written {
                 // Per token the product is `Mul(Add(Mul(Cast, scale), correction), row factor)`.
                 let end = end.map(|mul| made_by(&mul.input[0], "Add").and_then(|add| made_by(&add.input[0], "Mul")).unwrap_or(mul));
                 end.and_then(|mul| made_by(&mul.input[0], "Cast")).and_then(|cast| made_by(&cast.input[0], "MatMulInteger")).is_some_and(|mi| {
-                    // Per token, `DynamicQuantizeLinear` reads `Mul(activation, 127 / row range)`.
+                    // Per token, `DynamicQuantizeLinear` reads `Add(Mul(activation, 127 / row range), 128)`.
                     let reads_activation = |d: &NodeProto| {
                         d.input[0] == op.activation
                             || made_by(&d.input[0], "Add").and_then(|add| made_by(&add.input[0], "Mul")).is_some_and(|m| m.input[0] == op.activation)
                     };
-                    let per_tensor = || made_by(&mi.input[0], "DynamicQuantizeLinear").is_some_and(reads_activation);
-                    int8_init(&mi.input[1], op.k, op.n) && per_tensor()
+                    int8_init(&mi.input[1], op.k, op.n) && made_by(&mi.input[0], "DynamicQuantizeLinear").is_some_and(reads_activation)
                 })
             }
         };

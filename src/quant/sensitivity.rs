@@ -135,6 +135,8 @@ pub(crate) struct Pass<'a> {
     pub calibration: Option<&'a Calibration>,
     /// Token windows, batch 1 each.
     pub windows: &'a [Vec<i64>],
+    /// Where each window starts in the corpus (recorded, not read).
+    pub sample_starts: &'a [usize],
     /// The relative perplexity change to meet.
     pub target: f64,
     /// Where candidate models are written.
@@ -143,7 +145,7 @@ pub(crate) struct Pass<'a> {
 
 /// The pass (module doc).
 pub(crate) fn run(pass: &Pass<'_>, log: &mut dyn Write) -> Result<Sensitivity, QuantError> {
-    let Pass { rt, base, opts, calibration: cal, windows, target, scratch } = *pass;
+    let Pass { rt, base, opts, calibration: cal, windows, sample_starts, target, scratch } = *pass;
     let started = std::time::Instant::now();
     let (float_nll, _, reference) = evaluate(rt, &base.path, windows, None)?;
     let _ = writeln!(log, "sensitivity: float NLL {float_nll:.5} over {} windows", windows.len());
@@ -194,7 +196,7 @@ pub(crate) fn run(pass: &Pass<'_>, log: &mut dyn Write) -> Result<Sensitivity, Q
         target,
         samples: windows.len(),
         seq_len: windows.first().map_or(0, Vec::len),
-        sample_starts: Vec::new(),
+        sample_starts: sample_starts.to_vec(),
         float_nll,
         ranking,
         steps,

@@ -91,51 +91,6 @@ struct Config {
     trt_version: String,
 }
 
-/// The token ids of the text at `corpus` (its document markers stripped with `strip`), whole,
-/// without truncation.
-pub(crate) fn corpus_ids(corpus: &std::path::Path, tokenizer: &std::path::Path, strip: bool) -> Result<Vec<u32>, StageError> {
-    let text = std::fs::read_to_string(corpus).map_err(StageError::io("reading corpus", corpus))?;
-    let text = if strip { super::corpus::strip_doc_markers(&text) } else { text };
-    let mut tokenizer = crate::tokenizer::load_tokenizer_json(tokenizer).map_err(|e| e.to_string())?;
-    tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
-    let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;
-    Ok(encoding.get_ids().to_vec())
-}
-
-/// SplitMix64: a seeded, portable stream for choosing sample windows.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max` (rejection sampling, so no value is favoured).
-    fn below_or_equal(&mut self, max: u64) -> u64 {
-        if max == u64::MAX {
-            return self.next();
-        }
-        let span = max + 1;
-        let zone = u64::MAX - u64::MAX % span;
-        loop {
-            let v = self.next();
-            if v < zone {
-                return v % span;
-            }
-        }
-    }
-}
-
-/// The first token of each of `samples` windows of `seq_len` over `n` tokens.
-pub(crate) fn sample_starts(n: usize, seq_len: usize, samples: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64(seed);
-    (0..samples).map(|_| rng.below_or_equal((n - seq_len) as u64) as usize).collect()
-}
-
 impl Kind for Calibrate {
     const NAME: &'static str = "calibrate";
     const FIELDS: &'static [&'static str] = FIELDS;
@@ -237,7 +192,7 @@ impl Kind for Calibrate {
         let tokenizer_path = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
         let corpus_path = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
 
-        let ids = corpus_ids(&corpus_path, &tokenizer_path, c.strip)?;
+        let ids = super::corpus::corpus_ids(&corpus_path, &tokenizer_path, c.strip)?;
         let ids = ids.as_slice();
         if ids.len() < seq_len {
             return Err(format!(
@@ -247,7 +202,7 @@ impl Kind for Calibrate {
             )
             .into());
         }
-        let starts = sample_starts(ids.len(), seq_len, samples, seed);
+        let starts = super::corpus::sample_starts(ids.len(), seq_len, samples, seed);
         let windows: Vec<Vec<i64>> = starts.iter().map(|&s| ids[s..s + seq_len].iter().map(|&t| i64::from(t)).collect()).collect();
         let _ = writeln!(cx.log, "corpus `{}`: {} tokens; {samples} samples of {seq_len} tokens, seed {seed}", corpus_path.display(), ids.len());
 
@@ -293,20 +248,5 @@ impl Kind for Calibrate {
         super::output::write_json(&cx.root.join(&cx.outs["calibration"]), &record)?;
         let _ = writeln!(cx.log, "{} tensors calibrated ({}) in {elapsed_s:.2}s; cache header `{header}`", record.tensors.len(), method.name());
         Ok(Outcome::Ok)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sample_starts;
-
-    #[test]
-    fn sample_windows_stay_inside_the_corpus_and_follow_the_seed() {
-        let a = sample_starts(100, 10, 500, 7);
-        assert!(a.iter().all(|&s| s <= 90));
-        assert!(a.contains(&0) && a.contains(&90), "both ends are reachable");
-        assert_eq!(a, sample_starts(100, 10, 500, 7));
-        assert_ne!(a, sample_starts(100, 10, 500, 8));
-        assert_eq!(sample_starts(10, 10, 3, 1), vec![0, 0, 0]);
     }
 }

@@ -58,7 +58,6 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::corpus::strip_doc_markers;
 use super::{Kind, LowerCx, LowerError, Outcome, RunCx, StageError};
 use crate::artifact::perplexity::Perplexity as Report;
 use crate::backend::{self, BackendError, BackendSpec};
@@ -137,13 +136,7 @@ impl Kind for Perplexity {
         let tokenizer_path = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
         let corpus_path = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
 
-        let text = std::fs::read_to_string(&corpus_path).map_err(StageError::io("reading corpus", &corpus_path))?;
-        let text = if c["strip"].as_bool().unwrap_or(true) { strip_doc_markers(&text) } else { text };
-        let mut tokenizer = crate::tokenizer::load_tokenizer_json(&tokenizer_path).map_err(|e| e.to_string())?;
-        // A truncation setting in the file would silently cut the corpus.
-        tokenizer.with_truncation(None).map_err(|e| e.to_string())?;
-        let encoding = tokenizer.encode(text.as_str(), false).map_err(|e| format!("tokenizing the corpus: {e}"))?;
-        let mut ids: Vec<u32> = encoding.get_ids().to_vec();
+        let mut ids = super::corpus::corpus_ids(&corpus_path, &tokenizer_path, c["strip"].as_bool().unwrap_or(true))?;
         if let Some(max) = c["max_tokens"].as_u64() {
             ids.truncate(max as usize);
         }

@@ -373,10 +373,7 @@ impl Kind for Quantize {
             }
             None => None,
         };
-        let migrated = match &migration {
-            Some(m) => Some(m.apply(&source).map_err(|e| e.to_string())?),
-            None => None,
-        };
+        let migrated = migration.as_ref().map(|m| m.apply(&source)).transpose().map_err(|e| e.to_string())?;
         let float_dir = cx.scratch.join("float");
         let base = if migrated.is_some() || sensitivity.is_some() {
             let from = migrated.as_ref().unwrap_or(&source);
@@ -423,7 +420,7 @@ impl Kind for Quantize {
             Some(sc) => {
                 let tokenizer = dep("tokenizer").ok_or_else(|| StageError::NoDep("tokenizer".into()))?;
                 let corpus = dep("corpus").ok_or_else(|| StageError::NoDep("corpus".into()))?;
-                let ids = super::calibrate::corpus_ids(&corpus, &tokenizer, sc.strip)?;
+                let ids = super::corpus::corpus_ids(&corpus, &tokenizer, sc.strip)?;
                 if ids.len() < sc.skip + sc.seq_len {
                     return Err(format!(
                         "the corpus `{}` has {} tokens, fewer than `sensitivity.skip` + `seq_len` ({} + {})",
@@ -435,7 +432,7 @@ impl Kind for Quantize {
                     .into());
                 }
                 let starts: Vec<usize> =
-                    super::calibrate::sample_starts(ids.len() - sc.skip, sc.seq_len, sc.samples, sc.seed).into_iter().map(|s| s + sc.skip).collect();
+                    super::corpus::sample_starts(ids.len() - sc.skip, sc.seq_len, sc.samples, sc.seed).into_iter().map(|s| s + sc.skip).collect();
                 let windows: Vec<Vec<i64>> = starts.iter().map(|&s| ids[s..s + sc.seq_len].iter().map(|&t| i64::from(t)).collect()).collect();
                 let scratch = cx.scratch.join("sensitivity");
                 let pass = quant::sensitivity::Pass {
@@ -444,12 +441,12 @@ impl Kind for Quantize {
                     opts: &opts,
                     calibration: calibration.as_ref(),
                     windows: &windows,
+                    sample_starts: &starts,
                     target: sc.target,
                     scratch: &scratch,
                 };
-                let mut found = quant::sensitivity::run(&pass, cx.log).map_err(|e| format!("the sensitivity pass: {e}"))?;
+                let found = quant::sensitivity::run(&pass, cx.log).map_err(|e| format!("the sensitivity pass: {e}"))?;
                 let _ = std::fs::remove_dir_all(&scratch);
-                found.sample_starts = starts;
                 let _ = writeln!(cx.log, "sensitivity: {} of {} ops left in float to meet {}", found.exclude.len(), found.ranking.len(), sc.target);
                 opts.exclude.extend(found.exclude.iter().cloned());
                 Some(found)
@@ -541,6 +538,7 @@ fn quantize_decoder(
 ) -> Result<artifact::Decoder, String> {
     let source = super::onnx_file(path)?;
     let model = Model::load(&source).map_err(|e| e.to_string())?;
+    let source_digest = model.digest().map_err(|e| e.to_string())?;
     // The same weights under the same names: the prefill's migration applies as it is.
     let model = match migration {
         Some(m) => m.apply(&model).map_err(|e| format!("decoder: {e}"))?,
@@ -561,7 +559,7 @@ fn quantize_decoder(
         written.verified
     );
     Ok(artifact::Decoder {
-        source_digest: Model::load(&source).and_then(|m| m.digest()).map_err(|e| e.to_string())?,
+        source_digest,
         matmul_total: rewrite.matmul_total,
         quantized: rewrite.quantized.len(),
         verified: written.verified,
@@ -606,7 +604,9 @@ fn describe(scheme: Scheme, per_channel: bool, per_token: bool) -> (String, Stri
     let activations = match (scheme, per_token) {
         (Scheme::Static, _) => "int8 symmetric (zero point 0), per tensor, scale from the calibration",
         (Scheme::Dynamic, false) => "uint8 with zero point, per tensor, computed at run time by DynamicQuantizeLinear",
-        (Scheme::Dynamic, true) => "int8 symmetric (zero point 0), per token (one scale per row), computed at run time",
+        (Scheme::Dynamic, true) => {
+            "uint8, per token: each row scaled to ±127 and shifted into [1, 255], then DynamicQuantizeLinear; the shift and the row's range taken back out of the product"
+        }
     };
     let weights = if per_channel {
         "int8 symmetric (zero point 0), per output channel (axis 1 of the [K, N] weight)"
