@@ -4,16 +4,18 @@
 //! cache), 2 bad input or usage.
 
 use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::engine::progress::NodeRecord;
 use crate::engine::progress::{Cache, RecordStatus, Reporter, reasons_text};
 use crate::engine::run::Summary;
 use crate::engine::run::{self, Options};
-use crate::engine::{self, Plan, State};
+use crate::engine::{self, Plan, State, index};
 use crate::graph::Graph;
 use crate::pipeline::Pipeline;
 use crate::remote::{self, Remote};
@@ -44,6 +46,13 @@ struct ParamArgs {
 }
 
 /// The remote cache on the command line (see `remote` for the layout and the environment).
+impl RemoteArgs {
+    /// The arguments as words, for the no-op index's request.
+    fn words(&self) -> Vec<String> {
+        vec![format!("{:?}", self.remote_cache), format!("{:?}", self.remote_read_only)]
+    }
+}
+
 #[derive(clap::Args)]
 struct RemoteArgs {
     /// Remote cache URL; overrides `TR118_REMOTE_CACHE` and `[cache] remote`
@@ -205,20 +214,40 @@ fn dispatch(cli: Cli) -> Result<u8> {
     let verbose = cli.verbose;
     match cli.command {
         Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, remote, params } => {
-            let ws = Workspace::load(&root, &file, &params)?;
+            let overrides = parse_params(&params)?;
+            let request = index::Request::new(&file, &overrides, &targets, &remote.words());
+            if let Some(request) = &request
+                && let Some(code) = noop_make(&root, request, dry_run, json, verbose)?
+            {
+                return Ok(code);
+            }
+            let ws = Workspace::load(&root, &file, &overrides)?;
             let remote = ws.remote(&remote)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let opts = Options { jobs, keep_going, remote: remote.as_ref(), fetch_only: false };
-            let code = ws.make(&targets, opts, dry_run, json, no_wait, verbose);
+            let code = ws.make(&targets, opts, dry_run, json, no_wait, verbose, request.as_ref());
             // The process ends here: freeing every node's allocations one by one would cost
             // more than the rest of a no-op make on a large graph.
             std::mem::forget(ws);
             code
         }
-        Command::Status { targets, json, params } => Workspace::load(&root, &file, &params)?.status(&targets, json),
-        Command::Why { node, params } => Workspace::load(&root, &file, &params)?.why(&node, verbose),
+        Command::Status { targets, json, params } => {
+            let overrides = parse_params(&params)?;
+            let request = index::Request::new(&file, &overrides, &targets, &[]);
+            if let Some(request) = &request {
+                match index::check(&Store::at(&root), request) {
+                    Ok(fresh) => {
+                        explain_index(verbose, Ok(&fresh));
+                        return noop_status(&fresh, json);
+                    }
+                    Err(why) => explain_index(verbose, Err(&why)),
+                }
+            }
+            Workspace::load(&root, &file, &overrides)?.status(&targets, json, request.as_ref())
+        }
+        Command::Why { node, params } => Workspace::load(&root, &file, &parse_params(&params)?)?.why(&node, verbose),
         Command::Graph { targets, format } => {
-            let ws = Workspace::load(&root, &file, &ParamArgs { params: Vec::new() })?;
+            let ws = Workspace::load(&root, &file, &[])?;
             let selected = ws.graph.select(&targets).map_err(Fail::Input)?;
             print!(
                 "{}",
@@ -229,16 +258,16 @@ fn dispatch(cli: Cli) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::Gc { dry_run, params } => Workspace::load(&root, &file, &params)?.gc(dry_run),
+        Command::Gc { dry_run, params } => Workspace::load(&root, &file, &parse_params(&params)?)?.gc(dry_run),
         Command::Fsck { repair } => fsck(&root, repair),
         Command::Clean { all } => clean(&root, all),
         Command::Cache { command: CacheCommand::Push { targets, remote, params } } => {
-            let ws = Workspace::load(&root, &file, &params)?;
+            let ws = Workspace::load(&root, &file, &parse_params(&params)?)?;
             let remote = ws.remote(&remote)?.ok_or_else(no_remote)?;
             ws.push(&targets, &remote)
         }
         Command::Cache { command: CacheCommand::Pull { targets, jobs, remote, params } } => {
-            let ws = Workspace::load(&root, &file, &params)?;
+            let ws = Workspace::load(&root, &file, &parse_params(&params)?)?;
             let remote = ws.remote(&remote)?.ok_or_else(no_remote)?;
             ws.pull(&targets, &remote, jobs.unwrap_or(remote::upload::THREADS), verbose)
         }
@@ -293,9 +322,8 @@ fn save_stat(store: &Store, stat: &mut StatCache) -> Result<()> {
 }
 
 impl Workspace {
-    fn load(root: &Path, file: &Path, params: &ParamArgs) -> Result<Workspace> {
-        let overrides = parse_params(params)?;
-        let pipeline = Pipeline::load(file, &overrides, crate::stage::registry()).map_err(|d| Fail::Input(d.to_string()))?;
+    fn load(root: &Path, file: &Path, overrides: &[(String, String)]) -> Result<Workspace> {
+        let pipeline = Pipeline::load(file, overrides, crate::stage::registry()).map_err(|d| Fail::Input(d.to_string()))?;
         let graph = Graph::build(pipeline, root).map_err(|d| Fail::Input(d.to_string()))?;
         Ok(Workspace { graph, store: Store::at(root) })
     }
@@ -313,7 +341,8 @@ impl Workspace {
         Ok(engine::plan::plan(&self.graph, &self.store, stat, selected)?)
     }
 
-    fn make(&self, targets: &[String], opts: Options, dry_run: bool, json: bool, no_wait: bool, verbose: u8) -> Result<u8> {
+    #[allow(clippy::too_many_arguments)]
+    fn make(&self, targets: &[String], opts: Options, dry_run: bool, json: bool, no_wait: bool, verbose: u8, request: Option<&index::Request>) -> Result<u8> {
         let t0 = Instant::now();
         if dry_run {
             let mut stat = stat_cache(&self.store);
@@ -324,7 +353,7 @@ impl Workspace {
             }
             if !json {
                 eprintln!("{} of {} nodes would run", plan.stale_count(), plan.selected.len());
-                print_causes(&self.graph, &plan, &|l| eprintln!("{l}"));
+                causes(&self.graph, &plan).iter().for_each(|l| eprintln!("{l}"));
             }
             return Ok(0);
         }
@@ -333,6 +362,11 @@ impl Workspace {
         store.clear_tmp()?;
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(targets, &mut stat)?;
+        if let Some(request) = request
+            && plan.stale_count() == 0
+        {
+            self.record_index(&mut stat, &plan, request, opts.remote.is_some());
+        }
         let cascaded = plan.cascaded();
         let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
         let reporter = Reporter::new(json, verbose, plan.stale_count());
@@ -342,27 +376,14 @@ impl Workspace {
         save_stat(&self.store, &mut stat)?;
         let summary = result?;
 
-        let ran = summary.count(|r| r.cache == Cache::Miss);
         let failed = summary.count(|r| r.status == RecordStatus::Failed);
-        let mut parts = vec![format!("{ran} ran"), format!("{} fresh", summary.count(|r| r.cache == Cache::Hit))];
-        for (n, what) in [
-            (summary.count(|r| r.restored), "restored from cache"),
-            (summary.count(|r| r.status == RecordStatus::Degraded), "degraded"),
-            (failed, "failed"),
-            (summary.count(|r| r.status == RecordStatus::Skipped), "skipped"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        }
         let cascaded: HashSet<&str> = cascaded.iter().map(|&i| self.graph.id(i)).collect();
         let rerun_by_cascade = summary.records.iter().filter(|r| r.cache == Cache::Miss && cascaded.contains(r.id.as_str())).count();
-        let traffic = remote.map_or(String::new(), |r| format!("; cache: {}", cache_traffic(&summary, r)));
-        eprintln!("{} nodes: {} in {:.2}s{traffic}", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64());
+        eprintln!("{}", summary_line(&summary, t0, remote.map(|r| (r.bytes_down(), r.bytes_up()))));
         // A root the remote cache provided did not rerun after all.
         let restored: HashSet<&str> = summary.records.iter().filter(|r| r.remote.is_some()).map(|r| r.id.as_str()).collect();
         let roots: Vec<(usize, String)> = roots.into_iter().filter(|(i, _)| !restored.contains(self.graph.id(*i))).collect();
-        print_roots(&self.graph, &roots, rerun_by_cascade, &|l| eprintln!("{l}"));
+        root_lines(&self.graph, &roots, rerun_by_cascade).iter().for_each(|l| eprintln!("{l}"));
         for f in &summary.failures {
             eprintln!("error: `{}` failed: {}", f.node, f.error);
             let rel = f.log.strip_prefix(self.store.root()).unwrap_or(&f.log);
@@ -466,31 +487,42 @@ impl Workspace {
         Ok(0)
     }
 
-    fn status(&self, targets: &[String], json: bool) -> Result<u8> {
+    fn status(&self, targets: &[String], json: bool, request: Option<&index::Request>) -> Result<u8> {
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(targets, &mut stat)?;
-        // Saving the stat cache is an optimisation; skip it if someone else holds the lock.
+        // The stat cache and the index only save work; skip them if someone else holds the lock.
         if let Ok(Ok(_guard)) = self.store.lock(false, |_| {}) {
+            if let Some(request) = request
+                && plan.stale_count() == 0
+            {
+                // Configured or not, a remote cache changes nothing `status` prints.
+                self.record_index(&mut stat, &plan, request, false);
+            }
             save_stat(&self.store, &mut stat)?;
         }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for &i in &plan.selected {
             let r = plan.record(&self.graph, i);
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                match plan.state(i) {
-                    State::Fresh { result, .. } => {
-                        let extra = result.reason.as_ref().map_or(String::new(), |r| format!(" (degraded: {r})"));
-                        println!("fresh  {}{extra}", r.id);
-                    }
-                    State::Stale { reasons, .. } => println!("stale  {}: {}", r.id, reasons_text(reasons)),
-                }
-            }
+            let line = match plan.state(i) {
+                _ if json => serde_json::to_string(&r).unwrap_or_default(),
+                State::Fresh { result, .. } => status_fresh(&r.id, result.reason.as_deref()),
+                State::Stale { reasons, .. } => format!("stale  {}: {}", r.id, reasons_text(reasons)),
+            };
+            writeln!(out, "{line}")?;
         }
         if !json {
-            print_causes(&self.graph, &plan, &|l| println!("{l}"));
+            causes(&self.graph, &plan).iter().try_for_each(|l| writeln!(out, "{l}"))?;
         }
+        out.flush()?;
         Ok(0)
+    }
+
+    /// Writes the no-op index for a plan with nothing stale (see `engine::index`). It only
+    /// saves work, so a failure to write it is a warning.
+    fn record_index(&self, stat: &mut StatCache, plan: &Plan, request: &index::Request, remote: bool) {
+        if let Err(e) = index::record(&self.store, stat, &self.graph, plan, request, remote) {
+            eprintln!("warning: cannot write the no-op index under `cache/index/`: {e}");
+        }
     }
 
     fn why(&self, target: &str, verbose: u8) -> Result<u8> {
@@ -572,30 +604,113 @@ impl Workspace {
     }
 }
 
+/// `make`'s last line: `N nodes: R ran, F fresh, … in T s`, and with a remote cache (its
+/// bytes down and up) what it moved.
+fn summary_line(summary: &Summary, t0: Instant, remote: Option<(u64, u64)>) -> String {
+    let ran = summary.count(|r| r.cache == Cache::Miss);
+    let mut parts = vec![format!("{ran} ran"), format!("{} fresh", summary.count(|r| r.cache == Cache::Hit))];
+    for (n, what) in [
+        (summary.count(|r| r.restored), "restored from cache"),
+        (summary.count(|r| r.status == RecordStatus::Degraded), "degraded"),
+        (summary.count(|r| r.status == RecordStatus::Failed), "failed"),
+        (summary.count(|r| r.status == RecordStatus::Skipped), "skipped"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    let traffic = remote.map_or(String::new(), |(down, up)| format!("; cache: {}", cache_traffic(summary, down, up)));
+    format!("{} nodes: {} in {:.2}s{traffic}", summary.records.len(), parts.join(", "), t0.elapsed().as_secs_f64())
+}
+
 /// `N local hits, M remote hits, X MB down, Y MB up, ~T s saved`: the time saved is the
 /// recorded run time of the nodes the remote cache provided.
-fn cache_traffic(summary: &Summary, remote: &Remote) -> String {
+fn cache_traffic(summary: &Summary, down: u64, up: u64) -> String {
     let remote_hits = summary.count(|r| r.remote.is_some());
     let local_hits = summary.count(|r| r.cache == Cache::Hit && r.remote.is_none());
     // A fold from +0.0: an empty float `sum` is -0.0, which would print as `~-0.0 s`.
     let saved_ms = summary.records.iter().filter_map(|r| r.remote.as_ref()).fold(0.0, |t, h| t + h.saved_ms);
-    format!(
-        "{local_hits} local hits, {remote_hits} remote hits, {} down, {} up, ~{:.1} s saved",
-        megabytes(remote.bytes_down()),
-        megabytes(remote.bytes_up()),
-        saved_ms / 1000.0
-    )
+    format!("{local_hits} local hits, {remote_hits} remote hits, {} down, {} up, ~{:.1} s saved", megabytes(down), megabytes(up), saved_ms / 1000.0)
+}
+
+/// `status`'s line for a fresh node.
+fn status_fresh(id: &str, degraded: Option<&str>) -> String {
+    degraded.map_or_else(|| format!("fresh  {id}"), |r| format!("fresh  {id} (degraded: {r})"))
+}
+
+/// `make` when the no-op index of `request` still holds: every node fresh, nothing parsed.
+/// `None` sends the request down the full path: no index, something changed, or another
+/// process holds the cache (it may be changing what the index vouches for).
+fn noop_make(root: &Path, request: &index::Request, dry_run: bool, json: bool, verbose: u8) -> Result<Option<u8>> {
+    let t0 = Instant::now();
+    let store = Store::at(root);
+    let _guard = if dry_run {
+        None
+    } else {
+        if !store.dir().join("lock").exists() {
+            return Ok(None);
+        }
+        let Ok(guard) = store.lock(false, |_| {})? else { return Ok(None) };
+        store.clear_tmp()?;
+        Some(guard)
+    };
+    let fresh = match index::check(&store, request) {
+        Ok(fresh) => fresh,
+        Err(why) => {
+            explain_index(verbose, Err(&why));
+            return Ok(None);
+        }
+    };
+    explain_index(verbose, Ok(&fresh));
+    let summary = Summary { records: fresh.nodes.iter().map(index_record).collect(), failures: Vec::new() };
+    let reporter = Reporter::new(json, if dry_run { verbose.max(1) } else { verbose }, 0);
+    summary.records.iter().for_each(|r| reporter.finished(r));
+    if dry_run {
+        if !json {
+            eprintln!("0 of {} nodes would run", summary.records.len());
+        }
+    } else {
+        eprintln!("{}", summary_line(&summary, t0, fresh.remote.then_some((0, 0))));
+    }
+    Ok(Some(0))
+}
+
+/// With `-v`, whether the no-op index held, and if not, why: the first thing it found changed.
+fn explain_index(verbose: u8, outcome: std::result::Result<&index::Fresh, &str>) {
+    if verbose == 0 {
+        return;
+    }
+    match outcome {
+        Ok(f) => eprintln!("no-op index holds: {} paths and {} facets unchanged", f.paths, f.facets),
+        Err(why) => eprintln!("no-op index: {why}; planning in full"),
+    }
+}
+
+/// `status` when the no-op index holds.
+fn noop_status(fresh: &index::Fresh, json: bool) -> Result<u8> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for n in &fresh.nodes {
+        let line = if json { serde_json::to_string(&index_record(n)).unwrap_or_default() } else { status_fresh(&n.id, n.reason.as_deref()) };
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn index_record(n: &index::Node) -> NodeRecord {
+    NodeRecord::hit_as(&n.id, &n.key, n.status, n.reason.clone(), false, None)
 }
 
 /// Root causes and the size of the cascade, for `status` and `make --dry-run`.
-fn print_causes(graph: &Graph, plan: &Plan, out: &dyn Fn(&str)) {
+fn causes(graph: &Graph, plan: &Plan) -> Vec<String> {
     let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
-    print_roots(graph, &roots, plan.cascaded().len(), out);
+    root_lines(graph, &roots, plan.cascaded().len())
 }
 
-fn print_roots(graph: &Graph, roots: &[(usize, String)], cascade: usize, out: &dyn Fn(&str)) {
+fn root_lines(graph: &Graph, roots: &[(usize, String)], cascade: usize) -> Vec<String> {
+    let mut out = Vec::new();
     if roots.is_empty() {
-        return;
+        return out;
     }
     // Nodes with the same cause are one line: a first build is "never built" for many.
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -615,15 +730,16 @@ fn print_roots(graph: &Graph, roots: &[(usize, String)], cascade: usize, out: &d
                 format!("{} nodes ({}{more})", many.len(), named.join(", "))
             }
         };
-        out(&format!("  root cause: {who}: {text}"));
+        out.push(format!("  root cause: {who}: {text}"));
     }
     if groups.len() > SHOWN {
-        out(&format!("  …and {} other root causes", groups.len() - SHOWN));
+        out.push(format!("  …and {} other root causes", groups.len() - SHOWN));
     }
     if cascade > 0 {
         let s = if cascade == 1 { "" } else { "s" };
-        out(&format!("  {cascade} downstream node{s} rerun because of {}", if roots.len() == 1 { "it" } else { "them" }));
+        out.push(format!("  {cascade} downstream node{s} rerun because of {}", if roots.len() == 1 { "it" } else { "them" }));
     }
+    out
 }
 
 fn tail(path: &Path, n: usize) -> Vec<String> {

@@ -17,6 +17,7 @@ use crate::key::{StageKey, StaleReason};
 use crate::store::statcache::StatCache;
 use crate::store::{ActionResult, OutputRecord, Store};
 
+pub(crate) mod index;
 pub(crate) mod plan;
 pub(crate) mod progress;
 pub(crate) mod run;

@@ -66,7 +66,12 @@ impl NodeRecord {
     /// A node whose cache entry was used: `restored` when its files under `out/` had to be
     /// written again, `remote` when the entry came from the remote cache.
     pub(crate) fn hit(id: &str, key: &Digest, result: &ActionResult, restored: bool, remote: Option<RemoteHit>) -> NodeRecord {
-        NodeRecord { detail: result.reason.clone(), restored, remote, ..NodeRecord::new(id, Some(key), Cache::Hit, outcome(result)) }
+        NodeRecord::hit_as(id, key, result.status, result.reason.clone(), restored, remote)
+    }
+
+    /// [`Self::hit`] from a result's status and reason alone.
+    pub(crate) fn hit_as(id: &str, key: &Digest, status: Status, reason: Option<String>, restored: bool, remote: Option<RemoteHit>) -> NodeRecord {
+        NodeRecord { detail: reason, restored, remote, ..NodeRecord::new(id, Some(key), Cache::Hit, outcome(status)) }
     }
 
     /// A node that ran for `reasons` and produced `result`.
@@ -75,7 +80,7 @@ impl NodeRecord {
             reason: Some(reasons_text(reasons)),
             detail: result.reason.clone(),
             duration_ms,
-            ..NodeRecord::new(id, Some(key), Cache::Miss, outcome(result))
+            ..NodeRecord::new(id, Some(key), Cache::Miss, outcome(result.status))
         }
     }
 
@@ -97,8 +102,8 @@ impl NodeRecord {
 }
 
 /// How a cached or fresh result reads in a record.
-fn outcome(result: &ActionResult) -> RecordStatus {
-    if result.status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok }
+fn outcome(status: Status) -> RecordStatus {
+    if status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok }
 }
 
 /// What a node taken from the remote cache moved and saved.

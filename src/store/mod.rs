@@ -309,7 +309,7 @@ impl Store {
         }
     }
 
-    fn manifest_path(&self, key: &Digest) -> PathBuf {
+    pub(crate) fn manifest_path(&self, key: &Digest) -> PathBuf {
         self.dir.join("actions").join(format!("{}.json", key.to_hex()))
     }
 
@@ -356,6 +356,12 @@ impl Store {
     /// The key `node` was last built with.
     pub(crate) fn read_ref(&self, node: &str) -> Option<Digest> {
         fs::read_to_string(self.ref_path(node)).ok().and_then(|s| Digest::from_hex(s.trim()))
+    }
+
+    /// Writes a file that only saves work (the no-op index): renamed into place, so never
+    /// seen half-written, but not fsynced.
+    pub(crate) fn write_cache_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.replace(path, bytes, false)
     }
 
     /// Refs only serve `why` and `gc` (a lost one means "never built" in an explanation), so

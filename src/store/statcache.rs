@@ -46,6 +46,12 @@ fn stamp(meta: &Metadata) -> (i128, i128, u64) {
     (m, m, 0)
 }
 
+/// Whether a file's mtime is so recent that a write in the same clock tick could leave its
+/// stat as it is: such a stat proves nothing about the content yet.
+pub(crate) fn racy(meta: &Metadata) -> bool {
+    meta.modified().ok().is_none_or(|m| SystemTime::now().duration_since(m).map_or(true, |age| age < RACY_WINDOW))
+}
+
 impl StatCache {
     /// Loads the cache; a missing or unreadable file is an empty cache, never an error.
     pub(crate) fn load(file: &Path) -> StatCache {
@@ -60,10 +66,9 @@ impl StatCache {
         (e.size == meta.len() && e.mtime == mtime && e.ctime == ctime && e.ino == ino).then_some(e.digest)
     }
 
-    /// Records `digest` for `rel` unless its mtime is too recent to be trusted.
+    /// Records `digest` for `rel` unless its stat is too recent to be trusted.
     pub(crate) fn record(&mut self, rel: &str, meta: &Metadata, digest: Digest) {
-        let racy = meta.modified().ok().is_none_or(|m| SystemTime::now().duration_since(m).map_or(true, |age| age < RACY_WINDOW));
-        if racy {
+        if racy(meta) {
             if self.entries.remove(rel).is_some() {
                 self.dirty = true;
             }

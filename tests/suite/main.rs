@@ -23,6 +23,7 @@ mod implementation;
 mod int8_recipes;
 mod limits;
 mod logit_diff;
+mod noop_index;
 mod perplexity;
 mod quantize;
 mod reference;
