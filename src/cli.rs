@@ -53,7 +53,7 @@ impl RemoteArgs {
     }
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct RemoteArgs {
     /// Remote cache URL; overrides `TR118_REMOTE_CACHE` and `[cache] remote`
     #[arg(long, value_name = "URL")]
@@ -233,7 +233,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Status { targets, json, params } => {
             let overrides = parse_params(&params)?;
-            let request = index::Request::new(&file, &overrides, &targets, &[]);
+            // The request of a plain `make` of the same targets: the two share one index.
+            let request = index::Request::new(&file, &overrides, &targets, &RemoteArgs::default().words());
             if let Some(request) = &request {
                 match index::check(&Store::at(&root), request) {
                     Ok(fresh) => {
@@ -492,11 +493,13 @@ impl Workspace {
         let plan = self.plan(targets, &mut stat)?;
         // The stat cache and the index only save work; skip them if someone else holds the lock.
         if let Ok(Ok(_guard)) = self.store.lock(false, |_| {}) {
+            // The index is `make`'s too, which says whether a remote cache is configured; one
+            // that is configured wrongly is `make`'s error to report, so no index then.
             if let Some(request) = request
                 && plan.stale_count() == 0
+                && let Ok(remote) = self.remote(&RemoteArgs::default())
             {
-                // Configured or not, a remote cache changes nothing `status` prints.
-                self.record_index(&mut stat, &plan, request, false);
+                self.record_index(&mut stat, &plan, request, remote.is_some());
             }
             save_stat(&self.store, &mut stat)?;
         }

@@ -156,8 +156,10 @@ fn a_no_op_from_the_index_says_what_the_full_path_says() {
     let full_status = p.tr(&["status"]);
     assert_eq!(fast_status.stdout, full_status.stdout);
     assert!(fast_status.stdout.contains("fresh  d (degraded: fell back to CPU: no GPU)"), "{fast_status}");
-    // `status` wrote the index again; `--json` from it matches the full path's records.
+    // `status` wrote the index again, the one `make` reads; `--json` from it matches the full
+    // path's records.
     assert_eq!(p.list("cache/index").len(), 1);
+    assert_served(&make_v(&p));
     let lines = |r: &Run| {
         let mut v: Vec<String> = r.stdout.lines().map(str::to_string).collect();
         v.sort();
@@ -373,4 +375,34 @@ fn another_binary_never_reads_this_ones_index() {
     fs::rename(dir.path().join("new"), &copy).unwrap();
     assert_not_served(&run(&copy), "none for this request yet");
     assert_served(&make_v(&p));
+}
+
+#[test]
+fn with_a_remote_cache_configured_the_summary_says_so_either_way() {
+    // Nothing listens there; a no-op never asks it anything.
+    let port = crate::support::nginx::free_port();
+    let p = project();
+    let p = p.env("TR118_REMOTE_CACHE", format!("http://127.0.0.1:{port}/"));
+    p.tr(&["make"]).success();
+    settle();
+    let full = p.tr(&["-v", "make"]);
+    full.success().stderr_has("no-op index: none for this request yet");
+    let fast = p.tr(&["-v", "make"]);
+    fast.success().stderr_has("no-op index holds:");
+    let summary = |r: &Run| line_after(&r.stderr, " nodes: ").split(" in ").next().unwrap().to_string();
+    let tail = |r: &Run| line_after(&r.stderr, " nodes: ").split_once("s; cache: ").map(|(_, t)| t.to_string());
+    assert_eq!(summary(&fast), summary(&full));
+    assert_eq!(tail(&fast), tail(&full), "{full}\n{fast}");
+    assert_eq!(tail(&fast).as_deref(), Some(format!("{} local hits, 0 remote hits, 0.0 MB down, 0.0 MB up, ~0.0 s saved", NODES.len()).as_str()));
+    // `status` writes the same index, remote and all.
+    fs::remove_dir_all(p.path("cache/index")).unwrap();
+    p.tr(&["status"]).success();
+    let again = p.tr(&["-v", "make"]);
+    again.success().stderr_has("no-op index holds:");
+    assert_eq!(tail(&again), tail(&full));
+}
+
+/// The line of `text` that holds `needle`.
+fn line_after<'a>(text: &'a str, needle: &str) -> &'a str {
+    text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with `{needle}` in\n{text}"))
 }
