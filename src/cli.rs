@@ -684,7 +684,10 @@ fn explain_index(verbose: u8, outcome: std::result::Result<&index::Fresh, &str>)
         return;
     }
     match outcome {
-        Ok(f) => eprintln!("no-op index holds: {} paths and {} facets unchanged", f.paths, f.facets),
+        Ok(f) => {
+            let s = |n: usize| if n == 1 { "" } else { "s" };
+            eprintln!("no-op index holds: {} path{} and {} facet{} unchanged", f.paths, s(f.paths), f.facets, s(f.facets));
+        }
         Err(why) => eprintln!("no-op index: {why}; planning in full"),
     }
 }
