@@ -506,12 +506,11 @@ impl Workspace {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for &i in &plan.selected {
             let r = plan.record(&self.graph, i);
-            let line = match plan.state(i) {
-                _ if json => serde_json::to_string(&r).unwrap_or_default(),
-                State::Fresh { result, .. } => status_fresh(&r.id, result.reason.as_deref()),
-                State::Stale { reasons, .. } => format!("stale  {}: {}", r.id, reasons_text(reasons)),
-            };
-            writeln!(out, "{line}")?;
+            match plan.state(i) {
+                _ if json => r.write_json(&mut out)?,
+                State::Fresh { result, .. } => writeln!(out, "{}", status_fresh(&r.id, result.reason.as_deref()))?,
+                State::Stale { reasons, .. } => writeln!(out, "stale  {}: {}", r.id, reasons_text(reasons))?,
+            }
         }
         if !json {
             causes(&self.graph, &plan).iter().try_for_each(|l| writeln!(out, "{l}"))?;
@@ -666,8 +665,15 @@ fn noop_make(root: &Path, request: &index::Request, dry_run: bool, json: bool, v
     };
     explain_index(verbose, Ok(&fresh));
     let summary = Summary { records: fresh.nodes.iter().map(index_record).collect(), failures: Vec::new() };
-    let reporter = Reporter::new(json, if dry_run { verbose.max(1) } else { verbose }, 0);
-    summary.records.iter().for_each(|r| reporter.finished(r));
+    if json {
+        // Thousands of records: one buffer, not one write per line.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        summary.records.iter().try_for_each(|r| r.write_json(&mut out))?;
+        out.flush()?;
+    } else {
+        let reporter = Reporter::new(false, if dry_run { verbose.max(1) } else { verbose }, 0);
+        summary.records.iter().for_each(|r| reporter.finished(r));
+    }
     if dry_run {
         if !json {
             eprintln!("0 of {} nodes would run", summary.records.len());
@@ -696,8 +702,11 @@ fn explain_index(verbose: u8, outcome: std::result::Result<&index::Fresh, &str>)
 fn noop_status(fresh: &index::Fresh, json: bool) -> Result<u8> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for n in &fresh.nodes {
-        let line = if json { serde_json::to_string(&index_record(n)).unwrap_or_default() } else { status_fresh(&n.id, n.reason.as_deref()) };
-        writeln!(out, "{line}")?;
+        if json {
+            index_record(n).write_json(&mut out)?;
+        } else {
+            writeln!(out, "{}", status_fresh(&n.id, n.reason.as_deref()))?;
+        }
     }
     out.flush()?;
     Ok(0)

@@ -101,6 +101,14 @@ impl NodeRecord {
     }
 }
 
+impl NodeRecord {
+    /// The record as one line of `--json`.
+    pub(crate) fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *out, self).map_err(std::io::Error::other)?;
+        writeln!(out)
+    }
+}
+
 /// How a cached or fresh result reads in a record.
 fn outcome(status: Status) -> RecordStatus {
     if status == Status::Degraded { RecordStatus::Degraded } else { RecordStatus::Ok }
@@ -171,9 +179,7 @@ impl Reporter {
 
     pub(crate) fn finished(&self, r: &NodeRecord) {
         if let Mode::Json = self.mode {
-            let mut out = std::io::stdout().lock();
-            let _ = serde_json::to_writer(&mut out, r);
-            let _ = writeln!(out);
+            let _ = r.write_json(&mut std::io::stdout().lock());
             return;
         }
         if let Mode::Bar(bar) = &self.mode
