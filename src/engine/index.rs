@@ -301,6 +301,17 @@ impl Collected {
         self.watch(rel, &meta)
     }
 
+    /// Records `out` itself: a directory, or a link to one elsewhere (a bigger disk, say),
+    /// watched as the link and as the directory it leads to.
+    fn watch_out(&mut self, root: &Path) -> Option<()> {
+        let meta = fs::symlink_metadata(root.join("out")).ok()?;
+        if !meta.file_type().is_symlink() {
+            return self.watch_dir(root, "out");
+        }
+        self.paths.insert("out".to_string(), Stamp::of(&meta)?);
+        self.watch_dir(root, "out/.")
+    }
+
     /// Records the tree at `rel`, every directory and file, when its files are those of
     /// `tree` (the listing a directory output or a directory dep hashes to).
     fn watch_tree(&mut self, stat: &mut StatCache, root: &Path, rel: &str, tree: &Tree) -> Option<()> {
@@ -350,10 +361,10 @@ impl Collected {
 fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> Option<Collected> {
     let root = store.root();
     let mut c = Collected::default();
-    // `out/` and the directories on the way to each output. The output itself is watched, and
-    // replacing an entry (with a link, say) moves its directory's mtime, so the output's own
-    // directory needs no watching: the one above it does.
-    let mut out_dirs = BTreeSet::from(["out".to_string()]);
+    // The directories on the way to each output below `out/`. The output itself is watched,
+    // and replacing an entry (with a link, say) moves its directory's mtime, so the output's
+    // own directory needs no watching: the one above it does.
+    let mut out_dirs = BTreeSet::new();
     for &i in &plan.selected {
         let State::Fresh { key, stage_key, result } = plan.state(i) else { return None };
         let node = &graph.pipeline.nodes[i];
@@ -387,7 +398,8 @@ fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> O
         }
         c.nodes.push(Node { id: node.id.clone(), key: *key, status: result.status, reason: result.reason.clone() });
     }
-    for d in &out_dirs {
+    c.watch_out(root)?;
+    for d in out_dirs.iter().filter(|d| *d != "out") {
         c.watch_dir(root, d)?;
     }
     for d in std::mem::take(&mut c.object_dirs) {

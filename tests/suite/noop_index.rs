@@ -406,3 +406,24 @@ fn with_a_remote_cache_configured_the_summary_says_so_either_way() {
 fn line_after<'a>(text: &'a str, needle: &str) -> &'a str {
     text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with `{needle}` in\n{text}"))
 }
+
+#[test]
+fn out_may_be_a_link_to_another_disk() {
+    let p = project();
+    let disk = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(disk.path(), p.path("out")).unwrap();
+    built_and_indexed(&p);
+    assert_eq!(fs::read_to_string(disk.path().join("b/y.txt")).unwrap(), "a\nb\n");
+    // The link pointed at a copy: the same bytes, other files.
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", disk.path().display())).arg(copy.path()).status().unwrap();
+    assert!(status.success());
+    fs::remove_file(p.path("out")).unwrap();
+    std::os::unix::fs::symlink(copy.path(), p.path("out")).unwrap();
+    let m = make_v(&p);
+    assert_not_served(&m, "`out` changed");
+    m.assert_ran(&[]);
+    assert!(m.records.iter().all(|r| !r.restored), "the copy holds every output");
+    reindex(&p);
+    assert!(p.take_runs().is_empty());
+}
