@@ -45,7 +45,6 @@ struct ParamArgs {
     params: Vec<String>,
 }
 
-/// The remote cache on the command line (see `remote` for the layout and the environment).
 impl RemoteArgs {
     /// The arguments as words, for the no-op index's request.
     fn words(&self) -> Vec<String> {
@@ -53,6 +52,7 @@ impl RemoteArgs {
     }
 }
 
+/// The remote cache on the command line (see `remote` for the layout and the environment).
 #[derive(clap::Args, Default)]
 struct RemoteArgs {
     /// Remote cache URL; overrides `TR118_REMOTE_CACHE` and `[cache] remote`
@@ -215,13 +215,14 @@ fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Make { targets, jobs, dry_run, keep_going, json, no_wait, remote, params } => {
             let overrides = parse_params(&params)?;
-            let request = index::Request::new(&file, &overrides, &targets, &remote.words());
+            let text = read_pipeline(&file)?;
+            let request = index::Request::new(&file, &text, &overrides, &targets, &remote.words());
             if let Some(request) = &request
                 && let Some(code) = noop_make(&root, request, dry_run, json, verbose)?
             {
                 return Ok(code);
             }
-            let ws = Workspace::load(&root, &file, &overrides)?;
+            let ws = Workspace::parse(&root, &file, text, &overrides)?;
             let remote = ws.remote(&remote)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let opts = Options { jobs, keep_going, remote: remote.as_ref(), fetch_only: false };
@@ -233,8 +234,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Status { targets, json, params } => {
             let overrides = parse_params(&params)?;
+            let text = read_pipeline(&file)?;
             // The request of a plain `make` of the same targets: the two share one index.
-            let request = index::Request::new(&file, &overrides, &targets, &RemoteArgs::default().words());
+            let request = index::Request::new(&file, &text, &overrides, &targets, &RemoteArgs::default().words());
             if let Some(request) = &request {
                 match index::check(&Store::at(&root), request) {
                     Ok(fresh) => {
@@ -244,7 +246,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                     Err(why) => explain_index(verbose, Err(&why)),
                 }
             }
-            Workspace::load(&root, &file, &overrides)?.status(&targets, json, request.as_ref())
+            Workspace::parse(&root, &file, text, &overrides)?.status(&targets, json, request.as_ref())
         }
         Command::Why { node, params } => Workspace::load(&root, &file, &parse_params(&params)?)?.why(&node, verbose),
         Command::Graph { targets, format } => {
@@ -287,6 +289,10 @@ fn megabytes(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
+fn read_pipeline(file: &Path) -> Result<String> {
+    Pipeline::read(file).map_err(|d| Fail::Input(d.to_string()))
+}
+
 fn parse_params(args: &ParamArgs) -> Result<Vec<(String, String)>> {
     args.params
         .iter()
@@ -324,7 +330,12 @@ fn save_stat(store: &Store, stat: &mut StatCache) -> Result<()> {
 
 impl Workspace {
     fn load(root: &Path, file: &Path, overrides: &[(String, String)]) -> Result<Workspace> {
-        let pipeline = Pipeline::load(file, overrides, crate::stage::registry()).map_err(|d| Fail::Input(d.to_string()))?;
+        Workspace::parse(root, file, read_pipeline(file)?, overrides)
+    }
+
+    /// [`Workspace::load`] of a pipeline already read.
+    fn parse(root: &Path, file: &Path, text: String, overrides: &[(String, String)]) -> Result<Workspace> {
+        let pipeline = Pipeline::parse(file, text, overrides, crate::stage::registry()).map_err(|d| Fail::Input(d.to_string()))?;
         let graph = Graph::build(pipeline, root).map_err(|d| Fail::Input(d.to_string()))?;
         Ok(Workspace { graph, store: Store::at(root) })
     }
@@ -363,17 +374,19 @@ impl Workspace {
         store.clear_tmp()?;
         let mut stat = stat_cache(&self.store);
         let plan = self.plan(targets, &mut stat)?;
-        if let Some(request) = request
-            && plan.stale_count() == 0
-        {
-            self.record_index(&mut stat, &plan, request, opts.remote.is_some());
-        }
+        // Nothing stale: once the run has made `out/` match, the index can vouch for it.
+        let indexable = request.filter(|_| plan.stale_count() == 0).map(|r| (r, plan.clone()));
         let cascaded = plan.cascaded();
         let roots: Vec<(usize, String)> = plan.roots().map(|(i, r)| (i, reasons_text(r))).collect();
         let reporter = Reporter::new(json, verbose, plan.stale_count());
         let remote = opts.remote;
         let result = run::run(&self.graph, &self.store, &mut stat, plan, &opts, &reporter);
         reporter.done();
+        if let (Some((request, plan)), Ok(summary)) = (&indexable, &result)
+            && summary.failures.is_empty()
+        {
+            self.record_index(&mut stat, plan, request, remote.is_some());
+        }
         save_stat(&self.store, &mut stat)?;
         let summary = result?;
 
@@ -490,9 +503,11 @@ impl Workspace {
 
     fn status(&self, targets: &[String], json: bool, request: Option<&index::Request>) -> Result<u8> {
         let mut stat = stat_cache(&self.store);
+        // The stat cache and the index only save work; skip them if someone else holds the
+        // lock. Taken before planning, so that what is recorded is what was planned.
+        let guard = self.store.lock(false, |_| {}).ok().and_then(|held| held.ok());
         let plan = self.plan(targets, &mut stat)?;
-        // The stat cache and the index only save work; skip them if someone else holds the lock.
-        if let Ok(Ok(_guard)) = self.store.lock(false, |_| {}) {
+        if let Some(_guard) = guard {
             // The index is `make`'s too, which says whether a remote cache is configured; one
             // that is configured wrongly is `make`'s error to report, so no index then.
             if let Some(request) = request
@@ -664,7 +679,9 @@ fn noop_make(root: &Path, request: &index::Request, dry_run: bool, json: bool, v
         }
     };
     explain_index(verbose, Ok(&fresh));
-    let summary = Summary { records: fresh.nodes.iter().map(index_record).collect(), failures: Vec::new() };
+    // `make` reports in its scheduler's order, `make -n` in plan order.
+    let nodes = if dry_run { fresh.nodes.iter().collect() } else { fresh.in_run_order() };
+    let summary = Summary { records: nodes.into_iter().map(index_record).collect(), failures: Vec::new() };
     if json {
         // Thousands of records: one buffer, not one write per line.
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());

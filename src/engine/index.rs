@@ -45,7 +45,7 @@ use crate::store::statcache::{StatCache, racy};
 use crate::store::{OutputRecord, Status, Store};
 
 /// File format: magic and version, then the body, then blake3 of everything before it.
-const MAGIC: &[u8; 8] = b"tr118ix\x01";
+const MAGIC: &[u8; 8] = b"tr118ix\x02";
 /// Index files kept: one per recent request (targets, overrides, pipeline edits).
 const KEEP: usize = 8;
 
@@ -55,13 +55,12 @@ const KEEP: usize = 8;
 pub(crate) struct Request(Digest);
 
 impl Request {
-    /// The request of a command on `pipeline` with these overrides, targets and
-    /// remote-cache arguments. `None` when the binary or the pipeline cannot be read: the
-    /// full path then says why, if it matters.
-    pub(crate) fn new(pipeline: &Path, overrides: &[(String, String)], targets: &[String], remote: &[String]) -> Option<Request> {
+    /// The request of a command on the pipeline `pipeline`, whose text is `text` (the text
+    /// the command then plans, read once), with these overrides, targets and remote-cache
+    /// arguments. `None` when the binary cannot be identified: no index then.
+    pub(crate) fn new(pipeline: &Path, text: &str, overrides: &[(String, String)], targets: &[String], remote: &[String]) -> Option<Request> {
         let exe = std::env::current_exe().ok()?;
         let exe_stamp = Stamp::of(&fs::metadata(&exe).ok()?)?;
-        let text = fs::read(pipeline).ok()?;
         let mut h = blake3::Hasher::new();
         let mut field = |bytes: &[u8]| {
             h.update(&(bytes.len() as u64).to_le_bytes());
@@ -71,7 +70,7 @@ impl Request {
         field(exe.to_str()?.as_bytes());
         field(&exe_stamp.bytes());
         field(pipeline.to_str()?.as_bytes());
-        field(&text);
+        field(text.as_bytes());
         for list in [overrides.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), targets.to_vec(), remote.to_vec()] {
             field(&(list.len() as u64).to_le_bytes());
             list.iter().for_each(|s| field(s.as_bytes()));
@@ -100,11 +99,15 @@ pub(crate) struct Node {
     pub key: Digest,
     pub status: Status,
     pub reason: Option<String>,
+    /// 0 without upstream nodes, else one more than the highest of theirs: a `make` that
+    /// finds every node fresh reports them level by level.
+    pub level: u32,
 }
 
 /// An index that still holds: the nodes it records are fresh.
 #[derive(Debug)]
 pub(crate) struct Fresh {
+    /// In plan order, as `status` and `make -n` list them; [`Fresh::in_run_order`] for `make`.
     pub nodes: Vec<Node>,
     /// Whether a remote cache was configured (the summary line says so).
     pub remote: bool,
@@ -113,9 +116,20 @@ pub(crate) struct Fresh {
     pub facets: usize,
 }
 
+impl Fresh {
+    /// The nodes in the order a `make` that finds them all fresh reports them: its scheduler
+    /// takes the ready nodes a level at a time, each level in plan order.
+    pub(crate) fn in_run_order(&self) -> Vec<&Node> {
+        let mut nodes: Vec<&Node> = self.nodes.iter().collect();
+        nodes.sort_by_key(|n| n.level);
+        nodes
+    }
+}
+
 /// What of a path's stat is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
+    dev: u64,
     ino: u64,
     size: u64,
     mode: u32,
@@ -129,6 +143,7 @@ impl Stamp {
         use std::os::unix::fs::MetadataExt;
         let t = |s: i64, ns: i64| s as i128 * 1_000_000_000 + ns as i128;
         Some(Stamp {
+            dev: meta.dev(),
             ino: meta.ino(),
             size: meta.len(),
             mode: meta.mode(),
@@ -143,20 +158,38 @@ impl Stamp {
         None
     }
 
-    fn bytes(&self) -> [u8; 52] {
-        let mut b = [0u8; 52];
-        b[0..8].copy_from_slice(&self.ino.to_le_bytes());
-        b[8..16].copy_from_slice(&self.size.to_le_bytes());
-        b[16..20].copy_from_slice(&self.mode.to_le_bytes());
-        b[20..36].copy_from_slice(&self.mtime.to_le_bytes());
-        b[36..52].copy_from_slice(&self.ctime.to_le_bytes());
+    const LEN: usize = 60;
+
+    fn bytes(&self) -> [u8; Stamp::LEN] {
+        let mut b = [0u8; Stamp::LEN];
+        b[0..8].copy_from_slice(&self.dev.to_le_bytes());
+        b[8..16].copy_from_slice(&self.ino.to_le_bytes());
+        b[16..24].copy_from_slice(&self.size.to_le_bytes());
+        b[24..28].copy_from_slice(&self.mode.to_le_bytes());
+        b[28..44].copy_from_slice(&self.mtime.to_le_bytes());
+        b[44..60].copy_from_slice(&self.ctime.to_le_bytes());
         b
     }
 
     fn from_bytes(b: &[u8]) -> Stamp {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let i128_at = |i: usize| i128::from_le_bytes(b[i..i + 16].try_into().expect("16 bytes"));
-        Stamp { ino: u64_at(0), size: u64_at(8), mode: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")), mtime: i128_at(20), ctime: i128_at(36) }
+        Stamp {
+            dev: u64_at(0),
+            ino: u64_at(8),
+            size: u64_at(16),
+            mode: u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")),
+            mtime: i128_at(28),
+            ctime: i128_at(44),
+        }
+    }
+
+    /// Whether a write in the same clock tick could leave this stat as it is: the stat
+    /// cache's racy window ([`racy`]) on the mtime, and on the ctime too, which a copy that
+    /// keeps the mtime (`cp -p`, `tar x`) leaves recent.
+    fn racy(&self, meta: &Metadata) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(i128::MAX, |d| d.as_nanos() as i128);
+        racy(meta) || now - self.ctime < crate::store::statcache::RACY_WINDOW.as_nanos() as i128
     }
 }
 
@@ -183,20 +216,24 @@ fn decode(body: &[u8], request: &Request) -> Result<Fresh, String> {
     }
     let remote = r.u8().ok_or_else(damaged)? == 1;
     let facets = r.u32().ok_or_else(damaged)? as usize;
+    let mut recorded = Vec::with_capacity(facets);
     for _ in 0..facets {
-        let (name, value) = (r.str().ok_or_else(damaged)?, r.str().ok_or_else(damaged)?);
-        if crate::facets::value(name, crate::backend::software::read_facet) != value {
-            return Err(format!("facet `{name}` changed"));
-        }
+        recorded.push((r.str().ok_or_else(damaged)?, r.str().ok_or_else(damaged)?));
     }
+    // Stats first: they are cheap, and some facets start a process (`torch`) or a library (`gpu`).
     let paths = r.u32().ok_or_else(damaged)? as usize;
     for _ in 0..paths {
         let path = r.str().ok_or_else(damaged)?;
-        let stamp = Stamp::from_bytes(r.take(52).ok_or_else(damaged)?);
+        let stamp = Stamp::from_bytes(r.take(Stamp::LEN).ok_or_else(damaged)?);
         match fs::symlink_metadata(path) {
             Ok(meta) if Stamp::of(&meta) == Some(stamp) => {}
             Ok(_) => return Err(format!("`{path}` changed")),
             Err(_) => return Err(format!("`{path}` is gone")),
+        }
+    }
+    for (name, value) in recorded {
+        if crate::facets::value(name, crate::backend::software::read_facet) != value {
+            return Err(format!("facet `{name}` changed"));
         }
     }
     let count = r.u32().ok_or_else(damaged)? as usize;
@@ -207,7 +244,8 @@ fn decode(body: &[u8], request: &Request) -> Result<Fresh, String> {
             let key = r.digest()?;
             let status = if r.u8()? == 1 { Status::Degraded } else { Status::Ok };
             let reason = if r.u8()? == 1 { Some(r.str()?.to_string()) } else { None };
-            Some(Node { id, key, status, reason })
+            let level = r.u32()?;
+            Some(Node { id, key, status, reason, level })
         })();
         nodes.push(node.ok_or_else(damaged)?);
     }
@@ -261,10 +299,11 @@ struct Collected {
 impl Collected {
     /// Records `path`'s stat unless it is recent enough that a later write could keep it.
     fn watch(&mut self, path: &str, meta: &Metadata) -> Option<()> {
-        if racy(meta) {
+        let stamp = Stamp::of(meta)?;
+        if stamp.racy(meta) {
             return None;
         }
-        self.paths.insert(path.to_string(), Stamp::of(meta)?);
+        self.paths.insert(path.to_string(), stamp);
         Some(())
     }
 
@@ -308,7 +347,7 @@ impl Collected {
         if !meta.file_type().is_symlink() {
             return self.watch_dir(root, "out");
         }
-        self.paths.insert("out".to_string(), Stamp::of(&meta)?);
+        self.watch("out", &meta)?;
         self.watch_dir(root, "out/.")
     }
 
@@ -351,6 +390,7 @@ impl Collected {
                 }
                 None => w.u8(0),
             }
+            w.u32(n.level as usize);
         }
         w.0
     }
@@ -365,9 +405,19 @@ fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> O
     // and replacing an entry (with a link, say) moves its directory's mtime, so the output's
     // own directory needs no watching: the one above it does.
     let mut out_dirs = BTreeSet::new();
+    let mut levels: BTreeMap<usize, u32> = BTreeMap::new();
     for &i in &plan.selected {
         let State::Fresh { key, stage_key, result } = plan.state(i) else { return None };
         let node = &graph.pipeline.nodes[i];
+        let level = graph.upstream[i].iter().map(|u| levels.get(u).map(|l| l + 1)).try_fold(0, |m, l| Some(m.max(l?)))?;
+        levels.insert(i, level);
+        // A link anywhere on the node's own path (`out/sweep`, `out/sweep/long`) is a restore.
+        let mut at = String::from("out");
+        for part in node.id.split('/') {
+            at.push('/');
+            at.push_str(part);
+            fs::symlink_metadata(root.join(&at)).ok()?.is_dir().then_some(())?;
+        }
         c.facets.extend(stage_key.facets.clone());
         for input in &graph.inputs[i] {
             if input.origin != Origin::Source {
@@ -396,7 +446,7 @@ fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> O
             }
             watch_output(&mut c, store, stat, &rel, o)?;
         }
-        c.nodes.push(Node { id: node.id.clone(), key: *key, status: result.status, reason: result.reason.clone() });
+        c.nodes.push(Node { id: node.id.clone(), key: *key, status: result.status, reason: result.reason.clone(), level });
     }
     c.watch_out(root)?;
     for d in out_dirs.iter().filter(|d| *d != "out") {
@@ -413,10 +463,14 @@ fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> O
 /// Records an output: its objects in the store and its copy under `out/`.
 fn watch_output(c: &mut Collected, store: &Store, stat: &mut StatCache, rel: &str, o: &OutputRecord) -> Option<()> {
     let root = store.root();
-    c.need_object(store, &o.digest)?;
     if !o.dir {
+        c.need_object(store, &o.digest)?;
         return c.watch_file(stat, root, rel, &o.digest);
     }
+    // A listing is read and verified by the full path, so it is watched itself: an edit in
+    // place would not move its directory.
+    let listing = store.object_path(&o.digest);
+    c.watch(listing.to_str()?, &fs::symlink_metadata(&listing).ok()?)?;
     let tree = store.tree(&o.digest).ok()?;
     for e in &tree.entries {
         c.need_object(store, &e.digest)?;

@@ -32,6 +32,7 @@ impl State {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Plan {
     /// The selected nodes in topological order.
     pub selected: Vec<usize>,

@@ -148,8 +148,17 @@ impl Pipeline {
     /// Reads and validates `file`, with `-p name=value` overrides applied to global params; a
     /// stage's `kind` names one of `kinds`, which validates the stage's own fields.
     pub fn load(file: &Path, overrides: &[(String, String)], kinds: &[&'static dyn StageKind]) -> Result<Pipeline, Diagnostics> {
-        let one = |message: String, help: Option<String>| Diagnostics(vec![Diagnostic { file: file.to_path_buf(), line: 0, column: 0, message, help }]);
-        let text = read_limited(file).map_err(|(message, help)| one(message, help))?;
+        Pipeline::parse(file, Pipeline::read(file)?, overrides, kinds)
+    }
+
+    /// The text of the pipeline `file`, read once and no further than the size limit: `-f` may
+    /// name a pipe, so whoever needs the bytes and the pipeline gets both from this.
+    pub fn read(file: &Path) -> Result<String, Diagnostics> {
+        read_limited(file).map_err(|(message, help)| Diagnostics(vec![Diagnostic { file: file.to_path_buf(), line: 0, column: 0, message, help }]))
+    }
+
+    /// [`Pipeline::load`] of `text`, read from `file` by [`Pipeline::read`].
+    pub fn parse(file: &Path, text: String, overrides: &[(String, String)], kinds: &[&'static dyn StageKind]) -> Result<Pipeline, Diagnostics> {
         let digest = Digest::of_bytes(text.as_bytes());
         let src = Source::new(file, text).map_err(|d| Diagnostics(vec![d]))?;
         let raw: RawPipeline = toml::from_str(&src.text).map_err(|e| {

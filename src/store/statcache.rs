@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{self, Digest};
 
-const RACY_WINDOW: Duration = Duration::from_millis(100);
+pub(crate) const RACY_WINDOW: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
