@@ -24,7 +24,7 @@
 //! conclusion the full path reached, under conditions in which it would reach it again.
 //!
 //! Why stats suffice. A recorded file was checked against its digest through the stat
-//! cache and was outside the racy window ([`racy`]), so any later write moves its mtime, and a
+//! cache and was outside the racy window ([`statcache::racy_or_new`]), so any later write moves its mtime, and a
 //! replacement moves its inode. Manifests are only ever replaced by a rename. Objects are
 //! never edited, and removing or replacing one moves the mtime of its directory, as adding,
 //! removing or renaming an entry does for any directory: so a link put in place of a
@@ -41,7 +41,7 @@ use super::Plan;
 use super::plan::State;
 use crate::digest::{Digest, Tree};
 use crate::graph::{Graph, Origin};
-use crate::store::statcache::{StatCache, racy};
+use crate::store::statcache::{self, StatCache};
 use crate::store::{OutputRecord, Status, Store};
 
 /// File format: magic and version, then the body, then blake3 of everything before it.
@@ -141,15 +141,8 @@ impl Stamp {
     #[cfg(unix)]
     fn of(meta: &Metadata) -> Option<Stamp> {
         use std::os::unix::fs::MetadataExt;
-        let t = |s: i64, ns: i64| s as i128 * 1_000_000_000 + ns as i128;
-        Some(Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mode: meta.mode(),
-            mtime: t(meta.mtime(), meta.mtime_nsec()),
-            ctime: t(meta.ctime(), meta.ctime_nsec()),
-        })
+        let (mtime, ctime, ino) = statcache::stamp(meta);
+        Some(Stamp { dev: meta.dev(), ino, size: meta.len(), mode: meta.mode(), mtime, ctime })
     }
 
     /// Without inodes and change times a stat proves too little: no index.
@@ -182,14 +175,6 @@ impl Stamp {
             mtime: i128_at(28),
             ctime: i128_at(44),
         }
-    }
-
-    /// Whether a write in the same clock tick could leave this stat as it is: the stat
-    /// cache's racy window ([`racy`]) on the mtime, and on the ctime too, which a copy that
-    /// keeps the mtime (`cp -p`, `tar x`) leaves recent.
-    fn racy(&self, meta: &Metadata) -> bool {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(i128::MAX, |d| d.as_nanos() as i128);
-        racy(meta) || now - self.ctime < crate::store::statcache::RACY_WINDOW.as_nanos() as i128
     }
 }
 
@@ -299,11 +284,10 @@ struct Collected {
 impl Collected {
     /// Records `path`'s stat unless it is recent enough that a later write could keep it.
     fn watch(&mut self, path: &str, meta: &Metadata) -> Option<()> {
-        let stamp = Stamp::of(meta)?;
-        if stamp.racy(meta) {
+        if statcache::racy_or_new(meta) {
             return None;
         }
-        self.paths.insert(path.to_string(), stamp);
+        self.paths.insert(path.to_string(), Stamp::of(meta)?);
         Some(())
     }
 
@@ -411,12 +395,9 @@ fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> O
         let node = &graph.pipeline.nodes[i];
         let level = graph.upstream[i].iter().map(|u| levels.get(u).map(|l| l + 1)).try_fold(0, |m, l| Some(m.max(l?)))?;
         levels.insert(i, level);
-        // A link anywhere on the node's own path (`out/sweep`, `out/sweep/long`) is a restore.
-        let mut at = String::from("out");
-        for part in node.id.split('/') {
-            at.push('/');
-            at.push_str(part);
-            fs::symlink_metadata(root.join(&at)).ok()?.is_dir().then_some(())?;
+        // A link on the node's own path is a restore.
+        if super::own_path_linked(root, &node.id) {
+            return None;
         }
         c.facets.extend(stage_key.facets.clone());
         for input in &graph.inputs[i] {
@@ -428,7 +409,7 @@ fn collect(store: &Store, stat: &mut StatCache, graph: &Graph, plan: &Plan) -> O
             if meta.is_dir() {
                 // A directory dep is keyed by its listing's digest, which is not kept as an
                 // object: rebuild the listing from the stat cache and compare.
-                let tree = tree_of(stat, root, &input.path)?;
+                let tree = stat.tree(root, &input.path).ok()?;
                 (tree.digest() == *digest).then_some(())?;
                 c.watch_dir(root, &input.path)?;
                 c.watch_tree(stat, root, &input.path, &tree)?;
@@ -477,19 +458,6 @@ fn watch_output(c: &mut Collected, store: &Store, stat: &mut StatCache, rel: &st
     }
     c.watch_dir(root, rel)?;
     c.watch_tree(stat, root, rel, &tree)
-}
-
-/// The listing of the directory dep at `rel`, as the stat cache hashes it.
-fn tree_of(stat: &mut StatCache, root: &Path, rel: &str) -> Option<Tree> {
-    let mut dirs = Vec::new();
-    let mut entries = Vec::new();
-    for file in walk(root, rel, &mut dirs)? {
-        let path = format!("{rel}/{file}");
-        let (digest, size) = stat.file_digest(root, &path).ok()?;
-        let exec = crate::digest::is_executable(&fs::symlink_metadata(root.join(&path)).ok()?);
-        entries.push(crate::digest::TreeEntry { path: file, digest, size, exec });
-    }
-    Some(Tree { entries })
 }
 
 /// The files under `rel`, relative to it and sorted as [`crate::digest::list_files`] sorts

@@ -125,15 +125,8 @@ impl RestoreError {
 pub(crate) fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &str, outputs: &[OutputRecord]) -> Result<bool, RestoreError> {
     let root = store.root().to_path_buf();
     let mut restored = false;
-    // A link on the way to the node's outputs (`out/a` → elsewhere) makes every output a
-    // restore, which replaces the link; `out` itself may be one.
-    let linked = node
-        .split('/')
-        .scan(root.join("out"), |at, part| {
-            at.push(part);
-            Some(std::fs::symlink_metadata(&*at).is_ok_and(|m| m.file_type().is_symlink()))
-        })
-        .any(|l| l);
+    // A link on the way to the node's outputs makes every output a restore, which replaces it.
+    let linked = own_path_linked(&root, node);
     for o in outputs {
         let rel = format!("out/{node}/{}", o.path);
         if linked || !matches(store, stat, &root, &rel, o) {
@@ -142,6 +135,17 @@ pub(crate) fn ensure_materialized(store: &Store, stat: &mut StatCache, node: &st
         }
     }
     Ok(restored)
+}
+
+/// Whether a symbolic link stands on node `node`'s own path under `out/` (`out/a` or
+/// `out/a/b` for node `a/b`; `out` itself may be one, say to a bigger disk).
+pub(crate) fn own_path_linked(root: &Path, node: &str) -> bool {
+    node.split('/')
+        .scan(root.join("out"), |at, part| {
+            at.push(part);
+            Some(std::fs::symlink_metadata(&*at).is_ok_and(|m| m.file_type().is_symlink()))
+        })
+        .any(|l| l)
 }
 
 /// Whether `out/…` at `rel` holds exactly the output: real files and directories only, a

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{self, Digest};
 
-pub(crate) const RACY_WINDOW: Duration = Duration::from_millis(100);
+const RACY_WINDOW: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
@@ -33,15 +33,16 @@ pub(crate) struct StatCache {
     dirty: bool,
 }
 
+/// A file's (mtime, ctime, inode), times in nanoseconds since the epoch.
 #[cfg(unix)]
-fn stamp(meta: &Metadata) -> (i128, i128, u64) {
+pub(crate) fn stamp(meta: &Metadata) -> (i128, i128, u64) {
     use std::os::unix::fs::MetadataExt;
     let t = |s: i64, ns: i64| s as i128 * 1_000_000_000 + ns as i128;
     (t(meta.mtime(), meta.mtime_nsec()), t(meta.ctime(), meta.ctime_nsec()), meta.ino())
 }
 
 #[cfg(not(unix))]
-fn stamp(meta: &Metadata) -> (i128, i128, u64) {
+pub(crate) fn stamp(meta: &Metadata) -> (i128, i128, u64) {
     let m = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i128);
     (m, m, 0)
 }
@@ -50,6 +51,13 @@ fn stamp(meta: &Metadata) -> (i128, i128, u64) {
 /// stat as it is: such a stat proves nothing about the content yet.
 pub(crate) fn racy(meta: &Metadata) -> bool {
     meta.modified().ok().is_none_or(|m| SystemTime::now().duration_since(m).map_or(true, |age| age < RACY_WINDOW))
+}
+
+/// [`racy`], or a ctime as recent: a copy that keeps the mtime (`cp -p`, `tar x`) is new all
+/// the same, and a second such copy in the same tick would leave the stat as it is.
+pub(crate) fn racy_or_new(meta: &Metadata) -> bool {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(i128::MAX, |d| d.as_nanos() as i128);
+    racy(meta) || now - stamp(meta).1 < RACY_WINDOW.as_nanos() as i128
 }
 
 impl StatCache {
@@ -104,6 +112,14 @@ impl StatCache {
         if !std::fs::metadata(&path)?.is_dir() {
             return self.file_digest(root, rel);
         }
+        let tree = self.tree(root, rel)?;
+        Ok((tree.digest(), tree.size()))
+    }
+
+    /// The listing of the directory at `root/rel` (see [`digest::Tree`]), each file's digest
+    /// from the cache when its stat is unchanged.
+    pub(crate) fn tree(&mut self, root: &Path, rel: &str) -> io::Result<digest::Tree> {
+        let path = root.join(rel);
         let mut entries = Vec::new();
         for file in digest::list_files(&path)? {
             let child = format!("{rel}/{file}");
@@ -111,8 +127,7 @@ impl StatCache {
             let exec = digest::is_executable(&std::fs::metadata(root.join(&child))?);
             entries.push(digest::TreeEntry { path: file, digest: d, size, exec });
         }
-        let tree = digest::Tree { entries };
-        Ok((tree.digest(), tree.size()))
+        Ok(digest::Tree { entries })
     }
 
     /// Writes the cache back if anything changed. Callers hold the store's lock.
